@@ -1,0 +1,37 @@
+#!/usr/bin/env bun
+// porthole: forward every port a Linux guest listens on to the host's localhost.
+import { cac } from "cac";
+import pkg from "../../package.json" with { type: "json" };
+import { registerDemo, runDemoHttpServer, DEMO_HTTP_SERVER_COMMAND } from "./demo.ts";
+import { registerGuest } from "./guest.ts";
+import { registerHost } from "./host.ts";
+import { UsageError } from "./options.ts";
+
+async function main(argv: string[]): Promise<void> {
+  // The demo's guest-side web server: started by the demo itself, not a user command.
+  if (argv[2] === DEMO_HTTP_SERVER_COMMAND) return runDemoHttpServer(argv.slice(3));
+
+  const cli = cac("porthole");
+  registerGuest(cli);
+  registerHost(cli);
+  registerDemo(cli);
+  cli.help();
+  cli.version(pkg.version);
+  cli.parse(argv, { run: false });
+  if (cli.options.help || cli.options.version) return;
+  if (!cli.matchedCommand && cli.args.length) {
+    throw new UsageError(`unknown command "${cli.args[0]}" (see porthole --help)`);
+  }
+  if (!cli.matchedCommand) {
+    cli.outputHelp();
+    process.exitCode = 2;
+    return;
+  }
+  await cli.runMatchedCommand();
+}
+
+main(process.argv).catch((err: Error) => {
+  const usage = err instanceof UsageError || err.name === "CACError";
+  process.stderr.write(`porthole: ${err.message}\n`);
+  process.exit(usage ? 2 : 1);
+});

@@ -1,0 +1,44 @@
+// Flag values shared by the subcommands: parsing with errors that say what is wrong.
+import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
+
+export class UsageError extends Error {}
+
+export function asList(value: unknown): string[] {
+  if (value === undefined) return [];
+  return (Array.isArray(value) ? value : [value]).map(String);
+}
+
+export function parseAddressFlag(flag: string, value: unknown): TransportAddress {
+  const values = asList(value);
+  if (values.length !== 1) throw new UsageError(`--${flag} takes one address, got ${values.length}`);
+  return parseAddressValue(flag, values[0]!);
+}
+
+export function parseAddressValue(flag: string, text: string): TransportAddress {
+  try {
+    return parseTransportAddress(text);
+  } catch (err) {
+    throw new UsageError(`--${flag}: ${(err as Error).message}`);
+  }
+}
+
+export function parseIntFlag(flag: string, value: unknown, min: number, max: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${flag}: "${value}" is not a whole number from ${min} to ${max}`);
+  return n;
+}
+
+export function parseChoiceFlag<T extends string>(flag: string, value: unknown, choices: readonly T[]): T {
+  if (!choices.includes(value as T)) throw new UsageError(`--${flag}: "${value}" is not one of ${choices.join(", ")}`);
+  return value as T;
+}
+
+/** Runs until SIGINT or SIGTERM, then calls stop and exits cleanly. */
+export function stopOnSignals(stop: () => void): void {
+  const handler = () => {
+    stop();
+    process.exit(0);
+  };
+  process.once("SIGINT", handler);
+  process.once("SIGTERM", handler);
+}

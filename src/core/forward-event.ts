@@ -1,0 +1,56 @@
+// What the host agent reports about each forward, as Lima's log lines or as JSON.
+import type { RuleOrigin } from "./rules.ts";
+
+export type ForwardEventType = "forwarding" | "not-forwarding" | "stopping" | "failed";
+export type AgentEventType = "guest-connected" | "guest-disconnected" | "guest-unreachable";
+
+export interface ForwardEvent {
+  type: ForwardEventType;
+  protocol: string;
+  guestAddr: string;
+  hostAddr?: string;
+  rule?: RuleOrigin;
+  /** Why a forward failed or was not made. */
+  error?: string;
+  /** When a failed forward is tried again, in milliseconds. */
+  retryInMs?: number;
+}
+
+export interface AgentEvent {
+  type: AgentEventType;
+  guest: string;
+  error?: string;
+}
+
+export type HostEvent = ForwardEvent | AgentEvent;
+
+function isForwardEvent(e: HostEvent): e is ForwardEvent {
+  return "protocol" in e;
+}
+
+/** The text form, worded as Lima's host agent logs it. */
+export function formatEventText(e: HostEvent): string {
+  if (!isForwardEvent(e)) {
+    const why = e.error ? `: ${e.error}` : "";
+    if (e.type === "guest-connected") return `Connected to guest agent at ${e.guest}`;
+    if (e.type === "guest-unreachable") return `Waiting for guest agent at ${e.guest}${why}`;
+    return `Lost guest agent at ${e.guest}${why}; reconnecting`;
+  }
+  const proto = e.protocol.toUpperCase();
+  switch (e.type) {
+    case "forwarding":
+      return `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
+    case "stopping":
+      return `Stopping forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
+    case "not-forwarding":
+      return `Not forwarding ${proto} ${e.guestAddr}${e.error ? ` (${e.error})` : ""}`;
+    case "failed": {
+      const retry = e.retryInMs !== undefined ? `; retrying in ${(e.retryInMs / 1000).toFixed(1)}s` : "";
+      return `Failed to forward ${proto} from ${e.guestAddr} to ${e.hostAddr}: ${e.error}${retry}`;
+    }
+  }
+}
+
+export function formatEventJSON(e: HostEvent, now = new Date()): string {
+  return JSON.stringify({ time: now.toISOString(), ...e });
+}

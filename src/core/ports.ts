@@ -1,0 +1,36 @@
+// Sets of guest ports (IPPort) and the diffs that GetEvents streams.
+import type { IPPort } from "../proto/guest-service.ts";
+import { formatHostPort } from "./address.ts";
+
+export function portKey(p: IPPort): string {
+  return `${p.protocol} ${formatHostPort(p.ip, p.port)}`;
+}
+
+export type PortSet = Map<string, IPPort>;
+
+export function toPortSet(ports: Iterable<IPPort>): PortSet {
+  const set: PortSet = new Map();
+  for (const p of ports) set.set(portKey(p), p);
+  return set;
+}
+
+export interface PortDiff {
+  added: IPPort[];
+  removed: IPPort[];
+}
+
+export function diffPorts(before: PortSet, after: PortSet): PortDiff {
+  const added = [...after].filter(([k]) => !before.has(k)).map(([, p]) => p);
+  const removed = [...before].filter(([k]) => !after.has(k)).map(([, p]) => p);
+  return { added, removed };
+}
+
+export function isEmptyDiff(d: PortDiff): boolean {
+  return d.added.length === 0 && d.removed.length === 0;
+}
+
+/** Applies a diff in place. */
+export function applyDiff(set: PortSet, d: PortDiff): void {
+  for (const p of d.removed) set.delete(portKey(p));
+  for (const p of d.added) set.set(portKey(p), p);
+}

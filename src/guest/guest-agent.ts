@@ -1,0 +1,54 @@
+// The guest role: watch this namespace's sockets and serve GuestService on each listen address.
+import * as grpc from "@grpc/grpc-js";
+import * as fs from "node:fs";
+import type * as net from "node:net";
+import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
+import { guestServiceDefinition } from "../proto/guest-service.ts";
+import { createTunedServer } from "../transport/grpc-tuning.ts";
+import { listenTransport } from "../transport/listen.ts";
+import { guestServiceHandlers } from "./guest-service.ts";
+import { PortWatcher } from "./watcher.ts";
+
+export interface GuestAgentOptions {
+  listen: TransportAddress[];
+  scanIntervalMs: number;
+  log: (line: string) => void;
+}
+
+export class GuestAgent {
+  private readonly watcher: PortWatcher;
+  private readonly grpcServer: grpc.Server;
+  private readonly servers: { address: TransportAddress; server: net.Server }[] = [];
+
+  constructor(private readonly options: GuestAgentOptions) {
+    this.watcher = new PortWatcher(options.scanIntervalMs);
+    this.grpcServer = createTunedServer();
+    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
+  }
+
+  async start(): Promise<void> {
+    await this.watcher.start();
+    const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    try {
+      for (const address of this.options.listen) {
+        const server = await listenTransport(address);
+        server.on("connection", (socket) => injector.injectConnection(socket));
+        this.servers.push({ address, server });
+        this.options.log(`porthole guest agent serving on ${formatTransportAddress(address)}`);
+      }
+    } catch (err) {
+      this.stop();
+      throw err;
+    }
+  }
+
+  stop(): void {
+    this.watcher.stop();
+    for (const { address, server } of this.servers) {
+      server.close();
+      if (address.kind === "unix") fs.rmSync(address.path, { force: true });
+    }
+    this.servers.length = 0;
+    this.grpcServer.forceShutdown();
+  }
+}

@@ -1,0 +1,89 @@
+// Watches this network namespace for listening TCP and bound, unconnected UDP sockets
+// by scanning /proc/net (see core/proc-net.ts for why), and tells subscribers what changed.
+import { readFile } from "node:fs/promises";
+import { parseProcNet, type Protocol } from "../core/proc-net.ts";
+import { diffPorts, isEmptyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
+import type { IPPort } from "../proto/guest-service.ts";
+
+const TABLES: { file: string; protocol: Protocol; optional: boolean }[] = [
+  { file: "tcp", protocol: "tcp", optional: false },
+  { file: "tcp6", protocol: "tcp", optional: true }, // absent when IPv6 is disabled
+  { file: "udp", protocol: "udp", optional: false },
+  { file: "udp6", protocol: "udp", optional: true },
+];
+
+export interface ScanResult {
+  ports: IPPort[];
+  errors: string[];
+}
+
+export type WatchListener = (diff: PortDiff, errors: string[]) => void;
+
+export class PortWatcher {
+  private state: PortSet = new Map();
+  private listeners = new Set<WatchListener>();
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private inFlight: Promise<void> | undefined;
+  private stopped = true;
+
+  constructor(
+    private readonly intervalMs: number,
+    private readonly procNetDir = "/proc/net",
+  ) {}
+
+  get ports(): IPPort[] {
+    return [...this.state.values()];
+  }
+
+  async start(): Promise<void> {
+    this.stopped = false;
+    await this.refresh();
+    this.schedule();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  subscribe(listener: WatchListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Scans now (joining a scan already under way) and notifies subscribers of changes. */
+  refresh(): Promise<void> {
+    this.inFlight ??= this.scanAndNotify().finally(() => (this.inFlight = undefined));
+    return this.inFlight;
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => void this.refresh().finally(() => this.schedule()), this.intervalMs);
+  }
+
+  private async scanAndNotify(): Promise<void> {
+    const { ports, errors } = await scanProcNet(this.procNetDir);
+    // A failed scan keeps the last good state: a read error must not look like closed ports.
+    const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
+    if (!errors.length) this.state = toPortSet(ports);
+    if (isEmptyDiff(diff) && !errors.length) return;
+    for (const listener of this.listeners) listener(diff, errors);
+  }
+}
+
+export async function scanProcNet(dir: string): Promise<ScanResult> {
+  const ports: IPPort[] = [];
+  const errors: string[] = [];
+  await Promise.all(
+    TABLES.map(async ({ file, protocol, optional }) => {
+      try {
+        ports.push(...parseProcNet(await readFile(`${dir}/${file}`, "latin1"), protocol));
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (!(optional && code === "ENOENT")) errors.push(`reading ${dir}/${file}: ${(err as Error).message}`);
+      }
+    }),
+  );
+  return { ports, errors };
+}

@@ -1,0 +1,50 @@
+// Server-side transports: a listening net.Server for a transport address.
+// A unix socket is created with mode 0600 (the transport is the security boundary);
+// a stale socket file left by a dead agent is replaced, a live one is an error.
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import type { TransportAddress } from "../core/transport-address.ts";
+import { formatTransportAddress } from "../core/transport-address.ts";
+
+export async function listenTransport(address: TransportAddress): Promise<net.Server> {
+  if (address.kind === "tcp") return listenServer((s) => s.listen(address.port, address.host), address);
+  await removeStaleSocket(address.path);
+  fs.mkdirSync(path.dirname(address.path), { recursive: true, mode: 0o755 });
+  // umask instead of a chmod afterwards: there is no moment when the socket is open to all.
+  const oldMask = process.umask(0o177);
+  try {
+    return await listenServer((s) => s.listen(address.path), address);
+  } finally {
+    process.umask(oldMask);
+  }
+}
+
+function listenServer(start: (s: net.Server) => void, address: TransportAddress): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`)));
+    server.once("listening", () => {
+      server.removeAllListeners("error");
+      resolve(server);
+    });
+    start(server);
+  });
+}
+
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  let stat: fs.Stats;
+  try {
+    stat = fs.lstatSync(socketPath);
+  } catch {
+    return;
+  }
+  if (!stat.isSocket()) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once("connect", () => { probe.destroy(); resolve(true); });
+    probe.once("error", () => resolve(false));
+  });
+  if (live) throw new Error(`another process is already listening on unix://${socketPath}`);
+  fs.unlinkSync(socketPath);
+}
