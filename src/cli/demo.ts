@@ -37,7 +37,7 @@ function rootIsolation(): Isolation {
   run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
   return {
     describe: `network namespace ${ns}`,
-    startGuest: (argv) => spawn("ip", ["netns", "exec", ns, ...argv], { stdio: ["ignore", "inherit", "inherit"] }),
+    startGuest: (argv) => spawn("ip", ["netns", "exec", ns, ...argv], { stdio: ["ignore", "inherit", "pipe"] }),
     inGuest: (argv) => ["ip", "netns", "exec", ns, ...argv],
     cleanup: () => void spawnSync("ip", ["netns", "del", ns]),
   };
@@ -56,7 +56,7 @@ function userIsolation(): Isolation {
     describe: "an unprivileged user+network namespace",
     startGuest: (argv) =>
       spawn("unshare", ["--user", "--net", "--map-root-user", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", ...argv], {
-        stdio: ["ignore", "inherit", "inherit"],
+        stdio: ["ignore", "inherit", "pipe"],
       }),
     inGuest: (argv, pid) => ["nsenter", "--target", String(pid), "--user", "--net", "--preserve-credentials", ...argv],
     cleanup: () => {},
@@ -93,6 +93,7 @@ async function runDemo(): Promise<number> {
     say(`[demo] guest: ${isolation.describe}`);
     const guest = isolation.startGuest([...selfCommand(), "guest", "--listen", `unix://${socket}`]);
     children.push(guest);
+    prefixLines(guest.stderr!, "[guest] ", say);
     await waitFor(() => fs.existsSync(socket), "the guest agent's socket");
 
     const events: HostEvent[] = [];
@@ -131,6 +132,16 @@ async function runDemo(): Promise<number> {
     process.off("SIGTERM", onSignal);
     cleanup();
   }
+}
+
+function prefixLines(stream: NodeJS.ReadableStream, prefix: string, say: (line: string) => void): void {
+  let rest = "";
+  stream.setEncoding("utf8");
+  stream.on("data", (chunk: string) => {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop()!;
+    for (const line of lines) say(prefix + line);
+  });
 }
 
 async function waitFor(done: () => boolean, what: string): Promise<void> {

@@ -17,6 +17,7 @@ async function main(argv: string[]): Promise<void> {
   registerDemo(cli);
   cli.help();
   cli.version(pkg.version);
+  cli.outputVersion = () => console.log(`porthole ${pkg.version}`);
   cli.parse(argv, { run: false });
   if (cli.options.help || cli.options.version) return;
   if (!cli.matchedCommand && cli.args.length) {

@@ -54,7 +54,7 @@ export class GuestConnection {
     const events = this.client.GetEvents({});
     this.events = events;
     const fail = (message: string) => {
-      if (ended) return;
+      if (ended || this.stopped) return;
       ended = true;
       events.cancel();
       this.handlers.onDisconnected(message, ports !== undefined);
