@@ -5,7 +5,6 @@ import * as grpc from "@grpc/grpc-js";
 import type * as http2 from "node:http2";
 
 export const STREAM_WINDOW_BYTES = 16 << 20;
-export const SESSION_WINDOW_BYTES = 128 << 20;
 const MAX_MESSAGE_BYTES = 16 << 20;
 
 export const CLIENT_OPTIONS: grpc.ChannelOptions = {
@@ -31,38 +30,22 @@ export const SERVER_OPTIONS: grpc.ServerOptions = {
   "grpc.http2.min_ping_interval_without_data_ms": 5_000,
 };
 
-interface ServerInternals {
-  commonServerOptions: http2.ServerOptions;
-  createHttp2Server(credentials: grpc.ServerCredentials): http2.Http2Server;
-}
-
 /**
- * grpc-js has no public option for the server's windows, so raise them on its private
- * HTTP/2 settings and on each new session. Kept in this one place; checked by a test.
+ * grpc-js has no public option for the server's stream window, so raise it on its
+ * private HTTP/2 settings. The session (connection) window is deliberately left alone:
+ * under Bun 1.4, `session.setLocalWindowSize()` on the server stalls every stream
+ * (an echo test moved 0 bytes; with a raised stream window it stopped after one window).
+ * Kept in this one place; test/transport/grpc-tuning.test.ts checks it still takes.
  */
 export function createTunedServer(): grpc.Server {
   const server = new grpc.Server(SERVER_OPTIONS);
-  const internals = server as unknown as ServerInternals;
-  if (typeof internals.createHttp2Server !== "function" || !internals.commonServerOptions) {
-    throw new Error("grpc-js internals changed: cannot raise the server's HTTP/2 windows");
+  const internals = server as unknown as { commonServerOptions?: http2.ServerOptions };
+  if (!internals.commonServerOptions) {
+    throw new Error("grpc-js internals changed: cannot raise the server's HTTP/2 stream window");
   }
   internals.commonServerOptions.settings = {
     ...internals.commonServerOptions.settings,
     initialWindowSize: STREAM_WINDOW_BYTES,
-  };
-  const create = internals.createHttp2Server.bind(server);
-  internals.createHttp2Server = (credentials) => {
-    const http2Server = create(credentials);
-    http2Server.on("session", (session: http2.Http2Session) => {
-      session.once("localSettings", () => {
-        try {
-          session.setLocalWindowSize(SESSION_WINDOW_BYTES);
-        } catch {
-          // The session closed before its settings were acknowledged.
-        }
-      });
-    });
-    return http2Server;
   };
   return server;
 }

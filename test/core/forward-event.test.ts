@@ -1,0 +1,30 @@
+import { expect, test } from "bun:test";
+import { formatEventJSON, formatEventText } from "../../src/core/forward-event.ts";
+
+test("text events read like Lima's log lines", () => {
+  const base = { protocol: "tcp", guestAddr: "127.0.0.1:8080", hostAddr: "127.0.0.1:8080" };
+  expect(formatEventText({ type: "forwarding", ...base })).toBe("Forwarding TCP from 127.0.0.1:8080 to 127.0.0.1:8080");
+  expect(formatEventText({ type: "stopping", ...base })).toBe("Stopping forwarding TCP from 127.0.0.1:8080 to 127.0.0.1:8080");
+  expect(formatEventText({ type: "not-forwarding", protocol: "tcp", guestAddr: "127.0.0.2:3000" })).toBe(
+    "Not forwarding TCP 127.0.0.2:3000",
+  );
+  expect(formatEventText({ type: "failed", ...base, error: "address already in use", retryInMs: 1500 })).toBe(
+    "Failed to forward TCP from 127.0.0.1:8080 to 127.0.0.1:8080: address already in use; retrying in 1.5s",
+  );
+});
+
+test("JSON events carry the type, both addresses and the error", () => {
+  const line = formatEventJSON(
+    { type: "failed", protocol: "tcp", guestAddr: "[::]:80", hostAddr: "127.0.0.1:80", error: "permission denied", rule: "built-in" },
+    new Date(0),
+  );
+  expect(JSON.parse(line)).toEqual({
+    time: "1970-01-01T00:00:00.000Z",
+    type: "failed",
+    protocol: "tcp",
+    guestAddr: "[::]:80",
+    hostAddr: "127.0.0.1:80",
+    error: "permission denied",
+    rule: "built-in",
+  });
+});

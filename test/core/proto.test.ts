@@ -1,0 +1,45 @@
+// The wire format must match Lima's field numbers byte for byte.
+import { describe, expect, test } from "bun:test";
+import { guestServiceDefinition } from "../../src/proto/guest-service.ts";
+
+const hex = (b: Buffer) => b.toString("hex");
+
+describe("GuestService wire format", () => {
+  test("method paths have no package prefix", () => {
+    expect(Object.values(guestServiceDefinition).map((m) => m.path).sort()).toEqual([
+      "/GuestService/GetEvents",
+      "/GuestService/GetInfo",
+      "/GuestService/PostInotify",
+      "/GuestService/SyncTime",
+      "/GuestService/Tunnel",
+    ]);
+    const t = guestServiceDefinition.Tunnel!;
+    expect([t.requestStream, t.responseStream]).toEqual([true, true]);
+    expect(guestServiceDefinition.GetEvents!.responseStream).toBe(true);
+  });
+
+  test("TunnelMessage fields 1..5", () => {
+    const m = guestServiceDefinition.Tunnel!;
+    const bytes = m.requestSerialize({ id: "i", protocol: "tcp", data: Buffer.from([0xab]), guest_addr: "g", udp_target_addr: "u" });
+    // tag = field << 3 | wire type 2 (length-delimited)
+    expect(hex(bytes)).toBe("0a0169" + "1203746370" + "1a01ab" + "220167" + "2a0175");
+    expect(m.requestDeserialize(Buffer.from("1a0201020a0178", "hex"))).toMatchObject({ id: "x", data: Buffer.from([1, 2]) });
+  });
+
+  test("Info and IPPort", () => {
+    const m = guestServiceDefinition.GetInfo!;
+    const bytes = m.responseSerialize({ local_ports: [{ protocol: "tcp", ip: "::", port: 8080 }] });
+    // Info.local_ports = 1 { IPPort.protocol = 1, ip = 2, port = 3 (varint 8080 = 0x90 0x3f) }
+    expect(hex(bytes)).toBe("0a0c" + "0a03746370" + "12023a3a" + "18903f");
+    expect(m.responseDeserialize(bytes)).toEqual({ local_ports: [{ protocol: "tcp", ip: "::", port: 8080 }] });
+  });
+
+  test("Event fields 1..4", () => {
+    const m = guestServiceDefinition.GetEvents!;
+    const p = { protocol: "udp", ip: "1.2.3.4", port: 53 };
+    const bytes = m.responseSerialize({ time: { seconds: 1, nanos: 5 }, added_local_ports: [p], removed_local_ports: [p], errors: ["e"] });
+    const ipport = "0a03756470" + "1207312e322e332e34" + "1835";
+    expect(hex(bytes)).toBe("0a0408011005" + "1210" + ipport + "1a10" + ipport + "220165");
+    expect(m.responseDeserialize(bytes)).toMatchObject({ added_local_ports: [p], removed_local_ports: [p], errors: ["e"] });
+  });
+});

@@ -1,0 +1,61 @@
+// The built-in rules that apply before the config file exists (Lima's defaults).
+import { describe, expect, test } from "bun:test";
+import { planForwards } from "../../src/core/forward-plan.ts";
+import { decide, rulesInForce, withDefaults } from "../../src/core/rules.ts";
+
+const builtins = rulesInForce([]);
+const tcp = (ip: string, port: number) => ({ protocol: "tcp", ip, port });
+
+describe("built-in rules", () => {
+  test.each(["127.0.0.1", "::1", "0.0.0.0", "::"])("guest %s:8080 goes to host 127.0.0.1:8080", (ip) => {
+    expect(decide(tcp(ip, 8080), builtins)).toEqual({ kind: "forward", hostIP: "127.0.0.1", hostPort: 8080, origin: "built-in" });
+  });
+  test.each(["127.0.0.1", "0.0.0.0", "::", "192.168.5.15"])("guest port 22 on %s is never forwarded", (ip) => {
+    expect(decide(tcp(ip, 22), builtins).kind).toBe("ignore");
+  });
+  test("a bind on another address is not forwarded", () => {
+    expect(decide(tcp("127.0.0.2", 3000), builtins)).toEqual({ kind: "none" });
+    expect(decide(tcp("192.168.5.15", 3000), builtins)).toEqual({ kind: "none" });
+  });
+  test("UDP follows the same rules (proto any)", () => {
+    expect(decide({ protocol: "udp", ip: "127.0.0.1", port: 5353 }, builtins).kind).toBe("forward");
+  });
+  test("the host's SSH port is ignored too when given", () => {
+    expect(decide(tcp("127.0.0.1", 60022), rulesInForce([], 60022)).kind).toBe("ignore");
+  });
+});
+
+describe("defaults", () => {
+  test("an empty rule forwards guest 127.0.0.1, every port, to host 127.0.0.1", () => {
+    expect(withDefaults({})).toMatchObject({
+      guestIP: "127.0.0.1",
+      guestIPMustBeZero: false,
+      guestPortRange: [1, 65535],
+      hostIP: "127.0.0.1",
+      hostPortRange: [1, 65535],
+      proto: "any",
+    });
+  });
+  test("guestIP 0.0.0.0 means must-be-zero unless said otherwise; :: never does", () => {
+    expect(withDefaults({ guestIP: "0.0.0.0" }).guestIPMustBeZero).toBe(true);
+    expect(withDefaults({ guestIP: "0.0.0.0", guestIPMustBeZero: false }).guestIPMustBeZero).toBe(false);
+    expect(withDefaults({ guestIP: "::" }).guestIPMustBeZero).toBe(false);
+  });
+  test("a user rule decides before the fallback and maps the port range", () => {
+    const rules = rulesInForce([withDefaults({ guestPortRange: [3000, 3009], hostPortRange: [2000, 2009] })]);
+    expect(decide(tcp("127.0.0.1", 3005), rules)).toEqual({ kind: "forward", hostIP: "127.0.0.1", hostPort: 2005, origin: 0 });
+  });
+});
+
+describe("forward plan", () => {
+  test("guest 0.0.0.0:P and [::]:P share one host listener, dialing the IPv4 bind", () => {
+    const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins);
+    expect([...plan.forwards.keys()]).toEqual(["tcp 127.0.0.1:8080"]);
+    expect(plan.forwards.get("tcp 127.0.0.1:8080")!.guest).toEqual(tcp("0.0.0.0", 8080));
+  });
+  test("ports the rules skip are listed with the reason", () => {
+    const plan = planForwards([tcp("0.0.0.0", 22), tcp("127.0.0.2", 3000)], builtins);
+    expect(plan.forwards.size).toBe(0);
+    expect(plan.notForwarded.map((n) => n.decision.kind).sort()).toEqual(["ignore", "none"]);
+  });
+});

@@ -1,0 +1,284 @@
+// The shared end-to-end harness: a guest network namespace, real porthole agents and
+// real servers in it, and cleanup that runs even when a test fails.
+import { afterAll, afterEach, setDefaultTimeout, test } from "bun:test";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import * as net from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const REPO = resolve(import.meta.dir, "../..");
+/** The binary under test (`make test` sets PORTHOLE_BIN), else the sources. */
+export const PORTHOLE: string[] = process.env.PORTHOLE_BIN ? [process.env.PORTHOLE_BIN] : [process.execPath, join(REPO, "src/cli/main.ts")];
+const SERVERS = [process.execPath, join(REPO, "test/fixtures/servers.ts")];
+const NS_PREFIX = "phtest-";
+
+// Agents and servers start in real namespaces; every wait below has its own deadline.
+setDefaultTimeout(60_000);
+
+/** End-to-end tests need root for `ip netns`; without it they are skipped, except under CI where that fails. */
+function e2eBlocker(): string | undefined {
+  if (process.getuid?.() !== 0) return "end-to-end tests need root (ip netns)";
+  if (spawnSync("ip", ["-V"]).status !== 0) return "end-to-end tests need iproute2 (ip)";
+  return undefined;
+}
+const blocker = e2eBlocker();
+export const e2eTest: typeof test = (blocker && !process.env.CI ? test.skip : test) as typeof test;
+if (blocker && process.env.CI) throw new Error(`${blocker}, and CI=true forbids skipping them`);
+
+// ---- processes ---------------------------------------------------------------------------
+
+export class Proc {
+  readonly stdout: string[] = [];
+  readonly stderr: string[] = [];
+  readonly exited: Promise<number | null>;
+  private waiters: (() => void)[] = [];
+
+  constructor(readonly child: ChildProcess, readonly label: string) {
+    this.collect(child.stdout, this.stdout);
+    this.collect(child.stderr, this.stderr);
+    this.exited = new Promise((resolve) => child.once("exit", (code, signal) => {
+      this.notify();
+      resolve(code ?? (signal ? -1 : null));
+    }));
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  private collect(stream: NodeJS.ReadableStream | null, into: string[]): void {
+    if (!stream) return;
+    let rest = "";
+    stream.setEncoding("utf8");
+    stream.on("data", (chunk: string) => {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop()!;
+      into.push(...lines);
+      this.notify();
+    });
+  }
+
+  private notify(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Resolves when `check` returns a value; fails with the process's output after the timeout. */
+  async waitFor<T>(check: () => T | undefined, what: string, timeoutMs = 10_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const value = check();
+      if (value !== undefined && value !== false) return value;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(`${this.label}: timed out waiting for ${what}\n--- stdout\n${this.stdout.join("\n")}\n--- stderr\n${this.stderr.join("\n")}`);
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, Math.min(left, 100));
+        this.waiters.push(() => { clearTimeout(t); r(); });
+      });
+    }
+  }
+
+  waitForLine(pattern: RegExp, stream: "stdout" | "stderr" = "stdout", timeoutMs?: number): Promise<string> {
+    return this.waitFor(() => this[stream].find((l) => pattern.test(l)), `a line matching ${pattern}`, timeoutMs);
+  }
+
+  async kill(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    if (this.running) this.child.kill(signal);
+    await this.exited;
+  }
+}
+
+// ---- cleanup -----------------------------------------------------------------------------
+
+const cleanups: (() => Promise<void> | void)[] = [];
+
+/** Registers cleanup that runs after the current test, pass or fail (last registered first). */
+export function defer(fn: () => Promise<void> | void): void {
+  cleanups.push(fn);
+}
+
+async function runCleanups(): Promise<void> {
+  for (const fn of cleanups.splice(0).reverse()) {
+    try {
+      await fn();
+    } catch (err) {
+      console.error("cleanup failed:", err);
+    }
+  }
+}
+afterEach(runCleanups);
+afterAll(runCleanups);
+
+function track(child: ChildProcess, label: string): Proc {
+  const proc = new Proc(child, label);
+  defer(() => proc.kill("SIGKILL"));
+  return proc;
+}
+
+/** Namespaces left by a harness process that died without cleaning up. */
+function removeOrphanNamespaces(): void {
+  const list = spawnSync("ip", ["netns", "list"], { encoding: "utf8" }).stdout ?? "";
+  for (const name of list.split("\n").map((l) => l.split(" ")[0]!)) {
+    const pid = Number(name.startsWith(NS_PREFIX) ? name.slice(NS_PREFIX.length).split("-")[0] : NaN);
+    if (!pid || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+    } catch {
+      spawnSync("ip", ["netns", "del", name]);
+    }
+  }
+}
+
+// ---- the guest ---------------------------------------------------------------------------
+
+let nsCounter = 0;
+
+export class Guest {
+  readonly dir: string;
+  readonly socket: string;
+
+  private constructor(readonly ns: string) {
+    this.dir = mkdtempSync(join(tmpdir(), "porthole-e2e-"));
+    this.socket = join(this.dir, "guest.sock");
+  }
+
+  /** A new network namespace with loopback up, removed after the test. */
+  static create(): Guest {
+    if (nsCounter === 0 && !blocker) removeOrphanNamespaces();
+    const ns = `${NS_PREFIX}${process.pid}-${++nsCounter}`;
+    const run = (...argv: string[]) => {
+      const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`${argv.join(" ")}: ${r.stderr}`);
+    };
+    run("ip", "netns", "add", ns);
+    const guest = new Guest(ns);
+    defer(() => {
+      spawnSync("ip", ["netns", "del", ns]);
+      rmSync(guest.dir, { recursive: true, force: true });
+    });
+    run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up");
+    return guest;
+  }
+
+  spawn(argv: string[], label: string): Proc {
+    return track(spawn("ip", ["netns", "exec", this.ns, ...argv], { stdio: ["ignore", "pipe", "pipe"] }), label);
+  }
+
+  /** `porthole guest` serving on this guest's unix socket. */
+  async startAgent(extra: string[] = []): Promise<Proc> {
+    const agent = this.spawn([...PORTHOLE, "guest", "--listen", `unix://${this.socket}`, ...extra], "guest agent");
+    await agent.waitForLine(/serving on/, "stderr");
+    return agent;
+  }
+
+  /** A TCP echo server inside the guest. */
+  async startEcho(host: string, port: number): Promise<Proc> {
+    const server = this.spawn([...SERVERS, "echo", host, String(port)], `echo ${host}:${port}`);
+    await server.waitForLine(/^listening/);
+    return server;
+  }
+}
+
+// ---- the host agent ----------------------------------------------------------------------
+
+export interface Event {
+  type: string;
+  protocol?: string;
+  guestAddr?: string;
+  hostAddr?: string;
+  error?: string;
+  [key: string]: unknown;
+}
+
+export class HostAgentProc {
+  constructor(readonly proc: Proc) {}
+
+  get events(): Event[] {
+    return this.proc.stderr.flatMap((line) => {
+      try {
+        return [JSON.parse(line) as Event];
+      } catch {
+        return [];
+      }
+    });
+  }
+
+  waitForEvent(match: (e: Event) => boolean, what: string, timeoutMs = 10_000): Promise<Event> {
+    return this.proc.waitFor(() => this.events.find(match), what, timeoutMs);
+  }
+
+  /** Waits for the count-th event that matches (1-based). */
+  waitForNthEvent(count: number, match: (e: Event) => boolean, what: string, timeoutMs = 10_000): Promise<Event> {
+    return this.proc.waitFor(() => this.events.filter(match)[count - 1], what, timeoutMs);
+  }
+
+  waitForForwarding(hostPort: number, timeoutMs?: number): Promise<Event> {
+    return this.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, `forwarding of ${hostPort}`, timeoutMs);
+  }
+}
+
+export function startHostAgent(guest: Guest, extra: string[] = []): HostAgentProc {
+  const child = spawn(PORTHOLE[0]!, [...PORTHOLE.slice(1), "host", "--guest", `unix://${guest.socket}`, "--log-format", "json", ...extra], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  return new HostAgentProc(track(child, "host agent"));
+}
+
+/** A guest, its agent and a host agent connected to it. */
+export async function startPair(): Promise<{ guest: Guest; guestAgent: Proc; host: HostAgentProc }> {
+  const guest = Guest.create();
+  const guestAgent = await guest.startAgent();
+  const host = startHostAgent(guest);
+  await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+  return { guest, guestAgent, host };
+}
+
+// ---- sockets -----------------------------------------------------------------------------
+
+/** A TCP port that is free on the host's 127.0.0.1 right now (the guest namespace is empty). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Connects, sends `data`, half-closes, and returns everything read until the peer closes. */
+export function exchange(port: number, data: Buffer, host = "127.0.0.1", timeoutMs = 30_000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect({ host, port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`exchange with ${host}:${port} timed out`));
+    }, timeoutMs);
+    socket.on("connect", () => socket.end(data));
+    socket.on("data", (c: Buffer) => chunks.push(c));
+    socket.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(chunks));
+    });
+  });
+}
+
+/** Resolves with the error code when a connection to the port fails, or "connected". */
+export function tryConnect(port: number, host = "127.0.0.1"): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve("connected");
+    });
+    socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}

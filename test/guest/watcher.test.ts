@@ -1,0 +1,65 @@
+// The watcher over a directory of /proc/net-shaped files that the test rewrites.
+import { afterEach, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { PortDiff } from "../../src/core/ports.ts";
+import { PortWatcher, scanProcNet } from "../../src/guest/watcher.ts";
+
+const HEADER = "  sl  local_address rem_address   st\n";
+const row = (addr: string, state: string) => `   0: ${addr} 00000000:0000 ${state} 00000000:00000000\n`;
+const dirs: string[] = [];
+const watchers: PortWatcher[] = [];
+
+function procDir(tcp: string): string {
+  const dir = mkdtempSync(join(tmpdir(), "porthole-watch-"));
+  dirs.push(dir);
+  writeFileSync(join(dir, "tcp"), HEADER + tcp);
+  writeFileSync(join(dir, "udp"), HEADER);
+  return dir;
+}
+
+afterEach(() => {
+  for (const w of watchers.splice(0)) w.stop();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+test("missing IPv6 tables are not errors; a missing IPv4 table is", async () => {
+  const dir = procDir(row("0100007F:1F90", "0A"));
+  expect(await scanProcNet(dir)).toEqual({ ports: [{ protocol: "tcp", ip: "127.0.0.1", port: 8080 }], errors: [] });
+  rmSync(join(dir, "udp"));
+  const { errors } = await scanProcNet(dir);
+  expect(errors).toHaveLength(1);
+  expect(errors[0]).toContain(`${dir}/udp`);
+});
+
+test("subscribers get each change once, and a failed scan reports errors without dropping ports", async () => {
+  const dir = procDir(row("0100007F:1F90", "0A"));
+  const watcher = new PortWatcher(10, dir);
+  watchers.push(watcher);
+  await watcher.start();
+  expect(watcher.ports).toEqual([{ protocol: "tcp", ip: "127.0.0.1", port: 8080 }]);
+
+  const seen: { diff: PortDiff; errors: string[] }[] = [];
+  watcher.subscribe((diff, errors) => seen.push({ diff, errors }));
+  writeFileSync(join(dir, "tcp"), HEADER + row("00000000:0BB8", "0A"));
+  await waitUntil(() => seen.length >= 1);
+  expect(seen[0]).toEqual({
+    diff: { added: [{ protocol: "tcp", ip: "0.0.0.0", port: 3000 }], removed: [{ protocol: "tcp", ip: "127.0.0.1", port: 8080 }] },
+    errors: [],
+  });
+
+  rmSync(join(dir, "tcp"));
+  await waitUntil(() => seen.length >= 2);
+  expect(seen[1]!.errors[0]).toContain("tcp");
+  expect(seen[1]!.diff).toEqual({ added: [], removed: [] });
+  expect(watcher.ports).toEqual([{ protocol: "tcp", ip: "0.0.0.0", port: 3000 }]);
+});
+
+async function waitUntil(done: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await Bun.sleep(5);
+  }
+}
