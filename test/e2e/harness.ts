@@ -108,11 +108,28 @@ async function runCleanups(): Promise<void> {
     }
   }
 }
-afterEach(runCleanups);
-afterAll(runCleanups);
+/**
+ * Every end-to-end test file calls this once at its top: bun:test binds hooks to the file
+ * that registers them, and this module is loaded only once for all files.
+ */
+export function cleanUpAfterEachTest(): void {
+  afterEach(runCleanups);
+  afterAll(runCleanups);
+}
+
+// Last line of defence if the runner exits before the hooks ran (e.g. a crash or Ctrl-C):
+// nothing this harness started may outlive it.
+const liveChildren = new Set<ChildProcess>();
+const liveNamespaces = new Set<string>();
+process.on("exit", () => {
+  for (const child of liveChildren) child.kill("SIGKILL");
+  for (const ns of liveNamespaces) spawnSync("ip", ["netns", "del", ns]);
+});
 
 function track(child: ChildProcess, label: string): Proc {
   const proc = new Proc(child, label);
+  liveChildren.add(child);
+  child.once("exit", () => liveChildren.delete(child));
   defer(() => proc.kill("SIGKILL"));
   return proc;
 }
@@ -153,9 +170,11 @@ export class Guest {
       if (r.status !== 0) throw new Error(`${argv.join(" ")}: ${r.stderr}`);
     };
     run("ip", "netns", "add", ns);
+    liveNamespaces.add(ns);
     const guest = new Guest(ns);
     defer(() => {
       spawnSync("ip", ["netns", "del", ns]);
+      liveNamespaces.delete(ns);
       rmSync(guest.dir, { recursive: true, force: true });
     });
     run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up");
