@@ -53,3 +53,33 @@ describe("data integrity", () => {
     expect(replies.map(sha256)).toEqual(payloads.map(sha256));
   });
 });
+
+describe("backpressure", () => {
+  e2eTest("a guest server that never reads stops the host client's writes instead of filling memory", async () => {
+    const { guest, host } = await startPair();
+    const port = await freePort();
+    await guest.startServer("stall", "127.0.0.1", port);
+    await host.waitForForwarding(port);
+
+    // Push up to 1 GiB; without backpressure all of it would be buffered by the agents.
+    const offered = 1024 << 20;
+    const chunk = Buffer.alloc(1 << 20, 0x5a);
+    const socket = net.connect({ host: "127.0.0.1", port });
+    await new Promise((r) => socket.once("connect", r));
+    let accepted = 0;
+    while (accepted < offered) {
+      accepted += chunk.length;
+      if (socket.write(chunk)) continue;
+      const drained = await Promise.race([
+        new Promise<boolean>((r) => socket.once("drain", () => r(true))),
+        new Promise<boolean>((r) => setTimeout(() => r(false), 1500)),
+      ]);
+      if (!drained) break;
+    }
+    socket.destroy();
+    // Kernel socket buffers plus one HTTP/2 stream window (16 MiB) and relay buffers.
+    expect(accepted).toBeLessThan(128 << 20);
+    const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(await Bun.file(`/proc/${host.proc.child.pid}/status`).text())![1]);
+    expect(rssKiB).toBeLessThan(256 << 10);
+  });
+});

@@ -193,8 +193,13 @@ export class Guest {
   }
 
   /** A TCP echo server inside the guest. */
-  async startEcho(host: string, port: number): Promise<Proc> {
-    const server = this.spawn([...SERVERS, "echo", host, String(port)], `echo ${host}:${port}`);
+  startEcho(host: string, port: number): Promise<Proc> {
+    return this.startServer("echo", host, port);
+  }
+
+  /** A fixture server (test/fixtures/servers.ts) inside the guest. */
+  async startServer(mode: "echo" | "stall", host: string, port: number): Promise<Proc> {
+    const server = this.spawn([...SERVERS, mode, host, String(port)], `${mode} ${host}:${port}`);
     await server.waitForLine(/^listening/);
     return server;
   }
