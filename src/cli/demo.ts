@@ -99,7 +99,7 @@ async function runDemo(): Promise<number> {
     const events: HostEvent[] = [];
     agent = new HostAgent({
       guest: { kind: "unix", path: socket },
-      rules: [],
+      stateDir: dir,
       logFormat: "text",
       write: (line) => say(`[host] ${line}`),
       onEvent: (e) => events.push(e),

@@ -1,9 +1,26 @@
 import type { CAC } from "cac";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+import { ConfigError } from "../core/config.ts";
+import { loadConfigFile } from "../host/config-file.ts";
 import { HostAgent, type LogFormat } from "../host/host-agent.ts";
 import { DEFAULT_GUEST_ADDRESS } from "./guest.ts";
 import { parseAddressFlag, parseChoiceFlag, stopOnSignals } from "./options.ts";
 
 const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
+
+function defaultStateDir(): string {
+  return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "porthole");
+}
+
+interface HostFlags {
+  guest: unknown;
+  logFormat: unknown;
+  config?: string;
+  watchConfig?: boolean;
+  stateDir?: string;
+  ipv6Loopback: boolean;
+}
 
 export function registerHost(cli: CAC): void {
   cli
@@ -11,15 +28,39 @@ export function registerHost(cli: CAC): void {
     .option("--guest <addr>", "The guest agent's address: unix:///path or tcp://host:port", {
       default: DEFAULT_GUEST_ADDRESS,
     })
+    .option("--config <file>", "portForwards rules: a porthole config or a Lima instance file (lima.yaml)")
+    .option("--watch-config", "Re-apply the config file whenever it changes (SIGHUP always does)")
+    .option("--state-dir <dir>", "Where relative hostSocket paths live (default: $XDG_STATE_HOME/porthole)")
+    .option("--no-ipv6-loopback", "Do not also listen on ::1 for forwards to 127.0.0.1")
     .option("--log-format <format>", "text (Lima's log lines) or json (one event per line)", { default: "text" })
-    .example("porthole host --guest unix:///run/porthole/guest.sock --log-format json")
-    .action((flags: { guest: unknown; logFormat: unknown }) => {
+    .example("porthole host --guest unix:///run/porthole/guest.sock --config ~/.lima/default/lima.yaml")
+    .action((flags: HostFlags) => {
+      const guest = parseAddressFlag("guest", flags.guest);
+      const logFormat = parseChoiceFlag("log-format", flags.logFormat, LOG_FORMATS);
+      const stateDir = resolve(flags.stateDir ?? defaultStateDir());
+      const config = flags.config ? loadConfigOrExit(flags.config, stateDir) : undefined;
       const agent = new HostAgent({
-        guest: parseAddressFlag("guest", flags.guest),
-        rules: [],
-        logFormat: parseChoiceFlag("log-format", flags.logFormat, LOG_FORMATS),
+        guest,
+        config,
+        configFile: flags.config,
+        watchConfig: flags.watchConfig,
+        stateDir,
+        ipv6Loopback: flags.ipv6Loopback,
+        logFormat,
       });
       agent.start();
+      process.on("SIGHUP", () => agent.reload());
       stopOnSignals(() => agent.stop());
     });
+}
+
+/** A bad config at start-up stops the agent with every problem listed. */
+function loadConfigOrExit(file: string, stateDir: string) {
+  try {
+    return loadConfigFile(file, stateDir);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`porthole: invalid config:\n${err.problems.map((p) => `  ${p}`).join("\n")}\n`);
+    process.exit(1);
+  }
 }

@@ -2,7 +2,12 @@
 import type { RuleOrigin } from "./rules.ts";
 
 export type ForwardEventType = "forwarding" | "not-forwarding" | "stopping" | "failed";
-export type AgentEventType = "guest-connected" | "guest-disconnected" | "guest-unreachable";
+export type AgentEventType =
+  | "guest-connected"
+  | "guest-disconnected"
+  | "guest-unreachable"
+  | "config-loaded"
+  | "config-rejected";
 
 export interface ForwardEvent {
   type: ForwardEventType;
@@ -18,7 +23,12 @@ export interface ForwardEvent {
 
 export interface AgentEvent {
   type: AgentEventType;
-  guest: string;
+  /** The guest agent's address, for guest-* events. */
+  guest?: string;
+  /** The config file, for config-* events. */
+  file?: string;
+  /** How many rules the loaded config has. */
+  rules?: number;
   error?: string;
 }
 
@@ -32,9 +42,18 @@ function isForwardEvent(e: HostEvent): e is ForwardEvent {
 export function formatEventText(e: HostEvent): string {
   if (!isForwardEvent(e)) {
     const why = e.error ? `: ${e.error}` : "";
-    if (e.type === "guest-connected") return `Connected to guest agent at ${e.guest}`;
-    if (e.type === "guest-unreachable") return `Waiting for guest agent at ${e.guest}${why}`;
-    return `Lost guest agent at ${e.guest}${why}; reconnecting`;
+    switch (e.type) {
+      case "guest-connected":
+        return `Connected to guest agent at ${e.guest}`;
+      case "guest-unreachable":
+        return `Waiting for guest agent at ${e.guest}${why}`;
+      case "guest-disconnected":
+        return `Lost guest agent at ${e.guest}${why}; reconnecting`;
+      case "config-loaded":
+        return `Loaded ${e.rules} portForwards rule(s) from ${e.file}`;
+      case "config-rejected":
+        return `Config ${e.file} rejected, keeping the rules in force:\n${e.error}`;
+    }
   }
   const proto = e.protocol.toUpperCase();
   switch (e.type) {

@@ -1,7 +1,11 @@
 // The host role: follow the guest's ports, apply the rules, forward over gRPC.
+import type { FSWatcher } from "node:fs";
+import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
-import { rulesInForce, type Rule } from "../core/rules.ts";
+import type { PlanOptions } from "../core/forward-plan.ts";
+import { rulesInForce } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
+import { loadConfigFile, watchConfigFile } from "./config-file.ts";
 import { GrpcForwarder } from "./grpc-forwarder.ts";
 import { GuestConnection } from "./guest-connection.ts";
 import { Reconciler } from "./reconciler.ts";
@@ -10,7 +14,16 @@ export type LogFormat = "text" | "json";
 
 export interface HostAgentOptions {
   guest: TransportAddress;
-  rules: Rule[];
+  /** The config file the rules came from, re-read by reload(). */
+  configFile?: string;
+  /** The rules in force at start (loaded from configFile by the caller, so errors stop start-up). */
+  config?: Config;
+  /** Where relative host sockets live. */
+  stateDir: string;
+  /** `false` turns the ::1 listeners off whatever the config says. */
+  ipv6Loopback?: boolean;
+  /** Re-apply the config file whenever it changes. */
+  watchConfig?: boolean;
   logFormat: LogFormat;
   /** Where events go; stderr by default. */
   write?: (line: string) => void;
@@ -21,6 +34,7 @@ export interface HostAgentOptions {
 export class HostAgent {
   private readonly connection: GuestConnection;
   private readonly reconciler: Reconciler;
+  private configWatcher: FSWatcher | undefined;
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -42,20 +56,50 @@ export class HostAgent {
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.join("; ")}`),
     });
     const forwarder = new GrpcForwarder(this.connection.client);
+    const config = options.config ?? DEFAULT_CONFIG;
     this.reconciler = new Reconciler(
-      rulesInForce(options.rules),
+      rulesInForce(config.rules, config.sshLocalPort),
+      this.planOptions(config),
       (socket, hostAddr, guestAddr) => forwarder.forward(socket, hostAddr, guestAddr),
       (e) => this.emit(e),
     );
   }
 
   start(): void {
+    if (this.options.configFile && this.options.config) {
+      this.emit({ type: "config-loaded", file: this.options.configFile, rules: this.options.config.rules.length });
+    }
+    this.reconciler.reconcile(new Map()); // static forwards start before the guest answers
     this.connection.start();
+    if (this.options.watchConfig && this.options.configFile) {
+      this.configWatcher = watchConfigFile(this.options.configFile, () => this.reload());
+    }
   }
 
   stop(): void {
+    this.configWatcher?.close();
     this.connection.stop();
     this.reconciler.destroy();
+  }
+
+  /** Re-reads the config file; a bad file is reported and the rules in force stay. */
+  reload(): void {
+    const file = this.options.configFile;
+    if (!file) return;
+    let config: Config;
+    try {
+      config = loadConfigFile(file, this.options.stateDir);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      this.emit({ type: "config-rejected", file, error: err.message });
+      return;
+    }
+    this.emit({ type: "config-loaded", file, rules: config.rules.length });
+    this.reconciler.setRules(rulesInForce(config.rules, config.sshLocalPort), this.planOptions(config));
+  }
+
+  private planOptions(config: Config): PlanOptions {
+    return { ipv6Loopback: this.options.ipv6Loopback !== false && config.ipv6Loopback };
   }
 
   private emit(e: HostEvent): void {

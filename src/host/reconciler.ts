@@ -1,24 +1,39 @@
-// Keeps the host's listeners equal to the plan: opens what is new, closes what is
-// gone, leaves the rest untouched. Reports ports the rules do not forward once each.
+// Keeps the host's listeners equal to the plan: opens what is new, closes what is gone,
+// leaves the rest untouched. Reports each port the rules do not forward once per decision.
 import { formatHostPort } from "../core/address.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
-import { planForwards } from "../core/forward-plan.ts";
+import { planForwards, type NotForwarded, type PlanOptions } from "../core/forward-plan.ts";
 import { portKey, type PortSet } from "../core/ports.ts";
 import type { RuleEntry } from "../core/rules.ts";
 import { TcpForward, type ConnectionHandler } from "./tcp-forward.ts";
 
+const REASONS: Record<NotForwarded["decision"]["kind"], string> = {
+  none: "no rule matches",
+  ignore: "ignored by rule",
+};
+
 export class Reconciler {
   private readonly active = new Map<string, TcpForward>();
   private reportedNotForwarded = new Set<string>();
+  private ports: PortSet = new Map();
 
   constructor(
-    private readonly rules: RuleEntry[],
+    private rules: RuleEntry[],
+    private options: PlanOptions,
     private readonly onConnection: ConnectionHandler,
     private readonly report: (e: ForwardEvent) => void,
   ) {}
 
+  /** New rules: forwards they still want stay up untouched, the others close, new ones open. */
+  setRules(rules: RuleEntry[], options: PlanOptions): void {
+    this.rules = rules;
+    this.options = options;
+    this.reconcile(this.ports);
+  }
+
   reconcile(ports: PortSet): void {
-    const plan = planForwards(ports.values(), this.rules);
+    this.ports = ports;
+    const plan = planForwards(ports.values(), this.rules, this.options);
     for (const [key, forward] of this.active) {
       if (plan.forwards.has(key)) continue;
       forward.close();
@@ -32,16 +47,16 @@ export class Reconciler {
 
     const nowNotForwarded = new Set<string>();
     for (const { port, decision } of plan.notForwarded) {
-      const key = portKey(port);
+      const origin = decision.kind === "ignore" ? decision.origin : undefined;
+      const key = `${portKey(port)} ${decision.kind} ${origin}`;
       nowNotForwarded.add(key);
       if (this.reportedNotForwarded.has(key)) continue;
       this.report({
         type: "not-forwarding",
         protocol: port.protocol,
         guestAddr: formatHostPort(port.ip, port.port),
-        ...(decision.kind === "none" ? { error: "no rule matches" } : {}),
-        ...(decision.kind === "ignore" ? { rule: decision.origin, error: "ignored by rule" } : {}),
-        ...(decision.kind === "forward-socket" ? { rule: decision.origin, error: "host sockets are not supported yet" } : {}),
+        error: REASONS[decision.kind],
+        ...(origin !== undefined ? { rule: origin } : {}),
       });
     }
     this.reportedNotForwarded = nowNotForwarded;

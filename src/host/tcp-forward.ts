@@ -1,15 +1,20 @@
-// One host TCP listener for one planned forward. A bind that fails (port busy,
-// privileged) is reported and tried again with backoff until it works or the
-// forward is no longer wanted; it never takes the agent down.
+// One host listener (TCP port or unix socket) for one planned TCP forward. A bind that
+// fails (port busy, privileged) is reported and tried again with backoff until it works
+// or the forward is no longer wanted; it never takes the agent down.
+import * as fs from "node:fs";
 import * as net from "node:net";
+import * as path from "node:path";
 import { formatHostPort } from "../core/address.ts";
 import { backoffDelay } from "../core/backoff.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
-import type { PlannedForward } from "../core/forward-plan.ts";
+import { formatHostTarget, type PlannedForward } from "../core/forward-plan.ts";
+import { removeStaleSocket } from "../transport/listen.ts";
 
 export type ConnectionHandler = (socket: net.Socket, hostAddr: string, guestAddr: string) => void;
 
 const RETRY = { minMs: 500, maxMs: 10_000 };
+/** Errors that mean "this host has no such address family", not "try again later". */
+const NO_ADDRESS = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
 
 export class TcpForward {
   private server: net.Server | undefined;
@@ -23,18 +28,18 @@ export class TcpForward {
     private readonly onConnection: ConnectionHandler,
     private readonly report: (e: ForwardEvent) => void,
   ) {
-    this.bind();
+    void this.bind();
   }
 
   get hostAddr(): string {
-    return formatHostPort(this.plan.hostIP, this.plan.hostPort);
+    return formatHostTarget(this.plan.host);
   }
 
   get guestAddr(): string {
     return formatHostPort(this.plan.guest.ip, this.plan.guest.port);
   }
 
-  /** The guest bind behind this listener changed (e.g. 0.0.0.0 went, :: stayed). */
+  /** The guest bind or the rule behind this listener changed; the listener stays. */
   retarget(plan: PlannedForward): void {
     this.plan = plan;
   }
@@ -47,6 +52,7 @@ export class TcpForward {
     if (this.server?.listening) {
       this.report({ type: "stopping", ...this.describe() });
       this.server.close();
+      if (this.plan.host.kind === "unix") fs.rmSync(this.plan.host.path, { force: true });
     }
     this.server = undefined;
   }
@@ -61,7 +67,7 @@ export class TcpForward {
     return { protocol: "tcp", guestAddr: this.guestAddr, hostAddr: this.hostAddr, rule: this.plan.origin };
   }
 
-  private bind(): void {
+  private async bind(): Promise<void> {
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
       this.sockets.add(socket);
       socket.once("close", () => this.sockets.delete(socket));
@@ -73,24 +79,40 @@ export class TcpForward {
       this.attempt = 0;
       this.report({ type: "forwarding", ...this.describe() });
     });
-    server.once("error", (err: NodeJS.ErrnoException) => {
-      server.close();
-      if (this.closed) return;
-      const retryInMs = backoffDelay(this.attempt++, RETRY);
-      this.report({ type: "failed", ...this.describe(), error: describeBindError(err, this.plan.hostPort), retryInMs });
-      this.retryTimer = setTimeout(() => this.bind(), retryInMs);
-    });
-    server.listen({ host: this.plan.hostIP, port: this.plan.hostPort, exclusive: true });
+    server.once("error", (err: NodeJS.ErrnoException) => this.bindFailed(server, err));
+    const host = this.plan.host;
+    if (host.kind === "tcp") return void server.listen({ host: host.ip, port: host.port });
+    try {
+      await removeStaleSocket(host.path);
+      fs.mkdirSync(path.dirname(host.path), { recursive: true });
+    } catch (err) {
+      return this.bindFailed(server, err as NodeJS.ErrnoException);
+    }
+    if (!this.closed) server.listen(host.path);
+  }
+
+  private bindFailed(server: net.Server, err: NodeJS.ErrnoException): void {
+    server.close();
+    if (this.closed) return;
+    const error = describeBindError(err, this.plan);
+    if (this.plan.companion && NO_ADDRESS.has(err.code ?? "")) {
+      // No IPv6 loopback on this host: the IPv4 listener serves alone.
+      this.report({ type: "failed", ...this.describe(), error: `${error}; not retrying` });
+      return;
+    }
+    const retryInMs = backoffDelay(this.attempt++, RETRY);
+    this.report({ type: "failed", ...this.describe(), error, retryInMs });
+    this.retryTimer = setTimeout(() => void this.bind(), retryInMs);
   }
 }
 
-function describeBindError(err: NodeJS.ErrnoException, port: number): string {
+function describeBindError(err: NodeJS.ErrnoException, plan: PlannedForward): string {
   switch (err.code) {
     case "EADDRINUSE":
       return "address already in use (another program holds this host port)";
     case "EACCES":
-      return port < 1024
-        ? "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; map the guest port to a higher host port with a rule)"
+      return plan.host.kind === "tcp" && plan.host.port < 1024
+        ? "permission denied (host ports below 1024 need root or CAP_NET_BIND_SERVICE; map the guest port to a port of 1024 or more with a portForwards rule)"
         : "permission denied";
     case "EADDRNOTAVAIL":
       return "address not available on this host";

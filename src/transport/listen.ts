@@ -32,7 +32,8 @@ function listenServer(start: (s: net.Server) => void, address: TransportAddress)
   });
 }
 
-async function removeStaleSocket(socketPath: string): Promise<void> {
+/** Removes a socket file whose listener is gone; refuses a live socket or any other file. */
+export async function removeStaleSocket(socketPath: string): Promise<void> {
   let stat: fs.Stats;
   try {
     stat = fs.lstatSync(socketPath);

@@ -48,13 +48,46 @@ describe("defaults", () => {
 });
 
 describe("forward plan", () => {
+  const v4only = { ipv6Loopback: false };
   test("guest 0.0.0.0:P and [::]:P share one host listener, dialing the IPv4 bind", () => {
-    const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins);
+    const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins, v4only);
     expect([...plan.forwards.keys()]).toEqual(["tcp 127.0.0.1:8080"]);
     expect(plan.forwards.get("tcp 127.0.0.1:8080")!.guest).toEqual(tcp("0.0.0.0", 8080));
   });
+  test("a forward to host 127.0.0.1 also gets a ::1 listener, marked as a companion", () => {
+    const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins, { ipv6Loopback: true });
+    expect([...plan.forwards.values()].map((f) => [f.key, f.companion])).toEqual([
+      ["tcp 127.0.0.1:8080", false],
+      ["tcp [::1]:8080", true],
+    ]);
+  });
+  test("explicit host addresses get no companion", () => {
+    const rules = rulesInForce([withDefaults({ guestPort: 80, hostPort: 8080, hostIP: "::1" }), withDefaults({ guestPort: 81, hostIP: "0.0.0.0" })]);
+    const plan = planForwards([tcp("127.0.0.1", 80), tcp("127.0.0.1", 81)], rules, { ipv6Loopback: true });
+    expect([...plan.forwards.keys()]).toEqual(["tcp [::1]:8080", "tcp 0.0.0.0:81"]);
+  });
+  test("a host socket forward", () => {
+    const rules = rulesInForce([withDefaults({ guestPort: 5000, hostSocket: "/run/p/5000.sock" })]);
+    const plan = planForwards([tcp("127.0.0.1", 5000)], rules, v4only);
+    expect(plan.forwards.get("tcp unix:/run/p/5000.sock")?.host).toEqual({ kind: "unix", path: "/run/p/5000.sock" });
+  });
+  test("static rules forward their whole range without guest listeners; the dynamic path skips it", () => {
+    const rules = rulesInForce([
+      withDefaults({ guestPortRange: [7000, 7002], hostPortRange: [17000, 17002], static: true }),
+      withDefaults({ guestIP: "0.0.0.0", guestPort: 7100, static: true, guestIPMustBeZero: false }),
+    ]);
+    const plan = planForwards([tcp("0.0.0.0", 7001), tcp("127.0.0.1", 7003)], rules, v4only);
+    const summary = [...plan.forwards.values()].map((f) => `${f.key} -> ${f.guest.ip}:${f.guest.port} ${f.static ? "static" : "dynamic"}`);
+    expect(summary).toEqual([
+      "tcp 127.0.0.1:17000 -> 127.0.0.1:7000 static",
+      "tcp 127.0.0.1:17001 -> 127.0.0.1:7001 static",
+      "tcp 127.0.0.1:17002 -> 127.0.0.1:7002 static",
+      "tcp 127.0.0.1:7100 -> 127.0.0.1:7100 static",
+      "tcp 127.0.0.1:7003 -> 127.0.0.1:7003 dynamic",
+    ]);
+  });
   test("ports the rules skip are listed with the reason", () => {
-    const plan = planForwards([tcp("0.0.0.0", 22), tcp("127.0.0.2", 3000)], builtins);
+    const plan = planForwards([tcp("0.0.0.0", 22), tcp("127.0.0.2", 3000)], builtins, v4only);
     expect(plan.forwards.size).toBe(0);
     expect(plan.notForwarded.map((n) => n.decision.kind).sort()).toEqual(["ignore", "none"]);
   });

@@ -1,0 +1,94 @@
+// Config files: what is accepted, and for each malformed file the exact error.
+import { describe, expect, test } from "bun:test";
+import { ConfigError, parseConfig } from "../../src/core/config.ts";
+
+function errorsOf(text: string): string[] {
+  try {
+    parseConfig(text, "lima.yaml");
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  throw new Error("the config was accepted");
+}
+
+describe("accepted configs", () => {
+  test("an empty file, and a file without portForwards, mean the built-in rules only", () => {
+    expect(parseConfig("", "c.yaml")).toEqual({ rules: [], sshLocalPort: undefined, ipv6Loopback: true });
+    expect(parseConfig("cpus: 4\nportForwards: []\n", "c.yaml").rules).toEqual([]);
+    expect(parseConfig("portForwards:\n", "c.yaml").rules).toEqual([]);
+  });
+  test("Lima keys porthole does not use are ignored; the rules get Lima's defaults", () => {
+    const config = parseConfig("vmType: vz\nmounts: [{location: '~'}]\nportForwards:\n- guestPort: 8080\n  hostPort: 80\n", "c.yaml");
+    expect(config.rules).toEqual([
+      {
+        guestIPMustBeZero: false, guestIP: "127.0.0.1", guestPortRange: [8080, 8080], guestSocket: undefined,
+        hostIP: "127.0.0.1", hostPortRange: [80, 80], hostSocket: undefined, proto: "any",
+        reverse: false, ignore: false, static: false,
+      },
+    ]);
+  });
+  test("porthole's own key turns the ::1 listeners off", () => {
+    expect(parseConfig("ipv6Loopback: false\n", "c.yaml").ipv6Loopback).toBe(false);
+  });
+  test("a reverse socket rule and a static rule are valid", () => {
+    const config = parseConfig(
+      "portForwards:\n- guestSocket: /run/docker.sock\n  hostSocket: docker.sock\n  reverse: true\n- guestPort: 9000\n  static: true\n  proto: tcp\n",
+      "c.yaml",
+    );
+    expect(config.rules.map((r) => [r.reverse, r.static])).toEqual([[true, false], [false, true]]);
+  });
+});
+
+describe("malformed configs name file, line, column, field and problem", () => {
+  test.each([
+    ["bad YAML", "portForwards: [\n", ["lima.yaml:2:1: not valid YAML: Flow sequence in block collection must be sufficiently indented and end with a ]"]],
+    ["duplicate key", "portForwards: []\nportForwards: []\n", ["lima.yaml:2:1: not valid YAML: Map keys must be unique"]],
+    ["not a mapping", "- 1\n- 2\n", ["lima.yaml:1:1: the config must be a mapping of keys to values"]],
+    ["portForwards not a list", "portForwards: yes\n", ["lima.yaml:1:15: portForwards: must be a list of rules"]],
+    ["a rule that is not a mapping", "portForwards:\n  - 8080\n", ["lima.yaml:2:5: portForwards[0]: a rule must be a mapping, not 8080"]],
+    ["port out of range", "portForwards:\n- guestPort: 1\n- guestPortRange: [1, 70000]\n", [
+      "lima.yaml:3:23: portForwards[1].guestPortRange: 70000 is not a port (1-65535)",
+    ]],
+    ["port zero", "portForwards:\n- hostPort: 0\n", ["lima.yaml:2:13: portForwards[0].hostPort: 0 is not a port (1-65535)"]],
+    ["port of the wrong type", "portForwards:\n- guestPort: \"8080\"\n", ["lima.yaml:2:14: portForwards[0].guestPort: \"8080\" is not a number"]],
+    ["fractional port", "portForwards:\n- guestPort: 80.5\n", ["lima.yaml:2:14: portForwards[0].guestPort: 80.5 is not a whole number"]],
+    ["range that is not a pair", "portForwards:\n- guestPortRange: [1000]\n", ["lima.yaml:2:19: portForwards[0].guestPortRange: must be a [low, high] pair of ports"]],
+    ["range upside down", "portForwards:\n- guestPortRange: [2000, 1000]\n  hostPortRange: [2000, 1000]\n", [
+      "lima.yaml:2:19: portForwards[0].guestPortRange: [2000,1000] is not a range: the high port is below the low one",
+      "lima.yaml:3:18: portForwards[0].hostPortRange: [2000,1000] is not a range: the high port is below the low one",
+    ]],
+    ["ranges of unequal length", "portForwards:\n- guestPortRange: [3000, 3009]\n  hostPortRange: [2000, 2001]\n", [
+      "lima.yaml:3:18: portForwards[0].hostPortRange: covers 2 ports but guestPortRange covers 10",
+    ]],
+    ["guestPort not the start of its range", "portForwards:\n- guestPort: 80\n  guestPortRange: [81, 82]\n  hostPortRange: [81, 82]\n", [
+      "lima.yaml:2:14: portForwards[0].guestPort: 80 must equal guestPortRange[0] (81)",
+    ]],
+    ["hostPort not the start of its range", "portForwards:\n- hostPort: 80\n  hostPortRange: [81, 81]\n  guestPort: 81\n", [
+      "lima.yaml:2:13: portForwards[0].hostPort: 80 must equal hostPortRange[0] (81)",
+    ]],
+    ["reverse without sockets", "portForwards:\n- guestPort: 80\n  reverse: true\n", ["lima.yaml:3:12: portForwards[0].reverse: needs both guestSocket and hostSocket"]],
+    ["relative guestSocket", "portForwards:\n- guestSocket: run/x.sock\n  hostSocket: x.sock\n", [
+      "lima.yaml:2:16: portForwards[0].guestSocket: \"run/x.sock\" must be an absolute path",
+    ]],
+    ["guestPort with guestSocket", "portForwards:\n- guestSocket: /run/x.sock\n  guestPort: 80\n", [
+      "lima.yaml:3:14: portForwards[0].guestPort: must not be set together with guestSocket",
+    ]],
+    ["hostSocket from a range", "portForwards:\n- guestPortRange: [80, 81]\n  hostSocket: x.sock\n", [
+      "lima.yaml:3:15: portForwards[0].hostSocket: can only be mapped from a single port or socket, not a range",
+    ]],
+    ["mustBeZero with another IP", "portForwards:\n- guestIPMustBeZero: true\n  guestIP: 127.0.0.1\n", [
+      "lima.yaml:2:22: portForwards[0].guestIPMustBeZero: can only be true when guestIP is 0.0.0.0",
+    ]],
+    ["not an IP", "portForwards:\n- hostIP: localhost\n", ["lima.yaml:2:11: portForwards[0].hostIP: \"localhost\" is not an IP address"]],
+    ["unknown proto", "portForwards:\n- proto: sctp\n", ["lima.yaml:2:10: portForwards[0].proto: \"sctp\" is not one of tcp, udp, any"]],
+    ["not a boolean", "portForwards:\n- ignore: \"yes\"\n", ["lima.yaml:2:11: portForwards[0].ignore: \"yes\" is not true or false"]],
+    ["unknown key in a rule", "portForwards:\n- guestPort: 80\n  hostPorts: 8080\n", ["lima.yaml:3:3: portForwards[0].hostPorts: unknown field"]],
+    ["several problems, in file order", "portForwards:\n- proto: x\n- guestPort: -1\n", [
+      "lima.yaml:2:10: portForwards[0].proto: \"x\" is not one of tcp, udp, any",
+      "lima.yaml:3:14: portForwards[1].guestPort: -1 is not a port (1-65535)",
+    ]],
+  ])("%s", (_name, text, expected) => {
+    expect(errorsOf(text)).toEqual(expected);
+  });
+});
