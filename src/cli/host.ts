@@ -19,7 +19,8 @@ interface HostFlags {
   config?: string;
   watchConfig?: boolean;
   stateDir?: string;
-  ipv6Loopback: boolean;
+  /** cac does not camel-case a name with a digit before the dash. */
+  "ipv6-loopback": boolean;
 }
 
 export function registerHost(cli: CAC): void {
@@ -45,7 +46,7 @@ export function registerHost(cli: CAC): void {
         configFile: flags.config,
         watchConfig: flags.watchConfig,
         stateDir,
-        ipv6Loopback: flags.ipv6Loopback,
+        ipv6Loopback: flags["ipv6-loopback"],
         logFormat,
       });
       agent.start();

@@ -58,7 +58,7 @@ describe("backpressure", () => {
   e2eTest("a guest server that never reads stops the host client's writes instead of filling memory", async () => {
     const { guest, host } = await startPair();
     const port = await freePort();
-    await guest.startServer("stall", "127.0.0.1", port);
+    await guest.startServer("stall", [["127.0.0.1", port]]);
     await host.waitForForwarding(port);
 
     // Push up to 1 GiB; without backpressure all of it would be buffered by the agents.

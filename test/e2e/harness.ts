@@ -2,7 +2,7 @@
 // real servers in it, and cleanup that runs even when a test fails.
 import { afterAll, afterEach, setDefaultTimeout, test } from "bun:test";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -194,14 +194,34 @@ export class Guest {
 
   /** A TCP echo server inside the guest. */
   startEcho(host: string, port: number): Promise<Proc> {
-    return this.startServer("echo", host, port);
+    return this.startServer("echo", [[host, port]]);
   }
 
-  /** A fixture server (test/fixtures/servers.ts) inside the guest. */
-  async startServer(mode: "echo" | "stall", host: string, port: number): Promise<Proc> {
-    const server = this.spawn([...SERVERS, mode, host, String(port)], `${mode} ${host}:${port}`);
+  /** A fixture server (test/fixtures/servers.ts) inside the guest, on one or more addresses. */
+  async startServer(mode: "echo" | "stall", binds: [string, number][]): Promise<Proc> {
+    const label = `${mode} ${binds.map(([h, p]) => `${h}:${p}`).join(" ")}`;
+    const server = this.spawn([...SERVERS, mode, ...binds.flatMap(([h, p]) => [h, String(p)])], label);
     await server.waitForLine(/^listening/);
     return server;
+  }
+
+  /** An address on a veth interface inside the guest (both ends stay in the namespace). */
+  addVethAddress(cidr: string): void {
+    const exec = (...argv: string[]) => {
+      const r = spawnSync("ip", ["netns", "exec", this.ns, ...argv], { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`${argv.join(" ")}: ${r.stderr}`);
+    };
+    exec("ip", "link", "add", "ph-v0", "type", "veth", "peer", "name", "ph-v1");
+    exec("ip", "addr", "add", cidr, "dev", "ph-v0");
+    exec("ip", "link", "set", "ph-v0", "up");
+    exec("ip", "link", "set", "ph-v1", "up");
+  }
+
+  /** Writes a file into this guest's scratch directory (configs, state) and returns its path. */
+  writeFile(name: string, text: string): string {
+    const file = join(this.dir, name);
+    writeFileSync(file, text);
+    return file;
   }
 }
 
@@ -243,10 +263,10 @@ export class HostAgentProc {
   }
 }
 
-export function startHostAgent(guest: Guest, extra: string[] = []): HostAgentProc {
-  const child = spawn(PORTHOLE[0]!, [...PORTHOLE.slice(1), "host", "--guest", `unix://${guest.socket}`, "--log-format", "json", ...extra], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+/** `porthole host --log-format json` for this guest; `wrapper` runs it under another command (e.g. setpriv). */
+export function startHostAgent(guest: Guest, extra: string[] = [], wrapper: string[] = []): HostAgentProc {
+  const argv = [...wrapper, ...PORTHOLE, "host", "--guest", `unix://${guest.socket}`, "--log-format", "json", ...extra];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
   return new HostAgentProc(track(child, "host agent"));
 }
 
@@ -273,11 +293,14 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Connects, sends `data`, half-closes, and returns everything read until the peer closes. */
+/**
+ * Connects, sends `data`, half-closes, and returns everything read until the peer closes.
+ * `host` may be a unix socket path (then `port` is ignored).
+ */
 export function exchange(port: number, data: Buffer, host = "127.0.0.1", timeoutMs = 30_000): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
-    const socket = net.connect({ host, port });
+    const socket = host.startsWith("/") ? net.connect(host) : net.connect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new Error(`exchange with ${host}:${port} timed out`));
@@ -304,5 +327,33 @@ export function tryConnect(port: number, host = "127.0.0.1"): Promise<string> {
       resolve("connected");
     });
     socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
+/** The TCP addresses a process listens on in the host's network namespace (from `ss`). */
+export function tcpListenersOf(pid: number): string[] {
+  const out = spawnSync("ss", ["-Hltnp"], { encoding: "utf8" }).stdout ?? "";
+  return out
+    .split("\n")
+    .filter((line) => line.includes(`pid=${pid},`))
+    .map((line) => line.trim().split(/\s+/)[3]!)
+    .sort();
+}
+
+/** A base offset B such that every `port + B` is free on the host's 127.0.0.1 and ::1. */
+export async function freePortBase(ports: number[], min = 20_000, max = 55_000): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = min + Math.floor(Math.random() * (max - min));
+    const checks = await Promise.all(ports.flatMap((p) => ["127.0.0.1", "::1"].map((h) => isFree(p + base, h))));
+    if (checks.every(Boolean)) return base;
+  }
+  throw new Error("no free port base found");
+}
+
+function isFree(port: number, host: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once("error", () => resolve(false));
+    s.listen({ port, host, ipv6Only: host.includes(":") }, () => s.close(() => resolve(true)));
   });
 }
