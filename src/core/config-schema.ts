@@ -20,6 +20,21 @@ const ip = z
   .string({ error: (iss) => `${show(iss.input)} is not an IP address` })
   .refine(isIP, { error: (iss) => `${show(iss.input)} is not an IP address` });
 
+/** A duration: seconds as a number, or a string with a unit (`500ms`, `60s`, `2m`). */
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const duration = z
+  .union([z.number(), z.string()], { error: (iss) => `${show(iss.input)} is not a duration (e.g. 60s, 500ms, 2m)` })
+  .transform((v, ctx) => {
+    const m = typeof v === "number" ? [String(v), String(v), "s"] : /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$/.exec(v);
+    const ms = m ? Number(m[1]) * UNIT_MS[m[2]!]! : NaN;
+    if (!(ms > 0)) ctx.addIssue({ code: "custom", message: `${show(v)} is not a duration (e.g. 60s, 500ms, 2m)` });
+    return ms;
+  });
+const count = z
+  .number({ error: (iss) => `${show(iss.input)} is not a number` })
+  .int({ error: (iss) => `${show(iss.input)} is not a whole number` })
+  .min(1, { error: (iss) => `${show(iss.input)} must be at least 1` });
+
 const bool = z.boolean({ error: (iss) => `${show(iss.input)} is not true or false` });
 const path = z.string({ error: (iss) => `${show(iss.input)} is not a path` }).min(1, { error: "must not be empty" });
 
@@ -28,7 +43,7 @@ const UNIX_PATH_MAX = 107;
 
 export const RULE_FIELDS = [
   "guestIPMustBeZero", "guestIP", "guestPort", "guestPortRange", "guestSocket", "hostIP", "hostPort",
-  "hostPortRange", "hostSocket", "proto", "reverse", "ignore", "static",
+  "hostPortRange", "hostSocket", "proto", "reverse", "ignore", "static", "udpIdleTimeout", "udpMaxFlows",
 ] as const;
 
 export const ruleSchema = z
@@ -46,6 +61,9 @@ export const ruleSchema = z
     reverse: bool.optional(),
     ignore: bool.optional(),
     static: bool.optional(),
+    // porthole's own (a Lima file has none of them)
+    udpIdleTimeout: duration.optional(),
+    udpMaxFlows: count.optional(),
   }, { error: (iss) => (iss.code === "invalid_type" ? `a rule must be a mapping, not ${show(iss.input)}` : undefined) })
   .superRefine((input, ctx) => {
     // Lima's cross-field checks (pkg/limayaml/validate.go), on the rule with defaults filled in.
@@ -74,6 +92,8 @@ export const configSchema = z.looseObject(
     ssh: z.looseObject({ localPort: z.union([z.literal(0), port]).optional() }, { error: () => "must be a mapping" }).nullish(),
     /** porthole: a forward to host 127.0.0.1 also listens on ::1 (so `localhost` works either way). */
     ipv6Loopback: bool.optional(),
+    /** porthole: defaults for UDP forwards (a rule may set its own). */
+    udp: z.strictObject({ idleTimeout: duration.optional(), maxFlows: count.optional() }, { error: (iss) => (iss.code === "invalid_type" ? "must be a mapping" : undefined) }).optional(),
   },
   { error: () => "the config must be a mapping of keys to values" },
 );

@@ -10,7 +10,15 @@ export interface Config {
   /** Lima's `ssh.localPort`: that guest port is never forwarded either. */
   sshLocalPort?: number;
   ipv6Loopback: boolean;
+  udp: UdpSettings;
 }
+
+export interface UdpSettings {
+  idleTimeoutMs: number;
+  maxFlows: number;
+}
+
+export const DEFAULT_UDP: UdpSettings = { idleTimeoutMs: 60_000, maxFlows: 1024 };
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -19,7 +27,7 @@ export class ConfigError extends Error {
   }
 }
 
-export const DEFAULT_CONFIG: Config = { rules: [], ipv6Loopback: true };
+export const DEFAULT_CONFIG: Config = { rules: [], ipv6Loopback: true, udp: DEFAULT_UDP };
 
 /** `["portForwards", 2, "guestPortRange", 1]` -> `portForwards[2].guestPortRange`: the field, not the element. */
 function fieldName(path: PropertyKey[]): string {
@@ -51,6 +59,10 @@ export function parseConfig(text: string, file: string): Config {
     rules: (input.portForwards ?? []).map((r) => withDefaults(r)),
     sshLocalPort: input.ssh?.localPort || undefined,
     ipv6Loopback: input.ipv6Loopback ?? true,
+    udp: {
+      idleTimeoutMs: input.udp?.idleTimeout ?? DEFAULT_UDP.idleTimeoutMs,
+      maxFlows: input.udp?.maxFlows ?? DEFAULT_UDP.maxFlows,
+    },
   };
 }
 

@@ -7,7 +7,8 @@ export type AgentEventType =
   | "guest-disconnected"
   | "guest-unreachable"
   | "config-loaded"
-  | "config-rejected";
+  | "config-rejected"
+  | "warning";
 
 export interface ForwardEvent {
   type: ForwardEventType;
@@ -19,6 +20,8 @@ export interface ForwardEvent {
   error?: string;
   /** When a failed forward is tried again, in milliseconds. */
   retryInMs?: number;
+  /** A host socket that appears in the guest (`reverse: true`). */
+  reverse?: boolean;
 }
 
 export interface AgentEvent {
@@ -30,6 +33,12 @@ export interface AgentEvent {
   /** How many rules the loaded config has. */
   rules?: number;
   error?: string;
+  /** For warnings. */
+  message?: string;
+  /** guest-connected: the porthole guest agent's version and extensions, or `lima` for a stock agent. */
+  version?: string;
+  features?: string[];
+  lima?: boolean;
 }
 
 export type HostEvent = ForwardEvent | AgentEvent;
@@ -53,12 +62,16 @@ export function formatEventText(e: HostEvent): string {
         return `Loaded ${e.rules} portForwards rule(s) from ${e.file}`;
       case "config-rejected":
         return `Config ${e.file} rejected, keeping the rules in force:\n${e.error}`;
+      case "warning":
+        return `Warning: ${e.message}`;
     }
   }
   const proto = e.protocol.toUpperCase();
   switch (e.type) {
     case "forwarding":
-      return `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
+      return e.reverse
+        ? `Forwarding ${proto} from host ${e.hostAddr} to guest ${e.guestAddr} (reverse)`
+        : `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
     case "stopping":
       return `Stopping forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
     case "not-forwarding":

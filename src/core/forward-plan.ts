@@ -3,46 +3,75 @@
 // host 127.0.0.1:P): they share one listener instead of failing with "address in use".
 import type { IPPort } from "../proto/guest-service.ts";
 import { formatHostPort } from "./address.ts";
+import type { UdpSettings } from "./config.ts";
 import { portKey } from "./ports.ts";
-import { decide, type Decision, type Rule, type RuleEntry, type RuleOrigin } from "./rules.ts";
+import { decide, type Rule, type RuleEntry, type RuleOrigin } from "./rules.ts";
 
 export type HostTarget = { kind: "tcp"; ip: string; port: number } | { kind: "unix"; path: string };
 
+/** How the tunnel reaches the guest: a TCP or UDP port, or a unix socket path. */
+export type TunnelProtocol = "tcp" | "udp" | "unix";
+
 export interface PlannedForward {
-  /** `tcp 127.0.0.1:8080` or `tcp unix:/path`: one listener per key. */
+  /** `tcp 127.0.0.1:8080`, `udp [::1]:53` or `unix unix:/path`: one listener per key. */
   key: string;
-  protocol: string;
+  protocol: TunnelProtocol;
   host: HostTarget;
-  /** The guest address the tunnel dials. */
-  guest: IPPort;
+  /** What the guest dials: `127.0.0.1:8080`, `[::1]:53` or `/var/run/docker.sock`. */
+  guestAddr: string;
   origin: RuleOrigin;
-  /** From a `static: true` rule: wanted whether or not the guest listens. */
+  /** From a `static: true` or `guestSocket` rule: wanted whether or not the guest listens. */
   static: boolean;
   /** The `::1` listener beside a `127.0.0.1` one: dropped where the host has no IPv6. */
   companion: boolean;
+  /** For UDP forwards: flow limits from the rule, else the global settings. */
+  udp: UdpSettings;
+}
+
+/** `reverse: true`: a host unix socket that appears in the guest. */
+export interface PlannedReverse {
+  key: string;
+  guestSocket: string;
+  hostSocket: string;
+  origin: RuleOrigin;
 }
 
 export interface NotForwarded {
   port: IPPort;
-  decision: Exclude<Decision, { kind: "forward" | "forward-socket" }>;
+  reason: "no rule matches" | "ignored by rule" | "ephemeral UDP client port";
+  origin?: RuleOrigin;
 }
 
 export interface ForwardPlan {
   forwards: Map<string, PlannedForward>;
+  reverses: Map<string, PlannedReverse>;
   notForwarded: NotForwarded[];
 }
 
 export interface PlanOptions {
   /** A forward to host 127.0.0.1 also listens on ::1. */
   ipv6Loopback: boolean;
+  /** Flow limits for UDP forwards whose rule sets none. */
+  udp: UdpSettings;
+  /** The guest's ephemeral port range: UDP sockets bound there are clients (see isUdpClientPort). */
+  udpEphemeralRange: [number, number];
 }
+
+/** Linux's default ip_local_port_range, for guests that do not tell theirs. */
+export const LINUX_EPHEMERAL_RANGE: [number, number] = [32768, 60999];
+const DHCP_CLIENT_PORT = 68;
 
 export function formatHostTarget(t: HostTarget): string {
   return t.kind === "tcp" ? formatHostPort(t.ip, t.port) : t.path;
 }
 
-export function forwardKey(protocol: string, t: HostTarget): string {
+function forwardKey(protocol: TunnelProtocol, t: HostTarget): string {
   return `${protocol} ${t.kind === "tcp" ? formatHostPort(t.ip, t.port) : `unix:${t.path}`}`;
+}
+
+/** A bound, unconnected UDP socket on an ephemeral port (or the DHCP client's) is a client. */
+function isUdpClientPort(port: IPPort, range: [number, number]): boolean {
+  return port.protocol === "udp" && (port.port === DHCP_CLIENT_PORT || (port.port >= range[0] && port.port <= range[1]));
 }
 
 /** IPv4 binds first, then by address and port, so the chosen dial target is stable. */
@@ -51,45 +80,85 @@ function compareGuestPorts(a: IPPort, b: IPPort): number {
   return v6(a) - v6(b) || portKey(a).localeCompare(portKey(b));
 }
 
-function inRange(rule: Rule, port: IPPort): boolean {
-  return (rule.proto === "any" || rule.proto === port.protocol) && port.port >= rule.guestPortRange[0] && port.port <= rule.guestPortRange[1];
+function protocolsOf(rule: Rule): ("tcp" | "udp")[] {
+  return rule.proto === "any" ? ["tcp", "udp"] : [rule.proto];
 }
 
-/** Static rules forward every port of their range; the guest side dials the rule's guest IP. */
-function* staticForwards(rules: RuleEntry[]): Generator<{ guest: IPPort; host: HostTarget; origin: RuleOrigin }> {
-  for (const { rule, origin } of rules) {
-    if (!rule.static || rule.ignore || rule.guestSocket || rule.proto === "udp") continue;
-    const dialIP = rule.guestIP === "0.0.0.0" ? "127.0.0.1" : rule.guestIP === "::" ? "::1" : rule.guestIP;
-    const [lo, hi] = rule.guestPortRange;
-    for (let port = lo; port <= hi; port++) {
-      const host: HostTarget = rule.hostSocket
-        ? { kind: "unix", path: rule.hostSocket }
-        : { kind: "tcp", ip: rule.hostIP, port: port - lo + rule.hostPortRange[0] };
-      yield { guest: { protocol: "tcp", ip: dialIP, port }, host, origin };
-    }
-  }
+function inStaticRange(rule: Rule, port: IPPort): boolean {
+  return protocolsOf(rule).includes(port.protocol as "tcp" | "udp") && port.port >= rule.guestPortRange[0] && port.port <= rule.guestPortRange[1];
 }
 
 export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], options: PlanOptions): ForwardPlan {
   const forwards = new Map<string, PlannedForward>();
+  const reverses = new Map<string, PlannedReverse>();
   const notForwarded: NotForwarded[] = [];
-  const add = (guest: IPPort, host: HostTarget, origin: RuleOrigin, isStatic: boolean) => {
+  const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean) => {
+    const udp = {
+      idleTimeoutMs: entry.rule.udpIdleTimeoutMs ?? options.udp.idleTimeoutMs,
+      maxFlows: entry.rule.udpMaxFlows ?? options.udp.maxFlows,
+    };
     const targets: [HostTarget, boolean][] = [[host, false]];
     if (options.ipv6Loopback && host.kind === "tcp" && host.ip === "127.0.0.1") targets.push([{ ...host, ip: "::1" }, true]);
     for (const [target, companion] of targets) {
-      const key = forwardKey(guest.protocol, target);
-      if (!forwards.has(key)) forwards.set(key, { key, protocol: guest.protocol, host: target, guest, origin, static: isStatic, companion });
+      const key = forwardKey(protocol, target);
+      if (forwards.has(key)) continue;
+      forwards.set(key, { key, protocol, host: target, guestAddr, origin: entry.origin, static: isStatic, companion, udp });
     }
   };
 
-  for (const { guest, host, origin } of staticForwards(rules)) add(guest, host, origin, true);
+  // Unix socket rules and static rules hold from start-up, whatever the guest reports.
+  for (const entry of rules) {
+    const { rule } = entry;
+    if (rule.ignore) continue;
+    if (rule.guestSocket) {
+      if (rule.reverse) {
+        const key = `reverse ${rule.guestSocket}`;
+        reverses.set(key, { key, guestSocket: rule.guestSocket, hostSocket: rule.hostSocket!, origin: entry.origin });
+        continue;
+      }
+      const host: HostTarget = rule.hostSocket ? { kind: "unix", path: rule.hostSocket } : { kind: "tcp", ip: rule.hostIP, port: rule.hostPortRange[0] };
+      add("unix", rule.guestSocket, host, entry, true);
+      continue;
+    }
+    if (!rule.static) continue;
+    const dialIP = rule.guestIP === "0.0.0.0" ? "127.0.0.1" : rule.guestIP === "::" ? "::1" : rule.guestIP;
+    const [lo, hi] = rule.guestPortRange;
+    for (const protocol of protocolsOf(rule)) {
+      if (protocol === "udp" && rule.hostSocket) continue; // a stream socket cannot carry datagrams
+      for (let port = lo; port <= hi; port++) {
+        const host: HostTarget = rule.hostSocket
+          ? { kind: "unix", path: rule.hostSocket }
+          : { kind: "tcp", ip: rule.hostIP, port: port - lo + rule.hostPortRange[0] };
+        add(protocol, formatHostPort(dialIP, port), host, entry, true);
+      }
+    }
+  }
+
   const staticRules = rules.filter(({ rule }) => rule.static && !rule.ignore && !rule.guestSocket);
   for (const port of [...ports].sort(compareGuestPorts)) {
-    if (staticRules.some(({ rule }) => inRange(rule, port))) continue; // the static forward covers it
+    if (staticRules.some(({ rule }) => inStaticRange(rule, port))) continue; // the static forward covers it
     const decision = decide(port, rules);
-    if (decision.kind === "forward") add(port, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, decision.origin, false);
-    else if (decision.kind === "forward-socket") add(port, { kind: "unix", path: decision.hostSocket }, decision.origin, false);
-    else notForwarded.push({ port, decision });
+    const guestAddr = formatHostPort(port.ip, port.port);
+    const entry = (origin: RuleOrigin) => rules.find((r) => r.origin === origin)!;
+    switch (decision.kind) {
+      case "forward":
+        // Only a user's rule forwards a UDP client socket; the built-in fallback does not.
+        if (decision.origin === "built-in" && isUdpClientPort(port, options.udpEphemeralRange)) {
+          notForwarded.push({ port, reason: "ephemeral UDP client port" });
+          break;
+        }
+        add(port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false);
+        break;
+      case "forward-socket":
+        if (port.protocol === "tcp") add("tcp", guestAddr, { kind: "unix", path: decision.hostSocket }, entry(decision.origin), false);
+        else notForwarded.push({ port, reason: "no rule matches" }); // a stream socket cannot carry datagrams
+        break;
+      case "ignore":
+        notForwarded.push({ port, reason: "ignored by rule", origin: decision.origin });
+        break;
+      case "none":
+        notForwarded.push({ port, reason: "no rule matches" });
+    }
   }
-  return { forwards, notForwarded };
+  return { forwards, reverses, notForwarded };
 }

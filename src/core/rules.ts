@@ -18,6 +18,10 @@ export interface Rule {
   reverse: boolean;
   ignore: boolean;
   static: boolean;
+  /** porthole: idle UDP flows of this rule's forwards end after this long (ms). */
+  udpIdleTimeoutMs?: number;
+  /** porthole: at most this many UDP flows per forward. */
+  udpMaxFlows?: number;
 }
 
 /** A rule as written by a user: every field optional. */
@@ -35,6 +39,9 @@ export interface RuleInput {
   reverse?: boolean;
   ignore?: boolean;
   static?: boolean;
+  /** In milliseconds (the config schema converts durations). */
+  udpIdleTimeout?: number;
+  udpMaxFlows?: number;
 }
 
 /** Which rule decided: the user's rule index, or one of the built-in rules. */
@@ -64,6 +71,8 @@ export function withDefaults(input: RuleInput): Rule {
     reverse: input.reverse ?? false,
     ignore: input.ignore ?? false,
     static: input.static ?? false,
+    ...(input.udpIdleTimeout !== undefined ? { udpIdleTimeoutMs: input.udpIdleTimeout } : {}),
+    ...(input.udpMaxFlows !== undefined ? { udpMaxFlows: input.udpMaxFlows } : {}),
   };
 }
 

@@ -3,10 +3,11 @@ import * as grpc from "@grpc/grpc-js";
 import * as fs from "node:fs";
 import type * as net from "node:net";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
-import { guestServiceDefinition } from "../proto/guest-service.ts";
+import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { listenTransport } from "../transport/listen.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
+import { portholeServiceHandlers } from "./porthole-service.ts";
 import { PortWatcher } from "./watcher.ts";
 
 export interface GuestAgentOptions {
@@ -24,6 +25,7 @@ export class GuestAgent {
     this.watcher = new PortWatcher(options.scanIntervalMs);
     this.grpcServer = createTunedServer();
     this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
+    this.grpcServer.addService(portholeServiceDefinition, portholeServiceHandlers());
   }
 
   async start(): Promise<void> {

@@ -1,47 +1,86 @@
-// The guest end of a Tunnel: read the handshake, dial guest_addr inside the guest,
-// then relay. Host half-close (end of the request stream) half-closes the guest socket;
-// the guest server's EOF ends the RPC (Lima's semantics).
+// The guest end of a Tunnel: read the handshake, dial guest_addr inside the guest, relay.
+//
+// Closing: the host's EOF (end of the request stream) half-closes the guest socket. The guest
+// server's EOF is sent as an `eof` message when the host said it understands one (porthole's
+// extension), so the host client can still send; the RPC ends once both sides reached EOF.
+// With a stock Lima host the guest server's EOF ends the RPC, as Lima does.
 import * as grpc from "@grpc/grpc-js";
 import * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { relayTunnel, resetSocket } from "../transport/tunnel-relay.ts";
+import { handleUdpTunnel } from "./udp-endpoint.ts";
 
-type TunnelCall = grpc.ServerDuplexStream<TunnelMessage, Partial<TunnelMessage>>;
+export type TunnelCall = grpc.ServerDuplexStream<TunnelMessage, Partial<TunnelMessage>>;
 
 export function handleTunnel(call: TunnelCall): void {
   call.once("data", (handshake: TunnelMessage) => {
     call.pause();
-    let target: { host: string; port: number };
+    let dial: net.NetConnectOpts;
     try {
-      if (handshake.protocol !== "tcp") throw new Error(`protocol "${handshake.protocol}" is not supported yet`);
-      target = parseHostPort(handshake.guest_addr);
+      dial = dialOptions(handshake);
     } catch (err) {
       call.emit("error", { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message });
       return;
     }
-    const socket = net.connect({ host: target.host, port: target.port, noDelay: true });
-    const id = handshake.id;
-    let finished = false;
-    const finish = (status?: { code: grpc.status; details: string }) => {
-      if (finished) return;
-      finished = true;
-      if (status) call.emit("error", status);
-      else call.end();
-    };
-
-    socket.once("connect", () => {
-      relayTunnel(socket, call, (data) => ({ id, data }));
-      call.resume();
-    });
-    socket.once("end", () => finish());
-    socket.once("error", (err) => finish({ code: grpc.status.UNAVAILABLE, details: `${handshake.guest_addr}: ${err.message}` }));
-    socket.once("close", () => finish());
-    call.once("end", () => socket.end());
-    call.once("cancelled", () => {
-      finished = true;
-      resetSocket(socket);
-    });
-    call.once("error", () => resetSocket(socket));
+    if (handshake.protocol === "udp") return handleUdpTunnel(call, handshake);
+    relayStream(call, net.connect(dial), handshake.id, handshake.guest_addr, handshake.half_close);
   });
+}
+
+function dialOptions(handshake: TunnelMessage): net.NetConnectOpts {
+  const base = { allowHalfOpen: true, noDelay: true } as const;
+  switch (handshake.protocol) {
+    case "tcp":
+    case "udp":
+      return { ...base, ...parseHostPort(handshake.guest_addr) };
+    case "unix":
+      if (!handshake.guest_addr.startsWith("/")) throw new Error(`"${handshake.guest_addr}" is not an absolute socket path`);
+      return { path: handshake.guest_addr, allowHalfOpen: true };
+    default:
+      throw new Error(`protocol "${handshake.protocol}" is not supported (tcp, udp, unix)`);
+  }
+}
+
+/**
+ * Relays a connected (or connecting) guest socket over a tunnel call, with the closing
+ * rules above. Used for Tunnel and for reverse forwards alike.
+ */
+export function relayStream(call: TunnelCall, socket: net.Socket, id: string, target: string, halfClose: boolean): void {
+  let finished = false;
+  let guestEOF = false;
+  let hostEOF = false;
+  const finish = (status?: { code: grpc.status; details: string }) => {
+    if (finished) return;
+    finished = true;
+    if (status) return void call.emit("error", status);
+    call.end();
+    if (!halfClose) socket.end(); // Lima: nothing more can come from the host
+  };
+
+  const start = () => {
+    relayTunnel(socket, call, (data) => ({ id, data }));
+    call.resume();
+  };
+  if (socket.connecting) socket.once("connect", start);
+  else start();
+
+  socket.once("end", () => {
+    guestEOF = true;
+    if (!halfClose) return finish();
+    call.write({ id, eof: true });
+    if (hostEOF) finish();
+  });
+  call.once("end", () => {
+    hostEOF = true;
+    socket.end();
+    if (guestEOF) finish();
+  });
+  socket.once("error", (err) => finish({ code: grpc.status.UNAVAILABLE, details: `${target}: ${err.message}` }));
+  socket.once("close", () => finish());
+  call.once("cancelled", () => {
+    finished = true;
+    resetSocket(socket);
+  });
+  call.once("error", () => resetSocket(socket));
 }

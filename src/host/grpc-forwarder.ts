@@ -1,40 +1,81 @@
-// Carries one accepted host connection as one gRPC Tunnel stream (Lima's handshake:
-// {id, protocol, guest_addr}, then data). The client's half-close ends the request
-// stream, so its EOF reaches the guest server while the reply still flows back.
+// The gRPC data path: each accepted host connection becomes one Tunnel stream (Lima's
+// handshake {id, protocol, guest_addr}, then data), and each UDP client one stream too.
 import type * as net from "node:net";
-import type { GuestServiceClient } from "../proto/guest-service.ts";
-import { relayTunnel, resetSocket } from "../transport/tunnel-relay.ts";
+import type { PlannedForward } from "../core/forward-plan.ts";
+import type { GuestServiceClient, TunnelMessage } from "../proto/guest-service.ts";
+import { relayTunnel, resetSocket, type TunnelStream } from "../transport/tunnel-relay.ts";
+import type { UdpTunnel } from "./udp-forward.ts";
+
+/** The host end of a stream call, as grpc-js's client duplex has it. */
+export interface HostTunnelCall extends TunnelStream {
+  end(): void;
+  cancel(): void;
+  once(event: "end", listener: () => void): unknown;
+  once(event: "error", listener: (err: Error) => void): unknown;
+}
 
 export class GrpcForwarder {
   private nextId = 0;
 
   constructor(private readonly client: GuestServiceClient) {}
 
-  forward(socket: net.Socket, hostAddr: string, guestAddr: string): void {
-    const id = `tcp-${hostAddr}-${this.nextId++}`;
+  /** A TCP connection (or a unix socket connection) to a guest port or guest socket. */
+  forwardStream(socket: net.Socket, plan: PlannedForward): void {
+    const protocol = plan.protocol === "unix" ? "unix" : "tcp";
+    const id = `${protocol}-${plan.key.split(" ")[1]}-${this.nextId++}`;
     const call = this.client.Tunnel();
-    call.write({ id, protocol: "tcp", guest_addr: guestAddr });
-    relayTunnel(socket, call, (data) => ({ id, data }));
-
-    let callDone = false;
-    // The guest finished the stream: its server closed (Lima has no guest->host half-close).
-    call.once("end", () => {
-      callDone = true;
-      socket.end();
-    });
-    // The guest could not dial, or the link to the guest broke: the client sees a reset.
-    call.once("error", () => {
-      callDone = true;
-      resetSocket(socket);
-    });
-    socket.once("end", () => {
-      if (!callDone) call.end();
-    });
-    socket.once("error", () => {
-      if (!callDone) call.cancel();
-    });
-    socket.once("close", () => {
-      if (!callDone) call.cancel();
-    });
+    call.write({ id, protocol, guest_addr: plan.guestAddr, half_close: true });
+    bridgeSocket(socket, call, id);
   }
+
+  /** One UDP client's flow: the handshake is sent, then one message per datagram. */
+  openUdpTunnel(plan: PlannedForward, client: string): UdpTunnel {
+    const id = `udp-${plan.key.split(" ")[1]}-${client}`;
+    const call = this.client.Tunnel();
+    call.write({ id, protocol: "udp", guest_addr: plan.guestAddr });
+    call.on("error", () => {}); // the flow's owner listens too; an error must not be unhandled
+    return call;
+  }
+}
+
+/**
+ * Relays a host socket over a stream call that asked for half-close. The client's EOF ends
+ * the request stream; the guest's EOF arrives as an `eof` message (porthole guest) or as the
+ * end of the stream (stock Lima guest); either way the client reads EOF, and with a porthole
+ * guest it can still send.
+ */
+export function bridgeSocket(socket: net.Socket, call: HostTunnelCall, id: string): void {
+  relayTunnel(socket, call, (data) => ({ id, data }));
+  let callDone = false;
+  let guestEOF = false;
+  let clientEOF = false;
+  call.on("data", (msg: TunnelMessage) => {
+    if (msg.eof && !guestEOF) {
+      guestEOF = true;
+      socket.end();
+    }
+  });
+  call.once("end", () => {
+    callDone = true;
+    if (!guestEOF) socket.end();
+  });
+  // The guest could not dial, or the link to the guest broke: the client sees a reset.
+  call.once("error", () => {
+    callDone = true;
+    resetSocket(socket);
+  });
+  socket.once("end", () => {
+    clientEOF = true;
+    if (!callDone) call.end();
+  });
+  // Data after the tunnel is gone cannot be delivered: say so with a reset.
+  socket.on("data", () => {
+    if (callDone) resetSocket(socket);
+  });
+  // Closed without both EOFs (an error, or the client went away): drop the stream. After
+  // both EOFs the guest ends the stream itself, once its last bytes are flushed.
+  socket.once("close", () => {
+    if (!callDone && !(clientEOF && guestEOF)) call.cancel();
+  });
+  socket.once("error", () => {});
 }

@@ -5,11 +5,20 @@ import * as grpc from "@grpc/grpc-js";
 import { backoffDelay } from "../core/backoff.ts";
 import { applyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
 import { grpcTarget, type TransportAddress } from "../core/transport-address.ts";
-import { createGuestServiceClient, type GuestEvent, type GuestServiceClient, type Info } from "../proto/guest-service.ts";
+import {
+  createGuestServiceClient,
+  createPortholeClient,
+  type GuestEvent,
+  type GuestServiceClient,
+  type HelloResponse,
+  type Info,
+  type PortholeClient,
+} from "../proto/guest-service.ts";
 import { CLIENT_OPTIONS } from "../transport/grpc-tuning.ts";
 
 export interface GuestConnectionHandlers {
-  onConnected(ports: PortSet): void;
+  /** `hello` is undefined for a stock Lima guest agent (no porthole extensions). */
+  onConnected(ports: PortSet, hello: HelloResponse | undefined): void;
   onChange(ports: PortSet, diff: PortDiff): void;
   /** `wasConnected` is false while the first connection is still being tried. */
   onDisconnected(error: string, wasConnected: boolean): void;
@@ -21,6 +30,8 @@ const RETRY = { minMs: 100, maxMs: 2000 };
 
 export class GuestConnection {
   readonly client: GuestServiceClient;
+  /** porthole's extension service, on the same connection. */
+  readonly porthole: PortholeClient;
   private stopped = false;
   private events: grpc.ClientReadableStream<GuestEvent> | undefined;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -31,6 +42,7 @@ export class GuestConnection {
     private readonly handlers: GuestConnectionHandlers,
   ) {
     this.client = createGuestServiceClient(grpcTarget(address), CLIENT_OPTIONS);
+    this.porthole = createPortholeClient(this.client);
   }
 
   start(): void {
@@ -72,11 +84,12 @@ export class GuestConnection {
 
     try {
       const info = await this.getInfo();
+      const hello = await this.hello();
       if (ended) return;
       ports = toPortSet(info.local_ports);
       for (const diff of pending) applyDiff(ports, diff);
       this.attempt = 0;
-      this.handlers.onConnected(ports);
+      this.handlers.onConnected(ports, hello);
     } catch (err) {
       fail((err as grpc.ServiceError).details || (err as Error).message);
     }
@@ -90,6 +103,14 @@ export class GuestConnection {
       this.client.GetInfo({}, metadata, { deadline }, (err, info) =>
         err ? reject(err) : resolve(info),
       );
+    });
+  }
+
+  /** porthole's Hello; undefined when the guest agent does not have it (stock Lima). */
+  private hello(): Promise<HelloResponse | undefined> {
+    return new Promise((resolve) => {
+      const deadline = new Date(Date.now() + GET_INFO_DEADLINE_MS);
+      this.porthole.Hello({}, { deadline }, (err, res) => resolve(err ? undefined : res));
     });
   }
 

@@ -2,13 +2,16 @@
 import type { FSWatcher } from "node:fs";
 import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
-import type { PlanOptions } from "../core/forward-plan.ts";
+import { LINUX_EPHEMERAL_RANGE, type PlanOptions } from "../core/forward-plan.ts";
 import { rulesInForce } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { loadConfigFile, watchConfigFile } from "./config-file.ts";
 import { GrpcForwarder } from "./grpc-forwarder.ts";
 import { GuestConnection } from "./guest-connection.ts";
 import { Reconciler } from "./reconciler.ts";
+import { ReverseForward } from "./reverse-forward.ts";
+import { TcpForward } from "./tcp-forward.ts";
+import { UdpForward } from "./udp-forward.ts";
 
 export type LogFormat = "text" | "json";
 
@@ -22,6 +25,9 @@ export interface HostAgentOptions {
   stateDir: string;
   /** `false` turns the ::1 listeners off whatever the config says. */
   ipv6Loopback?: boolean;
+  /** Command-line UDP settings: they win over the config file's. */
+  udpIdleTimeoutMs?: number;
+  udpMaxFlows?: number;
   /** Re-apply the config file whenever it changes. */
   watchConfig?: boolean;
   logFormat: LogFormat;
@@ -35,15 +41,19 @@ export class HostAgent {
   private readonly connection: GuestConnection;
   private readonly reconciler: Reconciler;
   private configWatcher: FSWatcher | undefined;
+  private config: Config;
+  /** The guest's ephemeral port range, from Hello (Linux's default for a stock Lima guest). */
+  private ephemeralRange: [number, number] = LINUX_EPHEMERAL_RANGE;
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
     let announcedWaiting = false;
     this.connection = new GuestConnection(options.guest, {
-      onConnected: (ports) => {
+      onConnected: (ports, hello) => {
         announcedWaiting = false;
-        this.emit({ type: "guest-connected", guest });
-        this.reconciler.reconcile(ports);
+        this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
+        if (hello?.ephemeral_port_low) this.ephemeralRange = [hello.ephemeral_port_low, hello.ephemeral_port_high];
+        this.reconciler.setRules(rulesInForce(this.config.rules, this.config.sshLocalPort), this.planOptions(this.config), ports);
       },
       onChange: (ports) => this.reconciler.reconcile(ports),
       onDisconnected: (error, wasConnected) => {
@@ -56,12 +66,20 @@ export class HostAgent {
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.join("; ")}`),
     });
     const forwarder = new GrpcForwarder(this.connection.client);
-    const config = options.config ?? DEFAULT_CONFIG;
+    const report = (e: HostEvent) => this.emit(e);
+    const warn = (message: string) => this.emit({ type: "warning", message });
+    this.config = options.config ?? DEFAULT_CONFIG;
     this.reconciler = new Reconciler(
-      rulesInForce(config.rules, config.sshLocalPort),
-      this.planOptions(config),
-      (socket, hostAddr, guestAddr) => forwarder.forward(socket, hostAddr, guestAddr),
-      (e) => this.emit(e),
+      rulesInForce(this.config.rules, this.config.sshLocalPort),
+      this.planOptions(this.config),
+      {
+        forward: (plan) =>
+          plan.protocol === "udp"
+            ? new UdpForward(plan, (p, client) => forwarder.openUdpTunnel(p, client), report, warn)
+            : new TcpForward(plan, (socket, p) => forwarder.forwardStream(socket, p), report),
+        reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report),
+      },
+      report,
     );
   }
 
@@ -95,11 +113,19 @@ export class HostAgent {
       return;
     }
     this.emit({ type: "config-loaded", file, rules: config.rules.length });
+    this.config = config;
     this.reconciler.setRules(rulesInForce(config.rules, config.sshLocalPort), this.planOptions(config));
   }
 
   private planOptions(config: Config): PlanOptions {
-    return { ipv6Loopback: this.options.ipv6Loopback !== false && config.ipv6Loopback };
+    return {
+      ipv6Loopback: this.options.ipv6Loopback !== false && config.ipv6Loopback,
+      udp: {
+        idleTimeoutMs: this.options.udpIdleTimeoutMs ?? config.udp.idleTimeoutMs,
+        maxFlows: this.options.udpMaxFlows ?? config.udp.maxFlows,
+      },
+      udpEphemeralRange: this.ephemeralRange,
+    };
   }
 
   private emit(e: HostEvent): void {

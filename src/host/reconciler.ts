@@ -1,34 +1,38 @@
-// Keeps the host's listeners equal to the plan: opens what is new, closes what is gone,
+// Keeps the host's forwards equal to the plan: opens what is new, closes what is gone,
 // leaves the rest untouched. Reports each port the rules do not forward once per decision.
 import { formatHostPort } from "../core/address.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
-import { planForwards, type NotForwarded, type PlanOptions } from "../core/forward-plan.ts";
+import { planForwards, type PlannedForward, type PlannedReverse, type PlanOptions } from "../core/forward-plan.ts";
 import { portKey, type PortSet } from "../core/ports.ts";
 import type { RuleEntry } from "../core/rules.ts";
-import { TcpForward, type ConnectionHandler } from "./tcp-forward.ts";
+import type { HostForward } from "./host-forward.ts";
 
-const REASONS: Record<NotForwarded["decision"]["kind"], string> = {
-  none: "no rule matches",
-  ignore: "ignored by rule",
-};
+export interface ForwardFactory {
+  forward(plan: PlannedForward): HostForward;
+  reverse(plan: PlannedReverse): { close(): void; destroy(): void };
+}
 
 export class Reconciler {
-  private readonly active = new Map<string, TcpForward>();
+  private readonly active = new Map<string, HostForward>();
+  private readonly reverses = new Map<string, { close(): void; destroy(): void }>();
   private reportedNotForwarded = new Set<string>();
   private ports: PortSet = new Map();
 
   constructor(
     private rules: RuleEntry[],
     private options: PlanOptions,
-    private readonly onConnection: ConnectionHandler,
+    private readonly factory: ForwardFactory,
     private readonly report: (e: ForwardEvent) => void,
   ) {}
 
-  /** New rules: forwards they still want stay up untouched, the others close, new ones open. */
-  setRules(rules: RuleEntry[], options: PlanOptions): void {
+  /**
+   * New rules or options (and, on reconnect, a new port snapshot): forwards still wanted
+   * stay up untouched, the others close, new ones open.
+   */
+  setRules(rules: RuleEntry[], options: PlanOptions, ports: PortSet = this.ports): void {
     this.rules = rules;
     this.options = options;
-    this.reconcile(this.ports);
+    this.reconcile(ports);
   }
 
   reconcile(ports: PortSet): void {
@@ -42,29 +46,38 @@ export class Reconciler {
     for (const [key, planned] of plan.forwards) {
       const existing = this.active.get(key);
       if (existing) existing.retarget(planned);
-      else this.active.set(key, new TcpForward(planned, this.onConnection, this.report));
+      else this.active.set(key, this.factory.forward(planned));
+    }
+    for (const [key, reverse] of this.reverses) {
+      if (plan.reverses.has(key)) continue;
+      reverse.close();
+      this.reverses.delete(key);
+    }
+    for (const [key, planned] of plan.reverses) {
+      if (!this.reverses.has(key)) this.reverses.set(key, this.factory.reverse(planned));
     }
 
     const nowNotForwarded = new Set<string>();
-    for (const { port, decision } of plan.notForwarded) {
-      const origin = decision.kind === "ignore" ? decision.origin : undefined;
-      const key = `${portKey(port)} ${decision.kind} ${origin}`;
+    for (const { port, reason, origin } of plan.notForwarded) {
+      const key = `${portKey(port)} ${reason} ${origin}`;
       nowNotForwarded.add(key);
       if (this.reportedNotForwarded.has(key)) continue;
       this.report({
         type: "not-forwarding",
         protocol: port.protocol,
         guestAddr: formatHostPort(port.ip, port.port),
-        error: REASONS[decision.kind],
+        error: reason,
         ...(origin !== undefined ? { rule: origin } : {}),
       });
     }
     this.reportedNotForwarded = nowNotForwarded;
   }
 
-  /** Closes every listener and connection (agent shutdown). */
+  /** Closes every forward and what it carries (agent shutdown). */
   destroy(): void {
     for (const forward of this.active.values()) forward.destroy();
+    for (const reverse of this.reverses.values()) reverse.destroy();
     this.active.clear();
+    this.reverses.clear();
   }
 }

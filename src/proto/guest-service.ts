@@ -1,9 +1,10 @@
-// Lima's GuestService, loaded from the embedded .proto text with protobufjs and
-// @grpc/proto-loader. Host and guest share these definitions and nothing else.
+// Lima's GuestService and porthole's extensions, loaded from the embedded .proto texts with
+// protobufjs and @grpc/proto-loader. Host and guest share these definitions and nothing else.
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
-import protoText from "../../proto/guestservice.proto" with { type: "text" };
+import limaProto from "../../proto/guestservice.proto" with { type: "text" };
+import portholeProto from "../../proto/porthole.proto" with { type: "text" };
 
 export interface IPPort {
   protocol: string;
@@ -33,6 +34,22 @@ export interface TunnelMessage {
   data: Buffer;
   guest_addr: string;
   udp_target_addr: string;
+  /** porthole extension (handshake): the host understands `eof`. */
+  half_close: boolean;
+  /** porthole extension: the guest side reached EOF. */
+  eof: boolean;
+}
+
+export interface HelloResponse {
+  version: string;
+  features: string[];
+  ephemeral_port_low: number;
+  ephemeral_port_high: number;
+}
+
+export interface ReverseEvent {
+  listening: boolean;
+  connection_id: string;
 }
 
 const LOADER_OPTIONS: protoLoader.Options = {
@@ -50,17 +67,38 @@ export function loadRoot(): protobuf.Root {
     if (!json) throw new Error(`protobufjs lacks the well-known type ${file}`);
     root.addJSON(json.nested!);
   }
-  protobuf.parse(protoText, root, { keepCase: true });
+  protobuf.parse(limaProto, root, { keepCase: true });
+  protobuf.parse(portholeProto, root, { keepCase: true });
   root.resolveAll();
   return root;
 }
 
 export const packageDefinition = protoLoader.fromJSON(loadRoot().toJSON(), LOADER_OPTIONS);
 
-const loaded = grpc.loadPackageDefinition(packageDefinition);
+const limaService = (packageDefinition.GuestService as grpc.ServiceDefinition);
+const portholeService = (packageDefinition["porthole.Porthole"] as grpc.ServiceDefinition);
 
-const GuestServiceClient = loaded.GuestService as grpc.ServiceClientConstructor;
-export const guestServiceDefinition = GuestServiceClient.service;
+/** Lima's GuestService exactly as Lima defines it (used by the compatibility tests). */
+export const limaGuestServiceDefinition: grpc.ServiceDefinition = limaService;
+
+/**
+ * GuestService as porthole speaks it: the same paths and messages, except that Tunnel
+ * carries porthole.ExtendedTunnelMessage (Lima's fields plus the extension fields).
+ */
+export const guestServiceDefinition: grpc.ServiceDefinition = {
+  ...limaService,
+  Tunnel: { ...limaService.Tunnel!, ...serializers(portholeService.ReverseTunnel!) },
+};
+
+export const portholeServiceDefinition: grpc.ServiceDefinition = portholeService;
+
+function serializers(m: grpc.MethodDefinition<unknown, unknown>) {
+  const { requestSerialize, requestDeserialize, responseSerialize, responseDeserialize } = m;
+  return { requestSerialize, requestDeserialize, responseSerialize, responseDeserialize };
+}
+
+const GuestServiceClient = grpc.makeGenericClientConstructor(guestServiceDefinition, "GuestService");
+const PortholeClient = grpc.makeGenericClientConstructor(portholeServiceDefinition, "Porthole");
 
 /** The generated client's methods, typed. */
 export interface GuestServiceClient extends grpc.Client {
@@ -74,11 +112,21 @@ export interface GuestServiceClient extends grpc.Client {
   Tunnel(): grpc.ClientDuplexStream<Partial<TunnelMessage>, TunnelMessage>;
 }
 
-export function createGuestServiceClient(
-  target: string,
-  options: grpc.ChannelOptions,
-): GuestServiceClient {
+export interface PortholeClient extends grpc.Client {
+  Hello(request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: HelloResponse) => void): grpc.ClientUnaryCall;
+  Reverse(request: { guest_socket: string }): grpc.ClientReadableStream<ReverseEvent>;
+  ReverseTunnel(): grpc.ClientDuplexStream<Partial<TunnelMessage>, TunnelMessage>;
+}
+
+export function createGuestServiceClient(target: string, options: grpc.ChannelOptions): GuestServiceClient {
   return new GuestServiceClient(target, grpc.credentials.createInsecure(), options) as unknown as GuestServiceClient;
+}
+
+/** A Porthole client sharing an existing client's channel (one connection for everything). */
+export function createPortholeClient(sharing: grpc.Client): PortholeClient {
+  return new PortholeClient("unused", grpc.credentials.createInsecure(), {
+    channelOverride: sharing.getChannel(),
+  }) as unknown as PortholeClient;
 }
 
 export function nowTimestamp(): Timestamp {

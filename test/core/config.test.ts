@@ -14,7 +14,9 @@ function errorsOf(text: string): string[] {
 
 describe("accepted configs", () => {
   test("an empty file, and a file without portForwards, mean the built-in rules only", () => {
-    expect(parseConfig("", "c.yaml")).toEqual({ rules: [], sshLocalPort: undefined, ipv6Loopback: true });
+    expect(parseConfig("", "c.yaml")).toEqual({
+      rules: [], sshLocalPort: undefined, ipv6Loopback: true, udp: { idleTimeoutMs: 60_000, maxFlows: 1024 },
+    });
     expect(parseConfig("cpus: 4\nportForwards: []\n", "c.yaml").rules).toEqual([]);
     expect(parseConfig("portForwards:\n", "c.yaml").rules).toEqual([]);
   });
@@ -27,6 +29,11 @@ describe("accepted configs", () => {
         reverse: false, ignore: false, static: false,
       },
     ]);
+  });
+  test("UDP flow settings: globally and per rule, durations with units", () => {
+    const config = parseConfig("udp: {idleTimeout: 90s, maxFlows: 16}\nportForwards:\n- {guestPort: 53, udpIdleTimeout: 500ms, udpMaxFlows: 2}\n- {guestPort: 54, udpIdleTimeout: 2}\n", "c.yaml");
+    expect(config.udp).toEqual({ idleTimeoutMs: 90_000, maxFlows: 16 });
+    expect(config.rules.map((r) => [r.udpIdleTimeoutMs, r.udpMaxFlows])).toEqual([[500, 2], [2000, undefined]]);
   });
   test("porthole's own key turns the ::1 listeners off", () => {
     expect(parseConfig("ipv6Loopback: false\n", "c.yaml").ipv6Loopback).toBe(false);
@@ -83,6 +90,8 @@ describe("malformed configs name file, line, column, field and problem", () => {
     ["not an IP", "portForwards:\n- hostIP: localhost\n", ["lima.yaml:2:11: portForwards[0].hostIP: \"localhost\" is not an IP address"]],
     ["unknown proto", "portForwards:\n- proto: sctp\n", ["lima.yaml:2:10: portForwards[0].proto: \"sctp\" is not one of tcp, udp, any"]],
     ["not a boolean", "portForwards:\n- ignore: \"yes\"\n", ["lima.yaml:2:11: portForwards[0].ignore: \"yes\" is not true or false"]],
+    ["a duration without a unit we know", "udp:\n  idleTimeout: 1 fortnight\n", ["lima.yaml:2:16: udp.idleTimeout: \"1 fortnight\" is not a duration (e.g. 60s, 500ms, 2m)"]],
+    ["unknown key in udp", "udp: {idle: 5}\n", ["lima.yaml:1:7: udp.idle: unknown field"]],
     ["unknown key in a rule", "portForwards:\n- guestPort: 80\n  hostPorts: 8080\n", ["lima.yaml:3:3: portForwards[0].hostPorts: unknown field"]],
     ["several problems, in file order", "portForwards:\n- proto: x\n- guestPort: -1\n", [
       "lima.yaml:2:10: portForwards[0].proto: \"x\" is not one of tcp, udp, any",

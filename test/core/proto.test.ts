@@ -1,6 +1,6 @@
 // The wire format must match Lima's field numbers byte for byte.
 import { describe, expect, test } from "bun:test";
-import { guestServiceDefinition } from "../../src/proto/guest-service.ts";
+import { guestServiceDefinition, limaGuestServiceDefinition, portholeServiceDefinition } from "../../src/proto/guest-service.ts";
 
 const hex = (b: Buffer) => b.toString("hex");
 
@@ -41,5 +41,26 @@ describe("GuestService wire format", () => {
     const ipport = "0a03756470" + "1207312e322e332e34" + "1835";
     expect(hex(bytes)).toBe("0a0408011005" + "1210" + ipport + "1a10" + ipport + "220165");
     expect(m.responseDeserialize(bytes)).toMatchObject({ added_local_ports: [p], removed_local_ports: [p], errors: ["e"] });
+  });
+});
+
+describe("porthole's extensions stay compatible", () => {
+  test("Tunnel carries Lima's fields 1..5 plus half_close = 100 and eof = 101", () => {
+    const ext = guestServiceDefinition.Tunnel!;
+    const bytes = ext.requestSerialize({ id: "i", half_close: true, eof: true });
+    expect(hex(bytes)).toBe("0a0169" + "a00601" + "a80601");
+    // A stock Lima peer decodes the same bytes and skips the fields it does not know.
+    expect(limaGuestServiceDefinition.Tunnel!.requestDeserialize(bytes)).toMatchObject({ id: "i", data: Buffer.alloc(0) });
+  });
+
+  test("everything else is Lima's service unchanged", () => {
+    for (const name of ["GetInfo", "GetEvents", "PostInotify", "SyncTime"]) {
+      expect(guestServiceDefinition[name]).toBe(limaGuestServiceDefinition[name]!);
+    }
+    expect(Object.values(portholeServiceDefinition).map((m) => m.path).sort()).toEqual([
+      "/porthole.Porthole/Hello",
+      "/porthole.Porthole/Reverse",
+      "/porthole.Porthole/ReverseTunnel",
+    ]);
   });
 });

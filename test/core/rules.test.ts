@@ -48,14 +48,17 @@ describe("defaults", () => {
 });
 
 describe("forward plan", () => {
-  const v4only = { ipv6Loopback: false };
+  const udp = { idleTimeoutMs: 60_000, maxFlows: 1024 };
+  const base = { udp, udpEphemeralRange: [32768, 60999] as [number, number] };
+  const v4only = { ...base, ipv6Loopback: false };
+  const dual = { ...base, ipv6Loopback: true };
   test("guest 0.0.0.0:P and [::]:P share one host listener, dialing the IPv4 bind", () => {
     const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins, v4only);
     expect([...plan.forwards.keys()]).toEqual(["tcp 127.0.0.1:8080"]);
-    expect(plan.forwards.get("tcp 127.0.0.1:8080")!.guest).toEqual(tcp("0.0.0.0", 8080));
+    expect(plan.forwards.get("tcp 127.0.0.1:8080")!.guestAddr).toBe("0.0.0.0:8080");
   });
   test("a forward to host 127.0.0.1 also gets a ::1 listener, marked as a companion", () => {
-    const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins, { ipv6Loopback: true });
+    const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins, dual);
     expect([...plan.forwards.values()].map((f) => [f.key, f.companion])).toEqual([
       ["tcp 127.0.0.1:8080", false],
       ["tcp [::1]:8080", true],
@@ -63,7 +66,7 @@ describe("forward plan", () => {
   });
   test("explicit host addresses get no companion", () => {
     const rules = rulesInForce([withDefaults({ guestPort: 80, hostPort: 8080, hostIP: "::1" }), withDefaults({ guestPort: 81, hostIP: "0.0.0.0" })]);
-    const plan = planForwards([tcp("127.0.0.1", 80), tcp("127.0.0.1", 81)], rules, { ipv6Loopback: true });
+    const plan = planForwards([tcp("127.0.0.1", 80), tcp("127.0.0.1", 81)], rules, dual);
     expect([...plan.forwards.keys()]).toEqual(["tcp [::1]:8080", "tcp 0.0.0.0:81"]);
   });
   test("a host socket forward", () => {
@@ -73,11 +76,11 @@ describe("forward plan", () => {
   });
   test("static rules forward their whole range without guest listeners; the dynamic path skips it", () => {
     const rules = rulesInForce([
-      withDefaults({ guestPortRange: [7000, 7002], hostPortRange: [17000, 17002], static: true }),
-      withDefaults({ guestIP: "0.0.0.0", guestPort: 7100, static: true, guestIPMustBeZero: false }),
+      withDefaults({ guestPortRange: [7000, 7002], hostPortRange: [17000, 17002], static: true, proto: "tcp" }),
+      withDefaults({ guestIP: "0.0.0.0", guestPort: 7100, static: true, guestIPMustBeZero: false, proto: "tcp" }),
     ]);
     const plan = planForwards([tcp("0.0.0.0", 7001), tcp("127.0.0.1", 7003)], rules, v4only);
-    const summary = [...plan.forwards.values()].map((f) => `${f.key} -> ${f.guest.ip}:${f.guest.port} ${f.static ? "static" : "dynamic"}`);
+    const summary = [...plan.forwards.values()].map((f) => `${f.key} -> ${f.guestAddr} ${f.static ? "static" : "dynamic"}`);
     expect(summary).toEqual([
       "tcp 127.0.0.1:17000 -> 127.0.0.1:7000 static",
       "tcp 127.0.0.1:17001 -> 127.0.0.1:7001 static",
@@ -86,9 +89,30 @@ describe("forward plan", () => {
       "tcp 127.0.0.1:7003 -> 127.0.0.1:7003 dynamic",
     ]);
   });
+  test("a static rule with proto any forwards TCP and UDP", () => {
+    const rules = rulesInForce([withDefaults({ guestPort: 5353, static: true })]);
+    expect([...planForwards([], rules, v4only).forwards.keys()]).toEqual(["tcp 127.0.0.1:5353", "udp 127.0.0.1:5353"]);
+  });
+  test("UDP client sockets (ephemeral ports, DHCP's 68) are not forwarded by the fallback, but by an explicit rule", () => {
+    const udpPort = (port: number) => ({ protocol: "udp", ip: "0.0.0.0", port });
+    const plan = planForwards([udpPort(68), udpPort(40000), udpPort(5353), tcp("127.0.0.1", 40000)], builtins, v4only);
+    expect([...plan.forwards.keys()]).toEqual(["tcp 127.0.0.1:40000", "udp 127.0.0.1:5353"]);
+    expect(plan.notForwarded.map((n) => `${n.port.port} ${n.reason}`)).toEqual(["40000 ephemeral UDP client port", "68 ephemeral UDP client port"]);
+    const explicit = rulesInForce([withDefaults({ guestPort: 40000, proto: "udp", guestIP: "0.0.0.0" })]);
+    expect([...planForwards([udpPort(40000)], explicit, v4only).forwards.keys()]).toEqual(["udp 127.0.0.1:40000"]);
+  });
+  test("unix socket rules: forward a guest socket to a host socket, and reverse", () => {
+    const rules = rulesInForce([
+      withDefaults({ guestSocket: "/var/run/docker.sock", hostSocket: "/h/docker.sock" }),
+      withDefaults({ guestSocket: "/run/agent.sock", hostSocket: "/h/agent.sock", reverse: true }),
+    ]);
+    const plan = planForwards([], rules, v4only);
+    expect([...plan.forwards.values()].map((f) => [f.key, f.protocol, f.guestAddr])).toEqual([["unix unix:/h/docker.sock", "unix", "/var/run/docker.sock"]]);
+    expect([...plan.reverses.values()]).toEqual([{ key: "reverse /run/agent.sock", guestSocket: "/run/agent.sock", hostSocket: "/h/agent.sock", origin: 1 }]);
+  });
   test("ports the rules skip are listed with the reason", () => {
     const plan = planForwards([tcp("0.0.0.0", 22), tcp("127.0.0.2", 3000)], builtins, v4only);
     expect(plan.forwards.size).toBe(0);
-    expect(plan.notForwarded.map((n) => n.decision.kind).sort()).toEqual(["ignore", "none"]);
+    expect(plan.notForwarded.map((n) => n.reason).sort()).toEqual(["ignored by rule", "no rule matches"]);
   });
 });

@@ -1,0 +1,39 @@
+// The guest end of a UDP Tunnel (one per host client): a UDP socket connected to the guest
+// server, one datagram per message each way. A datagram that cannot be delivered is lost,
+// as UDP allows; it never ends the tunnel. The host's end of the stream closes the socket.
+import * as dgram from "node:dgram";
+import { isIPv6 } from "node:net";
+import { parseHostPort } from "../core/address.ts";
+import type { TunnelMessage } from "../proto/guest-service.ts";
+import type { TunnelCall } from "./tunnel-endpoint.ts";
+
+export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): void {
+  const { host, port } = parseHostPort(handshake.guest_addr);
+  const target = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
+  const socket = dgram.createSocket(isIPv6(target) ? "udp6" : "udp4");
+  const id = handshake.id;
+  let closed = false;
+  let blocked = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    socket.close();
+    call.end();
+  };
+
+  socket.on("error", () => {}); // e.g. ECONNREFUSED: the server is not there right now
+  socket.on("message", (data) => {
+    if (closed || blocked) return;
+    if (!call.write({ id, data })) blocked = true;
+  });
+  call.on("drain", () => (blocked = false));
+  socket.connect(port, target, () => {
+    call.on("data", (msg: TunnelMessage) => {
+      if (!closed) socket.send(msg.data);
+    });
+    call.resume();
+  });
+  call.once("end", close);
+  call.once("cancelled", close);
+  call.once("error", close);
+}

@@ -1,0 +1,80 @@
+// A reverse forward (`reverse: true`): a host unix socket appears in the guest. The guest
+// agent listens on the guest path (porthole's Reverse RPC) and announces each connection;
+// the host dials its socket and joins the two with a ReverseTunnel stream.
+import * as net from "node:net";
+import { backoffDelay } from "../core/backoff.ts";
+import type { PlannedReverse } from "../core/forward-plan.ts";
+import type { PortholeClient, ReverseEvent } from "../proto/guest-service.ts";
+import { resetSocket } from "../transport/tunnel-relay.ts";
+import { bridgeSocket } from "./grpc-forwarder.ts";
+import type { Report } from "./host-forward.ts";
+
+const RETRY = { minMs: 500, maxMs: 10_000 };
+
+export class ReverseForward {
+  private stream: ReturnType<PortholeClient["Reverse"]> | undefined;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private attempt = 0;
+  private listening = false;
+  private closed = false;
+  private readonly sockets = new Set<net.Socket>();
+
+  constructor(
+    private readonly plan: PlannedReverse,
+    private readonly client: PortholeClient,
+    private readonly report: Report,
+  ) {
+    this.open();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    if (this.listening) this.report({ type: "stopping", ...this.describe() });
+    this.stream?.cancel(); // the guest stops listening and removes its socket file
+  }
+
+  destroy(): void {
+    this.close();
+    for (const s of this.sockets) s.destroy();
+  }
+
+  private describe() {
+    return { protocol: "unix", guestAddr: this.plan.guestSocket, hostAddr: this.plan.hostSocket, rule: this.plan.origin, reverse: true };
+  }
+
+  private open(): void {
+    if (this.closed) return;
+    const stream = this.client.Reverse({ guest_socket: this.plan.guestSocket });
+    this.stream = stream;
+    stream.on("data", (e: ReverseEvent) => {
+      if (e.listening) {
+        this.listening = true;
+        this.attempt = 0;
+        this.report({ type: "forwarding", ...this.describe() });
+      }
+      if (e.connection_id) this.connect(e.connection_id);
+    });
+    stream.on("error", (err: Error & { details?: string; code?: number }) => {
+      if (this.closed) return;
+      const unimplemented = err.code === 12; // grpc status UNIMPLEMENTED: a stock Lima guest agent
+      const error = unimplemented ? "the guest agent does not support reverse forwards (a porthole extension)" : err.details || err.message;
+      const retryInMs = backoffDelay(this.attempt++, RETRY);
+      if (this.listening) this.report({ type: "stopping", ...this.describe() });
+      this.listening = false;
+      this.report({ type: "failed", ...this.describe(), error, retryInMs });
+      this.retryTimer = setTimeout(() => this.open(), retryInMs);
+    });
+  }
+
+  private connect(id: string): void {
+    const socket = net.connect({ path: this.plan.hostSocket, allowHalfOpen: true });
+    this.sockets.add(socket);
+    socket.once("close", () => this.sockets.delete(socket));
+    const call = this.client.ReverseTunnel();
+    call.write({ id, half_close: true });
+    bridgeSocket(socket, call, id);
+    socket.once("error", () => resetSocket(socket));
+  }
+}

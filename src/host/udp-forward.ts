@@ -1,0 +1,134 @@
+// A UDP forward: one host UDP socket, and one Tunnel stream per client address (a flow),
+// so that replies go back to the client that asked and to no other. Datagram boundaries
+// are kept: one datagram is one message each way. Idle flows expire; the number of flows
+// is bounded, the least recently used one making room for a new client.
+import * as dgram from "node:dgram";
+import { isIPv6 } from "node:net";
+import { formatHostPort } from "../core/address.ts";
+import type { PlannedForward } from "../core/forward-plan.ts";
+import type { TunnelMessage } from "../proto/guest-service.ts";
+import { HostForward, type Report } from "./host-forward.ts";
+
+/** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
+export interface UdpTunnel {
+  write(message: Partial<TunnelMessage>): boolean;
+  end(): void;
+  cancel(): void;
+  on(event: "data", listener: (message: TunnelMessage) => void): unknown;
+  on(event: "drain" | "end", listener: () => void): unknown;
+  on(event: "error", listener: (err: Error) => void): unknown;
+}
+
+export type OpenUdpTunnel = (plan: PlannedForward, client: string) => UdpTunnel;
+export type Warn = (message: string) => void;
+
+interface Flow {
+  tunnel: UdpTunnel;
+  lastActive: number;
+  /** The stream is full: drop datagrams (UDP may lose them) instead of buffering. */
+  blocked: boolean;
+}
+
+export class UdpForward extends HostForward {
+  private socket: dgram.Socket | undefined;
+  private readonly flows = new Map<string, Flow>();
+  private sweeper: ReturnType<typeof setInterval> | undefined;
+
+  constructor(
+    plan: PlannedForward,
+    private readonly openTunnel: OpenUdpTunnel,
+    report: Report,
+    private readonly warn: Warn,
+  ) {
+    super(plan, report);
+  }
+
+  /** Open flows, for tests and status. */
+  get flowCount(): number {
+    return this.flows.size;
+  }
+
+  protected async listen(): Promise<void> {
+    if (this.plan.host.kind !== "tcp") throw new Error("a UDP forward needs a host address, not a socket");
+    const { ip, port } = this.plan.host;
+    const socket = dgram.createSocket({ type: isIPv6(ip) ? "udp6" : "udp4", ipv6Only: isIPv6(ip) });
+    await new Promise<void>((resolve, reject) => {
+      socket.once("error", reject);
+      socket.bind(port, ip, () => {
+        socket.off("error", reject);
+        resolve();
+      });
+    });
+    // After binding, a send error (e.g. a client that went away) concerns one datagram only.
+    socket.on("error", () => {});
+    socket.on("message", (data, client) => this.fromClient(data, client));
+    this.socket = socket;
+    const interval = Math.max(50, Math.min(1000, this.plan.udp.idleTimeoutMs / 4));
+    this.sweeper = setInterval(() => this.expireIdle(), interval);
+    this.sweeper.unref?.();
+  }
+
+  protected isListening(): boolean {
+    return this.socket !== undefined;
+  }
+
+  protected stopListening(): void {
+    clearInterval(this.sweeper);
+    this.socket?.close();
+    this.socket = undefined;
+    this.dropAll();
+  }
+
+  protected dropAll(): void {
+    for (const key of [...this.flows.keys()]) this.endFlow(key);
+  }
+
+  private fromClient(data: Buffer, client: dgram.RemoteInfo): void {
+    const key = formatHostPort(client.address, client.port);
+    const flow = this.flows.get(key) ?? this.openFlow(key, client);
+    flow.lastActive = Date.now();
+    if (flow.blocked) return;
+    if (!flow.tunnel.write({ data })) flow.blocked = true;
+  }
+
+  private openFlow(key: string, client: dgram.RemoteInfo): Flow {
+    if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
+    const tunnel = this.openTunnel(this.plan, key);
+    const flow: Flow = { tunnel, lastActive: Date.now(), blocked: false };
+    this.flows.set(key, flow);
+    tunnel.on("data", (msg: TunnelMessage) => {
+      flow.lastActive = Date.now();
+      this.socket?.send(msg.data, client.port, client.address);
+    });
+    tunnel.on("drain", () => (flow.blocked = false));
+    const forget = () => {
+      if (this.flows.get(key) === flow) this.flows.delete(key);
+    };
+    tunnel.on("end", forget);
+    tunnel.on("error", forget);
+    return flow;
+  }
+
+  private evictOldest(): void {
+    let oldest: [string, Flow] | undefined;
+    for (const entry of this.flows) if (!oldest || entry[1].lastActive < oldest[1].lastActive) oldest = entry;
+    if (!oldest) return;
+    this.warn(`UDP ${this.hostAddr}: ${this.flows.size} flows (the limit); closing the least recently used one, from ${oldest[0]}`);
+    this.endFlow(oldest[0]);
+  }
+
+  private expireIdle(): void {
+    const cutoff = Date.now() - this.plan.udp.idleTimeoutMs;
+    for (const [key, flow] of this.flows) if (flow.lastActive < cutoff) this.endFlow(key);
+  }
+
+  /** Ends the flow's stream on both ends: the guest closes its socket when it reads the end. */
+  private endFlow(key: string): void {
+    const flow = this.flows.get(key);
+    if (!flow) return;
+    this.flows.delete(key);
+    flow.tunnel.end();
+    // The guest answers the end with the end of its stream; do not wait on one that hangs.
+    setTimeout(() => flow.tunnel.cancel(), 5000).unref?.();
+  }
+}
