@@ -5,7 +5,7 @@ import { ConfigError } from "../core/config.ts";
 import { loadConfigFile } from "../host/config-file.ts";
 import { HostAgent, type LogFormat } from "../host/host-agent.ts";
 import { DEFAULT_GUEST_ADDRESS } from "./guest.ts";
-import { parseAddressFlag, parseChoiceFlag, stopOnSignals } from "./options.ts";
+import { parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals } from "./options.ts";
 
 const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 
@@ -21,6 +21,8 @@ interface HostFlags {
   stateDir?: string;
   /** cac does not camel-case a name with a digit before the dash. */
   "ipv6-loopback": boolean;
+  udpIdleTimeout?: unknown;
+  udpMaxFlows?: unknown;
 }
 
 export function registerHost(cli: CAC): void {
@@ -33,6 +35,8 @@ export function registerHost(cli: CAC): void {
     .option("--watch-config", "Re-apply the config file whenever it changes (SIGHUP always does)")
     .option("--state-dir <dir>", "Where relative hostSocket paths live (default: $XDG_STATE_HOME/porthole)")
     .option("--no-ipv6-loopback", "Do not also listen on ::1 for forwards to 127.0.0.1")
+    .option("--udp-idle-timeout <duration>", "End a UDP client's flow after this long without traffic (default 60s)")
+    .option("--udp-max-flows <n>", "At most this many UDP clients per forward; the least recently used makes room (default 1024)")
     .option("--log-format <format>", "text (Lima's log lines) or json (one event per line)", { default: "text" })
     .example("porthole host --guest unix:///run/porthole/guest.sock --config ~/.lima/default/lima.yaml")
     .action((flags: HostFlags) => {
@@ -47,6 +51,8 @@ export function registerHost(cli: CAC): void {
         watchConfig: flags.watchConfig,
         stateDir,
         ipv6Loopback: flags["ipv6-loopback"],
+        udpIdleTimeoutMs: parseDurationFlag("udp-idle-timeout", flags.udpIdleTimeout),
+        udpMaxFlows: flags.udpMaxFlows === undefined ? undefined : parseIntFlag("udp-max-flows", flags.udpMaxFlows, 1, 1_000_000),
         logFormat,
       });
       agent.start();

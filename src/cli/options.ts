@@ -1,4 +1,5 @@
 // Flag values shared by the subcommands: parsing with errors that say what is wrong.
+import { parseDuration } from "../core/duration.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 
 export class UsageError extends Error {}
@@ -41,4 +42,11 @@ export function stopOnSignals(stop: () => void): void {
   };
   process.once("SIGINT", handler);
   process.once("SIGTERM", handler);
+}
+
+export function parseDurationFlag(flag: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = parseDuration(typeof value === "number" ? value : String(value));
+  if (Number.isNaN(ms)) throw new UsageError(`--${flag}: "${value}" is not a duration (e.g. 60s, 500ms, 2m)`);
+  return ms;
 }

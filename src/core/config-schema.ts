@@ -4,6 +4,7 @@
 import { isAbsolute } from "node:path";
 import { z } from "zod";
 import { isIP } from "./address.ts";
+import { parseDuration } from "./duration.ts";
 import { withDefaults, type RuleInput } from "./rules.ts";
 
 const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : String(v));
@@ -20,14 +21,12 @@ const ip = z
   .string({ error: (iss) => `${show(iss.input)} is not an IP address` })
   .refine(isIP, { error: (iss) => `${show(iss.input)} is not an IP address` });
 
-/** A duration: seconds as a number, or a string with a unit (`500ms`, `60s`, `2m`). */
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+/** A duration: seconds as a number, or a string with a unit (`500ms`, `60s`, `2m`), in ms. */
 const duration = z
   .union([z.number(), z.string()], { error: (iss) => `${show(iss.input)} is not a duration (e.g. 60s, 500ms, 2m)` })
   .transform((v, ctx) => {
-    const m = typeof v === "number" ? [String(v), String(v), "s"] : /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$/.exec(v);
-    const ms = m ? Number(m[1]) * UNIT_MS[m[2]!]! : NaN;
-    if (!(ms > 0)) ctx.addIssue({ code: "custom", message: `${show(v)} is not a duration (e.g. 60s, 500ms, 2m)` });
+    const ms = parseDuration(v);
+    if (Number.isNaN(ms)) ctx.addIssue({ code: "custom", message: `${show(v)} is not a duration (e.g. 60s, 500ms, 2m)` });
     return ms;
   });
 const count = z

@@ -3,6 +3,7 @@
 import { afterAll, afterEach, setDefaultTimeout, test } from "bun:test";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import * as dgram from "node:dgram";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -198,11 +199,20 @@ export class Guest {
   }
 
   /** A fixture server (test/fixtures/servers.ts) inside the guest, on one or more addresses. */
-  async startServer(mode: "echo" | "stall", binds: [string, number][]): Promise<Proc> {
-    const label = `${mode} ${binds.map(([h, p]) => `${h}:${p}`).join(" ")}`;
-    const server = this.spawn([...SERVERS, mode, ...binds.flatMap(([h, p]) => [h, String(p)])], label);
+  startServer(mode: "echo" | "stall" | "digest" | "udp-echo" | "udp-bind", binds: [string, number][]): Promise<Proc> {
+    return this.startFixture([mode, ...binds.flatMap(([h, p]) => [h, String(p)])]);
+  }
+
+  /** test/fixtures/servers.ts inside the guest with these arguments; waits for "listening". */
+  async startFixture(args: string[]): Promise<Proc> {
+    const server = this.spawn([...SERVERS, ...args], args.join(" "));
     await server.waitForLine(/^listening/);
     return server;
+  }
+
+  /** Runs test/fixtures/servers.ts to completion inside the guest (a client mode). */
+  runFixture(args: string[]): Proc {
+    return this.spawn([...SERVERS, ...args], args.join(" "));
   }
 
   /** An address on a veth interface inside the guest (both ends stay in the namespace). */
@@ -281,15 +291,31 @@ export async function startPair(): Promise<{ guest: Guest; guestAgent: Proc; hos
 
 // ---- sockets -----------------------------------------------------------------------------
 
-/** A TCP port that is free on the host's 127.0.0.1 right now (the guest namespace is empty). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
+const usedPorts = new Set<number>();
+
+/**
+ * A port that is free on the host's 127.0.0.1 and ::1, for TCP and UDP, right now. It lies
+ * below the kernel's ephemeral range (32768+), where UDP sockets count as clients, not
+ * servers, and where the kernel hands out ports for outgoing connections.
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 10_000 + Math.floor(Math.random() * 22_000);
+    if (usedPorts.has(port)) continue;
+    const free = await Promise.all([isFree(port, "127.0.0.1"), isFree(port, "::1"), isUdpFree(port)]);
+    if (free.every(Boolean)) {
+      usedPorts.add(port);
+      return port;
+    }
+  }
+  throw new Error("no free port found");
+}
+
+function isUdpFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket("udp4");
+    s.once("error", () => resolve(false));
+    s.bind(port, "127.0.0.1", () => s.close(() => resolve(true)));
   });
 }
 
@@ -341,7 +367,7 @@ export function tcpListenersOf(pid: number): string[] {
 }
 
 /** A base offset B such that every `port + B` is free on the host's 127.0.0.1 and ::1. */
-export async function freePortBase(ports: number[], min = 20_000, max = 55_000): Promise<number> {
+export async function freePortBase(ports: number[], min = 5_000, max = 26_000): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const base = min + Math.floor(Math.random() * (max - min));
     const checks = await Promise.all(ports.flatMap((p) => ["127.0.0.1", "::1"].map((h) => isFree(p + base, h))));
