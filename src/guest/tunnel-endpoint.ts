@@ -78,9 +78,14 @@ export function relayStream(call: TunnelCall, socket: net.Socket, id: string, ta
   });
   socket.once("error", (err) => finish({ code: grpc.status.UNAVAILABLE, details: `${target}: ${err.message}` }));
   socket.once("close", () => finish());
-  call.once("cancelled", () => {
+  // A call cancelled before it finished: the host went away, so reset the guest side. Once
+  // finished, grpc-js may still report "cancelled" as the stream closes (seen under Bun);
+  // the socket then must keep flushing its last bytes and FIN, not be reset.
+  const abort = () => {
+    if (finished) return;
     finished = true;
     resetSocket(socket);
-  });
-  call.once("error", () => resetSocket(socket));
+  };
+  call.once("cancelled", abort);
+  call.once("error", abort);
 }

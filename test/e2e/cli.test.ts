@@ -3,9 +3,9 @@ import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { statSync, writeFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
-import { cleanUpAfterEachTest, e2eTest, Guest, PORTHOLE } from "./harness.ts";
+import { useHarness, e2eTest, Guest, PORTHOLE } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 function porthole(args: string[], timeoutMs = 30_000) {
   const r = spawnSync(PORTHOLE[0]!, [...PORTHOLE.slice(1), ...args], { encoding: "utf8", timeout: timeoutMs });

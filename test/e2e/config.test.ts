@@ -5,10 +5,10 @@ import { spawnSync } from "node:child_process";
 import { chownSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  cleanUpAfterEachTest, e2eTest, exchange, freePort, Guest, PORTHOLE, startHostAgent, startPair, tryConnect,
+  useHarness, e2eTest, exchange, freePort, Guest, PORTHOLE, startHostAgent, startPair, tryConnect,
 } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 const rule = (guestPort: number, hostPort: number) => `- {guestPort: ${guestPort}, hostPort: ${hostPort}}\n`;
 

@@ -2,11 +2,11 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
-import { cleanUpAfterEachTest, e2eTest, exchange, freePort, startPair } from "./harness.ts";
+import { useHarness, e2eTest, exchange, freePort, startPair } from "./harness.ts";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
-cleanUpAfterEachTest();
+useHarness();
 
 describe("data integrity", () => {
   e2eTest("64 MiB of random data each way through one connection arrives byte-identical", async () => {

@@ -1,8 +1,8 @@
 // Guest listeners appear on the host's 127.0.0.1 and go away with them.
 import { describe, expect } from "bun:test";
-import { cleanUpAfterEachTest, e2eTest, exchange, freePort, startPair, tryConnect } from "./harness.ts";
+import { useHarness, e2eTest, exchange, freePort, startPair, tryConnect } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 describe("auto-forwarding over gRPC", () => {
   e2eTest.each(["127.0.0.1", "0.0.0.0", "::1", "::"])("a guest server on %s is reachable on host 127.0.0.1", async (bind) => {

@@ -6,9 +6,9 @@ import { createHash, randomBytes } from "node:crypto";
 import { readdirSync } from "node:fs";
 import * as net from "node:net";
 import { limaGuestServiceDefinition, type GuestEvent, type Info } from "../../src/proto/guest-service.ts";
-import { cleanUpAfterEachTest, e2eTest, exchange, freePort, Guest, startHostAgent, startPair } from "./harness.ts";
+import { useHarness, e2eTest, exchange, freePort, Guest, startHostAgent, startPair } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const fdCount = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;

@@ -14,8 +14,6 @@ export const PORTHOLE: string[] = process.env.PORTHOLE_BIN ? [process.env.PORTHO
 const SERVERS = [process.execPath, join(REPO, "test/fixtures/servers.ts")];
 const NS_PREFIX = "phtest-";
 
-// Agents and servers start in real namespaces; every wait below has its own deadline.
-setDefaultTimeout(60_000);
 
 /** End-to-end tests need root for `ip netns`; without it they are skipped, except under CI where that fails. */
 function e2eBlocker(): string | undefined {
@@ -71,9 +69,7 @@ export class Proc {
       const value = check();
       if (value !== undefined && value !== false) return value;
       const left = deadline - Date.now();
-      if (left <= 0) {
-        throw new Error(`${this.label}: timed out waiting for ${what}\n--- stdout\n${this.stdout.join("\n")}\n--- stderr\n${this.stderr.join("\n")}`);
-      }
+      if (left <= 0) throw new Error(`${this.label}: timed out waiting for ${what}\n${describeProcesses()}`);
       await new Promise<void>((r) => {
         const t = setTimeout(r, Math.min(left, 100));
         this.waiters.push(() => { clearTimeout(t); r(); });
@@ -110,10 +106,12 @@ async function runCleanups(): Promise<void> {
   }
 }
 /**
- * Every end-to-end test file calls this once at its top: bun:test binds hooks to the file
- * that registers them, and this module is loaded only once for all files.
+ * Every end-to-end test file calls this once at its top: bun:test binds hooks and the
+ * default timeout to the file that sets them, and this module is loaded once for all files.
  */
-export function cleanUpAfterEachTest(): void {
+export function useHarness(): void {
+  // Agents and servers start in real namespaces; every wait has its own shorter deadline.
+  setDefaultTimeout(60_000);
   afterEach(runCleanups);
   afterAll(runCleanups);
 }
@@ -127,8 +125,20 @@ process.on("exit", () => {
   for (const ns of liveNamespaces) spawnSync("ip", ["netns", "del", ns]);
 });
 
+const testProcs = new Set<Proc>();
+
+/** The last lines of every process of the current test: what a failure message needs. */
+function describeProcesses(): string {
+  const tail = (lines: string[]) => lines.slice(-30).join("\n");
+  return [...testProcs]
+    .map((p) => `--- ${p.label} (pid ${p.child.pid}${p.running ? "" : `, exited ${p.child.exitCode ?? p.child.signalCode}`})\n${tail(p.stdout)}\n${tail(p.stderr)}`)
+    .join("\n");
+}
+
 function track(child: ChildProcess, label: string): Proc {
   const proc = new Proc(child, label);
+  testProcs.add(proc);
+  defer(() => void testProcs.delete(proc));
   liveChildren.add(child);
   child.once("exit", () => liveChildren.delete(child));
   defer(() => proc.kill("SIGKILL"));

@@ -1,9 +1,9 @@
 // The host agent rides out a restarted guest agent and a busy host port.
 import { describe, expect } from "bun:test";
 import * as net from "node:net";
-import { cleanUpAfterEachTest, e2eTest, exchange, freePort, startPair, tryConnect } from "./harness.ts";
+import { useHarness, e2eTest, exchange, freePort, startPair, tryConnect } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 describe("recovery", () => {
   e2eTest("killing and restarting the guest agent: forwarding works again and catches up", async () => {

@@ -2,9 +2,9 @@
 import { describe, expect } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { cleanUpAfterEachTest, e2eTest, exchange, freePortBase, Guest, startHostAgent, tcpListenersOf } from "./harness.ts";
+import { useHarness, e2eTest, exchange, freePortBase, Guest, startHostAgent, tcpListenersOf } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 const LAN = "192.168.5.15"; // the guest's "LAN" address, on a veth inside the namespace
 

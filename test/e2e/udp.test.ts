@@ -3,9 +3,9 @@
 import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import * as dgram from "node:dgram";
-import { cleanUpAfterEachTest, e2eTest, freePort, Guest, startHostAgent, type HostAgentProc } from "./harness.ts";
+import { useHarness, e2eTest, freePort, Guest, startHostAgent, type HostAgentProc } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 /** A host-side UDP client that collects what comes back. */
 class Client {

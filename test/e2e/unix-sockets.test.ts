@@ -3,9 +3,9 @@ import { describe, expect } from "bun:test";
 import { existsSync, mkdirSync, statSync } from "node:fs";
 import * as http from "node:http";
 import { join } from "node:path";
-import { cleanUpAfterEachTest, defer, e2eTest, Guest, startHostAgent } from "./harness.ts";
+import { useHarness, defer, e2eTest, Guest, startHostAgent } from "./harness.ts";
 
-cleanUpAfterEachTest();
+useHarness();
 
 function getOverSocket(socketPath: string, path: string): Promise<string> {
   return new Promise((resolve, reject) => {
