@@ -1,7 +1,6 @@
 # porthole: `make demo` builds and runs the demo, `make test` runs every test.
 BUN := node_modules/.bin/bun
 SOURCES := $(shell find src proto -type f) package.json
-APT_PACKAGES := iproute2 util-linux
 
 .PHONY: all build demo test test-unit test-e2e check deps system-deps clean
 
@@ -13,9 +12,9 @@ node_modules/.installed: package.json package-lock.json
 
 deps: node_modules/.installed
 
-# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter).
+# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd).
 system-deps:
-	@missing=""; for tool in ip:iproute2 unshare:util-linux nsenter:util-linux; do \
+	@missing=""; for tool in ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -8,6 +8,7 @@ import { DEFAULT_GUEST_ADDRESS } from "./guest.ts";
 import { parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals } from "./options.ts";
 
 const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
+const FORWARDERS = ["grpc", "ssh"] as const;
 
 function defaultStateDir(): string {
   return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "porthole");
@@ -23,6 +24,12 @@ interface HostFlags {
   "ipv6-loopback": boolean;
   udpIdleTimeout?: unknown;
   udpMaxFlows?: unknown;
+  forwarder?: unknown;
+  ssh?: string;
+  sshVsock?: string;
+  sshUser?: string;
+  sshIdentity?: string;
+  sshSkipHostKeyCheck?: boolean;
 }
 
 export function registerHost(cli: CAC): void {
@@ -37,6 +44,12 @@ export function registerHost(cli: CAC): void {
     .option("--no-ipv6-loopback", "Do not also listen on ::1 for forwards to 127.0.0.1")
     .option("--udp-idle-timeout <duration>", "End a UDP client's flow after this long without traffic (default 60s)")
     .option("--udp-max-flows <n>", "At most this many UDP clients per forward; the least recently used makes room (default 1024)")
+    .option("--forwarder <kind>", "grpc (default) or ssh; wins over LIMA_SSH_PORT_FORWARDER and the config")
+    .option("--ssh <addr>", "The guest's sshd for the SSH forwarder: tcp://host:port, unix:///path")
+    .option("--ssh-vsock <addr>", "The guest's sshd on vsock, tried before --ssh (off with LIMA_SSH_OVER_VSOCK=false)")
+    .option("--ssh-user <name>", "SSH user (default: yours)")
+    .option("--ssh-identity <file>", "SSH private key (default: ~/.ssh/id_ed25519, id_ecdsa or id_rsa)")
+    .option("--ssh-skip-host-key-check", "Trust any SSH host key (throwaway VMs); default: trust on first use")
     .option("--log-format <format>", "text (Lima's log lines) or json (one event per line)", { default: "text" })
     .example("porthole host --guest unix:///run/porthole/guest.sock --config ~/.lima/default/lima.yaml")
     .action((flags: HostFlags) => {
@@ -44,6 +57,9 @@ export function registerHost(cli: CAC): void {
       const logFormat = parseChoiceFlag("log-format", flags.logFormat, LOG_FORMATS);
       const stateDir = resolve(flags.stateDir ?? defaultStateDir());
       const config = flags.config ? loadConfigOrExit(flags.config, stateDir) : undefined;
+      const forwarder = flags.forwarder === undefined ? undefined : parseChoiceFlag("forwarder", flags.forwarder, FORWARDERS);
+      if (flags.ssh !== undefined) parseAddressFlag("ssh", flags.ssh);
+      if (flags.sshVsock !== undefined) parseAddressFlag("ssh-vsock", flags.sshVsock);
       const agent = new HostAgent({
         guest,
         config,
@@ -53,6 +69,14 @@ export function registerHost(cli: CAC): void {
         ipv6Loopback: flags["ipv6-loopback"],
         udpIdleTimeoutMs: parseDurationFlag("udp-idle-timeout", flags.udpIdleTimeout),
         udpMaxFlows: flags.udpMaxFlows === undefined ? undefined : parseIntFlag("udp-max-flows", flags.udpMaxFlows, 1, 1_000_000),
+        forwarder,
+        ssh: {
+          address: flags.ssh,
+          vsockAddress: flags.sshVsock,
+          user: flags.sshUser,
+          identity: flags.sshIdentity,
+          skipHostKeyCheck: flags.sshSkipHostKeyCheck,
+        },
         logFormat,
       });
       agent.start();

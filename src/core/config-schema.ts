@@ -5,6 +5,7 @@ import { isAbsolute } from "node:path";
 import { z } from "zod";
 import { isIP } from "./address.ts";
 import { parseDuration } from "./duration.ts";
+import { parseTransportAddress } from "./transport-address.ts";
 import { withDefaults, type RuleInput } from "./rules.ts";
 
 const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : String(v));
@@ -85,10 +86,32 @@ export const ruleSchema = z
     if (r.reverse && !(r.guestSocket && r.hostSocket)) fail("reverse", "needs both guestSocket and hostSocket");
   }, { when: (payload) => payload.issues.length === 0 }); // fields first: no follow-on errors from a bad field
 
+const transportAddress = z.string({ error: (iss) => `${show(iss.input)} is not an address` }).superRefine((text, ctx) => {
+  try {
+    parseTransportAddress(text);
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: (err as Error).message });
+  }
+});
+
 export const configSchema = z.looseObject(
   {
     portForwards: z.array(ruleSchema, { error: () => "must be a list of rules" }).nullish(),
-    ssh: z.looseObject({ localPort: z.union([z.literal(0), port]).optional() }, { error: () => "must be a mapping" }).nullish(),
+    /** porthole: which data path carries TCP (LIMA_SSH_PORT_FORWARDER and --forwarder win). */
+    forwarder: z.enum(["grpc", "ssh"], { error: (iss) => `${show(iss.input)} is not one of grpc, ssh` }).optional(),
+    ssh: z.looseObject(
+      {
+        // Lima's keys
+        localPort: z.union([z.literal(0), port]).optional(),
+        overVsock: bool.optional(),
+        // porthole's keys, for the SSH forwarder
+        address: transportAddress.optional(),
+        vsockAddress: transportAddress.optional(),
+        user: z.string({ error: (iss) => `${show(iss.input)} is not a user name` }).min(1).optional(),
+        identity: path.optional(),
+      },
+      { error: () => "must be a mapping" },
+    ).nullish(),
     /** porthole: a forward to host 127.0.0.1 also listens on ::1 (so `localhost` works either way). */
     ipv6Loopback: bool.optional(),
     /** porthole: defaults for UDP forwards (a rule may set its own). */

@@ -3,6 +3,7 @@
 import { isMap, isScalar, LineCounter, parseDocument, type Node } from "yaml";
 import type { z } from "zod";
 import { configSchema } from "./config-schema.ts";
+import type { ForwarderKind } from "./forwarder-choice.ts";
 import { withDefaults, type Rule } from "./rules.ts";
 
 export interface Config {
@@ -11,6 +12,17 @@ export interface Config {
   sshLocalPort?: number;
   ipv6Loopback: boolean;
   udp: UdpSettings;
+  forwarder?: ForwarderKind;
+  ssh: SshSettings;
+}
+
+/** The SSH forwarder's settings from the config (flags and Lima's variables may override). */
+export interface SshSettings {
+  overVsock?: boolean;
+  address?: string;
+  vsockAddress?: string;
+  user?: string;
+  identity?: string;
 }
 
 export interface UdpSettings {
@@ -27,7 +39,7 @@ export class ConfigError extends Error {
   }
 }
 
-export const DEFAULT_CONFIG: Config = { rules: [], ipv6Loopback: true, udp: DEFAULT_UDP };
+export const DEFAULT_CONFIG: Config = { rules: [], ipv6Loopback: true, udp: DEFAULT_UDP, ssh: {} };
 
 /** `["portForwards", 2, "guestPortRange", 1]` -> `portForwards[2].guestPortRange`: the field, not the element. */
 function fieldName(path: PropertyKey[]): string {
@@ -62,6 +74,14 @@ export function parseConfig(text: string, file: string): Config {
     udp: {
       idleTimeoutMs: input.udp?.idleTimeout ?? DEFAULT_UDP.idleTimeoutMs,
       maxFlows: input.udp?.maxFlows ?? DEFAULT_UDP.maxFlows,
+    },
+    ...(input.forwarder ? { forwarder: input.forwarder } : {}),
+    ssh: {
+      ...(input.ssh?.overVsock !== undefined ? { overVsock: input.ssh.overVsock } : {}),
+      ...(input.ssh?.address ? { address: input.ssh.address } : {}),
+      ...(input.ssh?.vsockAddress ? { vsockAddress: input.ssh.vsockAddress } : {}),
+      ...(input.ssh?.user ? { user: input.ssh.user } : {}),
+      ...(input.ssh?.identity ? { identity: input.ssh.identity } : {}),
     },
   };
 }

@@ -8,6 +8,10 @@ export type AgentEventType =
   | "guest-unreachable"
   | "config-loaded"
   | "config-rejected"
+  | "forwarder-selected"
+  | "ssh-connected"
+  | "ssh-disconnected"
+  | "ssh-unreachable"
   | "warning";
 
 export interface ForwardEvent {
@@ -35,6 +39,11 @@ export interface AgentEvent {
   error?: string;
   /** For warnings. */
   message?: string;
+  /** forwarder-selected: which data path carries TCP, and why. */
+  forwarder?: string;
+  reason?: string;
+  /** ssh-connected: which path the SSH session took. */
+  via?: string;
   /** guest-connected: the porthole guest agent's version and extensions, or `lima` for a stock agent. */
   version?: string;
   features?: string[];
@@ -64,6 +73,14 @@ export function formatEventText(e: HostEvent): string {
         return `Config ${e.file} rejected, keeping the rules in force:\n${e.error}`;
       case "warning":
         return `Warning: ${e.message}`;
+      case "forwarder-selected":
+        return `Using the ${e.forwarder === "ssh" ? "SSH" : "gRPC"} forwarder (${e.reason})${e.message ? `; ${e.message}` : ""}`;
+      case "ssh-connected":
+        return `SSH connected to the guest over ${e.via}`;
+      case "ssh-disconnected":
+        return `SSH connection to the guest lost${why}; reconnecting`;
+      case "ssh-unreachable":
+        return `Cannot reach the guest's sshd${why}; retrying`;
     }
   }
   const proto = e.protocol.toUpperCase();

@@ -38,7 +38,7 @@ export interface PlannedReverse {
 
 export interface NotForwarded {
   port: IPPort;
-  reason: "no rule matches" | "ignored by rule" | "ephemeral UDP client port";
+  reason: string;
   origin?: RuleOrigin;
 }
 
@@ -55,6 +55,8 @@ export interface PlanOptions {
   udp: UdpSettings;
   /** The guest's ephemeral port range: UDP sockets bound there are clients (see isUdpClientPort). */
   udpEphemeralRange: [number, number];
+  /** Why UDP cannot be forwarded right now (SSH mode with the agent channel down), if so. */
+  udpUnavailable?: string;
 }
 
 /** Linux's default ip_local_port_range, for guests that do not tell theirs. */
@@ -93,6 +95,7 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
   const reverses = new Map<string, PlannedReverse>();
   const notForwarded: NotForwarded[] = [];
   const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean) => {
+    if (protocol === "udp" && options.udpUnavailable) return;
     const udp = {
       idleTimeoutMs: entry.rule.udpIdleTimeoutMs ?? options.udp.idleTimeoutMs,
       maxFlows: entry.rule.udpMaxFlows ?? options.udp.maxFlows,
@@ -142,6 +145,10 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
     const entry = (origin: RuleOrigin) => rules.find((r) => r.origin === origin)!;
     switch (decision.kind) {
       case "forward":
+        if (port.protocol === "udp" && options.udpUnavailable) {
+          notForwarded.push({ port, reason: options.udpUnavailable });
+          break;
+        }
         // Only a user's rule forwards a UDP client socket; the built-in fallback does not.
         if (decision.origin === "built-in" && isUdpClientPort(port, options.udpEphemeralRange)) {
           notForwarded.push({ port, reason: "ephemeral UDP client port" });

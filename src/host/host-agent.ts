@@ -3,6 +3,7 @@ import type { FSWatcher } from "node:fs";
 import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import { LINUX_EPHEMERAL_RANGE, type PlanOptions } from "../core/forward-plan.ts";
+import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
 import { rulesInForce } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { loadConfigFile, watchConfigFile } from "./config-file.ts";
@@ -10,6 +11,9 @@ import { GrpcForwarder } from "./grpc-forwarder.ts";
 import { GuestConnection } from "./guest-connection.ts";
 import { Reconciler } from "./reconciler.ts";
 import { ReverseForward } from "./reverse-forward.ts";
+import { SshForwarder } from "./ssh-forwarder.ts";
+import { SshLink } from "./ssh-link.ts";
+import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { UdpForward } from "./udp-forward.ts";
 
@@ -25,6 +29,12 @@ export interface HostAgentOptions {
   stateDir: string;
   /** `false` turns the ::1 listeners off whatever the config says. */
   ipv6Loopback?: boolean;
+  /** --forwarder: wins over LIMA_SSH_PORT_FORWARDER and the config. */
+  forwarder?: ForwarderKind;
+  /** The SSH forwarder's flags (--ssh, --ssh-user, …). */
+  ssh?: SshFlags;
+  /** Where Lima's variables are read from (process.env by default). */
+  env?: Record<string, string | undefined>;
   /** Command-line UDP settings: they win over the config file's. */
   udpIdleTimeoutMs?: number;
   udpMaxFlows?: number;
@@ -44,6 +54,9 @@ export class HostAgent {
   private config: Config;
   /** The guest's ephemeral port range, from Hello (Linux's default for a stock Lima guest). */
   private ephemeralRange: [number, number] = LINUX_EPHEMERAL_RANGE;
+  private readonly forwarder: Choice<ForwarderKind>;
+  private readonly sshLink: SshLink | undefined;
+  private agentUp = false;
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -53,7 +66,8 @@ export class HostAgent {
         announcedWaiting = false;
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
         if (hello?.ephemeral_port_low) this.ephemeralRange = [hello.ephemeral_port_low, hello.ephemeral_port_high];
-        this.reconciler.setRules(rulesInForce(this.config.rules, this.config.sshLocalPort), this.planOptions(this.config), ports);
+        this.agentUp = true;
+        this.apply(ports);
       },
       onChange: (ports) => this.reconciler.reconcile(ports),
       onDisconnected: (error, wasConnected) => {
@@ -62,21 +76,32 @@ export class HostAgent {
         if (wasConnected) this.emit({ type: "guest-disconnected", guest, error });
         else if (!announcedWaiting) this.emit({ type: "guest-unreachable", guest, error });
         announcedWaiting = true;
+        const wasUp = this.agentUp;
+        this.agentUp = false;
+        if (wasUp && this.forwarder.value === "ssh") this.apply(); // UDP has no path now
       },
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.join("; ")}`),
     });
-    const forwarder = new GrpcForwarder(this.connection.client);
+    const grpc = new GrpcForwarder(this.connection.client);
     const report = (e: HostEvent) => this.emit(e);
     const warn = (message: string) => this.emit({ type: "warning", message });
     this.config = options.config ?? DEFAULT_CONFIG;
+    const env = options.env ?? process.env;
+    this.forwarder = chooseForwarder(options.forwarder, env.LIMA_SSH_PORT_FORWARDER, this.config.forwarder);
+    if (this.forwarder.value === "ssh") {
+      const settings = resolveSshSettings(options.ssh ?? {}, this.config.ssh, this.config.sshLocalPort, env, options.stateDir);
+      this.sshLink = new SshLink({ ...settings.link, emit: report });
+      if (settings.overVsock.warning) warn(settings.overVsock.warning);
+    }
+    const streams = this.sshLink ? new SshForwarder(this.sshLink) : grpc;
     this.reconciler = new Reconciler(
       rulesInForce(this.config.rules, this.config.sshLocalPort),
       this.planOptions(this.config),
       {
         forward: (plan) =>
           plan.protocol === "udp"
-            ? new UdpForward(plan, (p, client) => forwarder.openUdpTunnel(p, client), report, warn)
-            : new TcpForward(plan, (socket, p) => forwarder.forwardStream(socket, p), report),
+            ? new UdpForward(plan, (p, client) => grpc.openUdpTunnel(p, client), report, warn)
+            : new TcpForward(plan, (socket, p) => streams.forwardStream(socket, p), report),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report),
       },
       report,
@@ -87,7 +112,15 @@ export class HostAgent {
     if (this.options.configFile && this.options.config) {
       this.emit({ type: "config-loaded", file: this.options.configFile, rules: this.options.config.rules.length });
     }
+    if (this.forwarder.warning) this.emit({ type: "warning", message: this.forwarder.warning });
+    this.emit({
+      type: "forwarder-selected",
+      forwarder: this.forwarder.value,
+      reason: this.forwarder.reason,
+      ...(this.sshLink ? { message: "UDP goes over the agent channel's gRPC tunnel, as SSH has no datagram channel" } : {}),
+    });
     this.reconciler.reconcile(new Map()); // static forwards start before the guest answers
+    this.sshLink?.start();
     this.connection.start();
     if (this.options.watchConfig && this.options.configFile) {
       this.configWatcher = watchConfigFile(this.options.configFile, () => this.reload());
@@ -96,6 +129,7 @@ export class HostAgent {
 
   stop(): void {
     this.configWatcher?.close();
+    this.sshLink?.stop();
     this.connection.stop();
     this.reconciler.destroy();
   }
@@ -113,8 +147,16 @@ export class HostAgent {
       return;
     }
     this.emit({ type: "config-loaded", file, rules: config.rules.length });
+    if (config.forwarder !== this.config.forwarder) {
+      this.emit({ type: "warning", message: "a changed forwarder takes effect when the host agent restarts" });
+    }
     this.config = config;
-    this.reconciler.setRules(rulesInForce(config.rules, config.sshLocalPort), this.planOptions(config));
+    this.apply();
+  }
+
+  /** Re-plans with the current config and state (and a new port snapshot, if given). */
+  private apply(ports?: Parameters<Reconciler["setRules"]>[2]): void {
+    this.reconciler.setRules(rulesInForce(this.config.rules, this.config.sshLocalPort), this.planOptions(this.config), ports);
   }
 
   private planOptions(config: Config): PlanOptions {
@@ -125,6 +167,9 @@ export class HostAgent {
         maxFlows: this.options.udpMaxFlows ?? config.udp.maxFlows,
       },
       udpEphemeralRange: this.ephemeralRange,
+      ...(this.forwarder?.value === "ssh" && !this.agentUp
+        ? { udpUnavailable: "SSH has no datagram channel and the agent channel is down" }
+        : {}),
     };
   }
 

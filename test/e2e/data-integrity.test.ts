@@ -2,7 +2,7 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
-import { useHarness, e2eTest, exchange, freePort, startPair } from "./harness.ts";
+import { echoRoundTrip, e2eTest, exchange, freePort, startPair, useHarness } from "./harness.ts";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
@@ -15,31 +15,10 @@ describe("data integrity", () => {
     await guest.startEcho("127.0.0.1", port);
     await host.waitForForwarding(port);
 
-    // Stream it in pieces so both directions are in flight at once (and backpressure works).
     const size = 64 << 20;
-    const sent = createHash("sha256");
-    const received = createHash("sha256");
-    let receivedBytes = 0;
-    await new Promise<void>((resolve, reject) => {
-      const socket = net.connect({ host: "127.0.0.1", port });
-      socket.on("error", reject);
-      socket.on("data", (c: Buffer) => {
-        received.update(c);
-        receivedBytes += c.length;
-      });
-      socket.on("close", () => resolve());
-      socket.on("connect", async () => {
-        for (let left = size; left > 0; ) {
-          const piece = randomBytes(Math.min(left, 1 << 20));
-          left -= piece.length;
-          sent.update(piece);
-          if (!socket.write(piece)) await new Promise((r) => socket.once("drain", r));
-        }
-        socket.end();
-      });
-    });
+    const { sent, received, receivedBytes } = await echoRoundTrip(port, size);
     expect(receivedBytes).toBe(size);
-    expect(received.digest("hex")).toBe(sent.digest("hex"));
+    expect(received).toBe(sent);
   });
 
   e2eTest("200 concurrent connections all get their own data back", async () => {

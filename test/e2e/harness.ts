@@ -2,7 +2,8 @@
 // real servers in it, and cleanup that runs even when a test fails.
 import { afterAll, afterEach, setDefaultTimeout, test } from "bun:test";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as dgram from "node:dgram";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -237,12 +238,112 @@ export class Guest {
     exec("ip", "link", "set", "ph-v1", "up");
   }
 
+  private links = 0;
+
+  /**
+   * A veth pair from the host's namespace into this guest (a /30 of 10.251.0.0/16 picked
+   * per process and link), so host programs can reach guest servers by IP. Removed with
+   * the namespace.
+   */
+  linkToHost(): { hostIP: string; guestIP: string } {
+    const n = ++this.links;
+    const index = ((process.pid % 256) * 64 + nsCounter * 4 + n) % 16384;
+    const [a, b] = [Math.floor((index * 4) / 256), (index * 4) % 256];
+    const hostIP = `10.251.${a}.${b + 1}`;
+    const guestIP = `10.251.${a}.${b + 2}`;
+    const hostDev = `ph${process.pid % 100000}l${nsCounter}x${n}`.slice(0, 15);
+    const run = (...argv: string[]) => {
+      const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`${argv.join(" ")}: ${r.stderr}`);
+    };
+    run("ip", "link", "add", hostDev, "type", "veth", "peer", "name", "eth-host", "netns", this.ns);
+    defer(() => void spawnSync("ip", ["link", "del", hostDev]));
+    run("ip", "addr", "add", `${hostIP}/30`, "dev", hostDev);
+    run("ip", "link", "set", hostDev, "up");
+    run("ip", "netns", "exec", this.ns, "ip", "addr", "add", `${guestIP}/30`, "dev", "eth-host");
+    run("ip", "netns", "exec", this.ns, "ip", "link", "set", "eth-host", "up");
+    return { hostIP, guestIP };
+  }
+
+  /**
+   * OpenSSH's sshd inside the guest, with its own throwaway host key, config and authorized
+   * key (never the system's). Listens on port 22 of the guest's addresses; `unixSocket`
+   * also serves it on a unix socket through `sshd -i` (a stand-in for vsock).
+   */
+  async startSshd(options: { hostKey?: string } = {}): Promise<Sshd> {
+    const dir = join(this.dir, "ssh");
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    mkdirSync("/run/sshd", { recursive: true, mode: 0o755 }); // sshd's privilege separation directory
+    const keygen = (file: string) => {
+      if (existsSync(file)) return;
+      const r = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "porthole-test", "-f", file], { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`ssh-keygen: ${r.stderr}`);
+    };
+    const hostKey = options.hostKey ?? join(dir, "host_key");
+    const clientKey = join(dir, "client_key");
+    keygen(hostKey);
+    keygen(clientKey);
+    writeFileSync(join(dir, "authorized_keys"), readFileSync(`${clientKey}.pub`));
+    const config = join(dir, "sshd_config");
+    writeFileSync(config, [
+      "Port 22",
+      `HostKey ${hostKey}`,
+      `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
+      `PidFile ${join(dir, "sshd.pid")}`,
+      "StrictModes no",
+      "UsePAM no",
+      "PasswordAuthentication no",
+      "KbdInteractiveAuthentication no",
+      "PermitRootLogin prohibit-password",
+      "AllowTcpForwarding yes",
+      "AllowStreamLocalForwarding yes",
+      "LogLevel DEBUG1",
+      "",
+    ].join("\n"));
+    const proc = this.spawn(["/usr/sbin/sshd", "-D", "-e", "-f", config], "sshd");
+    await proc.waitForLine(/Server listening on/, "stderr");
+    return { proc, config, clientKey, hostKey };
+  }
+
+  /** SIGKILLs every process named `comm` inside this guest (e.g. sshd with all its sessions). */
+  killAll(comm: string): number {
+    const pids = (spawnSync("ip", ["netns", "pids", this.ns], { encoding: "utf8" }).stdout ?? "").split("\n").filter(Boolean);
+    let killed = 0;
+    for (const pid of pids) {
+      try {
+        if (readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== comm) continue;
+        process.kill(Number(pid), "SIGKILL");
+        killed++;
+      } catch {
+        // already gone
+      }
+    }
+    return killed;
+  }
+
+  /** Serves `argv` on a unix socket in the guest, one process per connection (like inetd). */
+  startInetdUnix(path: string, argv: string[]): Promise<Proc> {
+    return this.startFixture(["inetd-unix", path, "--", ...argv]);
+  }
+
   /** Writes a file into this guest's scratch directory (configs, state) and returns its path. */
   writeFile(name: string, text: string): string {
     const file = join(this.dir, name);
     writeFileSync(file, text);
     return file;
   }
+}
+
+export interface Sshd {
+  proc: Proc;
+  config: string;
+  clientKey: string;
+  hostKey: string;
+}
+
+/** How many direct-tcpip channels sshd opened (its DEBUG1 log): proof that SSH carried them. */
+export function sshChannels(sshd: Proc): number {
+  return sshd.stderr.filter((l) => /server_request_direct_tcpip: originator/.test(l)).length;
 }
 
 // ---- the host agent ----------------------------------------------------------------------
@@ -283,10 +384,15 @@ export class HostAgentProc {
   }
 }
 
-/** `porthole host --log-format json` for this guest; `wrapper` runs it under another command (e.g. setpriv). */
-export function startHostAgent(guest: Guest, extra: string[] = [], wrapper: string[] = []): HostAgentProc {
+/**
+ * `porthole host --log-format json` for this guest; `wrapper` runs it under another command
+ * (e.g. setpriv); `env` adds variables such as LIMA_SSH_PORT_FORWARDER.
+ */
+export function startHostAgent(guest: Guest, extra: string[] = [], wrapper: string[] = [], env: Record<string, string> = {}): HostAgentProc {
   const argv = [...wrapper, ...PORTHOLE, "host", "--guest", `unix://${guest.socket}`, "--log-format", "json", ...extra];
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+  // Lima's variables come only from the test, never from the environment the tests run in.
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("LIMA_")));
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...base, ...env } });
   return new HostAgentProc(track(child, "host agent"));
 }
 
@@ -350,6 +456,34 @@ export function exchange(port: number, data: Buffer, host = "127.0.0.1", timeout
     socket.on("close", () => {
       clearTimeout(timer);
       resolve(Buffer.concat(chunks));
+    });
+  });
+}
+
+/**
+ * Streams `size` random bytes to an echo server in 1 MiB pieces while reading the echo, so
+ * both directions are in flight at once (and backpressure works); returns both hashes.
+ */
+export function echoRoundTrip(port: number, size: number, host = "127.0.0.1"): Promise<{ sent: string; received: string; receivedBytes: number }> {
+  const sent = createHash("sha256");
+  const received = createHash("sha256");
+  let receivedBytes = 0;
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    socket.on("error", reject);
+    socket.on("data", (c: Buffer) => {
+      received.update(c);
+      receivedBytes += c.length;
+    });
+    socket.on("close", () => resolve({ sent: sent.digest("hex"), received: received.digest("hex"), receivedBytes }));
+    socket.on("connect", async () => {
+      for (let left = size; left > 0; ) {
+        const piece = randomBytes(Math.min(left, 1 << 20));
+        left -= piece.length;
+        sent.update(piece);
+        if (!socket.write(piece)) await new Promise((r) => socket.once("drain", r));
+      }
+      socket.end();
     });
   });
 }

@@ -1,0 +1,58 @@
+// The SSH data path: each accepted host connection becomes one `direct-tcpip` channel (or
+// `direct-streamlocal` for a guest unix socket) of the one SSH connection. SSH channels have
+// EOF of their own, so half-close works both ways; pipe() gives backpressure both ways.
+import type * as net from "node:net";
+import type { ClientChannel } from "ssh2";
+import { parseHostPort } from "../core/address.ts";
+import type { PlannedForward } from "../core/forward-plan.ts";
+import { resetSocket } from "../transport/tunnel-relay.ts";
+import type { SshLink } from "./ssh-link.ts";
+
+/** How long a connection accepted while the SSH link is down waits for it. */
+export const SSH_WAIT_MS = 10_000;
+
+export class SshForwarder {
+  constructor(private readonly link: SshLink) {}
+
+  forwardStream(socket: net.Socket, plan: PlannedForward): void {
+    socket.pause();
+    let gone = false;
+    socket.once("close", () => (gone = true));
+    this.link.ready(SSH_WAIT_MS).then(
+      (client) => {
+        if (gone) return;
+        const opened = (err: Error | undefined, channel: ClientChannel) => {
+          if (err) return resetSocket(socket);
+          if (gone) return void channel.close();
+          bridgeChannel(socket, channel);
+        };
+        try {
+          if (plan.protocol === "unix") client.openssh_forwardOutStreamLocal(plan.guestAddr, opened);
+          else {
+            const { host, port } = parseHostPort(plan.guestAddr);
+            client.forwardOut(socket.remoteAddress ?? "127.0.0.1", socket.remotePort ?? 0, host, port, opened);
+          }
+        } catch {
+          resetSocket(socket); // the connection closed between ready() and now
+        }
+      },
+      () => resetSocket(socket),
+    );
+  }
+}
+
+function bridgeChannel(socket: net.Socket, channel: ClientChannel): void {
+  socket.pipe(channel);
+  channel.pipe(socket);
+  socket.resume();
+  channel.on("error", () => resetSocket(socket));
+  socket.once("error", () => channel.close());
+  socket.once("close", () => channel.close());
+  // The channel closed without the guest's EOF (sshd or the link died): a reset tells the
+  // client the truth. After the guest's EOF, data the client still sends has nowhere to go.
+  channel.once("close", () => {
+    if (!socket.writableEnded) return resetSocket(socket);
+    socket.unpipe(channel);
+    socket.on("data", () => resetSocket(socket));
+  });
+}
