@@ -1,8 +1,10 @@
 # porthole: `make demo` builds and runs the demo, `make test` runs every test.
 BUN := node_modules/.bin/bun
 SOURCES := $(shell find src proto -type f) package.json
+SHIM := native/build/porthole-shim.so
+CC ?= cc
 
-.PHONY: all build demo test test-unit test-e2e check deps system-deps clean
+.PHONY: all build shim demo test test-unit test-e2e check deps system-deps clean
 
 all: build
 
@@ -21,7 +23,14 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install:$$missing" >&2; exit 1; fi; fi
 
-dist/porthole: node_modules/.installed $(SOURCES)
+# The native shim (AF_VSOCK, netlink sock_diag), embedded in the binary.
+$(SHIM): native/porthole_shim.c
+	@mkdir -p native/build
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
+
+shim: $(SHIM)
+
+dist/porthole: node_modules/.installed $(SHIM) $(SOURCES)
 	$(BUN) build --compile --minify-syntax src/cli/main.ts --outfile dist/porthole
 
 build: dist/porthole
@@ -29,17 +38,17 @@ build: dist/porthole
 demo: build system-deps
 	dist/porthole demo
 
-check: deps
+check: deps shim
 	node_modules/.bin/tsc -p .
 
 test: build system-deps check
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test $(TEST_ARGS)
 
-test-unit: deps
+test-unit: deps shim
 	$(BUN) test test/core test/unit
 
 test-e2e: build system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test test/e2e
 
 clean:
-	rm -rf dist
+	rm -rf dist native/build

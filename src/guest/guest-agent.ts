@@ -8,28 +8,35 @@ import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { listenTransport } from "../transport/listen.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
+import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
 
 export interface GuestAgentOptions {
   listen: TransportAddress[];
-  scanIntervalMs: number;
+  /** Undefined: 100 ms with netlink, 500 ms with /proc/net (which costs more per scan). */
+  scanIntervalMs?: number;
+  /** Undefined: netlink where the shim loads, else /proc/net. */
+  scanner?: Scanner;
   log: (line: string) => void;
 }
 
 export class GuestAgent {
-  private readonly watcher: PortWatcher;
+  private watcher: PortWatcher | undefined;
   private readonly grpcServer: grpc.Server;
   private readonly servers: { address: TransportAddress; server: net.Server }[] = [];
 
   constructor(private readonly options: GuestAgentOptions) {
-    this.watcher = new PortWatcher(options.scanIntervalMs);
     this.grpcServer = createTunedServer();
-    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
-    this.grpcServer.addService(portholeServiceDefinition, portholeServiceHandlers());
   }
 
   async start(): Promise<void> {
+    const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
+    const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 100 : 500);
+    this.watcher = new PortWatcher(interval, scanner);
+    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
+    this.grpcServer.addService(portholeServiceDefinition, portholeServiceHandlers());
     await this.watcher.start();
+    this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     try {
       for (const address of this.options.listen) {
@@ -45,7 +52,7 @@ export class GuestAgent {
   }
 
   stop(): void {
-    this.watcher.stop();
+    this.watcher?.stop();
     for (const { address, server } of this.servers) {
       server.close();
       if (address.kind === "unix") fs.rmSync(address.path, { force: true });

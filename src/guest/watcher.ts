@@ -1,9 +1,11 @@
-// Watches this network namespace for listening TCP and bound, unconnected UDP sockets
-// by scanning /proc/net (see core/proc-net.ts for why), and tells subscribers what changed.
+// Watches this network namespace for listening TCP and bound, unconnected UDP sockets with
+// a scanner (netlink or /proc/net, see scanners.ts) and tells subscribers what changed. Scans
+// run on an interval, and at once when the scanner reports a closed socket.
 import { readFile } from "node:fs/promises";
 import { parseProcNet, type Protocol } from "../core/proc-net.ts";
 import { diffPorts, isEmptyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { IPPort } from "../proto/guest-service.ts";
+import type { Scanner } from "./scanners.ts";
 
 const TABLES: { file: string; protocol: Protocol; optional: boolean }[] = [
   { file: "tcp", protocol: "tcp", optional: false },
@@ -25,10 +27,11 @@ export class PortWatcher {
   private timer: ReturnType<typeof setTimeout> | undefined;
   private inFlight: Promise<void> | undefined;
   private stopped = true;
+  private stopWatchingCloses: (() => void) | undefined;
 
   constructor(
     private readonly intervalMs: number,
-    private readonly procNetDir = "/proc/net",
+    private readonly scanner: Scanner,
   ) {}
 
   get ports(): IPPort[] {
@@ -39,11 +42,13 @@ export class PortWatcher {
     this.stopped = false;
     await this.refresh();
     this.schedule();
+    this.stopWatchingCloses = this.scanner.watchCloses?.(() => void this.refresh());
   }
 
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.stopWatchingCloses?.();
   }
 
   subscribe(listener: WatchListener): () => void {
@@ -63,7 +68,7 @@ export class PortWatcher {
   }
 
   private async scanAndNotify(): Promise<void> {
-    const { ports, errors } = await scanProcNet(this.procNetDir);
+    const { ports, errors } = await this.scanner.scan();
     // A failed scan keeps the last good state: a read error must not look like closed ports.
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
     if (!errors.length) this.state = toPortSet(ports);

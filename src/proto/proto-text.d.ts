@@ -3,3 +3,9 @@ declare module "*.proto" {
   const text: string;
   export default text;
 }
+
+// The native shim is imported as a file so that `bun build --compile` embeds it.
+declare module "*.so" {
+  const path: string;
+  export default path;
+}

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { PortDiff } from "../../src/core/ports.ts";
+import { procNetScanner } from "../../src/guest/scanners.ts";
 import { PortWatcher, scanProcNet } from "../../src/guest/watcher.ts";
 
 const HEADER = "  sl  local_address rem_address   st\n";
@@ -35,7 +36,7 @@ test("missing IPv6 tables are not errors; a missing IPv4 table is", async () => 
 
 test("subscribers get each change once, and a failed scan reports errors without dropping ports", async () => {
   const dir = procDir(row("0100007F:1F90", "0A"));
-  const watcher = new PortWatcher(10, dir);
+  const watcher = new PortWatcher(10, procNetScanner(dir));
   watchers.push(watcher);
   await watcher.start();
   expect(watcher.ports).toEqual([{ protocol: "tcp", ip: "127.0.0.1", port: 8080 }]);

@@ -1,0 +1,73 @@
+// The native shim's functions, as every runtime adapter presents them (see native/porthole_shim.c).
+// Each returns >= 0 on success and -errno on failure.
+export interface NativeShim {
+  vsockSocket(): number;
+  vsockBindListen(fd: number, cid: number, port: number, backlog: number): number;
+  /** out[0] = cid, out[1] = port */
+  vsockGetsockname(fd: number, out: Uint32Array): number;
+  /** Non-blocking; peer[0] = cid, peer[1] = port. */
+  vsockAccept(fd: number, peer: Uint32Array): number;
+  vsockConnect(cid: number, port: number, timeoutMs: number): number;
+  vsockLocalCid(): number;
+  close(fd: number): number;
+  /** Records of 24 bytes (core/diag-record.ts decodes them). */
+  diagListeners(buf: Uint8Array, cap: number): number;
+  diagSubscribe(): number;
+  diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
+  errnoName(err: number): string;
+  strerror(err: number): string;
+}
+
+/** The shim's C signatures, for adapters that declare them (bun:ffi, Deno.dlopen, koffi). */
+export const SIGNATURES = {
+  ph_vsock_socket: { args: [], returns: "i32" },
+  ph_vsock_bind_listen: { args: ["i32", "u32", "u32", "i32"], returns: "i32" },
+  ph_vsock_getsockname: { args: ["i32", "ptr"], returns: "i32" },
+  ph_vsock_accept: { args: ["i32", "ptr"], returns: "i32" },
+  ph_vsock_connect: { args: ["u32", "u32", "i32"], returns: "i32" },
+  ph_vsock_local_cid: { args: [], returns: "i32" },
+  ph_close: { args: ["i32"], returns: "i32" },
+  ph_diag_listeners: { args: ["ptr", "i32"], returns: "i32" },
+  ph_diag_subscribe: { args: [], returns: "i32" },
+  ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
+  ph_errno_name: { args: ["i32"], returns: "cstring" },
+  ph_strerror: { args: ["i32"], returns: "cstring" },
+} as const;
+
+export type ShimSymbol = keyof typeof SIGNATURES;
+
+/** Maps the C symbols onto the interface, given a call function from an adapter. */
+export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown): NativeShim {
+  const num = (name: ShimSymbol, ...args: unknown[]) => Number(call(name, ...args));
+  return {
+    vsockSocket: () => num("ph_vsock_socket"),
+    vsockBindListen: (fd, cid, port, backlog) => num("ph_vsock_bind_listen", fd, cid, port, backlog),
+    vsockGetsockname: (fd, out) => num("ph_vsock_getsockname", fd, out),
+    vsockAccept: (fd, peer) => num("ph_vsock_accept", fd, peer),
+    vsockConnect: (cid, port, timeoutMs) => num("ph_vsock_connect", cid, port, timeoutMs),
+    vsockLocalCid: () => num("ph_vsock_local_cid"),
+    close: (fd) => num("ph_close", fd),
+    diagListeners: (buf, cap) => num("ph_diag_listeners", buf, cap),
+    diagSubscribe: () => num("ph_diag_subscribe"),
+    diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
+    errnoName: (err) => String(call("ph_errno_name", err)),
+    strerror: (err) => String(call("ph_strerror", err)),
+  };
+}
+
+/** A failed native call, with the errno's name (EADDRINUSE, …) as `code`. */
+export class NativeError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "NativeError";
+  }
+}
+
+/** Returns a non-negative result, or throws a NativeError naming the errno and the call. */
+export function check(shim: NativeShim, result: number, what: string): number {
+  if (result >= 0) return result;
+  throw new NativeError(shim.errnoName(result), `${what}: ${shim.errnoName(result)} (${shim.strerror(result)})`);
+}

@@ -1,0 +1,12 @@
+// The shim through bun:ffi (Bun only).
+import { dlopen, type FFIFunction } from "bun:ffi";
+import { bindShim, SIGNATURES, type NativeShim } from "./native-api.ts";
+
+export function openShim(path: string): NativeShim {
+  const lib = dlopen(path, SIGNATURES as unknown as Record<string, FFIFunction>);
+  const symbols = lib.symbols as unknown as Record<string, (...args: unknown[]) => unknown>;
+  return bindShim((name, ...args) => {
+    const result = symbols[name]!(...args);
+    return result !== null && typeof result === "object" ? String(result) : result; // CString -> string
+  });
+}

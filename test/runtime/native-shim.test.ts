@@ -1,0 +1,114 @@
+// The native shim's real syscalls, as far as this kernel allows: netlink fully (dumps and
+// destroy events against real sockets); vsock create, bind, listen, getsockname, the local
+// CID and the error paths. Never a vsock connect: these machines have no vsock loopback.
+import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import * as dgram from "node:dgram";
+import * as net from "node:net";
+import { DIAG_RECORD_BYTES, diagRecordsToPorts, parseDiagRecords } from "../../src/core/diag-record.ts";
+import { netlinkScanner } from "../../src/guest/scanners.ts";
+import { PortWatcher } from "../../src/guest/watcher.ts";
+import { check, NativeError, type NativeShim } from "../../src/runtime/native-api.ts";
+import { loadNative } from "../../src/runtime/native.ts";
+
+let shim: NativeShim;
+beforeAll(async () => {
+  const loaded = await loadNative();
+  if (!loaded.shim) throw new Error(`the native shim did not load: ${loaded.error} (run make shim)`);
+  shim = loaded.shim;
+});
+
+const cleanups: (() => void)[] = [];
+afterEach(() => cleanups.splice(0).forEach((f) => f()));
+
+function listen(host: string): Promise<net.Server> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen({ host, port: 0, ipv6Only: host.includes(":") }, () => resolve(s));
+    cleanups.push(() => s.close());
+  });
+}
+const portOf = (s: net.Server) => (s.address() as net.AddressInfo).port;
+
+function dump(): string[] {
+  const buf = new Uint8Array(65536 * DIAG_RECORD_BYTES);
+  const n = check(shim, shim.diagListeners(buf, buf.length), "sock_diag dump");
+  return diagRecordsToPorts(parseDiagRecords(buf, n)).map((p) => `${p.protocol} ${p.ip} ${p.port}`);
+}
+
+describe("netlink sock_diag", () => {
+  test("the dump lists TCP listeners and unconnected UDP sockets, IPv4 and IPv6, and nothing established", async () => {
+    const v4 = await listen("127.0.0.1");
+    const v6 = await listen("::1");
+    const udp = dgram.createSocket("udp6");
+    await new Promise<void>((r) => udp.bind(0, "::", r));
+    cleanups.push(() => udp.close());
+    const client = net.connect(portOf(v4), "127.0.0.1");
+    await new Promise((r) => client.once("connect", r));
+    cleanups.push(() => client.destroy());
+
+    const ports = dump();
+    expect(ports).toContain(`tcp 127.0.0.1 ${portOf(v4)}`);
+    expect(ports).toContain(`tcp ::1 ${portOf(v6)}`);
+    expect(ports).toContain(`udp :: ${udp.address().port}`);
+    expect(ports).not.toContain(`tcp 127.0.0.1 ${client.localPort}`);
+  });
+
+  test("closing a listener sends a destroy event, and the next dump no longer has it", async () => {
+    const sub = check(shim, shim.diagSubscribe(), "subscribe");
+    cleanups.push(() => shim.close(sub));
+    const server = await listen("127.0.0.1");
+    const port = portOf(server);
+    await new Promise((r) => server.close(r));
+    const buf = new Uint8Array(256 * DIAG_RECORD_BYTES);
+    const deadline = Date.now() + 2000;
+    let records: ReturnType<typeof parseDiagRecords> = [];
+    while (!records.some((r) => r.port === port) && Date.now() < deadline) {
+      records = records.concat(parseDiagRecords(buf, shim.diagReadEvents(sub, buf, buf.length)));
+      await Bun.sleep(5);
+    }
+    expect(records.find((r) => r.port === port)).toMatchObject({ family: 2, ip: "127.0.0.1", port });
+    expect(dump()).not.toContain(`tcp 127.0.0.1 ${port}`);
+  });
+
+  test("the watcher learns of a close from the event, long before its next interval", async () => {
+    const server = await listen("127.0.0.1");
+    const port = portOf(server);
+    const watcher = new PortWatcher(60_000, netlinkScanner(shim));
+    await watcher.start();
+    cleanups.push(() => watcher.stop());
+    expect(watcher.ports).toContainEqual({ protocol: "tcp", ip: "127.0.0.1", port });
+    const removed = new Promise((resolve) => watcher.subscribe((d) => d.removed.some((p) => p.port === port) && resolve(true)));
+    server.close();
+    expect(await Promise.race([removed, Bun.sleep(5000).then(() => false)])).toBe(true);
+  });
+});
+
+describe("AF_VSOCK (no connect: these machines have no vsock loopback)", () => {
+  const VMADDR_CID_ANY = 0xffffffff;
+
+  test("the local CID", () => {
+    expect(check(shim, shim.vsockLocalCid(), "local CID")).toBeGreaterThan(2);
+  });
+
+  test("create, bind, listen, getsockname; accept with nothing pending is EAGAIN", () => {
+    const fd = check(shim, shim.vsockSocket(), "socket");
+    cleanups.push(() => shim.close(fd));
+    const port = 40_000 + Math.floor(Math.random() * 20_000);
+    check(shim, shim.vsockBindListen(fd, VMADDR_CID_ANY, port, 16), "bind");
+    const name = new Uint32Array(2);
+    check(shim, shim.vsockGetsockname(fd, name), "getsockname");
+    expect([...name]).toEqual([VMADDR_CID_ANY, port]);
+    expect(shim.errnoName(shim.vsockAccept(fd, new Uint32Array(2)))).toBe("EAGAIN");
+  });
+
+  test("errors come back as errno names, never a crash", () => {
+    const a = check(shim, shim.vsockSocket(), "socket");
+    const b = check(shim, shim.vsockSocket(), "socket");
+    cleanups.push(() => (shim.close(a), shim.close(b)));
+    const port = 40_000 + Math.floor(Math.random() * 20_000);
+    check(shim, shim.vsockBindListen(a, VMADDR_CID_ANY, port, 16), "bind");
+    expect(shim.errnoName(shim.vsockBindListen(b, VMADDR_CID_ANY, port, 16))).toBe("EADDRINUSE");
+    expect(shim.errnoName(shim.vsockBindListen(b, 987_654, port + 1, 16))).toBe("EADDRNOTAVAIL"); // not our CID
+    expect(shim.errnoName(shim.vsockGetsockname(-1, new Uint32Array(2)))).toBe("EBADF");
+    expect(() => check(shim, shim.vsockAccept(-1, new Uint32Array(2)), "accept")).toThrow(new NativeError("EBADF", "accept: EBADF (Bad file descriptor)"));
+  });
+});
