@@ -44,6 +44,11 @@ const char *ph_strerror(int err) { return strerror(err < 0 ? -err : err); }
 
 int ph_close(int fd) { return close(fd) == 0 ? 0 : NEG_ERRNO; }
 
+/* A connected pair of non-blocking unix stream sockets: fds[0], fds[1]. */
+int ph_socketpair(int *fds) {
+  return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) == 0 ? 0 : NEG_ERRNO;
+}
+
 /* ---- AF_VSOCK ------------------------------------------------------------------------- */
 
 int ph_vsock_socket(void) {

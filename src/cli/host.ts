@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import { ConfigError } from "../core/config.ts";
 import { loadConfigFile } from "../host/config-file.ts";
 import { HostAgent, type LogFormat } from "../host/host-agent.ts";
+import { readTokenFile } from "../transport/token.ts";
 import { DEFAULT_GUEST_ADDRESS } from "./guest.ts";
 import { parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals } from "./options.ts";
 
@@ -30,14 +31,16 @@ interface HostFlags {
   sshUser?: string;
   sshIdentity?: string;
   sshSkipHostKeyCheck?: boolean;
+  tokenFile?: string;
 }
 
 export function registerHost(cli: CAC): void {
   cli
     .command("host", "Run the host agent: forward the guest's ports to this host")
-    .option("--guest <addr>", "The guest agent's address: unix:///path or tcp://host:port", {
+    .option("--guest <addr>", "The guest agent: unix:///path (a socket, or a QEMU virtio-serial chardev), vsock://CID:PORT, tcp://host:port", {
       default: DEFAULT_GUEST_ADDRESS,
     })
+    .option("--token-file <file>", "The shared token for a tcp:// guest address (the guest's --token-file)")
     .option("--config <file>", "portForwards rules: a porthole config or a Lima instance file (lima.yaml)")
     .option("--watch-config", "Re-apply the config file whenever it changes (SIGHUP always does)")
     .option("--state-dir <dir>", "Where relative hostSocket paths live (default: $XDG_STATE_HOME/porthole)")
@@ -62,6 +65,7 @@ export function registerHost(cli: CAC): void {
       if (flags.sshVsock !== undefined) parseAddressFlag("ssh-vsock", flags.sshVsock);
       const agent = new HostAgent({
         guest,
+        token: flags.tokenFile ? readTokenFile(flags.tokenFile) : undefined,
         config,
         configFile: flags.config,
         watchConfig: flags.watchConfig,

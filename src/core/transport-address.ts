@@ -1,24 +1,41 @@
-// Agent-channel addresses: `unix:///path` and `tcp://host:port`.
+// Agent-channel addresses: `unix:///path`, `tcp://host:port`, `vsock://CID:PORT` (dial) or
+// `vsock://:PORT` (listen), and `serial:///dev/virtio-ports/NAME` (guest side of a port).
 import { parseHostPort } from "./address.ts";
 
 export type TransportAddress =
   | { kind: "unix"; path: string }
-  | { kind: "tcp"; host: string; port: number };
+  | { kind: "tcp"; host: string; port: number }
+  | { kind: "vsock"; cid?: number; port: number }
+  | { kind: "serial"; path: string };
 
-export const SUPPORTED_SCHEMES = ["unix", "tcp"] as const;
+export const SUPPORTED_SCHEMES = ["unix", "tcp", "vsock", "serial"] as const;
+const U32_MAX = 0xffffffff;
+
+function parseU32(text: string, what: string, address: string): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!(n >= 0 && n <= U32_MAX)) throw new Error(`"${address}": "${text}" is not a ${what}`);
+  return n;
+}
 
 export function parseTransportAddress(text: string): TransportAddress {
   const m = /^([a-z]+):\/\/(.*)$/.exec(text);
-  if (!m) throw new Error(`"${text}" is not an address: use unix:///path or tcp://host:port`);
+  if (!m) throw new Error(`"${text}" is not an address: use unix:///path, tcp://host:port, vsock://CID:PORT or serial:///dev/…`);
   const [, scheme, rest] = m as unknown as [string, string, string];
   switch (scheme) {
     case "unix":
-      if (!rest.startsWith("/")) throw new Error(`"${text}": a unix socket path must be absolute (unix:///path)`);
-      return { kind: "unix", path: rest };
+    case "serial":
+      if (!rest.startsWith("/")) throw new Error(`"${text}": the path must be absolute (${scheme}:///path)`);
+      return { kind: scheme, path: rest };
     case "tcp": {
       const { host, port } = parseHostPort(rest);
       if (port === 0) throw new Error(`"${text}": port 0 is not allowed`);
       return { kind: "tcp", host, port };
+    }
+    case "vsock": {
+      const v = /^(\d*):(\d+)$/.exec(rest);
+      if (!v) throw new Error(`"${text}": use vsock://CID:PORT to connect or vsock://:PORT to listen`);
+      const port = parseU32(v[2]!, "vsock port", text);
+      return v[1] === "" ? { kind: "vsock", port } : { kind: "vsock", cid: parseU32(v[1]!, "vsock CID", text), port };
     }
     default:
       throw new Error(`"${text}": unsupported scheme "${scheme}" (supported: ${SUPPORTED_SCHEMES.join(", ")})`);
@@ -26,10 +43,13 @@ export function parseTransportAddress(text: string): TransportAddress {
 }
 
 export function formatTransportAddress(a: TransportAddress): string {
-  return a.kind === "unix" ? `unix://${a.path}` : `tcp://${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}`;
-}
-
-/** The target string grpc-js understands for a dial address. */
-export function grpcTarget(a: TransportAddress): string {
-  return a.kind === "unix" ? `unix://${a.path}` : `${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}`;
+  switch (a.kind) {
+    case "unix":
+    case "serial":
+      return `${a.kind}://${a.path}`;
+    case "tcp":
+      return `tcp://${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}`;
+    case "vsock":
+      return `vsock://${a.cid ?? ""}:${a.port}`;
+  }
 }

@@ -1,11 +1,9 @@
 // The guest role: watch this namespace's sockets and serve GuestService on each listen address.
 import * as grpc from "@grpc/grpc-js";
-import * as fs from "node:fs";
-import type * as net from "node:net";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
-import { listenTransport } from "../transport/listen.ts";
+import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
@@ -17,13 +15,17 @@ export interface GuestAgentOptions {
   scanIntervalMs?: number;
   /** Undefined: netlink where the shim loads, else /proc/net. */
   scanner?: Scanner;
+  /** The shared token a TCP client must present (required for tcp:// listen addresses). */
+  token?: string;
+  /** vsock: accept peers other than the host (CID 2). */
+  vsockAnyCid?: boolean;
   log: (line: string) => void;
 }
 
 export class GuestAgent {
   private watcher: PortWatcher | undefined;
   private readonly grpcServer: grpc.Server;
-  private readonly servers: { address: TransportAddress; server: net.Server }[] = [];
+  private readonly served: Served[] = [];
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
@@ -40,9 +42,8 @@ export class GuestAgent {
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     try {
       for (const address of this.options.listen) {
-        const server = await listenTransport(address);
-        server.on("connection", (socket) => injector.injectConnection(socket));
-        this.servers.push({ address, server });
+        const served = await serveTransport(address, (socket) => injector.injectConnection(socket), this.options);
+        this.served.push(served);
         this.options.log(`porthole guest agent serving on ${formatTransportAddress(address)}`);
       }
     } catch (err) {
@@ -53,11 +54,7 @@ export class GuestAgent {
 
   stop(): void {
     this.watcher?.stop();
-    for (const { address, server } of this.servers) {
-      server.close();
-      if (address.kind === "unix") fs.rmSync(address.path, { force: true });
-    }
-    this.servers.length = 0;
+    for (const served of this.served.splice(0)) served.close();
     this.grpcServer.forceShutdown();
   }
 }

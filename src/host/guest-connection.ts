@@ -4,7 +4,8 @@
 import * as grpc from "@grpc/grpc-js";
 import { backoffDelay } from "../core/backoff.ts";
 import { applyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
-import { grpcTarget, type TransportAddress } from "../core/transport-address.ts";
+import type { TransportAddress } from "../core/transport-address.ts";
+import { clientTarget, type ClientTarget } from "../transport/client-target.ts";
 import {
   createGuestServiceClient,
   createPortholeClient,
@@ -37,11 +38,15 @@ export class GuestConnection {
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private attempt = 0;
 
+  private readonly target: ClientTarget;
+
   constructor(
     address: TransportAddress,
     private readonly handlers: GuestConnectionHandlers,
+    options: { token?: string } = {},
   ) {
-    this.client = createGuestServiceClient(grpcTarget(address), CLIENT_OPTIONS);
+    this.target = clientTarget(address, options);
+    this.client = createGuestServiceClient(this.target.target, CLIENT_OPTIONS);
     this.porthole = createPortholeClient(this.client);
   }
 
@@ -54,6 +59,7 @@ export class GuestConnection {
     clearTimeout(this.retryTimer);
     this.events?.cancel();
     this.client.close();
+    this.target.close();
   }
 
   private async connect(): Promise<void> {

@@ -21,6 +21,8 @@ export type LogFormat = "text" | "json";
 
 export interface HostAgentOptions {
   guest: TransportAddress;
+  /** The shared token for a TCP agent channel. */
+  token?: string;
   /** The config file the rules came from, re-read by reload(). */
   configFile?: string;
   /** The rules in force at start (loaded from configFile by the caller, so errors stop start-up). */
@@ -81,7 +83,7 @@ export class HostAgent {
         if (wasUp && this.forwarder.value === "ssh") this.apply(); // UDP has no path now
       },
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.join("; ")}`),
-    });
+    }, { token: options.token });
     const grpc = new GrpcForwarder(this.connection.client);
     const report = (e: HostEvent) => this.emit(e);
     const warn = (message: string) => this.emit({ type: "warning", message });

@@ -10,6 +10,8 @@ export interface NativeShim {
   vsockConnect(cid: number, port: number, timeoutMs: number): number;
   vsockLocalCid(): number;
   close(fd: number): number;
+  /** fds[0], fds[1]: a connected pair of unix stream sockets. */
+  socketpair(fds: Int32Array): number;
   /** Records of 24 bytes (core/diag-record.ts decodes them). */
   diagListeners(buf: Uint8Array, cap: number): number;
   diagSubscribe(): number;
@@ -27,6 +29,7 @@ export const SIGNATURES = {
   ph_vsock_connect: { args: ["u32", "u32", "i32"], returns: "i32" },
   ph_vsock_local_cid: { args: [], returns: "i32" },
   ph_close: { args: ["i32"], returns: "i32" },
+  ph_socketpair: { args: ["ptr"], returns: "i32" },
   ph_diag_listeners: { args: ["ptr", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
@@ -47,6 +50,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     vsockConnect: (cid, port, timeoutMs) => num("ph_vsock_connect", cid, port, timeoutMs),
     vsockLocalCid: () => num("ph_vsock_local_cid"),
     close: (fd) => num("ph_close", fd),
+    socketpair: (fds) => num("ph_socketpair", fds),
     diagListeners: (buf, cap) => num("ph_diag_listeners", buf, cap),
     diagSubscribe: () => num("ph_diag_subscribe"),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),

@@ -1,17 +1,32 @@
 // Client-side transports: a connected stream for a transport address.
 import * as net from "node:net";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
+import { dialVsock } from "./vsock.ts";
 
-export function dialTransport(address: TransportAddress, timeoutMs: number): Promise<net.Socket> {
+export async function dialTransport(address: TransportAddress, timeoutMs: number): Promise<net.Socket> {
+  const name = formatTransportAddress(address);
+  switch (address.kind) {
+    case "vsock":
+      if (address.cid === undefined) throw new Error(`${name}: to connect, give the CID (vsock://CID:${address.port})`);
+      return dialVsock(address.cid, address.port, timeoutMs).catch((err: Error) => {
+        throw new Error(`cannot connect to ${name}: ${err.message}`);
+      });
+    case "serial":
+      throw new Error(`${name}: a serial port is not dialed; use the host side of the port (its unix socket)`);
+    case "unix":
+    case "tcp":
+      return connectSocket(address, name, timeoutMs);
+  }
+}
+
+function connectSocket(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>, name: string, timeoutMs: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket =
-      address.kind === "unix"
-        ? net.connect({ path: address.path })
-        : net.connect({ host: address.host, port: address.port, noDelay: true });
+      address.kind === "unix" ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port, noDelay: true });
     const fail = (err: Error) => {
       clearTimeout(timer);
       socket.destroy();
-      reject(new Error(`cannot connect to ${formatTransportAddress(address)}: ${err.message}`));
+      reject(new Error(`cannot connect to ${name}: ${err.message}`));
     };
     const timer = setTimeout(() => fail(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
     socket.once("error", fail);

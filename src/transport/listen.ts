@@ -1,4 +1,4 @@
-// Server-side transports: a listening net.Server for a transport address.
+// Listening on a unix socket or a TCP port: a net.Server.
 // A unix socket is created with mode 0600 (the transport is the security boundary);
 // a stale socket file left by a dead agent is replaced, a live one is an error.
 import * as fs from "node:fs";
@@ -7,7 +7,7 @@ import * as path from "node:path";
 import type { TransportAddress } from "../core/transport-address.ts";
 import { formatTransportAddress } from "../core/transport-address.ts";
 
-export async function listenTransport(address: TransportAddress): Promise<net.Server> {
+export async function listenTransport(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>): Promise<net.Server> {
   if (address.kind === "tcp") return listenServer((s) => s.listen(address.port, address.host), address);
   await removeStaleSocket(address.path);
   fs.mkdirSync(path.dirname(address.path), { recursive: true, mode: 0o755 });

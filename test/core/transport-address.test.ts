@@ -1,19 +1,27 @@
 import { expect, test } from "bun:test";
-import { grpcTarget, parseTransportAddress } from "../../src/core/transport-address.ts";
+import { formatTransportAddress, parseTransportAddress } from "../../src/core/transport-address.ts";
 import { backoffDelay } from "../../src/core/backoff.ts";
 
-test("unix and tcp addresses", () => {
-  expect(parseTransportAddress("unix:///run/porthole/guest.sock")).toEqual({ kind: "unix", path: "/run/porthole/guest.sock" });
-  expect(parseTransportAddress("tcp://127.0.0.1:2222")).toEqual({ kind: "tcp", host: "127.0.0.1", port: 2222 });
-  expect(grpcTarget(parseTransportAddress("tcp://[::1]:2222"))).toBe("[::1]:2222");
-  expect(grpcTarget(parseTransportAddress("unix:///a/b.sock"))).toBe("unix:///a/b.sock");
+test.each([
+  ["unix:///run/porthole/guest.sock", { kind: "unix", path: "/run/porthole/guest.sock" }],
+  ["tcp://127.0.0.1:2222", { kind: "tcp", host: "127.0.0.1", port: 2222 }],
+  ["tcp://[::1]:2222", { kind: "tcp", host: "::1", port: 2222 }],
+  ["vsock://3:2222", { kind: "vsock", cid: 3, port: 2222 }],
+  ["vsock://:2222", { kind: "vsock", port: 2222 }],
+  ["serial:///dev/virtio-ports/io.lima-vm.guest_agent.0", { kind: "serial", path: "/dev/virtio-ports/io.lima-vm.guest_agent.0" }],
+])("%s parses and prints back", (text, parsed) => {
+  expect(parseTransportAddress(text)).toEqual(parsed as never);
+  expect(formatTransportAddress(parseTransportAddress(text))).toBe(text);
 });
 
 test.each([
   ["/run/x.sock", /not an address/],
   ["unix://relative.sock", /must be absolute/],
+  ["serial://ttyS0", /must be absolute/],
   ["tcp://127.0.0.1", /not host:port/],
   ["tcp://127.0.0.1:0", /port 0/],
+  ["vsock://host:22", /use vsock:\/\/CID:PORT/],
+  ["vsock://3:99999999999", /is not a vsock port/],
   ["http://x:1", /unsupported scheme "http"/],
 ])("%s is a clear error", (text, message) => {
   expect(() => parseTransportAddress(text)).toThrow(message);

@@ -385,11 +385,13 @@ export class HostAgentProc {
 }
 
 /**
- * `porthole host --log-format json` for this guest; `wrapper` runs it under another command
+ * `porthole host --log-format json` for this guest (its unix socket, unless `extra` names
+ * another --guest); `wrapper` runs it under another command
  * (e.g. setpriv); `env` adds variables such as LIMA_SSH_PORT_FORWARDER.
  */
 export function startHostAgent(guest: Guest, extra: string[] = [], wrapper: string[] = [], env: Record<string, string> = {}): HostAgentProc {
-  const argv = [...wrapper, ...PORTHOLE, "host", "--guest", `unix://${guest.socket}`, "--log-format", "json", ...extra];
+  const guestFlag = extra.includes("--guest") ? [] : ["--guest", `unix://${guest.socket}`];
+  const argv = [...wrapper, ...PORTHOLE, "host", ...guestFlag, "--log-format", "json", ...extra];
   // Lima's variables come only from the test, never from the environment the tests run in.
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("LIMA_")));
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...base, ...env } });

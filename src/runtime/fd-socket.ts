@@ -1,0 +1,20 @@
+// A connected stream fd (an accepted vsock socket, a socketpair end) as a net.Socket that the
+// layers above use like any other. The one place that knows how each runtime does it.
+import * as net from "node:net";
+import { runtimeName } from "./self.ts";
+
+type PipeWrap = { Pipe: new (type: number) => { open(fd: number): number }; constants: { SOCKET: number } };
+
+export function socketFromFd(fd: number): net.Socket {
+  if (runtimeName() === "bun") {
+    // Bun: `new net.Socket({ fd })` is broken; net.connect({ fd }) adopts a connected fd.
+    return net.connect({ fd } as unknown as net.NetConnectOpts);
+  }
+  // Node and Deno: libuv rejects AF_VSOCK fds in net.Socket({ fd }); a Pipe handle takes any
+  // stream fd (undocumented API, kept to this one function and tested).
+  const { Pipe, constants } = (process as unknown as { binding(name: string): PipeWrap }).binding("pipe_wrap");
+  const handle = new Pipe(constants.SOCKET);
+  const err = handle.open(fd);
+  if (err) throw new Error(`cannot adopt fd ${fd} as a stream (libuv error ${err})`);
+  return new net.Socket({ handle, readable: true, writable: true } as unknown as net.SocketConstructorOpts);
+}

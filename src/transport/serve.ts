@@ -1,0 +1,57 @@
+// The guest's side of every agent transport: hands each incoming connection, as an ordinary
+// socket, to `onConnection`. Nothing above this file knows which transport it runs on.
+import * as fs from "node:fs";
+import type * as net from "node:net";
+import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
+import { listenTransport } from "./listen.ts";
+import { serveSerial } from "./serial.ts";
+import { verifyToken } from "./token.ts";
+import { listenVsock } from "./vsock.ts";
+
+export interface ServeOptions {
+  /** Required for TCP: the shared token a client must present first. */
+  token?: string;
+  /** vsock: accept peers other than the host (CID 2). */
+  vsockAnyCid?: boolean;
+  log: (line: string) => void;
+}
+
+export interface Served {
+  address: TransportAddress;
+  close(): void;
+}
+
+export async function serveTransport(address: TransportAddress, onConnection: (socket: net.Socket) => void, options: ServeOptions): Promise<Served> {
+  const name = formatTransportAddress(address);
+  switch (address.kind) {
+    case "unix": {
+      const server = await listenTransport(address);
+      server.on("connection", onConnection);
+      return { address, close: () => (server.close(), fs.rmSync(address.path, { force: true })) };
+    }
+    case "tcp": {
+      const token = options.token;
+      if (!token) throw new Error(`${name}: a TCP agent channel needs --token-file (anyone on the machine can connect to a TCP port)`);
+      const server = await listenTransport(address);
+      server.on("connection", (socket: net.Socket) => {
+        void verifyToken(socket, token).then((ok) => {
+          if (ok) onConnection(socket);
+          else options.log(`${name}: rejected a connection from ${socket.remoteAddress} without the right token`);
+        });
+      });
+      return { address, close: () => server.close() };
+    }
+    case "vsock": {
+      if (address.cid !== undefined) throw new Error(`${name}: to listen, leave the CID out (vsock://:${address.port})`);
+      const listener = await listenVsock(address.port, onConnection, {
+        allowCid: options.vsockAnyCid ? () => true : undefined,
+        onRejected: (cid) => options.log(`${name}: rejected a connection from CID ${cid} (only the host, CID 2, may connect; see --vsock-any-cid)`),
+      });
+      return { address, close: () => listener.close() };
+    }
+    case "serial": {
+      const port = await serveSerial(address.path, onConnection, options.log);
+      return { address, close: () => port.close() };
+    }
+  }
+}

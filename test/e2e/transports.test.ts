@@ -1,0 +1,112 @@
+// The agent channel over each transport: a virtio-serial port (a pty standing in for the
+// device, socat standing in for QEMU's chardev socket), TCP with its token, and vsock as far
+// as this machine allows (listening; no vsock connect can complete here).
+import { describe, expect } from "bun:test";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { defer, e2eTest, exchange, freePort, Guest, PORTHOLE, Proc, startHostAgent, useHarness } from "./harness.ts";
+
+useHarness();
+
+/** QEMU's side of a virtio-serial port: a pty (the guest's device) joined to a unix socket server. */
+async function fakeVirtioPort(guest: Guest): Promise<{ device: string; chardev: string; proc: Proc }> {
+  const device = join(guest.dir, "vport");
+  const chardev = join(guest.dir, "chardev.sock");
+  const child = spawn("socat", [`PTY,link=${device},raw,echo=0,wait-slave`, `UNIX-LISTEN:${chardev},unlink-early`], { stdio: ["ignore", "pipe", "pipe"] });
+  const proc = new Proc(child, "socat");
+  defer(() => proc.kill("SIGKILL"));
+  await proc.waitFor(() => existsSync(device) || undefined, "the pty");
+  return { device, chardev, proc };
+}
+
+describe("virtio-serial (guest side)", () => {
+  e2eTest("the whole agent connection runs over the port; the guest keeps serving when the host goes and comes back", async () => {
+    const guest = Guest.create();
+    let port = await fakeVirtioPort(guest);
+    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
+    await agent.waitForLine(/serving on serial:/, "stderr");
+    await port.proc.waitFor(() => existsSync(port.chardev) || undefined, "the chardev socket");
+
+    const hostArgs = (chardev: string) => ["--guest", `unix://${chardev}`];
+    let host = startHostAgent(guest, hostArgs(port.chardev));
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect over the port");
+    const echoPort = await freePort();
+    await guest.startEcho("127.0.0.1", echoPort);
+    await host.waitForForwarding(echoPort);
+    expect((await exchange(echoPort, Buffer.from("over serial"))).toString()).toBe("over serial");
+
+    // The host side goes away (QEMU's socket closes): the guest reads EOF and waits for the next.
+    await host.proc.kill();
+    await port.proc.kill();
+    port = await fakeVirtioPort(guest);
+    await port.proc.waitFor(() => existsSync(port.chardev) || undefined, "the new chardev socket");
+    host = startHostAgent(guest, hostArgs(port.chardev));
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect again", 15_000);
+    await host.waitForForwarding(echoPort);
+    expect((await exchange(echoPort, Buffer.from("again"))).toString()).toBe("again");
+    expect(agent.running).toBe(true);
+  });
+});
+
+describe("TCP agent channel", () => {
+  e2eTest("needs the shared token: the right one connects, a wrong one is rejected before any RPC", async () => {
+    const guest = Guest.create();
+    const { guestIP } = guest.linkToHost();
+    const tokenFile = join(guest.dir, "token");
+    writeFileSync(tokenFile, "s3cret-token-0123456789abcdef\n", { mode: 0o600 });
+    const agentPort = await freePort();
+    const addr = `tcp://${guestIP}:${agentPort}`;
+
+    const noToken = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", addr], { encoding: "utf8", timeout: 20_000 });
+    expect(noToken.status).toBe(1);
+    expect(noToken.stderr).toContain("a TCP agent channel needs --token-file");
+
+    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", addr, "--token-file", tokenFile], "guest agent");
+    await agent.waitForLine(/serving on tcp:/, "stderr");
+
+    const wrongFile = join(guest.dir, "wrong");
+    writeFileSync(wrongFile, "not-the-token-0123456789abcdef\n");
+    const wrong = startHostAgent(guest, ["--guest", addr, "--token-file", wrongFile]);
+    await agent.waitForLine(/rejected a connection .* without the right token/, "stderr");
+    expect(wrong.events.some((e) => e.type === "guest-connected")).toBe(false);
+    await wrong.proc.kill();
+
+    const host = startHostAgent(guest, ["--guest", addr, "--token-file", tokenFile]);
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect");
+    const echoPort = await freePort();
+    await guest.startEcho("127.0.0.1", echoPort);
+    await host.waitForForwarding(echoPort);
+    expect((await exchange(echoPort, Buffer.from("over tcp"))).toString()).toBe("over tcp");
+  });
+});
+
+describe("vsock (listen only: no vsock connect can complete on these machines)", () => {
+  e2eTest("the guest agent listens on vsock beside a unix socket, and serves through the unix one", async () => {
+    const guest = Guest.create();
+    const vsockPort = 20_000 + Math.floor(Math.random() * 40_000);
+    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `vsock://:${vsockPort}`, "--listen", `unix://${guest.socket}`], "guest agent");
+    await agent.waitForLine(new RegExp(`serving on vsock://:${vsockPort}`), "stderr");
+    await agent.waitForLine(/serving on unix:/, "stderr");
+    const host = startHostAgent(guest);
+    await host.waitForEvent((e) => e.type === "guest-connected", "connect");
+    const echoPort = await freePort();
+    await guest.startEcho("127.0.0.1", echoPort);
+    await host.waitForForwarding(echoPort);
+    expect((await exchange(echoPort, Buffer.from("x"))).toString()).toBe("x");
+  });
+
+  e2eTest("a listen address with a CID, and a port already taken, are clear errors", async () => {
+    const guest = Guest.create();
+    const withCid = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", "vsock://3:2222"], { encoding: "utf8", timeout: 20_000 });
+    expect(withCid.status).toBe(1);
+    expect(withCid.stderr).toContain("to listen, leave the CID out (vsock://:2222)");
+
+    const vsockPort = 20_000 + Math.floor(Math.random() * 40_000);
+    const first = guest.spawn([...PORTHOLE, "guest", "--listen", `vsock://:${vsockPort}`], "first agent");
+    await first.waitForLine(/serving on vsock:/, "stderr");
+    const second = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", `vsock://:${vsockPort}`], { encoding: "utf8", timeout: 20_000 });
+    expect(second.status).toBe(1);
+    expect(second.stderr).toContain(`vsock listen on port ${vsockPort}: EADDRINUSE`);
+  });
+});
