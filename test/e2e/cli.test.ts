@@ -1,7 +1,7 @@
 // The command line as a user meets it: help, errors, the guest socket, and the demo.
 import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
 import { useHarness, e2eTest, Guest, PORTHOLE } from "./harness.ts";
 
@@ -32,6 +32,30 @@ describe("command line", () => {
     const r = porthole(args as string[]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(message);
+  });
+});
+
+describe("guest install", () => {
+  e2eTest("--print shows the unit; install writes it under --root, uninstall removes it", () => {
+    const printed = porthole(["guest", "install", "--print", "--init", "systemd", "--listen", "vsock://:2222"]);
+    expect(printed.code).toBe(0);
+    expect(printed.stdout).toContain(`ExecStart=${PORTHOLE.join(" ")} guest --listen vsock://:2222\n`);
+
+    const guest = Guest.create();
+    const root = guest.dir;
+    const installed = porthole(["guest", "install", "--init", "openrc", "--root", root, "--listen", "serial:///dev/virtio-ports/io.lima-vm.guest_agent.0"]);
+    expect(installed.code).toBe(0);
+    const file = `${root}/etc/init.d/porthole-guest`;
+    expect(readFileSync(file, "utf8")).toContain("guest --listen serial:///dev/virtio-ports/io.lima-vm.guest_agent.0");
+    expect(statSync(file).mode & 0o777).toBe(0o755);
+    expect(porthole(["guest", "uninstall", "--init", "openrc", "--root", root]).code).toBe(0);
+    expect(existsSync(file)).toBe(false);
+  });
+
+  e2eTest("an unknown action is a usage error", () => {
+    const r = porthole(["guest", "instal"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('unknown guest action "instal"');
   });
 });
 
