@@ -4,7 +4,7 @@ SOURCES := $(shell find src proto -type f) package.json
 SHIM := native/build/porthole-shim.so
 CC ?= cc
 
-.PHONY: all build shim demo test test-unit test-e2e check deps system-deps clean
+.PHONY: all build dist shim demo test test-unit test-e2e check deps system-deps clean
 
 all: build
 
@@ -35,19 +35,31 @@ dist/porthole: node_modules/.installed $(SHIM) $(SOURCES)
 
 build: dist/porthole
 
+# The esbuild bundle for Node and Deno.
+dist/porthole.mjs: node_modules/.installed $(SHIM) $(SOURCES) scripts/bundle.mjs
+	node scripts/bundle.mjs
+
+# Release artefacts: single binaries per platform, and the bundle. arm64 needs Bun's arm64
+# runtime, which `bun build --compile` downloads: where that cannot happen, it is skipped.
+dist: dist/porthole.mjs
+	$(BUN) build --compile --minify-syntax --target=bun-linux-x64 src/cli/main.ts --outfile dist/porthole-linux-x64
+	@$(BUN) build --compile --minify-syntax --target=bun-linux-arm64 src/cli/main.ts --outfile dist/porthole-linux-arm64 >/dev/null 2>&1 \
+	  && echo "built dist/porthole-linux-arm64" \
+	  || echo "skipped dist/porthole-linux-arm64: Bun's arm64 runtime is not available offline (and the shim would need an arm64 compiler)"
+
 demo: build system-deps
 	dist/porthole demo
 
 check: deps shim
 	node_modules/.bin/tsc -p .
 
-test: build system-deps check
+test: build dist/porthole.mjs system-deps check
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test $(TEST_ARGS)
 
 test-unit: deps shim
 	$(BUN) test test/core test/unit
 
-test-e2e: build system-deps
+test-e2e: build dist/porthole.mjs system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test test/e2e
 
 clean:

@@ -2,7 +2,7 @@ import type { CAC } from "cac";
 import type { InitSystem } from "../core/service-unit.ts";
 import { GuestAgent } from "../guest/guest-agent.ts";
 import { detectInit, installService, renderService, uninstallService } from "../guest/install.ts";
-import { selfCommand } from "../runtime/self.ts";
+import { guestRoleUnsupported, selfCommand } from "../runtime/self.ts";
 import { readTokenFile } from "../transport/token.ts";
 import { vsockUsable } from "../transport/vsock.ts";
 import { asList, parseAddressValue, parseChoiceFlag, parseIntFlag, stopOnSignals, UsageError } from "./options.ts";
@@ -44,6 +44,8 @@ export function registerGuest(cli: CAC): void {
       const listen = (given.length ? given : [await defaultListenAddress()]).map((a) => parseAddressValue("listen", a));
       if (action === "install" || action === "uninstall") return manageService(action, flags, given);
       if (action !== undefined) throw new UsageError(`unknown guest action "${action}" (install, uninstall, or none to run the agent)`);
+      const unsupported = guestRoleUnsupported();
+      if (unsupported) throw new Error(unsupported);
       const agent = new GuestAgent({
         listen,
         token: flags.tokenFile ? readTokenFile(flags.tokenFile) : undefined,

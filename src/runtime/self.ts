@@ -11,3 +11,13 @@ export function runtimeName(): string {
   if (typeof (globalThis as { Deno?: unknown }).Deno !== "undefined") return "deno";
   return "node";
 }
+
+/** Why the guest role cannot run on this runtime, if it cannot. */
+export function guestRoleUnsupported(): string | undefined {
+  if (runtimeName() !== "deno") return undefined;
+  return (
+    "the guest role does not run on Deno: its node:http2 server aborts the whole process when a " +
+    "gRPC client closes its connection after real traffic (denoland/deno#36788). Run the guest agent " +
+    "with the porthole binary or with Node (node porthole.mjs guest); the host role works on Deno."
+  );
+}

@@ -6,7 +6,9 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, w
 import { homedir, tmpdir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import shimAsset from "../../native/build/porthole-shim.so" with { type: "file" };
+// No import attribute: Bun embeds unknown file types as files by default, and esbuild has
+// no "file" attribute (its .so loader is set to "file" in the bundle build instead).
+import shimAsset from "../../native/build/porthole-shim.so";
 
 function candidateDirs(): string[] {
   const uid = process.getuid?.() ?? 0;

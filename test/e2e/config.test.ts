@@ -131,7 +131,9 @@ describe("privileged host ports", () => {
     await guest.startAgent();
     chownSync(guest.socket, 65534, 65534); // let "nobody" reach the guest agent
     chownSync(guest.dir, 65534, 65534);
-    const host = startHostAgent(guest, ["--state-dir", join(guest.dir, "state")], ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+    const host = startHostAgent(guest, ["--state-dir", join(guest.dir, "state")], {
+      wrapper: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+    });
     await host.waitForEvent((e) => e.type === "guest-connected", "connect");
     await guest.startEcho("127.0.0.1", 80);
     const failed = await host.waitForEvent((e) => e.type === "failed" && e.hostAddr === "127.0.0.1:80", "failed");

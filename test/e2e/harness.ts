@@ -197,9 +197,9 @@ export class Guest {
     return track(spawn("ip", ["netns", "exec", this.ns, ...argv], { stdio: ["ignore", "pipe", "pipe"] }), label);
   }
 
-  /** `porthole guest` serving on this guest's unix socket. */
-  async startAgent(extra: string[] = []): Promise<Proc> {
-    const agent = this.spawn([...PORTHOLE, "guest", "--listen", `unix://${this.socket}`, ...extra], "guest agent");
+  /** `porthole guest` serving on this guest's unix socket (`command` instead of PORTHOLE). */
+  async startAgent(extra: string[] = [], command: string[] = PORTHOLE): Promise<Proc> {
+    const agent = this.spawn([...command, "guest", "--listen", `unix://${this.socket}`, ...extra], "guest agent");
     await agent.waitForLine(/serving on/, "stderr");
     return agent;
   }
@@ -346,6 +346,17 @@ export function sshChannels(sshd: Proc): number {
   return sshd.stderr.filter((l) => /server_request_direct_tcpip: originator/.test(l)).length;
 }
 
+/** QEMU's side of a virtio-serial port: a pty (the guest's device) joined to a unix socket server. */
+export async function fakeVirtioPort(guest: Guest): Promise<{ device: string; chardev: string; proc: Proc }> {
+  const device = join(guest.dir, "vport");
+  const chardev = join(guest.dir, "chardev.sock");
+  const child = spawn("socat", [`PTY,link=${device},raw,echo=0,wait-slave`, `UNIX-LISTEN:${chardev},unlink-early`], { stdio: ["ignore", "pipe", "pipe"] });
+  const proc = new Proc(child, "socat");
+  defer(() => proc.kill("SIGKILL"));
+  await proc.waitFor(() => existsSync(device) || undefined, "the pty");
+  return { device, chardev, proc };
+}
+
 // ---- the host agent ----------------------------------------------------------------------
 
 export interface Event {
@@ -384,17 +395,24 @@ export class HostAgentProc {
   }
 }
 
+export interface HostAgentOptions {
+  /** Runs the agent under another command (e.g. setpriv). */
+  wrapper?: string[];
+  /** Variables such as LIMA_SSH_PORT_FORWARDER (the test's environment never leaks LIMA_*). */
+  env?: Record<string, string>;
+  /** The porthole command (default PORTHOLE), e.g. `node dist/porthole.mjs`. */
+  command?: string[];
+}
+
 /**
  * `porthole host --log-format json` for this guest (its unix socket, unless `extra` names
- * another --guest); `wrapper` runs it under another command
- * (e.g. setpriv); `env` adds variables such as LIMA_SSH_PORT_FORWARDER.
+ * another --guest).
  */
-export function startHostAgent(guest: Guest, extra: string[] = [], wrapper: string[] = [], env: Record<string, string> = {}): HostAgentProc {
+export function startHostAgent(guest: Guest, extra: string[] = [], options: HostAgentOptions = {}): HostAgentProc {
   const guestFlag = extra.includes("--guest") ? [] : ["--guest", `unix://${guest.socket}`];
-  const argv = [...wrapper, ...PORTHOLE, "host", ...guestFlag, "--log-format", "json", ...extra];
-  // Lima's variables come only from the test, never from the environment the tests run in.
+  const argv = [...(options.wrapper ?? []), ...(options.command ?? PORTHOLE), "host", ...guestFlag, "--log-format", "json", ...extra];
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("LIMA_")));
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...base, ...env } });
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...base, ...options.env } });
   return new HostAgentProc(track(child, "host agent"));
 }
 

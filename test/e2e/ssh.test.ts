@@ -33,7 +33,7 @@ function sshFlags(s: SshSetup, extra: string[] = []): string[] {
 }
 
 async function sshHost(s: SshSetup, extra: string[] = [], env?: Record<string, string>): Promise<HostAgentProc> {
-  const host = startHostAgent(s.guest, ["--forwarder", "ssh", ...sshFlags(s, extra)], [], env);
+  const host = startHostAgent(s.guest, ["--forwarder", "ssh", ...sshFlags(s, extra)], { env });
   await host.waitForEvent((e) => e.type === "ssh-connected", "the SSH connection");
   return host;
 }
@@ -136,7 +136,7 @@ describe("choosing the forwarder", () => {
   e2eTest.each(cases)("%s", async (_name, flags, env, configText, expected, reason) => {
     const s = await sshGuest();
     const config = s.guest.writeFile("c.yaml", configText);
-    const host = startHostAgent(s.guest, [...flags, ...sshFlags(s, ["--config", config])], [], env);
+    const host = startHostAgent(s.guest, [...flags, ...sshFlags(s, ["--config", config])], { env });
     const selected = await host.waitForEvent((e) => e.type === "forwarder-selected", "the choice");
     expect([selected.forwarder, selected.reason]).toEqual([expected, reason]);
     if (env.LIMA_SSH_PORT_FORWARDER === "garbage") {

@@ -2,23 +2,12 @@
 // device, socat standing in for QEMU's chardev socket), TCP with its token, and vsock as far
 // as this machine allows (listening; no vsock connect can complete here).
 import { describe, expect } from "bun:test";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { defer, e2eTest, exchange, freePort, Guest, PORTHOLE, Proc, startHostAgent, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
-
-/** QEMU's side of a virtio-serial port: a pty (the guest's device) joined to a unix socket server. */
-async function fakeVirtioPort(guest: Guest): Promise<{ device: string; chardev: string; proc: Proc }> {
-  const device = join(guest.dir, "vport");
-  const chardev = join(guest.dir, "chardev.sock");
-  const child = spawn("socat", [`PTY,link=${device},raw,echo=0,wait-slave`, `UNIX-LISTEN:${chardev},unlink-early`], { stdio: ["ignore", "pipe", "pipe"] });
-  const proc = new Proc(child, "socat");
-  defer(() => proc.kill("SIGKILL"));
-  await proc.waitFor(() => existsSync(device) || undefined, "the pty");
-  return { device, chardev, proc };
-}
 
 describe("virtio-serial (guest side)", () => {
   e2eTest("the whole agent connection runs over the port; the guest keeps serving when the host goes and comes back", async () => {
