@@ -16,7 +16,7 @@ deps: node_modules/.installed
 
 # The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd).
 system-deps:
-	@missing=""; for tool in ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client socat:socat; do \
+	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client socat:socat; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -24,7 +24,7 @@ system-deps:
 	  else echo "please install:$$missing" >&2; exit 1; fi; fi
 
 # The native shim (AF_VSOCK, netlink sock_diag), embedded in the binary.
-$(SHIM): native/porthole_shim.c
+$(SHIM): native/porthole_shim.c | system-deps
 	@mkdir -p native/build
 	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
 
