@@ -4,12 +4,13 @@ import { join, resolve } from "node:path";
 import { ConfigError } from "../core/config.ts";
 import { loadConfigFile } from "../host/config-file.ts";
 import { HostAgent, type LogFormat } from "../host/host-agent.ts";
+import { FORWARDER_KINDS } from "../core/forwarder-choice.ts";
 import { readTokenFile } from "../transport/token.ts";
 import { DEFAULT_GUEST_ADDRESS } from "./guest.ts";
 import { parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals } from "./options.ts";
 
 const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
-const FORWARDERS = ["grpc", "ssh"] as const;
+const FORWARDERS = FORWARDER_KINDS;
 
 function defaultStateDir(): string {
   return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "porthole");
@@ -47,7 +48,7 @@ export function registerHost(cli: CAC): void {
     .option("--no-ipv6-loopback", "Do not also listen on ::1 for forwards to 127.0.0.1")
     .option("--udp-idle-timeout <duration>", "End a UDP client's flow after this long without traffic (default 60s)")
     .option("--udp-max-flows <n>", "At most this many UDP clients per forward; the least recently used makes room (default 1024)")
-    .option("--forwarder <kind>", "grpc (default) or ssh; wins over LIMA_SSH_PORT_FORWARDER and the config")
+    .option("--forwarder <kind>", "auto (default: direct by IP, else porthole's data path, else gRPC), fast, grpc or ssh; wins over LIMA_SSH_PORT_FORWARDER and the config")
     .option("--ssh <addr>", "The guest's sshd for the SSH forwarder: tcp://host:port, unix:///path")
     .option("--ssh-vsock <addr>", "The guest's sshd on vsock, tried before --ssh (off with LIMA_SSH_OVER_VSOCK=false)")
     .option("--ssh-user <name>", "SSH user (default: yours)")

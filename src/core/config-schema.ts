@@ -98,7 +98,7 @@ export const configSchema = z.looseObject(
   {
     portForwards: z.array(ruleSchema, { error: () => "must be a list of rules" }).nullish(),
     /** porthole: which data path carries TCP (LIMA_SSH_PORT_FORWARDER and --forwarder win). */
-    forwarder: z.enum(["grpc", "ssh"], { error: (iss) => `${show(iss.input)} is not one of grpc, ssh` }).optional(),
+    forwarder: z.enum(["auto", "fast", "grpc", "ssh"], { error: (iss) => `${show(iss.input)} is not one of auto, fast, grpc, ssh` }).optional(),
     ssh: z.looseObject(
       {
         // Lima's keys

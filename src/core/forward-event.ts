@@ -26,6 +26,8 @@ export interface ForwardEvent {
   retryInMs?: number;
   /** A host socket that appears in the guest (`reverse: true`). */
   reverse?: boolean;
+  /** The data path new connections take: direct, fast, grpc or ssh. */
+  path?: string;
 }
 
 export interface AgentEvent {
@@ -52,6 +54,13 @@ export interface AgentEvent {
 
 export type HostEvent = ForwardEvent | AgentEvent;
 
+const FORWARDER_NAMES: Record<string, string> = {
+  auto: "the auto forwarder (direct by IP where it can, else porthole's data path, else gRPC)",
+  fast: "porthole's data path (gRPC where it is not offered)",
+  grpc: "the gRPC forwarder",
+  ssh: "the SSH forwarder",
+};
+
 function isForwardEvent(e: HostEvent): e is ForwardEvent {
   return "protocol" in e;
 }
@@ -74,7 +83,7 @@ export function formatEventText(e: HostEvent): string {
       case "warning":
         return `Warning: ${e.message}`;
       case "forwarder-selected":
-        return `Using the ${e.forwarder === "ssh" ? "SSH" : "gRPC"} forwarder (${e.reason})${e.message ? `; ${e.message}` : ""}`;
+        return `Using ${FORWARDER_NAMES[e.forwarder ?? ""] ?? e.forwarder} (${e.reason})${e.message ? `; ${e.message}` : ""}`;
       case "ssh-connected":
         return `SSH connected to the guest over ${e.via}`;
       case "ssh-disconnected":
@@ -88,7 +97,7 @@ export function formatEventText(e: HostEvent): string {
     case "forwarding":
       return e.reverse
         ? `Forwarding ${proto} from host ${e.hostAddr} to guest ${e.guestAddr} (reverse)`
-        : `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
+        : `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}${e.path && e.path !== "grpc" ? ` (${e.path})` : ""}`;
     case "stopping":
       return `Stopping forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
     case "not-forwarding":

@@ -1,6 +1,11 @@
 // Which forwarder carries TCP, and whether SSH tries vsock first: Lima's environment
 // variables and porthole's flag and config keys, with their precedence. No I/O.
-export type ForwarderKind = "grpc" | "ssh";
+/**
+ * auto: direct where the guest is reachable by IP, else porthole's raw data path, else gRPC;
+ * fast: the raw data path, else gRPC; grpc: Lima's Tunnel only; ssh: direct-tcpip channels.
+ */
+export type ForwarderKind = "auto" | "fast" | "grpc" | "ssh";
+export const FORWARDER_KINDS: readonly ForwarderKind[] = ["auto", "fast", "grpc", "ssh"];
 
 export interface Choice<T> {
   value: T;
@@ -17,7 +22,7 @@ function parseGoBool(text: string): boolean | undefined {
   return undefined;
 }
 
-/** Flag > LIMA_SSH_PORT_FORWARDER > config > default (gRPC). */
+/** Flag > LIMA_SSH_PORT_FORWARDER > config > default (auto, which falls back to gRPC). */
 export function chooseForwarder(flag: ForwarderKind | undefined, env: string | undefined, config: ForwarderKind | undefined): Choice<ForwarderKind> {
   if (flag) return { value: flag, reason: `--forwarder ${flag}` };
   if (env !== undefined && env !== "") {
@@ -32,7 +37,7 @@ export function chooseForwarder(flag: ForwarderKind | undefined, env: string | u
     return { value: asBool ? "ssh" : "grpc", reason: `LIMA_SSH_PORT_FORWARDER=${env}` };
   }
   if (config) return { value: config, reason: `forwarder: ${config} in the config` };
-  return { value: "grpc", reason: "the default" };
+  return { value: "auto", reason: "the default" };
 }
 
 /** LIMA_SSH_OVER_VSOCK (when set) > ssh.overVsock in the config > on. */

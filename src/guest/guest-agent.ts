@@ -5,6 +5,7 @@ import { guestServiceDefinition, portholeServiceDefinition } from "../proto/gues
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
+import { handleDataStream, newDataSecret } from "./data-server.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
@@ -26,6 +27,8 @@ export class GuestAgent {
   private watcher: PortWatcher | undefined;
   private readonly grpcServer: grpc.Server;
   private readonly served: Served[] = [];
+  /** The secret every raw data stream must start with (see core/data-header.ts). */
+  private readonly dataSecret = newDataSecret();
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
@@ -36,7 +39,11 @@ export class GuestAgent {
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 100 : 500);
     this.watcher = new PortWatcher(interval, scanner);
     this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
-    this.grpcServer.addService(portholeServiceDefinition, portholeServiceHandlers());
+    const dataEndpoints: string[] = [];
+    this.grpcServer.addService(
+      portholeServiceDefinition,
+      portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints }),
+    );
     await this.watcher.start();
     this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
@@ -45,6 +52,12 @@ export class GuestAgent {
         const served = await serveTransport(address, (socket) => injector.injectConnection(socket), this.options);
         this.served.push(served);
         this.options.log(`porthole guest agent serving on ${formatTransportAddress(address)}`);
+        const data = dataEndpointFor(address);
+        if (data) {
+          const dataOptions = { ...this.options, halfOpen: true };
+          this.served.push(await serveTransport(data, (socket) => handleDataStream(socket, this.dataSecret), dataOptions));
+          dataEndpoints.push(formatTransportAddress(data));
+        }
       }
     } catch (err) {
       this.stop();
@@ -57,4 +70,11 @@ export class GuestAgent {
     for (const served of this.served.splice(0)) served.close();
     this.grpcServer.forceShutdown();
   }
+}
+
+/** Where the raw data path listens beside an agent address (none for TCP and serial). */
+function dataEndpointFor(address: TransportAddress): TransportAddress | undefined {
+  if (address.kind === "unix") return { kind: "unix", path: `${address.path}.data` };
+  if (address.kind === "vsock") return { kind: "vsock", port: address.port + 1 };
+  return undefined;
 }

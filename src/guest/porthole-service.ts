@@ -3,6 +3,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { randomUUID } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
+import { networkInterfaces } from "node:os";
 import type * as net from "node:net";
 import { isAbsolute } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
@@ -10,7 +11,7 @@ import type { HelloResponse, ReverseEvent, TunnelMessage } from "../proto/guest-
 import { listenTransport } from "../transport/listen.ts";
 import { relayStream, type TunnelCall } from "./tunnel-endpoint.ts";
 
-export const FEATURES = ["half-close", "udp-flows", "reverse-unix"];
+export const FEATURES = ["half-close", "udp-flows", "reverse-unix", "data-path", "direct"];
 /** A guest connection waits this long for the host to pick it up, then is closed. */
 const CLAIM_TIMEOUT_MS = 10_000;
 
@@ -25,13 +26,29 @@ export function ephemeralPortRange(file = "/proc/sys/net/ipv4/ip_local_port_rang
   return [32768, 60999];
 }
 
-export function portholeServiceHandlers(): grpc.UntypedServiceImplementation {
+/** This guest's own non-loopback addresses (what the direct path can connect to). */
+function ownAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flat()
+    .filter((i) => i && !i.internal && !i.address.startsWith("fe80:"))
+    .map((i) => i!.address);
+}
+
+export function portholeServiceHandlers(data: { dataSecret: string; dataEndpoints: () => string[] }): grpc.UntypedServiceImplementation {
   const pending = new Map<string, net.Socket>();
 
   return {
     Hello(_call: unknown, callback: grpc.sendUnaryData<HelloResponse>) {
       const [lo, hi] = ephemeralPortRange();
-      callback(null, { version: pkg.version, features: FEATURES, ephemeral_port_low: lo, ephemeral_port_high: hi });
+      callback(null, {
+        version: pkg.version,
+        features: FEATURES,
+        ephemeral_port_low: lo,
+        ephemeral_port_high: hi,
+        data_endpoints: data.dataEndpoints(),
+        data_secret: data.dataSecret,
+        addresses: ownAddresses(),
+      });
     },
 
     async Reverse(call: grpc.ServerWritableStream<{ guest_socket: string }, ReverseEvent>) {
@@ -41,7 +58,7 @@ export function portholeServiceHandlers(): grpc.UntypedServiceImplementation {
       }
       let server: net.Server;
       try {
-        server = await listenTransport({ kind: "unix", path });
+        server = await listenTransport({ kind: "unix", path }, true);
       } catch (err) {
         return void call.emit("error", { code: grpc.status.FAILED_PRECONDITION, details: (err as Error).message });
       }

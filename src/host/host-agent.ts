@@ -13,6 +13,7 @@ import { Reconciler } from "./reconciler.ts";
 import { ReverseForward } from "./reverse-forward.ts";
 import { SshForwarder } from "./ssh-forwarder.ts";
 import { SshLink } from "./ssh-link.ts";
+import { StreamRouter } from "./stream-router.ts";
 import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { UdpForward } from "./udp-forward.ts";
@@ -58,6 +59,7 @@ export class HostAgent {
   private ephemeralRange: [number, number] = LINUX_EPHEMERAL_RANGE;
   private readonly forwarder: Choice<ForwarderKind>;
   private readonly sshLink: SshLink | undefined;
+  private readonly router: StreamRouter;
   private agentUp = false;
 
   constructor(private readonly options: HostAgentOptions) {
@@ -68,6 +70,7 @@ export class HostAgent {
         announcedWaiting = false;
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
         if (hello?.ephemeral_port_low) this.ephemeralRange = [hello.ephemeral_port_low, hello.ephemeral_port_high];
+        this.router.setGuest(hello);
         this.agentUp = true;
         this.apply(ports);
       },
@@ -95,7 +98,8 @@ export class HostAgent {
       this.sshLink = new SshLink({ ...settings.link, emit: report });
       if (settings.overVsock.warning) warn(settings.overVsock.warning);
     }
-    const streams = this.sshLink ? new SshForwarder(this.sshLink) : grpc;
+    this.router = new StreamRouter(this.forwarder.value, options.guest, grpc, this.sshLink ? new SshForwarder(this.sshLink) : undefined);
+    const router = this.router;
     this.reconciler = new Reconciler(
       rulesInForce(this.config.rules, this.config.sshLocalPort),
       this.planOptions(this.config),
@@ -103,7 +107,7 @@ export class HostAgent {
         forward: (plan) =>
           plan.protocol === "udp"
             ? new UdpForward(plan, (p, client) => grpc.openUdpTunnel(p, client), report, warn)
-            : new TcpForward(plan, (socket, p) => streams.forwardStream(socket, p), report),
+            : new TcpForward(plan, (socket, p) => router.forwardStream(socket, p), report, (p) => router.pathFor(p)),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report),
       },
       report,

@@ -19,6 +19,8 @@ export abstract class HostForward {
   constructor(
     protected plan: PlannedForward,
     protected readonly report: Report,
+    /** Which data path new connections take (for the events); UDP is always gRPC. */
+    private readonly pathOf: (plan: PlannedForward) => string = () => "grpc",
   ) {
     // After the subclass constructor: its fields must exist before the first bind.
     queueMicrotask(() => void this.bind());
@@ -56,7 +58,7 @@ export abstract class HostForward {
 
   protected describe() {
     const protocol = this.plan.protocol === "udp" ? "udp" : "tcp";
-    return { protocol, guestAddr: this.guestAddr, hostAddr: this.hostAddr, rule: this.plan.origin };
+    return { protocol, guestAddr: this.guestAddr, hostAddr: this.hostAddr, rule: this.plan.origin, path: this.pathOf(this.plan) };
   }
 
   /** Resolves once listening; rejects with the bind error. */

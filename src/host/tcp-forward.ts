@@ -17,8 +17,9 @@ export class TcpForward extends HostForward {
     plan: PlannedForward,
     private readonly onConnection: ConnectionHandler,
     report: Report,
+    pathOf?: (plan: PlannedForward) => string,
   ) {
-    super(plan, report);
+    super(plan, report, pathOf);
   }
 
   protected async listen(): Promise<void> {

@@ -45,6 +45,9 @@ export interface HelloResponse {
   features: string[];
   ephemeral_port_low: number;
   ephemeral_port_high: number;
+  data_endpoints: string[];
+  data_secret: string;
+  addresses: string[];
 }
 
 export interface ReverseEvent {

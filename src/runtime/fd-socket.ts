@@ -5,10 +5,11 @@ import { runtimeName } from "./self.ts";
 
 type PipeWrap = { Pipe: new (type: number) => { open(fd: number): number }; constants: { SOCKET: number } };
 
-export function socketFromFd(fd: number): net.Socket {
+/** `halfOpen`: keep writing after the peer's EOF (data streams); off for HTTP/2 connections. */
+export function socketFromFd(fd: number, halfOpen = false): net.Socket {
   if (runtimeName() === "bun") {
     // Bun: `new net.Socket({ fd })` is broken; net.connect({ fd }) adopts a connected fd.
-    return net.connect({ fd } as unknown as net.NetConnectOpts);
+    return net.connect({ fd, allowHalfOpen: halfOpen } as unknown as net.NetConnectOpts);
   }
   // Node and Deno: libuv rejects AF_VSOCK fds in net.Socket({ fd }); a Pipe handle takes any
   // stream fd (undocumented API, kept to this one function and tested).
@@ -16,5 +17,5 @@ export function socketFromFd(fd: number): net.Socket {
   const handle = new Pipe(constants.SOCKET);
   const err = handle.open(fd);
   if (err) throw new Error(`cannot adopt fd ${fd} as a stream (libuv error ${err})`);
-  return new net.Socket({ handle, readable: true, writable: true } as unknown as net.SocketConstructorOpts);
+  return new net.Socket({ handle, readable: true, writable: true, allowHalfOpen: halfOpen } as unknown as net.SocketConstructorOpts);
 }

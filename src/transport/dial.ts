@@ -3,7 +3,8 @@ import * as net from "node:net";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { dialVsock } from "./vsock.ts";
 
-export async function dialTransport(address: TransportAddress, timeoutMs: number): Promise<net.Socket> {
+/** `allowHalfOpen`: keep writing after the peer's EOF (data streams); SSH wants it off. */
+export async function dialTransport(address: TransportAddress, timeoutMs: number, options: { allowHalfOpen?: boolean } = {}): Promise<net.Socket> {
   const name = formatTransportAddress(address);
   switch (address.kind) {
     case "vsock":
@@ -15,14 +16,16 @@ export async function dialTransport(address: TransportAddress, timeoutMs: number
       throw new Error(`${name}: a serial port is not dialed; use the host side of the port (its unix socket)`);
     case "unix":
     case "tcp":
-      return connectSocket(address, name, timeoutMs);
+      return connectSocket(address, name, timeoutMs, options.allowHalfOpen ?? false);
   }
 }
 
-function connectSocket(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>, name: string, timeoutMs: number): Promise<net.Socket> {
+function connectSocket(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>, name: string, timeoutMs: number, allowHalfOpen: boolean): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket =
-      address.kind === "unix" ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port, noDelay: true });
+      address.kind === "unix"
+        ? net.connect({ path: address.path, allowHalfOpen })
+        : net.connect({ host: address.host, port: address.port, noDelay: true, allowHalfOpen });
     const fail = (err: Error) => {
       clearTimeout(timer);
       socket.destroy();

@@ -7,22 +7,26 @@ import * as path from "node:path";
 import type { TransportAddress } from "../core/transport-address.ts";
 import { formatTransportAddress } from "../core/transport-address.ts";
 
-export async function listenTransport(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>): Promise<net.Server> {
-  if (address.kind === "tcp") return listenServer((s) => s.listen(address.port, address.host), address);
+/**
+ * `halfOpen`: accepted sockets keep writing after the peer's EOF (data streams, tunnels);
+ * leave it off for connections an HTTP/2 server owns, which must see the peer's EOF close them.
+ */
+export async function listenTransport(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>, halfOpen = false): Promise<net.Server> {
+  if (address.kind === "tcp") return listenServer((s) => s.listen(address.port, address.host), address, halfOpen);
   await removeStaleSocket(address.path);
   fs.mkdirSync(path.dirname(address.path), { recursive: true, mode: 0o755 });
   // umask instead of a chmod afterwards: there is no moment when the socket is open to all.
   const oldMask = process.umask(0o177);
   try {
-    return await listenServer((s) => s.listen(address.path), address);
+    return await listenServer((s) => s.listen(address.path), address, halfOpen);
   } finally {
     process.umask(oldMask);
   }
 }
 
-function listenServer(start: (s: net.Server) => void, address: TransportAddress): Promise<net.Server> {
+function listenServer(start: (s: net.Server) => void, address: TransportAddress, halfOpen: boolean): Promise<net.Server> {
   return new Promise((resolve, reject) => {
-    const server = net.createServer();
+    const server = net.createServer({ allowHalfOpen: halfOpen });
     server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`)));
     server.once("listening", () => {
       server.removeAllListeners("error");

@@ -13,6 +13,8 @@ export interface ServeOptions {
   token?: string;
   /** vsock: accept peers other than the host (CID 2). */
   vsockAnyCid?: boolean;
+  /** Connections are raw data streams (half-open capable), not HTTP/2 connections. */
+  halfOpen?: boolean;
   log: (line: string) => void;
 }
 
@@ -25,14 +27,14 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
   const name = formatTransportAddress(address);
   switch (address.kind) {
     case "unix": {
-      const server = await listenTransport(address);
+      const server = await listenTransport(address, options.halfOpen);
       server.on("connection", onConnection);
       return { address, close: () => (server.close(), fs.rmSync(address.path, { force: true })) };
     }
     case "tcp": {
       const token = options.token;
       if (!token) throw new Error(`${name}: a TCP agent channel needs --token-file (anyone on the machine can connect to a TCP port)`);
-      const server = await listenTransport(address);
+      const server = await listenTransport(address, options.halfOpen);
       server.on("connection", (socket: net.Socket) => {
         void verifyToken(socket, token).then((ok) => {
           if (ok) onConnection(socket);
@@ -45,6 +47,7 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
       if (address.cid !== undefined) throw new Error(`${name}: to listen, leave the CID out (vsock://:${address.port})`);
       const listener = await listenVsock(address.port, onConnection, {
         allowCid: options.vsockAnyCid ? () => true : undefined,
+        halfOpen: options.halfOpen,
         onRejected: (cid) => options.log(`${name}: rejected a connection from CID ${cid} (only the host, CID 2, may connect; see --vsock-any-cid)`),
       });
       return { address, close: () => listener.close() };

@@ -28,7 +28,7 @@ export interface VsockListener {
 export async function listenVsock(
   port: number,
   onConnection: (socket: net.Socket, peerCid: number) => void,
-  options: { allowCid?: (cid: number) => boolean; onRejected?: (cid: number) => void } = {},
+  options: { allowCid?: (cid: number) => boolean; onRejected?: (cid: number) => void; halfOpen?: boolean } = {},
 ): Promise<VsockListener> {
   const native = await shim();
   const allow = options.allowCid ?? ((cid) => cid === VMADDR_CID_HOST);
@@ -49,7 +49,7 @@ export async function listenVsock(
         options.onRejected?.(peer[0]!);
         continue;
       }
-      onConnection(socketFromFd(conn), peer[0]!);
+      onConnection(socketFromFd(conn, options.halfOpen), peer[0]!);
     }
   }, ACCEPT_POLL_MS);
   return {
@@ -65,7 +65,7 @@ export async function listenVsock(
 export async function dialVsock(cid: number, port: number, timeoutMs: number): Promise<net.Socket> {
   const native = await shim();
   const fd = check(native, native.vsockConnect(cid, port, timeoutMs), `vsock connect to ${cid}:${port}`);
-  return socketFromFd(fd);
+  return socketFromFd(fd, true); // dialled streams are data streams: half-open capable
 }
 
 /** Whether this machine can do vsock at all (the shim loads and knows the local CID). */

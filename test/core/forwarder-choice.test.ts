@@ -1,14 +1,15 @@
 import { describe, expect, test } from "bun:test";
 import { chooseForwarder, chooseSshOverVsock } from "../../src/core/forwarder-choice.ts";
 
-describe("choosing the forwarder: flag > LIMA_SSH_PORT_FORWARDER > config > gRPC", () => {
+describe("choosing the forwarder: flag > LIMA_SSH_PORT_FORWARDER > config > auto", () => {
   test.each([
     [["ssh", "false", "grpc"], "ssh", "--forwarder ssh"],
     [[undefined, "true", "grpc"], "ssh", "LIMA_SSH_PORT_FORWARDER=true"],
     [[undefined, "1", undefined], "ssh", "LIMA_SSH_PORT_FORWARDER=1"],
     [[undefined, "false", "ssh"], "grpc", "LIMA_SSH_PORT_FORWARDER=false"],
     [[undefined, "", "ssh"], "ssh", "forwarder: ssh in the config"],
-    [[undefined, undefined, undefined], "grpc", "the default"],
+    [[undefined, undefined, undefined], "auto", "the default"],
+    [["fast", undefined, "grpc"], "fast", "--forwarder fast"],
   ] as const)("%p -> %s", ([flag, env, config], value, reason) => {
     expect(chooseForwarder(flag, env, config)).toEqual({ value, reason });
   });

@@ -2,18 +2,19 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
-import { echoRoundTrip, e2eTest, exchange, freePort, startPair, useHarness } from "./harness.ts";
+import { echoRoundTrip, e2eTest, exchange, freePort, Guest, startHostAgent, startPair, useHarness } from "./harness.ts";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 useHarness();
 
-describe("data integrity", () => {
+// Each data path: Lima's gRPC Tunnel, and porthole's raw data path ("fast").
+describe.each(["grpc", "fast"])("data integrity over %s", (forwarder) => {
   e2eTest("64 MiB of random data each way through one connection arrives byte-identical", async () => {
-    const { guest, host } = await startPair();
+    const { guest, host } = await startPair(forwarder);
     const port = await freePort();
     await guest.startEcho("127.0.0.1", port);
-    await host.waitForForwarding(port);
+    expect((await host.waitForForwarding(port)).path).toBe(forwarder);
 
     const size = 64 << 20;
     const { sent, received, receivedBytes } = await echoRoundTrip(port, size);
@@ -22,10 +23,10 @@ describe("data integrity", () => {
   });
 
   e2eTest("200 concurrent connections all get their own data back", async () => {
-    const { guest, host } = await startPair();
+    const { guest, host } = await startPair(forwarder);
     const port = await freePort();
     await guest.startEcho("0.0.0.0", port);
-    await host.waitForForwarding(port);
+    expect((await host.waitForForwarding(port)).path).toBe(forwarder);
 
     const payloads = Array.from({ length: 200 }, () => randomBytes(16 << 10));
     const replies = await Promise.all(payloads.map((p) => exchange(port, p)));
@@ -33,12 +34,12 @@ describe("data integrity", () => {
   });
 });
 
-describe("backpressure", () => {
+describe.each(["grpc", "fast"])("backpressure over %s", (forwarder) => {
   e2eTest("a guest server that never reads stops the host client's writes instead of filling memory", async () => {
-    const { guest, host } = await startPair();
+    const { guest, host } = await startPair(forwarder);
     const port = await freePort();
     await guest.startServer("stall", [["127.0.0.1", port]]);
-    await host.waitForForwarding(port);
+    expect((await host.waitForForwarding(port)).path).toBe(forwarder);
 
     // Push up to 1 GiB; without backpressure all of it would be buffered by the agents.
     const offered = 1024 << 20;
@@ -60,5 +61,22 @@ describe("backpressure", () => {
     expect(accepted).toBeLessThan(128 << 20);
     const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(await Bun.file(`/proc/${host.proc.child.pid}/status`).text())![1]);
     expect(rssKiB).toBeLessThan(256 << 10);
+  });
+});
+
+describe("the direct path (the guest reachable by IP)", () => {
+  e2eTest("a wildcard guest listener is reached by IP; a loopback-only one needs a tunnel", async () => {
+    const guest = Guest.create();
+    guest.linkToHost();
+    await guest.startAgent();
+    const host = startHostAgent(guest);
+    await host.waitForEvent((e) => e.type === "guest-connected", "connect");
+    const [wild, local] = [await freePort(), await freePort()];
+    await guest.startServer("echo", [["0.0.0.0", wild], ["127.0.0.1", local]]);
+    expect((await host.waitForForwarding(wild)).path).toBe("direct");
+    expect((await host.waitForForwarding(local)).path).toBe("fast");
+    const { sent, received, receivedBytes } = await echoRoundTrip(wild, 16 << 20);
+    expect([receivedBytes, received]).toEqual([16 << 20, sent]);
+    expect((await exchange(local, Buffer.from("tunnelled"))).toString()).toBe("tunnelled");
   });
 });

@@ -13,9 +13,9 @@ useHarness();
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const fdCount = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 
-describe("half-close", () => {
+describe.each(["grpc", "fast"])("half-close over %s", (forwarder) => {
   e2eTest("host client shuts down its write side: the guest server reads EOF and its reply still arrives", async () => {
-    const { guest, host } = await startPair();
+    const { guest, host } = await startPair(forwarder);
     const port = await freePort();
     await guest.startServer("digest", [["127.0.0.1", port]]);
     await host.waitForForwarding(port);
@@ -25,7 +25,7 @@ describe("half-close", () => {
   });
 
   e2eTest("guest server half-closes: the host client reads EOF and can still send", async () => {
-    const { guest, host } = await startPair();
+    const { guest, host } = await startPair(forwarder);
     const port = await freePort();
     const server = await guest.startFixture(["send-then-digest", "127.0.0.1", String(port), String(256 << 10)]);
     await host.waitForForwarding(port);
@@ -46,20 +46,20 @@ describe("half-close", () => {
   });
 });
 
-describe("errors and cleanup", () => {
+describe.each(["grpc", "fast"])("errors and cleanup over %s", (forwarder) => {
   e2eTest("a guest address that refuses the connection resets the host client at once", async () => {
     const guest = Guest.create();
     await guest.startAgent();
     const [guestPort, hostPort] = [await freePort(), await freePort()];
     const config = guest.writeFile("c.yaml", `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n`);
-    const host = startHostAgent(guest, ["--config", config]);
+    const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder]);
     await host.waitForForwarding(hostPort);
     await host.waitForEvent((e) => e.type === "guest-connected", "connect");
     await expect(exchange(hostPort, Buffer.from("x"), "127.0.0.1", 5000)).rejects.toThrow("ECONNRESET");
   });
 
   e2eTest("1,000 short connections leave both agents' file descriptors at their baseline", async () => {
-    const { guest, guestAgent, host } = await startPair();
+    const { guest, guestAgent, host } = await startPair(forwarder);
     const port = await freePort();
     await guest.startEcho("127.0.0.1", port);
     await host.waitForForwarding(port);

@@ -416,11 +416,11 @@ export function startHostAgent(guest: Guest, extra: string[] = [], options: Host
   return new HostAgentProc(track(child, "host agent"));
 }
 
-/** A guest, its agent and a host agent connected to it. */
-export async function startPair(): Promise<{ guest: Guest; guestAgent: Proc; host: HostAgentProc }> {
+/** A guest, its agent and a host agent connected to it (with `--forwarder` when given). */
+export async function startPair(forwarder?: string): Promise<{ guest: Guest; guestAgent: Proc; host: HostAgentProc }> {
   const guest = Guest.create();
   const guestAgent = await guest.startAgent();
-  const host = startHostAgent(guest);
+  const host = startHostAgent(guest, forwarder ? ["--forwarder", forwarder] : []);
   await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
   return { guest, guestAgent, host };
 }

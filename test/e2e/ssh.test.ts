@@ -124,14 +124,14 @@ describe("SSH forwarder", () => {
 });
 
 describe("choosing the forwarder", () => {
-  const cases: [string, string[], Record<string, string>, string, "ssh" | "grpc", string][] = [
+  const cases: [string, string[], Record<string, string>, string, "ssh" | "grpc" | "auto", string][] = [
     ["--forwarder ssh", ["--forwarder", "ssh"], {}, "", "ssh", "--forwarder ssh"],
     ["--forwarder grpc beats the environment", ["--forwarder", "grpc"], { LIMA_SSH_PORT_FORWARDER: "true" }, "", "grpc", "--forwarder grpc"],
     ["LIMA_SSH_PORT_FORWARDER=true", [], { LIMA_SSH_PORT_FORWARDER: "true" }, "", "ssh", "LIMA_SSH_PORT_FORWARDER=true"],
     ["LIMA_SSH_PORT_FORWARDER=false beats the config", [], { LIMA_SSH_PORT_FORWARDER: "false" }, "forwarder: ssh\n", "grpc", "LIMA_SSH_PORT_FORWARDER=false"],
     ["LIMA_SSH_PORT_FORWARDER=garbage warns and uses gRPC", [], { LIMA_SSH_PORT_FORWARDER: "garbage" }, "", "grpc", "the default"],
     ["the config", [], {}, "forwarder: ssh\n", "ssh", "forwarder: ssh in the config"],
-    ["the default", [], {}, "", "grpc", "the default"],
+    ["the default (auto: porthole's data path here)", [], {}, "", "auto", "the default"],
   ];
   e2eTest.each(cases)("%s", async (_name, flags, env, configText, expected, reason) => {
     const s = await sshGuest();
