@@ -4,7 +4,7 @@ SOURCES := $(shell find src proto -type f) package.json
 SHIM := native/build/porthole-shim.so
 CC ?= cc
 
-.PHONY: all build dist shim demo test test-unit test-e2e check deps system-deps clean
+.PHONY: all build dist shim demo test test-unit test-e2e check deps system-deps bench bench-smoke clean
 
 all: build
 
@@ -16,7 +16,7 @@ deps: node_modules/.installed
 
 # The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd).
 system-deps:
-	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client socat:socat; do \
+	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -61,6 +61,13 @@ test-unit: deps shim
 
 test-e2e: build dist/porthole.mjs system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test test/e2e
+
+# Benchmarks (never timed tests): the full run, and the short smoke run CI does.
+bench: build system-deps
+	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) bench/run.ts $(BENCH_ARGS)
+
+bench-smoke: build system-deps
+	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) bench/run.ts --smoke --json dist/bench-smoke.json
 
 clean:
 	rm -rf dist native/build

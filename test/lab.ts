@@ -182,8 +182,10 @@ export class Guest {
     return guest;
   }
 
-  spawn(argv: string[], label: string): Proc {
-    return track(spawn("ip", ["netns", "exec", this.ns, ...argv], { stdio: ["ignore", "pipe", "pipe"] }), label);
+  /** A process inside the guest; `stdin: true` gives it a pipe to write commands to. */
+  spawn(argv: string[], label: string, options: { stdin?: boolean } = {}): Proc {
+    const stdio = [options.stdin ? "pipe" : "ignore", "pipe", "pipe"] as const;
+    return track(spawn("ip", ["netns", "exec", this.ns, ...argv], { stdio: [...stdio] }), label);
   }
 
   /** `porthole guest` serving on this guest's unix socket (`command` instead of PORTHOLE). */

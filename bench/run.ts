@@ -1,0 +1,334 @@
+// `make bench`: porthole against the alternatives, on this machine, with real iperf3 and a
+// guest in a network namespace. Prints a table shaped like Lima's published one (rows TCP,
+// TCP Reverse, UDP; a column per path) with ratios to OpenSSH `ssh -L` and to direct
+// loopback, then latency, port detection and cost, and writes the same as JSON.
+//   bun bench/run.ts [--smoke] [--duration S] [--runs N] [--json FILE]
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import * as net from "node:net";
+import { cpus, totalmem } from "node:os";
+import { dirname } from "node:path";
+import { e2eBlocker, freePort, Guest, Proc, runCleanups, startHostAgent, type HostAgentProc, type Sshd } from "../test/lab.ts";
+
+const args = process.argv.slice(2);
+const flag = (name: string, fallback: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : fallback;
+};
+const SMOKE = args.includes("--smoke");
+const DURATION = Number(flag("duration", SMOKE ? "1" : "5"));
+const RUNS = Number(flag("runs", SMOKE ? "1" : "3"));
+const JSON_OUT = flag("json", "dist/bench.json");
+const DETECT_TRIES = SMOKE ? 5 : 50;
+const UDP_RATE = "2G";
+/** --only grpc,fast,detection,…: measure just these (for working on one path). */
+const ONLY = flag("only", "").split(",").filter(Boolean);
+const wanted = (name: string) => ONLY.length === 0 || ONLY.includes(name);
+
+type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "porthole-direct";
+const COLUMNS: [Path, string][] = [
+  ["direct", "direct loopback"],
+  ["byIP", "by IP (veth)"],
+  ["sshL", "OpenSSH ssh -L"],
+  ["grpc", "porthole gRPC"],
+  ["ssh", "porthole SSH"],
+  ["fast", "porthole data path"],
+  ["porthole-direct", "porthole direct"],
+];
+
+interface Results {
+  machine: string;
+  settings: { duration: number; runs: number; smoke: boolean };
+  throughput: Record<string, Partial<Record<Path, number>>>; // Gbit/s, medians
+  udpLoss: Partial<Record<Path, number>>;
+  latency: Record<string, { rrPerSec: number; connPerSec: number }>;
+  detection: { openP50: number; openP95: number; closeP50: number; closeP95: number; tries: number };
+  cost: { guestIdleCpuPercent: number; hostRssMiB: number; listeners: number; established: number; connections: number };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil((p / 100) * xs.length) - 1)]!;
+const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
+
+function iperf(port: number, host: string, extra: string[]): { gbps: number; loss?: number } {
+  let out: { error?: string; end?: any } = {};
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const r = spawnSync("iperf3", ["-c", host, "-p", String(port), "-t", String(DURATION), "-J", ...extra], { encoding: "utf8", timeout: (DURATION + 20) * 1000 });
+    out = JSON.parse(r.stdout || `{"error": ${JSON.stringify(r.stderr || "no output")}}`);
+    // The server runs one test at a time and may still be closing the last one.
+    if (!out.error?.includes("busy")) break;
+    spawnSync("sleep", ["0.5"]);
+  }
+  if (out.error || !out.end) throw new Error(`iperf3 -c ${host} -p ${port} ${extra.join(" ")}: ${out.error}`);
+  if (extra.includes("-u")) return { gbps: out.end.sum_received.bits_per_second / 1e9, loss: out.end.sum.lost_percent };
+  // Lima's method: the average of what the sender sent and the receiver received.
+  return { gbps: (out.end.sum_sent.bits_per_second + out.end.sum_received.bits_per_second) / 2 / 1e9 };
+}
+
+async function waitAccepting(port: number, host = "127.0.0.1", timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await connects(port, host)) return;
+    await Bun.sleep(50);
+  }
+  throw new Error(`nothing accepts on ${host}:${port}`);
+}
+
+function connects(port: number, host = "127.0.0.1"): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host });
+    s.once("connect", () => (s.destroy(), resolve(true)));
+    s.once("error", () => resolve(false));
+  });
+}
+
+/** Round trips per second over one connection, and new connections per second (each one round trip). */
+async function latency(port: number, host = "127.0.0.1"): Promise<{ rrPerSec: number; connPerSec: number }> {
+  const seconds = Math.max(1, DURATION / 2);
+  const oneByte = Buffer.from([1]);
+  const s = net.connect({ port, host, noDelay: true });
+  await new Promise((r) => s.once("connect", r));
+  let trips = 0;
+  const until = Date.now() + seconds * 1000;
+  while (Date.now() < until) {
+    await new Promise<void>((resolve) => {
+      s.once("data", () => resolve());
+      s.write(oneByte);
+    });
+    trips++;
+  }
+  s.destroy();
+  let conns = 0;
+  const until2 = Date.now() + seconds * 1000;
+  while (Date.now() < until2) {
+    await new Promise<void>((resolve, reject) => {
+      const c = net.connect({ port, host, noDelay: true }, () => c.write(oneByte));
+      c.once("data", () => (c.destroy(), resolve()));
+      c.once("error", reject);
+    });
+    conns++;
+  }
+  return { rrPerSec: trips / seconds, connPerSec: conns / seconds };
+}
+
+interface Mode {
+  path: Path;
+  /** Starts whatever forwards guest port `guestPort` to host port `hostPort`; returns a stop. */
+  start(guestPort: number, hostPort: number): Promise<() => Promise<void>>;
+  udp: boolean;
+}
+
+async function main(): Promise<void> {
+  const blocker = e2eBlocker();
+  if (blocker) throw new Error(`${blocker}: the benchmark runs a guest in a network namespace`);
+  for (const tool of ["iperf3", "ssh", "/usr/sbin/sshd"]) {
+    if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) throw new Error(`${tool} is missing: make bench installs iperf3 and openssh (make system-deps)`);
+  }
+  const guest = Guest.create();
+  const { guestIP } = guest.linkToHost();
+  const sshd = await guest.startSshd();
+  await guest.startAgent();
+  const [iperfPort, echoPort] = [await freePort(), await freePort()];
+  guest.spawn(["iperf3", "-s", "-p", String(iperfPort)], "iperf3 server");
+  await guest.startServer("echo", [["0.0.0.0", echoPort]]);
+
+  const results: Results = {
+    machine: `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}`,
+    settings: { duration: DURATION, runs: RUNS, smoke: SMOKE },
+    throughput: { TCP: {}, "TCP Reverse": {}, UDP: {} },
+    udpLoss: {},
+    latency: {},
+    detection: { openP50: 0, openP95: 0, closeP50: 0, closeP95: 0, tries: 0 },
+    cost: { guestIdleCpuPercent: 0, hostRssMiB: 0, listeners: 0, established: 0, connections: 0 },
+  };
+
+  const porthole = (path: Path, forwarder: string, extra: (s: Sshd) => string[] = () => []): Mode => ({
+    path,
+    udp: path === "grpc",
+    async start(guestPort, hostPort) {
+      // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection.
+      const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+      const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...extra(sshd)]);
+      await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
+      return () => host.proc.kill();
+    },
+  });
+  const sshFlags = (s: Sshd) => ["--ssh", `tcp://${guestIP}:22`, "--ssh-user", "root", "--ssh-identity", s.clientKey, "--ssh-skip-host-key-check"];
+  const modes: Mode[] = [
+    porthole("grpc", "grpc"),
+    porthole("ssh", "ssh", sshFlags),
+    porthole("fast", "fast"),
+    porthole("porthole-direct", "auto"),
+    {
+      path: "sshL",
+      udp: false,
+      async start(guestPort, hostPort) {
+        const child = spawn("ssh", ["-N", "-F", "/dev/null", "-i", sshd.clientKey, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+          "-o", "BatchMode=yes", "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com", "-o", "Compression=no",
+          "-L", `127.0.0.1:${hostPort}:127.0.0.1:${guestPort}`, `root@${guestIP}`], { stdio: "ignore" });
+        const proc = new Proc(child, "ssh -L");
+        await waitAccepting(hostPort);
+        // The probe's own channel reaches the guest server late; let it pass before iperf3
+        // starts, or the server (one test at a time) takes it for a client.
+        await Bun.sleep(1000);
+        return () => proc.kill();
+      },
+    },
+  ];
+
+  // Throughput: the ceiling on loopback, the guest by IP, then each forwarder.
+  const record = (row: string, path: Path, values: number[]) => {
+    results.throughput[row]![path] = median(values);
+    log(`${row.padEnd(11)} ${path.padEnd(16)} ${median(values).toFixed(2)} Gbit/s`);
+  };
+  const measure = (path: Path, port: number, host: string, udp: boolean) => {
+    record("TCP", path, Array.from({ length: RUNS }, () => iperf(port, host, []).gbps));
+    record("TCP Reverse", path, Array.from({ length: RUNS }, () => iperf(port, host, ["-R"]).gbps));
+    if (!udp) return;
+    const runs = Array.from({ length: RUNS }, () => iperf(port, host, ["-u", "-b", UDP_RATE, "-l", "1400"]));
+    record("UDP", path, runs.map((r) => r.gbps));
+    results.udpLoss[path] = median(runs.map((r) => r.loss ?? 0));
+  };
+  const localPort = await freePort();
+  const localServer = new Proc(spawn("iperf3", ["-s", "-p", String(localPort), "-B", "127.0.0.1"], { stdio: "ignore" }), "iperf3 loopback");
+  await waitAccepting(localPort);
+  if (wanted("direct")) measure("direct", localPort, "127.0.0.1", true);
+  await localServer.kill();
+  if (wanted("byIP")) measure("byIP", iperfPort, guestIP, true);
+
+  for (const mode of modes.filter((m) => wanted(m.path))) {
+    const hostPort = await freePort();
+    const stop = await mode.start(iperfPort, hostPort);
+    try {
+      measure(mode.path, hostPort, "127.0.0.1", mode.udp);
+    } finally {
+      await stop();
+    }
+    const echoHost = await freePort();
+    const stopEcho = await mode.start(echoPort, echoHost);
+    try {
+      results.latency[mode.path] = await latency(echoHost);
+      log(`latency ${mode.path}: ${results.latency[mode.path]!.rrPerSec.toFixed(0)} round trips/s, ${results.latency[mode.path]!.connPerSec.toFixed(0)} connections/s`);
+    } finally {
+      await stopEcho();
+    }
+  }
+  results.latency.direct = await latency(echoPort, guestIP);
+
+  if (wanted("detection")) await measureDetection(guest, results);
+  if (wanted("cost")) await measureCost(guest, echoPort, results);
+  report(results);
+  mkdirSync(dirname(JSON_OUT), { recursive: true });
+  writeFileSync(JSON_OUT, `${JSON.stringify(results, null, 2)}\n`);
+  log(`wrote ${JSON_OUT}`);
+}
+
+/** From listen() in the guest until the host port accepts, and from close() until it refuses. */
+async function measureDetection(guest: Guest, results: Results): Promise<void> {
+  const host = startHostAgent(guest);
+  await host.waitForEvent((e) => e.type === "guest-connected", "connect");
+  const controller = guest.spawn([process.execPath, `${import.meta.dir}/../test/fixtures/servers.ts`, "controller"], "controller", { stdin: true });
+  const child = controller.child;
+  const opens: number[] = [];
+  const closes: number[] = [];
+  for (let i = 0; i < DETECT_TRIES; i++) {
+    const port = await freePort();
+    child.stdin!.write(`open ${port}\n`);
+    const opened = BigInt((await controller.waitForLine(new RegExp(`^opened ${port} `))).split(" ")[2]!);
+    while (!(await connects(port))) await Bun.sleep(1);
+    opens.push(Number(process.hrtime.bigint() - opened) / 1e6);
+    child.stdin!.write(`close ${port}\n`);
+    const closed = BigInt((await controller.waitForLine(new RegExp(`^closed ${port} `))).split(" ")[2]!);
+    while (await connects(port)) await Bun.sleep(1);
+    closes.push(Number(process.hrtime.bigint() - closed) / 1e6);
+  }
+  results.detection = { openP50: percentile(opens, 50), openP95: percentile(opens, 95), closeP50: percentile(closes, 50), closeP95: percentile(closes, 95), tries: DETECT_TRIES };
+  log(`detection: open p50 ${results.detection.openP50.toFixed(1)} ms p95 ${results.detection.openP95.toFixed(1)} ms; close p50 ${results.detection.closeP50.toFixed(1)} ms p95 ${results.detection.closeP95.toFixed(1)} ms`);
+  await controller.kill();
+  await host.proc.kill();
+}
+
+function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(fields[11]) + Number(fields[12]); // utime + stime, in clock ticks (100 per second)
+}
+
+/** Guest agent CPU while idle beside many sockets; host agent memory with many open connections. */
+async function measureCost(guest: Guest, echoPort: number, results: Results): Promise<void> {
+  const [listeners, pairs, connections] = SMOKE ? [100, 1000, 100] : [1000, 5000, 1000];
+  const base = 40_000;
+  const load = guest.spawn(["sh", "-c", `ulimit -n 65536 && exec ${process.execPath} ${import.meta.dir}/../test/fixtures/servers.ts load ${base} ${listeners} ${pairs}`], "load");
+  await load.waitForLine(/^loaded /, "stdout", 120_000);
+  const agent = await guest.startAgent(["--listen", `unix://${guest.socket}.cost`]);
+  // The host follows the guest but forwards none of the load's listeners (only the echo port).
+  const config = guest.writeFile("bench-cost.yaml", `portForwards:\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, guestPortRange: [${base}, ${base + listeners}], ignore: true}\n`);
+  const host = startHostAgent(guest, ["--guest", `unix://${guest.socket}.cost`, "--config", config, "--forwarder", "grpc"]);
+  await host.waitForForwarding(echoPort, 30_000);
+  const seconds = SMOKE ? 2 : 10;
+  const before = cpuTicks(agent.child.pid!);
+  await Bun.sleep(seconds * 1000);
+  results.cost.guestIdleCpuPercent = (cpuTicks(agent.child.pid!) - before) / seconds; // ticks/s = % of a core
+  const sockets: net.Socket[] = [];
+  for (let i = 0; i < connections; i += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, connections - i) }, () => new Promise<void>((resolve, reject) => {
+      const s = net.connect({ port: echoPort, host: "127.0.0.1" }, () => s.write("x"));
+      s.once("data", () => resolve());
+      s.once("error", reject);
+      sockets.push(s);
+    })));
+  }
+  const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${host.proc.child.pid}/status`, "utf8"))![1]) / 1024;
+  results.cost = { guestIdleCpuPercent: results.cost.guestIdleCpuPercent, hostRssMiB: rss, listeners, established: pairs * 2, connections };
+  log(`cost: guest agent ${results.cost.guestIdleCpuPercent.toFixed(2)}% of a core idle beside ${listeners} listeners and ${pairs * 2} established sockets; host agent ${rss.toFixed(0)} MiB with ${connections} connections`);
+  for (const s of sockets) s.destroy();
+  await host.proc.kill();
+  await load.kill();
+}
+
+function report(r: Results): void {
+  const cols = COLUMNS.filter(([p]) => Object.values(r.throughput).some((row) => row[p] !== undefined));
+  const cell = (v: number | undefined) => (v === undefined ? "n/a" : `${v.toFixed(2)} Gbit/s`);
+  const lines: string[] = [];
+  lines.push(`porthole benchmark (${r.machine}; iperf3 -t ${r.settings.duration}, median of ${r.settings.runs})`);
+  lines.push("");
+  lines.push(`| | ${cols.map(([, name]) => name).join(" | ")} |`);
+  lines.push(`|---|${cols.map(() => "---").join("|")}|`);
+  for (const [row, values] of Object.entries(r.throughput)) {
+    lines.push(`| ${row} | ${cols.map(([p]) => cell(values[p])).join(" | ")} |`);
+    const ssh = values.sshL;
+    const direct = values.direct;
+    if (ssh) lines.push(`| ${row} ÷ ssh -L | ${cols.map(([p]) => (values[p] !== undefined ? `${(values[p]! / ssh).toFixed(2)}×` : "")).join(" | ")} |`);
+    if (direct) lines.push(`| ${row} ÷ direct | ${cols.map(([p]) => (values[p] !== undefined ? `${(values[p]! / direct).toFixed(2)}×` : "")).join(" | ")} |`);
+  }
+  lines.push("");
+  lines.push(`UDP loss at ${UDP_RATE}bit/s offered: ${Object.entries(r.udpLoss).map(([p, l]) => `${p} ${l!.toFixed(1)}%`).join(", ")}`);
+  lines.push(`Latency (1-byte round trips/s over one connection; new connections/s): ${Object.entries(r.latency).map(([p, l]) => `${p} ${l.rrPerSec.toFixed(0)} / ${l.connPerSec.toFixed(0)}`).join("; ")}`);
+  const d = r.detection;
+  lines.push(`Port detection over ${d.tries} tries: listen() -> host accepts p50 ${d.openP50.toFixed(1)} ms, p95 ${d.openP95.toFixed(1)} ms; close() -> host refuses p50 ${d.closeP50.toFixed(1)} ms, p95 ${d.closeP95.toFixed(1)} ms`);
+  lines.push(`Cost: guest agent ${r.cost.guestIdleCpuPercent.toFixed(2)}% of a core idle beside ${r.cost.listeners} listeners and ${r.cost.established} established sockets; host agent RSS ${r.cost.hostRssMiB.toFixed(0)} MiB with ${r.cost.connections} open connections`);
+  const best = (row: string) => Math.max(...(["grpc", "fast", "porthole-direct"] as Path[]).map((p) => r.throughput[row]![p] ?? 0));
+  const def = (row: string) => r.throughput[row]!["porthole-direct"] ?? 0;
+  const t = r.throughput;
+  lines.push("");
+  lines.push("Targets:");
+  const target = (ok: boolean, text: string) => lines.push(`  [${ok ? "met" : "MISSED"}] ${text}`);
+  if (t.TCP!.sshL) {
+    target(def("TCP") >= 1.3 * t.TCP!.sshL && def("TCP Reverse") >= 1.3 * t["TCP Reverse"]!.sshL!, `default forwarder (auto) >= 1.3x ssh -L: ${(def("TCP") / t.TCP!.sshL).toFixed(2)}x / ${(def("TCP Reverse") / t["TCP Reverse"]!.sshL!).toFixed(2)}x`);
+    target((t.TCP!.ssh ?? 0) >= 0.9 * t.TCP!.sshL, `porthole SSH >= 0.9x ssh -L: ${((t.TCP!.ssh ?? 0) / t.TCP!.sshL).toFixed(2)}x`);
+  }
+  if (t.TCP!.direct) target(best("TCP") >= 0.6 * t.TCP!.direct, `a fast path >= 0.6x direct loopback: ${(best("TCP") / t.TCP!.direct).toFixed(2)}x`);
+  target(d.openP50 <= 50 && d.openP95 <= 100 && d.closeP95 <= 20, "detection: open p50 <= 50 ms, p95 <= 100 ms; close p95 <= 20 ms");
+  target(r.cost.guestIdleCpuPercent <= 1 && r.cost.hostRssMiB <= 150, "cost: guest idle CPU <= 1% of a core; host RSS <= 150 MB");
+  console.log(lines.join("\n"));
+}
+
+const onSignal = () => void runCleanups().then(() => process.exit(130));
+process.once("SIGINT", onSignal);
+process.once("SIGTERM", onSignal);
+main()
+  .catch((err: Error) => {
+    console.error(`bench: ${err.message}`);
+    process.exitCode = 1;
+  })
+  .finally(() => runCleanups());
