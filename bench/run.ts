@@ -20,7 +20,7 @@ const DURATION = Number(flag("duration", SMOKE ? "1" : "5"));
 const RUNS = Number(flag("runs", SMOKE ? "1" : "3"));
 const JSON_OUT = flag("json", "dist/bench.json");
 const DETECT_TRIES = SMOKE ? 5 : 50;
-const UDP_RATE = "2G";
+const UDP_RATE = "500M";
 /** --only grpc,fast,detection,…: measure just these (for working on one path). */
 const ONLY = flag("only", "").split(",").filter(Boolean);
 const wanted = (name: string) => ONLY.length === 0 || ONLY.includes(name);

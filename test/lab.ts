@@ -397,11 +397,13 @@ export interface HostAgentOptions {
 
 /**
  * `porthole host --log-format json` for this guest (its unix socket, unless `extra` names
- * another --guest).
+ * another --guest), with the guest's scratch directory as its state directory.
  */
 export function startHostAgent(guest: Guest, extra: string[] = [], options: HostAgentOptions = {}): HostAgentProc {
   const guestFlag = extra.includes("--guest") ? [] : ["--guest", `unix://${guest.socket}`];
-  const argv = [...(options.wrapper ?? []), ...(options.command ?? PORTHOLE), "host", ...guestFlag, "--log-format", "json", ...extra];
+  // Each agent its own state directory (known_hosts, control socket): agents never collide.
+  const stateFlag = extra.includes("--state-dir") ? [] : ["--state-dir", join(guest.dir, "state")];
+  const argv = [...(options.wrapper ?? []), ...(options.command ?? PORTHOLE), "host", ...guestFlag, ...stateFlag, "--log-format", "json", ...extra];
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("LIMA_")));
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...base, ...options.env } });
   return new HostAgentProc(track(child, "host agent"));

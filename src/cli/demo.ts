@@ -104,7 +104,7 @@ async function runDemo(): Promise<number> {
       write: (line) => say(`[host] ${line}`),
       onEvent: (e) => events.push(e),
     });
-    agent.start();
+    await agent.start();
     await waitFor(() => events.some((e) => e.type === "guest-connected"), "the host agent to connect");
 
     const port = await freeHostPort();

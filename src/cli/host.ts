@@ -1,20 +1,15 @@
 import type { CAC } from "cac";
-import { homedir } from "node:os";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { ConfigError } from "../core/config.ts";
 import { loadConfigFile } from "../host/config-file.ts";
 import { HostAgent, type LogFormat } from "../host/host-agent.ts";
 import { FORWARDER_KINDS } from "../core/forwarder-choice.ts";
 import { readTokenFile } from "../transport/token.ts";
 import { DEFAULT_GUEST_ADDRESS } from "./guest.ts";
-import { parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals } from "./options.ts";
+import { defaultStateDir, parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals } from "./options.ts";
 
 const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 const FORWARDERS = FORWARDER_KINDS;
-
-function defaultStateDir(): string {
-  return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "porthole");
-}
 
 interface HostFlags {
   guest: unknown;
@@ -33,6 +28,8 @@ interface HostFlags {
   sshIdentity?: string;
   sshSkipHostKeyCheck?: boolean;
   tokenFile?: string;
+  control?: string;
+  onConflict?: unknown;
 }
 
 export function registerHost(cli: CAC): void {
@@ -54,9 +51,11 @@ export function registerHost(cli: CAC): void {
     .option("--ssh-user <name>", "SSH user (default: yours)")
     .option("--ssh-identity <file>", "SSH private key (default: ~/.ssh/id_ed25519, id_ecdsa or id_rsa)")
     .option("--ssh-skip-host-key-check", "Trust any SSH host key (throwaway VMs); default: trust on first use")
+    .option("--control <path>", "The control socket that `porthole status` reads (default: STATE_DIR/control.sock)")
+    .option("--on-conflict <policy>", "When a host port is taken: fail (report, retry; default) or next-free")
     .option("--log-format <format>", "text (Lima's log lines) or json (one event per line)", { default: "text" })
     .example("porthole host --guest unix:///run/porthole/guest.sock --config ~/.lima/default/lima.yaml")
-    .action((flags: HostFlags) => {
+    .action(async (flags: HostFlags) => {
       const guest = parseAddressFlag("guest", flags.guest);
       const logFormat = parseChoiceFlag("log-format", flags.logFormat, LOG_FORMATS);
       const stateDir = resolve(flags.stateDir ?? defaultStateDir());
@@ -67,6 +66,8 @@ export function registerHost(cli: CAC): void {
       const agent = new HostAgent({
         guest,
         token: flags.tokenFile ? readTokenFile(flags.tokenFile) : undefined,
+        control: flags.control,
+        onConflict: flags.onConflict === undefined ? undefined : parseChoiceFlag("on-conflict", flags.onConflict, ["fail", "next-free"] as const),
         config,
         configFile: flags.config,
         watchConfig: flags.watchConfig,
@@ -84,7 +85,7 @@ export function registerHost(cli: CAC): void {
         },
         logFormat,
       });
-      agent.start();
+      await agent.start();
       process.on("SIGHUP", () => agent.reload());
       stopOnSignals(() => agent.stop());
     });

@@ -5,6 +5,7 @@ import pkg from "../../package.json" with { type: "json" };
 import { registerDemo, runDemoHttpServer, DEMO_HTTP_SERVER_COMMAND } from "./demo.ts";
 import { registerGuest } from "./guest.ts";
 import { registerHost } from "./host.ts";
+import { registerStatus } from "./status.ts";
 import { UsageError } from "./options.ts";
 
 async function main(argv: string[]): Promise<void> {
@@ -14,6 +15,7 @@ async function main(argv: string[]): Promise<void> {
   const cli = cac("porthole");
   registerGuest(cli);
   registerHost(cli);
+  registerStatus(cli);
   registerDemo(cli);
   cli.help();
   cli.version(pkg.version);

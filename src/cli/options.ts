@@ -1,4 +1,6 @@
 // Flag values shared by the subcommands: parsing with errors that say what is wrong.
+import { homedir } from "node:os";
+import { join } from "node:path";
 import { parseDuration } from "../core/duration.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 
@@ -49,4 +51,9 @@ export function parseDurationFlag(flag: string, value: unknown): number | undefi
   const ms = parseDuration(typeof value === "number" ? value : String(value));
   if (Number.isNaN(ms)) throw new UsageError(`--${flag}: "${value}" is not a duration (e.g. 60s, 500ms, 2m)`);
   return ms;
+}
+
+/** Where the host agent keeps known_hosts, host sockets and its control socket. */
+export function defaultStateDir(): string {
+  return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "porthole");
 }

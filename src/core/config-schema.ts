@@ -35,6 +35,8 @@ const count = z
   .int({ error: (iss) => `${show(iss.input)} is not a whole number` })
   .min(1, { error: (iss) => `${show(iss.input)} must be at least 1` });
 
+const conflictPolicy = z.enum(["fail", "next-free"], { error: (iss) => `${show(iss.input)} is not one of fail, next-free` });
+
 const bool = z.boolean({ error: (iss) => `${show(iss.input)} is not true or false` });
 const path = z.string({ error: (iss) => `${show(iss.input)} is not a path` }).min(1, { error: "must not be empty" });
 
@@ -43,7 +45,7 @@ const UNIX_PATH_MAX = 107;
 
 export const RULE_FIELDS = [
   "guestIPMustBeZero", "guestIP", "guestPort", "guestPortRange", "guestSocket", "hostIP", "hostPort",
-  "hostPortRange", "hostSocket", "proto", "reverse", "ignore", "static", "udpIdleTimeout", "udpMaxFlows",
+  "hostPortRange", "hostSocket", "proto", "reverse", "ignore", "static", "udpIdleTimeout", "udpMaxFlows", "label", "onConflict",
 ] as const;
 
 export const ruleSchema = z
@@ -64,6 +66,8 @@ export const ruleSchema = z
     // porthole's own (a Lima file has none of them)
     udpIdleTimeout: duration.optional(),
     udpMaxFlows: count.optional(),
+    label: z.string({ error: (iss) => `${show(iss.input)} is not a label (a string)` }).min(1).max(100).optional(),
+    onConflict: conflictPolicy.optional(),
   }, { error: (iss) => (iss.code === "invalid_type" ? `a rule must be a mapping, not ${show(iss.input)}` : undefined) })
   .superRefine((input, ctx) => {
     // Lima's cross-field checks (pkg/limayaml/validate.go), on the rule with defaults filled in.
@@ -114,6 +118,8 @@ export const configSchema = z.looseObject(
     ).nullish(),
     /** porthole: a forward to host 127.0.0.1 also listens on ::1 (so `localhost` works either way). */
     ipv6Loopback: bool.optional(),
+    /** porthole: what a forward does when its host port is taken (a rule may set its own). */
+    onConflict: conflictPolicy.optional(),
     /** porthole: defaults for UDP forwards (a rule may set its own). */
     udp: z.strictObject({ idleTimeout: duration.optional(), maxFlows: count.optional() }, { error: (iss) => (iss.code === "invalid_type" ? "must be a mapping" : undefined) }).optional(),
   },

@@ -4,7 +4,7 @@ import { isMap, isScalar, LineCounter, parseDocument, type Node } from "yaml";
 import type { z } from "zod";
 import { configSchema } from "./config-schema.ts";
 import type { ForwarderKind } from "./forwarder-choice.ts";
-import { withDefaults, type Rule } from "./rules.ts";
+import { withDefaults, type ConflictPolicy, type Rule } from "./rules.ts";
 
 export interface Config {
   rules: Rule[];
@@ -14,6 +14,7 @@ export interface Config {
   udp: UdpSettings;
   forwarder?: ForwarderKind;
   ssh: SshSettings;
+  onConflict: ConflictPolicy;
 }
 
 /** The SSH forwarder's settings from the config (flags and Lima's variables may override). */
@@ -39,7 +40,7 @@ export class ConfigError extends Error {
   }
 }
 
-export const DEFAULT_CONFIG: Config = { rules: [], ipv6Loopback: true, udp: DEFAULT_UDP, ssh: {} };
+export const DEFAULT_CONFIG: Config = { rules: [], ipv6Loopback: true, udp: DEFAULT_UDP, ssh: {}, onConflict: "fail" };
 
 /** `["portForwards", 2, "guestPortRange", 1]` -> `portForwards[2].guestPortRange`: the field, not the element. */
 function fieldName(path: PropertyKey[]): string {
@@ -76,6 +77,7 @@ export function parseConfig(text: string, file: string): Config {
       maxFlows: input.udp?.maxFlows ?? DEFAULT_UDP.maxFlows,
     },
     ...(input.forwarder ? { forwarder: input.forwarder } : {}),
+    onConflict: input.onConflict ?? "fail",
     ssh: {
       ...(input.ssh?.overVsock !== undefined ? { overVsock: input.ssh.overVsock } : {}),
       ...(input.ssh?.address ? { address: input.ssh.address } : {}),

@@ -28,6 +28,10 @@ export interface ForwardEvent {
   reverse?: boolean;
   /** The data path new connections take: direct, fast, grpc or ssh. */
   path?: string;
+  /** The rule's label. */
+  label?: string;
+  /** Where the forward wanted to listen, when `next-free` moved it. */
+  requestedHostAddr?: string;
 }
 
 export interface AgentEvent {
@@ -97,7 +101,7 @@ export function formatEventText(e: HostEvent): string {
     case "forwarding":
       return e.reverse
         ? `Forwarding ${proto} from host ${e.hostAddr} to guest ${e.guestAddr} (reverse)`
-        : `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}${e.path && e.path !== "grpc" ? ` (${e.path})` : ""}`;
+        : `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}${e.requestedHostAddr ? ` (${e.requestedHostAddr} was taken)` : ""}${e.path && e.path !== "grpc" ? ` (${e.path})` : ""}${e.label ? ` [${e.label}]` : ""}`;
     case "stopping":
       return `Stopping forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
     case "not-forwarding":

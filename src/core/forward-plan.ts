@@ -5,7 +5,7 @@ import type { IPPort } from "../proto/guest-service.ts";
 import { formatHostPort } from "./address.ts";
 import type { UdpSettings } from "./config.ts";
 import { portKey } from "./ports.ts";
-import { decide, type Rule, type RuleEntry, type RuleOrigin } from "./rules.ts";
+import { decide, type ConflictPolicy, type Rule, type RuleEntry, type RuleOrigin } from "./rules.ts";
 
 export type HostTarget = { kind: "tcp"; ip: string; port: number } | { kind: "unix"; path: string };
 
@@ -26,6 +26,9 @@ export interface PlannedForward {
   companion: boolean;
   /** For UDP forwards: flow limits from the rule, else the global settings. */
   udp: UdpSettings;
+  /** The rule's label, for status and events. */
+  label?: string;
+  onConflict: ConflictPolicy;
 }
 
 /** `reverse: true`: a host unix socket that appears in the guest. */
@@ -57,6 +60,8 @@ export interface PlanOptions {
   udpEphemeralRange: [number, number];
   /** Why UDP cannot be forwarded right now (SSH mode with the agent channel down), if so. */
   udpUnavailable?: string;
+  /** The policy for rules that set none. */
+  onConflict?: ConflictPolicy;
 }
 
 /** Linux's default ip_local_port_range, for guests that do not tell theirs. */
@@ -105,7 +110,8 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
     for (const [target, companion] of targets) {
       const key = forwardKey(protocol, target);
       if (forwards.has(key)) continue;
-      forwards.set(key, { key, protocol, host: target, guestAddr, origin: entry.origin, static: isStatic, companion, udp });
+      const onConflict = entry.rule.onConflict ?? options.onConflict ?? "fail";
+      forwards.set(key, { key, protocol, host: target, guestAddr, origin: entry.origin, static: isStatic, companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}) });
     }
   };
 

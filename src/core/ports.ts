@@ -1,6 +1,6 @@
 // Sets of guest ports (IPPort) and the diffs that GetEvents streams.
 import type { IPPort } from "../proto/guest-service.ts";
-import { formatHostPort } from "./address.ts";
+import { formatHostPort, isIP } from "./address.ts";
 
 export function portKey(p: IPPort): string {
   return `${p.protocol} ${formatHostPort(p.ip, p.port)}`;
@@ -34,3 +34,14 @@ export function applyDiff(set: PortSet, d: PortDiff): void {
   for (const p of d.removed) set.delete(portKey(p));
   for (const p of d.added) set.set(portKey(p), p);
 }
+
+/** Why a port the guest reported cannot be used, or undefined if it can. */
+export function invalidGuestPort(p: IPPort): string | undefined {
+  if (p.protocol !== "tcp" && p.protocol !== "udp") return `protocol ${JSON.stringify(p.protocol)} is not tcp or udp`;
+  if (!isIP(p.ip)) return `${JSON.stringify(p.ip)} is not an IP address`;
+  if (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535) return `${p.port} is not a port (1-65535)`;
+  return undefined;
+}
+
+/** More distinct guest ports than any real guest has: the rest are ignored (memory stays bounded). */
+export const MAX_GUEST_PORTS = 10_000;

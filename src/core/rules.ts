@@ -22,7 +22,14 @@ export interface Rule {
   udpIdleTimeoutMs?: number;
   /** porthole: at most this many UDP flows per forward. */
   udpMaxFlows?: number;
+  /** porthole: a name shown in status and events. */
+  label?: string;
+  /** porthole: what to do when the host port is taken (default: the global policy). */
+  onConflict?: ConflictPolicy;
 }
+
+/** `fail`: report and retry until the port frees up; `next-free`: take the next free port. */
+export type ConflictPolicy = "fail" | "next-free";
 
 /** A rule as written by a user: every field optional. */
 export interface RuleInput {
@@ -42,6 +49,8 @@ export interface RuleInput {
   /** In milliseconds (the config schema converts durations). */
   udpIdleTimeout?: number;
   udpMaxFlows?: number;
+  label?: string;
+  onConflict?: ConflictPolicy;
 }
 
 /** Which rule decided: the user's rule index, or one of the built-in rules. */
@@ -73,6 +82,8 @@ export function withDefaults(input: RuleInput): Rule {
     static: input.static ?? false,
     ...(input.udpIdleTimeout !== undefined ? { udpIdleTimeoutMs: input.udpIdleTimeout } : {}),
     ...(input.udpMaxFlows !== undefined ? { udpMaxFlows: input.udpMaxFlows } : {}),
+    ...(input.label !== undefined ? { label: input.label } : {}),
+    ...(input.onConflict !== undefined ? { onConflict: input.onConflict } : {}),
   };
 }
 

@@ -3,7 +3,7 @@
 // while it was down are reconciled without restarting anything.
 import * as grpc from "@grpc/grpc-js";
 import { backoffDelay } from "../core/backoff.ts";
-import { applyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
+import { applyDiff, invalidGuestPort, MAX_GUEST_PORTS, portKey, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { TransportAddress } from "../core/transport-address.ts";
 import { clientTarget, type ClientTarget } from "../transport/client-target.ts";
 import {
@@ -23,6 +23,7 @@ export interface GuestConnectionHandlers {
   onChange(ports: PortSet, diff: PortDiff): void;
   /** `wasConnected` is false while the first connection is still being tried. */
   onDisconnected(error: string, wasConnected: boolean): void;
+  /** What the guest agent reported as failing, and what it sent that the host refused. */
   onGuestErrors(errors: string[]): void;
 }
 
@@ -79,10 +80,10 @@ export class GuestConnection {
       this.scheduleRetry();
     };
     events.on("data", (e: GuestEvent) => {
-      if (e.errors.length) this.handlers.onGuestErrors(e.errors);
-      const diff = { added: e.added_local_ports, removed: e.removed_local_ports };
+      if (e.errors.length) this.handlers.onGuestErrors(e.errors.slice(0, 10).map((m) => m.slice(0, 500)));
+      const diff = { added: this.checked(e.added_local_ports), removed: this.checked(e.removed_local_ports) };
       if (!ports) return void pending.push(diff);
-      applyDiff(ports, diff);
+      this.applyBounded(ports, diff);
       this.handlers.onChange(ports, diff);
     });
     events.on("error", (err: grpc.ServiceError) => fail(err.details || err.message));
@@ -92,8 +93,9 @@ export class GuestConnection {
       const info = await this.getInfo();
       const hello = await this.hello();
       if (ended) return;
-      ports = toPortSet(info.local_ports);
-      for (const diff of pending) applyDiff(ports, diff);
+      ports = new Map();
+      this.applyBounded(ports, { added: this.checked(info.local_ports), removed: [] });
+      for (const diff of pending) this.applyBounded(ports, diff);
       this.attempt = 0;
       this.handlers.onConnected(ports, hello);
     } catch (err) {
@@ -110,6 +112,29 @@ export class GuestConnection {
         err ? reject(err) : resolve(info),
       );
     });
+  }
+
+  /** The ports that make sense; the others are reported (a few, not a flood) and dropped. */
+  private checked(ports: GuestEvent["added_local_ports"]): GuestEvent["added_local_ports"] {
+    const bad: string[] = [];
+    const good = ports.filter((p) => {
+      const why = invalidGuestPort(p);
+      if (why) bad.push(`ignored a port the guest reported (${why})`);
+      return !why;
+    });
+    if (bad.length) this.handlers.onGuestErrors(bad.length > 3 ? [...bad.slice(0, 3), `and ${bad.length - 3} more`] : bad);
+    return good;
+  }
+
+  /** Applies a diff, but never tracks more than MAX_GUEST_PORTS ports (memory stays bounded). */
+  private applyBounded(ports: PortSet, diff: PortDiff): void {
+    applyDiff(ports, { added: [], removed: diff.removed });
+    let dropped = 0;
+    for (const p of diff.added) {
+      if (ports.size >= MAX_GUEST_PORTS && !ports.has(portKey(p))) dropped++;
+      else ports.set(portKey(p), p);
+    }
+    if (dropped) this.handlers.onGuestErrors([`the guest reports more than ${MAX_GUEST_PORTS} ports; ignored ${dropped}`]);
   }
 
   /** porthole's Hello; undefined when the guest agent does not have it (stock Lima). */

@@ -1,10 +1,14 @@
 // The host role: follow the guest's ports, apply the rules, forward over gRPC.
 import type { FSWatcher } from "node:fs";
+import { join } from "node:path";
+import pkg from "../../package.json" with { type: "json" };
+import type { AgentStatus } from "../core/status.ts";
+import { ControlServer } from "./control-server.ts";
 import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import { LINUX_EPHEMERAL_RANGE, type PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
-import { rulesInForce } from "../core/rules.ts";
+import { rulesInForce, type ConflictPolicy } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { loadConfigFile, watchConfigFile } from "./config-file.ts";
 import { GrpcForwarder } from "./grpc-forwarder.ts";
@@ -38,12 +42,16 @@ export interface HostAgentOptions {
   ssh?: SshFlags;
   /** Where Lima's variables are read from (process.env by default). */
   env?: Record<string, string | undefined>;
+  /** --on-conflict: wins over the config's onConflict. */
+  onConflict?: ConflictPolicy;
   /** Command-line UDP settings: they win over the config file's. */
   udpIdleTimeoutMs?: number;
   udpMaxFlows?: number;
   /** Re-apply the config file whenever it changes. */
   watchConfig?: boolean;
   logFormat: LogFormat;
+  /** The control socket for `porthole status` (default STATE_DIR/control.sock; "" for none). */
+  control?: string;
   /** Where events go; stderr by default. */
   write?: (line: string) => void;
   /** Called with each event, for embedders such as the demo. */
@@ -61,6 +69,10 @@ export class HostAgent {
   private readonly sshLink: SshLink | undefined;
   private readonly router: StreamRouter;
   private agentUp = false;
+  private hello: { version?: string; lima?: boolean; addresses: string[] } = { addresses: [] };
+  private control: ControlServer | undefined;
+  private readonly eventCounts: Record<string, number> = {};
+  private readonly startedAt = new Date();
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -71,6 +83,7 @@ export class HostAgent {
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
         if (hello?.ephemeral_port_low) this.ephemeralRange = [hello.ephemeral_port_low, hello.ephemeral_port_high];
         this.router.setGuest(hello);
+        this.hello = hello ? { version: hello.version, addresses: hello.addresses } : { lima: true, addresses: [] };
         this.agentUp = true;
         this.apply(ports);
       },
@@ -114,7 +127,17 @@ export class HostAgent {
     );
   }
 
-  start(): void {
+  async start(): Promise<void> {
+    const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
+    if (controlPath) {
+      const control = new ControlServer(controlPath, () => this.status());
+      try {
+        await control.start();
+        this.control = control;
+      } catch (err) {
+        this.emit({ type: "warning", message: `no control socket for porthole status: ${(err as Error).message}` });
+      }
+    }
     if (this.options.configFile && this.options.config) {
       this.emit({ type: "config-loaded", file: this.options.configFile, rules: this.options.config.rules.length });
     }
@@ -134,6 +157,7 @@ export class HostAgent {
   }
 
   stop(): void {
+    this.control?.close();
     this.configWatcher?.close();
     this.sshLink?.stop();
     this.connection.stop();
@@ -173,13 +197,36 @@ export class HostAgent {
         maxFlows: this.options.udpMaxFlows ?? config.udp.maxFlows,
       },
       udpEphemeralRange: this.ephemeralRange,
+      onConflict: this.options.onConflict ?? config.onConflict,
       ...(this.forwarder?.value === "ssh" && !this.agentUp
         ? { udpUnavailable: "SSH has no datagram channel and the agent channel is down" }
         : {}),
     };
   }
 
+  /** Everything `porthole status` shows. */
+  status(): AgentStatus {
+    const { forwards, notForwarded } = this.reconciler.snapshot();
+    return {
+      agent: {
+        version: pkg.version,
+        pid: process.pid,
+        guest: formatTransportAddress(this.options.guest),
+        guestConnected: this.agentUp,
+        forwarder: this.forwarder.value,
+        forwarderReason: this.forwarder.reason,
+        startedAt: this.startedAt.toISOString(),
+      },
+      guest: this.hello,
+      forwards,
+      notForwarded,
+      events: this.eventCounts,
+    };
+  }
+
   private emit(e: HostEvent): void {
+    this.eventCounts[e.type] = (this.eventCounts[e.type] ?? 0) + 1;
+    this.control?.broadcast({ time: new Date().toISOString(), ...e });
     this.options.onEvent?.(e);
     this.writeLine(this.options.logFormat === "json" ? formatEventJSON(e) : formatEventText(e));
   }

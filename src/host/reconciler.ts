@@ -5,17 +5,33 @@ import type { ForwardEvent } from "../core/forward-event.ts";
 import { planForwards, type PlannedForward, type PlannedReverse, type PlanOptions } from "../core/forward-plan.ts";
 import { portKey, type PortSet } from "../core/ports.ts";
 import type { RuleEntry } from "../core/rules.ts";
-import type { HostForward } from "./host-forward.ts";
+import type { ForwardStatus, HostForward } from "./host-forward.ts";
+
+export interface ReverseHandle {
+  close(): void;
+  destroy(): void;
+  status(): ForwardStatus;
+}
 
 export interface ForwardFactory {
   forward(plan: PlannedForward): HostForward;
-  reverse(plan: PlannedReverse): { close(): void; destroy(): void };
+  reverse(plan: PlannedReverse): ReverseHandle;
+}
+
+/** A guest port the rules do not forward, for `porthole status`. */
+export interface NotForwardedStatus {
+  protocol: string;
+  guestAddr: string;
+  state: "not-forwarding";
+  reason: string;
+  rule?: number | "built-in";
 }
 
 export class Reconciler {
   private readonly active = new Map<string, HostForward>();
-  private readonly reverses = new Map<string, { close(): void; destroy(): void }>();
+  private readonly reverses = new Map<string, ReverseHandle>();
   private reportedNotForwarded = new Set<string>();
+  private notForwarded: NotForwardedStatus[] = [];
   private ports: PortSet = new Map();
 
   constructor(
@@ -58,6 +74,13 @@ export class Reconciler {
     }
 
     const nowNotForwarded = new Set<string>();
+    this.notForwarded = plan.notForwarded.map(({ port, reason, origin }) => ({
+      protocol: port.protocol,
+      guestAddr: formatHostPort(port.ip, port.port),
+      state: "not-forwarding" as const,
+      reason,
+      ...(origin !== undefined ? { rule: origin } : {}),
+    }));
     for (const { port, reason, origin } of plan.notForwarded) {
       const key = `${portKey(port)} ${reason} ${origin}`;
       nowNotForwarded.add(key);
@@ -71,6 +94,14 @@ export class Reconciler {
       });
     }
     this.reportedNotForwarded = nowNotForwarded;
+  }
+
+  /** Every forward (and port not forwarded) as `porthole status` shows it. */
+  snapshot(): { forwards: ForwardStatus[]; notForwarded: NotForwardedStatus[] } {
+    return {
+      forwards: [...this.active.values(), ...this.reverses.values()].map((f) => f.status()),
+      notForwarded: this.notForwarded,
+    };
   }
 
   /** Closes every forward and what it carries (agent shutdown). */

@@ -7,7 +7,7 @@ import type { PlannedReverse } from "../core/forward-plan.ts";
 import type { PortholeClient, ReverseEvent } from "../proto/guest-service.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { bridgeSocket } from "./grpc-forwarder.ts";
-import type { Report } from "./host-forward.ts";
+import type { ForwardStatus, Report } from "./host-forward.ts";
 
 const RETRY = { minMs: 500, maxMs: 10_000 };
 
@@ -18,6 +18,8 @@ export class ReverseForward {
   private listening = false;
   private closed = false;
   private readonly sockets = new Set<net.Socket>();
+  private lastError: string | undefined;
+  private since = new Date();
 
   constructor(
     private readonly plan: PlannedReverse,
@@ -40,6 +42,20 @@ export class ReverseForward {
     for (const s of this.sockets) s.destroy();
   }
 
+  status(): ForwardStatus {
+    return {
+      key: this.plan.key,
+      ...this.describe(),
+      path: "grpc",
+      state: this.listening ? "forwarding" : this.lastError ? "failed" : "waiting",
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+      since: this.since.toISOString(),
+      connections: this.sockets.size,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+  }
+
   private describe() {
     return { protocol: "unix", guestAddr: this.plan.guestSocket, hostAddr: this.plan.hostSocket, rule: this.plan.origin, reverse: true };
   }
@@ -51,6 +67,7 @@ export class ReverseForward {
     stream.on("data", (e: ReverseEvent) => {
       if (e.listening) {
         this.listening = true;
+        this.since = new Date();
         this.attempt = 0;
         this.report({ type: "forwarding", ...this.describe() });
       }
@@ -62,7 +79,9 @@ export class ReverseForward {
       const error = unimplemented ? "the guest agent does not support reverse forwards (a porthole extension)" : err.details || err.message;
       const retryInMs = backoffDelay(this.attempt++, RETRY);
       if (this.listening) this.report({ type: "stopping", ...this.describe() });
+      if (this.listening || !this.lastError) this.since = new Date();
       this.listening = false;
+      this.lastError = error;
       this.report({ type: "failed", ...this.describe(), error, retryInMs });
       this.retryTimer = setTimeout(() => this.open(), retryInMs);
     });

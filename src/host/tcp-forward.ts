@@ -5,13 +5,16 @@ import * as net from "node:net";
 import * as path from "node:path";
 import type { PlannedForward } from "../core/forward-plan.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
-import { HostForward, type Report } from "./host-forward.ts";
+import { HostForward, type Report, type Traffic } from "./host-forward.ts";
 
 export type ConnectionHandler = (socket: net.Socket, plan: PlannedForward) => void;
 
 export class TcpForward extends HostForward {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
+  /** Bytes of connections already closed (open ones are counted live). */
+  private closedIn = 0;
+  private closedOut = 0;
 
   constructor(
     plan: PlannedForward,
@@ -25,10 +28,14 @@ export class TcpForward extends HostForward {
   protected async listen(): Promise<void> {
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
       this.sockets.add(socket);
-      socket.once("close", () => this.sockets.delete(socket));
+      socket.once("close", () => {
+        this.sockets.delete(socket);
+        this.closedIn += socket.bytesRead;
+        this.closedOut += socket.bytesWritten;
+      });
       this.onConnection(socket, this.plan);
     });
-    const host = this.plan.host;
+    const host = this.hostTarget;
     if (host.kind === "unix") {
       await removeStaleSocket(host.path);
       fs.mkdirSync(path.dirname(host.path), { recursive: true });
@@ -57,5 +64,15 @@ export class TcpForward extends HostForward {
 
   protected dropAll(): void {
     for (const s of this.sockets) s.destroy();
+  }
+
+  protected traffic(): Traffic {
+    let bytesIn = this.closedIn;
+    let bytesOut = this.closedOut;
+    for (const s of this.sockets) {
+      bytesIn += s.bytesRead;
+      bytesOut += s.bytesWritten;
+    }
+    return { connections: this.sockets.size, bytesIn, bytesOut };
   }
 }

@@ -7,7 +7,7 @@ import { isIPv6 } from "node:net";
 import { formatHostPort } from "../core/address.ts";
 import type { PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
-import { HostForward, type Report } from "./host-forward.ts";
+import { HostForward, type Report, type Traffic } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
 export interface UdpTunnel {
@@ -33,6 +33,8 @@ export class UdpForward extends HostForward {
   private socket: dgram.Socket | undefined;
   private readonly flows = new Map<string, Flow>();
   private sweeper: ReturnType<typeof setInterval> | undefined;
+  private bytesIn = 0;
+  private bytesOut = 0;
 
   constructor(
     plan: PlannedForward,
@@ -49,8 +51,9 @@ export class UdpForward extends HostForward {
   }
 
   protected async listen(): Promise<void> {
-    if (this.plan.host.kind !== "tcp") throw new Error("a UDP forward needs a host address, not a socket");
-    const { ip, port } = this.plan.host;
+    const host = this.hostTarget;
+    if (host.kind !== "tcp") throw new Error("a UDP forward needs a host address, not a socket");
+    const { ip, port } = host;
     const socket = dgram.createSocket({ type: isIPv6(ip) ? "udp6" : "udp4", ipv6Only: isIPv6(ip) });
     await new Promise<void>((resolve, reject) => {
       socket.once("error", reject);
@@ -83,10 +86,15 @@ export class UdpForward extends HostForward {
     for (const key of [...this.flows.keys()]) this.endFlow(key);
   }
 
+  protected traffic(): Traffic {
+    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut };
+  }
+
   private fromClient(data: Buffer, client: dgram.RemoteInfo): void {
     const key = formatHostPort(client.address, client.port);
     const flow = this.flows.get(key) ?? this.openFlow(key, client);
     flow.lastActive = Date.now();
+    this.bytesIn += data.length;
     if (flow.blocked) return;
     if (!flow.tunnel.write({ data })) flow.blocked = true;
   }
@@ -98,6 +106,7 @@ export class UdpForward extends HostForward {
     this.flows.set(key, flow);
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
+      this.bytesOut += msg.data.length;
       this.socket?.send(msg.data, client.port, client.address);
     });
     tunnel.on("drain", () => (flow.blocked = false));

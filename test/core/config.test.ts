@@ -15,7 +15,7 @@ function errorsOf(text: string): string[] {
 describe("accepted configs", () => {
   test("an empty file, and a file without portForwards, mean the built-in rules only", () => {
     expect(parseConfig("", "c.yaml")).toEqual({
-      rules: [], sshLocalPort: undefined, ipv6Loopback: true, udp: { idleTimeoutMs: 60_000, maxFlows: 1024 }, ssh: {},
+      rules: [], sshLocalPort: undefined, ipv6Loopback: true, udp: { idleTimeoutMs: 60_000, maxFlows: 1024 }, ssh: {}, onConflict: "fail",
     });
     expect(parseConfig("cpus: 4\nportForwards: []\n", "c.yaml").rules).toEqual([]);
     expect(parseConfig("portForwards:\n", "c.yaml").rules).toEqual([]);

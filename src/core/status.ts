@@ -1,0 +1,103 @@
+// What `porthole status` shows, and the same as Prometheus text metrics. No I/O.
+export interface ForwardRow {
+  key?: string;
+  protocol: string;
+  guestAddr: string;
+  hostAddr?: string;
+  requestedHostAddr?: string;
+  path?: string;
+  rule?: number | "built-in";
+  label?: string;
+  state: string;
+  lastError?: string;
+  reason?: string;
+  since?: string;
+  connections?: number;
+  bytesIn?: number;
+  bytesOut?: number;
+  reverse?: boolean;
+}
+
+export interface AgentStatus {
+  agent: {
+    version: string;
+    pid: number;
+    guest: string;
+    guestConnected: boolean;
+    forwarder: string;
+    forwarderReason: string;
+    startedAt: string;
+  };
+  guest: { version?: string; lima?: boolean; addresses: string[] };
+  forwards: ForwardRow[];
+  notForwarded: ForwardRow[];
+  events: Record<string, number>;
+}
+
+function bytes(n = 0): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) (n /= 1024), i++;
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function since(iso: string | undefined, now: number): string {
+  if (!iso) return "";
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
+}
+
+/** A readable table: one line per forward, then the ports not forwarded. */
+export function formatStatusTable(status: AgentStatus, now = Date.now()): string {
+  const a = status.agent;
+  const lines = [
+    `porthole host agent ${a.version} (pid ${a.pid}), guest ${a.guest}: ${a.guestConnected ? "connected" : "not connected"}; ${a.forwarder} forwarder (${a.forwarderReason})`,
+  ];
+  if (status.guest.addresses.length) lines.push(`guest addresses: ${status.guest.addresses.join(", ")} (reachable by IP where the network allows)`);
+  const header = ["PROTO", "GUEST", "HOST", "STATE", "PATH", "RULE", "CONNS", "IN", "OUT", "SINCE", "NOTE"];
+  const rows = [...status.forwards, ...status.notForwarded].map((f) => [
+    f.protocol,
+    f.guestAddr,
+    f.hostAddr ?? "",
+    f.state,
+    f.path ?? "",
+    `${f.rule ?? ""}${f.label ? ` (${f.label})` : ""}`,
+    f.connections === undefined ? "" : String(f.connections),
+    f.bytesIn === undefined ? "" : bytes(f.bytesIn),
+    f.bytesOut === undefined ? "" : bytes(f.bytesOut),
+    since(f.since, now),
+    f.lastError ?? f.reason ?? (f.requestedHostAddr ? `${f.requestedHostAddr} was taken` : f.reverse ? "reverse" : ""),
+  ]);
+  if (!rows.length) return [...lines, "no forwards"].join("\n");
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd();
+  return [...lines, "", fmt(header), ...rows.map(fmt)].join("\n");
+}
+
+function labels(l: Record<string, string | undefined>): string {
+  return Object.entries(l)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${k}="${String(v).replace(/["\\\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`))}"`)
+    .join(",");
+}
+
+/** Prometheus text exposition format (version 0.0.4). */
+export function formatMetrics(status: AgentStatus): string {
+  const out: string[] = [];
+  const metric = (name: string, type: string, help: string, samples: [Record<string, string | undefined>, number][]) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [l, v] of samples) out.push(`${name}${Object.keys(l).length ? `{${labels(l)}}` : ""} ${v}`);
+  };
+  const id = (f: ForwardRow) => ({ protocol: f.protocol, host: f.hostAddr, guest: f.guestAddr, label: f.label });
+  metric("porthole_guest_connected", "gauge", "1 while the host agent is connected to the guest agent.", [[{}, status.agent.guestConnected ? 1 : 0]]);
+  const states = ["forwarding", "failed", "waiting", "not-forwarding"];
+  const rows = [...status.forwards, ...status.notForwarded];
+  metric("porthole_forwards", "gauge", "Forwards by state.", states.map((s) => [{ state: s }, rows.filter((f) => f.state === s).length]));
+  metric("porthole_connections_open", "gauge", "Open connections (or UDP flows) per forward.", status.forwards.map((f) => [id(f), f.connections ?? 0]));
+  metric("porthole_bytes_total", "counter", "Bytes carried per forward; in = client to guest, out = guest to client.", status.forwards.flatMap((f) => [
+    [{ ...id(f), direction: "in" }, f.bytesIn ?? 0] as [Record<string, string | undefined>, number],
+    [{ ...id(f), direction: "out" }, f.bytesOut ?? 0] as [Record<string, string | undefined>, number],
+  ]));
+  metric("porthole_events_total", "counter", "Events by type since the agent started.", Object.entries(status.events).map(([type, n]) => [{ type }, n]));
+  return `${out.join("\n")}\n`;
+}
