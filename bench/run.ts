@@ -49,6 +49,7 @@ interface Results {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil((p / 100) * xs.length) - 1)]!;
 const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
+const now = () => performance.timeOrigin + performance.now();
 
 function iperf(port: number, host: string, extra: string[]): { gbps: number; loss?: number } {
   let out: { error?: string; end?: any } = {};
@@ -234,13 +235,14 @@ async function measureDetection(guest: Guest, results: Results): Promise<void> {
   for (let i = 0; i < DETECT_TRIES; i++) {
     const port = await freePort();
     child.stdin!.write(`open ${port}\n`);
-    const opened = BigInt((await controller.waitForLine(new RegExp(`^opened ${port} `))).split(" ")[2]!);
+    // Both processes read the same wall clock (sub-millisecond: timeOrigin + now()).
+    const opened = Number((await controller.waitForLine(new RegExp(`^opened ${port} `))).split(" ")[2]);
     while (!(await connects(port))) await Bun.sleep(1);
-    opens.push(Number(process.hrtime.bigint() - opened) / 1e6);
+    opens.push(now() - opened);
     child.stdin!.write(`close ${port}\n`);
-    const closed = BigInt((await controller.waitForLine(new RegExp(`^closed ${port} `))).split(" ")[2]!);
+    const closed = Number((await controller.waitForLine(new RegExp(`^closed ${port} `))).split(" ")[2]);
     while (await connects(port)) await Bun.sleep(1);
-    closes.push(Number(process.hrtime.bigint() - closed) / 1e6);
+    closes.push(now() - closed);
   }
   results.detection = { openP50: percentile(opens, 50), openP95: percentile(opens, 95), closeP50: percentile(closes, 50), closeP95: percentile(closes, 95), tries: DETECT_TRIES };
   log(`detection: open p50 ${results.detection.openP50.toFixed(1)} ms p95 ${results.detection.openP95.toFixed(1)} ms; close p50 ${results.detection.closeP50.toFixed(1)} ms p95 ${results.detection.closeP95.toFixed(1)} ms`);
@@ -258,7 +260,7 @@ function cpuTicks(pid: number): number {
 async function measureCost(guest: Guest, echoPort: number, results: Results): Promise<void> {
   const [listeners, pairs, connections] = SMOKE ? [100, 1000, 100] : [1000, 5000, 1000];
   const base = 40_000;
-  const load = guest.spawn(["sh", "-c", `ulimit -n 65536 && exec ${process.execPath} ${import.meta.dir}/../test/fixtures/servers.ts load ${base} ${listeners} ${pairs}`], "load");
+  const load = guest.spawn(["sh", "-c", `ulimit -n "$(ulimit -Hn)" && exec ${process.execPath} ${import.meta.dir}/../test/fixtures/servers.ts load ${base} ${listeners} ${pairs}`], "load");
   await load.waitForLine(/^loaded /, "stdout", 120_000);
   const agent = await guest.startAgent(["--listen", `unix://${guest.socket}.cost`]);
   // The host follows the guest but forwards none of the load's listeners (only the echo port).

@@ -3,7 +3,7 @@
 // (test/e2e/harness.ts adds bun:test's hooks) and the benchmarks (bench/).
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as dgram from "node:dgram";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -201,7 +201,7 @@ export class Guest {
   }
 
   /** A fixture server (test/fixtures/servers.ts) inside the guest, on one or more addresses. */
-  startServer(mode: "echo" | "stall" | "digest" | "udp-echo" | "udp-bind", binds: [string, number][]): Promise<Proc> {
+  startServer(mode: "echo" | "stall" | "source" | "digest" | "udp-echo" | "udp-bind", binds: [string, number][]): Promise<Proc> {
     return this.startFixture([mode, ...binds.flatMap(([h, p]) => [h, String(p)])]);
   }
 
@@ -539,4 +539,21 @@ function isFree(port: number, host: string): Promise<boolean> {
     s.once("error", () => resolve(false));
     s.listen({ port, host, ipv6Only: host.includes(":") }, () => s.close(() => resolve(true)));
   });
+}
+
+/** Resident memory of a process, in MiB. */
+export function rssMiB(pid: number): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
+}
+
+/** Open file descriptors of a process. */
+export function fdCount(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** TCP sockets of a process's namespace stuck in CLOSE-WAIT (from `ss`), for one pid. */
+export function closeWaitOf(pid: number, netns?: string): number {
+  const argv = [...(netns ? ["ip", "netns", "exec", netns] : []), "ss", "-Htanp", "state", "close-wait"];
+  const out = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" }).stdout ?? "";
+  return out.split("\n").filter((l) => l.includes(`pid=${pid},`)).length;
 }

@@ -78,3 +78,4 @@ function dataEndpointFor(address: TransportAddress): TransportAddress | undefine
   if (address.kind === "vsock") return { kind: "vsock", port: address.port + 1 };
   return undefined;
 }
+
