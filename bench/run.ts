@@ -128,7 +128,7 @@ async function main(): Promise<void> {
   const guest = Guest.create();
   const { guestIP } = guest.linkToHost();
   const sshd = await guest.startSshd();
-  await guest.startAgent();
+  const guestAgent = await guest.startAgent();
   const [iperfPort, echoPort] = [await freePort(), await freePort()];
   guest.spawn(["iperf3", "-s", "-p", String(iperfPort)], "iperf3 server");
   await guest.startServer("echo", [["0.0.0.0", echoPort]]);
@@ -217,7 +217,7 @@ async function main(): Promise<void> {
   results.latency.direct = await latency(echoPort, guestIP);
 
   if (wanted("detection")) await measureDetection(guest, results);
-  if (wanted("cost")) await measureCost(guest, echoPort, results);
+  if (wanted("cost")) await measureCost(guest, guestAgent, echoPort, results);
   report(results);
   mkdirSync(dirname(JSON_OUT), { recursive: true });
   writeFileSync(JSON_OUT, `${JSON.stringify(results, null, 2)}\n`);
@@ -257,15 +257,14 @@ function cpuTicks(pid: number): number {
 }
 
 /** Guest agent CPU while idle beside many sockets; host agent memory with many open connections. */
-async function measureCost(guest: Guest, echoPort: number, results: Results): Promise<void> {
+async function measureCost(guest: Guest, agent: Proc, echoPort: number, results: Results): Promise<void> {
   const [listeners, pairs, connections] = SMOKE ? [100, 1000, 100] : [1000, 5000, 1000];
-  const base = 40_000;
+  const base = 2_100; // below the ephemeral range (clients bind there) and the test port range
   const load = guest.spawn(["sh", "-c", `ulimit -n "$(ulimit -Hn)" && exec ${process.execPath} ${import.meta.dir}/../test/fixtures/servers.ts load ${base} ${listeners} ${pairs}`], "load");
   await load.waitForLine(/^loaded /, "stdout", 120_000);
-  const agent = await guest.startAgent(["--listen", `unix://${guest.socket}.cost`]);
   // The host follows the guest but forwards none of the load's listeners (only the echo port).
   const config = guest.writeFile("bench-cost.yaml", `portForwards:\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, guestPortRange: [${base}, ${base + listeners}], ignore: true}\n`);
-  const host = startHostAgent(guest, ["--guest", `unix://${guest.socket}.cost`, "--config", config, "--forwarder", "grpc"]);
+  const host = startHostAgent(guest, ["--config", config, "--forwarder", "grpc"]);
   await host.waitForForwarding(echoPort, 30_000);
   const seconds = SMOKE ? 2 : 10;
   const before = cpuTicks(agent.child.pid!);
@@ -320,8 +319,8 @@ function report(r: Results): void {
     target((t.TCP!.ssh ?? 0) >= 0.9 * t.TCP!.sshL, `porthole SSH >= 0.9x ssh -L: ${((t.TCP!.ssh ?? 0) / t.TCP!.sshL).toFixed(2)}x`);
   }
   if (t.TCP!.direct) target(best("TCP") >= 0.6 * t.TCP!.direct, `a fast path >= 0.6x direct loopback: ${(best("TCP") / t.TCP!.direct).toFixed(2)}x`);
-  target(d.openP50 <= 50 && d.openP95 <= 100 && d.closeP95 <= 20, "detection: open p50 <= 50 ms, p95 <= 100 ms; close p95 <= 20 ms");
-  target(r.cost.guestIdleCpuPercent <= 1 && r.cost.hostRssMiB <= 150, "cost: guest idle CPU <= 1% of a core; host RSS <= 150 MB");
+  if (d.tries) target(d.openP50 <= 50 && d.openP95 <= 100 && d.closeP95 <= 20, "detection: open p50 <= 50 ms, p95 <= 100 ms; close p95 <= 20 ms");
+  if (r.cost.connections) target(r.cost.guestIdleCpuPercent <= 1 && r.cost.hostRssMiB <= 150, `cost: guest idle CPU <= 1% of a core (${r.cost.guestIdleCpuPercent.toFixed(2)}%); host RSS <= 150 MB (${r.cost.hostRssMiB.toFixed(0)} MiB)`);
   console.log(lines.join("\n"));
 }
 

@@ -32,7 +32,7 @@ export function registerGuest(cli: CAC): void {
     .option("--listen <addr>", `Serve on this address, repeatable: vsock://:PORT, unix:///path, serial:///dev/virtio-ports/NAME, tcp://host:port (default: ${DEFAULT_VSOCK_ADDRESS} in a VM with vsock, else ${DEFAULT_GUEST_ADDRESS})`)
     .option("--token-file <file>", "The shared token a tcp:// client must present (required for tcp://)")
     .option("--vsock-any-cid", "Accept vsock connections from any CID, not only the host (CID 2)")
-    .option("--scan-interval <ms>", "How often to look for new sockets (default: 100 with netlink, 500 with /proc/net)")
+    .option("--scan-interval <ms>", "How often to look for new sockets (default: 50 with netlink, 500 with /proc/net)")
     .option("--print", "install: print the service definition instead of writing it")
     .option("--init <system>", "install/uninstall: systemd or openrc (default: the one running)")
     .option("--root <dir>", "install/uninstall: write under this directory, and do not start or stop anything")

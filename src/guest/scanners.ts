@@ -3,6 +3,7 @@
 // report a close within a millisecond), or /proc/net where the shim cannot load.
 import { DIAG_RECORD_BYTES, diagRecordsToPorts, parseDiagRecords } from "../core/diag-record.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
+import { socketFromFd } from "../runtime/fd-socket.ts";
 import { loadNative } from "../runtime/native.ts";
 import { scanProcNet, type ScanResult } from "./watcher.ts";
 
@@ -14,8 +15,8 @@ export interface Scanner {
 }
 
 const MAX_RECORDS = 65536;
-/** How often to look for destroy events: a non-blocking recv, nearly free. */
-const EVENT_POLL_MS = 20;
+/** Where the runtime cannot watch the netlink socket: how often to look for destroy events. */
+const EVENT_POLL_MS = 10;
 
 export function procNetScanner(dir = "/proc/net"): Scanner {
   return { name: `/proc/net (${dir})`, scan: () => scanProcNet(dir) };
@@ -23,26 +24,57 @@ export function procNetScanner(dir = "/proc/net"): Scanner {
 
 export function netlinkScanner(shim: NativeShim): Scanner {
   const buf = new Uint8Array(MAX_RECORDS * DIAG_RECORD_BYTES);
+  let last = Buffer.alloc(0);
+  let lastPorts: ScanResult["ports"] = [];
   return {
     name: "netlink sock_diag",
     scan: async () => {
       const n = shim.diagListeners(buf, buf.length);
       if (n < 0) return { ports: [], errors: [`sock_diag dump: ${shim.errnoName(n)} (${shim.strerror(n)})`] };
-      return { ports: diagRecordsToPorts(parseDiagRecords(buf, n)), errors: [] };
+      // The kernel walks its tables in a stable order: the same bytes mean the same sockets,
+      // and an idle guest costs one dump and one memcmp per scan, not a thousand objects.
+      const raw = Buffer.from(buf.buffer, buf.byteOffset, n * DIAG_RECORD_BYTES);
+      if (raw.equals(last)) return { ports: lastPorts, errors: [], unchanged: true };
+      last = Buffer.from(raw);
+      lastPorts = diagRecordsToPorts(parseDiagRecords(buf, n));
+      return { ports: lastPorts, errors: [] };
     },
     watchCloses(onClose) {
       const fd = shim.diagSubscribe();
       if (fd < 0) return () => {};
-      const events = new Uint8Array(1024 * DIAG_RECORD_BYTES);
-      const timer = setInterval(() => {
-        if (shim.diagReadEvents(fd, events, events.length) > 0) onClose();
-      }, EVENT_POLL_MS);
-      timer.unref?.();
-      return () => {
-        clearInterval(timer);
-        shim.close(fd);
-      };
+      // The runtime's event loop watches the netlink socket like any socket: a destroy event
+      // wakes it (its bytes are not needed: the watcher re-scans). Where the runtime will not
+      // adopt the fd, poll it instead.
+      let socket: import("node:net").Socket;
+      try {
+        socket = socketFromFd(fd);
+      } catch {
+        return pollEvents(shim, fd, onClose);
+      }
+      let stopPolling: (() => void) | undefined;
+      socket.on("data", () => onClose());
+      socket.once("error", () => {
+        // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did
+        // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
+        // fd number again: it may already belong to another socket.
+        onClose();
+        const fresh = shim.diagSubscribe();
+        if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
+      });
+      return () => (stopPolling ? stopPolling() : socket.destroy());
     },
+  };
+}
+
+function pollEvents(shim: NativeShim, fd: number, onClose: () => void): () => void {
+  const events = new Uint8Array(1024 * DIAG_RECORD_BYTES);
+  const timer = setInterval(() => {
+    if (shim.diagReadEvents(fd, events, events.length) > 0) onClose();
+  }, EVENT_POLL_MS);
+  timer.unref?.();
+  return () => {
+    clearInterval(timer);
+    shim.close(fd);
   };
 }
 
@@ -50,9 +82,8 @@ export function netlinkScanner(shim: NativeShim): Scanner {
 export async function bestScanner(log: (line: string) => void): Promise<Scanner> {
   const { shim, error } = await loadNative();
   if (shim) {
-    const scanner = netlinkScanner(shim);
-    const probe = await scanner.scan();
-    if (!probe.errors.length) return scanner;
+    const probe = await netlinkScanner(shim).scan();
+    if (!probe.errors.length) return netlinkScanner(shim); // a fresh one: no "unchanged" from the probe
     log(`netlink sock_diag failed (${probe.errors[0]}); watching /proc/net instead`);
   } else {
     log(`native shim unavailable (${error}); watching /proc/net instead`);

@@ -17,6 +17,8 @@ const TABLES: { file: string; protocol: Protocol; optional: boolean }[] = [
 export interface ScanResult {
   ports: IPPort[];
   errors: string[];
+  /** The scanner knows nothing changed since its last scan (the watcher skips the diff). */
+  unchanged?: boolean;
 }
 
 export type WatchListener = (diff: PortDiff, errors: string[]) => void;
@@ -28,6 +30,7 @@ export class PortWatcher {
   private inFlight: Promise<void> | undefined;
   private stopped = true;
   private stopWatchingCloses: (() => void) | undefined;
+  private scanned = false;
 
   constructor(
     private readonly intervalMs: number,
@@ -68,7 +71,9 @@ export class PortWatcher {
   }
 
   private async scanAndNotify(): Promise<void> {
-    const { ports, errors } = await this.scanner.scan();
+    const { ports, errors, unchanged } = await this.scanner.scan();
+    if (unchanged && !errors.length && this.scanned) return;
+    this.scanned = true;
     // A failed scan keeps the last good state: a read error must not look like closed ports.
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
     if (!errors.length) this.state = toPortSet(ports);

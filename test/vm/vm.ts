@@ -1,0 +1,92 @@
+// Boots the prepared guest under QEMU (TCG) with Lima's virtio-serial port for the agent and
+// user-mode networking that reaches nothing; drives its console shell. Every wait has a
+// deadline, and the VM is always killed.
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AGENT_PORT_NAME, type VmImage } from "./image.ts";
+
+export class Vm {
+  readonly chardev: string;
+  private output = "";
+  private waiters: (() => void)[] = [];
+  private constructor(
+    private readonly qemu: ChildProcess,
+    private readonly dir: string,
+  ) {
+    this.chardev = join(dir, "agent.sock");
+    qemu.stdout!.setEncoding("utf8");
+    qemu.stdout!.on("data", (chunk: string) => {
+      this.output += chunk;
+      for (const w of this.waiters.splice(0)) w();
+    });
+    qemu.stderr!.on("data", (chunk: Buffer) => (this.output += chunk.toString()));
+  }
+
+  static async boot(image: VmImage, timeoutMs = 60_000): Promise<Vm> {
+    const dir = mkdtempSync(join(tmpdir(), "porthole-vm-"));
+    const chardev = join(dir, "agent.sock");
+    const qemu = spawn("qemu-system-x86_64", [
+      "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
+      "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
+      "-kernel", image.kernel, "-initrd", image.initrd,
+      "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
+      "-drive", `file=${image.disk},if=virtio,format=raw,readonly=on`,
+      "-device", "virtio-serial-pci,id=vs0",
+      "-chardev", `socket,path=${chardev},server=on,wait=off,id=ga0`,
+      "-device", `virtserialport,bus=vs0.0,chardev=ga0,name=${AGENT_PORT_NAME}`,
+      // The guest's network reaches nothing outside (restrict=on).
+      "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
+    ], { stdio: ["pipe", "pipe", "pipe"] });
+    const vm = new Vm(qemu, dir);
+    try {
+      await vm.waitFor(/PORTHOLE-VM-READY/, timeoutMs);
+      if (/PORTHOLE-VM-NO-DISK/.test(vm.output)) throw new Error("the guest could not mount its disk");
+    } catch (err) {
+      vm.kill();
+      throw err;
+    }
+    return vm;
+  }
+
+  /** Waits until the console output matches; returns the match. */
+  async waitFor(pattern: RegExp, timeoutMs = 30_000): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = pattern.exec(this.output);
+      if (m) return m;
+      if (this.qemu.exitCode !== null) throw new Error(`QEMU exited (${this.qemu.exitCode}) before ${pattern}:\n${this.output.slice(-3000)}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${pattern} in the VM console:\n${this.output.slice(-3000)}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, Math.min(left, 200));
+        this.waiters.push(() => (clearTimeout(t), r()));
+      });
+    }
+  }
+
+  /** Runs a shell command in the guest and returns its output (between unique markers). */
+  async sh(command: string, timeoutMs = 30_000): Promise<string> {
+    const id = Math.random().toString(36).slice(2, 10);
+    this.qemu.stdin!.write(`echo BEGIN-${id}; ${command}; echo END-${id}\n`);
+    const m = await this.waitFor(new RegExp(`BEGIN-${id}\\r?\\n([\\s\\S]*?)END-${id}`), timeoutMs);
+    return m[1]!.replace(/\r/g, "");
+  }
+
+  /** Starts a fixture server (test/fixtures/servers.ts) in the guest in the background. */
+  async startFixture(args: string, ready = /listening/): Promise<void> {
+    const log = `/tmp/fixture-${Math.random().toString(36).slice(2, 8)}.log`;
+    await this.sh(`BUN_BE_BUN=1 HOME=/tmp /mnt/porthole /mnt/servers.ts ${args} > ${log} 2>&1 &`);
+    const deadline = Date.now() + 60_000;
+    while (!ready.test(await this.sh(`cat ${log}`))) {
+      if (Date.now() > deadline) throw new Error(`the guest fixture ${args} did not start: ${await this.sh(`cat ${log}`)}`);
+      await Bun.sleep(300);
+    }
+  }
+
+  kill(): void {
+    if (this.qemu.exitCode === null) this.qemu.kill("SIGKILL");
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
