@@ -4,7 +4,7 @@ SOURCES := $(shell find src proto -type f) package.json
 SHIM := native/build/porthole-shim.so
 CC ?= cc
 
-.PHONY: all build dist shim demo test test-unit test-e2e check deps system-deps bench bench-smoke clean
+.PHONY: all build dist shim demo test test-unit test-e2e test-vm check deps system-deps bench bench-smoke clean
 
 all: build
 
@@ -16,11 +16,11 @@ deps: node_modules/.installed
 
 # The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd).
 system-deps:
-	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3; do \
+	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else echo "please install:$$missing" >&2; exit 1; fi; fi
 
 # The native shim (AF_VSOCK, netlink sock_diag), embedded in the binary.
@@ -58,6 +58,10 @@ test: build dist/porthole.mjs system-deps check
 
 test-unit: deps shim
 	$(BUN) test test/core test/unit
+
+# The real-VM tests alone (QEMU, TCG): they also run as part of make test.
+test-vm: build system-deps
+	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test test/vm
 
 test-e2e: build dist/porthole.mjs system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test test/e2e

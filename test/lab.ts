@@ -557,3 +557,17 @@ export function closeWaitOf(pid: number, netns?: string): number {
   const out = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" }).stdout ?? "";
   return out.split("\n").filter((l) => l.includes(`pid=${pid},`)).length;
 }
+
+/**
+ * The port refuses connections within `timeoutMs` (the runtime closes a listening socket on
+ * its next turn, so "stopped" and "refusing" are a moment apart).
+ */
+export async function refusedSoon(port: number, host = "127.0.0.1", timeoutMs = 1000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let result = await tryConnect(port, host);
+  while (result !== "ECONNREFUSED" && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 10));
+    result = await tryConnect(port, host);
+  }
+  return result;
+}

@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { chownSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  useHarness, e2eTest, exchange, freePort, Guest, PORTHOLE, startHostAgent, startPair, tryConnect,
+  e2eTest, exchange, freePort, Guest, PORTHOLE, refusedSoon, startHostAgent, startPair, tryConnect, useHarness,
 } from "./harness.ts";
 
 useHarness();
@@ -52,7 +52,7 @@ describe("config file", () => {
     host.proc.child.kill("SIGHUP");
     await host.waitForForwarding(newHost);
     await host.waitForEvent((e) => e.type === "stopping" && e.hostAddr === `127.0.0.1:${oldHost}`, "old forward stops");
-    expect(await tryConnect(oldHost)).toBe("ECONNREFUSED");
+    expect(await refusedSoon(oldHost)).toBe("ECONNREFUSED");
     // The unchanged forward was left alone: still one "forwarding" and no "stopping".
     expect(host.events.filter((e) => e.hostAddr === `127.0.0.1:${keptHost}`).map((e) => e.type)).toEqual(["forwarding"]);
 
@@ -121,7 +121,7 @@ describe("IPv6 on the host", () => {
     const port = await freePort();
     await guest.startEcho("::1", port);
     await host.waitForForwarding(port);
-    expect(await tryConnect(port, "::1")).toBe("ECONNREFUSED");
+    expect(await refusedSoon(port, "::1")).toBe("ECONNREFUSED");
   });
 });
 

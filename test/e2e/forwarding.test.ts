@@ -1,6 +1,6 @@
 // Guest listeners appear on the host's 127.0.0.1 and go away with them.
 import { describe, expect } from "bun:test";
-import { useHarness, e2eTest, exchange, freePort, startPair, tryConnect } from "./harness.ts";
+import { e2eTest, exchange, freePort, refusedSoon, startPair, tryConnect, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -23,13 +23,7 @@ describe("auto-forwarding over gRPC", () => {
 
     await server.kill();
     await host.waitForEvent((e) => e.type === "stopping" && e.hostAddr === `127.0.0.1:${port}`, "stopping", 2000);
-    // The runtime closes the listening socket on its next turn: allow it a moment, no more.
-    let refused = "";
-    for (let i = 0; i < 50 && refused !== "ECONNREFUSED"; i++) {
-      refused = await tryConnect(port);
-      if (refused !== "ECONNREFUSED") await Bun.sleep(10);
-    }
-    expect(refused).toBe("ECONNREFUSED");
+    expect(await refusedSoon(port)).toBe("ECONNREFUSED");
   });
 
   e2eTest("guest port 22 is never forwarded, and an unmatched address is reported", async () => {

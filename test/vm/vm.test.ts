@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as dgram from "node:dgram";
 import { join } from "node:path";
-import { echoRoundTrip, exchange, freePort, Guest, runCleanups, startHostAgent, tryConnect, type HostAgentProc } from "../lab.ts";
+import { echoRoundTrip, exchange, freePort, Guest, runCleanups, startHostAgent, tryConnect, refusedSoon, type HostAgentProc } from "../lab.ts";
 import { prepareImage, vmBlocker } from "./image.ts";
 import { Vm } from "./vm.ts";
 
@@ -59,11 +59,11 @@ describe("in a real VM over virtio-serial", () => {
 
   vmTest("the guest program closing its port releases the host port", async () => {
     const port = await freePort();
-    await vm!.startFixture(`echo 127.0.0.1 ${port}`);
+    const server = await vm!.startFixture(`echo 127.0.0.1 ${port}`);
     await host!.waitForForwarding(port, 30_000);
-    await vm!.sh(`pkill -f "servers.ts echo 127.0.0.1 ${port}"`);
+    await server.stop();
     await host!.waitForEvent((e) => e.type === "stopping" && e.hostAddr === `127.0.0.1:${port}`, "the forward to stop", 30_000);
-    expect(await tryConnect(port)).toBe("ECONNREFUSED");
+    expect(await refusedSoon(port)).toBe("ECONNREFUSED");
   });
 
   vmTest("the host agent restarted (the chardev socket dropped and reconnected): the guest agent keeps serving", async () => {

@@ -40,6 +40,7 @@ export class Vm {
       "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
     ], { stdio: ["pipe", "pipe", "pipe"] });
     const vm = new Vm(qemu, dir);
+    process.once("exit", () => vm.kill()); // never outlive the test run
     try {
       await vm.waitFor(/PORTHOLE-VM-READY/, timeoutMs);
       if (/PORTHOLE-VM-NO-DISK/.test(vm.output)) throw new Error("the guest could not mount its disk");
@@ -69,20 +70,22 @@ export class Vm {
   /** Runs a shell command in the guest and returns its output (between unique markers). */
   async sh(command: string, timeoutMs = 30_000): Promise<string> {
     const id = Math.random().toString(36).slice(2, 10);
-    this.qemu.stdin!.write(`echo BEGIN-${id}; ${command}; echo END-${id}\n`);
+    // Markers split in the typed text, so the console's echo of the input never matches.
+    this.qemu.stdin!.write(`echo "BEG""IN-${id}"\n${command}\necho "EN""D-${id}"\n`);
     const m = await this.waitFor(new RegExp(`BEGIN-${id}\\r?\\n([\\s\\S]*?)END-${id}`), timeoutMs);
     return m[1]!.replace(/\r/g, "");
   }
 
-  /** Starts a fixture server (test/fixtures/servers.ts) in the guest in the background. */
-  async startFixture(args: string, ready = /listening/): Promise<void> {
-    const log = `/tmp/fixture-${Math.random().toString(36).slice(2, 8)}.log`;
-    await this.sh(`BUN_BE_BUN=1 HOME=/tmp /mnt/porthole /mnt/servers.ts ${args} > ${log} 2>&1 &`);
+  /** Starts a fixture server (test/fixtures/servers.ts) in the guest; returns how to stop it. */
+  async startFixture(args: string, ready = /listening/): Promise<{ stop(): Promise<void> }> {
+    const name = `/tmp/fixture-${Math.random().toString(36).slice(2, 8)}`;
+    await this.sh(`BUN_BE_BUN=1 HOME=/tmp /mnt/porthole /mnt/servers.ts ${args} > ${name}.log 2>&1 &\necho $! > ${name}.pid`);
     const deadline = Date.now() + 60_000;
-    while (!ready.test(await this.sh(`cat ${log}`))) {
-      if (Date.now() > deadline) throw new Error(`the guest fixture ${args} did not start: ${await this.sh(`cat ${log}`)}`);
+    while (!ready.test(await this.sh(`cat ${name}.log`))) {
+      if (Date.now() > deadline) throw new Error(`the guest fixture ${args} did not start: ${await this.sh(`cat ${name}.log`)}`);
       await Bun.sleep(300);
     }
+    return { stop: async () => void (await this.sh(`kill $(cat ${name}.pid)`)) };
   }
 
   kill(): void {
