@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
-import { e2eBlocker, freePort, Guest, Proc, runCleanups, startHostAgent, type HostAgentProc, type Sshd } from "../test/lab.ts";
+import { e2eBlocker, freePort, Guest, Proc, runCleanups, startHostAgent, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {

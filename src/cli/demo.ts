@@ -7,7 +7,7 @@ import * as http from "node:http";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { formatEventText, type HostEvent } from "../core/forward-event.ts";
+import type { HostEvent } from "../core/forward-event.ts";
 import { HostAgent } from "../host/host-agent.ts";
 import { selfCommand } from "../runtime/self.ts";
 

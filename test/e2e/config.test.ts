@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { chownSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  e2eTest, exchange, freePort, Guest, PORTHOLE, refusedSoon, startHostAgent, startPair, tryConnect, useHarness,
+  e2eTest, exchange, freePort, Guest, PORTHOLE, refusedSoon, startHostAgent, startPair, useHarness,
 } from "./harness.ts";
 
 useHarness();

@@ -131,7 +131,7 @@ describe("load", () => {
   });
 
   e2eTest("a guest listener reopened 100 times in a row is usable on the host right after each reopening", async () => {
-    const { guest, host } = await startPair();
+    const { guest } = await startPair();
     const port = await freePort();
     const controller = guest.spawn([process.execPath, join(import.meta.dir, "../fixtures/servers.ts"), "controller"], "controller", { stdin: true });
     for (let i = 0; i < 100; i++) {

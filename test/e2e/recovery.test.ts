@@ -1,7 +1,7 @@
 // The host agent rides out a restarted guest agent and a busy host port.
 import { describe, expect } from "bun:test";
 import * as net from "node:net";
-import { e2eTest, exchange, freePort, refusedSoon, startPair, tryConnect, useHarness } from "./harness.ts";
+import { e2eTest, exchange, freePort, refusedSoon, startPair, useHarness } from "./harness.ts";
 
 useHarness();
 

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as dgram from "node:dgram";
 import { join } from "node:path";
-import { echoRoundTrip, exchange, freePort, Guest, runCleanups, startHostAgent, tryConnect, refusedSoon, type HostAgentProc } from "../lab.ts";
+import { echoRoundTrip, exchange, freePort, Guest, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
 import { prepareImage, vmBlocker } from "./image.ts";
 import { Vm } from "./vm.ts";
 
