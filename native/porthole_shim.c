@@ -190,20 +190,28 @@ static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, u
 }
 
 /*
- * Listening TCP sockets and bound, unconnected UDP sockets, IPv4 and IPv6, filtered in the
- * kernel by state (TCP_LISTEN = 10; UDP's "unconnected" is TCP_CLOSE = 7). Returns the
- * number of records.
+ * Listening TCP sockets (protocols bit 0) and bound, unconnected UDP sockets (bit 1), IPv4
+ * and IPv6, filtered in the kernel by state (TCP_LISTEN = 10; UDP's "unconnected" is
+ * TCP_CLOSE = 7). A TCP dump walks only the listening table; a UDP dump walks every slot of
+ * the UDP table, which costs more, so callers may ask for it less often. Returns the number
+ * of records.
  */
-int ph_diag_listeners(uint8_t *buf, int cap) {
-  int fd = diag_socket();
+int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
+  /* One netlink socket for every dump (scans run many times a second); a failed dump
+   * drops it, and the next call opens a fresh one. */
+  static int fd = -1;
+  if (fd < 0) fd = diag_socket();
   if (fd < 0) return fd;
   int n = 0;
   const uint8_t families[] = { AF_INET, AF_INET6 };
   for (int i = 0; i < 2 && n >= 0; i++) {
-    n = dump_one(fd, families[i], IPPROTO_TCP, 1u << 10, buf, cap, n);
-    if (n >= 0) n = dump_one(fd, families[i], IPPROTO_UDP, 1u << 7, buf, cap, n);
+    if (protocols & 1) n = dump_one(fd, families[i], IPPROTO_TCP, 1u << 10, buf, cap, n);
+    if (n >= 0 && (protocols & 2)) n = dump_one(fd, families[i], IPPROTO_UDP, 1u << 7, buf, cap, n);
   }
-  close(fd);
+  if (n < 0) {
+    close(fd);
+    fd = -1;
+  }
   return n;
 }
 

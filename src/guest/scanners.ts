@@ -15,6 +15,8 @@ export interface Scanner {
 }
 
 const MAX_RECORDS = 65536;
+/** UDP is dumped on every UDP_EVERY-th scan (and after any close). */
+const UDP_EVERY = 5;
 /** Where the runtime cannot watch the netlink socket: how often to look for destroy events. */
 const EVENT_POLL_MS = 10;
 
@@ -23,23 +25,47 @@ export function procNetScanner(dir = "/proc/net"): Scanner {
 }
 
 export function netlinkScanner(shim: NativeShim): Scanner {
-  const buf = new Uint8Array(MAX_RECORDS * DIAG_RECORD_BYTES);
-  let last = Buffer.alloc(0);
+  // Small to start (a large buffer costs on every call) and grown when a dump overflows it.
+  let buf = new Uint8Array(1024 * DIAG_RECORD_BYTES);
+  const last: { tcp: Buffer; udp: Buffer } = { tcp: Buffer.alloc(0), udp: Buffer.alloc(0) };
   let lastPorts: ScanResult["ports"] = [];
+  let scans = 0;
+  let udpDue = true;
+  /** One protocol's dump as bytes (a copy), or the error. */
+  const dump = (protocols: number): Buffer | string => {
+    let n = shim.diagListeners(buf, buf.length, protocols);
+    while (shim.errnoName(n) === "ENOBUFS" && buf.length < MAX_RECORDS * DIAG_RECORD_BYTES) {
+      buf = new Uint8Array(buf.length * 4);
+      n = shim.diagListeners(buf, buf.length, protocols);
+    }
+    if (n < 0) return `sock_diag dump: ${shim.errnoName(n)} (${shim.strerror(n)})`;
+    return Buffer.from(buf.subarray(0, n * DIAG_RECORD_BYTES));
+  };
   return {
     name: "netlink sock_diag",
     scan: async () => {
-      const n = shim.diagListeners(buf, buf.length);
-      if (n < 0) return { ports: [], errors: [`sock_diag dump: ${shim.errnoName(n)} (${shim.strerror(n)})`] };
+      // TCP every scan; UDP (whose dump walks the whole UDP table) every UDP_EVERY scans, and
+      // at once after a socket closed.
+      const withUdp = udpDue || ++scans % UDP_EVERY === 0;
+      udpDue = false;
+      const tcp = dump(1);
+      const udp = withUdp ? dump(2) : last.udp;
+      const error = [tcp, udp].find((d): d is string => typeof d === "string");
+      if (error) return { ports: [], errors: [error] };
       // The kernel walks its tables in a stable order: the same bytes mean the same sockets,
-      // and an idle guest costs one dump and one memcmp per scan, not a thousand objects.
-      const raw = Buffer.from(buf.buffer, buf.byteOffset, n * DIAG_RECORD_BYTES);
-      if (raw.equals(last)) return { ports: lastPorts, errors: [], unchanged: true };
-      last = Buffer.from(raw);
-      lastPorts = diagRecordsToPorts(parseDiagRecords(buf, n));
+      // and an idle guest costs a dump and a memcmp per scan, not a thousand objects.
+      if ((tcp as Buffer).equals(last.tcp) && (udp as Buffer).equals(last.udp)) return { ports: lastPorts, errors: [], unchanged: true };
+      last.tcp = tcp as Buffer;
+      last.udp = udp as Buffer;
+      const both = Buffer.concat([last.tcp, last.udp]);
+      lastPorts = diagRecordsToPorts(parseDiagRecords(both, both.length / DIAG_RECORD_BYTES));
       return { ports: lastPorts, errors: [] };
     },
-    watchCloses(onClose) {
+    watchCloses(notify) {
+      const onClose = () => {
+        udpDue = true;
+        notify();
+      };
       const fd = shim.diagSubscribe();
       if (fd < 0) return () => {};
       // The runtime's event loop watches the netlink socket like any socket: a destroy event

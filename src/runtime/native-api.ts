@@ -12,8 +12,8 @@ export interface NativeShim {
   close(fd: number): number;
   /** fds[0], fds[1]: a connected pair of unix stream sockets. */
   socketpair(fds: Int32Array): number;
-  /** Records of 24 bytes (core/diag-record.ts decodes them). */
-  diagListeners(buf: Uint8Array, cap: number): number;
+  /** Records of 24 bytes (core/diag-record.ts decodes them); protocols: 1 TCP, 2 UDP, 3 both. */
+  diagListeners(buf: Uint8Array, cap: number, protocols: number): number;
   diagSubscribe(): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
   errnoName(err: number): string;
@@ -30,7 +30,7 @@ export const SIGNATURES = {
   ph_vsock_local_cid: { args: [], returns: "i32" },
   ph_close: { args: ["i32"], returns: "i32" },
   ph_socketpair: { args: ["ptr"], returns: "i32" },
-  ph_diag_listeners: { args: ["ptr", "i32"], returns: "i32" },
+  ph_diag_listeners: { args: ["ptr", "i32", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
@@ -51,7 +51,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     vsockLocalCid: () => num("ph_vsock_local_cid"),
     close: (fd) => num("ph_close", fd),
     socketpair: (fds) => num("ph_socketpair", fds),
-    diagListeners: (buf, cap) => num("ph_diag_listeners", buf, cap),
+    diagListeners: (buf, cap, protocols) => num("ph_diag_listeners", buf, cap, protocols),
     diagSubscribe: () => num("ph_diag_subscribe"),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
     errnoName: (err) => String(call("ph_errno_name", err)),

@@ -30,7 +30,7 @@ const portOf = (s: net.Server) => (s.address() as net.AddressInfo).port;
 
 function dump(): string[] {
   const buf = new Uint8Array(65536 * DIAG_RECORD_BYTES);
-  const n = check(shim, shim.diagListeners(buf, buf.length), "sock_diag dump");
+  const n = check(shim, shim.diagListeners(buf, buf.length, 3), "sock_diag dump");
   return diagRecordsToPorts(parseDiagRecords(buf, n)).map((p) => `${p.protocol} ${p.ip} ${p.port}`);
 }
 
