@@ -156,17 +156,20 @@ describe("load", () => {
 
 describe("bad input", () => {
   e2eTest("garbage on the agent channel and a malformed Tunnel handshake are refused; the agent keeps serving", async () => {
-    const { guest, host } = await startPair();
-    // Garbage, a truncated frame after a valid preface, and an oversized burst, each on its own
-    // connection, left open: the agent must go on serving the real host agent beside them.
+    const { guest, guestAgent, host } = await startPair();
+    // Garbage and an oversized burst are closed with a logged reason; a truncated frame after a
+    // valid preface is left to HTTP/2. The agent must go on serving the real host agent.
     const hostile: net.Socket[] = [];
-    for (const garbage of [randomBytes(4096), Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\xff\xff\xff\x00\x00"), Buffer.alloc(1 << 20, 0xff)]) {
+    for (const garbage of [randomBytes(4096), Buffer.alloc(1 << 20, 0xff), Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\xff\xff\xff\x00\x00")]) {
       const s = net.connect(guest.socket);
       s.on("error", () => {});
       s.write(garbage);
       hostile.push(s);
     }
     defer(() => hostile.forEach((s) => s.destroy()));
+    const closed = await Promise.all(hostile.slice(0, 2).map((s) => Promise.race([ended(s), Bun.sleep(10_000).then(() => "still open")])));
+    expect(closed).not.toContain("still open");
+    await guestAgent.waitFor(() => guestAgent.stderr.filter((l) => l.includes("closed a connection that is not speaking gRPC")).length >= 2 || undefined, "the rejections in the log");
     const Lima = grpc.makeGenericClientConstructor(limaGuestServiceDefinition, "GuestService");
     const client = new Lima(`unix://${guest.socket}`, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
     defer(() => client.close());
