@@ -87,7 +87,7 @@ describe("vsock (listen only: no vsock connect can complete on these machines)",
 
   e2eTest("a listen address with a CID, and a port already taken, are clear errors", async () => {
     const guest = Guest.create();
-    const withCid = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", "vsock://3:2222"], { encoding: "utf8", timeout: 20_000 });
+    const withCid = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", "vsock://42:2222"], { encoding: "utf8", timeout: 20_000 });
     expect(withCid.status).toBe(1);
     expect(withCid.stderr).toContain("to listen, leave the CID out (vsock://:2222)");
 
