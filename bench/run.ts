@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
-import { e2eBlocker, freePort, Guest, Proc, runCleanups, startHostAgent, type Sshd } from "../test/lab.ts";
+import { e2eBlocker, freePort, Guest, Proc, rssMiB, runCleanups, startHostAgent, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -73,19 +73,12 @@ function iperf(port: number, host: string, extra: string[]): { gbps: number; los
 async function waitAccepting(port: number, host = "127.0.0.1", timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (await connects(port, host)) return;
+    if ((await tryConnect(port, host)) === "connected") return;
     await Bun.sleep(50);
   }
   throw new Error(`nothing accepts on ${host}:${port}`);
 }
 
-function connects(port: number, host = "127.0.0.1"): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ port, host });
-    s.once("connect", () => (s.destroy(), resolve(true)));
-    s.once("error", () => resolve(false));
-  });
-}
 
 /** Round trips per second over one connection, and new connections per second (each one round trip). */
 async function latency(port: number, host = "127.0.0.1"): Promise<{ rrPerSec: number; connPerSec: number }> {
@@ -254,11 +247,11 @@ async function measureDetection(guest: Guest, results: Results): Promise<void> {
     child.stdin!.write(`open ${port}\n`);
     // Both processes read the same wall clock (sub-millisecond: timeOrigin + now()).
     const opened = Number((await controller.waitForLine(new RegExp(`^opened ${port} `))).split(" ")[2]);
-    while (!(await connects(port))) await Bun.sleep(1);
+    while ((await tryConnect(port)) !== "connected") await Bun.sleep(1);
     opens.push(now() - opened);
     child.stdin!.write(`close ${port}\n`);
     const closed = Number((await controller.waitForLine(new RegExp(`^closed ${port} `))).split(" ")[2]);
-    while (await connects(port)) await Bun.sleep(1);
+    while ((await tryConnect(port)) === "connected") await Bun.sleep(1);
     closes.push(now() - closed);
   }
   results.detection = { openP50: percentile(opens, 50), openP95: percentile(opens, 95), closeP50: percentile(closes, 50), closeP95: percentile(closes, 95), tries: DETECT_TRIES };
@@ -296,7 +289,7 @@ async function measureCost(guest: Guest, agent: Proc, echoPort: number, results:
       sockets.push(s);
     })));
   }
-  const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${host.proc.child.pid}/status`, "utf8"))![1]) / 1024;
+  const rss = rssMiB(host.proc.child.pid!);
   results.cost = { guestIdleCpuPercent: results.cost.guestIdleCpuPercent, hostRssMiB: rss, listeners, established: pairs * 2, connections };
   log(`cost: guest agent ${results.cost.guestIdleCpuPercent.toFixed(2)}% of a core idle beside ${listeners} listeners and ${pairs * 2} established sockets; host agent ${rss.toFixed(0)} MiB with ${connections} connections`);
   for (const s of sockets) s.destroy();

@@ -571,3 +571,10 @@ export async function refusedSoon(port: number, host = "127.0.0.1", timeoutMs = 
   }
   return result;
 }
+
+/** Runs a porthole command to completion (inside `netns` when given). */
+export function runPorthole(args: string[], options: { netns?: string; timeoutMs?: number } = {}): { code: number | null; stdout: string; stderr: string } {
+  const argv = [...(options.netns ? ["ip", "netns", "exec", options.netns] : []), ...PORTHOLE, ...args];
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: options.timeoutMs ?? 30_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}

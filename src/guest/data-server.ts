@@ -1,11 +1,11 @@
 // The guest end of porthole's raw data path: a stream whose header names a target and the
 // session secret; the guest dials the target and then only relays bytes, kernel socket to
-// kernel socket, with half-close both ways and backpressure through pipe().
+// kernel socket, with half-close both ways and backpressure (transport/tunnel-relay.ts).
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { resetSocket } from "../transport/tunnel-relay.ts";
+import { resetSocket, spliceSockets } from "../transport/tunnel-relay.ts";
 
 export function newDataSecret(): string {
   return randomBytes(24).toString("hex");
@@ -38,19 +38,21 @@ export function handleDataStream(stream: net.Socket, secret: string): void {
     }
     const upstream = net.connect(dial);
     if (header.rest.length) upstream.write(header.rest);
-    let connected = false;
+    // Until the target answers: a refusal is said in the status byte (the host resets its
+    // client), and a host that goes away takes the half-made connection with it.
+    const refused = () => stream.end(Buffer.of(STATUS_FAILED));
+    const hostGone = () => resetSocket(upstream);
+    upstream.once("error", refused);
+    stream.once("error", hostGone);
+    stream.once("close", hostGone);
     upstream.once("connect", () => {
-      connected = true;
+      upstream.off("error", refused);
+      stream.off("error", hostGone);
+      stream.off("close", hostGone);
       stream.write(Buffer.of(STATUS_CONNECTED));
-      stream.pipe(upstream);
-      upstream.pipe(stream);
+      spliceSockets(stream, upstream);
       stream.resume();
     });
-    // A refused target: say so (the host resets its client); a later failure: reset.
-    upstream.once("error", () => (connected ? resetSocket(stream) : stream.end(Buffer.of(STATUS_FAILED))));
-    stream.once("error", () => resetSocket(upstream));
-    stream.once("close", () => upstream.writableEnded || resetSocket(upstream));
-    upstream.once("close", () => stream.writableEnded || resetSocket(stream));
   };
   stream.on("data", onData);
   stream.once("error", () => clearTimeout(timer));

@@ -5,10 +5,8 @@ import { guestServiceDefinition, portholeServiceDefinition } from "../proto/gues
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
-import type * as net from "node:net";
-import { socketFromFd } from "../runtime/fd-socket.ts";
-import { loadNative } from "../runtime/native.ts";
 import { handleDataStream, newDataSecret } from "./data-server.ts";
+import { checkPreface } from "./preface-check.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
@@ -54,7 +52,7 @@ export class GuestAgent {
       for (const address of this.options.listen) {
         const served = await serveTransport(
           address,
-          (socket) => void checkPreface(socket, address, this.options.log, (s) => injector.injectConnection(s)),
+          (socket) => checkPreface(socket, formatTransportAddress(address), this.options.log, (s) => injector.injectConnection(s)),
           this.options,
         );
         this.served.push(served);
@@ -84,54 +82,4 @@ function dataEndpointFor(address: TransportAddress): TransportAddress | undefine
   if (address.kind === "unix") return { kind: "unix", path: `${address.path}.data` };
   if (address.kind === "vsock") return { kind: "vsock", port: address.port + 1 };
   return undefined;
-}
-
-
-const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-
-/**
- * Hands a connection to the gRPC server only once its first bytes are the HTTP/2 preface;
- * anything else (garbage, a port scanner, another protocol) is logged and closed here, as the
- * HTTP/2 layer would keep it open without a word. The bytes already read cannot be put back
- * into a socket the HTTP/2 layer then owns (Bun loses them), so an accepted connection
- * reaches gRPC through a socketpair that replays them; without the shim, it goes unchecked.
- */
-async function checkPreface(socket: net.Socket, address: TransportAddress, log: (line: string) => void, serve: (s: net.Socket) => void): Promise<void> {
-  const { shim } = await loadNative();
-  if (!shim) return serve(socket);
-  let seen = Buffer.alloc(0);
-  const reject = (why: string) => {
-    log(`${formatTransportAddress(address)}: closed a connection that ${why}`);
-    socket.destroy();
-  };
-  const timer = setTimeout(() => reject("sent no HTTP/2 preface within 10 s"), 10_000);
-  const onData = (chunk: Buffer) => {
-    seen = Buffer.concat([seen, chunk]);
-    const n = Math.min(seen.length, HTTP2_PREFACE.length);
-    if (!seen.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n))) {
-      clearTimeout(timer);
-      socket.off("data", onData);
-      return reject(`is not speaking gRPC (${seen.length} bytes that are not an HTTP/2 preface)`);
-    }
-    if (seen.length < HTTP2_PREFACE.length) return;
-    clearTimeout(timer);
-    socket.off("data", onData);
-    const fds = new Int32Array(2);
-    if (shim.socketpair(fds) < 0) return reject("could not be relayed (socketpair failed)");
-    const inner = socketFromFd(fds[0]!);
-    const outer = socketFromFd(fds[1]!);
-    outer.write(seen);
-    socket.pipe(outer);
-    outer.pipe(socket);
-    const close = () => (socket.destroy(), outer.destroy());
-    socket.once("close", close);
-    outer.once("close", close);
-    socket.once("error", close);
-    outer.once("error", close);
-    serve(inner);
-  };
-  socket.on("data", onData);
-  socket.resume(); // a transport may hand it over paused (TCP, after reading the token)
-  socket.once("end", () => clearTimeout(timer));
-  socket.once("error", () => clearTimeout(timer));
 }

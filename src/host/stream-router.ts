@@ -5,7 +5,7 @@
 //   ssh     - a direct-tcpip channel (when the SSH forwarder is chosen).
 // A path that fails to connect falls back to gRPC for that connection.
 import { existsSync } from "node:fs";
-import * as net from "node:net";
+import type * as net from "node:net";
 import { networkInterfaces } from "node:os";
 import { isUnspecified, parseHostPort } from "../core/address.ts";
 import { encodeDataHeader, STATUS_CONNECTED } from "../core/data-header.ts";
@@ -14,7 +14,7 @@ import { onLocalSubnet, type InterfaceAddress } from "../core/subnet.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { resetSocket } from "../transport/tunnel-relay.ts";
+import { resetSocket, spliceSockets } from "../transport/tunnel-relay.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
 import type { SshForwarder } from "./ssh-forwarder.ts";
 
@@ -57,7 +57,7 @@ export class StreamRouter {
       case "grpc":
         return this.grpc.forwardStream(socket, plan);
       case "direct":
-        return this.splice(socket, plan, () => connectTcp(this.directTarget(plan)!));
+        return this.splice(socket, plan, () => dialTransport({ kind: "tcp", ...this.directTarget(plan)! }, DIAL_TIMEOUT_MS, { allowHalfOpen: true }));
       case "fast":
         return this.splice(socket, plan, () => this.openDataStream(plan));
     }
@@ -92,13 +92,8 @@ export class StreamRouter {
     dial().then(
       (upstream) => {
         if (client.destroyed) return void upstream.destroy();
-        client.pipe(upstream);
-        upstream.pipe(client);
+        spliceSockets(client, upstream);
         client.resume();
-        upstream.once("error", () => resetSocket(client));
-        client.once("error", () => resetSocket(upstream));
-        client.once("close", () => upstream.writableEnded || resetSocket(upstream));
-        upstream.once("close", () => client.writableEnded || resetSocket(client));
       },
       (err) => {
         if (client.destroyed) return;
@@ -144,15 +139,6 @@ export class StreamRouter {
 
 function sameDirectory(a: string, b: string): boolean {
   return a.slice(0, a.lastIndexOf("/")) === b.slice(0, b.lastIndexOf("/"));
-}
-
-function connectTcp(target: { host: string; port: number }): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ ...target, allowHalfOpen: true, noDelay: true });
-    const timer = setTimeout(() => (s.destroy(), reject(new Error("timeout"))), DIAL_TIMEOUT_MS);
-    s.once("connect", () => (clearTimeout(timer), resolve(s)));
-    s.once("error", (err) => (clearTimeout(timer), reject(err)));
-  });
 }
 
 /** The guest reached the data path but not the target (nothing listens there). */

@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { dialTransport } from "./dial.ts";
 import { tokenLine } from "./token.ts";
+import { spliceSockets } from "./tunnel-relay.ts";
 import { dialVsock } from "./vsock.ts";
 
 const DIAL_TIMEOUT_MS = 5000;
@@ -48,14 +49,8 @@ export function relayThroughUnix(dial: () => Promise<net.Socket>): ClientTarget 
     local.pause();
     dial().then(
       (remote) => {
-        local.pipe(remote);
-        remote.pipe(local);
+        spliceSockets(local, remote);
         local.resume();
-        const close = () => (local.destroy(), remote.destroy());
-        local.once("error", close);
-        remote.once("error", close);
-        local.once("close", close);
-        remote.once("close", close);
       },
       () => local.destroy(),
     );

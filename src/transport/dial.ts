@@ -26,10 +26,11 @@ function connectSocket(address: Extract<TransportAddress, { kind: "unix" | "tcp"
       address.kind === "unix"
         ? net.connect({ path: address.path, allowHalfOpen })
         : net.connect({ host: address.host, port: address.port, noDelay: true, allowHalfOpen });
-    const fail = (err: Error) => {
+    const fail = (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       socket.destroy();
-      reject(new Error(`cannot connect to ${name}: ${err.message}`));
+      // The errno code stays: callers tell "refused" from "unreachable" by it.
+      reject(Object.assign(new Error(`cannot connect to ${name}: ${err.message}`), { code: err.code }));
     };
     const timer = setTimeout(() => fail(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
     socket.once("error", fail);

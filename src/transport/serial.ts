@@ -6,9 +6,8 @@
 // the port opened again for the next one.
 import { openSync, closeSync, createReadStream, createWriteStream } from "node:fs";
 import type * as net from "node:net";
-import { check } from "../runtime/native-api.ts";
 import { loadNative } from "../runtime/native.ts";
-import { socketFromFd } from "../runtime/fd-socket.ts";
+import { socketPair } from "./socketpair.ts";
 
 const REOPEN_MS = 200;
 
@@ -23,19 +22,17 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
   let current: { fd: number; inner: net.Socket; outer: net.Socket } | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
 
-  const open = () => {
+  const reopen = (ms: number) => (timer = setTimeout(() => void open(), ms));
+  const open = async () => {
     if (closed) return;
     let fd: number;
     try {
       fd = openSync(path, "r+");
     } catch (err) {
-      timer = setTimeout(open, REOPEN_MS * 5); // the device may appear later (or the host re-attach)
+      reopen(REOPEN_MS * 5); // the device may appear later (or the host re-attach)
       return void log(`serial ${path}: ${(err as Error).message}; retrying`);
     }
-    const fds = new Int32Array(2);
-    check(shim, shim.socketpair(fds), "socketpair");
-    const inner = socketFromFd(fds[0]!); // the agent's side
-    const outer = socketFromFd(fds[1]!); // joined to the device
+    const [inner, outer] = (await socketPair())!; // the agent's side, and the side joined to the device
     const reader = createReadStream("", { fd, autoClose: false, highWaterMark: 64 * 1024 });
     const writer = createWriteStream("", { fd, autoClose: false });
     reader.pipe(outer);
@@ -58,7 +55,7 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
           // already closed
         }
         if (current === session) current = undefined;
-        timer = setTimeout(open, REOPEN_MS);
+        reopen(REOPEN_MS);
       }, 0);
     };
     reader.once("end", end); // the host went away
@@ -67,7 +64,7 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
     inner.once("close", end);
     onConnection(inner);
   };
-  open();
+  await open();
   return {
     close() {
       closed = true;

@@ -46,3 +46,17 @@ export function resetSocket(socket: net.Socket): void {
   }
   socket.destroy();
 }
+
+/**
+ * Joins two connected sockets, kernel socket to kernel socket: pipe() each way (backpressure
+ * and half-close come with it). A side that fails, or closes before it ended its writing,
+ * resets the other, so neither peer is left hanging.
+ */
+export function spliceSockets(a: net.Socket, b: net.Socket): void {
+  a.pipe(b);
+  b.pipe(a);
+  for (const [one, other] of [[a, b], [b, a]] as const) {
+    one.once("error", () => resetSocket(other));
+    one.once("close", () => other.writableEnded || resetSocket(other));
+  }
+}

@@ -3,14 +3,11 @@ import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
-import { useHarness, e2eTest, Guest, PORTHOLE } from "./harness.ts";
+import { e2eTest, Guest, PORTHOLE, runPorthole, useHarness } from "./harness.ts";
 
 useHarness();
 
-function porthole(args: string[], timeoutMs = 30_000) {
-  const r = spawnSync(PORTHOLE[0]!, [...PORTHOLE.slice(1), ...args], { encoding: "utf8", timeout: timeoutMs });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const porthole = (args: string[], timeoutMs?: number) => runPorthole(args, { timeoutMs });
 
 describe("command line", () => {
   e2eTest("--help lists the roles and --version prints the version", () => {

@@ -1,11 +1,10 @@
 // Config files end to end: start-up errors, reload (SIGHUP and --watch-config), static
 // forwards, IPv6 localhost, and privileged host ports.
 import { describe, expect } from "bun:test";
-import { spawnSync } from "node:child_process";
 import { chownSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  e2eTest, exchange, freePort, Guest, PORTHOLE, refusedSoon, startHostAgent, startPair, useHarness,
+  e2eTest, exchange, freePort, Guest, refusedSoon, runPorthole, startHostAgent, startPair, useHarness,
 } from "./harness.ts";
 
 useHarness();
@@ -16,11 +15,8 @@ describe("config file", () => {
   e2eTest("a bad config stops the agent at start-up with file:line:col and the field", async () => {
     const guest = Guest.create();
     const file = guest.writeFile("bad.yaml", "portForwards:\n- guestPort: 8080\n  hostPortt: 80\n");
-    const r = spawnSync(PORTHOLE[0]!, [...PORTHOLE.slice(1), "host", "--guest", `unix://${guest.socket}`, "--config", file], {
-      encoding: "utf8",
-      timeout: 20_000,
-    });
-    expect(r.status).toBe(1);
+    const r = runPorthole(["host", "--guest", `unix://${guest.socket}`, "--config", file]);
+    expect(r.code).toBe(1);
     expect(r.stderr).toBe(`porthole: invalid config:\n  ${file}:3:3: portForwards[0].hostPortt: unknown field\n`);
   });
 

@@ -2,7 +2,7 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
-import { echoRoundTrip, e2eTest, exchange, freePort, Guest, startHostAgent, startPair, useHarness } from "./harness.ts";
+import { echoRoundTrip, e2eTest, exchange, freePort, Guest, rssMiB, startHostAgent, startPair, useHarness } from "./harness.ts";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
@@ -59,8 +59,7 @@ describe.each(["grpc", "fast"])("backpressure over %s", (forwarder) => {
     socket.destroy();
     // Kernel socket buffers plus one HTTP/2 stream window (16 MiB) and relay buffers.
     expect(accepted).toBeLessThan(128 << 20);
-    const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(await Bun.file(`/proc/${host.proc.child.pid}/status`).text())![1]);
-    expect(rssKiB).toBeLessThan(256 << 10);
+    expect(rssMiB(host.proc.child.pid!)).toBeLessThan(256);
   });
 });
 

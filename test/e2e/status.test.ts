@@ -1,17 +1,14 @@
 // porthole status (table, JSON, watch, metrics), labels, and the next-free conflict policy.
 import { describe, expect } from "bun:test";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { statSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
-import { e2eTest, exchange, freePort, Guest, PORTHOLE, Proc, defer, startHostAgent, useHarness } from "./harness.ts";
+import { defer, e2eTest, exchange, freePort, Guest, PORTHOLE, Proc, runPorthole, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
-function status(control: string, ...flags: string[]) {
-  const r = spawnSync(PORTHOLE[0]!, [...PORTHOLE.slice(1), "status", "--control", control, ...flags], { encoding: "utf8", timeout: 20_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const status = (control: string, ...flags: string[]) => runPorthole(["status", "--control", control, ...flags]);
 
 describe("porthole status", () => {
   e2eTest("the table, the JSON list and the metrics show forwards with their rule, label and traffic", async () => {

@@ -2,10 +2,9 @@
 // device, socat standing in for QEMU's chardev socket), TCP with its token, and vsock as far
 // as this machine allows (listening; no vsock connect can complete here).
 import { describe, expect } from "bun:test";
-import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, startHostAgent, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, runPorthole, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -47,8 +46,8 @@ describe("TCP agent channel", () => {
     const agentPort = await freePort();
     const addr = `tcp://${guestIP}:${agentPort}`;
 
-    const noToken = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", addr], { encoding: "utf8", timeout: 20_000 });
-    expect(noToken.status).toBe(1);
+    const noToken = runPorthole(["guest", "--listen", addr], { netns: guest.ns });
+    expect(noToken.code).toBe(1);
     expect(noToken.stderr).toContain("a TCP agent channel needs --token-file");
 
     const agent = guest.spawn([...PORTHOLE, "guest", "--listen", addr, "--token-file", tokenFile], "guest agent");
@@ -87,15 +86,15 @@ describe("vsock (listen only: no vsock connect can complete on these machines)",
 
   e2eTest("a listen address with a CID, and a port already taken, are clear errors", async () => {
     const guest = Guest.create();
-    const withCid = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", "vsock://42:2222"], { encoding: "utf8", timeout: 20_000 });
-    expect(withCid.status).toBe(1);
+    const withCid = runPorthole(["guest", "--listen", "vsock://42:2222"], { netns: guest.ns });
+    expect(withCid.code).toBe(1);
     expect(withCid.stderr).toContain("to listen, leave the CID out (vsock://:2222)");
 
     const vsockPort = 20_000 + Math.floor(Math.random() * 40_000);
     const first = guest.spawn([...PORTHOLE, "guest", "--listen", `vsock://:${vsockPort}`], "first agent");
     await first.waitForLine(/serving on vsock:/, "stderr");
-    const second = spawnSync("ip", ["netns", "exec", guest.ns, ...PORTHOLE, "guest", "--listen", `vsock://:${vsockPort}`], { encoding: "utf8", timeout: 20_000 });
-    expect(second.status).toBe(1);
+    const second = runPorthole(["guest", "--listen", `vsock://:${vsockPort}`], { netns: guest.ns });
+    expect(second.code).toBe(1);
     expect(second.stderr).toContain(`vsock listen on port ${vsockPort}: EADDRINUSE`);
   });
 });

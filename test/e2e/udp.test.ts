@@ -115,7 +115,6 @@ describe("UDP", () => {
     try {
       const payload = Buffer.alloc(512, 1);
       for (let i = 0; i < 10_000; i++) client.send(payload);
-      await Bun.sleep(200);
       const deadline = Date.now() + 10_000;
       while (!client.received.some((m) => m.toString() === "still alive?")) {
         if (Date.now() > deadline) throw new Error("the forward stopped answering after the burst");

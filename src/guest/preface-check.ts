@@ -1,0 +1,48 @@
+// Hands an agent connection to the gRPC server only once its first bytes are the HTTP/2
+// preface; anything else (garbage, a port scanner, another protocol) is logged and closed
+// here, as the HTTP/2 layer would keep it open without a word. The bytes already read cannot
+// be put back into a socket the HTTP/2 layer then owns (Bun loses them), so an accepted
+// connection reaches gRPC through a socketpair that replays them; without the shim, it goes
+// unchecked.
+import type * as net from "node:net";
+import { socketPair } from "../transport/socketpair.ts";
+import { spliceSockets } from "../transport/tunnel-relay.ts";
+
+const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+const PREFACE_TIMEOUT_MS = 10_000;
+
+export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: net.Socket) => void): void {
+  let seen = Buffer.alloc(0);
+  const reject = (why: string) => {
+    log(`${name}: closed a connection that ${why}`);
+    socket.destroy();
+  };
+  const timer = setTimeout(() => reject(`sent no HTTP/2 preface within ${PREFACE_TIMEOUT_MS / 1000} s`), PREFACE_TIMEOUT_MS);
+  const onData = (chunk: Buffer) => {
+    seen = Buffer.concat([seen, chunk]);
+    const n = Math.min(seen.length, HTTP2_PREFACE.length);
+    if (!seen.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n))) {
+      clearTimeout(timer);
+      socket.off("data", onData);
+      return reject(`is not speaking gRPC (${seen.length} bytes that are not an HTTP/2 preface)`);
+    }
+    if (seen.length < HTTP2_PREFACE.length) return;
+    clearTimeout(timer);
+    socket.off("data", onData);
+    socket.pause();
+    void socketPair().then(
+      (pair) => {
+        if (!pair) return reject("could not be relayed (no native shim for a socketpair)");
+        const [inner, outer] = pair;
+        outer.write(seen);
+        spliceSockets(socket, outer);
+        serve(inner);
+      },
+      (err: Error) => reject(`could not be relayed (${err.message})`),
+    );
+  };
+  socket.on("data", onData);
+  socket.resume(); // a transport may hand it over paused (TCP, after reading the token)
+  socket.once("end", () => clearTimeout(timer));
+  socket.once("error", () => clearTimeout(timer));
+}
