@@ -41,7 +41,7 @@ export function relayFixingAuthority(client: net.Socket, server: net.Socket, fir
   }
 
   let mode: Mode = "undecided";
-  let pending = Buffer.alloc(0);
+  let pending: Buffer = Buffer.alloc(0);
   let prefaceLeft = PREFACE_BYTES;
   /** Bytes left of a frame that passes through unchanged (DATA, SETTINGS, …). */
   let passLeft = 0;
@@ -60,7 +60,7 @@ export function relayFixingAuthority(client: net.Socket, server: net.Socket, fir
     block = undefined;
     decoder.write(Buffer.concat(b.fragments));
     decoder.execute();
-    const headers: { name: string; value: string }[] = [];
+    const headers: { name: string; value: string; neverIndex?: boolean }[] = [];
     for (let h = decoder.read(); h !== null; h = decoder.read()) headers.push(h);
     if (mode === "undecided") {
       const authority = headers.find((h) => h.name === ":authority");
