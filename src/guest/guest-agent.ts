@@ -6,6 +6,7 @@ import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret } from "./data-server.ts";
+import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
@@ -21,6 +22,8 @@ export interface GuestAgentOptions {
   token?: string;
   /** vsock: accept peers other than the host (CID 2). */
   vsockAnyCid?: boolean;
+  /** Where the last port state sent is kept across restarts (Lima's --runtime-dir). */
+  runtimeDir?: string;
   log: (line: string) => void;
 }
 
@@ -39,7 +42,11 @@ export class GuestAgent {
     const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
     this.watcher = new PortWatcher(interval, scanner);
-    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
+    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers({
+      watcher: this.watcher,
+      eventState: new EventState(this.options.runtimeDir, this.options.log),
+      log: this.options.log,
+    }));
     const dataEndpoints: string[] = [];
     this.grpcServer.addService(
       portholeServiceDefinition,
