@@ -3,7 +3,9 @@
 // - As Lima's host agent (empty :authority) driving porthole's guest agent, on Bun and Node.
 // - As Lima's guest agent with grpc-go's default keepalive enforcement, under porthole's host.
 import { describe, expect } from "bun:test";
-import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import * as net from "node:net";
 import { join, resolve } from "node:path";
 import hpack from "hpack.js";
@@ -203,4 +205,55 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     await host.proc.waitFor(() => (received === "before after" ? true : undefined), "the echo after 155 s idle");
     expect(host.events.filter((e) => e.type === "guest-disconnected")).toEqual([]);
   }, 200_000);
+});
+
+describe("porthole stands in for lima-guestagent", () => {
+  e2eTest("`lima-guestagent daemon --socket-owner UID --runtime-dir DIR` (a symlink) serves Lima's default socket to a C-core Lima host", async () => {
+    requirePeer();
+    if (PORTHOLE.length !== 1) throw new Error("this test runs the compiled binary under another name: set PORTHOLE_BIN (make test does)");
+    const guest = Guest.create();
+    const alias = join(guest.dir, "lima-guestagent");
+    symlinkSync(PORTHOLE[0]!, alias);
+    const runtimeDir = join(guest.dir, "runtime");
+    // A private /run (a mount namespace of its own), so Lima's fixed /run/lima-guestagent.sock
+    // never touches this machine's; the test reaches it through /proc/PID/root.
+    const agent = guest.spawn(
+      ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$0" "$@"', alias, "daemon", "--socket-owner", "4242", "--runtime-dir", runtimeDir, "--debug=false"],
+      "lima-guestagent daemon",
+    );
+    await agent.waitForLine(/serving on unix:\/\/\/run\/lima-guestagent\.sock/, "stderr");
+    const socket = `/proc/${agent.child.pid}/root/run/lima-guestagent.sock`;
+    const st = statSync(socket);
+    expect([st.uid, st.mode & 0o777]).toEqual([4242, 0o600]);
+    const port = await freePort();
+    await guest.startEcho("127.0.0.1", port);
+    const host = limaHost(guest, `unix://${socket}`);
+    expect(has((await host.ask({ op: "info" })).ports as Port[], "tcp", port)).toBe(true);
+    await host.ask({ op: "events", stream: "a" });
+    await host.proc.waitFor(() => host.replies().find((r) => r.op === "event"), "the first event");
+    // The last state sent is kept in the runtime directory, in Lima's file.
+    await agent.waitFor(() => (existsSync(join(runtimeDir, "event-state.json")) ? true : undefined), "event-state.json");
+    const saved = JSON.parse(readFileSync(join(runtimeDir, "event-state.json"), "utf8")) as { ports: Port[] };
+    expect(has(saved.ports, "tcp", port)).toBe(true);
+  });
+
+  e2eTest("`lima-guestagent install-systemd` with Lima's flags writes Lima's unit, starting `guest daemon` with them", () => {
+    if (PORTHOLE.length !== 1) throw new Error("this test runs the compiled binary under another name: set PORTHOLE_BIN (make test does)");
+    const dir = mkdtempSync(join(tmpdir(), "porthole-unit-"));
+    defer(() => rmSync(dir, { recursive: true, force: true }));
+    const alias = join(dir, "lima-guestagent");
+    symlinkSync(PORTHOLE[0]!, alias);
+    const root = join(dir, "root");
+    const run = (...args: string[]) => spawnSync(alias, args, { encoding: "utf8" });
+    // Exactly as Lima's boot script (25-guestagent-base.sh) calls it, plus --root for the test.
+    const first = run("install-systemd", "--debug=false", "--guestagent-updated=false", "--vsock-port", "2222", "--root", root);
+    expect(first.status).toBe(0);
+    const unit = readFileSync(join(root, "etc/systemd/system/lima-guestagent.service"), "utf8");
+    expect(unit).toContain(`ExecStart=${PORTHOLE[0]} guest daemon --vsock-port 2222 --runtime-dir="%t/%N"\n`);
+    expect(unit).toContain("Restart=on-failure");
+    expect(run("install-systemd", "--debug=false", "--guestagent-updated=false", "--vsock-port", "2222", "--root", root).stderr).toContain("up-to-date");
+    const owner = run("install-systemd", "--debug=true", "--guestagent-updated=false", "--socket-owner", "501", "--root", root);
+    expect(owner.status).toBe(0);
+    expect(readFileSync(join(root, "etc/systemd/system/lima-guestagent.service"), "utf8")).toContain(" guest daemon --socket-owner 501 --debug --runtime-dir=");
+  });
 });
