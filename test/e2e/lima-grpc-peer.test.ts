@@ -204,6 +204,8 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     client.write("after");
     await host.proc.waitFor(() => (received === "before after" ? true : undefined), "the echo after 155 s idle");
     expect(host.events.filter((e) => e.type === "guest-disconnected")).toEqual([]);
+    // grpc-js says so on stderr when a server sends GOAWAY ENHANCE_YOUR_CALM (too_many_pings).
+    expect(host.proc.stderr.filter((l) => l.includes("excess pings"))).toEqual([]);
   }, 200_000);
 });
 

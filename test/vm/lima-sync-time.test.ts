@@ -1,0 +1,63 @@
+// Lima's SyncTime setting a real clock: only inside the QEMU VM, whose clock is its own (this
+// machine's clock is never touched). A C-core client behaving as Lima's host agent
+// (test/fixtures/lima_grpc_peer.py) talks to the guest agent over the VM's virtio-serial port
+// and sends a host time 30 s ahead; the VM's `date` moves.
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { join, resolve } from "node:path";
+import { Guest, runCleanups, type Proc } from "../lab.ts";
+import { prepareImage, vmBlocker } from "./image.ts";
+import { Vm } from "./vm.ts";
+
+setDefaultTimeout(120_000);
+const blocker = vmBlocker();
+if (blocker && process.env.CI) throw new Error(`${blocker}; CI=true forbids skipping the VM tests`);
+const vmTest = (blocker ? test.skip : test) as typeof test;
+
+const REPO = resolve(import.meta.dir, "../..");
+let vm: Vm | undefined;
+let lima: Proc | undefined;
+
+beforeAll(async () => {
+  if (blocker) return;
+  vm = await Vm.boot(prepareImage());
+  // Only for spawning: the client runs on this machine and reaches the VM's chardev socket.
+  const scratch = Guest.create();
+  lima = scratch.spawn(["/usr/bin/python3", join(REPO, "test/fixtures/lima_grpc_peer.py"), "host", join(REPO, "proto/guestservice.proto"), `unix://${vm.chardev}`], "C-core Lima host", { stdin: true });
+});
+
+afterAll(async () => {
+  vm?.kill();
+  await runCleanups();
+});
+
+async function syncTime(offsetMs: number): Promise<{ adjusted: boolean; driftMs: string; error: string }> {
+  const answers = () => lima!.stdout.filter((l) => l.includes('"op": "synctime"'));
+  const before = answers().length;
+  lima!.child.stdin!.write(`${JSON.stringify({ op: "synctime", offsetMs })}\n`);
+  return JSON.parse(await lima!.waitFor(() => answers()[before], "the SyncTime answer", 60_000));
+}
+
+async function guestSecondsAhead(): Promise<number> {
+  const guestNow = Number((await vm!.sh("date +%s")).trim());
+  return guestNow - Date.now() / 1000;
+}
+
+describe("SyncTime in a real VM", () => {
+  vmTest("a host time 30 s ahead sets the guest clock (adjusted, drift reported); back in step it is left alone", async () => {
+    const ahead = await syncTime(30_000);
+    expect(ahead).toMatchObject({ adjusted: true, error: "" });
+    expect(Number(ahead.driftMs)).toBeLessThan(-29_000);
+    expect(Number(ahead.driftMs)).toBeGreaterThan(-31_000);
+    const skew = await guestSecondsAhead();
+    expect(skew).toBeGreaterThan(25);
+    expect(skew).toBeLessThan(35);
+
+    const back = await syncTime(0);
+    expect(back).toMatchObject({ adjusted: true, error: "" });
+    expect(Math.abs(await guestSecondsAhead())).toBeLessThan(5);
+
+    const inStep = await syncTime(0);
+    expect(inStep).toMatchObject({ adjusted: false, error: "" });
+    expect(Math.abs(Number(inStep.driftMs))).toBeLessThan(100);
+  });
+});
