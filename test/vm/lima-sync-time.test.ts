@@ -30,21 +30,33 @@ afterAll(async () => {
   await runCleanups();
 });
 
-async function syncTime(offsetMs: number): Promise<{ adjusted: boolean; driftMs: string; error: string }> {
-  const answers = () => lima!.stdout.filter((l) => l.includes('"op": "synctime"'));
+async function ask(cmd: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const answers = () => lima!.stdout.filter((l) => l.includes(`"op": "${cmd.op}"`));
   const before = answers().length;
-  lima!.child.stdin!.write(`${JSON.stringify({ op: "synctime", offsetMs })}\n`);
-  return JSON.parse(await lima!.waitFor(() => answers()[before], "the SyncTime answer", 60_000));
+  lima!.child.stdin!.write(`${JSON.stringify(cmd)}\n`);
+  return JSON.parse(await lima!.waitFor(() => answers()[before], `the ${cmd.op} answer`, 60_000));
+}
+
+async function syncTime(offsetMs: number): Promise<{ adjusted: boolean; driftMs: string; error: string }> {
+  return (await ask({ op: "synctime", offsetMs })) as { adjusted: boolean; driftMs: string; error: string };
 }
 
 async function guestSecondsAhead(): Promise<number> {
-  const guestNow = Number((await vm!.sh("date +%s")).trim());
+  // The console echoes the command too: the answer is the line that is only digits.
+  const out = await vm!.sh("date +%s");
+  const guestNow = Number(/^(\d{9,})$/m.exec(out)?.[1] ?? NaN);
+  if (Number.isNaN(guestNow)) throw new Error(`no time in the VM's answer: ${JSON.stringify(out)}`);
   return guestNow - Date.now() / 1000;
 }
 
 describe("SyncTime in a real VM", () => {
   vmTest("a host time 30 s ahead sets the guest clock (adjusted, drift reported); back in step it is left alone", async () => {
+    // The guest agent may still be starting: GetInfo until it answers (TCG is slow).
+    for (let tries = 0; (await ask({ op: "info" })).code !== undefined; tries++) {
+      if (tries > 6) throw new Error(`the VM's guest agent does not answer:\n${await vm!.sh("cat /tmp/agent.log")}`);
+    }
     const ahead = await syncTime(30_000);
+    if (!ahead.adjusted) console.error(await vm!.sh("cat /tmp/agent.log"));
     expect(ahead).toMatchObject({ adjusted: true, error: "" });
     expect(Number(ahead.driftMs)).toBeLessThan(-29_000);
     expect(Number(ahead.driftMs)).toBeGreaterThan(-31_000);
