@@ -4,7 +4,7 @@
 // and sends a host time 30 s ahead; the VM's `date` moves.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join, resolve } from "node:path";
-import { Guest, runCleanups, type Proc } from "../lab.ts";
+import { Guest, runCleanups, startHostAgent, type Proc } from "../lab.ts";
 import { prepareImage, vmBlocker } from "./image.ts";
 import { Vm } from "./vm.ts";
 
@@ -16,12 +16,13 @@ const vmTest = (blocker ? test.skip : test) as typeof test;
 const REPO = resolve(import.meta.dir, "../..");
 let vm: Vm | undefined;
 let lima: Proc | undefined;
+let scratch: Guest;
 
 beforeAll(async () => {
   if (blocker) return;
   vm = await Vm.boot(prepareImage());
   // Only for spawning: the client runs on this machine and reaches the VM's chardev socket.
-  const scratch = Guest.create();
+  scratch = Guest.create();
   lima = scratch.spawn(["/usr/bin/python3", join(REPO, "test/fixtures/lima_grpc_peer.py"), "host", join(REPO, "proto/guestservice.proto"), `unix://${vm.chardev}`], "C-core Lima host", { stdin: true });
 });
 
@@ -71,5 +72,18 @@ describe("SyncTime in a real VM", () => {
     const inStep = await syncTime(0);
     expect(inStep).toMatchObject({ adjusted: false, error: "" });
     expect(Math.abs(Number(inStep.driftMs))).toBeLessThan(100);
+  });
+
+  vmTest("porthole host --sync-time brings a guest clock 30 s ahead back to the host's", async () => {
+    const ahead = await syncTime(30_000);
+    expect(ahead.adjusted).toBe(true);
+    expect(await guestSecondsAhead()).toBeGreaterThan(25);
+    // The virtio-serial port carries one agent connection: the C-core client makes room.
+    await lima!.kill();
+    const host = startHostAgent(scratch, ["--guest", `unix://${vm!.chardev}`, "--sync-time"]);
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to reach the VM's agent", 60_000);
+    await host.proc.waitFor(() => host.proc.stderr.find((l) => l.includes("Guest clock was")), "the host agent to set the guest clock", 30_000);
+    expect(Math.abs(await guestSecondsAhead())).toBeLessThan(5);
+    expect(host.events.filter((e) => e.type === "warning")).toEqual([]);
   });
 });
