@@ -9,7 +9,6 @@
 // gets a plain byte relay after its first request. Server-to-client bytes are never touched.
 import type * as net from "node:net";
 import hpack from "hpack.js";
-import { resetSocket } from "../transport/tunnel-relay.ts";
 
 const PREFACE_BYTES = 24;
 const FRAME_HEADER_BYTES = 9;
@@ -174,4 +173,15 @@ function headerFrames(block: Buffer, streamId: number, endStream: number, priori
     first = false;
   } while (rest.length);
   return Buffer.concat(frames);
+}
+
+/** Closes with a reset where the runtime can send one (runtime/ sits below transport/'s helper). */
+function resetSocket(socket: net.Socket): void {
+  if (socket.destroyed) return;
+  try {
+    if (typeof socket.resetAndDestroy === "function") return void socket.resetAndDestroy();
+  } catch {
+    // not connected, or no reset here: a plain close will do
+  }
+  socket.destroy();
 }
