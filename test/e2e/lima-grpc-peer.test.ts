@@ -178,15 +178,17 @@ function firstHeaderBlock(bytes: Buffer): Record<string, string> | undefined {
 }
 
 describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc-go's keepalive policy)", () => {
-  async function stockGuest(): Promise<{ guest: Guest; port: number; socket: string }> {
+  async function stockGuest(options: { tracePings?: boolean } = {}): Promise<{ guest: Guest; port: number; socket: string; peer: Proc }> {
     requirePeer();
     const guest = Guest.create();
     const port = await freePort();
     await guest.startEcho("127.0.0.1", port);
     const socket = join(guest.dir, "lima-guestagent.sock");
-    const peer = guest.spawn([PYTHON, PEER, "guest", PROTO, socket, JSON.stringify([{ protocol: "tcp", ip: "127.0.0.1", port }])], "C-core Lima guest");
+    // C-core's `http` trace logs each ping it answers ("[PING_RESPONSE]") and any GOAWAY it sends.
+    const trace = options.tracePings ? ["env", "GRPC_VERBOSITY=DEBUG", "GRPC_TRACE=http"] : [];
+    const peer = guest.spawn([...trace, PYTHON, PEER, "guest", PROTO, socket, JSON.stringify([{ protocol: "tcp", ip: "127.0.0.1", port }])], "C-core Lima guest");
     await peer.waitForLine(/^listening/);
-    return { guest, port, socket };
+    return { guest, port, socket, peer };
   }
 
   e2eTest("a stock guest is said once, as an event and in porthole status", async () => {
@@ -203,8 +205,8 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     expect(host.events.filter((e) => e.type === "stock-guest")).toHaveLength(1);
   });
 
-  e2eTest("an idle forwarded connection survives 150 s (no GOAWAY too_many_pings), then carries data", async () => {
-    const { guest, port, socket } = await stockGuest();
+  e2eTest("an idle forwarded connection survives 150 s (no keepalive ping, no GOAWAY too_many_pings), then carries data", async () => {
+    const { guest, port, socket, peer } = await stockGuest({ tracePings: true });
     const host = startHostAgent(guest, ["--guest", `unix://${socket}`]);
     await host.waitForForwarding(port);
     const client = net.connect(port, "127.0.0.1");
@@ -223,6 +225,9 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     expect(host.events.filter((e) => e.type === "guest-disconnected")).toEqual([]);
     // grpc-js says so on stderr when a server sends GOAWAY ENHANCE_YOUR_CALM (too_many_pings).
     expect(host.proc.stderr.filter((l) => l.includes("excess pings"))).toEqual([]);
+    // The C-core guest saw no HTTP/2 ping at all (the host pings every 5.5 minutes at most) and sent no GOAWAY.
+    expect(peer.stderr.filter((l) => l.includes("[PING_RESPONSE]") || l.includes("too_many_pings"))).toEqual([]);
+    expect(peer.stderr.some((l) => l.includes("chttp2"))).toBe(true); // the trace was on
   }, 200_000);
 });
 
