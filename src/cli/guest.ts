@@ -42,7 +42,8 @@ const flagOn = (value: unknown) => value !== undefined && value !== false && val
 
 /** What Lima's flags say to listen on: virtio-serial first, then vsock, else Lima's unix socket. */
 function limaListen(flags: GuestFlags): string {
-  const virtio = flags.virtioPort === undefined ? "" : String(flags.virtioPort);
+  // Lima's OpenRC script passes `--virtio-port ""` when it uses vsock (cac reads "" as 0).
+  const virtio = flags.virtioPort === undefined || flags.virtioPort === 0 ? "" : String(flags.virtioPort);
   const vsock = flags.vsockPort === undefined || flags.vsockPort === "" ? 0 : parseIntFlag("vsock-port", flags.vsockPort, 0, 0xffffffff);
   if (virtio) return `serial:///dev/virtio-ports/${virtio}`;
   if (vsock) return `vsock://:${vsock}`;
@@ -108,7 +109,7 @@ export function registerGuest(cli: CAC): void {
 function installLimaUnit(flags: GuestFlags): void {
   const args = [
     ...(flags.vsockPort !== undefined && String(flags.vsockPort) !== "0" && flags.vsockPort !== "" ? ["--vsock-port", String(parseIntFlag("vsock-port", flags.vsockPort, 1, 0xffffffff))] : []),
-    ...(flags.virtioPort ? ["--virtio-port", String(flags.virtioPort)] : []),
+    ...(flags.virtioPort && flags.virtioPort !== 0 ? ["--virtio-port", String(flags.virtioPort)] : []),
     ...(limaSocketOwner(flags) ? ["--socket-owner", String(limaSocketOwner(flags))] : []),
     ...(flagOn(flags.debug) ? ["--debug"] : []),
   ];

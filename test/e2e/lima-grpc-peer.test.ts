@@ -261,6 +261,20 @@ describe("porthole stands in for lima-guestagent", () => {
     expect(has(saved.ports, "tcp", port)).toBe(true);
   });
 
+  e2eTest("`daemon --vsock-port N --virtio-port \"\"` (as Lima's OpenRC script) listens on vsock://:N; with a NAME, /dev/virtio-ports/NAME wins", async () => {
+    const guest = Guest.create();
+    const runtimeDir = join(guest.dir, "runtime");
+    const vsockPort = 20_000 + Math.floor(Math.random() * 40_000);
+    // Listening only: nothing here connects to a vsock CID.
+    const agent = guest.spawn([...NO_CLOCK, ...PORTHOLE, "guest", "daemon", "--vsock-port", String(vsockPort), "--virtio-port", "", "--runtime-dir", runtimeDir], "daemon on vsock");
+    await agent.waitForLine(new RegExp(`serving on vsock://:${vsockPort}`), "stderr");
+    await agent.kill();
+    // Both given: the virtio port wins, as in Lima (the agent waits for the device to appear).
+    const virtio = guest.spawn([...NO_CLOCK, ...PORTHOLE, "guest", "daemon", "--vsock-port", String(vsockPort), "--virtio-port", "io.porthole.test.missing", "--runtime-dir", runtimeDir], "daemon on virtio");
+    await virtio.waitForLine(/serving on serial:\/\/\/dev\/virtio-ports\/io\.porthole\.test\.missing/, "stderr");
+    expect(virtio.stderr.some((l) => l.includes("vsock://"))).toBe(false);
+  });
+
   e2eTest("`lima-guestagent install-systemd` with Lima's flags writes Lima's unit, starting `guest daemon` with them", () => {
     if (PORTHOLE.length !== 1) throw new Error("this test runs the compiled binary under another name: set PORTHOLE_BIN (make test does)");
     const dir = mkdtempSync(join(tmpdir(), "porthole-unit-"));
