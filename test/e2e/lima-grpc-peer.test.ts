@@ -33,8 +33,8 @@ interface Port {
 type Reply = Record<string, unknown> & { op: string };
 
 /** The C-core "Lima host" in the guest's namespace, talking to `target`. */
-function limaHost(guest: Guest, target: string): { proc: Proc; ask(cmd: Record<string, unknown>, timeoutMs?: number): Promise<Reply>; replies(): Reply[] } {
-  const proc = guest.spawn([PYTHON, PEER, "host", PROTO, target], "C-core Lima host", { stdin: true });
+function limaHost(guest: Guest, target: string, authority: "empty" | "c-core" = "empty"): { proc: Proc; ask(cmd: Record<string, unknown>, timeoutMs?: number): Promise<Reply>; replies(): Reply[] } {
+  const proc = guest.spawn([PYTHON, PEER, "host", PROTO, target, ...(authority === "c-core" ? ["c-core-authority"] : [])], "C-core Lima host", { stdin: true });
   const replies = () => proc.stdout.flatMap((l) => (l.startsWith("{") ? [JSON.parse(l) as Reply] : []));
   return {
     proc,
@@ -67,6 +67,9 @@ async function driveGuestAgent(command: string[]): Promise<void> {
   expect(info.code).toBeUndefined();
   expect(has(info.ports as Port[], "tcp", tcp) && has(info.ports as Port[], "udp", udp)).toBe(true);
   expect(agent.stderr.join("\n")).toContain("empty :authority");
+  // C-core's own header shape (an authority of its choosing) is served as well.
+  const plain = await limaHost(guest, `unix://${guest.socket}`, "c-core").ask({ op: "info" });
+  expect(has(plain.ports as Port[], "tcp", tcp)).toBe(true);
 
   // The first event is the snapshot; later ones are diffs.
   await host.ask({ op: "events", stream: "a" });
