@@ -75,8 +75,6 @@ export function registerGuest(cli: CAC): void {
     .option("--tick <duration>", "daemon (Lima's flag): how often to look for new sockets (default: as --scan-interval)")
     .option("--debug [bool]", "daemon, install-systemd: accepted as Lima passes it")
     .option("--guestagent-updated [bool]", "install-systemd: restart the service even if its unit did not change")
-    .example(`porthole guest --listen ${DEFAULT_GUEST_ADDRESS}`)
-    .example("sudo porthole guest install --listen vsock://:2222")
     .example("lima-guestagent daemon --vsock-port 2222   # as Lima starts its own guest agent")
     .action(async (action: string | undefined, flags: GuestFlags) => {
       const given = asList(flags.listen);
