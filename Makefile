@@ -14,10 +14,12 @@ node_modules/.installed: package.json package-lock.json
 
 deps: node_modules/.installed
 
-# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd).
+# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd), and grpc
+# C-core (python3-grpcio, with protoc for Lima's .proto), the independent gRPC peer.
 system-deps:
-	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio; do \
+	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio protoc:protobuf-compiler; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	/usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null || missing="$$missing python3-grpcio python3-protobuf"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

@@ -28,6 +28,7 @@ interface HostFlags {
   sshIdentity?: string;
   sshSkipHostKeyCheck?: boolean;
   tokenFile?: string;
+  syncTime?: boolean;
   control?: string;
   onConflict?: unknown;
 }
@@ -53,6 +54,7 @@ export function registerHost(cli: CAC): void {
     .option("--ssh-skip-host-key-check", "Trust any SSH host key (throwaway VMs); default: trust on first use")
     .option("--control <path>", "The control socket that `porthole status` reads (default: STATE_DIR/control.sock)")
     .option("--on-conflict <policy>", "When a host port is taken: fail (report, retry; default) or next-free")
+    .option("--sync-time", "Keep the guest's clock on the host's: SyncTime every 10 s, as Lima's host agent does (the guest agent sets its clock when it is over 100 ms off)")
     .option("--log-format <format>", "text (Lima's log lines) or json (one event per line)", { default: "text" })
     .example("porthole host --guest unix:///run/porthole/guest.sock --config ~/.lima/default/lima.yaml")
     .action(async (flags: HostFlags) => {
@@ -83,6 +85,7 @@ export function registerHost(cli: CAC): void {
           identity: flags.sshIdentity,
           skipHostKeyCheck: flags.sshSkipHostKeyCheck,
         },
+        syncTime: flags.syncTime,
         logFormat,
       });
       await agent.start();

@@ -7,10 +7,14 @@ import { registerGuest } from "./guest.ts";
 import { registerHost } from "./host.ts";
 import { registerStatus } from "./status.ts";
 import { UsageError } from "./options.ts";
+import { invokedName } from "../runtime/self.ts";
 
 async function main(argv: string[]): Promise<void> {
   // The demo's guest-side web server: started by the demo itself, not a user command.
   if (argv[2] === DEMO_HTTP_SERVER_COMMAND) return runDemoHttpServer(argv.slice(3));
+
+  // Started as `lima-guestagent daemon|install-systemd …` (Lima's command lines): the guest role.
+  if (invokedName() === "lima-guestagent" && argv[2] !== "guest") argv = [...argv.slice(0, 2), "guest", ...argv.slice(2)];
 
   const cli = cac("porthole");
   registerGuest(cli);

@@ -6,6 +6,7 @@ export type AgentEventType =
   | "guest-connected"
   | "guest-disconnected"
   | "guest-unreachable"
+  | "stock-guest"
   | "config-loaded"
   | "config-rejected"
   | "forwarder-selected"
@@ -78,6 +79,8 @@ export function formatEventText(e: HostEvent): string {
         return `Connected to guest agent at ${e.guest}`;
       case "guest-unreachable":
         return `Waiting for guest agent at ${e.guest}${why}`;
+      case "stock-guest":
+        return `The guest agent at ${e.guest} is a stock Lima guest agent: ${e.message}`;
       case "guest-disconnected":
         return `Lost guest agent at ${e.guest}${why}; reconnecting`;
       case "config-loaded":

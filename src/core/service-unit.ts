@@ -44,3 +44,27 @@ depend() {
 export function serviceFile(init: InitSystem, root = ""): string {
   return init === "systemd" ? `${root}/etc/systemd/system/${SERVICE_NAME}.service` : `${root}/etc/init.d/${SERVICE_NAME}`;
 }
+
+/** Lima's own unit name and path, for `install-systemd` (porthole standing in for lima-guestagent). */
+export const LIMA_SERVICE_NAME = "lima-guestagent";
+
+export function limaServiceFile(root = ""): string {
+  return `${root}/etc/systemd/system/${LIMA_SERVICE_NAME}.service`;
+}
+
+/** Lima's lima-guestagent.TEMPLATE.service, with porthole's `guest daemon …` command. */
+export function limaSystemdUnit(command: string[]): string {
+  return `[Unit]
+Description=lima-guestagent
+
+[Service]
+ExecStart=${quote(command)} --runtime-dir="%t/%N"
+Type=simple
+Restart=on-failure
+OOMPolicy=continue
+OOMScoreAdjust=-500
+
+[Install]
+WantedBy=multi-user.target
+`;
+}

@@ -53,6 +53,7 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
   const lines = [
     `porthole host agent ${a.version} (pid ${a.pid}), guest ${a.guest}: ${a.guestConnected ? "connected" : "not connected"}; ${a.forwarder} forwarder (${a.forwarderReason})`,
   ];
+  if (status.guest.lima) lines.push("guest agent: stock Lima (gRPC tunnels only: no data path or direct path, a guest EOF ends the connection, no reverse sockets)");
   if (status.guest.addresses.length) lines.push(`guest addresses: ${status.guest.addresses.join(", ")} (reachable by IP where the network allows)`);
   const header = ["PROTO", "GUEST", "HOST", "STATE", "PATH", "RULE", "CONNS", "IN", "OUT", "SINCE", "NOTE"];
   const rows = [...status.forwards, ...status.notForwarded].map((f) => [

@@ -1,11 +1,13 @@
 // The guest role: watch this namespace's sockets and serve GuestService on each listen address.
 import * as grpc from "@grpc/grpc-js";
+import { chownSync, mkdirSync } from "node:fs";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret } from "./data-server.ts";
+import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
@@ -21,6 +23,10 @@ export interface GuestAgentOptions {
   token?: string;
   /** vsock: accept peers other than the host (CID 2). */
   vsockAnyCid?: boolean;
+  /** Unix sockets are handed to this UID (Lima's --socket-owner: the host reaches them over SSH as that user). */
+  socketOwner?: number;
+  /** Where the last port state sent is kept across restarts (Lima's --runtime-dir). */
+  runtimeDir?: string;
   log: (line: string) => void;
 }
 
@@ -36,10 +42,15 @@ export class GuestAgent {
   }
 
   async start(): Promise<void> {
+    if (this.options.runtimeDir) mkdirSync(this.options.runtimeDir, { recursive: true, mode: 0o755 });
     const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
     this.watcher = new PortWatcher(interval, scanner);
-    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
+    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers({
+      watcher: this.watcher,
+      eventState: new EventState(this.options.runtimeDir, this.options.log),
+      log: this.options.log,
+    }));
     const dataEndpoints: string[] = [];
     this.grpcServer.addService(
       portholeServiceDefinition,
@@ -56,11 +67,13 @@ export class GuestAgent {
           this.options,
         );
         this.served.push(served);
+        this.giveSocket(address);
         this.options.log(`porthole guest agent serving on ${formatTransportAddress(address)}`);
         const data = dataEndpointFor(address);
         if (data) {
           const dataOptions = { ...this.options, halfOpen: true };
           this.served.push(await serveTransport(data, (socket) => handleDataStream(socket, this.dataSecret), dataOptions));
+          this.giveSocket(data);
           dataEndpoints.push(formatTransportAddress(data));
         }
       }
@@ -68,6 +81,10 @@ export class GuestAgent {
       this.stop();
       throw err;
     }
+  }
+
+  private giveSocket(address: TransportAddress): void {
+    if (address.kind === "unix" && this.options.socketOwner !== undefined) chownSync(address.path, this.options.socketOwner, -1);
   }
 
   stop(): void {

@@ -1,9 +1,18 @@
 // `porthole guest install|uninstall`: a boot-time service for the guest agent, as guest
 // provisioning scripts want it (systemd where it runs, else OpenRC).
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { openrcScript, serviceFile, SERVICE_NAME, systemdUnit, type InitSystem } from "../core/service-unit.ts";
+import {
+  limaServiceFile,
+  LIMA_SERVICE_NAME,
+  limaSystemdUnit,
+  openrcScript,
+  serviceFile,
+  SERVICE_NAME,
+  systemdUnit,
+  type InitSystem,
+} from "../core/service-unit.ts";
 
 export function detectInit(): InitSystem | undefined {
   if (existsSync("/run/systemd/system")) return "systemd";
@@ -50,4 +59,29 @@ export function uninstallService(init: InitSystem, options: { root?: string; sto
   rmSync(file, { force: true });
   if (options.stop && init === "systemd") spawnSync("systemctl", ["daemon-reload"]);
   return file;
+}
+
+/**
+ * `install-systemd` as Lima's guest agent does it: write /etc/systemd/system/lima-guestagent.service
+ * when it changed, then (unless `start` is false) daemon-reload, enable, try-restart and start,
+ * skipped when nothing changed and the binary was not updated. Returns what it did.
+ */
+export function installLimaSystemdUnit(command: string[], options: { root?: string; start: boolean; print: boolean; updated: boolean }): string {
+  const unit = limaSystemdUnit(command);
+  if (options.print) {
+    process.stdout.write(unit);
+    return "";
+  }
+  const file = limaServiceFile(options.root);
+  const changed = !existsSync(file) || readFileSync(file, "utf8") !== unit;
+  if (changed) {
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, unit, { mode: 0o644 });
+  }
+  if (!changed && !options.updated) return `${file} is up-to-date`;
+  if (options.start) {
+    if (changed) run(["systemctl", "--system", "daemon-reload"]);
+    for (const verb of ["enable", "try-restart", "start"]) run(["systemctl", "--system", verb, `${LIMA_SERVICE_NAME}.service`]);
+  }
+  return changed ? `written ${file}${options.start ? " and started it" : ""}` : `${file} is up-to-date; restarted it`;
 }

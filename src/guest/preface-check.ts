@@ -6,10 +6,12 @@
 // unchecked.
 import type * as net from "node:net";
 import { socketPair } from "../transport/socketpair.ts";
-import { spliceSockets } from "../transport/tunnel-relay.ts";
+import { relayFixingAuthority } from "../runtime/h2-authority.ts";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 const PREFACE_TIMEOUT_MS = 10_000;
+/** The empty-:authority fix is said once per agent, not once per connection. */
+let toldEmptyAuthority = false;
 
 export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: net.Socket) => void): void {
   let seen = Buffer.alloc(0);
@@ -34,8 +36,11 @@ export function checkPreface(socket: net.Socket, name: string, log: (line: strin
       (pair) => {
         if (!pair) return reject("could not be relayed (no native shim for a socketpair)");
         const [inner, outer] = pair;
-        outer.write(seen);
-        spliceSockets(socket, outer);
+        // The relay also lets clients that send an empty :authority in (Lima's host agent).
+        relayFixingAuthority(socket, outer, seen, () => {
+          if (!toldEmptyAuthority) log(`${name}: a client sends an empty :authority (as Lima's host agent does); serving its requests as localhost`);
+          toldEmptyAuthority = true;
+        });
         serve(inner);
       },
       (err: Error) => reject(`could not be relayed (${err.message})`),

@@ -28,6 +28,13 @@ export interface GuestConnectionHandlers {
 }
 
 const GET_INFO_DEADLINE_MS = 3000;
+/**
+ * Liveness: while connected, an RPC every PROBE_EVERY_MS that must answer within
+ * PROBE_DEADLINE_MS (Hello for a porthole guest, GetInfo for a stock one). An RPC is not an
+ * HTTP/2 ping, so grpc-go's ping policy never counts it; a dead guest is noticed within 15 s.
+ */
+const PROBE_EVERY_MS = 10_000;
+const PROBE_DEADLINE_MS = 5_000;
 const RETRY = { minMs: 100, maxMs: 2000 };
 
 export class GuestConnection {
@@ -38,6 +45,7 @@ export class GuestConnection {
   private events: grpc.ClientReadableStream<GuestEvent> | undefined;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private attempt = 0;
+  private probeTimer: ReturnType<typeof setInterval> | undefined;
 
   private readonly target: ClientTarget;
 
@@ -58,6 +66,7 @@ export class GuestConnection {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.probeTimer);
     this.events?.cancel();
     this.client.close();
     this.target.close();
@@ -75,6 +84,7 @@ export class GuestConnection {
     const fail = (message: string) => {
       if (ended || this.stopped) return;
       ended = true;
+      clearInterval(this.probeTimer);
       events.cancel();
       this.handlers.onDisconnected(message, ports !== undefined);
       this.scheduleRetry();
@@ -98,6 +108,12 @@ export class GuestConnection {
       for (const diff of pending) this.applyBounded(ports, diff);
       this.attempt = 0;
       this.handlers.onConnected(ports, hello);
+      clearInterval(this.probeTimer);
+      this.probeTimer = setInterval(() => {
+        this.probe(hello !== undefined).catch((err: grpc.ServiceError) =>
+          fail(`the guest agent did not answer a liveness check within ${PROBE_DEADLINE_MS / 1000} s (${err.details || err.message})`),
+        );
+      }, PROBE_EVERY_MS);
     } catch (err) {
       fail((err as grpc.ServiceError).details || (err as Error).message);
     }
@@ -135,6 +151,16 @@ export class GuestConnection {
       else ports.set(portKey(p), p);
     }
     if (dropped) this.handlers.onGuestErrors([`the guest reports more than ${MAX_GUEST_PORTS} ports; ignored ${dropped}`]);
+  }
+
+  /** One liveness check: Hello costs a porthole guest nothing; a stock guest gets GetInfo. */
+  private probe(porthole: boolean): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const deadline = new Date(Date.now() + PROBE_DEADLINE_MS);
+      const done = (err: grpc.ServiceError | null, res: unknown) => (err ? reject(err) : resolve(res));
+      if (porthole) this.porthole.Hello({}, { deadline }, done);
+      else this.client.GetInfo({}, new grpc.Metadata(), { deadline }, done);
+    });
   }
 
   /** porthole's Hello; undefined when the guest agent does not have it (stock Lima). */

@@ -20,9 +20,16 @@ import { SshLink } from "./ssh-link.ts";
 import { StreamRouter } from "./stream-router.ts";
 import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
+import { TimeSync } from "./time-sync.ts";
 import { UdpForward } from "./udp-forward.ts";
 
 export type LogFormat = "text" | "json";
+
+/** What a user loses with a stock Lima guest agent, and what to do about it. */
+export const STOCK_GUEST_LOSSES =
+  "it has no porthole extensions, so every connection goes through gRPC tunnels (no data path, no direct path), " +
+  "a guest server's half-close (EOF) ends the whole connection as in Lima, and reverse (host-to-guest) sockets are refused; " +
+  "run `porthole guest` in the guest instead to get them";
 
 export interface HostAgentOptions {
   guest: TransportAddress;
@@ -54,6 +61,8 @@ export interface HostAgentOptions {
   control?: string;
   /** Where events go; stderr by default. */
   write?: (line: string) => void;
+  /** --sync-time: keep the guest's clock on the host's (SyncTime every 10 s, as Lima does). */
+  syncTime?: boolean;
   /** Called with each event, for embedders such as the demo. */
   onEvent?: (e: HostEvent) => void;
 }
@@ -73,6 +82,9 @@ export class HostAgent {
   private control: ControlServer | undefined;
   private readonly eventCounts: Record<string, number> = {};
   private readonly startedAt = new Date();
+  private timeSync: TimeSync | undefined;
+  /** A stock Lima guest agent is explained once per agent, not on every reconnect. */
+  private toldStockGuest = false;
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -85,6 +97,11 @@ export class HostAgent {
         this.router.setGuest(hello);
         this.hello = hello ? { version: hello.version, addresses: hello.addresses } : { lima: true, addresses: [] };
         this.agentUp = true;
+        if (!hello && !this.toldStockGuest) {
+          this.toldStockGuest = true;
+          this.emit({ type: "stock-guest", guest, message: STOCK_GUEST_LOSSES });
+        }
+        this.timeSync?.start();
         this.apply(ports);
       },
       onChange: (ports) => this.reconciler.reconcile(ports),
@@ -94,6 +111,7 @@ export class HostAgent {
         if (wasConnected) this.emit({ type: "guest-disconnected", guest, error });
         else if (!announcedWaiting) this.emit({ type: "guest-unreachable", guest, error });
         announcedWaiting = true;
+        this.timeSync?.stop();
         const wasUp = this.agentUp;
         this.agentUp = false;
         if (wasUp && this.forwarder.value === "ssh") this.apply(); // UDP has no path now
@@ -101,6 +119,9 @@ export class HostAgent {
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.join("; ")}`),
     }, { token: options.token });
     const grpc = new GrpcForwarder(this.connection.client);
+    if (options.syncTime) {
+      this.timeSync = new TimeSync(this.connection.client, (m) => this.log(m), (message) => this.emit({ type: "warning", message }));
+    }
     const report = (e: HostEvent) => this.emit(e);
     const warn = (message: string) => this.emit({ type: "warning", message });
     this.config = options.config ?? DEFAULT_CONFIG;

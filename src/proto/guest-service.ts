@@ -112,6 +112,11 @@ export interface GuestServiceClient extends grpc.Client {
     callback: (err: grpc.ServiceError | null, info: Info) => void,
   ): grpc.ClientUnaryCall;
   GetEvents(request: object): grpc.ClientReadableStream<GuestEvent>;
+  SyncTime(
+    request: { host_time: Timestamp },
+    options: grpc.CallOptions,
+    callback: (err: grpc.ServiceError | null, res: { adjusted: boolean; drift_ms: string; error: string }) => void,
+  ): grpc.ClientUnaryCall;
   Tunnel(): grpc.ClientDuplexStream<Partial<TunnelMessage>, TunnelMessage>;
 }
 

@@ -6,6 +6,18 @@ export function selfCommand(): string[] {
   return compiled ? [process.execPath] : [process.execPath, script];
 }
 
+/**
+ * The name this program was started under (a symlink or copy named `lima-guestagent` makes
+ * porthole stand in for Lima's guest agent). A Bun binary has it in argv0 (its execPath is the
+ * resolved file); a script run by Node or Deno has it in argv[1].
+ */
+export function invokedName(): string {
+  const script = process.argv[1];
+  const compiled = !script || script.startsWith("/$bunfs/") || script === process.execPath;
+  const name = compiled ? process.argv0 : script;
+  return name.slice(name.lastIndexOf("/") + 1).replace(/\.m?js$/, "");
+}
+
 export function runtimeName(): string {
   if (typeof (globalThis as { Bun?: unknown }).Bun !== "undefined") return "bun";
   if (typeof (globalThis as { Deno?: unknown }).Deno !== "undefined") return "deno";

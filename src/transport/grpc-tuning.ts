@@ -6,6 +6,8 @@ import type * as http2 from "node:http2";
 
 export const STREAM_WINDOW_BYTES = 16 << 20;
 const MAX_MESSAGE_BYTES = 16 << 20;
+/** grpc-go's default keepalive.EnforcementPolicy.MinTime is 5 minutes; half a minute of margin. */
+export const KEEPALIVE_TIME_MS = 330_000;
 
 export const CLIENT_OPTIONS: grpc.ChannelOptions = {
   // Sets both the stream and the connection window on the client side.
@@ -15,10 +17,13 @@ export const CLIENT_OPTIONS: grpc.ChannelOptions = {
   // Find a restarted guest agent quickly instead of grpc-js's 1 s..120 s backoff.
   "grpc.initial_reconnect_backoff_ms": 100,
   "grpc.max_reconnect_backoff_ms": 1000,
-  // Notice a guest that stopped answering (VM paused, link gone) within seconds.
-  "grpc.keepalive_time_ms": 10_000,
-  "grpc.keepalive_timeout_ms": 5_000,
-  "grpc.keepalive_permit_without_calls": 1,
+  // HTTP/2 pings as a stock Lima guest (grpc-go's default enforcement) accepts them: no more
+  // often than every 5 minutes, and only while a call is open (the host always has GetEvents
+  // open). More often, grpc-go counts strikes and closes the connection (GOAWAY too_many_pings)
+  // with every tunnel on it. A dead guest is noticed sooner by guest-connection.ts's probe.
+  "grpc.keepalive_time_ms": KEEPALIVE_TIME_MS,
+  "grpc.keepalive_timeout_ms": 20_000,
+  "grpc.keepalive_permit_without_calls": 0,
 };
 
 export const SERVER_OPTIONS: grpc.ServerOptions = {
