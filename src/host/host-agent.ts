@@ -5,6 +5,7 @@ import pkg from "../../package.json" with { type: "json" };
 import type { AgentStatus } from "../core/status.ts";
 import { ControlServer } from "./control-server.ts";
 import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
+import { logText } from "../core/log-text.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import { LINUX_EPHEMERAL_RANGE, type PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
@@ -21,6 +22,7 @@ import { StreamRouter } from "./stream-router.ts";
 import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { UdpForward } from "./udp-forward.ts";
+import { SocketInUseError } from "../transport/listen.ts";
 
 export type LogFormat = "text" | "json";
 
@@ -98,7 +100,7 @@ export class HostAgent {
         this.agentUp = false;
         if (wasUp && this.forwarder.value === "ssh") this.apply(); // UDP has no path now
       },
-      onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.join("; ")}`),
+      onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.map(logText).join("; ")}`),
     }, { token: options.token });
     const grpc = new GrpcForwarder(this.connection.client);
     const report = (e: HostEvent) => this.emit(e);
@@ -130,11 +132,13 @@ export class HostAgent {
   async start(): Promise<void> {
     const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
     if (controlPath) {
-      const control = new ControlServer(controlPath, () => this.status());
+      const control = new ControlServer(controlPath, () => this.status(), (message) => this.log(message));
       try {
         await control.start();
         this.control = control;
       } catch (err) {
+        // Another agent answers there: two agents would fight over the same host ports.
+        if (err instanceof SocketInUseError) throw new Error(`${err.message} (is another host agent running? stop it, or give this one its own --control or --state-dir)`, { cause: err });
         this.emit({ type: "warning", message: `no control socket for porthole status: ${(err as Error).message}` });
       }
     }

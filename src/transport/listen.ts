@@ -36,6 +36,9 @@ function listenServer(start: (s: net.Server) => void, address: TransportAddress,
   });
 }
 
+/** A live process already listens on the socket: a second agent must not take it over. */
+export class SocketInUseError extends Error {}
+
 /** Removes a socket file whose listener is gone; refuses a live socket or any other file. */
 export async function removeStaleSocket(socketPath: string): Promise<void> {
   let stat: fs.Stats;
@@ -50,6 +53,6 @@ export async function removeStaleSocket(socketPath: string): Promise<void> {
     probe.once("connect", () => { probe.destroy(); resolve(true); });
     probe.once("error", () => resolve(false));
   });
-  if (live) throw new Error(`another process is already listening on unix://${socketPath}`);
+  if (live) throw new SocketInUseError(`another process is already listening on unix://${socketPath}`);
   fs.unlinkSync(socketPath);
 }
