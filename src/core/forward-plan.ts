@@ -22,8 +22,12 @@ export interface PlannedForward {
   origin: RuleOrigin;
   /** From a `static: true` or `guestSocket` rule: wanted whether or not the guest listens. */
   static: boolean;
-  /** The `::1` listener beside a `127.0.0.1` one: dropped where the host has no IPv6. */
-  companion: boolean;
+  /**
+   * A `127.0.0.1` forward also listens on `[::1]` at the same port: the two stand or fall
+   * together (a client resolving localhost to ::1 must not reach the guest while 127.0.0.1
+   * is another program's), except where the host has no IPv6, where IPv4 serves alone.
+   */
+  ipv6Companion: boolean;
   /** For UDP forwards: flow limits from the rule, else the global settings. */
   udp: UdpSettings;
   /** The rule's label, for status and events. */
@@ -105,14 +109,11 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
       idleTimeoutMs: entry.rule.udpIdleTimeoutMs ?? options.udp.idleTimeoutMs,
       maxFlows: entry.rule.udpMaxFlows ?? options.udp.maxFlows,
     };
-    const targets: [HostTarget, boolean][] = [[host, false]];
-    if (options.ipv6Loopback && host.kind === "tcp" && host.ip === "127.0.0.1") targets.push([{ ...host, ip: "::1" }, true]);
-    for (const [target, companion] of targets) {
-      const key = forwardKey(protocol, target);
-      if (forwards.has(key)) continue;
-      const onConflict = entry.rule.onConflict ?? options.onConflict ?? "fail";
-      forwards.set(key, { key, protocol, host: target, guestAddr, origin: entry.origin, static: isStatic, companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}) });
-    }
+    const key = forwardKey(protocol, host);
+    if (forwards.has(key)) return;
+    const ipv6Companion = options.ipv6Loopback && host.kind === "tcp" && host.ip === "127.0.0.1";
+    const onConflict = entry.rule.onConflict ?? options.onConflict ?? "fail";
+    forwards.set(key, { key, protocol, host, guestAddr, origin: entry.origin, static: isStatic, ipv6Companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}) });
   };
 
   // Unix socket rules and static rules hold from start-up, whatever the guest reports.
@@ -173,5 +174,10 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
         notForwarded.push({ port, reason: "no rule matches" });
     }
   }
+  // A forward of its own to [::1]:P wins over another's companion there (one listener per address).
+  for (const f of forwards.values()) {
+    if (f.ipv6Companion && f.host.kind === "tcp" && forwards.has(forwardKey(f.protocol, { ...f.host, ip: "::1" }))) f.ipv6Companion = false;
+  }
   return { forwards, reverses, notForwarded };
 }
+

@@ -30,6 +30,8 @@ export interface NotForwardedStatus {
 export class Reconciler {
   private readonly active = new Map<string, HostForward>();
   private readonly reverses = new Map<string, ReverseHandle>();
+  /** Forwards no longer wanted whose connections are still open. */
+  private readonly closing = new Set<HostForward>();
   private reportedNotForwarded = new Set<string>();
   private notForwarded: NotForwardedStatus[] = [];
   private ports: PortSet = new Map();
@@ -58,7 +60,10 @@ export class Reconciler {
       if (plan.forwards.has(key)) continue;
       forward.close();
       this.active.delete(key);
+      // Its open connections go on: status still counts them and stop still ends them.
+      this.closing.add(forward);
     }
+    this.pruneClosing();
     for (const [key, planned] of plan.forwards) {
       const existing = this.active.get(key);
       if (existing) existing.retarget(planned);
@@ -96,17 +101,23 @@ export class Reconciler {
     this.reportedNotForwarded = nowNotForwarded;
   }
 
+  private pruneClosing(): void {
+    for (const f of this.closing) if (f.openConnections === 0) this.closing.delete(f);
+  }
+
   /** Every forward (and port not forwarded) as `porthole status` shows it. */
   snapshot(): { forwards: ForwardStatus[]; notForwarded: NotForwardedStatus[] } {
+    this.pruneClosing();
     return {
-      forwards: [...this.active.values(), ...this.reverses.values()].map((f) => f.status()),
+      forwards: [...[...this.active.values(), ...this.closing].flatMap((f) => f.status()), ...[...this.reverses.values()].map((r) => r.status())],
       notForwarded: this.notForwarded,
     };
   }
 
   /** Closes every forward and what it carries (agent shutdown). */
   destroy(): void {
-    for (const forward of this.active.values()) forward.destroy();
+    for (const forward of [...this.active.values(), ...this.closing]) forward.destroy();
+    this.closing.clear();
     for (const reverse of this.reverses.values()) reverse.destroy();
     this.active.clear();
     this.reverses.clear();

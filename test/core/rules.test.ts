@@ -57,11 +57,16 @@ describe("forward plan", () => {
     expect([...plan.forwards.keys()]).toEqual(["tcp 127.0.0.1:8080"]);
     expect(plan.forwards.get("tcp 127.0.0.1:8080")!.guestAddr).toBe("0.0.0.0:8080");
   });
-  test("a forward to host 127.0.0.1 also gets a ::1 listener, marked as a companion", () => {
+  test("a forward to host 127.0.0.1 also listens on ::1, as one forward (its listeners stand or fall together)", () => {
     const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins, dual);
-    expect([...plan.forwards.values()].map((f) => [f.key, f.companion])).toEqual([
+    expect([...plan.forwards.values()].map((f) => [f.key, f.ipv6Companion])).toEqual([["tcp 127.0.0.1:8080", true]]);
+  });
+  test("a forward of its own on [::1]:P takes the place of another's companion there", () => {
+    const rules = rulesInForce([withDefaults({ guestPort: 80, hostPort: 8080, hostIP: "::1" }), withDefaults({ guestPort: 81, hostPort: 8080 })]);
+    const plan = planForwards([tcp("127.0.0.1", 80), tcp("127.0.0.1", 81)], rules, dual);
+    expect([...plan.forwards.values()].map((f) => [f.key, f.ipv6Companion])).toEqual([
+      ["tcp [::1]:8080", false],
       ["tcp 127.0.0.1:8080", false],
-      ["tcp [::1]:8080", true],
     ]);
   });
   test("explicit host addresses get no companion", () => {
