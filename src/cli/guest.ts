@@ -1,4 +1,5 @@
 import type { CAC } from "cac";
+import { keepRunningOnUncaught } from "../runtime/last-resort.ts";
 import type { InitSystem } from "../core/service-unit.ts";
 import { GuestAgent } from "../guest/guest-agent.ts";
 import { detectInit, installService, renderService, uninstallService } from "../guest/install.ts";
@@ -53,6 +54,7 @@ export function registerGuest(cli: CAC): void {
         scanIntervalMs: flags.scanInterval === undefined ? undefined : parseIntFlag("scan-interval", flags.scanInterval, 10, 60_000),
         log: (line) => process.stderr.write(`${line}\n`),
       });
+      keepRunningOnUncaught((line) => process.stderr.write(`${line}\n`));
       await agent.start();
       stopOnSignals(() => agent.stop());
     });

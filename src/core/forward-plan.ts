@@ -4,7 +4,6 @@
 import type { IPPort } from "../proto/guest-service.ts";
 import { formatHostPort } from "./address.ts";
 import type { UdpSettings } from "./config.ts";
-import { portKey } from "./ports.ts";
 import { decide, type ConflictPolicy, type Rule, type RuleEntry, type RuleOrigin } from "./rules.ts";
 
 export type HostTarget = { kind: "tcp"; ip: string; port: number } | { kind: "unix"; path: string };
@@ -53,6 +52,8 @@ export interface ForwardPlan {
   forwards: Map<string, PlannedForward>;
   reverses: Map<string, PlannedReverse>;
   notForwarded: NotForwarded[];
+  /** Guest ports left out by maxForwards. */
+  overCap: number;
 }
 
 export interface PlanOptions {
@@ -66,6 +67,12 @@ export interface PlanOptions {
   udpUnavailable?: string;
   /** The policy for rules that set none. */
   onConflict?: ConflictPolicy;
+  /**
+   * At most this many forwards from guest ports (static forwards count, but are always made),
+   * and why, for the ports over it: each forward holds up to two listening sockets, and the
+   * host's open-files limit must leave room for connections.
+   */
+  maxForwards?: { count: number; reason: string };
 }
 
 /** Linux's default ip_local_port_range, for guests that do not tell theirs. */
@@ -88,7 +95,7 @@ function isUdpClientPort(port: IPPort, range: [number, number]): boolean {
 /** IPv4 binds first, then by address and port, so the chosen dial target is stable. */
 function compareGuestPorts(a: IPPort, b: IPPort): number {
   const v6 = (p: IPPort) => (p.ip.includes(":") ? 1 : 0);
-  return v6(a) - v6(b) || portKey(a).localeCompare(portKey(b));
+  return v6(a) - v6(b) || a.protocol.localeCompare(b.protocol) || a.ip.localeCompare(b.ip) || a.port - b.port;
 }
 
 function protocolsOf(rule: Rule): ("tcp" | "udp")[] {
@@ -103,17 +110,26 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
   const forwards = new Map<string, PlannedForward>();
   const reverses = new Map<string, PlannedReverse>();
   const notForwarded: NotForwarded[] = [];
-  const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean) => {
-    if (protocol === "udp" && options.udpUnavailable) return;
+  let overCap = 0;
+  /** Adds a forward (or joins one to the same host address); false if the cap leaves it out. */
+  const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean): boolean => {
+    if (protocol === "udp" && options.udpUnavailable) return true;
     const udp = {
       idleTimeoutMs: entry.rule.udpIdleTimeoutMs ?? options.udp.idleTimeoutMs,
       maxFlows: entry.rule.udpMaxFlows ?? options.udp.maxFlows,
     };
     const key = forwardKey(protocol, host);
-    if (forwards.has(key)) return;
+    if (forwards.has(key)) return true;
+    if (!isStatic && options.maxForwards && forwards.size >= options.maxForwards.count) return false;
     const ipv6Companion = options.ipv6Loopback && host.kind === "tcp" && host.ip === "127.0.0.1";
     const onConflict = entry.rule.onConflict ?? options.onConflict ?? "fail";
     forwards.set(key, { key, protocol, host, guestAddr, origin: entry.origin, static: isStatic, ipv6Companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}) });
+    return true;
+  };
+  const addGuestPort = (port: IPPort, ...args: Parameters<typeof add>) => {
+    if (add(...args)) return;
+    overCap++;
+    notForwarded.push({ port, reason: options.maxForwards!.reason });
   };
 
   // Unix socket rules and static rules hold from start-up, whatever the guest reports.
@@ -161,10 +177,10 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
           notForwarded.push({ port, reason: "ephemeral UDP client port" });
           break;
         }
-        add(port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false);
+        addGuestPort(port, port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false);
         break;
       case "forward-socket":
-        if (port.protocol === "tcp") add("tcp", guestAddr, { kind: "unix", path: decision.hostSocket }, entry(decision.origin), false);
+        if (port.protocol === "tcp") addGuestPort(port, "tcp", guestAddr, { kind: "unix", path: decision.hostSocket }, entry(decision.origin), false);
         else notForwarded.push({ port, reason: "no rule matches" }); // a stream socket cannot carry datagrams
         break;
       case "ignore":
@@ -178,6 +194,6 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
   for (const f of forwards.values()) {
     if (f.ipv6Companion && f.host.kind === "tcp" && forwards.has(forwardKey(f.protocol, { ...f.host, ip: "::1" }))) f.ipv6Companion = false;
   }
-  return { forwards, reverses, notForwarded };
+  return { forwards, reverses, notForwarded, overCap };
 }
 

@@ -23,6 +23,9 @@ import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { UdpForward } from "./udp-forward.ts";
 import { SocketInUseError } from "../transport/listen.ts";
+import type { Socket } from "node:net";
+import type { PlannedForward } from "../core/forward-plan.ts";
+import { FdPressure, fdLimit, isFdExhaustion } from "../runtime/fd-limit.ts";
 
 export type LogFormat = "text" | "json";
 
@@ -75,6 +78,9 @@ export class HostAgent {
   private control: ControlServer | undefined;
   private readonly eventCounts: Record<string, number> = {};
   private readonly startedAt = new Date();
+  private readonly fdPressure: FdPressure;
+  /** Internal errors already logged (each said once). */
+  private readonly troubleSaid = new Set<string>();
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -105,6 +111,8 @@ export class HostAgent {
     const grpc = new GrpcForwarder(this.connection.client);
     const report = (e: HostEvent) => this.emit(e);
     const warn = (message: string) => this.emit({ type: "warning", message });
+    this.fdPressure = new FdPressure(warn);
+    const trouble = (err: unknown, where: string) => this.trouble(err, where);
     this.config = options.config ?? DEFAULT_CONFIG;
     const env = options.env ?? process.env;
     this.forwarder = chooseForwarder(options.forwarder, env.LIMA_SSH_PORT_FORWARDER, this.config.forwarder);
@@ -121,8 +129,8 @@ export class HostAgent {
       {
         forward: (plan) =>
           plan.protocol === "udp"
-            ? new UdpForward(plan, (p, client) => grpc.openUdpTunnel(p, client), report, warn)
-            : new TcpForward(plan, (socket, p) => router.forwardStream(socket, p), report, (p) => router.pathFor(p)),
+            ? new UdpForward(plan, (p, client) => grpc.openUdpTunnel(p, client), report, warn, trouble)
+            : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report),
       },
       report,
@@ -161,6 +169,7 @@ export class HostAgent {
   }
 
   stop(): void {
+    this.fdPressure.stop();
     this.control?.close();
     this.configWatcher?.close();
     this.sshLink?.stop();
@@ -193,8 +202,35 @@ export class HostAgent {
     this.reconciler.setRules(rulesInForce(this.config.rules, this.config.sshLocalPort), this.planOptions(this.config), ports);
   }
 
+  /** A connection to its data path; where choosing the path fails, over gRPC (which needs no fd). */
+  private forwardStream(socket: Socket, plan: PlannedForward, grpc: GrpcForwarder): void {
+    try {
+      this.router.forwardStream(socket, plan);
+    } catch (err) {
+      this.trouble(err, `choosing the data path of a connection to ${plan.guestAddr}`);
+      grpc.forwardStream(socket, plan);
+    }
+  }
+
+  /** An error in a forward's callback: lack of fds is an episode, said once; others once each. */
+  private trouble(err: unknown, where: string): void {
+    if (isFdExhaustion(err)) return this.fdPressure.exhausted(`${where} failed`);
+    const message = `${where}: ${(err as Error)?.message ?? String(err)}`;
+    if (this.troubleSaid.has(message)) return;
+    if (this.troubleSaid.size > 1000) this.troubleSaid.clear();
+    this.troubleSaid.add(message);
+    this.emit({ type: "warning", message });
+  }
+
   private planOptions(config: Config): PlanOptions {
+    const limit = fdLimit();
+    // Each forward holds two listening sockets (127.0.0.1 and ::1); half the limit is kept for
+    // connections (two fds each) and the agent's own sockets.
+    const maxForwards = limit === undefined ? undefined : Math.max(1, Math.floor(limit / 4));
     return {
+      ...(maxForwards
+        ? { maxForwards: { count: maxForwards, reason: `over the ${maxForwards} forwards that this agent's limit of ${limit} open files allows (each forward takes 2 listening sockets and each connection 2 more); raise it with \`ulimit -n\` before starting porthole host` } }
+        : {}),
       ipv6Loopback: this.options.ipv6Loopback !== false && config.ipv6Loopback,
       udp: {
         idleTimeoutMs: this.options.udpIdleTimeoutMs ?? config.udp.idleTimeoutMs,
@@ -235,7 +271,8 @@ export class HostAgent {
     this.writeLine(this.options.logFormat === "json" ? formatEventJSON(e) : formatEventText(e));
   }
 
-  private log(message: string): void {
+  /** One line in the agent's log format. */
+  log(message: string): void {
     this.writeLine(this.options.logFormat === "json" ? JSON.stringify({ time: new Date().toISOString(), type: "log", message }) : message);
   }
 

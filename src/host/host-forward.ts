@@ -7,6 +7,7 @@
 import { backoffDelay } from "../core/backoff.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
+import { atFdLimit, fdLimitHint } from "../runtime/fd-limit.ts";
 
 const RETRY = { minMs: 500, maxMs: 10_000 };
 /** Errors that mean "this host has no such address family", not "try again later". */
@@ -15,6 +16,8 @@ const NO_ADDRESS = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
 const NEXT_FREE_SPAN = 100;
 
 export type Report = (e: ForwardEvent) => void;
+/** An error in one of a forward's callbacks (a connection, a datagram): the forward goes on. */
+export type Trouble = (err: unknown, where: string) => void;
 export type ForwardState = "forwarding" | "failed" | "waiting" | "closing";
 
 /** Traffic through a listener: open connections (or UDP flows) and bytes each way. */
@@ -69,9 +72,10 @@ export abstract class HostForward {
     protected readonly report: Report,
     /** Which data path new connections take (for the events); UDP is always gRPC. */
     private readonly pathOf: (plan: PlannedForward) => string = () => "grpc",
+    protected readonly trouble: Trouble = () => {},
   ) {
     // After the subclass constructor: its fields must exist before the first bind.
-    queueMicrotask(() => void this.bind());
+    queueMicrotask(() => this.bindSafely());
   }
 
   /** Where this forward listens: the plan's address, moved on by `next-free` if it had to. */
@@ -150,8 +154,17 @@ export abstract class HostForward {
       ...(requested ? { requestedHostAddr: formatHostTarget(requested) } : {}),
       rule: this.plan.origin,
       ...(this.plan.label ? { label: this.plan.label } : {}),
-      path: this.pathOf(this.plan),
+      path: this.currentPath(),
     };
+  }
+
+  private currentPath(): string {
+    try {
+      return this.pathOf(this.plan);
+    } catch (err) {
+      this.trouble(err, `choosing the data path of ${this.hostAddr}`);
+      return "grpc"; // where the path cannot be chosen, connections fall back to gRPC
+    }
   }
 
   /** Resolves with the listener once bound on `target`; rejects with the bind error. */
@@ -167,6 +180,18 @@ export abstract class HostForward {
     if (state !== this.state) this.since = new Date();
     this.state = state;
     this.lastError = error ?? this.lastError;
+  }
+
+  /** bind(), whose every failure is reported and retried: nothing escapes to the event loop. */
+  private bindSafely(): void {
+    this.bind().catch((err: NodeJS.ErrnoException) => {
+      try {
+        for (const l of this.listeners.splice(0)) l.close();
+        this.bindFailed(err, this.hostTarget);
+      } catch (again) {
+        this.trouble(again, `binding ${this.hostAddr}`);
+      }
+    });
   }
 
   private async bind(): Promise<void> {
@@ -194,13 +219,15 @@ export abstract class HostForward {
     for (const target of this.targets()) this.report({ type: "forwarding", ...this.describe(target) });
   }
 
-  private bindFailed(err: NodeJS.ErrnoException, target: HostTarget): void {
+  private bindFailed(bindError: NodeJS.ErrnoException, target: HostTarget): void {
     if (this.closed) return;
+    const err = !bindError.code && atFdLimit() ? Object.assign(new Error(bindError.message, { cause: bindError }), { code: "EMFILE" }) : bindError;
     const host = this.plan.host;
     if (err.code === "EADDRINUSE" && this.plan.onConflict === "next-free" && host.kind === "tcp" && this.portOffset < NEXT_FREE_SPAN && host.port + this.portOffset < 65535) {
       this.portOffset++;
-      return void this.bind();
+      return this.bindSafely();
     }
+    if (err.code === "EMFILE") this.trouble(err, `listening on ${formatHostTarget(target)}`);
     const error = describeBindError(err, target);
     const failedAddr = formatHostTarget(target);
     const others = this.targets().filter((t) => formatHostTarget(t) !== failedAddr).map(formatHostTarget);
@@ -210,7 +237,7 @@ export abstract class HostForward {
     this.portOffset = 0; // next-free found nothing in its span: start over on the next try
     const retryInMs = backoffDelay(this.attempt++, RETRY);
     this.report({ type: "failed", ...this.describe(), error: why, retryInMs });
-    this.retryTimer = setTimeout(() => void this.bind(), retryInMs);
+    this.retryTimer = setTimeout(() => this.bindSafely(), retryInMs);
   }
 }
 
@@ -231,8 +258,9 @@ function describeBindError(err: NodeJS.ErrnoException, host: HostTarget): string
     case "EADDRNOTAVAIL":
       return "address not available on this host";
     case "EMFILE":
+      return `out of file descriptors (EMFILE): ${fdLimitHint()}`;
     case "ENFILE":
-      return `${err.code === "EMFILE" ? "this process" : "the system"} is out of file descriptors (${err.code})`;
+      return "the system is out of file descriptors (ENFILE: its fs.file-max is reached)";
     default:
       return err.message;
   }

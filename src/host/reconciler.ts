@@ -1,7 +1,7 @@
 // Keeps the host's forwards equal to the plan: opens what is new, closes what is gone,
 // leaves the rest untouched. Reports each port the rules do not forward once per decision.
 import { formatHostPort } from "../core/address.ts";
-import type { ForwardEvent } from "../core/forward-event.ts";
+import type { HostEvent } from "../core/forward-event.ts";
 import { planForwards, type PlannedForward, type PlannedReverse, type PlanOptions } from "../core/forward-plan.ts";
 import { portKey, type PortSet } from "../core/ports.ts";
 import type { RuleEntry } from "../core/rules.ts";
@@ -35,12 +35,14 @@ export class Reconciler {
   private reportedNotForwarded = new Set<string>();
   private notForwarded: NotForwardedStatus[] = [];
   private ports: PortSet = new Map();
+  /** Guest ports left out by the forward cap, as last said (said again only when it changes from none). */
+  private overCap = 0;
 
   constructor(
     private rules: RuleEntry[],
     private options: PlanOptions,
     private readonly factory: ForwardFactory,
-    private readonly report: (e: ForwardEvent) => void,
+    private readonly report: (e: HostEvent) => void,
   ) {}
 
   /**
@@ -77,6 +79,11 @@ export class Reconciler {
     for (const [key, planned] of plan.reverses) {
       if (!this.reverses.has(key)) this.reverses.set(key, this.factory.reverse(planned));
     }
+
+    if (plan.overCap && !this.overCap) {
+      this.report({ type: "warning", message: `${plan.overCap} guest port(s) not forwarded: ${this.options.maxForwards!.reason}` });
+    }
+    this.overCap = plan.overCap;
 
     const nowNotForwarded = new Set<string>();
     this.notForwarded = plan.notForwarded.map(({ port, reason, origin }) => ({

@@ -5,7 +5,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import type { HostTarget, PlannedForward } from "../core/forward-plan.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
-import { HostForward, type Listener, type Report, type Traffic } from "./host-forward.ts";
+import { HostForward, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 export type ConnectionHandler = (socket: net.Socket, plan: PlannedForward) => void;
 
@@ -15,8 +15,9 @@ export class TcpForward extends HostForward {
     private readonly onConnection: ConnectionHandler,
     report: Report,
     pathOf?: (plan: PlannedForward) => string,
+    trouble?: Trouble,
   ) {
-    super(plan, report, pathOf);
+    super(plan, report, pathOf, trouble);
   }
 
   protected async listenOn(host: HostTarget): Promise<Listener> {
@@ -31,8 +32,14 @@ export class TcpForward extends HostForward {
         closedIn += socket.bytesRead;
         closedOut += socket.bytesWritten;
       });
-      this.onConnection(socket, this.plan);
+      try {
+        this.onConnection(socket, this.plan);
+      } catch (err) {
+        socket.destroy(); // the client sees its connection closed; the forward goes on
+        this.trouble(err, `a connection to ${where}`);
+      }
     });
+    const where = host.kind === "tcp" ? `${host.ip.includes(":") ? `[${host.ip}]` : host.ip}:${host.port}` : host.path;
     if (host.kind === "unix") {
       await removeStaleSocket(host.path);
       fs.mkdirSync(path.dirname(host.path), { recursive: true });
@@ -41,6 +48,8 @@ export class TcpForward extends HostForward {
       server.once("error", reject);
       server.once("listening", () => {
         server.off("error", reject);
+        // After listening, an error is one refused connection (Node reports EMFILE on accept so).
+        server.on("error", (err) => this.trouble(err, `accepting on ${where}`));
         resolve();
       });
       if (host.kind === "tcp") server.listen({ host: host.ip, port: host.port });

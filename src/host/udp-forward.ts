@@ -7,7 +7,7 @@ import { isIPv6 } from "node:net";
 import { formatHostPort } from "../core/address.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
-import { HostForward, type Listener, type Report, type Traffic } from "./host-forward.ts";
+import { HostForward, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
 export interface UdpTunnel {
@@ -35,8 +35,9 @@ export class UdpForward extends HostForward {
     private readonly openTunnel: OpenUdpTunnel,
     report: Report,
     private readonly warn: Warn,
+    trouble?: Trouble,
   ) {
-    super(plan, report);
+    super(plan, report, undefined, trouble);
   }
 
   protected async listenOn(host: HostTarget): Promise<Listener> {
@@ -53,7 +54,13 @@ export class UdpForward extends HostForward {
     const flows = new UdpFlows(socket, formatHostTarget(host), this.plan, this.openTunnel, this.warn);
     // After binding, a send error (e.g. a client that went away) concerns one datagram only.
     socket.on("error", () => {});
-    socket.on("message", (data, client) => flows.fromClient(data, client));
+    socket.on("message", (data, client) => {
+      try {
+        flows.fromClient(data, client);
+      } catch (err) {
+        this.trouble(err, `a datagram to ${formatHostTarget(host)}`);
+      }
+    });
     return flows;
   }
 }
@@ -74,7 +81,13 @@ class UdpFlows implements Listener {
     private readonly warn: Warn,
   ) {
     const interval = Math.max(50, Math.min(1000, plan.udp.idleTimeoutMs / 4));
-    this.sweeper = setInterval(() => this.expireIdle(), interval);
+    this.sweeper = setInterval(() => {
+      try {
+        this.expireIdle();
+      } catch {
+        // a flow that cannot be ended now is tried again on the next sweep
+      }
+    }, interval);
     this.sweeper.unref?.();
   }
 

@@ -45,7 +45,7 @@ function setup(rules = rulesInForce([])) {
       return f as unknown as HostForward;
     },
     reverse: () => ({ close() {}, destroy() {}, status: () => ({}) as ForwardStatus }),
-  }, (e) => events.push(e));
+  }, (e) => events.push(e as ForwardEvent));
   return { reconciler, made, events };
 }
 
