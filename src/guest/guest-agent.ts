@@ -7,6 +7,7 @@ import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret } from "./data-server.ts";
 import { checkPreface } from "./preface-check.ts";
+import { watchFdPressure } from "./fd-pressure.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
@@ -30,12 +31,14 @@ export class GuestAgent {
   private readonly served: Served[] = [];
   /** The secret every raw data stream must start with (see core/data-header.ts). */
   private readonly dataSecret = newDataSecret();
+  private stopFdWatch: (() => void) | undefined;
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
   }
 
   async start(): Promise<void> {
+    this.stopFdWatch = watchFdPressure(this.options.log);
     const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
     this.watcher = new PortWatcher(interval, scanner);
@@ -71,6 +74,7 @@ export class GuestAgent {
   }
 
   stop(): void {
+    this.stopFdWatch?.();
     this.watcher?.stop();
     for (const served of this.served.splice(0)) served.close();
     this.grpcServer.forceShutdown();

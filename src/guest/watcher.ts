@@ -71,14 +71,26 @@ export class PortWatcher {
   }
 
   private async scanAndNotify(): Promise<void> {
-    const { ports, errors, unchanged } = await this.scanner.scan();
+    let result: ScanResult;
+    try {
+      result = await this.scanner.scan();
+    } catch (err) {
+      result = { ports: [], errors: [`scanning sockets: ${(err as Error).message}`] };
+    }
+    const { ports, errors, unchanged } = result;
     if (unchanged && !errors.length && this.scanned) return;
     this.scanned = true;
     // A failed scan keeps the last good state: a read error must not look like closed ports.
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
     if (!errors.length) this.state = toPortSet(ports);
     if (isEmptyDiff(diff) && !errors.length) return;
-    for (const listener of this.listeners) listener(diff, errors);
+    for (const listener of this.listeners) {
+      try {
+        listener(diff, errors);
+      } catch {
+        // one subscriber's failure (a host gone mid-write) is not the others'
+      }
+    }
   }
 }
 

@@ -62,7 +62,9 @@ export class FdPressure {
   constructor(
     private readonly say: (message: string) => void,
     private readonly probeMs = 1000,
-  ) {}
+  ) {
+    fdLimit(); // read now: once fds run out, /proc/self/limits cannot be opened
+  }
 
   get inEpisode(): boolean {
     return this.timer !== undefined;

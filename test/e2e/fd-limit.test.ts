@@ -3,7 +3,7 @@
 // for lack of fds, and forwards again when fds are free.
 import { describe, expect } from "bun:test";
 import * as net from "node:net";
-import { e2eTest, exchange, fdCount, freePort, freePortBase, Guest, startHostAgent, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fdCount, freePort, freePortBase, Guest, PORTHOLE, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -72,5 +72,33 @@ describe("file descriptor limits", () => {
     expect((await exchange(first, Buffer.from("first"))).toString()).toBe("first");
     expect(host.events.filter(isOut)).toHaveLength(1); // once per episode, not per connection
     expect(host.proc.running).toBe(true);
+  });
+
+  e2eTest("a guest agent out of fds (ulimit -n 1024) says so once, refuses the host's connections, and serves again when they leave", async () => {
+    const guest = Guest.create();
+    const agent = await guest.startAgent([], ["prlimit", `--nofile=${LIMIT}:${LIMIT}`, "--", ...PORTHOLE]);
+    const host = startHostAgent(guest, ["--forwarder", "grpc"]);
+    const port = await freePort();
+    await guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port);
+
+    // Each tunnel holds one guest fd for its dial: more tunnels than the guest agent has fds.
+    const clients: net.Socket[] = [];
+    for (let i = 0; i < LIMIT + 200; i++) {
+      const c = net.connect({ port, host: "127.0.0.1" });
+      c.on("error", () => {});
+      clients.push(c);
+    }
+    const isOut = (l: string) => l.startsWith("out of file descriptors: refusing the host's connections");
+    const line = await agent.waitFor(() => agent.stderr.find(isOut), "the guest's out-of-fds line", 30_000);
+    expect(line).toContain(`limit of ${LIMIT} open files`);
+    expect(line).toContain("ulimit -n");
+    expect(agent.running).toBe(true);
+
+    clients.forEach((c) => c.destroy());
+    await agent.waitFor(() => agent.stderr.find((l) => l.startsWith("file descriptors available again")), "fds free again", 30_000);
+    expect((await exchange(port, Buffer.from("again"))).toString()).toBe("again");
+    expect(agent.stderr.filter(isOut)).toHaveLength(1);
+    expect(agent.running).toBe(true);
   });
 });
