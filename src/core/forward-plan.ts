@@ -61,8 +61,6 @@ export interface PlanOptions {
   ipv6Loopback: boolean;
   /** Flow limits for UDP forwards whose rule sets none. */
   udp: UdpSettings;
-  /** The guest's ephemeral port range: UDP sockets bound there are clients (see isUdpClientPort). */
-  udpEphemeralRange: [number, number];
   /** Why UDP cannot be forwarded right now (SSH mode with the agent channel down), if so. */
   udpUnavailable?: string;
   /** The policy for rules that set none. */
@@ -75,8 +73,7 @@ export interface PlanOptions {
   maxForwards?: { count: number; reason: string };
 }
 
-/** Linux's default ip_local_port_range, for guests that do not tell theirs. */
-export const LINUX_EPHEMERAL_RANGE: [number, number] = [32768, 60999];
+/** The DHCP client's port: a long-lived, unconnected UDP socket that is no server. */
 const DHCP_CLIENT_PORT = 68;
 
 export function formatHostTarget(t: HostTarget): string {
@@ -87,10 +84,6 @@ function forwardKey(protocol: TunnelProtocol, t: HostTarget): string {
   return `${protocol} ${t.kind === "tcp" ? formatHostPort(t.ip, t.port) : `unix:${t.path}`}`;
 }
 
-/** A bound, unconnected UDP socket on an ephemeral port (or the DHCP client's) is a client. */
-function isUdpClientPort(port: IPPort, range: [number, number]): boolean {
-  return port.protocol === "udp" && (port.port === DHCP_CLIENT_PORT || (port.port >= range[0] && port.port <= range[1]));
-}
 
 /** IPv4 binds first, then by address and port, so the chosen dial target is stable. */
 function compareGuestPorts(a: IPPort, b: IPPort): number {
@@ -172,9 +165,11 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
           notForwarded.push({ port, reason: options.udpUnavailable });
           break;
         }
-        // Only a user's rule forwards a UDP client socket; the built-in fallback does not.
-        if (decision.origin === "built-in" && isUdpClientPort(port, options.udpEphemeralRange)) {
-          notForwarded.push({ port, reason: "ephemeral UDP client port" });
+        // Which UDP sockets are servers the guest decides (connected ones and short-lived ones
+        // are not reported); only the DHCP client's port is known to be none. A user's rule
+        // forwards it anyway.
+        if (decision.origin === "built-in" && port.protocol === "udp" && port.port === DHCP_CLIENT_PORT) {
+          notForwarded.push({ port, reason: "the DHCP client's port" });
           break;
         }
         addGuestPort(port, port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false);

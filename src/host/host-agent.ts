@@ -7,7 +7,7 @@ import { ControlServer } from "./control-server.ts";
 import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { logText } from "../core/log-text.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
-import { LINUX_EPHEMERAL_RANGE, type PlanOptions } from "../core/forward-plan.ts";
+import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
 import { rulesInForce, type ConflictPolicy } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
@@ -68,8 +68,6 @@ export class HostAgent {
   private readonly reconciler: Reconciler;
   private configWatcher: FSWatcher | undefined;
   private config: Config;
-  /** The guest's ephemeral port range, from Hello (Linux's default for a stock Lima guest). */
-  private ephemeralRange: [number, number] = LINUX_EPHEMERAL_RANGE;
   private readonly forwarder: Choice<ForwarderKind>;
   private readonly sshLink: SshLink | undefined;
   private readonly router: StreamRouter;
@@ -89,7 +87,6 @@ export class HostAgent {
       onConnected: (ports, hello) => {
         announcedWaiting = false;
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
-        if (hello?.ephemeral_port_low) this.ephemeralRange = [hello.ephemeral_port_low, hello.ephemeral_port_high];
         this.router.setGuest(hello);
         this.hello = hello ? { version: hello.version, addresses: hello.addresses } : { lima: true, addresses: [] };
         this.agentUp = true;
@@ -236,7 +233,6 @@ export class HostAgent {
         idleTimeoutMs: this.options.udpIdleTimeoutMs ?? config.udp.idleTimeoutMs,
         maxFlows: this.options.udpMaxFlows ?? config.udp.maxFlows,
       },
-      udpEphemeralRange: this.ephemeralRange,
       onConflict: this.options.onConflict ?? config.onConflict,
       ...(this.forwarder?.value === "ssh" && !this.agentUp
         ? { udpUnavailable: "SSH has no datagram channel and the agent channel is down" }

@@ -9,7 +9,7 @@ import { rulesInForce, withDefaults } from "../../src/core/rules.ts";
 import type { ForwardStatus, HostForward } from "../../src/host/host-forward.ts";
 import { Reconciler } from "../../src/host/reconciler.ts";
 
-const options: PlanOptions = { ipv6Loopback: false, udp: { idleTimeoutMs: 60_000, maxFlows: 16 }, udpEphemeralRange: [32768, 60999] };
+const options: PlanOptions = { ipv6Loopback: false, udp: { idleTimeoutMs: 60_000, maxFlows: 16 } };
 const tcp = (ip: string, port: number) => ({ protocol: "tcp", ip, port });
 
 class FakeForward {
