@@ -21,7 +21,7 @@ export function parseAddressValue(flag: string, text: string): TransportAddress 
   try {
     return parseTransportAddress(text);
   } catch (err) {
-    throw new UsageError(`--${flag}: ${(err as Error).message}`);
+    throw new UsageError(`--${flag}: ${(err as Error).message}`, { cause: err });
   }
 }
 

@@ -27,7 +27,7 @@ export async function listenTransport(address: Extract<TransportAddress, { kind:
 function listenServer(start: (s: net.Server) => void, address: TransportAddress, halfOpen: boolean): Promise<net.Server> {
   return new Promise((resolve, reject) => {
     const server = net.createServer({ allowHalfOpen: halfOpen });
-    server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`)));
+    server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`, { cause: err })));
     server.once("listening", () => {
       server.removeAllListeners("error");
       resolve(server);
