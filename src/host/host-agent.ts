@@ -4,7 +4,7 @@ import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { AgentStatus } from "../core/status.ts";
 import { ControlServer } from "./control-server.ts";
-import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
+import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { logText } from "../core/log-text.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import type { PlanOptions } from "../core/forward-plan.ts";
@@ -162,6 +162,8 @@ export class HostAgent {
     this.connection.start();
     if (this.options.watchConfig && this.options.configFile) {
       this.configWatcher = watchConfigFile(this.options.configFile, () => this.reload());
+      // e.g. the directory was removed: the rules in force stay; SIGHUP still reloads.
+      this.configWatcher.on("error", (err) => this.emit({ type: "warning", message: `no longer watching ${this.options.configFile}: ${err.message}` }));
     }
   }
 
@@ -182,8 +184,8 @@ export class HostAgent {
     try {
       config = loadConfigFile(file, this.options.stateDir);
     } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      this.emit({ type: "config-rejected", file, error: err.message });
+      // Any error (a ConfigError lists the problems): the rules in force stay, the agent runs on.
+      this.emit({ type: "config-rejected", file, error: (err as Error).message });
       return;
     }
     this.emit({ type: "config-loaded", file, rules: config.rules.length });
