@@ -32,6 +32,7 @@ export class Reconciler {
   private readonly reverses = new Map<string, ReverseHandle>();
   /** Forwards no longer wanted whose connections are still open. */
   private readonly closing = new Set<HostForward>();
+  private readonly closingReverses = new Set<ReverseHandle>();
   private reportedNotForwarded = new Set<string>();
   private notForwarded: NotForwardedStatus[] = [];
   private ports: PortSet = new Map();
@@ -75,6 +76,7 @@ export class Reconciler {
       if (plan.reverses.has(key)) continue;
       reverse.close();
       this.reverses.delete(key);
+      this.closingReverses.add(reverse);
     }
     for (const [key, planned] of plan.reverses) {
       if (!this.reverses.has(key)) this.reverses.set(key, this.factory.reverse(planned));
@@ -110,13 +112,14 @@ export class Reconciler {
 
   private pruneClosing(): void {
     for (const f of this.closing) if (f.openConnections === 0) this.closing.delete(f);
+    for (const r of this.closingReverses) if (r.status().connections === 0) this.closingReverses.delete(r);
   }
 
   /** Every forward (and port not forwarded) as `porthole status` shows it. */
   snapshot(): { forwards: ForwardStatus[]; notForwarded: NotForwardedStatus[] } {
     this.pruneClosing();
     return {
-      forwards: [...[...this.active.values(), ...this.closing].flatMap((f) => f.status()), ...[...this.reverses.values()].map((r) => r.status())],
+      forwards: [...[...this.active.values(), ...this.closing].flatMap((f) => f.status()), ...[...this.reverses.values(), ...this.closingReverses].map((r) => r.status())],
       notForwarded: this.notForwarded,
     };
   }
@@ -125,7 +128,8 @@ export class Reconciler {
   destroy(): void {
     for (const forward of [...this.active.values(), ...this.closing]) forward.destroy();
     this.closing.clear();
-    for (const reverse of this.reverses.values()) reverse.destroy();
+    for (const reverse of [...this.reverses.values(), ...this.closingReverses]) reverse.destroy();
+    this.closingReverses.clear();
     this.active.clear();
     this.reverses.clear();
   }

@@ -37,6 +37,7 @@ class FakeForward {
 
 function setup(rules = rulesInForce([])) {
   const made: FakeForward[] = [];
+  const reverses: { connections: number; destroyed: boolean }[] = [];
   const events: ForwardEvent[] = [];
   const reconciler = new Reconciler(rules, options, {
     forward: (plan) => {
@@ -44,9 +45,13 @@ function setup(rules = rulesInForce([])) {
       made.push(f);
       return f as unknown as HostForward;
     },
-    reverse: () => ({ close() {}, destroy() {}, status: () => ({}) as ForwardStatus }),
+    reverse: (plan) => {
+      const r = { connections: 0, destroyed: false };
+      reverses.push(r);
+      return { close() {}, destroy: () => void (r.destroyed = true), status: () => ({ hostAddr: plan.hostSocket, connections: r.connections }) as ForwardStatus };
+    },
   }, (e) => events.push(e as ForwardEvent));
-  return { reconciler, made, events };
+  return { reconciler, made, events, reverses };
 }
 
 test("new ports open forwards, ports still there keep theirs, ports gone close theirs", () => {
@@ -100,4 +105,15 @@ test("a port not forwarded is reported once per decision, and again when the rea
   reconciler.setRules(rules, options, ports); // and back: said again
   expect(events.filter((e) => e.guestAddr === "127.0.0.1:3000").map((e) => e.error)).toEqual(["ignored by rule", "ignored by rule"]);
   expect(reconciler.snapshot().notForwarded.map((n) => n.guestAddr)).toEqual(["127.0.0.1:3000", "127.0.0.2:4000"]);
+});
+
+test("a reverse forward dropped from the config keeps its open connections in status until they end, and stop ends them", () => {
+  const rules = rulesInForce([withDefaults({ guestSocket: "/run/a.sock", hostSocket: "/h/a.sock", reverse: true })]);
+  const { reconciler, reverses } = setup(rules);
+  reconciler.reconcile(new Map());
+  reverses[0]!.connections = 1;
+  reconciler.setRules(rulesInForce([]), options, new Map());
+  expect(reconciler.snapshot().forwards.map((f) => [f.hostAddr, f.connections])).toEqual([["/h/a.sock", 1]]);
+  reconciler.destroy();
+  expect(reverses[0]!.destroyed).toBe(true);
 });
