@@ -25,7 +25,7 @@ import { UdpForward } from "./udp-forward.ts";
 import { SocketInUseError } from "../transport/listen.ts";
 import type { Socket } from "node:net";
 import type { PlannedForward } from "../core/forward-plan.ts";
-import { FdPressure, fdLimit, isFdExhaustion } from "../runtime/fd-limit.ts";
+import { FdPressure, fdLimit, isFdExhaustion, nearFdLimit } from "../runtime/fd-limit.ts";
 
 export type LogFormat = "text" | "json";
 
@@ -77,6 +77,8 @@ export class HostAgent {
   private readonly eventCounts: Record<string, number> = {};
   private readonly startedAt = new Date();
   private readonly fdPressure: FdPressure;
+  private fdCheckedAt = 0;
+  private connectionsSinceFdCheck = 0;
   /** Internal errors already logged (each said once). */
   private readonly troubleSaid = new Set<string>();
 
@@ -203,6 +205,15 @@ export class HostAgent {
 
   /** A connection to its data path; where choosing the path fails, over gRPC (which needs no fd). */
   private forwardStream(socket: Socket, plan: PlannedForward, grpc: GrpcForwarder): void {
+    // At the fd limit the runtime stops accepting (Bun) or fails accepts (Node), so the last
+    // connections that do arrive must notice: count fds every 32 connections (or after a
+    // second), with a margin wider than 32, and say it once per episode.
+    const now = Date.now();
+    if ((++this.connectionsSinceFdCheck >= 32 || now - this.fdCheckedAt >= 1000) && !this.fdPressure.inEpisode) {
+      this.fdCheckedAt = now;
+      this.connectionsSinceFdCheck = 0;
+      if (nearFdLimit(64)) this.fdPressure.exhausted("new connections wait in the backlog or are refused");
+    }
     try {
       this.router.forwardStream(socket, plan);
     } catch (err) {

@@ -46,6 +46,14 @@ export function atFdLimit(): boolean {
   return open === undefined || (limit !== undefined && open >= limit - 2);
 }
 
+/** Open fds are within `margin` of the limit (undefined counts as at it: /proc/self/fd needs an fd). */
+export function nearFdLimit(margin = 16): boolean {
+  const limit = fdLimit();
+  if (limit === undefined) return false;
+  const open = openFds();
+  return open === undefined || open >= limit - margin;
+}
+
 /** What to tell the user about the limit: the number and how to raise it. */
 export function fdLimitHint(limit = fdLimit()): string {
   const which = limit === undefined ? "the open-files limit" : `the limit of ${limit} open files`;

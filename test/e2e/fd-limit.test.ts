@@ -40,7 +40,8 @@ describe("file descriptor limits", () => {
   e2eTest("out of fds under ulimit -n 1024: said once with the limit and a hint, a new port fails and is retried, all recovers when clients leave", async () => {
     const guest = Guest.create();
     await guest.startAgent();
-    const host = startHostAgent(guest, [], { wrapper: ["prlimit", `--nofile=${LIMIT}:${LIMIT}`, "--"] });
+    // gRPC: no path choice per connection that could notice the fds running out by itself.
+    const host = startHostAgent(guest, ["--forwarder", "grpc"], { wrapper: ["prlimit", `--nofile=${LIMIT}:${LIMIT}`, "--"] });
     const [first, second] = [await freePort(), await freePort()];
     await guest.startEcho("127.0.0.1", first);
     await host.waitForForwarding(first);
@@ -54,6 +55,10 @@ describe("file descriptor limits", () => {
       clients.push(c);
     }
     await host.proc.waitFor(() => fdCount(pid) >= LIMIT - 1 || undefined, "the agent to run out of fds", 30_000);
+    const isOut = (e: { type: string; message?: unknown }) => e.type === "warning" && String(e.message).startsWith("out of file descriptors");
+    const out = await host.waitForEvent(isOut, "the out-of-fds warning");
+    expect(out.message).toContain("new connections wait in the backlog or are refused");
+    expect(out.message).toContain(`limit of ${LIMIT} open files`);
 
     // A new guest port now cannot be bound: reported with the limit and a hint, and retried.
     await guest.startEcho("127.0.0.1", second);
@@ -61,8 +66,6 @@ describe("file descriptor limits", () => {
     expect(failed.error).toContain(`limit of ${LIMIT} open files`);
     expect(failed.error).toContain("ulimit -n");
     expect(failed.retryInMs).toBeGreaterThan(0);
-    const isOut = (e: { type: string; message?: unknown }) => e.type === "warning" && String(e.message).startsWith("out of file descriptors");
-    await host.waitForEvent(isOut, "the out-of-fds warning");
     expect(host.proc.running).toBe(true);
 
     clients.forEach((c) => c.destroy());
