@@ -59,7 +59,7 @@ test: build dist/porthole.mjs system-deps check
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test $(TEST_ARGS)
 
 test-unit: deps shim
-	$(BUN) test test/core test/unit
+	$(BUN) test test/core test/host test/guest test/runtime test/transport
 
 # The real-VM tests alone (QEMU, TCG): they also run as part of make test.
 test-vm: build system-deps

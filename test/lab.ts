@@ -424,8 +424,8 @@ const usedPorts = new Set<number>();
 
 /**
  * A port that is free on the host's 127.0.0.1 and ::1, for TCP and UDP, right now. It lies
- * below the kernel's ephemeral range (32768+), where UDP sockets count as clients, not
- * servers, and where the kernel hands out ports for outgoing connections.
+ * below the kernel's ephemeral range (32768+), where the kernel hands out ports for outgoing
+ * connections.
  */
 export async function freePort(): Promise<number> {
   for (let attempt = 0; attempt < 200; attempt++) {

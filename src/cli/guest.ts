@@ -1,4 +1,5 @@
 import type { CAC } from "cac";
+import { keepRunningOnUncaught } from "../runtime/last-resort.ts";
 import type { InitSystem } from "../core/service-unit.ts";
 import { GuestAgent } from "../guest/guest-agent.ts";
 import { detectInit, installLimaSystemdUnit, installService, renderService, uninstallService } from "../guest/install.ts";
@@ -98,6 +99,7 @@ export function registerGuest(cli: CAC): void {
         socketOwner: limaSocketOwner(flags),
         log: (line) => process.stderr.write(`${line}\n`),
       });
+      keepRunningOnUncaught((line) => process.stderr.write(`${line}\n`));
       await agent.start();
       stopOnSignals(() => agent.stop());
     });

@@ -1,4 +1,5 @@
 import type { CAC } from "cac";
+import { keepRunningOnUncaught } from "../runtime/last-resort.ts";
 import { resolve } from "node:path";
 import { ConfigError } from "../core/config.ts";
 import { loadConfigFile } from "../host/config-file.ts";
@@ -89,6 +90,7 @@ export function registerHost(cli: CAC): void {
         logFormat,
       });
       await agent.start();
+      keepRunningOnUncaught((line) => agent.log(line));
       process.on("SIGHUP", () => agent.reload());
       stopOnSignals(() => agent.stop());
     });

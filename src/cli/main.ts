@@ -6,7 +6,7 @@ import { registerDemo, runDemoHttpServer, DEMO_HTTP_SERVER_COMMAND } from "./dem
 import { registerGuest } from "./guest.ts";
 import { registerHost } from "./host.ts";
 import { registerStatus } from "./status.ts";
-import { UsageError } from "./options.ts";
+import { joinNegativeValues, UsageError } from "./options.ts";
 import { invokedName } from "../runtime/self.ts";
 
 async function main(argv: string[]): Promise<void> {
@@ -24,7 +24,7 @@ async function main(argv: string[]): Promise<void> {
   cli.help();
   cli.version(pkg.version);
   cli.outputVersion = () => console.log(`porthole ${pkg.version}`);
-  cli.parse(argv, { run: false });
+  cli.parse(joinNegativeValues(argv), { run: false });
   if (cli.options.help || cli.options.version) return;
   if (!cli.matchedCommand && cli.args.length) {
     throw new UsageError(`unknown command "${cli.args[0]}" (see porthole --help)`);

@@ -21,7 +21,7 @@ export function parseAddressValue(flag: string, text: string): TransportAddress 
   try {
     return parseTransportAddress(text);
   } catch (err) {
-    throw new UsageError(`--${flag}: ${(err as Error).message}`);
+    throw new UsageError(`--${flag}: ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -49,11 +49,28 @@ export function stopOnSignals(stop: () => void): void {
 export function parseDurationFlag(flag: string, value: unknown): number | undefined {
   if (value === undefined) return undefined;
   const ms = parseDuration(typeof value === "number" ? value : String(value));
-  if (Number.isNaN(ms)) throw new UsageError(`--${flag}: "${value}" is not a duration (e.g. 60s, 500ms, 2m)`);
+  if (Number.isNaN(ms)) throw new UsageError(`--${flag}: "${value}" is not a positive duration (e.g. 60s, 500ms, 2m)`);
   return ms;
 }
 
 /** Where the host agent keeps known_hosts, host sockets and its control socket. */
 export function defaultStateDir(): string {
   return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "porthole");
+}
+
+/**
+ * `--flag -5s` as `--flag=-5s`: the option parser takes any word that starts with a dash for
+ * an option ("Unknown option `-5`"), so a negative value would never reach its check.
+ */
+export function joinNegativeValues(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const next = argv[i + 1];
+    if (/^--[a-z][\w-]*$/.test(arg) && next !== undefined && /^-\.?\d/.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
 }

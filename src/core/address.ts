@@ -6,10 +6,6 @@ export function isUnspecified(ip: string): boolean {
   return ip === "0.0.0.0" || ip === "::";
 }
 
-export function isLoopback(ip: string): boolean {
-  return ip === "::1" || ip.startsWith("127.");
-}
-
 /** `::ffff:1.2.3.4` becomes `1.2.3.4`; everything else is returned as is. */
 export function unmapIPv4(ip: string): string {
   const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);

@@ -43,11 +43,6 @@ const path = z.string({ error: (iss) => `${show(iss.input)} is not a path` }).mi
 /** Longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
 const UNIX_PATH_MAX = 107;
 
-export const RULE_FIELDS = [
-  "guestIPMustBeZero", "guestIP", "guestPort", "guestPortRange", "guestSocket", "hostIP", "hostPort",
-  "hostPortRange", "hostSocket", "proto", "reverse", "ignore", "static", "udpIdleTimeout", "udpMaxFlows", "label", "onConflict",
-] as const;
-
 export const ruleSchema = z
   .strictObject({
     guestIPMustBeZero: bool.optional(),

@@ -34,8 +34,8 @@ export interface UdpSettings {
 export const DEFAULT_UDP: UdpSettings = { idleTimeoutMs: 60_000, maxFlows: 1024 };
 
 export class ConfigError extends Error {
-  constructor(readonly problems: string[]) {
-    super(problems.join("\n"));
+  constructor(readonly problems: string[], options?: { cause?: unknown }) {
+    super(problems.join("\n"), options);
     this.name = "ConfigError";
   }
 }

@@ -1,4 +1,5 @@
 // What the host agent reports about each forward, as Lima's log lines or as JSON.
+import { logText as q } from "./log-text.ts";
 import type { RuleOrigin } from "./rules.ts";
 
 export type ForwardEventType = "forwarding" | "not-forwarding" | "stopping" | "failed";
@@ -73,45 +74,45 @@ function isForwardEvent(e: HostEvent): e is ForwardEvent {
 /** The text form, worded as Lima's host agent logs it. */
 export function formatEventText(e: HostEvent): string {
   if (!isForwardEvent(e)) {
-    const why = e.error ? `: ${e.error}` : "";
+    const why = e.error ? `: ${q(e.error)}` : "";
     switch (e.type) {
       case "guest-connected":
-        return `Connected to guest agent at ${e.guest}`;
+        return `Connected to guest agent at ${q(e.guest)}`;
       case "guest-unreachable":
-        return `Waiting for guest agent at ${e.guest}${why}`;
+        return `Waiting for guest agent at ${q(e.guest)}${why}`;
       case "stock-guest":
-        return `The guest agent at ${e.guest} is a stock Lima guest agent: ${e.message}`;
+        return `The guest agent at ${q(e.guest)} is a stock Lima guest agent: ${q(e.message)}`;
       case "guest-disconnected":
-        return `Lost guest agent at ${e.guest}${why}; reconnecting`;
+        return `Lost guest agent at ${q(e.guest)}${why}; reconnecting`;
       case "config-loaded":
-        return `Loaded ${e.rules} portForwards rule(s) from ${e.file}`;
+        return `Loaded ${e.rules} portForwards rule(s) from ${q(e.file)}`;
       case "config-rejected":
-        return `Config ${e.file} rejected, keeping the rules in force:\n${e.error}`;
+        return `Config ${q(e.file)} rejected, keeping the rules in force:\n${(e.error ?? "").split("\n").map(q).join("\n")}`;
       case "warning":
-        return `Warning: ${e.message}`;
+        return `Warning: ${q(e.message)}`;
       case "forwarder-selected":
-        return `Using ${FORWARDER_NAMES[e.forwarder ?? ""] ?? e.forwarder} (${e.reason})${e.message ? `; ${e.message}` : ""}`;
+        return `Using ${FORWARDER_NAMES[e.forwarder ?? ""] ?? q(e.forwarder)} (${q(e.reason)})${e.message ? `; ${q(e.message)}` : ""}`;
       case "ssh-connected":
-        return `SSH connected to the guest over ${e.via}`;
+        return `SSH connected to the guest over ${q(e.via)}`;
       case "ssh-disconnected":
         return `SSH connection to the guest lost${why}; reconnecting`;
       case "ssh-unreachable":
         return `Cannot reach the guest's sshd${why}; retrying`;
     }
   }
-  const proto = e.protocol.toUpperCase();
+  const proto = q(e.protocol.toUpperCase());
   switch (e.type) {
     case "forwarding":
       return e.reverse
-        ? `Forwarding ${proto} from host ${e.hostAddr} to guest ${e.guestAddr} (reverse)`
-        : `Forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}${e.requestedHostAddr ? ` (${e.requestedHostAddr} was taken)` : ""}${e.path && e.path !== "grpc" ? ` (${e.path})` : ""}${e.label ? ` [${e.label}]` : ""}`;
+        ? `Forwarding ${proto} from host ${q(e.hostAddr)} to guest ${q(e.guestAddr)} (reverse)`
+        : `Forwarding ${proto} from ${q(e.guestAddr)} to ${q(e.hostAddr)}${e.requestedHostAddr ? ` (${q(e.requestedHostAddr)} was taken)` : ""}${e.path && e.path !== "grpc" ? ` (${q(e.path)})` : ""}${e.label ? ` [${q(e.label)}]` : ""}`;
     case "stopping":
-      return `Stopping forwarding ${proto} from ${e.guestAddr} to ${e.hostAddr}`;
+      return `Stopping forwarding ${proto} from ${q(e.guestAddr)} to ${q(e.hostAddr)}`;
     case "not-forwarding":
-      return `Not forwarding ${proto} ${e.guestAddr}${e.error ? ` (${e.error})` : ""}`;
+      return `Not forwarding ${proto} ${q(e.guestAddr)}${e.error ? ` (${q(e.error)})` : ""}`;
     case "failed": {
       const retry = e.retryInMs !== undefined ? `; retrying in ${(e.retryInMs / 1000).toFixed(1)}s` : "";
-      return `Failed to forward ${proto} from ${e.guestAddr} to ${e.hostAddr}: ${e.error}${retry}`;
+      return `Failed to forward ${proto} from ${q(e.guestAddr)} to ${q(e.hostAddr)}: ${q(e.error)}${retry}`;
     }
   }
 }

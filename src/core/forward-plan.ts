@@ -4,7 +4,6 @@
 import type { IPPort } from "../proto/guest-service.ts";
 import { formatHostPort } from "./address.ts";
 import type { UdpSettings } from "./config.ts";
-import { portKey } from "./ports.ts";
 import { decide, type ConflictPolicy, type Rule, type RuleEntry, type RuleOrigin } from "./rules.ts";
 
 export type HostTarget = { kind: "tcp"; ip: string; port: number } | { kind: "unix"; path: string };
@@ -22,8 +21,12 @@ export interface PlannedForward {
   origin: RuleOrigin;
   /** From a `static: true` or `guestSocket` rule: wanted whether or not the guest listens. */
   static: boolean;
-  /** The `::1` listener beside a `127.0.0.1` one: dropped where the host has no IPv6. */
-  companion: boolean;
+  /**
+   * A `127.0.0.1` forward also listens on `[::1]` at the same port: the two stand or fall
+   * together (a client resolving localhost to ::1 must not reach the guest while 127.0.0.1
+   * is another program's), except where the host has no IPv6, where IPv4 serves alone.
+   */
+  ipv6Companion: boolean;
   /** For UDP forwards: flow limits from the rule, else the global settings. */
   udp: UdpSettings;
   /** The rule's label, for status and events. */
@@ -49,6 +52,8 @@ export interface ForwardPlan {
   forwards: Map<string, PlannedForward>;
   reverses: Map<string, PlannedReverse>;
   notForwarded: NotForwarded[];
+  /** Guest ports left out by maxForwards. */
+  overCap: number;
 }
 
 export interface PlanOptions {
@@ -56,16 +61,19 @@ export interface PlanOptions {
   ipv6Loopback: boolean;
   /** Flow limits for UDP forwards whose rule sets none. */
   udp: UdpSettings;
-  /** The guest's ephemeral port range: UDP sockets bound there are clients (see isUdpClientPort). */
-  udpEphemeralRange: [number, number];
   /** Why UDP cannot be forwarded right now (SSH mode with the agent channel down), if so. */
   udpUnavailable?: string;
   /** The policy for rules that set none. */
   onConflict?: ConflictPolicy;
+  /**
+   * At most this many forwards from guest ports (static forwards count, but are always made),
+   * and why, for the ports over it: each forward holds up to two listening sockets, and the
+   * host's open-files limit must leave room for connections.
+   */
+  maxForwards?: { count: number; reason: string };
 }
 
-/** Linux's default ip_local_port_range, for guests that do not tell theirs. */
-export const LINUX_EPHEMERAL_RANGE: [number, number] = [32768, 60999];
+/** The DHCP client's port: a long-lived, unconnected UDP socket that is no server. */
 const DHCP_CLIENT_PORT = 68;
 
 export function formatHostTarget(t: HostTarget): string {
@@ -76,15 +84,11 @@ function forwardKey(protocol: TunnelProtocol, t: HostTarget): string {
   return `${protocol} ${t.kind === "tcp" ? formatHostPort(t.ip, t.port) : `unix:${t.path}`}`;
 }
 
-/** A bound, unconnected UDP socket on an ephemeral port (or the DHCP client's) is a client. */
-function isUdpClientPort(port: IPPort, range: [number, number]): boolean {
-  return port.protocol === "udp" && (port.port === DHCP_CLIENT_PORT || (port.port >= range[0] && port.port <= range[1]));
-}
 
 /** IPv4 binds first, then by address and port, so the chosen dial target is stable. */
 function compareGuestPorts(a: IPPort, b: IPPort): number {
   const v6 = (p: IPPort) => (p.ip.includes(":") ? 1 : 0);
-  return v6(a) - v6(b) || portKey(a).localeCompare(portKey(b));
+  return v6(a) - v6(b) || a.protocol.localeCompare(b.protocol) || a.ip.localeCompare(b.ip) || a.port - b.port;
 }
 
 function protocolsOf(rule: Rule): ("tcp" | "udp")[] {
@@ -99,20 +103,26 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
   const forwards = new Map<string, PlannedForward>();
   const reverses = new Map<string, PlannedReverse>();
   const notForwarded: NotForwarded[] = [];
-  const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean) => {
-    if (protocol === "udp" && options.udpUnavailable) return;
+  let overCap = 0;
+  /** Adds a forward (or joins one to the same host address); false if the cap leaves it out. */
+  const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean): boolean => {
+    if (protocol === "udp" && options.udpUnavailable) return true;
     const udp = {
       idleTimeoutMs: entry.rule.udpIdleTimeoutMs ?? options.udp.idleTimeoutMs,
       maxFlows: entry.rule.udpMaxFlows ?? options.udp.maxFlows,
     };
-    const targets: [HostTarget, boolean][] = [[host, false]];
-    if (options.ipv6Loopback && host.kind === "tcp" && host.ip === "127.0.0.1") targets.push([{ ...host, ip: "::1" }, true]);
-    for (const [target, companion] of targets) {
-      const key = forwardKey(protocol, target);
-      if (forwards.has(key)) continue;
-      const onConflict = entry.rule.onConflict ?? options.onConflict ?? "fail";
-      forwards.set(key, { key, protocol, host: target, guestAddr, origin: entry.origin, static: isStatic, companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}) });
-    }
+    const key = forwardKey(protocol, host);
+    if (forwards.has(key)) return true;
+    if (!isStatic && options.maxForwards && forwards.size >= options.maxForwards.count) return false;
+    const ipv6Companion = options.ipv6Loopback && host.kind === "tcp" && host.ip === "127.0.0.1";
+    const onConflict = entry.rule.onConflict ?? options.onConflict ?? "fail";
+    forwards.set(key, { key, protocol, host, guestAddr, origin: entry.origin, static: isStatic, ipv6Companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}) });
+    return true;
+  };
+  const addGuestPort = (port: IPPort, ...args: Parameters<typeof add>) => {
+    if (add(...args)) return;
+    overCap++;
+    notForwarded.push({ port, reason: options.maxForwards!.reason });
   };
 
   // Unix socket rules and static rules hold from start-up, whatever the guest reports.
@@ -155,15 +165,17 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
           notForwarded.push({ port, reason: options.udpUnavailable });
           break;
         }
-        // Only a user's rule forwards a UDP client socket; the built-in fallback does not.
-        if (decision.origin === "built-in" && isUdpClientPort(port, options.udpEphemeralRange)) {
-          notForwarded.push({ port, reason: "ephemeral UDP client port" });
+        // Which UDP sockets are servers the guest decides (connected ones and short-lived ones
+        // are not reported); only the DHCP client's port is known to be none. A user's rule
+        // forwards it anyway.
+        if (decision.origin === "built-in" && port.protocol === "udp" && port.port === DHCP_CLIENT_PORT) {
+          notForwarded.push({ port, reason: "the DHCP client's port" });
           break;
         }
-        add(port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false);
+        addGuestPort(port, port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false);
         break;
       case "forward-socket":
-        if (port.protocol === "tcp") add("tcp", guestAddr, { kind: "unix", path: decision.hostSocket }, entry(decision.origin), false);
+        if (port.protocol === "tcp") addGuestPort(port, "tcp", guestAddr, { kind: "unix", path: decision.hostSocket }, entry(decision.origin), false);
         else notForwarded.push({ port, reason: "no rule matches" }); // a stream socket cannot carry datagrams
         break;
       case "ignore":
@@ -173,5 +185,10 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
         notForwarded.push({ port, reason: "no rule matches" });
     }
   }
-  return { forwards, reverses, notForwarded };
+  // A forward of its own to [::1]:P wins over another's companion there (one listener per address).
+  for (const f of forwards.values()) {
+    if (f.ipv6Companion && f.host.kind === "tcp" && forwards.has(forwardKey(f.protocol, { ...f.host, ip: "::1" }))) f.ipv6Companion = false;
+  }
+  return { forwards, reverses, notForwarded, overCap };
 }
+

@@ -3,6 +3,7 @@
 // kernel socket, with half-close both ways and backpressure (transport/tunnel-relay.ts).
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import * as net from "node:net";
+import { noteDialError } from "./fd-pressure.ts";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
 import { resetSocket, spliceSockets } from "../transport/tunnel-relay.ts";
@@ -42,7 +43,7 @@ export function handleDataStream(stream: net.Socket, secret: string): void {
     // client), and a host that goes away takes the half-made connection with it.
     const refused = () => stream.end(Buffer.of(STATUS_FAILED));
     const hostGone = () => resetSocket(upstream);
-    upstream.once("error", refused);
+    upstream.once("error", (err) => (noteDialError(err, target.address), refused()));
     stream.once("error", hostGone);
     stream.once("close", hostGone);
     upstream.once("connect", () => {

@@ -9,6 +9,7 @@ import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret } from "./data-server.ts";
 import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
+import { watchFdPressure } from "./fd-pressure.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
@@ -36,12 +37,14 @@ export class GuestAgent {
   private readonly served: Served[] = [];
   /** The secret every raw data stream must start with (see core/data-header.ts). */
   private readonly dataSecret = newDataSecret();
+  private stopFdWatch: (() => void) | undefined;
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
   }
 
   async start(): Promise<void> {
+    this.stopFdWatch = watchFdPressure(this.options.log);
     if (this.options.runtimeDir) mkdirSync(this.options.runtimeDir, { recursive: true, mode: 0o755 });
     const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
@@ -88,6 +91,7 @@ export class GuestAgent {
   }
 
   stop(): void {
+    this.stopFdWatch?.();
     this.watcher?.stop();
     for (const served of this.served.splice(0)) served.close();
     this.grpcServer.forceShutdown();

@@ -28,7 +28,13 @@ export function ephemeralPortRange(file = "/proc/sys/net/ipv4/ip_local_port_rang
 
 /** This guest's own non-loopback addresses (what the direct path can connect to). */
 function ownAddresses(): string[] {
-  return Object.values(networkInterfaces())
+  let interfaces: ReturnType<typeof networkInterfaces>;
+  try {
+    interfaces = networkInterfaces();
+  } catch {
+    return []; // e.g. out of fds (getifaddrs needs one): no direct path this time
+  }
+  return Object.values(interfaces)
     .flat()
     .filter((i) => i && !i.internal && !i.address.startsWith("fe80:"))
     .map((i) => i!.address);
@@ -66,6 +72,7 @@ export function portholeServiceHandlers(data: { dataSecret: string; dataEndpoint
       server.on("connection", (socket) => {
         const id = randomUUID();
         socket.pause();
+        socket.on("error", () => socket.destroy()); // a client gone before the host claimed it
         pending.set(id, socket);
         mine.add(id);
         setTimeout(() => pending.get(id) === socket && (pending.delete(id), socket.destroy()), CLAIM_TIMEOUT_MS).unref?.();

@@ -34,7 +34,8 @@ export function netlinkScanner(shim: NativeShim): Scanner {
   /** One protocol's dump as bytes (a copy), or the error. */
   const dump = (protocols: number): Buffer | string => {
     let n = shim.diagListeners(buf, buf.length, protocols);
-    while (shim.errnoName(n) === "ENOBUFS" && buf.length < MAX_RECORDS * DIAG_RECORD_BYTES) {
+    // Only a negative result is an errno: 105 records are not ENOBUFS (whose number is 105).
+    while (n < 0 && shim.errnoName(n) === "ENOBUFS" && buf.length < MAX_RECORDS * DIAG_RECORD_BYTES) {
       buf = new Uint8Array(buf.length * 4);
       n = shim.diagListeners(buf, buf.length, protocols);
     }

@@ -9,6 +9,7 @@ import * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { relayTunnel, resetSocket } from "../transport/tunnel-relay.ts";
+import { noteDialError } from "./fd-pressure.ts";
 import { handleUdpTunnel } from "./udp-endpoint.ts";
 
 export type TunnelCall = grpc.ServerDuplexStream<TunnelMessage, Partial<TunnelMessage>>;
@@ -23,8 +24,14 @@ export function handleTunnel(call: TunnelCall): void {
       call.emit("error", { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message });
       return;
     }
-    if (handshake.protocol === "udp") return handleUdpTunnel(call, handshake);
-    relayStream(call, net.connect(dial), handshake.id, handshake.guest_addr, handshake.half_close);
+    try {
+      if (handshake.protocol === "udp") return handleUdpTunnel(call, handshake);
+      relayStream(call, net.connect(dial), handshake.id, handshake.guest_addr, handshake.half_close);
+    } catch (err) {
+      // e.g. no fd for a socket: this tunnel fails, the agent goes on
+      noteDialError(err, handshake.guest_addr);
+      call.emit("error", { code: grpc.status.UNAVAILABLE, details: `${handshake.guest_addr}: ${(err as Error).message}` });
+    }
   });
 }
 
@@ -76,7 +83,10 @@ export function relayStream(call: TunnelCall, socket: net.Socket, id: string, ta
     socket.end();
     if (guestEOF) finish();
   });
-  socket.once("error", (err) => finish({ code: grpc.status.UNAVAILABLE, details: `${target}: ${err.message}` }));
+  socket.once("error", (err) => {
+    if (!guestEOF && !hostEOF) noteDialError(err, target);
+    finish({ code: grpc.status.UNAVAILABLE, details: `${target}: ${err.message}` });
+  });
   socket.once("close", () => finish());
   // A call cancelled before it finished: the host went away, so reset the guest side. Once
   // finished, grpc-js may still report "cancelled" as the stream closes (seen under Bun);

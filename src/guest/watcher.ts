@@ -1,11 +1,13 @@
 // Watches this network namespace for listening TCP and bound, unconnected UDP sockets with
 // a scanner (netlink or /proc/net, see scanners.ts) and tells subscribers what changed. Scans
-// run on an interval, and at once when the scanner reports a closed socket.
+// run on an interval, and at once when the scanner reports a closed socket. A UDP socket is
+// reported once it has stayed bound long enough to be a server (core/udp-settle.ts).
 import { readFile } from "node:fs/promises";
 import { parseProcNet, type Protocol } from "../core/proc-net.ts";
 import { diffPorts, isEmptyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { IPPort } from "../proto/guest-service.ts";
 import type { Scanner } from "./scanners.ts";
+import { UdpSettler } from "../core/udp-settle.ts";
 
 const TABLES: { file: string; protocol: Protocol; optional: boolean }[] = [
   { file: "tcp", protocol: "tcp", optional: false },
@@ -31,10 +33,15 @@ export class PortWatcher {
   private stopped = true;
   private stopWatchingCloses: (() => void) | undefined;
   private scanned = false;
+  /** The last scan's sockets, before the UDP settling. */
+  private lastScan: IPPort[] = [];
+  /** A UDP socket is bound but not yet long enough to count as a server. */
+  private udpPending = false;
 
   constructor(
     private readonly intervalMs: number,
     private readonly scanner: Scanner,
+    private readonly settler = new UdpSettler(),
   ) {}
 
   get ports(): IPPort[] {
@@ -71,14 +78,31 @@ export class PortWatcher {
   }
 
   private async scanAndNotify(): Promise<void> {
-    const { ports, errors, unchanged } = await this.scanner.scan();
-    if (unchanged && !errors.length && this.scanned) return;
+    let result: ScanResult;
+    try {
+      result = await this.scanner.scan();
+    } catch (err) {
+      result = { ports: [], errors: [`scanning sockets: ${(err as Error).message}`] };
+    }
+    const { errors, unchanged } = result;
+    // Nothing new from the kernel, and no UDP socket waiting to be old enough: nothing to do.
+    if (unchanged && !errors.length && this.scanned && !this.udpPending) return;
     this.scanned = true;
+    if (!unchanged && !errors.length) this.lastScan = result.ports;
+    const settled = this.settler.settle(this.lastScan, Date.now());
+    this.udpPending = settled.pending;
+    const ports = settled.ports;
     // A failed scan keeps the last good state: a read error must not look like closed ports.
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
     if (!errors.length) this.state = toPortSet(ports);
     if (isEmptyDiff(diff) && !errors.length) return;
-    for (const listener of this.listeners) listener(diff, errors);
+    for (const listener of this.listeners) {
+      try {
+        listener(diff, errors);
+      } catch {
+        // one subscriber's failure (a host gone mid-write) is not the others'
+      }
+    }
   }
 }
 

@@ -9,7 +9,7 @@ export function loadConfigFile(file: string, stateDir: string): Config {
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
-    throw new ConfigError([`${file}: cannot read: ${(err as Error).message}`]);
+    throw new ConfigError([`${file}: cannot read: ${(err as Error).message}`], { cause: err });
   }
   const config = parseConfig(text, file);
   return {

@@ -4,9 +4,10 @@ import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { AgentStatus } from "../core/status.ts";
 import { ControlServer } from "./control-server.ts";
-import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
+import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
+import { logText } from "../core/log-text.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
-import { LINUX_EPHEMERAL_RANGE, type PlanOptions } from "../core/forward-plan.ts";
+import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
 import { rulesInForce, type ConflictPolicy } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
@@ -22,6 +23,10 @@ import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { TimeSync } from "./time-sync.ts";
 import { UdpForward } from "./udp-forward.ts";
+import { SocketInUseError } from "../transport/listen.ts";
+import type { Socket } from "node:net";
+import type { PlannedForward } from "../core/forward-plan.ts";
+import { FdPressure, fdLimit, isFdExhaustion, nearFdLimit } from "../runtime/fd-limit.ts";
 
 export type LogFormat = "text" | "json";
 
@@ -72,8 +77,6 @@ export class HostAgent {
   private readonly reconciler: Reconciler;
   private configWatcher: FSWatcher | undefined;
   private config: Config;
-  /** The guest's ephemeral port range, from Hello (Linux's default for a stock Lima guest). */
-  private ephemeralRange: [number, number] = LINUX_EPHEMERAL_RANGE;
   private readonly forwarder: Choice<ForwarderKind>;
   private readonly sshLink: SshLink | undefined;
   private readonly router: StreamRouter;
@@ -85,6 +88,11 @@ export class HostAgent {
   private timeSync: TimeSync | undefined;
   /** A stock Lima guest agent is explained once per agent, not on every reconnect. */
   private toldStockGuest = false;
+  private readonly fdPressure: FdPressure;
+  private fdCheckedAt = 0;
+  private connectionsSinceFdCheck = 0;
+  /** Internal errors already logged (each said once). */
+  private readonly troubleSaid = new Set<string>();
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -93,7 +101,6 @@ export class HostAgent {
       onConnected: (ports, hello) => {
         announcedWaiting = false;
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
-        if (hello?.ephemeral_port_low) this.ephemeralRange = [hello.ephemeral_port_low, hello.ephemeral_port_high];
         this.router.setGuest(hello);
         this.hello = hello ? { version: hello.version, addresses: hello.addresses } : { lima: true, addresses: [] };
         this.agentUp = true;
@@ -116,7 +123,7 @@ export class HostAgent {
         this.agentUp = false;
         if (wasUp && this.forwarder.value === "ssh") this.apply(); // UDP has no path now
       },
-      onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.join("; ")}`),
+      onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.map(logText).join("; ")}`),
     }, { token: options.token });
     const grpc = new GrpcForwarder(this.connection.client);
     if (options.syncTime) {
@@ -124,6 +131,8 @@ export class HostAgent {
     }
     const report = (e: HostEvent) => this.emit(e);
     const warn = (message: string) => this.emit({ type: "warning", message });
+    this.fdPressure = new FdPressure(warn);
+    const trouble = (err: unknown, where: string) => this.trouble(err, where);
     this.config = options.config ?? DEFAULT_CONFIG;
     const env = options.env ?? process.env;
     this.forwarder = chooseForwarder(options.forwarder, env.LIMA_SSH_PORT_FORWARDER, this.config.forwarder);
@@ -140,8 +149,8 @@ export class HostAgent {
       {
         forward: (plan) =>
           plan.protocol === "udp"
-            ? new UdpForward(plan, (p, client) => grpc.openUdpTunnel(p, client), report, warn)
-            : new TcpForward(plan, (socket, p) => router.forwardStream(socket, p), report, (p) => router.pathFor(p)),
+            ? new UdpForward(plan, (p, client) => grpc.openUdpTunnel(p, client), report, warn, trouble)
+            : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report),
       },
       report,
@@ -151,11 +160,13 @@ export class HostAgent {
   async start(): Promise<void> {
     const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
     if (controlPath) {
-      const control = new ControlServer(controlPath, () => this.status());
+      const control = new ControlServer(controlPath, () => this.status(), (message) => this.log(message));
       try {
         await control.start();
         this.control = control;
       } catch (err) {
+        // Another agent answers there: two agents would fight over the same host ports.
+        if (err instanceof SocketInUseError) throw new Error(`${err.message} (is another host agent running? stop it, or give this one its own --control or --state-dir)`, { cause: err });
         this.emit({ type: "warning", message: `no control socket for porthole status: ${(err as Error).message}` });
       }
     }
@@ -174,10 +185,13 @@ export class HostAgent {
     this.connection.start();
     if (this.options.watchConfig && this.options.configFile) {
       this.configWatcher = watchConfigFile(this.options.configFile, () => this.reload());
+      // e.g. the directory was removed: the rules in force stay; SIGHUP still reloads.
+      this.configWatcher.on("error", (err) => this.emit({ type: "warning", message: `no longer watching ${this.options.configFile}: ${err.message}` }));
     }
   }
 
   stop(): void {
+    this.fdPressure.stop();
     this.control?.close();
     this.configWatcher?.close();
     this.sshLink?.stop();
@@ -193,8 +207,8 @@ export class HostAgent {
     try {
       config = loadConfigFile(file, this.options.stateDir);
     } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      this.emit({ type: "config-rejected", file, error: err.message });
+      // Any error (a ConfigError lists the problems): the rules in force stay, the agent runs on.
+      this.emit({ type: "config-rejected", file, error: (err as Error).message });
       return;
     }
     this.emit({ type: "config-loaded", file, rules: config.rules.length });
@@ -210,14 +224,49 @@ export class HostAgent {
     this.reconciler.setRules(rulesInForce(this.config.rules, this.config.sshLocalPort), this.planOptions(this.config), ports);
   }
 
+  /** A connection to its data path; where choosing the path fails, over gRPC (which needs no fd). */
+  private forwardStream(socket: Socket, plan: PlannedForward, grpc: GrpcForwarder): void {
+    // At the fd limit the runtime stops accepting (Bun) or fails accepts (Node), so the last
+    // connections that do arrive must notice: count fds every 32 connections (or after a
+    // second), with a margin wider than 32, and say it once per episode.
+    const now = Date.now();
+    if ((++this.connectionsSinceFdCheck >= 32 || now - this.fdCheckedAt >= 1000) && !this.fdPressure.inEpisode) {
+      this.fdCheckedAt = now;
+      this.connectionsSinceFdCheck = 0;
+      if (nearFdLimit(64)) this.fdPressure.exhausted("new connections wait in the backlog or are refused");
+    }
+    try {
+      this.router.forwardStream(socket, plan);
+    } catch (err) {
+      this.trouble(err, `choosing the data path of a connection to ${plan.guestAddr}`);
+      grpc.forwardStream(socket, plan);
+    }
+  }
+
+  /** An error in a forward's callback: lack of fds is an episode, said once; others once each. */
+  private trouble(err: unknown, where: string): void {
+    if (isFdExhaustion(err)) return this.fdPressure.exhausted(`${where} failed`);
+    const message = `${where}: ${(err as Error)?.message ?? String(err)}`;
+    if (this.troubleSaid.has(message)) return;
+    if (this.troubleSaid.size > 1000) this.troubleSaid.clear();
+    this.troubleSaid.add(message);
+    this.emit({ type: "warning", message });
+  }
+
   private planOptions(config: Config): PlanOptions {
+    const limit = fdLimit();
+    // Each forward holds two listening sockets (127.0.0.1 and ::1); half the limit is kept for
+    // connections (two fds each) and the agent's own sockets.
+    const maxForwards = limit === undefined ? undefined : Math.max(1, Math.floor(limit / 4));
     return {
+      ...(maxForwards
+        ? { maxForwards: { count: maxForwards, reason: `over the ${maxForwards} forwards that this agent's limit of ${limit} open files allows (each forward takes 2 listening sockets and each connection 2 more); raise it with \`ulimit -n\` before starting porthole host` } }
+        : {}),
       ipv6Loopback: this.options.ipv6Loopback !== false && config.ipv6Loopback,
       udp: {
         idleTimeoutMs: this.options.udpIdleTimeoutMs ?? config.udp.idleTimeoutMs,
         maxFlows: this.options.udpMaxFlows ?? config.udp.maxFlows,
       },
-      udpEphemeralRange: this.ephemeralRange,
       onConflict: this.options.onConflict ?? config.onConflict,
       ...(this.forwarder?.value === "ssh" && !this.agentUp
         ? { udpUnavailable: "SSH has no datagram channel and the agent channel is down" }
@@ -252,7 +301,8 @@ export class HostAgent {
     this.writeLine(this.options.logFormat === "json" ? formatEventJSON(e) : formatEventText(e));
   }
 
-  private log(message: string): void {
+  /** One line in the agent's log format. */
+  log(message: string): void {
     this.writeLine(this.options.logFormat === "json" ? JSON.stringify({ time: new Date().toISOString(), type: "log", message }) : message);
   }
 

@@ -1,10 +1,13 @@
 // What every host-side forward shares: bind with retry and backoff (or, with the
 // `next-free` conflict policy, the next free port), Lima-style events, its status for
-// `porthole status`, and closing. A bind that fails is reported and tried again until it
-// works or the forward is no longer wanted; it never takes the agent down.
+// `porthole status`, and closing. A forward's listeners (127.0.0.1:P and its [::1]:P
+// companion) stand or fall together: if one cannot bind, the others are closed again, the
+// failure is reported and all are retried (with `next-free`, all move to the same port). A
+// bind that fails never takes the agent down.
 import { backoffDelay } from "../core/backoff.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
+import { atFdLimit, fdLimitHint } from "../runtime/fd-limit.ts";
 
 const RETRY = { minMs: 500, maxMs: 10_000 };
 /** Errors that mean "this host has no such address family", not "try again later". */
@@ -13,9 +16,11 @@ const NO_ADDRESS = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
 const NEXT_FREE_SPAN = 100;
 
 export type Report = (e: ForwardEvent) => void;
-export type ForwardState = "forwarding" | "failed" | "waiting";
+/** An error in one of a forward's callbacks (a connection, a datagram): the forward goes on. */
+export type Trouble = (err: unknown, where: string) => void;
+export type ForwardState = "forwarding" | "failed" | "waiting" | "closing";
 
-/** Traffic through a forward: open connections (or UDP flows) and bytes each way. */
+/** Traffic through a listener: open connections (or UDP flows) and bytes each way. */
 export interface Traffic {
   connections: number;
   /** Client to guest. */
@@ -38,6 +43,15 @@ export interface ForwardStatus extends Traffic {
   since: string;
 }
 
+/** One bound listener of a forward, with what it carries. */
+export interface Listener {
+  /** Stops accepting; what is open may finish. */
+  close(): void;
+  /** Ends everything it carries. */
+  dropAll(): void;
+  traffic(): Traffic;
+}
+
 export abstract class HostForward {
   protected closed = false;
   private attempt = 0;
@@ -46,21 +60,35 @@ export abstract class HostForward {
   private state: ForwardState = "waiting";
   private lastError: string | undefined;
   private since = new Date();
+  /** Bound listeners, in the order of targets(); empty while not forwarding. */
+  private listeners: Listener[] = [];
+  /** Listeners closed while their connections went on: still counted, closed on destroy. */
+  private retired: Listener[] = [];
+  /** The host has no IPv6: the companion is not tried again. */
+  private companionUnavailable = false;
 
   constructor(
     protected plan: PlannedForward,
     protected readonly report: Report,
     /** Which data path new connections take (for the events); UDP is always gRPC. */
     private readonly pathOf: (plan: PlannedForward) => string = () => "grpc",
+    protected readonly trouble: Trouble = () => {},
   ) {
     // After the subclass constructor: its fields must exist before the first bind.
-    queueMicrotask(() => void this.bind());
+    queueMicrotask(() => this.bindSafely());
   }
 
   /** Where this forward listens: the plan's address, moved on by `next-free` if it had to. */
   protected get hostTarget(): HostTarget {
     const host = this.plan.host;
     return host.kind === "tcp" ? { ...host, port: host.port + this.portOffset } : host;
+  }
+
+  /** Every address this forward listens on: the host target, then its [::1] companion. */
+  targets(): HostTarget[] {
+    const main = this.hostTarget;
+    if (!this.plan.ipv6Companion || this.companionUnavailable || main.kind !== "tcp") return [main];
+    return [main, { ...main, ip: "::1" }];
   }
 
   get hostAddr(): string {
@@ -71,7 +99,7 @@ export abstract class HostForward {
     return this.plan.guestAddr;
   }
 
-  /** The guest bind or the rule behind this forward changed; the listener stays. */
+  /** The guest bind or the rule behind this forward changed; the listeners stay. */
   retarget(plan: PlannedForward): void {
     this.plan = plan;
   }
@@ -81,48 +109,72 @@ export abstract class HostForward {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.retryTimer);
-    if (this.isListening()) {
-      this.report({ type: "stopping", ...this.describe() });
-      this.stopListening();
+    if (this.listeners.length) {
+      for (const target of this.targets()) this.report({ type: "stopping", ...this.describe(target) });
+      this.unbind();
     }
+    this.setState("closing");
   }
 
-  /** Closes the listener and everything it carries (agent shutdown). */
+  /** Closes the listeners and everything they carry (agent shutdown). */
   destroy(): void {
     this.close();
-    this.dropAll();
+    for (const l of this.retired) l.dropAll();
   }
 
-  status(): ForwardStatus {
-    return {
-      key: this.plan.key,
-      ...this.describe(),
-      state: this.state,
-      ...(this.lastError ? { lastError: this.lastError } : {}),
-      since: this.since.toISOString(),
-      ...this.traffic(),
-    };
+  /** Open connections (or flows), those of closed listeners included. */
+  get openConnections(): number {
+    return [...this.listeners, ...this.retired].reduce((n, l) => n + l.traffic().connections, 0);
   }
 
-  protected describe() {
+  /** One row per listener (one per wanted address while not listening). */
+  status(): ForwardStatus[] {
+    return this.targets().map((target, i) => {
+      const own = this.listeners[i] ? [this.listeners[i]!] : [];
+      // Closed listeners' connections and bytes count on the first row.
+      const counted = i === 0 ? [...own, ...this.retired] : own;
+      return {
+        key: `${this.plan.protocol} ${target.kind === "tcp" ? formatHostTarget(target) : `unix:${target.path}`}`,
+        ...this.describe(target),
+        state: this.state,
+        ...(this.lastError ? { lastError: this.lastError } : {}),
+        since: this.since.toISOString(),
+        ...sumTraffic(counted.map((l) => l.traffic())),
+      };
+    });
+  }
+
+  protected describe(target: HostTarget = this.hostTarget) {
     const protocol = this.plan.protocol === "udp" ? "udp" : "tcp";
+    const requested = this.portOffset && target.kind === "tcp" && this.plan.host.kind === "tcp" ? { ...target, port: this.plan.host.port } : undefined;
     return {
       protocol,
       guestAddr: this.guestAddr,
-      hostAddr: this.hostAddr,
-      ...(this.portOffset ? { requestedHostAddr: formatHostTarget(this.plan.host) } : {}),
+      hostAddr: formatHostTarget(target),
+      ...(requested ? { requestedHostAddr: formatHostTarget(requested) } : {}),
       rule: this.plan.origin,
       ...(this.plan.label ? { label: this.plan.label } : {}),
-      path: this.pathOf(this.plan),
+      path: this.currentPath(),
     };
   }
 
-  /** Resolves once listening on `hostTarget`; rejects with the bind error. */
-  protected abstract listen(): Promise<void>;
-  protected abstract isListening(): boolean;
-  protected abstract stopListening(): void;
-  protected abstract dropAll(): void;
-  protected abstract traffic(): Traffic;
+  private currentPath(): string {
+    try {
+      return this.pathOf(this.plan);
+    } catch (err) {
+      this.trouble(err, `choosing the data path of ${this.hostAddr}`);
+      return "grpc"; // where the path cannot be chosen, connections fall back to gRPC
+    }
+  }
+
+  /** Resolves with the listener once bound on `target`; rejects with the bind error. */
+  protected abstract listenOn(target: HostTarget): Promise<Listener>;
+
+  private unbind(): void {
+    for (const l of this.listeners) l.close();
+    this.retired.push(...this.listeners);
+    this.listeners = [];
+  }
 
   private setState(state: ForwardState, error?: string): void {
     if (state !== this.state) this.since = new Date();
@@ -130,38 +182,69 @@ export abstract class HostForward {
     this.lastError = error ?? this.lastError;
   }
 
-  private async bind(): Promise<void> {
-    if (this.closed) return;
-    try {
-      await this.listen();
-    } catch (err) {
-      return this.bindFailed(err as NodeJS.ErrnoException);
-    }
-    if (this.closed) return this.stopListening();
-    this.attempt = 0;
-    this.setState("forwarding");
-    this.report({ type: "forwarding", ...this.describe() });
+  /** bind(), whose every failure is reported and retried: nothing escapes to the event loop. */
+  private bindSafely(): void {
+    this.bind().catch((err: NodeJS.ErrnoException) => {
+      try {
+        for (const l of this.listeners.splice(0)) l.close();
+        this.bindFailed(err, this.hostTarget);
+      } catch (again) {
+        this.trouble(again, `binding ${this.hostAddr}`);
+      }
+    });
   }
 
-  private bindFailed(err: NodeJS.ErrnoException): void {
+  private async bind(): Promise<void> {
     if (this.closed) return;
+    const bound: Listener[] = [];
+    for (const target of this.targets()) {
+      try {
+        bound.push(await this.listenOn(target));
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        if (bound.length && NO_ADDRESS.has(e.code ?? "")) {
+          // No IPv6 loopback on this host: the IPv4 listener serves alone, said once.
+          this.companionUnavailable = true;
+          this.report({ type: "failed", ...this.describe(target), error: `${describeBindError(e, target)}; IPv4 serves alone, not retrying` });
+          continue;
+        }
+        for (const l of bound) l.close(); // stand or fall together
+        return this.bindFailed(e, target);
+      }
+    }
+    if (this.closed) return void bound.forEach((l) => l.close());
+    this.listeners = bound;
+    this.attempt = 0;
+    this.setState("forwarding");
+    for (const target of this.targets()) this.report({ type: "forwarding", ...this.describe(target) });
+  }
+
+  private bindFailed(bindError: NodeJS.ErrnoException, target: HostTarget): void {
+    if (this.closed) return;
+    const err = !bindError.code && atFdLimit() ? Object.assign(new Error(bindError.message, { cause: bindError }), { code: "EMFILE" }) : bindError;
     const host = this.plan.host;
     if (err.code === "EADDRINUSE" && this.plan.onConflict === "next-free" && host.kind === "tcp" && this.portOffset < NEXT_FREE_SPAN && host.port + this.portOffset < 65535) {
       this.portOffset++;
-      return void this.bind();
+      return this.bindSafely();
     }
-    const error = describeBindError(err, this.hostTarget);
-    this.setState("failed", error);
-    if (this.plan.companion && NO_ADDRESS.has(err.code ?? "")) {
-      // No IPv6 loopback on this host: the IPv4 listener serves alone.
-      this.report({ type: "failed", ...this.describe(), error: `${error}; not retrying` });
-      return;
-    }
+    if (err.code === "EMFILE") this.trouble(err, `listening on ${formatHostTarget(target)}`);
+    const error = describeBindError(err, target);
+    const failedAddr = formatHostTarget(target);
+    const others = this.targets().filter((t) => formatHostTarget(t) !== failedAddr).map(formatHostTarget);
+    const where = failedAddr === this.hostAddr ? "" : `${failedAddr}: `;
+    const why = others.length ? `${where}${error}; not listening on ${others.join(" or ")} either (a forward's addresses stand or fall together)` : error;
+    this.setState("failed", why);
     this.portOffset = 0; // next-free found nothing in its span: start over on the next try
     const retryInMs = backoffDelay(this.attempt++, RETRY);
-    this.report({ type: "failed", ...this.describe(), error, retryInMs });
-    this.retryTimer = setTimeout(() => void this.bind(), retryInMs);
+    this.report({ type: "failed", ...this.describe(), error: why, retryInMs });
+    this.retryTimer = setTimeout(() => this.bindSafely(), retryInMs);
   }
+}
+
+const ZERO: Traffic = { connections: 0, bytesIn: 0, bytesOut: 0 };
+
+function sumTraffic(list: Traffic[]): Traffic {
+  return list.reduce((a, t) => ({ connections: a.connections + t.connections, bytesIn: a.bytesIn + t.bytesIn, bytesOut: a.bytesOut + t.bytesOut }), ZERO);
 }
 
 function describeBindError(err: NodeJS.ErrnoException, host: HostTarget): string {
@@ -174,6 +257,10 @@ function describeBindError(err: NodeJS.ErrnoException, host: HostTarget): string
         : "permission denied";
     case "EADDRNOTAVAIL":
       return "address not available on this host";
+    case "EMFILE":
+      return `out of file descriptors (EMFILE): ${fdLimitHint()}`;
+    case "ENFILE":
+      return "the system is out of file descriptors (ENFILE: its fs.file-max is reached)";
     default:
       return err.message;
   }

@@ -1,7 +1,7 @@
 // Keeps the host's forwards equal to the plan: opens what is new, closes what is gone,
 // leaves the rest untouched. Reports each port the rules do not forward once per decision.
 import { formatHostPort } from "../core/address.ts";
-import type { ForwardEvent } from "../core/forward-event.ts";
+import type { HostEvent } from "../core/forward-event.ts";
 import { planForwards, type PlannedForward, type PlannedReverse, type PlanOptions } from "../core/forward-plan.ts";
 import { portKey, type PortSet } from "../core/ports.ts";
 import type { RuleEntry } from "../core/rules.ts";
@@ -30,15 +30,20 @@ export interface NotForwardedStatus {
 export class Reconciler {
   private readonly active = new Map<string, HostForward>();
   private readonly reverses = new Map<string, ReverseHandle>();
+  /** Forwards no longer wanted whose connections are still open. */
+  private readonly closing = new Set<HostForward>();
+  private readonly closingReverses = new Set<ReverseHandle>();
   private reportedNotForwarded = new Set<string>();
   private notForwarded: NotForwardedStatus[] = [];
   private ports: PortSet = new Map();
+  /** Guest ports left out by the forward cap, as last said (said again only when it changes from none). */
+  private overCap = 0;
 
   constructor(
     private rules: RuleEntry[],
     private options: PlanOptions,
     private readonly factory: ForwardFactory,
-    private readonly report: (e: ForwardEvent) => void,
+    private readonly report: (e: HostEvent) => void,
   ) {}
 
   /**
@@ -58,7 +63,10 @@ export class Reconciler {
       if (plan.forwards.has(key)) continue;
       forward.close();
       this.active.delete(key);
+      // Its open connections go on: status still counts them and stop still ends them.
+      this.closing.add(forward);
     }
+    this.pruneClosing();
     for (const [key, planned] of plan.forwards) {
       const existing = this.active.get(key);
       if (existing) existing.retarget(planned);
@@ -68,10 +76,16 @@ export class Reconciler {
       if (plan.reverses.has(key)) continue;
       reverse.close();
       this.reverses.delete(key);
+      this.closingReverses.add(reverse);
     }
     for (const [key, planned] of plan.reverses) {
       if (!this.reverses.has(key)) this.reverses.set(key, this.factory.reverse(planned));
     }
+
+    if (plan.overCap && !this.overCap) {
+      this.report({ type: "warning", message: `${plan.overCap} guest port(s) not forwarded: ${this.options.maxForwards!.reason}` });
+    }
+    this.overCap = plan.overCap;
 
     const nowNotForwarded = new Set<string>();
     this.notForwarded = plan.notForwarded.map(({ port, reason, origin }) => ({
@@ -96,18 +110,26 @@ export class Reconciler {
     this.reportedNotForwarded = nowNotForwarded;
   }
 
+  private pruneClosing(): void {
+    for (const f of this.closing) if (f.openConnections === 0) this.closing.delete(f);
+    for (const r of this.closingReverses) if (r.status().connections === 0) this.closingReverses.delete(r);
+  }
+
   /** Every forward (and port not forwarded) as `porthole status` shows it. */
   snapshot(): { forwards: ForwardStatus[]; notForwarded: NotForwardedStatus[] } {
+    this.pruneClosing();
     return {
-      forwards: [...this.active.values(), ...this.reverses.values()].map((f) => f.status()),
+      forwards: [...[...this.active.values(), ...this.closing].flatMap((f) => f.status()), ...[...this.reverses.values(), ...this.closingReverses].map((r) => r.status())],
       notForwarded: this.notForwarded,
     };
   }
 
   /** Closes every forward and what it carries (agent shutdown). */
   destroy(): void {
-    for (const forward of this.active.values()) forward.destroy();
-    for (const reverse of this.reverses.values()) reverse.destroy();
+    for (const forward of [...this.active.values(), ...this.closing]) forward.destroy();
+    this.closing.clear();
+    for (const reverse of [...this.reverses.values(), ...this.closingReverses]) reverse.destroy();
+    this.closingReverses.clear();
     this.active.clear();
     this.reverses.clear();
   }

@@ -43,7 +43,7 @@ export function resolveSshSettings(
   try {
     privateKey = readFileSync(identity);
   } catch (err) {
-    throw new Error(`cannot read the SSH key ${identity}: ${(err as Error).message}`);
+    throw new Error(`cannot read the SSH key ${identity}: ${(err as Error).message}`, { cause: err });
   }
   return {
     link: {

@@ -3,39 +3,43 @@
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import type { PlannedForward } from "../core/forward-plan.ts";
+import type { HostTarget, PlannedForward } from "../core/forward-plan.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
-import { HostForward, type Report, type Traffic } from "./host-forward.ts";
+import { HostForward, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 export type ConnectionHandler = (socket: net.Socket, plan: PlannedForward) => void;
 
 export class TcpForward extends HostForward {
-  private server: net.Server | undefined;
-  private readonly sockets = new Set<net.Socket>();
-  /** Bytes of connections already closed (open ones are counted live). */
-  private closedIn = 0;
-  private closedOut = 0;
-
   constructor(
     plan: PlannedForward,
     private readonly onConnection: ConnectionHandler,
     report: Report,
     pathOf?: (plan: PlannedForward) => string,
+    trouble?: Trouble,
   ) {
-    super(plan, report, pathOf);
+    super(plan, report, pathOf, trouble);
   }
 
-  protected async listen(): Promise<void> {
+  protected async listenOn(host: HostTarget): Promise<Listener> {
+    const sockets = new Set<net.Socket>();
+    /** Bytes of connections already closed (open ones are counted live). */
+    let closedIn = 0;
+    let closedOut = 0;
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
-      this.sockets.add(socket);
+      sockets.add(socket);
       socket.once("close", () => {
-        this.sockets.delete(socket);
-        this.closedIn += socket.bytesRead;
-        this.closedOut += socket.bytesWritten;
+        sockets.delete(socket);
+        closedIn += socket.bytesRead;
+        closedOut += socket.bytesWritten;
       });
-      this.onConnection(socket, this.plan);
+      try {
+        this.onConnection(socket, this.plan);
+      } catch (err) {
+        socket.destroy(); // the client sees its connection closed; the forward goes on
+        this.trouble(err, `a connection to ${where}`);
+      }
     });
-    const host = this.hostTarget;
+    const where = host.kind === "tcp" ? `${host.ip.includes(":") ? `[${host.ip}]` : host.ip}:${host.port}` : host.path;
     if (host.kind === "unix") {
       await removeStaleSocket(host.path);
       fs.mkdirSync(path.dirname(host.path), { recursive: true });
@@ -44,35 +48,30 @@ export class TcpForward extends HostForward {
       server.once("error", reject);
       server.once("listening", () => {
         server.off("error", reject);
+        // After listening, an error is one refused connection (Node reports EMFILE on accept so).
+        server.on("error", (err) => this.trouble(err, `accepting on ${where}`));
         resolve();
       });
       if (host.kind === "tcp") server.listen({ host: host.ip, port: host.port });
       else server.listen(host.path);
     });
-    this.server = server;
-  }
-
-  protected isListening(): boolean {
-    return this.server?.listening ?? false;
-  }
-
-  protected stopListening(): void {
-    this.server?.close();
-    this.server = undefined;
-    if (this.plan.host.kind === "unix") fs.rmSync(this.plan.host.path, { force: true });
-  }
-
-  protected dropAll(): void {
-    for (const s of this.sockets) s.destroy();
-  }
-
-  protected traffic(): Traffic {
-    let bytesIn = this.closedIn;
-    let bytesOut = this.closedOut;
-    for (const s of this.sockets) {
-      bytesIn += s.bytesRead;
-      bytesOut += s.bytesWritten;
-    }
-    return { connections: this.sockets.size, bytesIn, bytesOut };
+    return {
+      close: () => {
+        server.close();
+        if (host.kind === "unix") fs.rmSync(host.path, { force: true });
+      },
+      dropAll: () => {
+        for (const s of sockets) s.destroy();
+      },
+      traffic: (): Traffic => {
+        let bytesIn = closedIn;
+        let bytesOut = closedOut;
+        for (const s of sockets) {
+          bytesIn += s.bytesRead;
+          bytesOut += s.bytesWritten;
+        }
+        return { connections: sockets.size, bytesIn, bytesOut };
+      },
+    };
   }
 }

@@ -5,9 +5,9 @@
 import * as dgram from "node:dgram";
 import { isIPv6 } from "node:net";
 import { formatHostPort } from "../core/address.ts";
-import type { PlannedForward } from "../core/forward-plan.ts";
+import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
-import { HostForward, type Report, type Traffic } from "./host-forward.ts";
+import { HostForward, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
 export interface UdpTunnel {
@@ -30,28 +30,17 @@ interface Flow {
 }
 
 export class UdpForward extends HostForward {
-  private socket: dgram.Socket | undefined;
-  private readonly flows = new Map<string, Flow>();
-  private sweeper: ReturnType<typeof setInterval> | undefined;
-  private bytesIn = 0;
-  private bytesOut = 0;
-
   constructor(
     plan: PlannedForward,
     private readonly openTunnel: OpenUdpTunnel,
     report: Report,
     private readonly warn: Warn,
+    trouble?: Trouble,
   ) {
-    super(plan, report);
+    super(plan, report, undefined, trouble);
   }
 
-  /** Open flows, for tests and status. */
-  get flowCount(): number {
-    return this.flows.size;
-  }
-
-  protected async listen(): Promise<void> {
-    const host = this.hostTarget;
+  protected async listenOn(host: HostTarget): Promise<Listener> {
     if (host.kind !== "tcp") throw new Error("a UDP forward needs a host address, not a socket");
     const { ip, port } = host;
     const socket = dgram.createSocket({ type: isIPv6(ip) ? "udp6" : "udp4", ipv6Only: isIPv6(ip) });
@@ -62,35 +51,64 @@ export class UdpForward extends HostForward {
         resolve();
       });
     });
+    const flows = new UdpFlows(socket, formatHostTarget(host), this.plan, this.openTunnel, this.warn);
     // After binding, a send error (e.g. a client that went away) concerns one datagram only.
     socket.on("error", () => {});
-    socket.on("message", (data, client) => this.fromClient(data, client));
-    this.socket = socket;
-    const interval = Math.max(50, Math.min(1000, this.plan.udp.idleTimeoutMs / 4));
-    this.sweeper = setInterval(() => this.expireIdle(), interval);
+    socket.on("message", (data, client) => {
+      try {
+        flows.fromClient(data, client);
+      } catch (err) {
+        this.trouble(err, `a datagram to ${formatHostTarget(host)}`);
+      }
+    });
+    return flows;
+  }
+}
+
+/** One host UDP socket's flows, one per client address. */
+class UdpFlows implements Listener {
+  private readonly flows = new Map<string, Flow>();
+  private readonly sweeper: ReturnType<typeof setInterval>;
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private open = true;
+
+  constructor(
+    private readonly socket: dgram.Socket,
+    private readonly hostAddr: string,
+    private readonly plan: PlannedForward,
+    private readonly openTunnel: OpenUdpTunnel,
+    private readonly warn: Warn,
+  ) {
+    const interval = Math.max(50, Math.min(1000, plan.udp.idleTimeoutMs / 4));
+    this.sweeper = setInterval(() => {
+      try {
+        this.expireIdle();
+      } catch {
+        // a flow that cannot be ended now is tried again on the next sweep
+      }
+    }, interval);
     this.sweeper.unref?.();
   }
 
-  protected isListening(): boolean {
-    return this.socket !== undefined;
-  }
-
-  protected stopListening(): void {
+  /** A UDP socket carries nothing once closed: its flows end with it. */
+  close(): void {
+    if (!this.open) return;
+    this.open = false;
     clearInterval(this.sweeper);
-    this.socket?.close();
-    this.socket = undefined;
+    this.socket.close();
     this.dropAll();
   }
 
-  protected dropAll(): void {
+  dropAll(): void {
     for (const key of [...this.flows.keys()]) this.endFlow(key);
   }
 
-  protected traffic(): Traffic {
+  traffic(): Traffic {
     return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut };
   }
 
-  private fromClient(data: Buffer, client: dgram.RemoteInfo): void {
+  fromClient(data: Buffer, client: dgram.RemoteInfo): void {
     const key = formatHostPort(client.address, client.port);
     const flow = this.flows.get(key) ?? this.openFlow(key, client);
     flow.lastActive = Date.now();
@@ -107,7 +125,7 @@ export class UdpForward extends HostForward {
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
       this.bytesOut += msg.data.length;
-      this.socket?.send(msg.data, client.port, client.address);
+      if (this.open) this.socket.send(msg.data, client.port, client.address);
     });
     tunnel.on("drain", () => (flow.blocked = false));
     const forget = () => {

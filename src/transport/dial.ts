@@ -10,7 +10,7 @@ export async function dialTransport(address: TransportAddress, timeoutMs: number
     case "vsock":
       if (address.cid === undefined) throw new Error(`${name}: to connect, give the CID (vsock://CID:${address.port})`);
       return dialVsock(address.cid, address.port, timeoutMs).catch((err: Error) => {
-        throw new Error(`cannot connect to ${name}: ${err.message}`);
+        throw new Error(`cannot connect to ${name}: ${err.message}`, { cause: err });
       });
     case "serial":
       throw new Error(`${name}: a serial port is not dialed; use the host side of the port (its unix socket)`);
@@ -30,7 +30,7 @@ function connectSocket(address: Extract<TransportAddress, { kind: "unix" | "tcp"
       clearTimeout(timer);
       socket.destroy();
       // The errno code stays: callers tell "refused" from "unreachable" by it.
-      reject(Object.assign(new Error(`cannot connect to ${name}: ${err.message}`), { code: err.code }));
+      reject(Object.assign(new Error(`cannot connect to ${name}: ${err.message}`, { cause: err }), { code: err.code }));
     };
     const timer = setTimeout(() => fail(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
     socket.once("error", fail);

@@ -27,7 +27,7 @@ export async function listenTransport(address: Extract<TransportAddress, { kind:
 function listenServer(start: (s: net.Server) => void, address: TransportAddress, halfOpen: boolean): Promise<net.Server> {
   return new Promise((resolve, reject) => {
     const server = net.createServer({ allowHalfOpen: halfOpen });
-    server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`)));
+    server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`, { cause: err })));
     server.once("listening", () => {
       server.removeAllListeners("error");
       resolve(server);
@@ -35,6 +35,9 @@ function listenServer(start: (s: net.Server) => void, address: TransportAddress,
     start(server);
   });
 }
+
+/** A live process already listens on the socket: a second agent must not take it over. */
+export class SocketInUseError extends Error {}
 
 /** Removes a socket file whose listener is gone; refuses a live socket or any other file. */
 export async function removeStaleSocket(socketPath: string): Promise<void> {
@@ -50,6 +53,6 @@ export async function removeStaleSocket(socketPath: string): Promise<void> {
     probe.once("connect", () => { probe.destroy(); resolve(true); });
     probe.once("error", () => resolve(false));
   });
-  if (live) throw new Error(`another process is already listening on unix://${socketPath}`);
+  if (live) throw new SocketInUseError(`another process is already listening on unix://${socketPath}`);
   fs.unlinkSync(socketPath);
 }

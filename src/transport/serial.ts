@@ -47,8 +47,9 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       writer.destroy();
       inner.destroy();
       outer.destroy();
-      // Closing must wait for the thread-pool read on the fd to return (it has: EOF or error).
-      setTimeout(() => {
+      // The fd is closed only once both streams have closed: a stream closes after its last
+      // thread-pool read or write on the fd returned, so no read can land on a reused fd number.
+      void Promise.all([streamClosed(reader), streamClosed(writer)]).then(() => {
         try {
           closeSync(fd);
         } catch {
@@ -56,7 +57,7 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
         }
         if (current === session) current = undefined;
         reopen(REOPEN_MS);
-      }, 0);
+      });
     };
     reader.once("end", end); // the host went away
     reader.once("error", end);
@@ -72,4 +73,9 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       current?.inner.destroy();
     },
   };
+}
+
+/** Resolves once a destroyed stream has closed (at once if it already has). */
+function streamClosed(stream: { closed?: boolean; once(event: "close", listener: () => void): unknown }): Promise<void> {
+  return stream.closed ? Promise.resolve() : new Promise((resolve) => stream.once("close", () => resolve()));
 }

@@ -28,16 +28,18 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
   switch (address.kind) {
     case "unix": {
       const server = await listenTransport(address, options.halfOpen);
-      server.on("connection", onConnection);
+      server.on("connection", guarded(onConnection, name, options.log));
+      server.on("error", (err) => options.log(`${name}: ${err.message}`)); // e.g. EMFILE on accept (Node)
       return { address, close: () => (server.close(), fs.rmSync(address.path, { force: true })) };
     }
     case "tcp": {
       const token = options.token;
       if (!token) throw new Error(`${name}: a TCP agent channel needs --token-file (anyone on the machine can connect to a TCP port)`);
       const server = await listenTransport(address, options.halfOpen);
+      server.on("error", (err) => options.log(`${name}: ${err.message}`));
       server.on("connection", (socket: net.Socket) => {
         void verifyToken(socket, token).then((ok) => {
-          if (ok) onConnection(socket);
+          if (ok) guarded(onConnection, name, options.log)(socket);
           else options.log(`${name}: rejected a connection from ${socket.remoteAddress} without the right token`);
         });
       });
@@ -45,7 +47,7 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
     }
     case "vsock": {
       if (address.cid !== undefined) throw new Error(`${name}: to listen, leave the CID out (vsock://:${address.port})`);
-      const listener = await listenVsock(address.port, onConnection, {
+      const listener = await listenVsock(address.port, guarded(onConnection, name, options.log), {
         allowCid: options.vsockAnyCid ? () => true : undefined,
         halfOpen: options.halfOpen,
         onRejected: (cid) => options.log(`${name}: rejected a connection from CID ${cid} (only the host, CID 2, may connect; see --vsock-any-cid)`),
@@ -57,4 +59,16 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
       return { address, close: () => port.close() };
     }
   }
+}
+
+/** A connection handler whose exception closes that connection only. */
+function guarded(onConnection: (socket: net.Socket) => void, name: string, log: (line: string) => void): (socket: net.Socket) => void {
+  return (socket) => {
+    try {
+      onConnection(socket);
+    } catch (err) {
+      socket.destroy();
+      log(`${name}: a connection failed: ${(err as Error).message}`);
+    }
+  };
 }

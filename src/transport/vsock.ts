@@ -49,7 +49,14 @@ export async function listenVsock(
         options.onRejected?.(peer[0]!);
         continue;
       }
-      onConnection(socketFromFd(conn, options.halfOpen), peer[0]!);
+      let socket: net.Socket;
+      try {
+        socket = socketFromFd(conn, options.halfOpen);
+      } catch {
+        native.close(conn); // the runtime would not adopt it: drop this connection, keep accepting
+        continue;
+      }
+      onConnection(socket, peer[0]!);
     }
   }, ACCEPT_POLL_MS);
   return {

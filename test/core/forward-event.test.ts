@@ -28,3 +28,15 @@ test("JSON events carry the type, both addresses and the error", () => {
     rule: "built-in",
   });
 });
+
+test("outside strings with control characters are quoted and escaped in text lines; plain ones are not", () => {
+  const evil = "/run/a.sock\nForwarding TCP from 1 to 2\u001b[31m\u009b\u2028";
+  const line = formatEventText({ type: "forwarding", protocol: "tcp", guestAddr: evil, hostAddr: "127.0.0.1:1" });
+  expect(line.split("\n")).toHaveLength(1);
+  expect(line).toBe('Forwarding TCP from "/run/a.sock\\nForwarding TCP from 1 to 2\\u001b[31m\\u009b\\u2028" to 127.0.0.1:1');
+  expect(formatEventText({ type: "warning", message: 'say "hi"\r' })).toBe('Warning: "say \\"hi\\"\\r"');
+  expect(formatEventText({ type: "guest-disconnected", guest: "unix:///g.sock", error: "x\ny" })).toBe('Lost guest agent at unix:///g.sock: "x\\ny"; reconnecting');
+  expect(formatEventText({ type: "config-rejected", file: "c.yaml", error: "c.yaml:1:1: a\nc.yaml:2:1: b\u001b" })).toBe(
+    'Config c.yaml rejected, keeping the rules in force:\nc.yaml:1:1: a\n"c.yaml:2:1: b\\u001b"',
+  );
+});

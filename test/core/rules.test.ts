@@ -49,7 +49,7 @@ describe("defaults", () => {
 
 describe("forward plan", () => {
   const udp = { idleTimeoutMs: 60_000, maxFlows: 1024 };
-  const base = { udp, udpEphemeralRange: [32768, 60999] as [number, number] };
+  const base = { udp };
   const v4only = { ...base, ipv6Loopback: false };
   const dual = { ...base, ipv6Loopback: true };
   test("guest 0.0.0.0:P and [::]:P share one host listener, dialing the IPv4 bind", () => {
@@ -57,11 +57,16 @@ describe("forward plan", () => {
     expect([...plan.forwards.keys()]).toEqual(["tcp 127.0.0.1:8080"]);
     expect(plan.forwards.get("tcp 127.0.0.1:8080")!.guestAddr).toBe("0.0.0.0:8080");
   });
-  test("a forward to host 127.0.0.1 also gets a ::1 listener, marked as a companion", () => {
+  test("a forward to host 127.0.0.1 also listens on ::1, as one forward (its listeners stand or fall together)", () => {
     const plan = planForwards([tcp("::", 8080), tcp("0.0.0.0", 8080)], builtins, dual);
-    expect([...plan.forwards.values()].map((f) => [f.key, f.companion])).toEqual([
+    expect([...plan.forwards.values()].map((f) => [f.key, f.ipv6Companion])).toEqual([["tcp 127.0.0.1:8080", true]]);
+  });
+  test("a forward of its own on [::1]:P takes the place of another's companion there", () => {
+    const rules = rulesInForce([withDefaults({ guestPort: 80, hostPort: 8080, hostIP: "::1" }), withDefaults({ guestPort: 81, hostPort: 8080 })]);
+    const plan = planForwards([tcp("127.0.0.1", 80), tcp("127.0.0.1", 81)], rules, dual);
+    expect([...plan.forwards.values()].map((f) => [f.key, f.ipv6Companion])).toEqual([
+      ["tcp [::1]:8080", false],
       ["tcp 127.0.0.1:8080", false],
-      ["tcp [::1]:8080", true],
     ]);
   });
   test("explicit host addresses get no companion", () => {
@@ -93,13 +98,13 @@ describe("forward plan", () => {
     const rules = rulesInForce([withDefaults({ guestPort: 5353, static: true })]);
     expect([...planForwards([], rules, v4only).forwards.keys()]).toEqual(["tcp 127.0.0.1:5353", "udp 127.0.0.1:5353"]);
   });
-  test("UDP client sockets (ephemeral ports, DHCP's 68) are not forwarded by the fallback, but by an explicit rule", () => {
+  test("UDP servers in the ephemeral range are forwarded (the guest reports only servers); DHCP's 68 only by an explicit rule", () => {
     const udpPort = (port: number) => ({ protocol: "udp", ip: "0.0.0.0", port });
-    const plan = planForwards([udpPort(68), udpPort(40000), udpPort(5353), tcp("127.0.0.1", 40000)], builtins, v4only);
-    expect([...plan.forwards.keys()]).toEqual(["tcp 127.0.0.1:40000", "udp 127.0.0.1:5353"]);
-    expect(plan.notForwarded.map((n) => `${n.port.port} ${n.reason}`)).toEqual(["40000 ephemeral UDP client port", "68 ephemeral UDP client port"]);
-    const explicit = rulesInForce([withDefaults({ guestPort: 40000, proto: "udp", guestIP: "0.0.0.0" })]);
-    expect([...planForwards([udpPort(40000)], explicit, v4only).forwards.keys()]).toEqual(["udp 127.0.0.1:40000"]);
+    const plan = planForwards([udpPort(68), udpPort(40011), udpPort(51820), udpPort(5353), tcp("127.0.0.1", 40000)], builtins, v4only);
+    expect([...plan.forwards.keys()].sort()).toEqual(["tcp 127.0.0.1:40000", "udp 127.0.0.1:40011", "udp 127.0.0.1:51820", "udp 127.0.0.1:5353"]);
+    expect(plan.notForwarded.map((n) => `${n.port.port} ${n.reason}`)).toEqual(["68 the DHCP client's port"]);
+    const explicit = rulesInForce([withDefaults({ guestPort: 68, proto: "udp", guestIP: "0.0.0.0", hostPort: 10068 })]);
+    expect([...planForwards([udpPort(68)], explicit, v4only).forwards.keys()]).toEqual(["udp 127.0.0.1:10068"]);
   });
   test("unix socket rules: forward a guest socket to a host socket, and reverse", () => {
     const rules = rulesInForce([

@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { statSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
-import { defer, e2eTest, exchange, freePort, Guest, PORTHOLE, Proc, runPorthole, startHostAgent, useHarness } from "./harness.ts";
+import { defer, e2eTest, exchange, freePort, Guest, PORTHOLE, Proc, runPorthole, startHostAgent, tryConnect, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -76,5 +76,24 @@ describe("host port conflicts", () => {
     expect(moved).toBeGreaterThan(hostPort);
     expect((await exchange(moved, Buffer.from("next"))).toString()).toBe("next");
     expect(host.events.filter((e) => e.type === "failed")).toEqual([]);
+  });
+
+  e2eTest("127.0.0.1:P taken by a host program: [::1]:P is not forwarded half-way, and both follow once it is free", async () => {
+    const guest = Guest.create();
+    await guest.startAgent();
+    const port = await freePort();
+    const squatter = net.createServer((s) => s.end("host program"));
+    await new Promise<void>((r) => squatter.listen(port, "127.0.0.1", r));
+    defer(() => new Promise<void>((r) => squatter.close(() => r())));
+    const host = startHostAgent(guest);
+    await guest.startEcho("127.0.0.1", port);
+    const failed = await host.waitForEvent((e) => e.type === "failed" && e.hostAddr === `127.0.0.1:${port}`, "the failed forward");
+    expect(failed.error).toContain(`not listening on [::1]:${port} either`);
+    expect(await tryConnect(port, "::1")).toBe("ECONNREFUSED");
+    expect(host.events.filter((e) => e.type === "forwarding")).toEqual([]);
+    await new Promise<void>((r) => squatter.close(() => r()));
+    await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `[::1]:${port}`, "the pair, once free", 20_000);
+    expect((await exchange(port, Buffer.from("v6"), "::1")).toString()).toBe("v6");
+    expect((await exchange(port, Buffer.from("v4"), "127.0.0.1")).toString()).toBe("v4");
   });
 });

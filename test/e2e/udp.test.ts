@@ -127,18 +127,46 @@ describe("UDP", () => {
     }
   });
 
-  e2eTest("UDP client sockets in the guest (ephemeral ports, DHCP's 68) are not forwarded", async () => {
+  e2eTest("a UDP server in the guest's ephemeral range is forwarded; a connected UDP socket and DHCP's 68 are not", async () => {
     const guest = Guest.create();
     await guest.startAgent();
     const host = startHostAgent(guest);
     await host.waitForEvent((e) => e.type === "guest-connected", "connect");
-    const [lo] = spawnSync("ip", ["netns", "exec", guest.ns, "cat", "/proc/sys/net/ipv4/ip_local_port_range"], { encoding: "utf8" })
-      .stdout.trim().split(/\s+/).map(Number);
-    await guest.startServer("udp-bind", [["0.0.0.0", 68], ["127.0.0.1", lo! + 7]]);
-    for (const addr of ["0.0.0.0:68", `127.0.0.1:${lo! + 7}`]) {
-      const e = await host.waitForEvent((ev) => ev.type === "not-forwarding" && ev.guestAddr === addr, `not-forwarding ${addr}`);
-      expect(e.error).toBe("ephemeral UDP client port");
+    const [lo, hi] = spawnSync("ip", ["netns", "exec", guest.ns, "cat", "/proc/sys/net/ipv4/ip_local_port_range"], { encoding: "utf8" })
+      .stdout.trim().split(/\s+/).map(Number) as [number, number];
+    const server = await freeUdpPortIn(lo, hi); // like a DNS server on 40011 or WireGuard's 51820
+    const connected = await freePort();
+    // A client's socket: bound, then connected (the kernel says ESTABLISHED), started first.
+    await guest.startFixture(["udp-connected", "127.0.0.1", String(connected), "127.0.0.1", "53"]);
+    await guest.startServer("udp-bind", [["0.0.0.0", 68]]);
+    await guest.startServer("udp-echo", [["127.0.0.1", server]]);
+    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${server}`, "the ephemeral-range UDP server", 20_000);
+    const client = new Client(server);
+    try {
+      client.send("dns?");
+      await client.waitFor(1);
+      expect(client.received[0]!.toString()).toBe("dns?");
+    } finally {
+      client.close();
     }
-    expect(host.events.filter((e) => e.type === "forwarding")).toEqual([]);
+    const dhcp = await host.waitForEvent((e) => e.type === "not-forwarding" && e.guestAddr === "0.0.0.0:68", "not-forwarding 68");
+    expect(dhcp.error).toBe("the DHCP client's port");
+    // The connected socket was bound before the server: had it been reported, it would be by now.
+    expect(host.events.filter((e) => String(e.guestAddr).endsWith(`:${connected}`))).toEqual([]);
   });
 });
+
+/** A UDP port within [lo, hi] free on the host's 127.0.0.1 and ::1. */
+async function freeUdpPortIn(lo: number, hi: number): Promise<number> {
+  const free = (port: number, type: "udp4" | "udp6", host: string) =>
+    new Promise<boolean>((resolve) => {
+      const s = dgram.createSocket({ type, ipv6Only: type === "udp6" });
+      s.once("error", () => resolve(false));
+      s.bind(port, host, () => s.close(() => resolve(true)));
+    });
+  for (let i = 0; i < 100; i++) {
+    const port = lo + 1000 + Math.floor(Math.random() * (hi - lo - 2000));
+    if ((await free(port, "udp4", "127.0.0.1")) && (await free(port, "udp6", "::1"))) return port;
+  }
+  throw new Error("no free UDP port in the ephemeral range");
+}

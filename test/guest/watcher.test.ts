@@ -6,6 +6,7 @@ import { join } from "node:path";
 import type { PortDiff } from "../../src/core/ports.ts";
 import { procNetScanner } from "../../src/guest/scanners.ts";
 import { PortWatcher, scanProcNet } from "../../src/guest/watcher.ts";
+import { UdpSettler } from "../../src/core/udp-settle.ts";
 
 const HEADER = "  sl  local_address rem_address   st\n";
 const row = (addr: string, state: string) => `   0: ${addr} 00000000:0000 ${state} 00000000:00000000\n`;
@@ -64,3 +65,17 @@ async function waitUntil(done: () => boolean, timeoutMs = 2000): Promise<void> {
     await Bun.sleep(5);
   }
 }
+
+test("an unconnected UDP socket is reported once it has stayed bound long enough; a connected one never", async () => {
+  const dir = procDir("");
+  // 0.0.0.0:40011 unconnected (07), and 127.0.0.1:5353 connected to 127.0.0.1:53 (01).
+  writeFileSync(join(dir, "udp"), HEADER + row("00000000:9C4B", "07") + "   1: 0100007F:14E9 0100007F:0035 01 00000000:00000000\n");
+  const watcher = new PortWatcher(10, procNetScanner(dir), new UdpSettler(100));
+  watchers.push(watcher);
+  const diffs: PortDiff[] = [];
+  watcher.subscribe((d) => diffs.push(d));
+  await watcher.start();
+  expect(watcher.ports).toEqual([]); // too young yet
+  while (!diffs.length) await new Promise((r) => setTimeout(r, 10));
+  expect(diffs).toEqual([{ added: [{ protocol: "udp", ip: "0.0.0.0", port: 40011 }], removed: [] }]);
+});
