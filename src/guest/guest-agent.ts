@@ -10,9 +10,10 @@ import { handleDataStream, newDataSecret } from "./data-server.ts";
 import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
-import { portholeServiceHandlers } from "./porthole-service.ts";
+import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
+import { UdpSettler, UDP_SERVER_AFTER_MS } from "../core/udp-settle.ts";
 
 export interface GuestAgentOptions {
   listen: TransportAddress[];
@@ -48,7 +49,7 @@ export class GuestAgent {
     if (this.options.runtimeDir) mkdirSync(this.options.runtimeDir, { recursive: true, mode: 0o755 });
     const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
-    this.watcher = new PortWatcher(interval, scanner);
+    this.watcher = new PortWatcher(interval, scanner, new UdpSettler(UDP_SERVER_AFTER_MS, ephemeralPortRange()));
     this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers({
       watcher: this.watcher,
       eventState: new EventState(this.options.runtimeDir, this.options.log),
