@@ -5,7 +5,8 @@ import { guestServiceDefinition, portholeServiceDefinition } from "../proto/gues
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
-import { handleDataStream, newDataSecret } from "./data-server.ts";
+import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.ts";
+import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
 import { checkPreface } from "./preface-check.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
@@ -30,6 +31,7 @@ export class GuestAgent {
   private readonly served: Served[] = [];
   /** The secret every raw data stream must start with (see core/data-header.ts). */
   private readonly dataSecret = newDataSecret();
+  private proof: ProofServer | undefined;
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
@@ -41,9 +43,15 @@ export class GuestAgent {
     this.watcher = new PortWatcher(interval, scanner);
     this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
     const dataEndpoints: string[] = [];
+    const refusals = rateLimitedLog(this.options.log);
+    try {
+      this.proof = await serveDirectProof(this.dataSecret, refusals);
+    } catch (err) {
+      this.options.log(`no direct path: cannot listen for its proof (${(err as Error).message}); the host will use the tunnels`);
+    }
     this.grpcServer.addService(
       portholeServiceDefinition,
-      portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints }),
+      portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints, directProofPort: () => this.proof?.port ?? 0 }),
     );
     await this.watcher.start();
     this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
@@ -60,7 +68,7 @@ export class GuestAgent {
         const data = dataEndpointFor(address);
         if (data) {
           const dataOptions = { ...this.options, halfOpen: true };
-          this.served.push(await serveTransport(data, (socket) => handleDataStream(socket, this.dataSecret), dataOptions));
+          this.served.push(await serveTransport(data, (socket) => handleDataStream(socket, this.dataSecret, refusals), dataOptions));
           dataEndpoints.push(formatTransportAddress(data));
         }
       }
@@ -72,6 +80,7 @@ export class GuestAgent {
 
   stop(): void {
     this.watcher?.stop();
+    this.proof?.close();
     for (const served of this.served.splice(0)) served.close();
     this.grpcServer.forceShutdown();
   }
