@@ -40,15 +40,15 @@ export class GuestAgent {
   async start(): Promise<void> {
     const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
-    this.watcher = new PortWatcher(interval, scanner);
-    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
-    const dataEndpoints: string[] = [];
     const refusals = rateLimitedLog(this.options.log);
     try {
       this.proof = await serveDirectProof(this.dataSecret, refusals);
     } catch (err) {
       this.options.log(`no direct path: cannot listen for its proof (${(err as Error).message}); the host will use the tunnels`);
     }
+    this.watcher = new PortWatcher(interval, hidePort(scanner, this.proof?.port));
+    this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers(this.watcher));
+    const dataEndpoints: string[] = [];
     this.grpcServer.addService(
       portholeServiceDefinition,
       portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints, directProofPort: () => this.proof?.port ?? 0 }),
@@ -84,6 +84,18 @@ export class GuestAgent {
     for (const served of this.served.splice(0)) served.close();
     this.grpcServer.forceShutdown();
   }
+}
+
+/** The agent's own proof port is not a guest service: it is never reported for forwarding. */
+function hidePort(scanner: Scanner, port: number | undefined): Scanner {
+  if (!port) return scanner;
+  return {
+    ...scanner,
+    scan: async () => {
+      const result = await scanner.scan();
+      return { ...result, ports: result.ports.filter((p) => !(p.protocol === "tcp" && p.port === port)) };
+    },
+  };
 }
 
 /** Where the raw data path listens beside an agent address (none for TCP and serial). */

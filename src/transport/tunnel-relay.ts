@@ -79,6 +79,7 @@ function relayOneWay(from: net.Socket, to: net.Socket, onEnd: (how: StreamEnd) =
   from.once("error", () => end("reset"));
   // Destroyed without EOF or an error (closed locally, or by the other direction): a reset.
   from.once("close", () => end("reset"));
+  from.resume(); // as pipe() does: a side handed over paused starts flowing
 }
 
 /**
@@ -153,4 +154,5 @@ export function spliceFramed(plain: net.Socket, framed: net.Socket, initial?: Bu
   framed.once("error", lost);
   framed.once("close", lost);
   if (initial?.length) receive(initial);
+  framed.resume();
 }
