@@ -182,7 +182,12 @@ export class StreamRouter {
       },
       (err: NodeJS.ErrnoException) => {
         if (client.destroyed) return;
-        if (err instanceof RefusedByGuest) return resetSocket(client);
+        // The guest refused the target, or (direct) the target accepted and reset at once:
+        // either way the far end answered, and its answer is a reset.
+        if (err instanceof RefusedByGuest || (path === "direct" && err.code === "ECONNRESET")) {
+          this.counters.took(path, plan.key, client);
+          return resetSocket(client);
+        }
         // Direct and refused: the guest socket does not accept at that address (a socket
         // bound IPv6-only, say); remember it for this forward and let a tunnel decide.
         const refusedDirect = path === "direct" && err.code === "ECONNREFUSED";
@@ -197,6 +202,8 @@ export class StreamRouter {
   }
 
   private failed(key: string, plan: PlannedForward, path: DataPath, error: string): void {
+    // Connections dialed before the first failure was known fail too: said once.
+    if (this.blocked(key)) return;
     const previous = this.failures.get(key);
     const attempt = previous ? previous.attempt + 1 : 0;
     const retryInMs = backoffDelay(attempt, RETRY);

@@ -1,0 +1,59 @@
+// A stream ends the way its far end ended it, on every data path: data then EOF, or data then
+// a reset; and when the guest agent dies, a reset, never a clean EOF. The guest servers that
+// reset are CPython's (test/fixtures/reset-server.py); each test also checks, from
+// `porthole status --json`, which path the connections really took.
+import { describe, expect } from "bun:test";
+import { join } from "node:path";
+import { e2eTest, freePort, Guest, pathsOf, readToEnd, startHostAgent, useHarness } from "./harness.ts";
+
+useHarness();
+
+/** A guest (linked to the host by IP for `direct`), its agent, and a host agent forwarding over `path`. */
+async function setUp(path: "direct" | "fast" | "grpc") {
+  const guest = Guest.create();
+  if (path === "direct") guest.linkToHost();
+  const agent = await guest.startAgent();
+  const host = startHostAgent(guest, path === "direct" ? [] : ["--forwarder", path]);
+  await host.waitForEvent((e) => e.type === "guest-connected", "connect");
+  if (path === "direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
+  // The direct path needs a guest socket reachable by IP; the tunnels reach any.
+  const bind = path === "direct" ? "0.0.0.0" : "127.0.0.1";
+  return { guest, agent, host, bind, control: join(guest.dir, "state", "control.sock") };
+}
+
+describe.each(["direct", "fast", "grpc"] as const)("stream ends over %s", (path) => {
+  e2eTest("a guest server that sends 100 KB and then resets: all 100 KB arrive, then the reset, 20 times in 20", async () => {
+    const { guest, host, bind, control } = await setUp(path);
+    const port = await freePort();
+    await guest.startResetServer(bind, port, 100_000);
+    expect((await host.waitForForwarding(port)).path).toBe(path);
+    const results = [];
+    for (let i = 0; i < 20; i++) results.push(await readToEnd(port));
+    expect(results).toEqual(Array.from({ length: 20 }, () => ({ end: "ECONNRESET", bytes: 100_000 })));
+    expect(pathsOf(control, port)).toEqual({ [path]: 20 });
+  });
+
+  e2eTest("a guest server that resets its client at once: the host client sees a reset, 50 times in 50", async () => {
+    const { guest, host, bind, control } = await setUp(path);
+    const port = await freePort();
+    await guest.startResetServer(bind, port, 0);
+    await host.waitForForwarding(port);
+    const ends = await Promise.all(Array.from({ length: 50 }, () => readToEnd(port, { data: Buffer.from("hello") })));
+    expect(ends.map((r) => r.end)).toEqual(Array(50).fill("ECONNRESET"));
+    expect(pathsOf(control, port)).toEqual({ [path]: 50 });
+  });
+});
+
+describe.each(["fast", "grpc"] as const)("the guest agent dies mid-download over %s", (path) => {
+  e2eTest.each(["SIGKILL", "SIGTERM"] as const)("killed with %s: the host client sees a reset, not a clean EOF", async (signal) => {
+    const { guest, agent, host, control } = await setUp(path);
+    const port = await freePort();
+    await guest.startServer("source", [["127.0.0.1", port]]);
+    await host.waitForForwarding(port);
+    // An endless download: any EOF would be a lie (a truncated file taken for a whole one).
+    const result = await readToEnd(port, { stopAfter: [8 << 20, () => agent.child.kill(signal)] });
+    expect(result.end).toBe("ECONNRESET");
+    expect(result.bytes).toBeGreaterThanOrEqual(8 << 20);
+    expect(pathsOf(control, port)).toEqual({ [path]: 1 });
+  });
+});
