@@ -4,7 +4,8 @@
 // frame, EOF or RESET. A stream that closes without an end frame ended by accident (an agent
 // died): the receiver resets its peer, never a clean EOF. No I/O here: both relays (the
 // JavaScript one and a native one) share this format.
-export const MAX_FRAME = 0x7fff_ffff;
+/** The largest data frame (bigger chunks go as several): a length above it is garbage. */
+export const MAX_FRAME = 16 << 20;
 const END_EOF_CODE = 0xffff_ffff;
 const END_RESET_CODE = 0xffff_fffe;
 

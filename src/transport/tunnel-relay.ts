@@ -4,7 +4,7 @@
 // every relay: a stream ends the way its far end ended it, EOF as EOF and a reset (or an
 // error, or a far agent that died) as a reset, after the bytes that arrived before it.
 import type * as net from "node:net";
-import { dataFrameHeader, END_EOF, END_RESET, FrameDecoder, type StreamEnd } from "../core/data-frames.ts";
+import { dataFrameHeader, END_EOF, END_RESET, FrameDecoder, MAX_FRAME, type StreamEnd } from "../core/data-frames.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 
 /** What the relay needs of a grpc-js duplex call, client or server side. */
@@ -124,8 +124,13 @@ export function spliceFramed(plain: net.Socket, framed: net.Socket, initial?: Bu
   };
 
   relayOneWay(plain, framed, sendEnd, (chunk) => {
-    framed.write(dataFrameHeader(chunk.length));
-    return framed.write(chunk);
+    let ok = true;
+    for (let at = 0; at < chunk.length; at += MAX_FRAME) {
+      const piece = chunk.subarray(at, at + MAX_FRAME);
+      framed.write(dataFrameHeader(piece.length));
+      ok = framed.write(piece);
+    }
+    return ok;
   });
 
   const receive = (chunk: Buffer) => {
