@@ -3,6 +3,7 @@
 // reset are CPython's (test/fixtures/reset-server.py); each test also checks, from
 // `porthole status --json`, which path the connections really took.
 import { describe, expect } from "bun:test";
+import * as net from "node:net";
 import { join } from "node:path";
 import { e2eTest, freePort, Guest, pathsOf, readToEnd, startHostAgent, useHarness } from "./harness.ts";
 
@@ -55,5 +56,32 @@ describe.each(["fast", "grpc"] as const)("the guest agent dies mid-download over
     expect(result.end).toBe("ECONNRESET");
     expect(result.bytes).toBeGreaterThanOrEqual(8 << 20);
     expect(pathsOf(control, port)).toEqual({ [path]: 1 });
+  });
+});
+
+describe("the data endpoint (anything in reach may connect)", () => {
+  /** Sends `text` on a fresh data-path stream; resolves when the agent closed it. */
+  const probe = (path: string, text: string) =>
+    new Promise<void>((resolve) => {
+      const s = net.connect(path);
+      s.once("connect", () => s.write(text));
+      s.once("close", () => resolve());
+      s.once("error", () => {});
+      s.resume();
+    });
+
+  e2eTest.each([
+    ["a wrong secret", `PHDATA2 ${"ab".repeat(24)} tcp 127.0.0.1:80\n`, "wrong secret"],
+    ["a bad header", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad header"],
+  ])("%s is refused and logged, and 50 more add no more than one line", async (_what, text, words) => {
+    const guest = Guest.create();
+    const agent = await guest.startAgent();
+    const data = `${guest.socket}.data`;
+    for (let i = 0; i < 51; i++) await probe(data, text);
+    const lines = () => agent.stderr.filter((l) => l.includes("data path: refused"));
+    await agent.waitFor(() => lines().length || undefined, "the refusal in the log");
+    expect(lines()).toHaveLength(1);
+    expect(lines()[0]).toContain(words);
+    expect(agent.running).toBe(true);
   });
 });
