@@ -14,9 +14,10 @@ node_modules/.installed: package.json package-lock.json
 
 deps: node_modules/.installed
 
-# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd).
+# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd; python3
+# for the reset server of the stream-end tests).
 system-deps:
-	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio; do \
+	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio /usr/bin/python3:python3; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
