@@ -11,6 +11,8 @@ import { onLocalSubnet, type InterfaceAddress } from "../core/subnet.ts";
 
 const REPROVE_MS = 10_000;
 const PROOF_TIMEOUT_MS = 2000;
+/** Proof rounds in a row without any answer before an address counts as gone (its open direct connections too). */
+const SILENT_ROUNDS = 2;
 
 export interface GuestOffer {
   secret: string;
@@ -29,11 +31,15 @@ export class DirectPaths {
   private timer: ReturnType<typeof setInterval> | undefined;
   private interfacesSeen = "";
   private generation = 0;
+  /** Proof rounds in a row in which an address gave no answer at all (not even a refusal). */
+  private readonly silent = new Map<string, number>();
 
   constructor(
     private readonly report: ProofReport,
     private readonly interfaces: () => InterfaceAddress[] = readInterfaces,
     private readonly prove: (ip: string, offer: GuestOffer) => Promise<void> = proveAddress,
+    /** An address went silent (the guest's network is gone): its open direct connections are dead too. */
+    private readonly onSilent: (ip: string) => void = () => {},
   ) {}
 
   /** A new guest session (or none): forget every proof and start over. */
@@ -41,6 +47,7 @@ export class DirectPaths {
     this.generation++;
     this.proved.clear();
     this.refused.clear();
+    this.silent.clear();
     clearInterval(this.timer);
     this.timer = undefined;
     this.offer = offer && offer.secret && offer.proofPort > 0 && offer.proofPort < 65536 ? { ...offer, addresses: usableGuestAddresses(offer.addresses) } : undefined;
@@ -81,15 +88,22 @@ export class DirectPaths {
     await Promise.all(
       offer.addresses.map(async (ip) => {
         let reason: string | undefined;
+        let noAnswer = false;
         if (!onLocalSubnet(ip, interfaces)) reason = "not on a network this host shares";
         else {
           try {
             await this.prove(ip, offer);
           } catch (err) {
             reason = (err as Error).message;
+            noAnswer = (err as NodeJS.ErrnoException).code === "ETIMEDOUT";
           }
         }
         if (generation !== this.generation) return;
+        // A refusal means the guest is there (its agent restarting, say); only silence,
+        // round after round, means the network to it is gone.
+        const rounds = noAnswer ? (this.silent.get(ip) ?? 0) + 1 : 0;
+        this.silent.set(ip, rounds);
+        if (rounds === SILENT_ROUNDS) this.onSilent(ip);
         if (reason === undefined) {
           const wasRefused = this.refused.delete(ip);
           if (!this.proved.has(ip)) {
@@ -129,8 +143,16 @@ export function proveAddress(ip: string, offer: GuestOffer): Promise<void> {
       socket.destroy();
       reject(new Error(why));
     };
-    socket.setTimeout(PROOF_TIMEOUT_MS, () => fail(`no answer to the proof within ${PROOF_TIMEOUT_MS / 1000} s`));
-    socket.once("error", (err: NodeJS.ErrnoException) => fail(`the proof could not connect (${err.code ?? err.message})`));
+    socket.setTimeout(PROOF_TIMEOUT_MS, () => {
+      socket.destroy();
+      reject(Object.assign(new Error(`no answer to the proof within ${PROOF_TIMEOUT_MS / 1000} s`), { code: "ETIMEDOUT" }));
+    });
+    socket.once("error", (err: NodeJS.ErrnoException) => {
+      socket.destroy();
+      // EHOSTUNREACH and the like are silence too: nothing answers at that address.
+      const silent = err.code !== "ECONNREFUSED" && err.code !== "ECONNRESET";
+      reject(Object.assign(new Error(`the proof could not connect (${err.code ?? err.message})`), silent ? { code: "ETIMEDOUT" } : {}));
+    });
     socket.once("connect", () => socket.write(proofRequest(nonce)));
     socket.setEncoding("latin1");
     socket.on("data", (chunk: string) => {

@@ -56,9 +56,32 @@ export class StreamRouter {
   ) {
     this.direct =
       direct ??
-      new DirectPaths((ip, proved, reason) =>
-        this.report({ type: "path-changed", address: ip, path: "direct", state: proved ? "usable" : "unusable", reason }),
+      new DirectPaths(
+        (ip, proved, reason) => this.report({ type: "path-changed", address: ip, path: "direct", state: proved ? "usable" : "unusable", reason }),
+        undefined,
+        undefined,
+        (ip) => this.dropDirect(ip),
       );
+  }
+
+  /** Open direct connections, by guest IP: reset when that address goes silent. */
+  private readonly openDirect = new Map<string, Set<[client: net.Socket, upstream: net.Socket]>>();
+
+  /**
+   * The guest address stopped answering: its direct connections are dead, but TCP would
+   * notice only after minutes of retransmissions (and a client that gave up would sit in
+   * CLOSE-WAIT meanwhile). Reset both ends now, and say so.
+   */
+  private dropDirect(ip: string): void {
+    const sockets = this.openDirect.get(ip);
+    this.openDirect.delete(ip);
+    if (!sockets?.size) return;
+    // The client first: once the upstream is gone, its relay could take the close for an EOF.
+    for (const [client, upstream] of sockets) {
+      resetSocket(client);
+      resetSocket(upstream);
+    }
+    this.report({ type: "path-changed", address: ip, path: "direct", state: "unusable", reason: `the guest address stopped answering; reset its ${sockets.size} open direct connection(s)` });
   }
 
   /** What the guest agent offers (undefined: a stock Lima agent, or none yet). */
@@ -104,14 +127,14 @@ export class StreamRouter {
         return this.grpc.forwardStream(socket, plan);
       case "direct": {
         const target = this.directTarget(plan)!;
-        return this.splice(socket, plan, "direct", `direct ${target.host}:${target.port}`, () => this.openDirect(target), target.host);
+        return this.splice(socket, plan, "direct", `direct ${target.host}:${target.port}`, () => this.dialDirect(target), target.host);
       }
       case "fast":
         return this.splice(socket, plan, "fast", "fast", () => this.openDataStream(plan));
     }
   }
 
-  private async openDirect(target: { host: string; port: number }): Promise<{ stream: net.Socket }> {
+  private async dialDirect(target: { host: string; port: number }): Promise<{ stream: net.Socket }> {
     const stream = await dialTransport({ kind: "tcp", ...target }, DIAL_TIMEOUT_MS, { allowHalfOpen: true });
     stream.setKeepAlive(true, KEEPALIVE_MS);
     return { stream };
@@ -173,6 +196,7 @@ export class StreamRouter {
         if (client.destroyed) return void stream.destroy();
         this.succeeded(failureKey, plan);
         this.counters.took(path, plan.key, client);
+        if (directIP) this.trackDirect(directIP, client, stream);
         if (framed) spliceFramed(client, stream, initial);
         else {
           if (initial?.length) client.write(initial);
@@ -199,6 +223,15 @@ export class StreamRouter {
         this.route(client, plan, next);
       },
     );
+  }
+
+  private trackDirect(ip: string, client: net.Socket, upstream: net.Socket): void {
+    let set = this.openDirect.get(ip);
+    if (!set) this.openDirect.set(ip, (set = new Set()));
+    const open = set;
+    const pair: [net.Socket, net.Socket] = [client, upstream];
+    open.add(pair);
+    upstream.once("close", () => open.delete(pair));
   }
 
   private failed(key: string, plan: PlannedForward, path: DataPath, error: string): void {

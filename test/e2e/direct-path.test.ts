@@ -6,7 +6,8 @@
 import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { e2eTest, exchange, freePort, Guest, pathsOf, startHostAgent, useHarness } from "./harness.ts";
+import * as net from "node:net";
+import { closeWaitOf, e2eTest, exchange, freePort, Guest, pathsOf, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -95,4 +96,30 @@ describe("the direct path", () => {
     const fwd = JSON.parse(spawnSync(process.env.PORTHOLE_BIN ?? "", ["status", "--control", control, "--json"], { encoding: "utf8" }).stdout);
     expect(fwd.paths.direct.fallbacks).toBe(1);
   });
+
+  e2eTest("a direct connection whose guest network goes silent is reset within two proof rounds, leaving nothing in CLOSE-WAIT", async () => {
+    const guest = Guest.create();
+    const { hostIP } = guest.linkToHost();
+    await guest.startAgent();
+    const host = startHostAgent(guest);
+    await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
+    const port = await freePort();
+    await guest.startEcho("0.0.0.0", port);
+    expect((await host.waitForForwarding(port)).path).toBe("direct");
+    const client = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true });
+    const ended = new Promise<string>((resolve) => {
+      client.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      client.once("end", () => resolve("eof"));
+    });
+    client.write("before");
+    await new Promise<void>((r) => client.once("data", () => r()));
+    expect(pathsOf(join(guest.dir, "state", "control.sock"), port)).toEqual({ direct: 1 });
+    // The guest's network goes silent; the client gives up (its FIN never reaches the guest).
+    expect(spawnSync("ip", ["netns", "exec", guest.ns, "ip", "route", "add", "blackhole", `${hostIP}/32`]).status).toBe(0);
+    client.end();
+    // Without the proof rounds' verdict TCP would retransmit for ~15 minutes meanwhile.
+    expect(await ended).toBe("ECONNRESET");
+    await host.waitForEvent((e) => e.type === "path-changed" && String(e.reason).includes("stopped answering"), "the reset's event");
+    await host.proc.waitFor(() => closeWaitOf(host.proc.child.pid!) === 0 || undefined, "no CLOSE-WAIT left in the host agent");
+  }, 90_000);
 });
