@@ -31,6 +31,7 @@ export class DirectPaths {
   private timer: ReturnType<typeof setInterval> | undefined;
   private interfacesSeen = "";
   private generation = 0;
+  private lastLook = 0;
   /** Proof rounds in a row in which an address gave no answer at all (not even a refusal). */
   private readonly silent = new Map<string, number>();
 
@@ -119,8 +120,12 @@ export class DirectPaths {
     );
   }
 
-  /** Whether this host's addresses changed since the last proof round (cheap enough per connection). */
+  /** Whether this host's addresses changed since the last proof round (looked at once a second at most). */
   interfacesChanged(): boolean {
+    if (!this.offer) return false;
+    const now = Date.now();
+    if (now - this.lastLook < 1000) return false;
+    this.lastLook = now;
     try {
       return JSON.stringify(this.interfaces().map((i) => [i.address, i.netmask])) !== this.interfacesSeen;
     } catch {

@@ -62,23 +62,6 @@ describe("spliceSockets", () => {
     for (let i = 0; i < 20; i++) expect(await readEnd(await connect(front))).toEqual({ end: "ECONNRESET", bytes: 100_000 });
   });
 
-  test("a client that reads late still gets all 8 MiB the far end sent before its reset", async () => {
-    const target = await pythonResetServer(8 << 20);
-    const front = await listen(async (client) => {
-      client.pause();
-      spliceSockets(client, await connect(target));
-    });
-    for (let i = 0; i < 3; i++) {
-      const c = await connect(front);
-      c.pause();
-      // The reset reaches the relay while most of the bytes still wait in buffers.
-      await new Promise((r) => setTimeout(r, 300));
-      const result = readEnd(c);
-      c.resume();
-      expect(await result).toEqual({ end: "ECONNRESET", bytes: 8 << 20 });
-    }
-  });
-
   test("EOF is passed on as EOF, and the other direction goes on (half-close)", async () => {
     const target = await listen((s) => {
       let got = "";
