@@ -115,4 +115,29 @@ describe("the stream router", () => {
     expect(router.pathFor(plan("0.0.0.0:80"))).toBe("grpc");
     router.stop();
   });
+
+  test("an address that gives no answer for two proof rounds is reported silent once; a refusal (the agent restarting) is not silence", async () => {
+    const silent: string[] = [];
+    let failure: Error | undefined = Object.assign(new Error("no answer"), { code: "ETIMEDOUT" });
+    const direct = new DirectPaths(
+      () => {},
+      () => [{ address: "10.9.9.1", netmask: "255.255.255.0", family: "IPv4", internal: false }],
+      async () => {
+        if (failure) throw failure;
+      },
+      (ip) => silent.push(ip),
+    );
+    direct.setGuest({ secret: "00112233445566778899aabbccddeeff", addresses: ["10.9.9.7"], proofPort: 4000 });
+    await direct.reprove();
+    await direct.reprove();
+    await direct.reprove();
+    expect(silent).toEqual(["10.9.9.7"]);
+    failure = Object.assign(new Error("refused"), { code: undefined });
+    await direct.reprove();
+    failure = Object.assign(new Error("no answer"), { code: "ETIMEDOUT" });
+    await direct.reprove();
+    expect(silent).toEqual(["10.9.9.7"]); // one silent round after a refusal is not enough
+    direct.stop();
+  });
 });
+
