@@ -83,6 +83,14 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
     });
   };
   stream.on("data", onData);
+  // Ended (or gone) before a whole header: nothing to wait for.
+  stream.once("end", () => {
+    if (stream.listeners("data").includes(onData)) {
+      clearTimeout(timer);
+      refuse(`data path: closed a stream that ended after ${got.length} bytes, before its header was complete`);
+      stream.destroy();
+    }
+  });
   stream.once("error", () => clearTimeout(timer));
   stream.once("close", () => clearTimeout(timer));
 }

@@ -5,7 +5,8 @@
 import { describe, expect } from "bun:test";
 import * as net from "node:net";
 import { join } from "node:path";
-import { e2eTest, freePort, Guest, pathsOf, readToEnd, startHostAgent, useHarness } from "./harness.ts";
+import { randomBytes } from "node:crypto";
+import { e2eTest, exchange, freePort, Guest, pathsOf, readToEnd, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -64,7 +65,7 @@ describe("the data endpoint (anything in reach may connect)", () => {
   const probe = (path: string, text: string) =>
     new Promise<void>((resolve) => {
       const s = net.connect(path);
-      s.once("connect", () => s.write(text));
+      s.once("connect", () => s.end(Buffer.from(text, "latin1")));
       s.once("close", () => resolve());
       s.once("error", () => {});
       s.resume();
@@ -84,4 +85,21 @@ describe("the data endpoint (anything in reach may connect)", () => {
     expect(lines()[0]).toContain(words);
     expect(agent.running).toBe(true);
   });
+
+  e2eTest("300 random and mutated headers are each closed, and the data path goes on carrying real connections", async () => {
+    const { guest, agent, host, control } = await setUp("fast");
+    const port = await freePort();
+    await guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port);
+    const valid = Buffer.from(`PHDATA2 ${"ab".repeat(24)} tcp 127.0.0.1:${port}\n`);
+    for (let i = 0; i < 300; i++) {
+      const input = i % 3 ? Buffer.from(valid) : randomBytes(1 + (i % 200));
+      if (i % 3) for (let m = 0; m <= i % 5; m++) input[Math.floor(Math.random() * input.length)] = Math.floor(Math.random() * 256);
+      await probe(`${guest.socket}.data`, input.toString("latin1"));
+    }
+    expect(agent.running).toBe(true);
+    expect((await exchange(port, Buffer.from("still here"))).toString()).toBe("still here");
+    expect(pathsOf(control, port)).toEqual({ fast: 1 });
+  });
 });
+
