@@ -38,6 +38,7 @@ export function rateLimitedLog(log: (line: string) => void, intervalMs = REFUSAL
 /** Handles one incoming data stream (any transport). `refuse` hears why one was refused. */
 export function handleDataStream(stream: net.Socket, secret: string, refuse: (why: string) => void = () => {}): void {
   let got: Buffer = Buffer.alloc(0);
+  let headerDone = false;
   const timer = setTimeout(() => {
     refuse(`data path: closed a stream that sent no complete header within ${HEADER_TIMEOUT_MS / 1000} s`);
     resetSocket(stream);
@@ -47,6 +48,7 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
     const header = parseDataHeader(got);
     if (header.kind === "need-more") return;
     clearTimeout(timer);
+    headerDone = true;
     stream.off("data", onData);
     stream.pause();
     if (header.kind === "bad") {
@@ -85,7 +87,7 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
   stream.on("data", onData);
   // Ended (or gone) before a whole header: nothing to wait for.
   stream.once("end", () => {
-    if (stream.listeners("data").includes(onData)) {
+    if (!headerDone) {
       clearTimeout(timer);
       refuse(`data path: closed a stream that ended after ${got.length} bytes, before its header was complete`);
       stream.destroy();
