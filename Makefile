@@ -14,10 +14,11 @@ node_modules/.installed: package.json package-lock.json
 
 deps: node_modules/.installed
 
-# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd), and grpc
+# The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd, python3 for
+# the reset server of the stream-end tests), and grpc
 # C-core (python3-grpcio, with protoc for Lima's .proto), the independent gRPC peer.
 system-deps:
-	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio protoc:protobuf-compiler; do \
+	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio protoc:protobuf-compiler /usr/bin/python3:python3; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	/usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null || missing="$$missing python3-grpcio python3-protobuf"; \
 	if [ -n "$$missing" ]; then \

@@ -149,6 +149,8 @@ async function main(): Promise<void> {
       const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
       const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...extra(sshd)]);
       await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
+      // The direct path is used once the guest agent proved it answers at the guest's address.
+      if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
       return () => host.proc.kill();
     },
   });

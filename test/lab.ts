@@ -212,6 +212,16 @@ export class Guest {
     return server;
   }
 
+  /**
+   * CPython's reset server (test/fixtures/reset-server.py) inside the guest: every
+   * connection gets `bytes` bytes, then a TCP reset.
+   */
+  async startResetServer(host: string, port: number, bytes: number): Promise<Proc> {
+    const server = this.spawn(["/usr/bin/python3", join(REPO, "test/fixtures/reset-server.py"), host, String(port), String(bytes)], `reset-server ${bytes}`);
+    await server.waitForLine(/^listening/);
+    return server;
+  }
+
   /** Runs test/fixtures/servers.ts to completion inside the guest (a client mode). */
   runFixture(args: string[]): Proc {
     return this.spawn([...SERVERS, ...args], args.join(" "));
@@ -230,6 +240,25 @@ export class Guest {
   }
 
   private links = 0;
+
+  /**
+   * A veth pair from the host's namespace into this namespace with the given addresses
+   * (CIDR), for tests that need particular subnets. Removed with the namespace.
+   */
+  linkToHostAs(hostCidr: string, guestCidr: string): void {
+    const n = ++this.links;
+    const hostDev = `ph${process.pid % 100000}m${nsCounter}x${n}`.slice(0, 15);
+    const run = (...argv: string[]) => {
+      const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`${argv.join(" ")}: ${r.stderr}`);
+    };
+    run("ip", "link", "add", hostDev, "type", "veth", "peer", "name", "eth-host", "netns", this.ns);
+    defer(() => void spawnSync("ip", ["link", "del", hostDev]));
+    run("ip", "addr", "add", hostCidr, "dev", hostDev);
+    run("ip", "link", "set", hostDev, "up");
+    run("ip", "netns", "exec", this.ns, "ip", "addr", "add", guestCidr, "dev", "eth-host");
+    run("ip", "netns", "exec", this.ns, "ip", "link", "set", "eth-host", "up");
+  }
 
   /**
    * A veth pair from the host's namespace into this guest (a /30 of 10.251.0.0/16 picked
@@ -499,6 +528,60 @@ export function echoRoundTrip(port: number, size: number, host = "127.0.0.1"): P
       socket.end();
     });
   });
+}
+
+/**
+ * Connects, sends `data` (if any, without half-closing), and reads until the stream ends:
+ * how it ended ("eof", or the error code such as ECONNRESET) and how many bytes came.
+ * `stopAfter`: called once that many bytes arrived (e.g. to kill an agent mid-download).
+ */
+export function readToEnd(port: number, options: { host?: string; data?: Buffer; stopAfter?: [number, () => void]; timeoutMs?: number } = {}): Promise<{ end: string; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: options.host ?? "127.0.0.1", port, allowHalfOpen: true });
+    let bytes = 0;
+    let fired = false;
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`reading from ${port} timed out after ${bytes} bytes`));
+    }, options.timeoutMs ?? 30_000);
+    const done = (end: string) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ end, bytes });
+    };
+    socket.once("connect", () => options.data && socket.write(options.data));
+    socket.on("data", (c: Buffer) => {
+      bytes += c.length;
+      if (options.stopAfter && !fired && bytes >= options.stopAfter[0]) {
+        fired = true;
+        options.stopAfter[1]();
+      }
+    });
+    socket.once("end", () => done("eof"));
+    socket.once("error", (err: NodeJS.ErrnoException) => done(err.code ?? err.message));
+  });
+}
+
+/** `porthole status --json` of a host agent's control socket. */
+export function statusJSON(control: string): { paths?: Record<string, PathCount>; forwards: { hostAddr: string; path: string; paths?: Record<string, PathCount> }[] } {
+  const r = runPorthole(["status", "--control", control, "--json"]);
+  if (r.code !== 0) throw new Error(`porthole status: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+export interface PathCount {
+  connections: number;
+  open: number;
+  bytesIn: number;
+  bytesOut: number;
+  fallbacks: number;
+}
+
+/** The connections each data path carried for the forward on host 127.0.0.1:port (zeros left out). */
+export function pathsOf(control: string, port: number): Record<string, number> {
+  const fwd = statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${port}`);
+  if (!fwd) throw new Error(`no forward on 127.0.0.1:${port}`);
+  return Object.fromEntries(Object.entries(fwd.paths ?? {}).filter(([, t]) => t.connections).map(([p, t]) => [p, t.connections]));
 }
 
 /** Resolves with the error code when a connection to the port fails, or "connected". */

@@ -14,6 +14,7 @@ export type AgentEventType =
   | "ssh-connected"
   | "ssh-disconnected"
   | "ssh-unreachable"
+  | "path-changed"
   | "warning";
 
 export interface ForwardEvent {
@@ -56,6 +57,12 @@ export interface AgentEvent {
   version?: string;
   features?: string[];
   lima?: boolean;
+  /** path-changed: the guest address (or forward's guest address) and the data path concerned. */
+  address?: string;
+  path?: string;
+  /** path-changed: whether the path can be used now, why, and when it is tried again. */
+  state?: "usable" | "unusable";
+  retryInMs?: number;
 }
 
 export type HostEvent = ForwardEvent | AgentEvent;
@@ -98,6 +105,12 @@ export function formatEventText(e: HostEvent): string {
         return `SSH connection to the guest lost${why}; reconnecting`;
       case "ssh-unreachable":
         return `Cannot reach the guest's sshd${why}; retrying`;
+      case "path-changed": {
+        const retry = e.retryInMs !== undefined ? `; trying it again in ${(e.retryInMs / 1000).toFixed(1)}s` : "";
+        return e.state === "usable"
+          ? `Using the ${e.path} path to ${e.address}: ${e.reason}`
+          : `Not using the ${e.path} path to ${e.address}: ${e.reason}${retry}`;
+      }
     }
   }
   const proto = q(e.protocol.toUpperCase());

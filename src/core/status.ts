@@ -16,6 +16,17 @@ export interface ForwardRow {
   bytesIn?: number;
   bytesOut?: number;
   reverse?: boolean;
+  /** Per data path the connections of this forward really took: counts and bytes. */
+  paths?: Record<string, PathTraffic>;
+}
+
+/** One data path's traffic (direct, fast, grpc, ssh). */
+export interface PathTraffic {
+  connections: number;
+  open: number;
+  bytesIn: number;
+  bytesOut: number;
+  fallbacks: number;
 }
 
 export interface AgentStatus {
@@ -29,6 +40,8 @@ export interface AgentStatus {
     startedAt: string;
   };
   guest: { version?: string; lima?: boolean; addresses: string[] };
+  /** Per data path, for the whole agent: what connections really took. */
+  paths?: Record<string, PathTraffic>;
   forwards: ForwardRow[];
   notForwarded: ForwardRow[];
   events: Record<string, number>;
@@ -98,6 +111,12 @@ export function formatMetrics(status: AgentStatus): string {
   metric("porthole_bytes_total", "counter", "Bytes carried per forward; in = client to guest, out = guest to client.", status.forwards.flatMap((f) => [
     [{ ...id(f), direction: "in" }, f.bytesIn ?? 0] as [Record<string, string | undefined>, number],
     [{ ...id(f), direction: "out" }, f.bytesOut ?? 0] as [Record<string, string | undefined>, number],
+  ]));
+  metric("porthole_path_connections_total", "counter", "Connections by the data path they really took (direct, fast, grpc, ssh).", Object.entries(status.paths ?? {}).map(([path, t]) => [{ path }, t.connections]));
+  metric("porthole_path_fallbacks_total", "counter", "Connections that could not take a data path and went by another.", Object.entries(status.paths ?? {}).map(([path, t]) => [{ path }, t.fallbacks]));
+  metric("porthole_path_bytes_total", "counter", "Bytes by data path; in = client to guest, out = guest to client.", Object.entries(status.paths ?? {}).flatMap(([path, t]) => [
+    [{ path, direction: "in" }, t.bytesIn] as [Record<string, string | undefined>, number],
+    [{ path, direction: "out" }, t.bytesOut] as [Record<string, string | undefined>, number],
   ]));
   metric("porthole_events_total", "counter", "Events by type since the agent started.", Object.entries(status.events).map(([type, n]) => [{ type }, n]));
   return `${out.join("\n")}\n`;

@@ -1,44 +1,69 @@
 // The guest end of porthole's raw data path: a stream whose header names a target and the
 // session secret; the guest dials the target and then only relays bytes, kernel socket to
 // kernel socket, with half-close both ways and backpressure (transport/tunnel-relay.ts).
+// A `PHDATA2` stream is framed both ways so that its end says EOF or reset.
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import * as net from "node:net";
 import { noteDialError } from "./fd-pressure.ts";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { resetSocket, spliceSockets } from "../transport/tunnel-relay.ts";
+import { resetSocket, spliceFramed, spliceSockets } from "../transport/tunnel-relay.ts";
+
+const HEADER_TIMEOUT_MS = 5000;
+/** At most one log line per this long about refused streams (anything may connect here). */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 export function newDataSecret(): string {
   return randomBytes(24).toString("hex");
 }
 
-function sameSecret(a: string, b: string): boolean {
+export function sameSecret(a: string, b: string): boolean {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-/** Handles one incoming data stream (any transport). */
-export function handleDataStream(stream: net.Socket, secret: string): void {
+/** Says refusals in the log, one line per interval with how many were left unsaid. */
+export function rateLimitedLog(log: (line: string) => void, intervalMs = REFUSAL_LOG_INTERVAL_MS): (line: string) => void {
+  let last = -Infinity;
+  let skipped = 0;
+  return (line) => {
+    const now = Date.now();
+    if (now - last < intervalMs) return void skipped++;
+    log(skipped ? `${line} (and ${skipped} more refused since the last such line)` : line);
+    last = now;
+    skipped = 0;
+  };
+}
+
+/** Handles one incoming data stream (any transport). `refuse` hears why one was refused. */
+export function handleDataStream(stream: net.Socket, secret: string, refuse: (why: string) => void = () => {}): void {
   let got: Buffer = Buffer.alloc(0);
-  const timer = setTimeout(() => resetSocket(stream), 5000);
+  let headerDone = false;
+  const timer = setTimeout(() => {
+    refuse(`data path: closed a stream that sent no complete header within ${HEADER_TIMEOUT_MS / 1000} s`);
+    resetSocket(stream);
+  }, HEADER_TIMEOUT_MS);
   const onData = (chunk: Buffer) => {
     got = got.length ? Buffer.concat([got, chunk]) : chunk;
     const header = parseDataHeader(got);
     if (header.kind === "need-more") return;
     clearTimeout(timer);
+    headerDone = true;
     stream.off("data", onData);
     stream.pause();
-    if (header.kind === "bad" || !sameSecret(header.secret, secret)) return resetSocket(stream);
-    const { target } = header;
-    let dial: net.NetConnectOpts;
-    try {
-      dial = target.protocol === "unix" ? { path: target.address, allowHalfOpen: true } : { ...parseHostPort(target.address), allowHalfOpen: true, noDelay: true };
-    } catch {
+    if (header.kind === "bad") {
+      refuse(`data path: refused a stream with a bad header (${header.reason})`);
       return resetSocket(stream);
     }
+    if (!sameSecret(header.secret, secret)) {
+      refuse("data path: refused a stream with a wrong secret (a stale host agent, or something else probing the data endpoint)");
+      return resetSocket(stream);
+    }
+    const { target } = header;
+    const dial: net.NetConnectOpts =
+      target.protocol === "unix" ? { path: target.address, allowHalfOpen: true } : { ...parseHostPort(target.address), allowHalfOpen: true, noDelay: true };
     const upstream = net.connect(dial);
-    if (header.rest.length) upstream.write(header.rest);
     // Until the target answers: a refusal is said in the status byte (the host resets its
     // client), and a host that goes away takes the half-made connection with it.
     const refused = () => stream.end(Buffer.of(STATUS_FAILED));
@@ -51,10 +76,24 @@ export function handleDataStream(stream: net.Socket, secret: string): void {
       stream.off("error", hostGone);
       stream.off("close", hostGone);
       stream.write(Buffer.of(STATUS_CONNECTED));
-      spliceSockets(stream, upstream);
+      if (header.framed) {
+        spliceFramed(upstream, stream, header.rest, (why) => refuse(`data path: closed a stream from the host that broke its framing (${why})`));
+      } else {
+        if (header.rest.length) upstream.write(header.rest);
+        spliceSockets(stream, upstream);
+      }
       stream.resume();
     });
   };
   stream.on("data", onData);
+  // Ended (or gone) before a whole header: nothing to wait for.
+  stream.once("end", () => {
+    if (!headerDone) {
+      clearTimeout(timer);
+      refuse(`data path: closed a stream that ended after ${got.length} bytes, before its header was complete`);
+      stream.destroy();
+    }
+  });
   stream.once("error", () => clearTimeout(timer));
+  stream.once("close", () => clearTimeout(timer));
 }

@@ -6,7 +6,8 @@ import { guestServiceDefinition, portholeServiceDefinition } from "../proto/gues
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
-import { handleDataStream, newDataSecret } from "./data-server.ts";
+import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.ts";
+import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
 import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
@@ -39,6 +40,7 @@ export class GuestAgent {
   /** The secret every raw data stream must start with (see core/data-header.ts). */
   private readonly dataSecret = newDataSecret();
   private stopFdWatch: (() => void) | undefined;
+  private proof: ProofServer | undefined;
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
@@ -49,7 +51,13 @@ export class GuestAgent {
     if (this.options.runtimeDir) mkdirSync(this.options.runtimeDir, { recursive: true, mode: 0o755 });
     const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
     const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
-    this.watcher = new PortWatcher(interval, scanner, new UdpSettler(UDP_SERVER_AFTER_MS, ephemeralPortRange()));
+    const refusals = rateLimitedLog(this.options.log);
+    try {
+      this.proof = await serveDirectProof(this.dataSecret, refusals);
+    } catch (err) {
+      this.options.log(`no direct path: cannot listen for its proof (${(err as Error).message}); the host will use the tunnels`);
+    }
+    this.watcher = new PortWatcher(interval, hidePort(scanner, this.proof?.port), new UdpSettler(UDP_SERVER_AFTER_MS, ephemeralPortRange()));
     this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers({
       watcher: this.watcher,
       eventState: new EventState(this.options.runtimeDir, this.options.log),
@@ -58,7 +66,7 @@ export class GuestAgent {
     const dataEndpoints: string[] = [];
     this.grpcServer.addService(
       portholeServiceDefinition,
-      portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints }),
+      portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints, directProofPort: () => this.proof?.port ?? 0 }),
     );
     await this.watcher.start();
     this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
@@ -76,7 +84,7 @@ export class GuestAgent {
         const data = dataEndpointFor(address);
         if (data) {
           const dataOptions = { ...this.options, halfOpen: true };
-          this.served.push(await serveTransport(data, (socket) => handleDataStream(socket, this.dataSecret), dataOptions));
+          this.served.push(await serveTransport(data, (socket) => handleDataStream(socket, this.dataSecret, refusals), dataOptions));
           this.giveSocket(data);
           dataEndpoints.push(formatTransportAddress(data));
         }
@@ -94,9 +102,22 @@ export class GuestAgent {
   stop(): void {
     this.stopFdWatch?.();
     this.watcher?.stop();
+    this.proof?.close();
     for (const served of this.served.splice(0)) served.close();
     this.grpcServer.forceShutdown();
   }
+}
+
+/** The agent's own proof port is not a guest service: it is never reported for forwarding. */
+function hidePort(scanner: Scanner, port: number | undefined): Scanner {
+  if (!port) return scanner;
+  return {
+    ...scanner,
+    scan: async () => {
+      const result = await scanner.scan();
+      return { ...result, ports: result.ports.filter((p) => !(p.protocol === "tcp" && p.port === port)) };
+    },
+  };
 }
 
 /** Where the raw data path listens beside an agent address (none for TCP and serial). */

@@ -11,7 +11,7 @@ import type { HelloResponse, ReverseEvent, TunnelMessage } from "../proto/guest-
 import { listenTransport } from "../transport/listen.ts";
 import { relayStream, type TunnelCall } from "./tunnel-endpoint.ts";
 
-export const FEATURES = ["half-close", "udp-flows", "reverse-unix", "data-path", "direct"];
+export const FEATURES = ["half-close", "udp-flows", "reverse-unix", "data-path", "data-path-ends", "direct", "direct-proof"];
 /** A guest connection waits this long for the host to pick it up, then is closed. */
 const CLAIM_TIMEOUT_MS = 10_000;
 
@@ -40,7 +40,7 @@ function ownAddresses(): string[] {
     .map((i) => i!.address);
 }
 
-export function portholeServiceHandlers(data: { dataSecret: string; dataEndpoints: () => string[] }): grpc.UntypedServiceImplementation {
+export function portholeServiceHandlers(data: { dataSecret: string; dataEndpoints: () => string[]; directProofPort?: () => number }): grpc.UntypedServiceImplementation {
   const pending = new Map<string, net.Socket>();
 
   return {
@@ -54,6 +54,7 @@ export function portholeServiceHandlers(data: { dataSecret: string; dataEndpoint
         data_endpoints: data.dataEndpoints(),
         data_secret: data.dataSecret,
         addresses: ownAddresses(),
+        direct_proof_port: data.directProofPort?.() ?? 0,
       });
     },
 

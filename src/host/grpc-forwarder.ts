@@ -3,7 +3,7 @@
 import type * as net from "node:net";
 import type { PlannedForward } from "../core/forward-plan.ts";
 import type { GuestServiceClient, TunnelMessage } from "../proto/guest-service.ts";
-import { relayTunnel, resetSocket, type TunnelStream } from "../transport/tunnel-relay.ts";
+import { relayTunnel, resetAfterFlush, resetSocket, type TunnelStream } from "../transport/tunnel-relay.ts";
 import type { UdpTunnel } from "./udp-forward.ts";
 
 /** The host end of a stream call, as grpc-js's client duplex has it. */
@@ -62,7 +62,7 @@ export function bridgeSocket(socket: net.Socket, call: HostTunnelCall, id: strin
   // The guest could not dial, or the link to the guest broke: the client sees a reset.
   call.once("error", () => {
     callDone = true;
-    resetSocket(socket);
+    resetAfterFlush(socket); // what the guest sent before the reset is delivered first
   });
   socket.once("end", () => {
     clientEOF = true;

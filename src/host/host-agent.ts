@@ -141,7 +141,7 @@ export class HostAgent {
       this.sshLink = new SshLink({ ...settings.link, emit: report });
       if (settings.overVsock.warning) warn(settings.overVsock.warning);
     }
-    this.router = new StreamRouter(this.forwarder.value, options.guest, grpc, this.sshLink ? new SshForwarder(this.sshLink) : undefined);
+    this.router = new StreamRouter(this.forwarder.value, options.guest, grpc, this.sshLink ? new SshForwarder(this.sshLink) : undefined, report);
     const router = this.router;
     this.reconciler = new Reconciler(
       rulesInForce(this.config.rules, this.config.sshLocalPort),
@@ -196,6 +196,7 @@ export class HostAgent {
     this.configWatcher?.close();
     this.sshLink?.stop();
     this.connection.stop();
+    this.router.stop();
     this.reconciler.destroy();
   }
 
@@ -288,7 +289,8 @@ export class HostAgent {
         startedAt: this.startedAt.toISOString(),
       },
       guest: this.hello,
-      forwards,
+      paths: this.router.traffic(),
+      forwards: forwards.map((f) => ({ ...f, paths: this.router.traffic(f.key) })),
       notForwarded,
       events: this.eventCounts,
     };

@@ -1,45 +1,102 @@
 // Chooses the data path for each forwarded stream connection, fastest first:
-//   direct  - the guest listens on an address this host can route to: connect to it by IP;
+//   direct  - connect to the guest by IP, only at addresses where the guest agent proved it
+//             answers (host/direct-paths.ts) and where the guest socket's family fits;
 //   fast    - porthole's raw data path: one stream per connection over the agent transport;
 //   grpc    - Lima's Tunnel stream (works with a stock Lima guest agent too);
 //   ssh     - a direct-tcpip channel (when the SSH forwarder is chosen).
-// A path that fails to connect falls back to gRPC for that connection.
+// A path that cannot connect hands the connection to the next one, says so in an event, and
+// is not tried again until its backoff ends (so a blackholed path costs one timeout, not
+// one per connection). A target the guest refuses resets the client: that is its answer.
 import { existsSync } from "node:fs";
 import type * as net from "node:net";
-import { networkInterfaces } from "node:os";
+import { isIPv4 } from "node:net";
+import { backoffDelay } from "../core/backoff.ts";
 import { isUnspecified, parseHostPort } from "../core/address.ts";
 import { encodeDataHeader, STATUS_CONNECTED } from "../core/data-header.ts";
+import type { HostEvent } from "../core/forward-event.ts";
 import type { PlannedForward } from "../core/forward-plan.ts";
-import { onLocalSubnet, type InterfaceAddress } from "../core/subnet.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { resetSocket, spliceSockets } from "../transport/tunnel-relay.ts";
+import { resetSocket, spliceFramed, spliceSockets } from "../transport/tunnel-relay.ts";
+import { DirectPaths } from "./direct-paths.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
+import { PathCounters, type PathTraffic } from "./path-counters.ts";
 import type { SshForwarder } from "./ssh-forwarder.ts";
 
 export type DataPath = "direct" | "fast" | "grpc" | "ssh";
 export type RouterMode = "auto" | "fast" | "grpc" | "ssh";
 
 const DIAL_TIMEOUT_MS = 2000;
+const RETRY = { minMs: 2000, maxMs: 60_000 };
+/** Keepalive on direct connections: a guest network that vanishes is noticed, not waited on forever. */
+const KEEPALIVE_MS = 10_000;
+
+interface Failure {
+  until: number;
+  attempt: number;
+}
 
 export class StreamRouter {
   private dataEndpoint: TransportAddress | undefined;
   private secret = "";
-  private guestAddresses: string[] = [];
+  private framed = false;
+  private readonly direct: DirectPaths;
+  /** Paths that failed to connect, by "fast" or "direct IP:PORT", until their retry time. */
+  private readonly failures = new Map<string, Failure>();
+  readonly counters = new PathCounters();
 
   constructor(
     private readonly mode: RouterMode,
     private readonly agentAddress: TransportAddress,
     private readonly grpc: GrpcForwarder,
     private readonly ssh: SshForwarder | undefined,
-  ) {}
+    private readonly report: (e: HostEvent) => void = () => {},
+    direct?: DirectPaths,
+  ) {
+    this.direct =
+      direct ??
+      new DirectPaths(
+        (ip, proved, reason) => this.report({ type: "path-changed", address: ip, path: "direct", state: proved ? "usable" : "unusable", reason }),
+        undefined,
+        undefined,
+        (ip) => this.dropDirect(ip),
+      );
+  }
+
+  /** Open direct connections, by guest IP: reset when that address goes silent. */
+  private readonly openDirect = new Map<string, Set<[client: net.Socket, upstream: net.Socket]>>();
+
+  /**
+   * The guest address stopped answering: its direct connections are dead, but TCP would
+   * notice only after minutes of retransmissions (and a client that gave up would sit in
+   * CLOSE-WAIT meanwhile). Reset both ends now, and say so.
+   */
+  private dropDirect(ip: string): void {
+    const sockets = this.openDirect.get(ip);
+    this.openDirect.delete(ip);
+    if (!sockets?.size) return;
+    // The client first: once the upstream is gone, its relay could take the close for an EOF.
+    for (const [client, upstream] of sockets) {
+      resetSocket(client);
+      resetSocket(upstream);
+    }
+    this.report({ type: "path-changed", address: ip, path: "direct", state: "unusable", reason: `the guest address stopped answering; reset its ${sockets.size} open direct connection(s)` });
+  }
 
   /** What the guest agent offers (undefined: a stock Lima agent, or none yet). */
   setGuest(hello: HelloResponse | undefined): void {
-    this.secret = hello?.data_secret ?? "";
-    this.guestAddresses = hello?.addresses ?? [];
-    this.dataEndpoint = hello ? this.reachableEndpoint(hello.data_endpoints) : undefined;
+    this.secret = typeof hello?.data_secret === "string" ? hello.data_secret : "";
+    this.framed = hello?.features?.includes("data-path-ends") ?? false;
+    this.dataEndpoint = hello ? this.reachableEndpoint(hello.data_endpoints ?? []) : undefined;
+    this.failures.clear();
+    this.direct.setGuest(
+      hello && this.mode === "auto" ? { secret: this.secret, addresses: hello.addresses ?? [], proofPort: Number(hello.direct_proof_port ?? 0) } : undefined,
+    );
+  }
+
+  stop(): void {
+    this.direct.stop();
   }
 
   /** The path a new connection of this forward takes now. */
@@ -47,70 +104,179 @@ export class StreamRouter {
     if (this.mode === "ssh") return "ssh";
     if (this.mode === "grpc" || plan.protocol === "udp") return "grpc";
     if (this.mode === "auto" && this.directTarget(plan)) return "direct";
-    return this.dataEndpoint && this.secret ? "fast" : "grpc";
+    return this.fastUsable() ? "fast" : "grpc";
+  }
+
+  /** Per path: connections and bytes, for the agent or for one forward (by its key). */
+  traffic(forward?: string): Record<string, PathTraffic> {
+    return this.counters.snapshot(forward);
   }
 
   forwardStream(socket: net.Socket, plan: PlannedForward): void {
-    switch (this.pathFor(plan)) {
+    if (this.direct.interfacesChanged()) void this.direct.reprove();
+    this.route(socket, plan, this.pathFor(plan));
+  }
+
+  private route(socket: net.Socket, plan: PlannedForward, path: DataPath): void {
+    switch (path) {
       case "ssh":
+        this.counters.took("ssh", plan.key, socket);
         return this.ssh!.forwardStream(socket, plan);
       case "grpc":
+        this.counters.took("grpc", plan.key, socket);
         return this.grpc.forwardStream(socket, plan);
-      case "direct":
-        return this.splice(socket, plan, () => dialTransport({ kind: "tcp", ...this.directTarget(plan)! }, DIAL_TIMEOUT_MS, { allowHalfOpen: true }));
+      case "direct": {
+        const target = this.directTarget(plan)!;
+        return this.splice(socket, plan, "direct", `direct ${target.host}:${target.port}`, () => this.dialDirect(target), target.host);
+      }
       case "fast":
-        return this.splice(socket, plan, () => this.openDataStream(plan));
+        return this.splice(socket, plan, "fast", "fast", () => this.openDataStream(plan));
     }
   }
 
-  /** A data stream to the guest whose target is connected (rejects with "refused" if not). */
-  private async openDataStream(plan: PlannedForward): Promise<net.Socket> {
+  private async dialDirect(target: { host: string; port: number }): Promise<{ stream: net.Socket }> {
+    const stream = await dialTransport({ kind: "tcp", ...target }, DIAL_TIMEOUT_MS, { allowHalfOpen: true });
+    stream.setKeepAlive(true, KEEPALIVE_MS);
+    return { stream };
+  }
+
+  /** A data stream to the guest whose target is connected (rejects with RefusedByGuest if not). */
+  private async openDataStream(plan: PlannedForward): Promise<{ stream: net.Socket; framed: boolean; initial?: Buffer }> {
+    const framed = this.framed;
     const stream = await dialTransport(this.dataEndpoint!, DIAL_TIMEOUT_MS, { allowHalfOpen: true });
-    stream.write(encodeDataHeader(this.secret, { protocol: plan.protocol === "unix" ? "unix" : "tcp", address: plan.guestAddr }));
-    const status = await new Promise<number>((resolve) => {
-      stream.once("readable", function read() {
-        const first = stream.read(1) as Buffer | null;
-        if (first) resolve(first[0]!);
-        else if (stream.readableEnded) resolve(-1);
-        else stream.once("readable", read);
-      });
-      stream.once("end", () => resolve(-1));
+    stream.write(encodeDataHeader(this.secret, { protocol: plan.protocol === "unix" ? "unix" : "tcp", address: plan.guestAddr }, framed));
+    const first = await new Promise<Buffer | undefined>((resolve) => {
+      const onData = (chunk: Buffer) => {
+        cleanup();
+        stream.pause();
+        resolve(chunk);
+      };
+      const onEnd = () => {
+        cleanup();
+        resolve(undefined);
+      };
+      const cleanup = () => {
+        stream.off("data", onData);
+        stream.off("end", onEnd);
+        stream.off("close", onEnd);
+        stream.off("error", onEnd);
+      };
+      stream.on("data", onData);
+      stream.once("end", onEnd);
+      stream.once("close", onEnd);
+      stream.once("error", onEnd);
     });
-    if (status !== STATUS_CONNECTED) {
+    if (!first) {
+      stream.destroy();
+      throw new Error("the guest agent closed the data stream without an answer");
+    }
+    if (first[0] !== STATUS_CONNECTED) {
       stream.destroy();
       throw new RefusedByGuest();
     }
-    return stream;
+    return { stream, framed, initial: first.subarray(1) };
   }
 
   /**
    * Joins the client to a fresh stream, kernel socket to kernel socket. A target the guest
-   * refused resets the client; a path that cannot connect at all falls back to gRPC.
+   * refused resets the client; a path that cannot connect is remembered as failing and the
+   * connection goes on by the next path.
    */
-  private splice(client: net.Socket, plan: PlannedForward, dial: () => Promise<net.Socket>): void {
+  private splice(
+    client: net.Socket,
+    plan: PlannedForward,
+    path: DataPath,
+    failureKey: string,
+    dial: () => Promise<{ stream: net.Socket; framed?: boolean; initial?: Buffer }>,
+    directIP?: string,
+  ): void {
     client.pause();
     dial().then(
-      (upstream) => {
-        if (client.destroyed) return void upstream.destroy();
-        spliceSockets(client, upstream);
+      ({ stream, framed, initial }) => {
+        if (client.destroyed) return void stream.destroy();
+        this.succeeded(failureKey, plan);
+        this.counters.took(path, plan.key, client);
+        if (directIP) this.trackDirect(directIP, client, stream);
+        if (framed) spliceFramed(client, stream, initial);
+        else {
+          if (initial?.length) client.write(initial);
+          spliceSockets(client, stream);
+        }
         client.resume();
       },
-      (err) => {
+      (err: NodeJS.ErrnoException) => {
         if (client.destroyed) return;
-        if (err instanceof RefusedByGuest || (err as NodeJS.ErrnoException).code === "ECONNREFUSED") return resetSocket(client);
-        client.resume();
-        this.grpc.forwardStream(client, plan);
+        // The guest refused the target, or (direct) the target accepted and reset at once:
+        // either way the far end answered, and its answer is a reset.
+        if (err instanceof RefusedByGuest || (path === "direct" && err.code === "ECONNRESET")) {
+          this.counters.took(path, plan.key, client);
+          return resetSocket(client);
+        }
+        // Direct and refused: the guest socket does not accept at that address (a socket
+        // bound IPv6-only, say); remember it for this forward and let a tunnel decide.
+        const refusedDirect = path === "direct" && err.code === "ECONNREFUSED";
+        if (path === "direct" && !refusedDirect && directIP) this.direct.fail(directIP, err.message);
+        this.failed(refusedDirect ? failureKey : path === "direct" ? `direct ${directIP}` : failureKey, plan, path, err.message);
+        this.counters.fellBack(path, plan.key);
+        const next = this.pathFor(plan) === path ? "grpc" : this.pathFor(plan);
+        if (next === "grpc") client.resume(); // the splice paused it; gRPC reads as it goes
+        this.route(client, plan, next);
       },
     );
   }
 
-  /** guest IP:port to connect to directly, if the guest bind is reachable by IP from here. */
+  private trackDirect(ip: string, client: net.Socket, upstream: net.Socket): void {
+    let set = this.openDirect.get(ip);
+    if (!set) this.openDirect.set(ip, (set = new Set()));
+    const open = set;
+    const pair: [net.Socket, net.Socket] = [client, upstream];
+    open.add(pair);
+    upstream.once("close", () => open.delete(pair));
+  }
+
+  private failed(key: string, plan: PlannedForward, path: DataPath, error: string): void {
+    // Connections dialed before the first failure was known fail too: said once.
+    if (this.blocked(key)) return;
+    const previous = this.failures.get(key);
+    const attempt = previous ? previous.attempt + 1 : 0;
+    const retryInMs = backoffDelay(attempt, RETRY);
+    this.failures.set(key, { until: Date.now() + retryInMs, attempt });
+    const next = this.pathFor(plan);
+    this.report({ type: "path-changed", address: plan.guestAddr, path, state: "unusable", reason: `${error}; using ${next} meanwhile`, retryInMs });
+  }
+
+  private succeeded(key: string, plan: PlannedForward): void {
+    if (!this.failures.delete(key)) return;
+    this.report({ type: "path-changed", address: plan.guestAddr, path: key.split(" ")[0], state: "usable", reason: "it connects again" });
+  }
+
+  private blocked(key: string): boolean {
+    const f = this.failures.get(key);
+    return f !== undefined && Date.now() < f.until;
+  }
+
+  private fastUsable(): boolean {
+    return this.dataEndpoint !== undefined && this.secret !== "" && !this.blocked("fast");
+  }
+
+  /** guest IP:port to connect to directly, if the guest bind is reachable (and proved) by IP. */
   private directTarget(plan: PlannedForward): { host: string; port: number } | undefined {
     if (plan.protocol !== "tcp") return undefined;
-    const bind = parseHostPort(plan.guestAddr);
-    const interfaces = Object.values(networkInterfaces()).flat().filter(Boolean) as InterfaceAddress[];
-    const candidates = isUnspecified(bind.host) ? this.guestAddresses : this.guestAddresses.filter((a) => a === bind.host);
-    const ip = candidates.find((a) => onLocalSubnet(a, interfaces));
+    let bind;
+    try {
+      bind = parseHostPort(plan.guestAddr);
+    } catch {
+      return undefined;
+    }
+    // A socket on 0.0.0.0 accepts IPv4 only; one on :: IPv6 (and IPv4 unless it is
+    // IPv6-only: a refused direct connection then moves the forward to a tunnel).
+    const proved = this.direct.addresses;
+    const candidates = !isUnspecified(bind.host)
+      ? proved.filter((a) => a === bind.host)
+      : bind.host === "0.0.0.0"
+        ? proved.filter((a) => isIPv4(a))
+        : [...proved.filter((a) => !isIPv4(a)), ...proved.filter((a) => isIPv4(a))];
+    const ip = candidates.find((a) => !this.blocked(`direct ${a}:${bind.port}`) && !this.blocked(`direct ${a}`));
     return ip ? { host: ip, port: bind.port } : undefined;
   }
 

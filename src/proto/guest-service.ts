@@ -48,6 +48,8 @@ export interface HelloResponse {
   data_endpoints: string[];
   data_secret: string;
   addresses: string[];
+  /** The guest agent's proof port for the direct path (0 or absent: none). */
+  direct_proof_port?: number;
 }
 
 export interface ReverseEvent {

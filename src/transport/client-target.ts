@@ -41,26 +41,39 @@ export function clientTarget(address: TransportAddress, options: { token?: strin
   }
 }
 
-/** A private unix socket whose connections are each relayed to a fresh `dial()`. */
-export function relayThroughUnix(dial: () => Promise<net.Socket>): ClientTarget {
+/**
+ * A private unix socket (in a fresh 0700 directory) whose connections are each relayed to a
+ * fresh `dial()`. A dial that fails closes that connection (grpc-js reports it and retries);
+ * no error here can end the agent; the directory goes with close() or the process.
+ */
+export function relayThroughUnix(dial: () => Promise<net.Socket>, onError: (message: string) => void = () => {}): ClientTarget {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "porthole-relay-"));
   const socketPath = path.join(dir, "agent.sock");
+  const remove = () => fs.rmSync(dir, { recursive: true, force: true });
+  process.once("exit", remove);
   const server = net.createServer({ allowHalfOpen: true }, (local) => {
     local.pause();
+    local.on("error", () => {}); // the relay below resets the far side; nothing to add
     dial().then(
       (remote) => {
+        if (local.destroyed) return void remote.destroy();
         spliceSockets(local, remote);
         local.resume();
       },
-      () => local.destroy(),
+      (err: Error) => {
+        onError(err.message);
+        local.destroy();
+      },
     );
   });
+  server.on("error", (err) => onError(`the private relay socket ${socketPath} failed: ${err.message}`));
   server.listen(socketPath);
   return {
     target: `unix://${socketPath}`,
     close: () => {
       server.close();
-      fs.rmSync(dir, { recursive: true, force: true });
+      process.off("exit", remove);
+      remove();
     },
   };
 }

@@ -1,7 +1,10 @@
-// Moves bytes between a socket and a gRPC Tunnel stream in both directions, with
-// backpressure each way: a full socket pauses the stream (and so, through HTTP/2 flow
-// control, the far writer); a full stream pauses the socket. Closing is the caller's policy.
+// Moves bytes between a socket and another stream in both directions, with backpressure
+// each way: a full socket pauses the stream (and so, through HTTP/2 flow control or the
+// kernel's socket buffers, the far writer); a full stream pauses the socket. One rule for
+// every relay: a stream ends the way its far end ended it, EOF as EOF and a reset (or an
+// error, or a far agent that died) as a reset, after the bytes that arrived before it.
 import type * as net from "node:net";
+import { dataFrameHeader, END_EOF, END_RESET, FrameDecoder, MAX_FRAME, type StreamEnd } from "../core/data-frames.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 
 /** What the relay needs of a grpc-js duplex call, client or server side. */
@@ -48,15 +51,113 @@ export function resetSocket(socket: net.Socket): void {
 }
 
 /**
- * Joins two connected sockets, kernel socket to kernel socket: pipe() each way (backpressure
- * and half-close come with it). A side that fails, or closes before it ended its writing,
- * resets the other, so neither peer is left hanging.
+ * Resets a socket once what was already written to it has gone out: a far end that sent
+ * data and then reset is seen as exactly that (the data, then the reset), never the reset
+ * alone with the data lost in the relay.
+ */
+export function resetAfterFlush(socket: net.Socket): void {
+  if (socket.destroyed) return;
+  if (socket.writableLength === 0 || socket.writableEnded) return resetSocket(socket);
+  // An empty write calls back once every earlier write is handed to the kernel.
+  socket.write(Buffer.alloc(0), () => resetSocket(socket));
+}
+
+/** Relays `from` into `to` with backpressure; `from`'s ending is `to`'s (EOF or reset). */
+function relayOneWay(from: net.Socket, to: net.Socket, onEnd: (how: StreamEnd) => void, write = (chunk: Buffer) => to.write(chunk)): void {
+  let ended = false;
+  const end = (how: StreamEnd) => {
+    if (ended) return;
+    ended = true;
+    onEnd(how);
+  };
+  from.on("data", (chunk: Buffer) => {
+    if (ended || to.destroyed || to.writableEnded) return;
+    if (!write(chunk)) from.pause();
+  });
+  to.on("drain", () => from.resume());
+  from.once("end", () => end("eof"));
+  from.once("error", () => end("reset"));
+  // Destroyed without EOF or an error (closed locally, or by the other direction): a reset.
+  from.once("close", () => end("reset"));
+  from.resume(); // as pipe() does: a side handed over paused starts flowing
+}
+
+/**
+ * Joins two connected sockets, kernel socket to kernel socket, each way with backpressure.
+ * Each side ends the other the way it ended: EOF as EOF (half-close: the other direction
+ * goes on), an error or a reset as a reset, after the bytes already read are delivered.
  */
 export function spliceSockets(a: net.Socket, b: net.Socket): void {
-  a.pipe(b);
-  b.pipe(a);
   for (const [one, other] of [[a, b], [b, a]] as const) {
-    one.once("error", () => resetSocket(other));
-    one.once("close", () => other.writableEnded || resetSocket(other));
+    relayOneWay(one, other, (how) => (how === "eof" ? other.destroyed || other.end() : resetAfterFlush(other)));
   }
+}
+
+/**
+ * Joins a plain socket to a framed data-path stream (`PHDATA2`, core/data-frames.ts). The
+ * plain side's EOF or reset goes out as an end frame; the far side's end frame is played
+ * back on the plain socket; a stream that closes without one (its agent died, or it sent
+ * garbage) resets the plain socket. `initial`: bytes of the stream already read.
+ */
+export function spliceFramed(plain: net.Socket, framed: net.Socket, initial?: Buffer, onBad?: (reason: string) => void): void {
+  const decoder = new FrameDecoder();
+  let sentEnd = false;
+  let gotEnd = false;
+  const closeIfDone = () => {
+    if (sentEnd && gotEnd && !framed.destroyed && !framed.writableEnded) framed.end();
+  };
+  const sendEnd = (how: StreamEnd) => {
+    if (sentEnd) return;
+    sentEnd = true;
+    if (!framed.destroyed && !framed.writableEnded) framed.write(how === "eof" ? END_EOF : END_RESET);
+    closeIfDone();
+  };
+  const farEnded = (how: StreamEnd) => {
+    if (gotEnd) return;
+    gotEnd = true;
+    if (how === "eof") {
+      if (!plain.destroyed) plain.end();
+    } else {
+      resetAfterFlush(plain);
+    }
+    closeIfDone();
+  };
+
+  relayOneWay(plain, framed, sendEnd, (chunk) => {
+    let ok = true;
+    for (let at = 0; at < chunk.length; at += MAX_FRAME) {
+      const piece = chunk.subarray(at, at + MAX_FRAME);
+      framed.write(dataFrameHeader(piece.length));
+      ok = framed.write(piece);
+    }
+    return ok;
+  });
+
+  const receive = (chunk: Buffer) => {
+    for (const item of decoder.push(chunk)) {
+      if (item.kind === "data") {
+        if (!plain.destroyed && !plain.writableEnded && !plain.write(item.data)) framed.pause();
+      } else if (item.kind === "end") {
+        farEnded(item.how);
+      } else {
+        onBad?.(item.reason);
+        farEnded("reset");
+        framed.destroy();
+        return;
+      }
+    }
+  };
+  plain.on("drain", () => framed.resume());
+  framed.on("data", receive);
+  // The stream itself closing before its end frame: the far agent died or cut it.
+  const lost = () => {
+    farEnded("reset");
+    if (!sentEnd) sentEnd = true;
+    if (!framed.destroyed) framed.destroy();
+  };
+  framed.once("end", () => (gotEnd ? undefined : lost()));
+  framed.once("error", lost);
+  framed.once("close", lost);
+  if (initial?.length) receive(initial);
+  framed.resume();
 }

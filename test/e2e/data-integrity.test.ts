@@ -2,7 +2,8 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
-import { echoRoundTrip, e2eTest, exchange, freePort, Guest, rssMiB, startHostAgent, startPair, useHarness } from "./harness.ts";
+import { join } from "node:path";
+import { echoRoundTrip, e2eTest, exchange, freePort, pathsOf, rssMiB, startPair, useHarness } from "./harness.ts";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
@@ -20,6 +21,8 @@ describe.each(["grpc", "fast"])("data integrity over %s", (forwarder) => {
     const { sent, received, receivedBytes } = await echoRoundTrip(port, size);
     expect(receivedBytes).toBe(size);
     expect(received).toBe(sent);
+    // The bytes really took that path (no silent fallback).
+    expect(pathsOf(join(guest.dir, "state", "control.sock"), port)).toEqual({ [forwarder]: 1 });
   });
 
   e2eTest("200 concurrent connections all get their own data back", async () => {
@@ -31,6 +34,7 @@ describe.each(["grpc", "fast"])("data integrity over %s", (forwarder) => {
     const payloads = Array.from({ length: 200 }, () => randomBytes(16 << 10));
     const replies = await Promise.all(payloads.map((p) => exchange(port, p)));
     expect(replies.map(sha256)).toEqual(payloads.map(sha256));
+    expect(pathsOf(join(guest.dir, "state", "control.sock"), port)).toEqual({ [forwarder]: 200 });
   });
 });
 
@@ -63,19 +67,4 @@ describe.each(["grpc", "fast"])("backpressure over %s", (forwarder) => {
   });
 });
 
-describe("the direct path (the guest reachable by IP)", () => {
-  e2eTest("a wildcard guest listener is reached by IP; a loopback-only one needs a tunnel", async () => {
-    const guest = Guest.create();
-    guest.linkToHost();
-    await guest.startAgent();
-    const host = startHostAgent(guest);
-    await host.waitForEvent((e) => e.type === "guest-connected", "connect");
-    const [wild, local] = [await freePort(), await freePort()];
-    await guest.startServer("echo", [["0.0.0.0", wild], ["127.0.0.1", local]]);
-    expect((await host.waitForForwarding(wild)).path).toBe("direct");
-    expect((await host.waitForForwarding(local)).path).toBe("fast");
-    const { sent, received, receivedBytes } = await echoRoundTrip(wild, 16 << 20);
-    expect([receivedBytes, received]).toEqual([16 << 20, sent]);
-    expect((await exchange(local, Buffer.from("tunnelled"))).toString()).toBe("tunnelled");
-  });
-});
+// The direct path's own tests (with the path its bytes took) are in direct-path.test.ts.

@@ -1,17 +1,28 @@
 // Guest listeners appear on the host's 127.0.0.1 and go away with them.
 import { describe, expect } from "bun:test";
-import { e2eTest, exchange, freePort, refusedSoon, startPair, tryConnect, useHarness } from "./harness.ts";
+import { join } from "node:path";
+import { e2eTest, exchange, freePort, pathsOf, refusedSoon, startPair, tryConnect, useHarness } from "./harness.ts";
 
 useHarness();
 
-describe("auto-forwarding over gRPC", () => {
-  e2eTest.each(["127.0.0.1", "0.0.0.0", "::1", "::"])("a guest server on %s is reachable on host 127.0.0.1", async (bind) => {
-    const { guest, host } = await startPair();
+describe("auto-forwarding", () => {
+  // The default forwarder (auto: porthole's data path here, the guest has no IP link to the
+  // host) and Lima's gRPC Tunnel; each checks the path the bytes really took.
+  e2eTest.each([
+    ["127.0.0.1", "auto", "fast"],
+    ["0.0.0.0", "auto", "fast"],
+    ["::1", "auto", "fast"],
+    ["::", "auto", "fast"],
+    ["127.0.0.1", "grpc", "grpc"],
+    ["::", "grpc", "grpc"],
+  ])("a guest server on %s is reachable on host 127.0.0.1 (--forwarder %s: over %s)", async (bind, forwarder, path) => {
+    const { guest, host } = await startPair(forwarder === "auto" ? undefined : forwarder);
     const port = await freePort();
     await guest.startEcho(bind, port);
     const event = await host.waitForForwarding(port);
     expect(event.guestAddr).toBe(bind.includes(":") ? `[${bind}]:${port}` : `${bind}:${port}`);
     expect((await exchange(port, Buffer.from("hello"))).toString()).toBe("hello");
+    expect(pathsOf(join(guest.dir, "state", "control.sock"), port)).toEqual({ [path]: 1 });
   });
 
   e2eTest("the host listener closes as soon as the guest server stops", async () => {

@@ -26,15 +26,19 @@ describe("porthole status", () => {
     const table = status(control);
     expect(table.code).toBe(0);
     expect(table.stdout).toContain(`guest unix://${guest.socket}: connected`);
-    expect(table.stdout).toMatch(new RegExp(`tcp\\s+127\\.0\\.0\\.1:${guestPort}\\s+127\\.0\\.0\\.1:${hostPort}\\s+forwarding\\s+\\w+\\s+0 \\(web\\)\\s+\\d+\\s+2\\.9 KiB\\s+2\\.9 KiB`));
+    expect(table.stdout).toMatch(new RegExp(`tcp\\s+127\\.0\\.0\\.1:${guestPort}\\s+127\\.0\\.0\\.1:${hostPort}\\s+forwarding\\s+fast\\s+0 \\(web\\)\\s+\\d+\\s+2\\.9 KiB\\s+2\\.9 KiB`));
 
     const list = JSON.parse(status(control, "--json").stdout);
     const fwd = list.forwards.find((f: { hostAddr: string }) => f.hostAddr === `127.0.0.1:${hostPort}`);
-    expect(fwd).toMatchObject({ protocol: "tcp", guestAddr: `127.0.0.1:${guestPort}`, rule: 0, label: "web", state: "forwarding", bytesIn: 3000, bytesOut: 3000 });
+    expect(fwd).toMatchObject({ protocol: "tcp", guestAddr: `127.0.0.1:${guestPort}`, rule: 0, label: "web", state: "forwarding", bytesIn: 3000, bytesOut: 3000, path: "fast" });
+    // The path the connection really took, with its bytes, for the forward and the agent.
+    expect(fwd.paths).toEqual({ fast: { connections: 1, open: 0, bytesIn: 3000, bytesOut: 3000, fallbacks: 0 } });
+    expect(list.paths.fast).toMatchObject({ connections: 1, bytesIn: 3000, bytesOut: 3000 });
     expect(list.agent.guestConnected).toBe(true);
 
     const metrics = status(control, "--metrics").stdout;
     expect(metrics).toContain("porthole_guest_connected 1");
+    expect(metrics).toContain('porthole_path_connections_total{path="fast"} 1');
     expect(metrics).toContain(`porthole_bytes_total{protocol="tcp",host="127.0.0.1:${hostPort}",guest="127.0.0.1:${guestPort}",label="web",direction="in"} 3000`);
   });
 

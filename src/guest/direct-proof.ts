@@ -1,0 +1,54 @@
+// The guest agent's proof port (see core/direct-proof.ts): answers a host's challenge at
+// whatever guest address the host reached it by, and nothing else. Anything may connect
+// here, so every connection is bounded in size and time and closed after one answer.
+import * as net from "node:net";
+import { MAX_PROOF_LINE, parseProofRequest, proofAnswer } from "../core/direct-proof.ts";
+
+const PROOF_TIMEOUT_MS = 5000;
+
+export interface ProofServer {
+  port: number;
+  close(): void;
+}
+
+/** Listens on every guest address (dual-stack where the guest has IPv6) on a port of the kernel's choosing. */
+export async function serveDirectProof(secret: string, refuse: (why: string) => void): Promise<ProofServer> {
+  const server = net.createServer((socket) => {
+    let got = "";
+    socket.setTimeout(PROOF_TIMEOUT_MS, () => socket.destroy());
+    socket.on("error", () => socket.destroy());
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      got += chunk;
+      const nl = got.indexOf("\n");
+      if (nl < 0) {
+        if (got.length >= MAX_PROOF_LINE) {
+          refuse("direct-path proof: closed a connection that sent no valid request");
+          socket.destroy();
+        }
+        return;
+      }
+      const nonce = parseProofRequest(got.slice(0, nl));
+      if (!nonce || !socket.localAddress) {
+        refuse("direct-path proof: closed a connection that sent no valid request");
+        return void socket.destroy();
+      }
+      socket.end(`${proofAnswer(secret, nonce, socket.localAddress)}\n`);
+    });
+  });
+  server.on("error", () => {}); // accept errors (EMFILE) must not end the agent
+  const listen = (host: string) =>
+    new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen({ host, port: 0 }, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  try {
+    await listen("::");
+  } catch {
+    await listen("0.0.0.0"); // no IPv6 in this guest
+  }
+  return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
+}

@@ -1,0 +1,69 @@
+// Which path each forwarded connection really took, and the bytes it carried: what
+// `porthole status --json` shows per path (for the agent and per forward), so a test (or a
+// user) can see that bytes went direct, over the data path, gRPC or SSH, not only which
+// path was planned.
+import type * as net from "node:net";
+
+export interface PathTraffic {
+  /** Connections that took this path since the agent started. */
+  connections: number;
+  /** Of those, open now. */
+  open: number;
+  /** Client to guest. */
+  bytesIn: number;
+  /** Guest to client. */
+  bytesOut: number;
+  /** Connections that could not take this path and fell back to another. */
+  fallbacks: number;
+}
+
+const empty = (): PathTraffic => ({ connections: 0, open: 0, bytesIn: 0, bytesOut: 0, fallbacks: 0 });
+
+export class PathCounters {
+  private readonly closed = new Map<string, PathTraffic>();
+  private readonly live = new Map<string, Set<net.Socket>>();
+
+  private entry(key: string): PathTraffic {
+    let t = this.closed.get(key);
+    if (!t) this.closed.set(key, (t = empty()));
+    return t;
+  }
+
+  /** A client socket now carried by `path` (for the forward `forward`). */
+  took(path: string, forward: string, socket: net.Socket): void {
+    for (const key of [path, `${forward}\0${path}`]) {
+      this.entry(key).connections++;
+      let set = this.live.get(key);
+      if (!set) this.live.set(key, (set = new Set()));
+      set.add(socket);
+      socket.once("close", () => {
+        set!.delete(socket);
+        const t = this.entry(key);
+        t.bytesIn += socket.bytesRead;
+        t.bytesOut += socket.bytesWritten;
+      });
+    }
+  }
+
+  fellBack(path: string, forward: string): void {
+    this.entry(path).fallbacks++;
+    this.entry(`${forward}\0${path}`).fallbacks++;
+  }
+
+  /** Per path: for the whole agent, or for one forward (its key). */
+  snapshot(forward?: string): Record<string, PathTraffic> {
+    const out: Record<string, PathTraffic> = {};
+    const prefix = forward === undefined ? "" : `${forward}\0`;
+    for (const [key, t] of this.closed) {
+      if (forward === undefined ? key.includes("\0") : !key.startsWith(prefix)) continue;
+      const live = this.live.get(key) ?? new Set();
+      let [bytesIn, bytesOut] = [t.bytesIn, t.bytesOut];
+      for (const s of live) {
+        bytesIn += s.bytesRead;
+        bytesOut += s.bytesWritten;
+      }
+      out[key.slice(prefix.length)] = { ...t, open: live.size, bytesIn, bytesOut };
+    }
+    return out;
+  }
+}

@@ -1,0 +1,105 @@
+// A stream ends the way its far end ended it, on every data path: data then EOF, or data then
+// a reset; and when the guest agent dies, a reset, never a clean EOF. The guest servers that
+// reset are CPython's (test/fixtures/reset-server.py); each test also checks, from
+// `porthole status --json`, which path the connections really took.
+import { describe, expect } from "bun:test";
+import * as net from "node:net";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { e2eTest, exchange, freePort, Guest, pathsOf, readToEnd, startHostAgent, useHarness } from "./harness.ts";
+
+useHarness();
+
+/** A guest (linked to the host by IP for `direct`), its agent, and a host agent forwarding over `path`. */
+async function setUp(path: "direct" | "fast" | "grpc") {
+  const guest = Guest.create();
+  if (path === "direct") guest.linkToHost();
+  const agent = await guest.startAgent();
+  const host = startHostAgent(guest, path === "direct" ? [] : ["--forwarder", path]);
+  await host.waitForEvent((e) => e.type === "guest-connected", "connect");
+  if (path === "direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
+  // The direct path needs a guest socket reachable by IP; the tunnels reach any.
+  const bind = path === "direct" ? "0.0.0.0" : "127.0.0.1";
+  return { guest, agent, host, bind, control: join(guest.dir, "state", "control.sock") };
+}
+
+describe.each(["direct", "fast", "grpc"] as const)("stream ends over %s", (path) => {
+  e2eTest("a guest server that sends 100 KB and then resets: all 100 KB arrive, then the reset, 20 times in 20", async () => {
+    const { guest, host, bind, control } = await setUp(path);
+    const port = await freePort();
+    await guest.startResetServer(bind, port, 100_000);
+    expect((await host.waitForForwarding(port)).path).toBe(path);
+    const results = [];
+    for (let i = 0; i < 20; i++) results.push(await readToEnd(port));
+    expect(results).toEqual(Array.from({ length: 20 }, () => ({ end: "ECONNRESET", bytes: 100_000 })));
+    expect(pathsOf(control, port)).toEqual({ [path]: 20 });
+  });
+
+  e2eTest("a guest server that resets its client at once: the host client sees a reset, 50 times in 50", async () => {
+    const { guest, host, bind, control } = await setUp(path);
+    const port = await freePort();
+    await guest.startResetServer(bind, port, 0);
+    await host.waitForForwarding(port);
+    const ends = await Promise.all(Array.from({ length: 50 }, () => readToEnd(port, { data: Buffer.from("hello") })));
+    expect(ends.map((r) => r.end)).toEqual(Array(50).fill("ECONNRESET"));
+    expect(pathsOf(control, port)).toEqual({ [path]: 50 });
+  });
+});
+
+describe.each(["fast", "grpc"] as const)("the guest agent dies mid-download over %s", (path) => {
+  e2eTest.each(["SIGKILL", "SIGTERM"] as const)("killed with %s: the host client sees a reset, not a clean EOF", async (signal) => {
+    const { guest, agent, host, control } = await setUp(path);
+    const port = await freePort();
+    await guest.startServer("source", [["127.0.0.1", port]]);
+    await host.waitForForwarding(port);
+    // An endless download: any EOF would be a lie (a truncated file taken for a whole one).
+    const result = await readToEnd(port, { stopAfter: [8 << 20, () => agent.child.kill(signal)] });
+    expect(result.end).toBe("ECONNRESET");
+    expect(result.bytes).toBeGreaterThanOrEqual(8 << 20);
+    expect(pathsOf(control, port)).toEqual({ [path]: 1 });
+  });
+});
+
+describe("the data endpoint (anything in reach may connect)", () => {
+  /** Sends `text` on a fresh data-path stream; resolves when the agent closed it. */
+  const probe = (path: string, text: string) =>
+    new Promise<void>((resolve) => {
+      const s = net.connect(path);
+      s.once("connect", () => s.end(Buffer.from(text, "latin1")));
+      s.once("close", () => resolve());
+      s.once("error", () => {});
+      s.resume();
+    });
+
+  e2eTest.each([
+    ["a wrong secret", `PHDATA2 ${"ab".repeat(24)} tcp 127.0.0.1:80\n`, "wrong secret"],
+    ["a bad header", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad header"],
+  ])("%s is refused and logged, and 50 more add no more than one line", async (_what, text, words) => {
+    const guest = Guest.create();
+    const agent = await guest.startAgent();
+    const data = `${guest.socket}.data`;
+    for (let i = 0; i < 51; i++) await probe(data, text);
+    const lines = () => agent.stderr.filter((l) => l.includes("data path: refused"));
+    await agent.waitFor(() => lines().length || undefined, "the refusal in the log");
+    expect(lines()).toHaveLength(1);
+    expect(lines()[0]).toContain(words);
+    expect(agent.running).toBe(true);
+  });
+
+  e2eTest("300 random and mutated headers are each closed, and the data path goes on carrying real connections", async () => {
+    const { guest, agent, host, control } = await setUp("fast");
+    const port = await freePort();
+    await guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port);
+    const valid = Buffer.from(`PHDATA2 ${"ab".repeat(24)} tcp 127.0.0.1:${port}\n`);
+    for (let i = 0; i < 300; i++) {
+      const input = i % 3 ? Buffer.from(valid) : randomBytes(1 + (i % 200));
+      if (i % 3) for (let m = 0; m <= i % 5; m++) input[Math.floor(Math.random() * input.length)] = Math.floor(Math.random() * 256);
+      await probe(`${guest.socket}.data`, input.toString("latin1"));
+    }
+    expect(agent.running).toBe(true);
+    expect((await exchange(port, Buffer.from("still here"))).toString()).toBe("still here");
+    expect(pathsOf(control, port)).toEqual({ fast: 1 });
+  });
+});
+
