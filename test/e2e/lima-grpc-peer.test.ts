@@ -63,7 +63,14 @@ async function driveGuestAgent(command: string[]): Promise<void> {
   await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
   const host = limaHost(guest, `unix://${guest.socket}`);
 
-  const info = await host.ask({ op: "info" });
+  // GetInfo answers with what the watcher has seen so far: ask until both servers are in it,
+  // as Lima's host asks again on its next tick.
+  let info = await host.ask({ op: "info" });
+  for (let tries = 0; !(has(info.ports as Port[], "tcp", tcp) && has(info.ports as Port[], "udp", udp)) && tries < 50; tries++) {
+    expect(info.code).toBeUndefined();
+    await Bun.sleep(100);
+    info = await host.ask({ op: "info" });
+  }
   expect(info.code).toBeUndefined();
   expect(has(info.ports as Port[], "tcp", tcp) && has(info.ports as Port[], "udp", udp)).toBe(true);
   expect(agent.stderr.join("\n")).toContain("empty :authority");
