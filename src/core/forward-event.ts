@@ -12,6 +12,7 @@ export type AgentEventType =
   | "ssh-connected"
   | "ssh-disconnected"
   | "ssh-unreachable"
+  | "relay-selected"
   | "warning";
 
 export interface ForwardEvent {
@@ -94,6 +95,8 @@ export function formatEventText(e: HostEvent): string {
         return `SSH connection to the guest lost${why}; reconnecting`;
       case "ssh-unreachable":
         return `Cannot reach the guest's sshd${why}; retrying`;
+      case "relay-selected":
+        return `Relay: ${e.message}`;
     }
   }
   const proto = e.protocol.toUpperCase();

@@ -5,7 +5,8 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { resetSocket, spliceSockets } from "../transport/tunnel-relay.ts";
+import { joinSockets } from "../transport/fast-relay.ts";
+import { resetSocket } from "../transport/tunnel-relay.ts";
 
 export function newDataSecret(): string {
   return randomBytes(24).toString("hex");
@@ -50,8 +51,7 @@ export function handleDataStream(stream: net.Socket, secret: string): void {
       stream.off("error", hostGone);
       stream.off("close", hostGone);
       stream.write(Buffer.of(STATUS_CONNECTED));
-      spliceSockets(stream, upstream);
-      stream.resume();
+      joinSockets(stream, upstream);
     });
   };
   stream.on("data", onData);

@@ -10,6 +10,7 @@ import { checkPreface } from "./preface-check.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
+import { prepareRelay } from "../transport/fast-relay.ts";
 
 export interface GuestAgentOptions {
   listen: TransportAddress[];
@@ -46,6 +47,7 @@ export class GuestAgent {
       portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints }),
     );
     await this.watcher.start();
+    await prepareRelay(this.options.log);
     this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     try {

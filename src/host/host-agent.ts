@@ -21,6 +21,7 @@ import { StreamRouter } from "./stream-router.ts";
 import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { UdpForward } from "./udp-forward.ts";
+import { prepareRelay, relayStatus } from "../transport/fast-relay.ts";
 
 export type LogFormat = "text" | "json";
 
@@ -128,6 +129,7 @@ export class HostAgent {
   }
 
   async start(): Promise<void> {
+    await prepareRelay((message) => this.emit({ type: "relay-selected", message }));
     const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
     if (controlPath) {
       const control = new ControlServer(controlPath, () => this.status());
@@ -221,6 +223,7 @@ export class HostAgent {
       forwards,
       notForwarded,
       events: this.eventCounts,
+      relay: relayStatus(),
     };
   }
 

@@ -14,7 +14,8 @@ import { onLocalSubnet, type InterfaceAddress } from "../core/subnet.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { resetSocket, spliceSockets } from "../transport/tunnel-relay.ts";
+import { joinSockets } from "../transport/fast-relay.ts";
+import { resetSocket } from "../transport/tunnel-relay.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
 import type { SshForwarder } from "./ssh-forwarder.ts";
 
@@ -92,8 +93,7 @@ export class StreamRouter {
     dial().then(
       (upstream) => {
         if (client.destroyed) return void upstream.destroy();
-        spliceSockets(client, upstream);
-        client.resume();
+        joinSockets(client, upstream);
       },
       (err) => {
         if (client.destroyed) return;

@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import type { PlannedForward } from "../core/forward-plan.ts";
+import { afterRelay, dropConnection, relayedBytes } from "../transport/fast-relay.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
 import { HostForward, type Report, type Traffic } from "./host-forward.ts";
 
@@ -28,11 +29,15 @@ export class TcpForward extends HostForward {
   protected async listen(): Promise<void> {
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
       this.sockets.add(socket);
-      socket.once("close", () => {
-        this.sockets.delete(socket);
-        this.closedIn += socket.bytesRead;
-        this.closedOut += socket.bytesWritten;
-      });
+      // A connection handed to the native relay lives on after its socket object closes.
+      socket.once("close", () =>
+        afterRelay(socket, () => {
+          this.sockets.delete(socket);
+          const { read, written } = relayedBytes(socket);
+          this.closedIn += read;
+          this.closedOut += written;
+        }),
+      );
       this.onConnection(socket, this.plan);
     });
     const host = this.hostTarget;
@@ -63,15 +68,16 @@ export class TcpForward extends HostForward {
   }
 
   protected dropAll(): void {
-    for (const s of this.sockets) s.destroy();
+    for (const s of this.sockets) dropConnection(s);
   }
 
   protected traffic(): Traffic {
     let bytesIn = this.closedIn;
     let bytesOut = this.closedOut;
     for (const s of this.sockets) {
-      bytesIn += s.bytesRead;
-      bytesOut += s.bytesWritten;
+      const { read, written } = relayedBytes(s);
+      bytesIn += read;
+      bytesOut += written;
     }
     return { connections: this.sockets.size, bytesIn, bytesOut };
   }
