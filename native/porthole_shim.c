@@ -334,6 +334,7 @@ struct dir {
   char *buf;
   size_t off, queued, cap;
   int src_eof, shut, spliced;
+  int hold; /* the source failed: deliver what is queued, then no shutdown (a reset follows) */
   uint64_t bytes;
 };
 
@@ -342,6 +343,8 @@ struct relay {
   int fd[2];
   struct dir d[2]; /* d[0]: a -> b, d[1]: b -> a */
   int closed, in_ready;
+  int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
+  uint32_t fail_flags, fail_err;
   struct relay *next_pending, *next_ready;
 };
 
@@ -487,7 +490,7 @@ static int pump(struct dir *d, int *side) {
         return NEG_ERRNO;
       }
     }
-    if (d->src_eof && d->queued == 0 && !d->shut) {
+    if (d->src_eof && d->queued == 0 && !d->shut && !d->hold) {
       d->shut = 1;
       if (shutdown(d->dst, SHUT_WR) != 0 && errno != ENOTCONN) { *side = 1; return NEG_ERRNO; }
     }
@@ -505,6 +508,15 @@ static void ready_push(struct relay **ready, struct relay *r) {
 
 /* Pumps both directions; a relay with more to do goes back on the ready list. */
 static void run(struct relay *r, struct relay **ready) {
+  if (r->failing) {
+    /* Data the failed side sent before its reset still reaches the other side, then the reset. */
+    struct dir *d = &r->d[r->fail_dir];
+    int side = 0;
+    int res = pump(d, &side);
+    if (res < 0 || d->queued == 0) finish(r, r->fail_flags, r->fail_err);
+    else if (res > 0) ready_push(ready, r);
+    return;
+  }
   int more = 0;
   for (int i = 0; i < 2; i++) {
     int side = 0;
@@ -512,7 +524,17 @@ static void run(struct relay *r, struct relay **ready) {
     if (res < 0) {
       /* d[0] reads a, writes b; d[1] reads b, writes a. */
       int on_b = (i == 0) == (side == 1);
-      finish(r, PH_RESET | (on_b ? PH_ERR_B : PH_ERR_A), (uint32_t)-res);
+      uint32_t flags = PH_RESET | (on_b ? PH_ERR_B : PH_ERR_A);
+      if (side == 0 && r->d[i].queued > 0) {
+        r->failing = 1;
+        r->fail_dir = i;
+        r->fail_flags = flags;
+        r->fail_err = (uint32_t)-res;
+        r->d[i].src_eof = r->d[i].hold = 1;
+        ready_push(ready, r);
+      } else {
+        finish(r, flags, (uint32_t)-res);
+      }
       return;
     }
     more |= res;
@@ -521,11 +543,25 @@ static void run(struct relay *r, struct relay **ready) {
   else if (more) ready_push(ready, r);
 }
 
-/* A socket error that arrived while neither direction was reading or writing it. */
+/* A socket error on a side whose reading is over (reads report the others themselves, after
+ * the data that came before the error). */
 static void check_errors(struct relay *r) {
+  if (r->failing) return;
   for (int i = 0; i < 2; i++) {
+    if (!r->d[i].src_eof) continue;
     int e = -ph_socket_error(r->fd[i]);
-    if (e > 0) { finish(r, PH_RESET | (i ? PH_ERR_B : PH_ERR_A), (uint32_t)e); return; }
+    if (e <= 0) continue;
+    /* What side i sent before failing (queued in d[i]) still goes out first. */
+    if (r->d[i].queued > 0) {
+      r->failing = 1;
+      r->fail_dir = i;
+      r->fail_flags = PH_RESET | (i ? PH_ERR_B : PH_ERR_A);
+      r->fail_err = (uint32_t)e;
+      r->d[i].src_eof = r->d[i].hold = 1;
+    } else {
+      finish(r, PH_RESET | (i ? PH_ERR_B : PH_ERR_A), (uint32_t)e);
+    }
+    return;
   }
 }
 

@@ -32,6 +32,14 @@ export function socketFd(socket: net.Socket): number | undefined {
   return typeof fd === "number" && fd >= 0 ? fd : undefined;
 }
 
+let shared: NativeRelayLoop | undefined;
+
+/** The process's one relay loop (the shim has one relay thread); throws where it cannot start. */
+export function sharedRelayLoop(shim: NativeShim): NativeRelayLoop {
+  shared ??= NativeRelayLoop.start(shim);
+  return shared;
+}
+
 export class NativeRelayLoop {
   private readonly done = new Map<number, (end: RelayEnd) => void>();
   private readonly ready = new Map<number, (events: number) => void>();

@@ -9,7 +9,7 @@
 import type * as net from "node:net";
 import type { RelayStatus } from "../core/status.ts";
 import { loadNative } from "../runtime/native.ts";
-import { NativeRelayLoop, RELAY_RESET, socketFd, type RelayEnd } from "../runtime/native-relay.ts";
+import { RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
 import { resetSocket, spliceSockets } from "./tunnel-relay.ts";
 
 interface Handed {
@@ -44,7 +44,7 @@ export async function prepareRelay(say: (message: string) => void, env: NodeJS.P
     const { shim, error } = await loadNative();
     try {
       if (!shim) throw new Error(`the native shim did not load (${error})`);
-      loop ??= NativeRelayLoop.start(shim);
+      loop ??= sharedRelayLoop(shim);
       copyMode = setting === "copy";
       fallbackReason = undefined;
     } catch (err) {
