@@ -138,7 +138,8 @@ export function joinSockets(a: net.Socket, b: net.Socket): void {
       socket.destroy(); // closes only the runtime's fd: the relay holds its own dup()
     }
   };
-  // Bytes the runtime still has to write go out before the handover.
+  // Bytes the runtime still has to write go out before the handover (an empty write's
+  // callback runs once everything before it is flushed).
   const waiting = [a, b].filter((s) => s.writableLength > 0);
   if (waiting.length === 0) return hand();
   let left = waiting.length;
@@ -146,17 +147,16 @@ export function joinSockets(a: net.Socket, b: net.Socket): void {
     resetSocket(a);
     resetSocket(b);
   };
-  for (const s of waiting) {
-    s.once("drain", () => {
-      if (--left === 0) {
-        a.off("close", abandon);
-        b.off("close", abandon);
-        hand();
-      }
-    });
-  }
   a.once("close", abandon);
   b.once("close", abandon);
+  for (const s of waiting) {
+    s.write(Buffer.alloc(0), (err) => {
+      if (err || --left > 0) return;
+      a.off("close", abandon);
+      b.off("close", abandon);
+      hand();
+    });
+  }
 }
 
 /** Bytes a socket has read and written, including what the native relay moved for it. */
