@@ -343,6 +343,7 @@ struct relay {
   int fd[2];
   struct dir d[2]; /* d[0]: a -> b, d[1]: b -> a */
   int closed, in_ready;
+  int want_out[2];         /* EPOLLOUT is asked for on fd[i] only while a write to it waits */
   int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
   uint32_t fail_flags, fail_err;
   struct relay *next_pending, *next_ready;
@@ -513,8 +514,13 @@ static void run(struct relay *r, struct relay **ready) {
     struct dir *d = &r->d[r->fail_dir];
     int side = 0;
     int res = pump(d, &side);
-    if (res < 0 || d->queued == 0) finish(r, r->fail_flags, r->fail_err);
-    else if (res > 0) ready_push(ready, r);
+    if (res < 0 || d->queued == 0) { finish(r, r->fail_flags, r->fail_err); return; }
+    if (res > 0) { ready_push(ready, r); return; }
+    int i = r->fail_dir == 0 ? 1 : 0; /* the fd that d writes */
+    if (!r->want_out[i]) {
+      struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | EPOLLOUT, .data.ptr = r };
+      if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = 1;
+    }
     return;
   }
   int more = 0;
@@ -539,8 +545,16 @@ static void run(struct relay *r, struct relay **ready) {
     }
     more |= res;
   }
-  if (r->d[0].shut && r->d[1].shut) finish(r, 0, 0);
-  else if (more) ready_push(ready, r);
+  if (r->d[0].shut && r->d[1].shut) { finish(r, 0, 0); return; }
+  if (more) { ready_push(ready, r); return; }
+  /* Writability matters only while bytes wait for it: asking for it always would wake the
+   * thread on every ACK (TCP) or read (unix) on the other end. d[0] writes fd[1], d[1] fd[0]. */
+  for (int i = 0; i < 2; i++) {
+    int want = r->d[1 - i].queued > 0;
+    if (want == r->want_out[i]) continue;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0), .data.ptr = r };
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = want;
+  }
 }
 
 /* A socket error on a side whose reading is over (reads report the others themselves, after
@@ -574,7 +588,7 @@ static void take_pending(struct relay **ready) {
   pthread_mutex_unlock(&lock);
   for (struct relay *r = list, *next; r; r = next) {
     next = r->next_pending;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = r };
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = r };
     for (int i = 0; i < 2; i++) {
       if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[i], &ev) != 0) {
         int e = errno;
