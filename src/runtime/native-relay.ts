@@ -4,6 +4,7 @@
 import type * as net from "node:net";
 import { check, type NativeShim } from "./native-api.ts";
 import { socketFromFd } from "./fd-socket.ts";
+import { runtimeName } from "./self.ts";
 
 const RECORD_BYTES = 32;
 const REC_RELAY_DONE = 1;
@@ -23,6 +24,12 @@ export interface RelayEnd {
   err: number;
   aToB: number;
   bToA: number;
+}
+
+/** Why this runtime's sockets cannot be handed to the native relay, if they cannot. */
+export function fdsHidden(): string | undefined {
+  // Deno's node:net sockets wrap Deno.Conn resources, which have no fd to hand over.
+  return runtimeName() === "deno" ? "Deno's sockets do not expose their file descriptors" : undefined;
 }
 
 /** The fd a runtime's socket object reads and writes, where the runtime tells it. */

@@ -9,7 +9,7 @@
 import type * as net from "node:net";
 import type { RelayStatus } from "../core/status.ts";
 import { loadNative } from "../runtime/native.ts";
-import { RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
+import { fdsHidden, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
 import { resetSocket, spliceSockets } from "./tunnel-relay.ts";
 
 interface Handed {
@@ -44,6 +44,8 @@ export async function prepareRelay(say: (message: string) => void, env: NodeJS.P
     const { shim, error } = await loadNative();
     try {
       if (!shim) throw new Error(`the native shim did not load (${error})`);
+      const hidden = fdsHidden();
+      if (hidden) throw new Error(hidden);
       loop ??= sharedRelayLoop(shim);
       copyMode = setting === "copy";
       fallbackReason = undefined;
@@ -107,7 +109,8 @@ export function joinSockets(a: net.Socket, b: net.Socket): void {
     const fdA = socketFd(a);
     const fdB = socketFd(b);
     if (fdA === undefined || fdB === undefined) {
-      sayFallback("this runtime does not expose its sockets' file descriptors");
+      fallbackReason = "this runtime does not expose its sockets' file descriptors";
+      sayFallback(fallbackReason);
       return javascript(a, b);
     }
     const toB = drain(a);

