@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <linux/inet_diag.h>
@@ -616,6 +617,7 @@ static void *relay_thread(void *unused) {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
+  prctl(PR_SET_NAME, "porthole-relay"); /* its own name in top and perf */
   struct epoll_event events[256];
   struct relay *ready = NULL;
   for (;;) {
