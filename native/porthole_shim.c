@@ -1,7 +1,7 @@
 /*
  * porthole's native shim: what JavaScript runtimes cannot do themselves.
  *   - AF_VSOCK stream sockets: create, bind+listen, non-blocking accept with the peer CID,
- *     connect with a timeout (finished before the fd is handed over), the local CID.
+ *     a non-blocking connect (its completion is watched by the relay thread), the local CID.
  *   - AF_NETLINK sock_diag: dumps of listening TCP and unconnected UDP sockets (kernel-side
  *     state filter), and the socket-destroy multicast groups as events.
  *   - The relay: a thread that moves the bytes of joined socket pairs (splice() through a pipe
@@ -13,7 +13,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -103,24 +102,6 @@ int ph_vsock_accept(int fd, uint32_t *peer) {
   peer[0] = a.svm_cid;
   peer[1] = a.svm_port;
   return c;
-}
-
-/* Connects with a timeout and returns the connected, non-blocking fd. */
-int ph_vsock_connect(uint32_t cid, uint32_t port, int timeout_ms) {
-  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return NEG_ERRNO;
-  struct sockaddr_vm a = vm_addr(cid, port);
-  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-    if (errno != EINPROGRESS) { int e = errno; close(fd); return -e; }
-    struct pollfd p = { .fd = fd, .events = POLLOUT };
-    int r = poll(&p, 1, timeout_ms);
-    if (r <= 0) { int e = r == 0 ? ETIMEDOUT : errno; close(fd); return -e; }
-    int soerr = 0;
-    socklen_t len = sizeof soerr;
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
-    if (soerr) { close(fd); return -soerr; }
-  }
-  return fd;
 }
 
 /* IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock. */

@@ -7,7 +7,6 @@ export interface NativeShim {
   vsockGetsockname(fd: number, out: Uint32Array): number;
   /** Non-blocking; peer[0] = cid, peer[1] = port. */
   vsockAccept(fd: number, peer: Uint32Array): number;
-  vsockConnect(cid: number, port: number, timeoutMs: number): number;
   vsockLocalCid(): number;
   close(fd: number): number;
   /** fds[0], fds[1]: a connected pair of unix stream sockets. */
@@ -43,7 +42,6 @@ export const SIGNATURES = {
   ph_vsock_bind_listen: { args: ["i32", "u32", "u32", "i32"], returns: "i32" },
   ph_vsock_getsockname: { args: ["i32", "ptr"], returns: "i32" },
   ph_vsock_accept: { args: ["i32", "ptr"], returns: "i32" },
-  ph_vsock_connect: { args: ["u32", "u32", "i32"], returns: "i32" },
   ph_vsock_local_cid: { args: [], returns: "i32" },
   ph_close: { args: ["i32"], returns: "i32" },
   ph_socketpair: { args: ["ptr"], returns: "i32" },
@@ -74,7 +72,6 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     vsockBindListen: (fd, cid, port, backlog) => num("ph_vsock_bind_listen", fd, cid, port, backlog),
     vsockGetsockname: (fd, out) => num("ph_vsock_getsockname", fd, out),
     vsockAccept: (fd, peer) => num("ph_vsock_accept", fd, peer),
-    vsockConnect: (cid, port, timeoutMs) => num("ph_vsock_connect", cid, port, timeoutMs),
     vsockLocalCid: () => num("ph_vsock_local_cid"),
     close: (fd) => num("ph_close", fd),
     socketpair: (fds) => num("ph_socketpair", fds),
