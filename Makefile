@@ -16,7 +16,7 @@ deps: node_modules/.installed
 
 # The tools the end-to-end tests and the demo run (ip netns, unshare, nsenter, sshd).
 system-deps:
-	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio; do \
+	@missing=""; for tool in cc:gcc ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 cpio:cpio /usr/bin/python3:python3; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
