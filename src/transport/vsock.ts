@@ -10,6 +10,10 @@ import { socketFromFd } from "../runtime/fd-socket.ts";
 
 export const VMADDR_CID_ANY = 0xffffffff;
 export const VMADDR_CID_HOST = 2;
+const EAGAIN = 11;
+const ECONNABORTED = 103;
+/** After a failed accept (EMFILE, ...), wait this long before trying again. */
+const ACCEPT_RETRY_MS = 100;
 
 async function shim(): Promise<{ native: NativeShim; loop: NativeRelayLoop }> {
   const { shim, error } = await loadNative();
@@ -24,24 +28,31 @@ export interface VsockListener {
 
 /**
  * Calls `acceptAll` each time listening socket `fd` has connections waiting (it must take
- * them all: the watch is re-armed after it). Returns a stop. Any listening fd will do.
+ * them all: the watch is re-armed after it). When it returns a number of milliseconds (accept
+ * failed, e.g. out of fds), the watch is re-armed only after that long, so a lasting failure
+ * does not spin. Returns a stop. Any listening fd will do.
  */
-export function onAcceptable(loop: NativeRelayLoop, fd: number, acceptAll: () => void): () => void {
+export function onAcceptable(loop: NativeRelayLoop, fd: number, acceptAll: () => number | void): () => void {
   let stopped = false;
   let cancel = () => {};
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const arm = () => {
+    timer = undefined;
     if (stopped) return;
     cancel = loop.watchOnce(fd, EPOLLIN, () => {
+      let later: number | void = undefined;
       try {
-        acceptAll();
+        later = acceptAll();
       } finally {
-        arm();
+        if (later) timer = setTimeout(arm, later);
+        else arm();
       }
     });
   };
   arm();
   return () => {
     stopped = true;
+    if (timer) clearTimeout(timer);
     cancel();
     loop.unwatch(fd);
   };
@@ -69,7 +80,9 @@ export async function listenVsock(
   const stop = onAcceptable(loop, fd, () => {
     for (;;) {
       const conn = native.vsockAccept(fd, peer);
-      if (conn < 0) return; // EAGAIN: all taken (others, e.g. ECONNABORTED: the next wake-up)
+      if (conn === -EAGAIN) return;
+      if (conn === -ECONNABORTED) continue; // gone before it was taken
+      if (conn < 0) return ACCEPT_RETRY_MS; // out of fds, or the like: try again shortly
       if (!allow(peer[0]!)) {
         native.close(conn);
         options.onRejected?.(peer[0]!);
