@@ -4,13 +4,13 @@ import { formatTransportAddress, type TransportAddress } from "../core/transport
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
+import { prepareRelay } from "../transport/fast-relay.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret } from "./data-server.ts";
 import { checkPreface } from "./preface-check.ts";
 import { portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
-import { prepareRelay } from "../transport/fast-relay.ts";
 
 export interface GuestAgentOptions {
   listen: TransportAddress[];

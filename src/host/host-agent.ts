@@ -3,6 +3,7 @@ import type { FSWatcher } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { AgentStatus } from "../core/status.ts";
+import { prepareRelay, relayStatus } from "../transport/fast-relay.ts";
 import { ControlServer } from "./control-server.ts";
 import { ConfigError, DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
@@ -21,7 +22,6 @@ import { StreamRouter } from "./stream-router.ts";
 import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { UdpForward } from "./udp-forward.ts";
-import { prepareRelay, relayStatus } from "../transport/fast-relay.ts";
 
 export type LogFormat = "text" | "json";
 
