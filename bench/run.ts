@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
-import { e2eBlocker, freePort, Guest, Proc, rssMiB, runCleanups, startHostAgent, tryConnect, type Sshd } from "../test/lab.ts";
+import { e2eBlocker, freePort, Guest, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -27,7 +27,7 @@ const UDP_RATE = "200M";
 const ONLY = flag("only", "").split(",").filter(Boolean);
 const wanted = (name: string) => ONLY.length === 0 || ONLY.includes(name);
 
-type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "porthole-direct";
+type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "fast-copy" | "fast-js" | "porthole-direct";
 const COLUMNS: [Path, string][] = [
   ["direct", "direct loopback"],
   ["byIP", "by IP (veth)"],
@@ -35,6 +35,8 @@ const COLUMNS: [Path, string][] = [
   ["grpc", "porthole gRPC"],
   ["ssh", "porthole SSH"],
   ["fast", "porthole data path"],
+  ["fast-copy", "data path, read/send (vsock-shaped)"],
+  ["fast-js", "data path, JavaScript relay"],
   ["porthole-direct", "porthole direct"],
 ];
 
@@ -42,6 +44,8 @@ interface Results {
   machine: string;
   settings: { duration: number; runs: number; smoke: boolean };
   throughput: Record<string, Partial<Record<Path, number>>>; // Gbit/s, medians
+  /** Agent CPU (% of one core) per Gbit/s while iperf3 ran, per row and path. */
+  cpuPerGbit: Record<string, Partial<Record<Path, { host: number; guest: number }>>>;
   udpLoss: Partial<Record<Path, number>>;
   latency: Record<string, { rrPerSec: number; connPerSec: number }>;
   detection: { openP50: number; openP95: number; closeP50: number; closeP95: number; tries: number };
@@ -114,6 +118,8 @@ interface Mode {
   /** Starts whatever forwards guest port `guestPort` to host port `hostPort`; returns a stop. */
   start(guestPort: number, hostPort: number): Promise<() => Promise<void>>;
   udp: boolean;
+  /** The agents' pids while started (for CPU per Gbit/s). */
+  pids?: { host?: number; guest?: number };
 }
 
 async function main(): Promise<void> {
@@ -134,6 +140,7 @@ async function main(): Promise<void> {
     machine: `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}`,
     settings: { duration: DURATION, runs: RUNS, smoke: SMOKE },
     throughput: { TCP: {}, "TCP Reverse": {}, UDP: {} },
+    cpuPerGbit: { TCP: {}, "TCP Reverse": {} },
     udpLoss: {},
     latency: {},
     detection: { openP50: 0, openP95: 0, closeP50: 0, closeP95: 0, tries: 0 },
@@ -141,24 +148,43 @@ async function main(): Promise<void> {
     failures: [],
   };
 
-  const porthole = (path: Path, forwarder: string, extra: (s: Sshd) => string[] = () => []): Mode => ({
-    path,
-    udp: path === "grpc",
-    async start(guestPort, hostPort) {
-      // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection.
-      const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
-      const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...extra(sshd)]);
-      await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
-      // The direct path is used once the guest agent proved it answers at the guest's address.
-      if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
-      return () => host.proc.kill();
-    },
-  });
+  /** `relay`: PORTHOLE_NATIVE_RELAY for both agents (a guest agent of their own). */
+  const porthole = (path: Path, forwarder: string, extra: (s: Sshd) => string[] = () => [], relay?: string): Mode => {
+    const mode: Mode = {
+      path,
+      udp: path === "grpc",
+      async start(guestPort, hostPort) {
+        // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection.
+        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+        let ownGuest: Proc | undefined;
+        let guestFlags: string[] = [];
+        if (relay !== undefined) {
+          const socket = `${guest.dir}/guest-${path}.sock`;
+          ownGuest = guest.spawn(["env", `PORTHOLE_NATIVE_RELAY=${relay}`, ...PORTHOLE, "guest", "--listen", `unix://${socket}`], `guest agent (${path})`);
+          await ownGuest.waitForLine(/serving on/, "stderr");
+          guestFlags = ["--guest", `unix://${socket}`, "--state-dir", `${guest.dir}/state-${path}`];
+        }
+        const env: Record<string, string> = relay !== undefined ? { PORTHOLE_NATIVE_RELAY: relay } : {};
+        const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...guestFlags, ...extra(sshd)], { env });
+        await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
+        // The direct path is used once the guest agent proved it answers at the guest's address.
+        if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
+        mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
+        return async () => {
+          await host.proc.kill();
+          await ownGuest?.kill();
+        };
+      },
+    };
+    return mode;
+  };
   const sshFlags = (s: Sshd) => ["--ssh", `tcp://${guestIP}:22`, "--ssh-user", "root", "--ssh-identity", s.clientKey, "--ssh-skip-host-key-check"];
   const modes: Mode[] = [
     porthole("grpc", "grpc"),
     porthole("ssh", "ssh", sshFlags),
     porthole("fast", "fast"),
+    porthole("fast-copy", "fast", undefined, "copy"),
+    porthole("fast-js", "fast", undefined, "0"),
     porthole("porthole-direct", "auto"),
     {
       path: "sshL",
@@ -191,9 +217,25 @@ async function main(): Promise<void> {
       log(`FAILED ${what}: ${(err as Error).message}`);
     }
   };
-  const measure = (path: Path, port: number, host: string, udp: boolean) => {
-    attempt(`TCP ${path}`, () => record("TCP", path, Array.from({ length: RUNS }, () => iperf(port, host, []).gbps)));
-    attempt(`TCP Reverse ${path}`, () => record("TCP Reverse", path, Array.from({ length: RUNS }, () => iperf(port, host, ["-R"]).gbps)));
+  /** iperf3 runs of one row, with the agents' CPU per Gbit/s over all of them. */
+  const tcpRow = (row: string, path: Path, port: number, host: string, extra: string[], pids?: Mode["pids"]) => {
+    const ticks = () => [pids?.host, pids?.guest].map((pid) => (pid ? cpuTicks(pid) : 0));
+    const before = ticks();
+    const started = now();
+    const runs = Array.from({ length: RUNS }, () => iperf(port, host, extra).gbps);
+    const seconds = (now() - started) / 1000;
+    record(row, path, runs);
+    if (!pids) return;
+    const after = ticks();
+    const mean = runs.reduce((a, b) => a + b, 0) / runs.length;
+    // ticks per second = % of one core; per Gbit/s of what the runs carried on average.
+    const per = (i: number) => (after[i]! - before[i]!) / seconds / mean;
+    results.cpuPerGbit[row]![path] = { host: per(0), guest: per(1) };
+    log(`${row.padEnd(11)} ${path.padEnd(16)} CPU per Gbit/s: host agent ${per(0).toFixed(1)}%, guest agent ${per(1).toFixed(1)}% of a core`);
+  };
+  const measure = (path: Path, port: number, host: string, udp: boolean, pids?: Mode["pids"]) => {
+    attempt(`TCP ${path}`, () => tcpRow("TCP", path, port, host, [], pids));
+    attempt(`TCP Reverse ${path}`, () => tcpRow("TCP Reverse", path, port, host, ["-R"], pids));
     if (!udp) return;
     attempt(`UDP ${path}`, () => {
       const runs = Array.from({ length: RUNS }, () => iperf(port, host, ["-u", "-b", UDP_RATE, "-l", "1400"]));
@@ -212,7 +254,7 @@ async function main(): Promise<void> {
     const hostPort = await freePort();
     const stop = await mode.start(iperfPort, hostPort);
     try {
-      measure(mode.path, hostPort, "127.0.0.1", mode.udp);
+      measure(mode.path, hostPort, "127.0.0.1", mode.udp, mode.pids);
     } finally {
       await stop();
     }
@@ -313,6 +355,10 @@ function report(r: Results): void {
     const direct = values.direct;
     if (ssh) lines.push(`| ${row} ÷ ssh -L | ${cols.map(([p]) => (values[p] !== undefined ? `${(values[p]! / ssh).toFixed(2)}×` : "")).join(" | ")} |`);
     if (direct) lines.push(`| ${row} ÷ direct | ${cols.map(([p]) => (values[p] !== undefined ? `${(values[p]! / direct).toFixed(2)}×` : "")).join(" | ")} |`);
+  }
+  for (const [row, values] of Object.entries(r.cpuPerGbit)) {
+    if (!cols.some(([p]) => values[p])) continue;
+    lines.push(`| ${row}: agent CPU per Gbit/s (host / guest, % of a core) | ${cols.map(([p]) => (values[p] ? `${values[p]!.host.toFixed(1)} / ${values[p]!.guest.toFixed(1)}` : "")).join(" | ")} |`);
   }
   lines.push("");
   lines.push(`UDP loss at ${UDP_RATE}bit/s offered: ${Object.entries(r.udpLoss).map(([p, l]) => `${p} ${l!.toFixed(1)}%`).join(", ")}`);

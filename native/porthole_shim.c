@@ -1,19 +1,27 @@
 /*
  * porthole's native shim: what JavaScript runtimes cannot do themselves.
  *   - AF_VSOCK stream sockets: create, bind+listen, non-blocking accept with the peer CID,
- *     connect with a timeout (finished before the fd is handed over), the local CID.
+ *     a non-blocking connect (its completion is watched by the relay thread), the local CID.
  *   - AF_NETLINK sock_diag: dumps of listening TCP and unconnected UDP sockets (kernel-side
  *     state filter), and the socket-destroy multicast groups as events.
+ *   - The relay: a thread that moves the bytes of joined socket pairs (splice() through a pipe
+ *     per direction, read/write where splice does not apply), and tells the event loop about
+ *     finished relays and ready fds through one socket the loop watches (see "relay" below).
  * Every function returns >= 0 on success and -errno on failure; ph_errno_name() and
  * ph_strerror() turn that into words. Nothing here aborts or prints.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <linux/inet_diag.h>
@@ -94,24 +102,6 @@ int ph_vsock_accept(int fd, uint32_t *peer) {
   peer[0] = a.svm_cid;
   peer[1] = a.svm_port;
   return c;
-}
-
-/* Connects with a timeout and returns the connected, non-blocking fd. */
-int ph_vsock_connect(uint32_t cid, uint32_t port, int timeout_ms) {
-  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return NEG_ERRNO;
-  struct sockaddr_vm a = vm_addr(cid, port);
-  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-    if (errno != EINPROGRESS) { int e = errno; close(fd); return -e; }
-    struct pollfd p = { .fd = fd, .events = POLLOUT };
-    int r = poll(&p, 1, timeout_ms);
-    if (r <= 0) { int e = r == 0 ? ETIMEDOUT : errno; close(fd); return -e; }
-    int soerr = 0;
-    socklen_t len = sizeof soerr;
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
-    if (soerr) { close(fd); return -soerr; }
-  }
-  return fd;
 }
 
 /* IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock. */
@@ -255,4 +245,589 @@ int ph_diag_read_events(int fd, uint8_t *buf, int cap) {
       n++;
     }
   }
+}
+
+/* ---- vsock connect without blocking -------------------------------------------------- */
+
+/* Starts a non-blocking connect and returns the fd at once (connected or in progress): the
+ * caller waits for it to become writable (ph_watch) and then reads ph_socket_error(). */
+int ph_vsock_connect_start(uint32_t cid, uint32_t port) {
+  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return NEG_ERRNO;
+  struct sockaddr_vm a = vm_addr(cid, port);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+/* The socket's pending error (SO_ERROR) as -errno, or 0. */
+int ph_socket_error(int fd) {
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) return NEG_ERRNO;
+  return -soerr;
+}
+
+/* ---- relay ------------------------------------------------------------------------------
+ *
+ * JavaScript keeps accepting, dialling and deciding; once both sockets of a forwarded
+ * connection are connected it hands them here (ph_relay_add dup()s both fds, so the runtime
+ * closes its own socket objects without touching the relay's). One thread with one epoll
+ * set moves the bytes of every relay:
+ *   - each direction goes socket -> pipe -> socket with splice() (no copy through user space);
+ *     where splice() is refused (EINVAL: a socket family without splice support) that
+ *     direction falls back to read()/send() through a buffer;
+ *   - EOF on one side becomes shutdown(SHUT_WR) on the other once the pipe is drained;
+ *   - an error on either side (a reset, a write to a closed peer) resets both: SO_LINGER 0
+ *     then close(), so the far peers see a reset, never a clean EOF;
+ *   - bytes delivered each way are counted (readable while the relay runs: ph_relay_counters).
+ * The event loop learns what happened through one non-blocking unix socket (the other end of
+ * a socketpair, which the runtime adopts like any socket): 32-byte records, one per finished
+ * relay and one per fd readiness asked for with ph_watch(). Nothing polls.
+ */
+
+#define PH_MAX_RELAYS 65536
+#define PH_PIPE_SIZE (1 << 20)
+#define PH_COPY_SIZE (256 * 1024)
+#define PH_BUDGET 64 /* transfers per direction before the thread looks at other relays */
+
+enum { REC_RELAY_DONE = 1, REC_READY = 2 };
+/* Record flags of REC_RELAY_DONE. */
+#define PH_RESET 1u        /* ended by an error: both sides were reset */
+#define PH_SPLICE_AB 2u    /* a -> b moved with splice() */
+#define PH_SPLICE_BA 4u    /* b -> a moved with splice() */
+#define PH_ERR_A 8u        /* the error was on side a */
+#define PH_ERR_B 16u       /* the error was on side b */
+#define PH_ABORTED 32u     /* ph_relay_abort() */
+/* ph_relay_add flags. */
+#define PH_FORCE_COPY 1
+
+struct record {
+  uint32_t kind, id, flags, err;
+  uint64_t a_to_b, b_to_a;
+};
+
+struct dir {
+  int src, dst;
+  int pipe_r, pipe_w; /* -1 when copying */
+  char *buf;
+  size_t off, queued, cap;
+  int src_eof, shut, spliced;
+  int hold; /* the source failed: deliver what is queued, then no shutdown (a reset follows) */
+  uint64_t bytes;
+};
+
+struct relay {
+  uint32_t id;
+  int fd[2];
+  struct dir d[2]; /* d[0]: a -> b, d[1]: b -> a */
+  int closed, in_ready;
+  int want_out[2];         /* EPOLLOUT is asked for on fd[i] only while a write to it waits */
+  int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
+  uint32_t fail_flags, fail_err;
+  struct relay *next_pending, *next_ready;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int epfd = -1, wake_fd = -1, notify_fd = -1, notify_js = -1;
+static struct relay *slots[PH_MAX_RELAYS];
+static uint8_t slot_taken[PH_MAX_RELAYS]; /* until JavaScript releases the id */
+static uint8_t slot_abort[PH_MAX_RELAYS];
+static struct relay *pending;   /* added, not yet registered by the thread */
+static struct relay *graveyard; /* finished, freed by the thread after its current round */
+static int abort_requested;
+static struct record *outq;     /* records the notify socket had no room for */
+static size_t outq_len, outq_cap, outq_sent_bytes;
+static uint64_t total_spliced, total_copied, total_relays;
+
+#define WATCH_TAG (1ULL << 63)
+
+static void set_nonblock(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void flush_records(void) {
+  while (outq_len > 0) {
+    const char *p = (const char *)outq + outq_sent_bytes;
+    size_t left = outq_len * sizeof(struct record) - outq_sent_bytes;
+    ssize_t n = send(notify_fd, p, left, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return; /* EPOLLOUT on notify_fd brings us back */
+      outq_len = outq_sent_bytes = 0; /* nobody listens any more */
+      return;
+    }
+    outq_sent_bytes += (size_t)n;
+    size_t whole = outq_sent_bytes / sizeof(struct record);
+    if (whole) {
+      memmove(outq, outq + whole, (outq_len - whole) * sizeof(struct record));
+      outq_len -= whole;
+      outq_sent_bytes -= whole * sizeof(struct record);
+    }
+  }
+}
+
+static void post(struct record r) {
+  if (outq_len == outq_cap) {
+    size_t cap = outq_cap ? outq_cap * 2 : 256;
+    struct record *q = realloc(outq, cap * sizeof *q);
+    if (!q) return; /* out of memory: the record is lost, the relay is still closed */
+    outq = q;
+    outq_cap = cap;
+  }
+  outq[outq_len++] = r;
+  flush_records();
+}
+
+static void reset_fd(int fd) {
+  struct linger l = { .l_onoff = 1, .l_linger = 0 };
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l); /* unix sockets ignore it: close() it is */
+  close(fd);
+}
+
+static void dir_free(struct dir *d) {
+  if (d->pipe_r >= 0) close(d->pipe_r);
+  if (d->pipe_w >= 0) close(d->pipe_w);
+  free(d->buf);
+}
+
+/* Ends a relay: both sides closed (reset when flags has PH_RESET), the record posted. */
+static void finish(struct relay *r, uint32_t flags, int err) {
+  if (r->closed) return;
+  r->closed = 1;
+  for (int i = 0; i < 2; i++) {
+    epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[i], NULL);
+    if (flags & PH_RESET) reset_fd(r->fd[i]);
+    else close(r->fd[i]);
+  }
+  if (r->d[0].spliced) flags |= PH_SPLICE_AB;
+  if (r->d[1].spliced) flags |= PH_SPLICE_BA;
+  struct record rec = { REC_RELAY_DONE, r->id, flags, (uint32_t)err, r->d[0].bytes, r->d[1].bytes };
+  pthread_mutex_lock(&lock);
+  slots[r->id - 1] = NULL; /* counters now come from the record; the id stays taken */
+  pthread_mutex_unlock(&lock);
+  dir_free(&r->d[0]);
+  dir_free(&r->d[1]);
+  r->next_pending = graveyard;
+  graveyard = r;
+  post(rec);
+}
+
+static int to_copy(struct dir *d) {
+  if (d->pipe_r >= 0) { close(d->pipe_r); close(d->pipe_w); d->pipe_r = d->pipe_w = -1; }
+  d->spliced = 0;
+  d->cap = PH_COPY_SIZE;
+  char *b = realloc(d->buf, d->cap);
+  if (!b) return -ENOMEM;
+  d->buf = b;
+  return 0;
+}
+
+/*
+ * Moves what can be moved in one direction without blocking. Returns 0 when it would block
+ * (or is done), 1 when the budget ran out with more to do, or -errno with *side = 0 (the
+ * source) or 1 (the destination) on an error.
+ */
+static int pump(struct dir *d, int *side) {
+  for (int budget = PH_BUDGET; budget > 0; budget--) {
+    int progressed = 0;
+    int pipe_mode = d->pipe_r >= 0;
+    if (!d->src_eof && (pipe_mode ? d->queued < d->cap : d->queued == 0)) {
+      ssize_t n = pipe_mode
+        ? splice(d->src, NULL, d->pipe_w, NULL, d->cap - d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        : read(d->src, d->buf, d->cap);
+      if (n > 0) {
+        d->queued += (size_t)n;
+        if (!pipe_mode) d->off = 0;
+        progressed = 1;
+      } else if (n == 0) {
+        d->src_eof = 1;
+        progressed = 1;
+      } else if (errno == EINTR) {
+        continue;
+      } else if (errno == EINVAL && pipe_mode && d->queued == 0) {
+        int e = to_copy(d); /* this socket family cannot splice */
+        if (e) { *side = 0; return e; }
+        continue;
+      } else if (errno != EAGAIN) {
+        *side = 0;
+        return NEG_ERRNO;
+      }
+    }
+    if (d->queued > 0) {
+      ssize_t m = d->pipe_r >= 0
+        ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (m > 0) {
+        d->queued -= (size_t)m;
+        if (d->pipe_r < 0) d->off += (size_t)m;
+        __atomic_fetch_add(&d->bytes, (uint64_t)m, __ATOMIC_RELAXED);
+        __atomic_fetch_add(d->pipe_r >= 0 ? &total_spliced : &total_copied, (uint64_t)m, __ATOMIC_RELAXED);
+        progressed = 1;
+      } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
+        *side = 1;
+        return NEG_ERRNO;
+      }
+    }
+    if (d->src_eof && d->queued == 0 && !d->shut && !d->hold) {
+      d->shut = 1;
+      if (shutdown(d->dst, SHUT_WR) != 0 && errno != ENOTCONN) { *side = 1; return NEG_ERRNO; }
+    }
+    if (!progressed) return 0;
+  }
+  return 1;
+}
+
+static void ready_push(struct relay **ready, struct relay *r) {
+  if (r->in_ready) return;
+  r->in_ready = 1;
+  r->next_ready = *ready;
+  *ready = r;
+}
+
+/* Pumps both directions; a relay with more to do goes back on the ready list. */
+static void run(struct relay *r, struct relay **ready) {
+  if (r->failing) {
+    /* Data the failed side sent before its reset still reaches the other side, then the reset. */
+    struct dir *d = &r->d[r->fail_dir];
+    int side = 0;
+    int res = pump(d, &side);
+    if (res < 0 || d->queued == 0) { finish(r, r->fail_flags, r->fail_err); return; }
+    if (res > 0) { ready_push(ready, r); return; }
+    int i = r->fail_dir == 0 ? 1 : 0; /* the fd that d writes */
+    if (!r->want_out[i]) {
+      struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | EPOLLOUT, .data.ptr = r };
+      if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = 1;
+    }
+    return;
+  }
+  int more = 0;
+  for (int i = 0; i < 2; i++) {
+    int side = 0;
+    int res = pump(&r->d[i], &side);
+    if (res < 0) {
+      /* d[0] reads a, writes b; d[1] reads b, writes a. */
+      int on_b = (i == 0) == (side == 1);
+      uint32_t flags = PH_RESET | (on_b ? PH_ERR_B : PH_ERR_A);
+      if (side == 0 && r->d[i].queued > 0) {
+        r->failing = 1;
+        r->fail_dir = i;
+        r->fail_flags = flags;
+        r->fail_err = (uint32_t)-res;
+        r->d[i].src_eof = r->d[i].hold = 1;
+        ready_push(ready, r);
+      } else {
+        finish(r, flags, (uint32_t)-res);
+      }
+      return;
+    }
+    more |= res;
+  }
+  if (r->d[0].shut && r->d[1].shut) { finish(r, 0, 0); return; }
+  if (more) { ready_push(ready, r); return; }
+  /* Writability matters only while bytes wait for it: asking for it always would wake the
+   * thread on every ACK (TCP) or read (unix) on the other end. d[0] writes fd[1], d[1] fd[0]. */
+  for (int i = 0; i < 2; i++) {
+    int want = r->d[1 - i].queued > 0;
+    if (want == r->want_out[i]) continue;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0), .data.ptr = r };
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = want;
+  }
+}
+
+/* A socket error on a side whose reading is over (reads report the others themselves, after
+ * the data that came before the error). */
+static void check_errors(struct relay *r) {
+  if (r->failing) return;
+  for (int i = 0; i < 2; i++) {
+    if (!r->d[i].src_eof) continue;
+    int e = -ph_socket_error(r->fd[i]);
+    if (e <= 0) continue;
+    /* What side i sent before failing (queued in d[i]) still goes out first. */
+    if (r->d[i].queued > 0) {
+      r->failing = 1;
+      r->fail_dir = i;
+      r->fail_flags = PH_RESET | (i ? PH_ERR_B : PH_ERR_A);
+      r->fail_err = (uint32_t)e;
+      r->d[i].src_eof = r->d[i].hold = 1;
+    } else {
+      finish(r, PH_RESET | (i ? PH_ERR_B : PH_ERR_A), (uint32_t)e);
+    }
+    return;
+  }
+}
+
+static void take_pending(struct relay **ready) {
+  pthread_mutex_lock(&lock);
+  struct relay *list = pending;
+  pending = NULL;
+  int aborts = abort_requested;
+  abort_requested = 0;
+  pthread_mutex_unlock(&lock);
+  for (struct relay *r = list, *next; r; r = next) {
+    next = r->next_pending;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = r };
+    for (int i = 0; i < 2; i++) {
+      if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[i], &ev) != 0) {
+        int e = errno;
+        if (i == 1) epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
+        finish(r, PH_RESET, (uint32_t)e);
+        break;
+      }
+    }
+    if (!r->closed) ready_push(ready, r);
+  }
+  if (!aborts) return;
+  for (int i = 0; i < PH_MAX_RELAYS; i++) {
+    pthread_mutex_lock(&lock);
+    struct relay *r = slot_abort[i] ? slots[i] : NULL;
+    slot_abort[i] = 0;
+    pthread_mutex_unlock(&lock);
+    if (r && !r->closed) finish(r, PH_RESET | PH_ABORTED, ECONNABORTED);
+  }
+}
+
+static void *relay_thread(void *unused) {
+  (void)unused;
+  /* Signals are the runtime's business: none is delivered on this thread. A SIGPIPE that a
+   * splice() to a closed socket raises stays pending here, harmlessly. */
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  prctl(PR_SET_NAME, "porthole-relay"); /* its own name in top and perf */
+  struct epoll_event events[256];
+  struct relay *ready = NULL;
+  for (;;) {
+    int n = epoll_wait(epfd, events, 256, ready ? 0 : -1);
+    if (n < 0 && errno != EINTR) return NULL;
+    for (int i = 0; i < n; i++) {
+      uint64_t tag = events[i].data.u64;
+      if (events[i].data.ptr == &wake_fd) {
+        uint64_t v;
+        while (read(wake_fd, &v, sizeof v) > 0) {}
+        take_pending(&ready);
+      } else if (events[i].data.ptr == &notify_fd) {
+        flush_records();
+      } else if (tag & WATCH_TAG) {
+        struct record rec = { REC_READY, (uint32_t)tag, events[i].events, (uint32_t)(tag >> 32) & 0x7fffffffu, 0, 0 };
+        post(rec);
+      } else {
+        struct relay *r = events[i].data.ptr;
+        if (r->closed) continue;
+        if (events[i].events & EPOLLERR) check_errors(r);
+        if (!r->closed) ready_push(&ready, r);
+      }
+    }
+    /* Each ready relay gets one budget's worth per round, so one fast relay cannot starve
+     * the others. */
+    struct relay *round = ready;
+    ready = NULL;
+    for (struct relay *r = round, *next; r; r = next) {
+      next = r->next_ready;
+      r->in_ready = 0;
+      if (!r->closed) run(r, &ready);
+    }
+    /* Finished relays go only now: events of this batch may still have named them, and the
+     * ready list holds none that is closed. */
+    while (graveyard) {
+      struct relay *r = graveyard;
+      graveyard = r->next_pending;
+      free(r);
+    }
+  }
+  return NULL;
+}
+
+/*
+ * Starts the relay thread (once) and returns the fd that the event loop watches for
+ * records; the same fd on every call. -errno when it cannot start.
+ */
+int ph_relay_start(void) {
+  pthread_mutex_lock(&lock);
+  int result = notify_js;
+  if (result >= 0) goto out;
+  int pair[2] = { -1, -1 };
+  epfd = epoll_create1(EPOLL_CLOEXEC);
+  wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epfd < 0 || wake_fd < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) != 0) {
+    result = NEG_ERRNO;
+    goto fail;
+  }
+  int big = 1 << 20;
+  setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+  struct epoll_event wake = { .events = EPOLLIN, .data.ptr = &wake_fd };
+  struct epoll_event out = { .events = EPOLLOUT | EPOLLET, .data.ptr = &notify_fd };
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, wake_fd, &wake) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, pair[0], &out) != 0) {
+    result = NEG_ERRNO;
+    goto fail;
+  }
+  notify_fd = pair[0];
+  pthread_t t;
+  int e = pthread_create(&t, NULL, relay_thread, NULL);
+  if (e) { result = -e; notify_fd = -1; goto fail; }
+  pthread_detach(t);
+  notify_js = result = pair[1];
+  goto out;
+fail:
+  if (pair[0] >= 0) { close(pair[0]); close(pair[1]); }
+  if (epfd >= 0) close(epfd);
+  if (wake_fd >= 0) close(wake_fd);
+  epfd = wake_fd = -1;
+out:
+  pthread_mutex_unlock(&lock);
+  return result;
+}
+
+static void wake(void) {
+  uint64_t one = 1;
+  ssize_t r = write(wake_fd, &one, sizeof one);
+  (void)r; /* EAGAIN: the counter is already non-zero, the thread will wake */
+}
+
+static int dir_init(struct dir *d, int src, int dst, int copy, const uint8_t *first, int first_len) {
+  d->src = src;
+  d->dst = dst;
+  d->pipe_r = d->pipe_w = -1;
+  int p[2];
+  if (!copy && pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+    d->pipe_r = p[0];
+    d->pipe_w = p[1];
+    int size = fcntl(p[1], F_SETPIPE_SZ, PH_PIPE_SIZE);
+    if (size < 0) size = fcntl(p[1], F_GETPIPE_SZ);
+    d->cap = size > 0 ? (size_t)size : 65536;
+    d->spliced = 1;
+  } else if (to_copy(d) != 0) {
+    return -ENOMEM;
+  }
+  if (first_len > 0) {
+    /* Bytes JavaScript had already read go out first. */
+    if (d->pipe_w >= 0 && (size_t)first_len <= d->cap && write(d->pipe_w, first, (size_t)first_len) == first_len) {
+      d->queued = (size_t)first_len;
+    } else {
+      if ((size_t)first_len > PH_COPY_SIZE || to_copy(d) != 0) return -ENOBUFS;
+      memcpy(d->buf, first, (size_t)first_len);
+      d->off = 0;
+      d->queued = (size_t)first_len;
+    }
+  }
+  return 0;
+}
+
+/*
+ * Relays between two connected stream sockets until both directions ended or one failed.
+ * Both fds are dup()ed: the caller closes its own. to_b/to_a: bytes already read by the
+ * caller that must reach b (resp. a) before anything else. flags: PH_FORCE_COPY to use
+ * read()/send() both ways. Returns the relay's id (> 0), or -errno.
+ */
+int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
+  if (notify_js < 0) return -ENOTCONN;
+  struct relay *r = calloc(1, sizeof *r);
+  if (!r) return -ENOMEM;
+  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
+  r->fd[1] = r->fd[0] < 0 ? -1 : fcntl(fd_b, F_DUPFD_CLOEXEC, 0);
+  int e = 0;
+  if (r->fd[0] < 0 || r->fd[1] < 0) e = NEG_ERRNO;
+  if (!e) {
+    set_nonblock(r->fd[0]);
+    set_nonblock(r->fd[1]);
+    int copy = flags & PH_FORCE_COPY;
+    e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
+    if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
+  }
+  int slot = -1;
+  if (!e) {
+    pthread_mutex_lock(&lock);
+    static int hint = 0;
+    for (int i = 0; i < PH_MAX_RELAYS; i++) {
+      int s = (hint + i) % PH_MAX_RELAYS;
+      if (!slot_taken[s]) { slot = s; break; }
+    }
+    if (slot >= 0) {
+      hint = slot + 1;
+      slot_taken[slot] = 1;
+      slots[slot] = r;
+      r->id = (uint32_t)slot + 1;
+      r->next_pending = pending;
+      pending = r;
+      total_relays++;
+    }
+    pthread_mutex_unlock(&lock);
+    if (slot < 0) e = -EMFILE;
+  }
+  if (e) {
+    for (int i = 0; i < 2; i++) if (r->fd[i] >= 0) close(r->fd[i]);
+    dir_free(&r->d[0]);
+    dir_free(&r->d[1]);
+    free(r);
+    return e;
+  }
+  wake();
+  return slot + 1;
+}
+
+/* out[0] = bytes a -> b, out[1] = bytes b -> a so far; -ENOENT once it finished. */
+int ph_relay_counters(uint32_t id, uint64_t *out) {
+  if (id < 1 || id > PH_MAX_RELAYS) return -EINVAL;
+  pthread_mutex_lock(&lock);
+  struct relay *r = slots[id - 1];
+  if (r) {
+    out[0] = __atomic_load_n(&r->d[0].bytes, __ATOMIC_RELAXED);
+    out[1] = __atomic_load_n(&r->d[1].bytes, __ATOMIC_RELAXED);
+  }
+  pthread_mutex_unlock(&lock);
+  return r ? 0 : -ENOENT;
+}
+
+/* Resets both sides of a running relay (its record follows, with PH_ABORTED). */
+int ph_relay_abort(uint32_t id) {
+  if (id < 1 || id > PH_MAX_RELAYS) return -EINVAL;
+  pthread_mutex_lock(&lock);
+  int live = slots[id - 1] != NULL;
+  if (live) { slot_abort[id - 1] = 1; abort_requested = 1; }
+  pthread_mutex_unlock(&lock);
+  if (live) wake();
+  return live ? 0 : -ENOENT;
+}
+
+/* After its record was read: the id may be given to a new relay. */
+int ph_relay_release(uint32_t id) {
+  if (id < 1 || id > PH_MAX_RELAYS) return -EINVAL;
+  pthread_mutex_lock(&lock);
+  int ok = slots[id - 1] == NULL && slot_taken[id - 1];
+  if (ok) slot_taken[id - 1] = 0;
+  pthread_mutex_unlock(&lock);
+  return ok ? 0 : -EBUSY;
+}
+
+/* out: relays started, bytes moved with splice(), bytes moved with read()/send(). */
+int ph_relay_totals(uint64_t *out) {
+  pthread_mutex_lock(&lock);
+  out[0] = total_relays;
+  pthread_mutex_unlock(&lock);
+  out[1] = __atomic_load_n(&total_spliced, __ATOMIC_RELAXED);
+  out[2] = __atomic_load_n(&total_copied, __ATOMIC_RELAXED);
+  return 0;
+}
+
+/*
+ * Asks for one REC_READY record (id = token, flags = epoll events) when fd becomes ready for
+ * `events` (EPOLLIN 1, EPOLLOUT 4); call again after each record to keep watching.
+ */
+int ph_watch(int fd, uint32_t events, uint32_t token) {
+  if (epfd < 0) return -ENOTCONN;
+  if (fd < 0) return -EBADF;
+  struct epoll_event ev = { .events = events | EPOLLONESHOT, .data.u64 = WATCH_TAG | ((uint64_t)fd << 32) | token };
+  if (epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0) return 0;
+  if (errno == ENOENT && epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0) return 0;
+  return NEG_ERRNO;
+}
+
+/* Stops watching fd (before closing it). */
+int ph_unwatch(int fd) {
+  if (epfd < 0) return -ENOTCONN;
+  return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : NEG_ERRNO;
 }

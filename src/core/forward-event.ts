@@ -15,6 +15,7 @@ export type AgentEventType =
   | "ssh-disconnected"
   | "ssh-unreachable"
   | "path-changed"
+  | "relay-selected"
   | "warning";
 
 export interface ForwardEvent {
@@ -111,6 +112,8 @@ export function formatEventText(e: HostEvent): string {
           ? `Using the ${e.path} path to ${e.address}: ${e.reason}`
           : `Not using the ${e.path} path to ${e.address}: ${e.reason}${retry}`;
       }
+      case "relay-selected":
+        return `Relay: ${e.message}`;
     }
   }
   const proto = q(e.protocol.toUpperCase());

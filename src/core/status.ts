@@ -29,6 +29,23 @@ export interface PathTraffic {
   fallbacks: number;
 }
 
+/** Which relay moves the bytes of forwarded connections, and what it moved. */
+export interface RelayStatus {
+  /** "native" (splice), "native-copy" (read/send) or "javascript". */
+  mode: string;
+  /** Why JavaScript relays, when it does. */
+  reason?: string;
+  /** Connections handed to the native relay, those open now, and the bytes it moved. */
+  nativeRelays: number;
+  open: number;
+  bytesSpliced: number;
+  bytesCopied: number;
+  /** Connections the JavaScript relay carried. */
+  javascriptRelays: number;
+  /** Connections the native relay ended with a reset (an error on either side). */
+  resets: number;
+}
+
 export interface AgentStatus {
   agent: {
     version: string;
@@ -45,6 +62,7 @@ export interface AgentStatus {
   forwards: ForwardRow[];
   notForwarded: ForwardRow[];
   events: Record<string, number>;
+  relay?: RelayStatus;
 }
 
 function bytes(n = 0): string {

@@ -7,7 +7,8 @@ import * as net from "node:net";
 import { noteDialError } from "./fd-pressure.ts";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { resetSocket, spliceFramed, spliceSockets } from "../transport/tunnel-relay.ts";
+import { joinSockets } from "../transport/fast-relay.ts";
+import { resetSocket, spliceFramed } from "../transport/tunnel-relay.ts";
 
 const HEADER_TIMEOUT_MS = 5000;
 /** At most one log line per this long about refused streams (anything may connect here). */
@@ -78,11 +79,11 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
       stream.write(Buffer.of(STATUS_CONNECTED));
       if (header.framed) {
         spliceFramed(upstream, stream, header.rest, (why) => refuse(`data path: closed a stream from the host that broke its framing (${why})`));
+        stream.resume();
       } else {
         if (header.rest.length) upstream.write(header.rest);
-        spliceSockets(stream, upstream);
+        joinSockets(stream, upstream);
       }
-      stream.resume();
     });
   };
   stream.on("data", onData);

@@ -5,6 +5,7 @@ import { formatTransportAddress, type TransportAddress } from "../core/transport
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
+import { prepareRelay } from "../transport/fast-relay.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.ts";
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
@@ -69,6 +70,7 @@ export class GuestAgent {
       portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints, directProofPort: () => this.proof?.port ?? 0 }),
     );
     await this.watcher.start();
+    await prepareRelay(this.options.log);
     this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     try {

@@ -3,6 +3,7 @@ import type { FSWatcher } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { AgentStatus } from "../core/status.ts";
+import { prepareRelay, relayStatus } from "../transport/fast-relay.ts";
 import { ControlServer } from "./control-server.ts";
 import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { logText } from "../core/log-text.ts";
@@ -158,6 +159,7 @@ export class HostAgent {
   }
 
   async start(): Promise<void> {
+    await prepareRelay((message) => this.emit({ type: "relay-selected", message }));
     const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
     if (controlPath) {
       const control = new ControlServer(controlPath, () => this.status(), (message) => this.log(message));
@@ -293,6 +295,7 @@ export class HostAgent {
       forwards: forwards.map((f) => ({ ...f, paths: this.router.traffic(f.key) })),
       notForwarded,
       events: this.eventCounts,
+      relay: relayStatus(),
     };
   }
 

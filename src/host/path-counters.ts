@@ -3,6 +3,7 @@
 // user) can see that bytes went direct, over the data path, gRPC or SSH, not only which
 // path was planned.
 import type * as net from "node:net";
+import { afterRelay, relayedBytes } from "../transport/fast-relay.ts";
 
 export interface PathTraffic {
   /** Connections that took this path since the agent started. */
@@ -36,12 +37,16 @@ export class PathCounters {
       let set = this.live.get(key);
       if (!set) this.live.set(key, (set = new Set()));
       set.add(socket);
-      socket.once("close", () => {
-        set!.delete(socket);
-        const t = this.entry(key);
-        t.bytesIn += socket.bytesRead;
-        t.bytesOut += socket.bytesWritten;
-      });
+      // A connection handed to the native relay lives on after its socket object closes.
+      socket.once("close", () =>
+        afterRelay(socket, () => {
+          set!.delete(socket);
+          const t = this.entry(key);
+          const { read, written } = relayedBytes(socket);
+          t.bytesIn += read;
+          t.bytesOut += written;
+        }),
+      );
     }
   }
 
@@ -59,8 +64,9 @@ export class PathCounters {
       const live = this.live.get(key) ?? new Set();
       let [bytesIn, bytesOut] = [t.bytesIn, t.bytesOut];
       for (const s of live) {
-        bytesIn += s.bytesRead;
-        bytesOut += s.bytesWritten;
+        const { read, written } = relayedBytes(s);
+        bytesIn += read;
+        bytesOut += written;
       }
       out[key.slice(prefix.length)] = { ...t, open: live.size, bytesIn, bytesOut };
     }

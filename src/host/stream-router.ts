@@ -18,7 +18,8 @@ import type { PlannedForward } from "../core/forward-plan.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { resetSocket, spliceFramed, spliceSockets } from "../transport/tunnel-relay.ts";
+import { afterRelay, joinSockets, resetConnection } from "../transport/fast-relay.ts";
+import { resetSocket, spliceFramed } from "../transport/tunnel-relay.ts";
 import { DirectPaths } from "./direct-paths.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
 import { PathCounters, type PathTraffic } from "./path-counters.ts";
@@ -76,11 +77,7 @@ export class StreamRouter {
     const sockets = this.openDirect.get(ip);
     this.openDirect.delete(ip);
     if (!sockets?.size) return;
-    // The client first: once the upstream is gone, its relay could take the close for an EOF.
-    for (const [client, upstream] of sockets) {
-      resetSocket(client);
-      resetSocket(upstream);
-    }
+    for (const [client, upstream] of sockets) resetConnection(client, upstream);
     this.report({ type: "path-changed", address: ip, path: "direct", state: "unusable", reason: `the guest address stopped answering; reset its ${sockets.size} open direct connection(s)` });
   }
 
@@ -197,12 +194,13 @@ export class StreamRouter {
         this.succeeded(failureKey, plan);
         this.counters.took(path, plan.key, client);
         if (directIP) this.trackDirect(directIP, client, stream);
-        if (framed) spliceFramed(client, stream, initial);
-        else {
+        if (framed) {
+          spliceFramed(client, stream, initial);
+          client.resume();
+        } else {
           if (initial?.length) client.write(initial);
-          spliceSockets(client, stream);
+          joinSockets(client, stream);
         }
-        client.resume();
       },
       (err: NodeJS.ErrnoException) => {
         if (client.destroyed) return;
@@ -231,7 +229,8 @@ export class StreamRouter {
     const open = set;
     const pair: [net.Socket, net.Socket] = [client, upstream];
     open.add(pair);
-    upstream.once("close", () => open.delete(pair));
+    // A connection handed to the native relay lives on after its socket objects close.
+    upstream.once("close", () => afterRelay(upstream, () => open.delete(pair)));
   }
 
   private failed(key: string, plan: PlannedForward, path: DataPath, error: string): void {

@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import type { HostTarget, PlannedForward } from "../core/forward-plan.ts";
+import { afterRelay, dropConnection, relayedBytes } from "../transport/fast-relay.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
 import { HostForward, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
@@ -27,11 +28,15 @@ export class TcpForward extends HostForward {
     let closedOut = 0;
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
       sockets.add(socket);
-      socket.once("close", () => {
-        sockets.delete(socket);
-        closedIn += socket.bytesRead;
-        closedOut += socket.bytesWritten;
-      });
+      // A connection handed to the native relay lives on after its socket object closes.
+      socket.once("close", () =>
+        afterRelay(socket, () => {
+          sockets.delete(socket);
+          const { read, written } = relayedBytes(socket);
+          closedIn += read;
+          closedOut += written;
+        }),
+      );
       try {
         this.onConnection(socket, this.plan);
       } catch (err) {
@@ -61,14 +66,15 @@ export class TcpForward extends HostForward {
         if (host.kind === "unix") fs.rmSync(host.path, { force: true });
       },
       dropAll: () => {
-        for (const s of sockets) s.destroy();
+        for (const s of sockets) dropConnection(s);
       },
       traffic: (): Traffic => {
         let bytesIn = closedIn;
         let bytesOut = closedOut;
         for (const s of sockets) {
-          bytesIn += s.bytesRead;
-          bytesOut += s.bytesWritten;
+          const { read, written } = relayedBytes(s);
+          bytesIn += read;
+          bytesOut += written;
         }
         return { connections: sockets.size, bytesIn, bytesOut };
       },

@@ -7,7 +7,6 @@ export interface NativeShim {
   vsockGetsockname(fd: number, out: Uint32Array): number;
   /** Non-blocking; peer[0] = cid, peer[1] = port. */
   vsockAccept(fd: number, peer: Uint32Array): number;
-  vsockConnect(cid: number, port: number, timeoutMs: number): number;
   vsockLocalCid(): number;
   close(fd: number): number;
   /** fds[0], fds[1]: a connected pair of unix stream sockets. */
@@ -16,6 +15,23 @@ export interface NativeShim {
   diagListeners(buf: Uint8Array, cap: number, protocols: number): number;
   diagSubscribe(): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
+  /** Starts a non-blocking vsock connect; the fd is connected or in progress (see watch). */
+  vsockConnectStart(cid: number, port: number): number;
+  /** SO_ERROR as -errno, or 0. */
+  socketError(fd: number): number;
+  /** Starts the relay thread (once); the fd whose bytes are the relay's records. */
+  relayStart(): number;
+  /** Dup()s both fds and relays between them; toB/toA go out first. Returns the relay id. */
+  relayAdd(fdA: number, fdB: number, toB: Uint8Array, toBLen: number, toA: Uint8Array, toALen: number, flags: number): number;
+  /** out[0] = bytes a -> b, out[1] = bytes b -> a; -ENOENT once finished. */
+  relayCounters(id: number, out: BigUint64Array): number;
+  relayAbort(id: number): number;
+  relayRelease(id: number): number;
+  /** out: relays started, bytes spliced, bytes copied. */
+  relayTotals(out: BigUint64Array): number;
+  /** One ready record (token) when fd is ready for events (1 in, 4 out). */
+  watch(fd: number, events: number, token: number): number;
+  unwatch(fd: number): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -26,13 +42,22 @@ export const SIGNATURES = {
   ph_vsock_bind_listen: { args: ["i32", "u32", "u32", "i32"], returns: "i32" },
   ph_vsock_getsockname: { args: ["i32", "ptr"], returns: "i32" },
   ph_vsock_accept: { args: ["i32", "ptr"], returns: "i32" },
-  ph_vsock_connect: { args: ["u32", "u32", "i32"], returns: "i32" },
   ph_vsock_local_cid: { args: [], returns: "i32" },
   ph_close: { args: ["i32"], returns: "i32" },
   ph_socketpair: { args: ["ptr"], returns: "i32" },
   ph_diag_listeners: { args: ["ptr", "i32", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
+  ph_vsock_connect_start: { args: ["u32", "u32"], returns: "i32" },
+  ph_socket_error: { args: ["i32"], returns: "i32" },
+  ph_relay_start: { args: [], returns: "i32" },
+  ph_relay_add: { args: ["i32", "i32", "ptr", "i32", "ptr", "i32", "i32"], returns: "i32" },
+  ph_relay_counters: { args: ["u32", "ptr"], returns: "i32" },
+  ph_relay_abort: { args: ["u32"], returns: "i32" },
+  ph_relay_release: { args: ["u32"], returns: "i32" },
+  ph_relay_totals: { args: ["ptr"], returns: "i32" },
+  ph_watch: { args: ["i32", "u32", "u32"], returns: "i32" },
+  ph_unwatch: { args: ["i32"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -47,13 +72,22 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     vsockBindListen: (fd, cid, port, backlog) => num("ph_vsock_bind_listen", fd, cid, port, backlog),
     vsockGetsockname: (fd, out) => num("ph_vsock_getsockname", fd, out),
     vsockAccept: (fd, peer) => num("ph_vsock_accept", fd, peer),
-    vsockConnect: (cid, port, timeoutMs) => num("ph_vsock_connect", cid, port, timeoutMs),
     vsockLocalCid: () => num("ph_vsock_local_cid"),
     close: (fd) => num("ph_close", fd),
     socketpair: (fds) => num("ph_socketpair", fds),
     diagListeners: (buf, cap, protocols) => num("ph_diag_listeners", buf, cap, protocols),
     diagSubscribe: () => num("ph_diag_subscribe"),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
+    vsockConnectStart: (cid, port) => num("ph_vsock_connect_start", cid, port),
+    socketError: (fd) => num("ph_socket_error", fd),
+    relayStart: () => num("ph_relay_start"),
+    relayAdd: (a, b, toB, toBLen, toA, toALen, flags) => num("ph_relay_add", a, b, toB, toBLen, toA, toALen, flags),
+    relayCounters: (id, out) => num("ph_relay_counters", id, out),
+    relayAbort: (id) => num("ph_relay_abort", id),
+    relayRelease: (id) => num("ph_relay_release", id),
+    relayTotals: (out) => num("ph_relay_totals", out),
+    watch: (fd, events, token) => num("ph_watch", fd, events, token),
+    unwatch: (fd) => num("ph_unwatch", fd),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

@@ -1,0 +1,159 @@
+// The shim's relay thread as the event loop sees it: joined fd pairs whose bytes move in
+// native code, and fds whose readiness the thread reports. Its records arrive as the bytes of
+// one socket the runtime adopts (like the netlink watcher's), so nothing here polls.
+import type * as net from "node:net";
+import { check, type NativeShim } from "./native-api.ts";
+import { socketFromFd } from "./fd-socket.ts";
+import { runtimeName } from "./self.ts";
+
+const RECORD_BYTES = 32;
+const REC_RELAY_DONE = 1;
+const REC_READY = 2;
+/** Record flags (native/porthole_shim.c). */
+export const RELAY_RESET = 1;
+export const RELAY_SPLICE_AB = 2;
+export const RELAY_SPLICE_BA = 4;
+export const RELAY_ABORTED = 32;
+const FORCE_COPY = 1;
+export const EPOLLIN = 1;
+export const EPOLLOUT = 4;
+
+export interface RelayEnd {
+  flags: number;
+  /** errno of the error that ended it (0: both sides ended with EOF). */
+  err: number;
+  aToB: number;
+  bToA: number;
+}
+
+/** Why this runtime's sockets cannot be handed to the native relay, if they cannot. */
+export function fdsHidden(): string | undefined {
+  // Deno's node:net sockets wrap Deno.Conn resources, which have no fd to hand over.
+  return runtimeName() === "deno" ? "Deno's sockets do not expose their file descriptors" : undefined;
+}
+
+/** The fd a runtime's socket object reads and writes, where the runtime tells it. */
+export function socketFd(socket: net.Socket): number | undefined {
+  // Bun's and Node's socket handles both carry the fd as `_handle.fd` (Node: TCP and Pipe wraps).
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === "number" && fd >= 0 ? fd : undefined;
+}
+
+let shared: NativeRelayLoop | undefined;
+
+/** The process's one relay loop (the shim has one relay thread); throws where it cannot start. */
+export function sharedRelayLoop(shim: NativeShim): NativeRelayLoop {
+  shared ??= NativeRelayLoop.start(shim);
+  return shared;
+}
+
+export class NativeRelayLoop {
+  private readonly done = new Map<number, (end: RelayEnd) => void>();
+  private readonly ready = new Map<number, (events: number) => void>();
+  private nextToken = 1;
+  private pending: Buffer = Buffer.alloc(0);
+  private readonly counters = new BigUint64Array(2);
+  private readonly empty = new Uint8Array(1);
+
+  private constructor(
+    private readonly shim: NativeShim,
+    private readonly records: net.Socket,
+  ) {
+    records.on("data", (chunk: Buffer) => this.onRecords(chunk));
+    // The thread lives as long as the process: a lost records socket cannot be replaced, so
+    // the loop is no longer usable (callers fall back; see `broken`).
+    records.once("error", (err) => (this.broken = err.message));
+    records.once("close", () => (this.broken ??= "the relay's records socket closed"));
+    records.unref();
+  }
+
+  broken: string | undefined;
+
+  /** Starts the shim's relay thread; throws where it cannot (the caller falls back). */
+  static start(shim: NativeShim): NativeRelayLoop {
+    const fd = check(shim, shim.relayStart(), "relay thread");
+    return new NativeRelayLoop(shim, socketFromFd(fd));
+  }
+
+  /** Relays fdA <-> fdB (both dup()ed by the shim); `onEnd` gets the record when it ends. */
+  add(fdA: number, fdB: number, toB: Uint8Array, toA: Uint8Array, copy: boolean, onEnd: (end: RelayEnd) => void): number {
+    const id = check(
+      this.shim,
+      this.shim.relayAdd(fdA, fdB, toB.length ? toB : this.empty, toB.length, toA.length ? toA : this.empty, toA.length, copy ? FORCE_COPY : 0),
+      "relay",
+    );
+    this.done.set(id, onEnd);
+    return id;
+  }
+
+  /** Bytes moved so far each way, or undefined once it ended. */
+  progress(id: number): { aToB: number; bToA: number } | undefined {
+    if (this.shim.relayCounters(id, this.counters) < 0) return undefined;
+    return { aToB: Number(this.counters[0]), bToA: Number(this.counters[1]) };
+  }
+
+  openRelays(): number {
+    return this.done.size;
+  }
+
+  abort(id: number): void {
+    this.shim.relayAbort(id);
+  }
+
+  totals(): { relays: number; spliced: number; copied: number } {
+    const out = new BigUint64Array(3);
+    this.shim.relayTotals(out);
+    return { relays: Number(out[0]), spliced: Number(out[1]), copied: Number(out[2]) };
+  }
+
+  /** Calls `onReady` once when fd is ready for `events` (EPOLLIN, EPOLLOUT). Returns a cancel. */
+  watchOnce(fd: number, events: number, onReady: (events: number) => void): () => void {
+    const token = this.nextToken++ >>> 0 || this.nextToken++;
+    this.ready.set(token, onReady);
+    const r = this.shim.watch(fd, events, token);
+    if (r < 0) {
+      this.ready.delete(token);
+      check(this.shim, r, `watch fd ${fd}`);
+    }
+    return () => {
+      if (this.ready.delete(token)) this.shim.unwatch(fd);
+    };
+  }
+
+  /** Stops watching fd (before it is closed). */
+  unwatch(fd: number): void {
+    this.shim.unwatch(fd);
+  }
+
+  private onRecords(chunk: Buffer): void {
+    const buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    const whole = buf.length - (buf.length % RECORD_BYTES);
+    for (let at = 0; at < whole; at += RECORD_BYTES) {
+      const kind = buf.readUInt32LE(at);
+      const id = buf.readUInt32LE(at + 4);
+      const flags = buf.readUInt32LE(at + 8);
+      const err = buf.readUInt32LE(at + 12);
+      if (kind === REC_RELAY_DONE) {
+        const end = { flags, err, aToB: Number(buf.readBigUInt64LE(at + 16)), bToA: Number(buf.readBigUInt64LE(at + 24)) };
+        const onEnd = this.done.get(id);
+        this.done.delete(id);
+        this.shim.relayRelease(id);
+        safely(() => onEnd?.(end));
+      } else if (kind === REC_READY) {
+        const onReady = this.ready.get(id);
+        this.ready.delete(id);
+        safely(() => onReady?.(flags));
+      }
+    }
+    this.pending = Buffer.from(buf.subarray(whole));
+  }
+}
+
+/** A callback's exception must not stop the records after it (nor the agent). */
+function safely(fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    process.stderr.write(`porthole: a relay callback failed: ${(err as Error).stack ?? err}\n`);
+  }
+}

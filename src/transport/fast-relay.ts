@@ -1,0 +1,211 @@
+// Joins the two connected sockets of a forwarded connection. Where the native shim runs, the
+// bytes move in its relay thread (splice() through a pipe per direction) and never pass
+// through JavaScript: the runtime's socket objects hand over their fds and are destroyed.
+// Elsewhere (no shim, a runtime that does not show its fds, PORTHOLE_NATIVE_RELAY=0) today's
+// JavaScript relay (spliceSockets) carries them, and that is said once.
+//   PORTHOLE_NATIVE_RELAY=0     the JavaScript relay
+//   PORTHOLE_NATIVE_RELAY=copy  the native relay with read()/send() both ways (as where a
+//                               socket family cannot splice), for tests and the benchmark
+import type * as net from "node:net";
+import type { RelayStatus } from "../core/status.ts";
+import { loadNative } from "../runtime/native.ts";
+import { fdsHidden, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
+import { resetSocket, spliceSockets } from "./tunnel-relay.ts";
+
+interface Handed {
+  id: number;
+  /** This socket is side a (its reads are the a -> b direction). */
+  sideA: boolean;
+  baseRead: number;
+  baseWritten: number;
+  end?: RelayEnd;
+  waiters: (() => void)[];
+}
+
+let loop: NativeRelayLoop | undefined;
+let copyMode = false;
+let fallbackReason: string | undefined = "the relay was not prepared";
+let notice: (message: string) => void = () => {};
+let noticed = false;
+let javascriptRelays = 0;
+let resets = 0;
+const handed = new WeakMap<net.Socket, Handed>();
+
+/**
+ * Starts the native relay where it can run and says which relay carries connections, once,
+ * through `say` (also used later if the native relay has to give way).
+ */
+export async function prepareRelay(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<RelayStatus> {
+  notice = say;
+  const setting = env.PORTHOLE_NATIVE_RELAY ?? "";
+  if (setting === "0" || setting === "false") {
+    fallbackReason = `PORTHOLE_NATIVE_RELAY=${setting}`;
+  } else {
+    const { shim, error } = await loadNative();
+    try {
+      if (!shim) throw new Error(`the native shim did not load (${error})`);
+      const hidden = fdsHidden();
+      if (hidden) throw new Error(hidden);
+      loop ??= sharedRelayLoop(shim);
+      copyMode = setting === "copy";
+      fallbackReason = undefined;
+    } catch (err) {
+      fallbackReason = (err as Error).message;
+    }
+  }
+  if (fallbackReason) sayFallback(fallbackReason);
+  else say(`forwarded connections are relayed natively (${copyMode ? "read/send, PORTHOLE_NATIVE_RELAY=copy" : "splice"}); their bytes do not pass through JavaScript`);
+  return relayStatus();
+}
+
+function sayFallback(reason: string): void {
+  if (noticed) return;
+  noticed = true;
+  notice(
+    `forwarded connections are relayed in JavaScript, which is slower and costs more CPU: ${reason}. ` +
+      "The native relay needs the porthole shim (built by make) and Bun, Node or Deno on Linux; unset PORTHOLE_NATIVE_RELAY to use it.",
+  );
+}
+
+function usableLoop(): NativeRelayLoop | undefined {
+  if (loop?.broken && !fallbackReason) {
+    fallbackReason = `the native relay stopped: ${loop.broken}`;
+    sayFallback(fallbackReason);
+  }
+  return fallbackReason ? undefined : loop;
+}
+
+function javascript(a: net.Socket, b: net.Socket): void {
+  javascriptRelays++;
+  spliceSockets(a, b);
+  a.resume();
+  b.resume();
+}
+
+/** What either socket had already read and not yet delivered. */
+function drain(socket: net.Socket): Buffer {
+  const parts: Buffer[] = [];
+  for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null; ) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
+/**
+ * Relays between two connected sockets until both directions ended (EOF each way, passed on
+ * as a half-close) or one failed (both reset). Both sockets are paused until then; the
+ * caller's own handlers on them see them close when the native relay takes over (use
+ * `afterRelay` and `relayedBytes` for what happens later).
+ */
+export function joinSockets(a: net.Socket, b: net.Socket): void {
+  const native = usableLoop();
+  if (!native) return javascript(a, b);
+  a.pause();
+  b.pause();
+  const hand = () => {
+    if (a.destroyed || b.destroyed) {
+      resetSocket(a);
+      resetSocket(b);
+      return;
+    }
+    const fdA = socketFd(a);
+    const fdB = socketFd(b);
+    if (fdA === undefined || fdB === undefined) {
+      fallbackReason = "this runtime does not expose its sockets' file descriptors";
+      sayFallback(fallbackReason);
+      return javascript(a, b);
+    }
+    const toB = drain(a);
+    const toA = drain(b);
+    const sides: [net.Socket, Handed][] = [
+      [a, { id: 0, sideA: true, baseRead: a.bytesRead - toB.length, baseWritten: a.bytesWritten, waiters: [] }],
+      [b, { id: 0, sideA: false, baseRead: b.bytesRead - toA.length, baseWritten: b.bytesWritten, waiters: [] }],
+    ];
+    let id: number;
+    try {
+      id = native.add(fdA, fdB, toB, toA, copyMode, (end) => {
+        if (end.flags & RELAY_RESET) resets++;
+        for (const [, h] of sides) {
+          h.end = end;
+          for (const w of h.waiters.splice(0)) w();
+        }
+      });
+    } catch (err) {
+      // Out of relay slots or fds: this connection goes the JavaScript way, with what was read.
+      if (toB.length) b.write(toB);
+      if (toA.length) a.write(toA);
+      sayFallback(`the native relay refused a connection (${(err as Error).message})`);
+      return javascript(a, b);
+    }
+    for (const [socket, h] of sides) {
+      h.id = id;
+      handed.set(socket, h);
+      socket.destroy(); // closes only the runtime's fd: the relay holds its own dup()
+    }
+  };
+  // Bytes the runtime still has to write go out before the handover (an empty write's
+  // callback runs once everything before it is flushed).
+  const waiting = [a, b].filter((s) => s.writableLength > 0);
+  if (waiting.length === 0) return hand();
+  let left = waiting.length;
+  const abandon = () => {
+    resetSocket(a);
+    resetSocket(b);
+  };
+  a.once("close", abandon);
+  b.once("close", abandon);
+  for (const s of waiting) {
+    s.write(Buffer.alloc(0), (err) => {
+      if (err || --left > 0) return;
+      a.off("close", abandon);
+      b.off("close", abandon);
+      hand();
+    });
+  }
+}
+
+/** Bytes a socket has read and written, including what the native relay moved for it. */
+export function relayedBytes(socket: net.Socket): { read: number; written: number } {
+  const h = handed.get(socket);
+  if (!h) return { read: socket.bytesRead, written: socket.bytesWritten };
+  const moved = h.end ?? loop?.progress(h.id) ?? { aToB: 0, bToA: 0 };
+  const [read, written] = h.sideA ? [moved.aToB, moved.bToA] : [moved.bToA, moved.aToB];
+  return { read: h.baseRead + read, written: h.baseWritten + written };
+}
+
+/** Runs `fn` once the connection is over: at once for a socket the native relay never took. */
+export function afterRelay(socket: net.Socket, fn: () => void): void {
+  const h = handed.get(socket);
+  if (!h || h.end) return fn();
+  h.waiters.push(fn);
+}
+
+/** Resets a connection now, both of its sockets, wherever its bytes move. */
+export function resetConnection(socket: net.Socket, other: net.Socket): void {
+  const h = handed.get(socket) ?? handed.get(other);
+  if (h && !h.end) return void loop?.abort(h.id);
+  // The client first: once the other side is gone, a JavaScript relay could take the close for an EOF.
+  resetSocket(socket);
+  resetSocket(other);
+}
+
+/** Ends a connection now (a reset), wherever its bytes move. */
+export function dropConnection(socket: net.Socket): void {
+  const h = handed.get(socket);
+  if (h && !h.end) loop?.abort(h.id);
+  socket.destroy();
+}
+
+export type { RelayStatus };
+
+export function relayStatus(): RelayStatus {
+  const totals = loop?.totals() ?? { relays: 0, spliced: 0, copied: 0 };
+  return {
+    mode: fallbackReason ? "javascript" : copyMode ? "native-copy" : "native",
+    ...(fallbackReason ? { reason: fallbackReason } : {}),
+    nativeRelays: totals.relays,
+    open: loop?.openRelays() ?? 0,
+    bytesSpliced: totals.spliced,
+    bytesCopied: totals.copied,
+    javascriptRelays,
+    resets,
+  };
+}

@@ -1,0 +1,310 @@
+// The relay that joins a forwarded connection's two sockets, in this process over real
+// loopback TCP and unix sockets: the native relay (splice, and read/send as where a socket
+// family cannot splice) and the JavaScript fallback must behave the same way. Each test
+// counts the bytes on the relay that was asked to carry them, so a relay that silently fell
+// back cannot pass for another.
+import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { createHash, randomBytes } from "node:crypto";
+import { readdirSync, rmSync } from "node:fs";
+import * as net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadNative } from "../../src/runtime/native.ts";
+import { EPOLLIN, EPOLLOUT, sharedRelayLoop } from "../../src/runtime/native-relay.ts";
+import { socketFromFd } from "../../src/runtime/fd-socket.ts";
+import { afterRelay, joinSockets, prepareRelay, relayedBytes, relayStatus } from "../../src/transport/fast-relay.ts";
+import { listenVsock, onAcceptable } from "../../src/transport/vsock.ts";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => cleanups.splice(0).forEach((f) => f()));
+const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+const fdCount = () => readdirSync("/proc/self/fd").length;
+
+type Where = { port: number } | { path: string };
+let sockCounter = 0;
+
+function serve(handler: (s: net.Socket) => void, unix = false): Promise<Where> {
+  return new Promise((resolve) => {
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, handler);
+    cleanups.push(() => server.close()); // a unix server removes its socket file on close
+    if (unix) {
+      const path = join(tmpdir(), `porthole-relay-test-${process.pid}-${++sockCounter}.sock`);
+      server.listen(path, () => resolve({ path }));
+    } else {
+      server.listen(0, "127.0.0.1", () => resolve({ port: (server.address() as net.AddressInfo).port }));
+    }
+  });
+}
+
+function connect(where: Where): net.Socket {
+  return "path" in where
+    ? net.connect({ path: where.path, allowHalfOpen: true })
+    : net.connect({ port: where.port, host: "127.0.0.1", allowHalfOpen: true, noDelay: true });
+}
+
+/** A proxy whose accepted connections are joined to a fresh connection to `target`. */
+async function proxyTo(target: Where, accepted: net.Socket[] = []): Promise<Where> {
+  return serve((client) => {
+    client.pause();
+    accepted.push(client);
+    const upstream = connect(target);
+    upstream.once("connect", () => joinSockets(client, upstream));
+    upstream.once("error", () => client.resetAndDestroy());
+  });
+}
+
+/** How a client socket ended, and what it received. */
+function outcome(socket: net.Socket): Promise<{ data: Buffer; how: string }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let how = "";
+    socket.on("data", (c: Buffer) => chunks.push(c));
+    socket.once("end", () => (how ||= "EOF"));
+    socket.once("error", (err: NodeJS.ErrnoException) => (how = err.code ?? "error"));
+    socket.once("close", () => resolve({ data: Buffer.concat(chunks), how }));
+  });
+}
+
+const modes = [
+  { name: "native relay (splice)", env: "", mode: "native", counter: "bytesSpliced" },
+  { name: "native relay (read/send)", env: "copy", mode: "native-copy", counter: "bytesCopied" },
+  { name: "JavaScript fallback relay", env: "0", mode: "javascript", counter: undefined },
+] as const;
+
+describe.each(modes)("$name", ({ env, mode, counter }) => {
+  const notices: string[] = [];
+  beforeAll(async () => {
+    const status = await prepareRelay((m) => notices.push(m), { PORTHOLE_NATIVE_RELAY: env });
+    expect(status.mode).toBe(mode);
+  });
+
+  for (const unix of [false, true]) {
+    test(`${unix ? "unix" : "TCP"}: the relay that was asked carries every byte both ways, and counts them`, async () => {
+      const target = await serve((s) => s.pipe(s), unix);
+      const accepted: net.Socket[] = [];
+      const proxy = await proxyTo(target, accepted);
+      const before = relayStatus();
+      const payload = randomBytes(4 << 20);
+      const client = connect(proxy);
+      const done = outcome(client);
+      client.end(payload);
+      const { data, how } = await done;
+      expect(how).toBe("EOF");
+      expect(sha256(data)).toBe(sha256(payload));
+      const after = relayStatus();
+      if (counter) {
+        expect(after.nativeRelays - before.nativeRelays).toBe(1);
+        expect(after[counter] - before[counter]).toBe(2 * payload.length);
+        expect(after.javascriptRelays).toBe(before.javascriptRelays);
+      } else {
+        expect(after.javascriptRelays - before.javascriptRelays).toBe(1);
+        expect(after.nativeRelays).toBe(before.nativeRelays);
+      }
+      // What a forward's status reads for its client socket: all of it, both ways.
+      await new Promise<void>((resolve) => afterRelay(accepted[0]!, resolve));
+      expect(relayedBytes(accepted[0]!)).toEqual({ read: payload.length, written: payload.length });
+    });
+  }
+
+  test("the client half-closes: the server reads EOF and its reply still arrives", async () => {
+    const target = await serve((s) => {
+      const hash = createHash("sha256");
+      s.on("data", (c) => hash.update(c));
+      s.on("end", () => s.end(hash.digest("hex")));
+    });
+    const proxy = await proxyTo(target);
+    const request = randomBytes(1 << 20);
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.end(request);
+    const { data, how } = await done;
+    expect(data.toString()).toBe(sha256(request));
+    expect(how).toBe("EOF");
+  });
+
+  test("the server half-closes: the client reads EOF and can still send", async () => {
+    let gotFromClient: Promise<string> = Promise.resolve("");
+    const target = await serve((s) => {
+      gotFromClient = new Promise((resolve) => {
+        const hash = createHash("sha256");
+        s.on("data", (c) => hash.update(c));
+        s.on("end", () => {
+          resolve(hash.digest("hex"));
+          s.end();
+        });
+      });
+      s.end(Buffer.alloc(256 << 10, 7));
+    });
+    const proxy = await proxyTo(target);
+    const reply = randomBytes(512 << 10);
+    const client = connect(proxy);
+    const fromServer = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      client.on("data", (c: Buffer) => chunks.push(c));
+      client.on("error", reject);
+      client.on("end", () => client.end(reply)); // EOF first; only then does the client answer
+      client.on("close", () => resolve(Buffer.concat(chunks)));
+    });
+    expect(fromServer.length).toBe(256 << 10);
+    expect(await gotFromClient).toBe(sha256(reply));
+  });
+
+  test("a server that resets arrives at the client as a reset", async () => {
+    const target = await serve((s) => {
+      s.once("data", () => s.resetAndDestroy());
+    });
+    const proxy = await proxyTo(target);
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.write("hello");
+    expect((await done).how).toBe("ECONNRESET");
+  });
+
+  if (counter) {
+    test("bytes a server sent before its reset reach the client before the reset", async () => {
+      const sent = randomBytes(100 << 10);
+      const target = await serve((s) => {
+        s.write(sent, () => setTimeout(() => s.resetAndDestroy(), 50));
+      });
+      const proxy = await proxyTo(target);
+      const { data, how } = await outcome(connect(proxy));
+      expect(data.length).toBe(sent.length);
+      expect(how).toBe("ECONNRESET");
+    });
+  }
+
+  test("a client that resets arrives at the server as a reset", async () => {
+    let serverSaw: Promise<string> = Promise.resolve("");
+    let connected!: () => void;
+    const serverHas = new Promise<void>((r) => (connected = r));
+    const target = await serve((s) => {
+      serverSaw = outcome(s).then((o) => o.how);
+      s.write("ready");
+      connected();
+    });
+    const proxy = await proxyTo(target);
+    const client = connect(proxy);
+    await new Promise((r) => client.once("data", r));
+    await serverHas;
+    client.resetAndDestroy();
+    expect(await serverSaw).toBe("ECONNRESET");
+  });
+
+  test("300 short connections leave this process's file descriptors at their baseline", async () => {
+    const target = await serve((s) => s.pipe(s));
+    const proxy = await proxyTo(target);
+    const warm = connect(proxy);
+    const w = outcome(warm);
+    warm.end("warm");
+    await w;
+    const baseline = fdCount();
+    for (let batch = 0; batch < 6; batch++) {
+      await Promise.all(
+        Array.from({ length: 50 }, async (_, i) => {
+          const c = connect(proxy);
+          const done = outcome(c);
+          c.end(`c${batch}-${i}`);
+          expect((await done).data.toString()).toBe(`c${batch}-${i}`);
+        }),
+      );
+    }
+    for (let i = 0; i < 200 && fdCount() > baseline; i++) await Bun.sleep(10);
+    expect(fdCount()).toBeLessThanOrEqual(baseline);
+    if (counter) expect(relayStatus().open).toBe(0);
+  });
+
+  test(counter ? "no fallback notice while the native relay carries connections" : "the fallback was said once, with its reason, however many connections it carried", () => {
+    const fallbacks = notices.filter((m) => m.includes("relayed in JavaScript"));
+    if (counter) {
+      expect(fallbacks).toEqual([]);
+      expect(notices).toEqual([expect.stringContaining("relayed natively")]);
+    } else {
+      expect(fallbacks).toEqual([expect.stringContaining("PORTHOLE_NATIVE_RELAY=0")]);
+      expect(relayStatus().reason).toBe("PORTHOLE_NATIVE_RELAY=0");
+    }
+  });
+});
+
+describe("readiness from the relay thread (what vsock accept and connect wait on)", () => {
+  test("a readable fd wakes its watcher once data arrives, and a writable one at once", async () => {
+    const { shim } = await loadNative();
+    const loop = sharedRelayLoop(shim!);
+    const fds = new Int32Array(2);
+    expect(shim!.socketpair(fds)).toBe(0);
+    const writer = socketFromFd(fds[1]!);
+    cleanups.push(() => {
+      writer.destroy();
+      shim!.close(fds[0]!);
+    });
+    const writable = await new Promise<number>((resolve) => loop.watchOnce(fds[0]!, EPOLLOUT, resolve));
+    expect(writable & EPOLLOUT).toBe(EPOLLOUT);
+    let woke = false;
+    const readable = new Promise<number>((resolve) => loop.watchOnce(fds[0]!, EPOLLIN, (e) => ((woke = true), resolve(e))));
+    await Bun.sleep(20);
+    expect(woke).toBe(false); // nothing to read yet
+    writer.write("x");
+    expect((await readable) & EPOLLIN).toBe(EPOLLIN);
+  });
+
+  test("a listening socket's watcher wakes for each wave of connections: it is re-armed after each", async () => {
+    // The shim makes only vsock listening sockets, which nothing here may connect to: the
+    // same watch is driven by a unix listening socket made with libc's own calls (so that no
+    // runtime accepts on it), with real connections.
+    const { dlopen } = await import("bun:ffi");
+    const libc = dlopen("libc.so.6", {
+      socket: { args: ["i32", "i32", "i32"], returns: "i32" },
+      bind: { args: ["i32", "ptr", "u32"], returns: "i32" },
+      listen: { args: ["i32", "i32"], returns: "i32" },
+      accept4: { args: ["i32", "ptr", "ptr", "i32"], returns: "i32" },
+      close: { args: ["i32"], returns: "i32" },
+    }).symbols;
+    const path = join(tmpdir(), `porthole-accept-test-${process.pid}.sock`);
+    const addr = Buffer.alloc(110);
+    addr.writeUInt16LE(1, 0); // AF_UNIX
+    addr.write(path, 2);
+    const SOCK_STREAM_NONBLOCK_CLOEXEC = 1 | 0o4000 | 0o2000000;
+    const fd = libc.socket(1, SOCK_STREAM_NONBLOCK_CLOEXEC, 0);
+    expect(fd).toBeGreaterThanOrEqual(0);
+    expect(libc.bind(fd, addr, addr.length)).toBe(0);
+    expect(libc.listen(fd, 16)).toBe(0);
+    const { shim } = await loadNative();
+    const loop = sharedRelayLoop(shim!);
+    let accepted = 0;
+    let waves = 0;
+    let next: () => void = () => {};
+    const stop = onAcceptable(loop, fd, () => {
+      waves++;
+      for (let c; (c = libc.accept4(fd, null, null, 0o2000000)) >= 0; accepted++) libc.close(c);
+      next();
+    });
+    cleanups.push(() => {
+      stop();
+      libc.close(fd);
+      rmSync(path, { force: true });
+    });
+    for (let i = 1; i <= 3; i++) {
+      const woke = new Promise<void>((r) => (next = r));
+      const clients = [net.connect(path), net.connect(path)];
+      await woke;
+      while (accepted < 2 * i) await new Promise<void>((r) => (next = r));
+      expect(waves).toBeGreaterThanOrEqual(i);
+      clients.forEach((c) => c.destroy());
+    }
+    expect(accepted).toBe(6);
+  });
+
+  test("a vsock listener starts and closes without a poll timer or a leaked fd (no vsock connect)", async () => {
+    const before = fdCount();
+    const port = 40_000 + (process.pid % 20_000);
+    let listener;
+    try {
+      listener = await listenVsock(port, () => {});
+    } catch (err) {
+      // No vsock transport in this kernel: nothing to listen on.
+      expect((err as Error).message).toMatch(/EAFNOSUPPORT|ENODEV|EADDRNOTAVAIL/);
+      return;
+    }
+    listener.close();
+    expect(fdCount()).toBeLessThanOrEqual(before + 1); // the relay loop's own records socket, once
+  });
+});
