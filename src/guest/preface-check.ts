@@ -1,17 +1,16 @@
 // Hands an agent connection to the gRPC server only once its first bytes are the HTTP/2
 // preface; anything else (garbage, a port scanner, another protocol) is logged and closed
-// here, as the HTTP/2 layer would keep it open without a word. The bytes already read cannot
-// be put back into a socket the HTTP/2 layer then owns (Bun loses them), so an accepted
-// connection reaches gRPC through a socketpair that replays them; without the shim, it goes
-// unchecked.
+// here, as the HTTP/2 layer would keep it open without a word. The bytes read to check it are
+// replayed to the HTTP/2 server through a stream wrapper (transport/replay-socket.ts): no
+// socketpair, no native shim, so the check holds on every runtime and architecture.
 import type * as net from "node:net";
-import { socketPair } from "../transport/socketpair.ts";
-import { spliceSockets } from "../transport/tunnel-relay.ts";
+import type { Duplex } from "node:stream";
+import { replaySocket } from "../transport/replay-socket.ts";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 const PREFACE_TIMEOUT_MS = 10_000;
 
-export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: net.Socket) => void): void {
+export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: Duplex) => void): void {
   let seen = Buffer.alloc(0);
   const reject = (why: string) => {
     log(`${name}: closed a connection that ${why}`);
@@ -29,17 +28,7 @@ export function checkPreface(socket: net.Socket, name: string, log: (line: strin
     if (seen.length < HTTP2_PREFACE.length) return;
     clearTimeout(timer);
     socket.off("data", onData);
-    socket.pause();
-    void socketPair().then(
-      (pair) => {
-        if (!pair) return reject("could not be relayed (no native shim for a socketpair)");
-        const [inner, outer] = pair;
-        outer.write(seen);
-        spliceSockets(socket, outer);
-        serve(inner);
-      },
-      (err: Error) => reject(`could not be relayed (${err.message})`),
-    );
+    serve(replaySocket(socket, seen));
   };
   socket.on("data", onData);
   socket.resume(); // a transport may hand it over paused (TCP, after reading the token)
