@@ -1,11 +1,17 @@
-// Boots the prepared guest under QEMU (TCG) with Lima's virtio-serial port for the agent and
-// user-mode networking that reaches nothing; drives its console shell. Every wait has a
-// deadline, and the VM is always killed.
+// Boots the prepared guest under QEMU (TCG; x86-64, or aarch64 on QEMU's `virt` machine) with
+// Lima's virtio-serial port for the agent and user-mode networking that reaches nothing;
+// drives its console shell. Every wait has a deadline, and the VM is always killed.
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { AGENT_PORT_NAME, type VmImage } from "./image.ts";
+import { AGENT_PORT_NAME, ARCHES, type VmArch, type VmImage } from "./image.ts";
+
+/** The machine and its console per architecture (aarch64: `virt`, PL011 serial). */
+const MACHINE: Record<VmArch, { args: string[]; console: string }> = {
+  x64: { args: [], console: "ttyS0" },
+  arm64: { args: ["-machine", "virt"], console: "ttyAMA0" },
+};
 
 export class Vm {
   readonly chardev: string;
@@ -27,11 +33,12 @@ export class Vm {
   static async boot(image: VmImage, timeoutMs = 60_000): Promise<Vm> {
     const dir = mkdtempSync(join(tmpdir(), "porthole-vm-"));
     const chardev = join(dir, "agent.sock");
-    const qemu = spawn("qemu-system-x86_64", [
-      "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
+    const machine = MACHINE[image.arch];
+    const qemu = spawn(ARCHES[image.arch].qemu, [
+      ...machine.args, "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
       "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
       "-kernel", image.kernel, "-initrd", image.initrd,
-      "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
+      "-append", `console=${machine.console} panic=-1 quiet loglevel=3`,
       "-drive", `file=${image.disk},if=virtio,format=raw,readonly=on`,
       "-device", "virtio-serial-pci,id=vs0",
       "-chardev", `socket,path=${chardev},server=on,wait=off,id=ga0`,
@@ -77,10 +84,10 @@ export class Vm {
   }
 
   /** Starts a fixture server (test/fixtures/servers.ts) in the guest; returns how to stop it. */
-  async startFixture(args: string, ready = /listening/): Promise<{ stop(): Promise<void> }> {
+  async startFixture(args: string, ready = /listening/, timeoutMs = 60_000): Promise<{ stop(): Promise<void> }> {
     const name = `/tmp/fixture-${Math.random().toString(36).slice(2, 8)}`;
     await this.sh(`BUN_BE_BUN=1 HOME=/tmp /mnt/porthole /mnt/servers.ts ${args} > ${name}.log 2>&1 &\necho $! > ${name}.pid`);
-    const deadline = Date.now() + 60_000;
+    const deadline = Date.now() + timeoutMs;
     while (!ready.test(await this.sh(`cat ${name}.log`))) {
       if (Date.now() > deadline) throw new Error(`the guest fixture ${args} did not start: ${await this.sh(`cat ${name}.log`)}`);
       await Bun.sleep(300);
