@@ -7,7 +7,7 @@
 import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import * as dgram from "node:dgram";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { echoRoundTrip, e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, startHostAgent, useHarness, type Proc } from "../e2e/harness.ts";
 
@@ -16,11 +16,16 @@ useHarness();
 const REPO = resolve(import.meta.dir, "../..");
 const ARM64_BIN = process.env.PORTHOLE_ARM64_BIN ?? join(REPO, "dist/porthole-linux-arm64");
 const ARM64 = ["qemu-aarch64-static", ARM64_BIN];
+const BUNDLE = join(REPO, "dist/porthole.mjs");
+/** Bun's arm64 runtime as `make` fetched it from npm for cross-compiling (scripts/bun-runtime.mjs). */
+const BUN_VERSION = JSON.parse(readFileSync(join(REPO, "package-lock.json"), "utf8")).packages["node_modules/bun"].version;
+const ARM64_BUN = process.env.PORTHOLE_ARM64_BUN ?? join(REPO, `node_modules/.cache/porthole/bun-linux-aarch64-${BUN_VERSION}/bun`);
 /** Bun's start-up under emulation takes seconds, not milliseconds. */
 const SLOW_MS = 60_000;
 
 function arm64Blocker(): string | undefined {
   if (!existsSync(ARM64_BIN)) return `${ARM64_BIN} is missing: make dist/porthole-linux-arm64 (make test does)`;
+  if (!existsSync(ARM64_BUN) || !existsSync(BUNDLE)) return `${ARM64_BUN} or ${BUNDLE} is missing: make dist (make test builds both)`;
   if (spawnSync("sh", ["-c", "command -v qemu-aarch64-static"]).status !== 0) return "qemu-aarch64-static is missing: apt-get install qemu-user-static";
   if (!existsSync("/lib/ld-linux-aarch64.so.1")) return "libc6:arm64 is missing: dpkg --add-architecture arm64 && apt-get install libc6:arm64";
   return undefined;
@@ -56,6 +61,13 @@ describe("the arm64 binary under qemu-user", () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toContain("architecture: arm64 (linux)");
     expect(r.stdout).toContain("runtime: bun ");
+    expect(r.stdout).toContain("native shim: loaded (arm64)");
+  });
+
+  arm64Test("the Node/Deno bundle ships both shims and, run by an arm64 runtime (Bun's, under qemu-user), loads the arm64 one", () => {
+    const r = spawnSync("qemu-aarch64-static", [ARM64_BUN, BUNDLE, "--version"], { encoding: "utf8", timeout: SLOW_MS, env: { ...process.env, BUN_BE_BUN: "1" } });
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toContain("architecture: arm64 (linux)");
     expect(r.stdout).toContain("native shim: loaded (arm64)");
   });
 
