@@ -15,7 +15,9 @@ const name = `@oven/bun-${platform}`;
 const lock = JSON.parse(readFileSync("package-lock.json", "utf8"));
 const pinned = lock.packages?.[`node_modules/${name}`];
 const bun = lock.packages?.["node_modules/bun"];
-if (!pinned?.integrity) throw new Error(`package-lock.json pins no ${name}: run npm install with the bun devDependency`);
+// package.json lists it as an optional dependency (npm skips it on other machines), so the
+// lock file keeps its integrity.
+if (!pinned?.integrity) throw new Error(`package-lock.json pins no ${name}: npm install --save-optional --save-exact ${name}@<the bun version>`);
 if (pinned.version !== bun?.version) throw new Error(`package-lock.json pins ${name} ${pinned.version} but bun ${bun?.version}`);
 
 const work = mkdtempSync(join(tmpdir(), "porthole-bun-runtime-"));
