@@ -1,11 +1,14 @@
 // Hands an agent connection to the gRPC server only once its first bytes are the HTTP/2
 // preface; anything else (garbage, a port scanner, another protocol) is logged and closed
-// here, as the HTTP/2 layer would keep it open without a word. The bytes read to check it are
-// replayed to the HTTP/2 server through a stream wrapper (transport/replay-socket.ts): no
-// socketpair, no native shim, so the check holds on every runtime and architecture.
+// here, as the HTTP/2 layer would keep it open without a word. The bytes already read cannot
+// be put back into a socket the HTTP/2 layer then owns (Bun's reads the native socket and
+// loses them), so an accepted connection reaches gRPC through an in-process pair of streams
+// that replays them (transport/memory-pair.ts): no socketpair, no native shim, so the check
+// holds on every runtime and architecture.
 import type * as net from "node:net";
 import type { Duplex } from "node:stream";
-import { replaySocket } from "../transport/replay-socket.ts";
+import { memoryPair } from "../transport/memory-pair.ts";
+import { spliceSockets } from "../transport/tunnel-relay.ts";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 const PREFACE_TIMEOUT_MS = 10_000;
@@ -28,7 +31,10 @@ export function checkPreface(socket: net.Socket, name: string, log: (line: strin
     if (seen.length < HTTP2_PREFACE.length) return;
     clearTimeout(timer);
     socket.off("data", onData);
-    serve(replaySocket(socket, seen));
+    const [inner, outer] = memoryPair(socket);
+    outer.write(seen);
+    spliceSockets(socket, outer as net.Socket);
+    serve(inner);
   };
   socket.on("data", onData);
   socket.resume(); // a transport may hand it over paused (TCP, after reading the token)
