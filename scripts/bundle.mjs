@@ -1,7 +1,8 @@
 // dist/porthole.mjs: one ESM file that runs with `node dist/porthole.mjs` and
 // `deno run -A dist/porthole.mjs`. grpc-js and ssh2 use require() and __dirname, which plain
-// ESM lacks: the banner defines them. Native addons stay outside the bundle; the shim is
-// copied beside it (and, like the single binary's, placed in a private cache on first use).
+// ESM lacks: the banner defines them. Native addons stay outside the bundle; both shims
+// (x64, arm64) are copied beside it as porthole-shim-<arch>.so and the one matching
+// process.arch is placed in a private cache on first use, like the single binary's.
 import { build } from "esbuild";
 
 const banner = [
@@ -21,6 +22,7 @@ await build({
   format: "esm",
   target: "node20",
   loader: { ".proto": "text", ".so": "file" },
+  assetNames: "[name]",
   external: ["koffi", "cpu-features", "*.node", "bun:ffi"],
   banner: { js: banner },
   logLevel: "warning",

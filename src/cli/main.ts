@@ -6,6 +6,7 @@ import { registerDemo, runDemoHttpServer, DEMO_HTTP_SERVER_COMMAND } from "./dem
 import { registerGuest } from "./guest.ts";
 import { registerHost } from "./host.ts";
 import { registerStatus } from "./status.ts";
+import { aboutLines } from "../runtime/about.ts";
 import { joinNegativeValues, UsageError } from "./options.ts";
 import { invokedName } from "../runtime/self.ts";
 
@@ -23,9 +24,10 @@ async function main(argv: string[]): Promise<void> {
   registerDemo(cli);
   cli.help();
   cli.version(pkg.version);
-  cli.outputVersion = () => console.log(`porthole ${pkg.version}`);
+  cli.outputVersion = () => {}; // printed below: whether the shim loads is asynchronous
   cli.parse(joinNegativeValues(argv), { run: false });
-  if (cli.options.help || cli.options.version) return;
+  if (cli.options.version) return void console.log((await aboutLines(pkg.version)).join("\n"));
+  if (cli.options.help) return;
   if (!cli.matchedCommand && cli.args.length) {
     throw new UsageError(`unknown command "${cli.args[0]}" (see porthole --help)`);
   }

@@ -1,11 +1,13 @@
 // Hands an agent connection to the gRPC server only once its first bytes are the HTTP/2
 // preface; anything else (garbage, a port scanner, another protocol) is logged and closed
 // here, as the HTTP/2 layer would keep it open without a word. The bytes already read cannot
-// be put back into a socket the HTTP/2 layer then owns (Bun loses them), so an accepted
-// connection reaches gRPC through a socketpair that replays them; without the shim, it goes
-// unchecked.
+// be put back into a socket the HTTP/2 layer then owns (Bun's reads the native socket and
+// loses them), so an accepted connection reaches gRPC through an in-process pair of streams
+// that replays them (transport/memory-pair.ts): no socketpair, no native shim, so the check
+// holds on every runtime and architecture.
 import type * as net from "node:net";
-import { socketPair } from "../transport/socketpair.ts";
+import type { Duplex } from "node:stream";
+import { memoryPair } from "../transport/memory-pair.ts";
 import { relayFixingAuthority } from "../runtime/h2-authority.ts";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -13,7 +15,7 @@ const PREFACE_TIMEOUT_MS = 10_000;
 /** The empty-:authority fix is said once per agent, not once per connection. */
 let toldEmptyAuthority = false;
 
-export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: net.Socket) => void): void {
+export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: Duplex) => void): void {
   let seen = Buffer.alloc(0);
   const reject = (why: string) => {
     log(`${name}: closed a connection that ${why}`);
@@ -31,20 +33,13 @@ export function checkPreface(socket: net.Socket, name: string, log: (line: strin
     if (seen.length < HTTP2_PREFACE.length) return;
     clearTimeout(timer);
     socket.off("data", onData);
-    socket.pause();
-    void socketPair().then(
-      (pair) => {
-        if (!pair) return reject("could not be relayed (no native shim for a socketpair)");
-        const [inner, outer] = pair;
-        // The relay also lets clients that send an empty :authority in (Lima's host agent).
-        relayFixingAuthority(socket, outer, seen, () => {
-          if (!toldEmptyAuthority) log(`${name}: a client sends an empty :authority (as Lima's host agent does); serving its requests as localhost`);
-          toldEmptyAuthority = true;
-        });
-        serve(inner);
-      },
-      (err: Error) => reject(`could not be relayed (${err.message})`),
-    );
+    const [inner, outer] = memoryPair(socket);
+    // The relay also lets clients that send an empty :authority in (Lima's host agent).
+    relayFixingAuthority(socket, outer as net.Socket, seen, () => {
+      if (!toldEmptyAuthority) log(`${name}: a client sends an empty :authority (as Lima's host agent does); serving its requests as localhost`);
+      toldEmptyAuthority = true;
+    });
+    serve(inner);
   };
   socket.on("data", onData);
   socket.resume(); // a transport may hand it over paused (TCP, after reading the token)

@@ -105,15 +105,27 @@ function pollEvents(shim: NativeShim, fd: number, onClose: () => void): () => vo
   };
 }
 
-/** netlink where the shim loads (checked with a real dump), else /proc/net, saying why once. */
+/**
+ * netlink where the shim loads (checked with a real dump), else /proc/net, saying once, in
+ * plain words, what that costs and what to do. The agent serves either way.
+ */
 export async function bestScanner(log: (line: string) => void): Promise<Scanner> {
   const { shim, error } = await loadNative();
   if (shim) {
     const probe = await netlinkScanner(shim).scan();
     if (!probe.errors.length) return netlinkScanner(shim); // a fresh one: no "unchanged" from the probe
-    log(`netlink sock_diag failed (${probe.errors[0]}); watching /proc/net instead`);
+    log(
+      `degraded: netlink sock_diag is refused here (${probe.errors[0]}; an emulator such as qemu-user, or a kernel ` +
+        "without the inet_diag, tcp_diag and udp_diag modules, refuses it), so the agent reads /proc/net instead: " +
+        "new and closed ports are noticed on the next poll instead of at once. Everything else works.",
+    );
   } else {
-    log(`native shim unavailable (${error}); watching /proc/net instead`);
+    log(
+      `degraded: the native shim did not load (${error}), so the agent reads /proc/net instead of netlink (ports are ` +
+        "noticed on the next poll instead of at once) and cannot serve vsock:// or serial:// addresses; unix:// and tcp:// " +
+        "work. Use the porthole binary built for this machine (`porthole --version` shows its architecture), or keep " +
+        "porthole-shim-<arch>.so beside porthole.mjs.",
+    );
   }
   return procNetScanner();
 }

@@ -2,6 +2,7 @@
 // Each time the link comes up the host gets a full snapshot, so ports that changed
 // while it was down are reconciled without restarting anything.
 import * as grpc from "@grpc/grpc-js";
+import { explainUnreachable } from "../core/agent-unreachable.ts";
 import { backoffDelay } from "../core/backoff.ts";
 import { applyDiff, invalidGuestPort, MAX_GUEST_PORTS, portKey, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { TransportAddress } from "../core/transport-address.ts";
@@ -50,7 +51,7 @@ export class GuestConnection {
   private readonly target: ClientTarget;
 
   constructor(
-    address: TransportAddress,
+    private readonly address: TransportAddress,
     private readonly handlers: GuestConnectionHandlers,
     options: { token?: string } = {},
   ) {
@@ -86,7 +87,7 @@ export class GuestConnection {
       ended = true;
       clearInterval(this.probeTimer);
       events.cancel();
-      this.handlers.onDisconnected(message, ports !== undefined);
+      this.handlers.onDisconnected(explainUnreachable(this.address, message), ports !== undefined);
       this.scheduleRetry();
     };
     events.on("data", (e: GuestEvent) => {

@@ -7,8 +7,18 @@ import { homedir, tmpdir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 // No import attribute: Bun embeds unknown file types as files by default, and esbuild has
-// no "file" attribute (its .so loader is set to "file" in the bundle build instead).
-import shimAsset from "../../native/build/porthole-shim.so";
+// no "file" attribute (its .so loader is set to "file" in the bundle build instead). Both
+// architectures' shims are embedded (~20 KB each), so one source builds every binary and the
+// bundle; the one matching process.arch is loaded.
+import shimArm64 from "../../native/build/porthole-shim-arm64.so";
+import shimX64 from "../../native/build/porthole-shim-x64.so";
+
+const SHIMS: Record<string, string> = { x64: shimX64 as unknown as string, arm64: shimArm64 as unknown as string };
+
+/** The architecture whose shim this process loads (process.arch), if there is one. */
+export function shimArch(): string | undefined {
+  return SHIMS[process.arch] ? process.arch : undefined;
+}
 
 function candidateDirs(): string[] {
   const uid = process.getuid?.() ?? 0;
@@ -29,7 +39,8 @@ function privateDir(dir: string): boolean {
 
 /** The path of the shim's bytes as this build carries them (bundlers give a relative URL). */
 function assetPath(): string {
-  const asset = shimAsset as unknown as string;
+  const asset = SHIMS[process.arch];
+  if (!asset) throw new Error(`no native shim is built for this architecture (${process.arch}); porthole has x64 and arm64`);
   return isAbsolute(asset) ? asset : fileURLToPath(new URL(asset, import.meta.url));
 }
 

@@ -10,12 +10,17 @@ useHarness();
 const porthole = (args: string[], timeoutMs?: number) => runPorthole(args, { timeoutMs });
 
 describe("command line", () => {
-  e2eTest("--help lists the roles and --version prints the version", () => {
+  e2eTest("--help lists the roles and --version prints the version, architecture, runtime and that the shim loaded", () => {
     const help = porthole(["--help"]);
     expect(help.code).toBe(0);
     for (const cmd of ["guest", "host", "demo"]) expect(help.stdout).toContain(cmd);
     expect(porthole(["host", "--help"]).stdout).toContain("--guest <addr>");
-    expect(porthole(["--version"]).stdout.trim()).toBe(`porthole ${pkg.version}`);
+    expect(porthole(["--version"]).stdout.trim().split("\n")).toEqual([
+      `porthole ${pkg.version}`,
+      `architecture: ${process.arch} (linux)`,
+      `runtime: bun ${process.versions.bun}`,
+      `native shim: loaded (${process.arch})`,
+    ]);
   });
 
   e2eTest.each([

@@ -1,79 +1,97 @@
 // porthole inside a real Linux VM (QEMU, TCG), over virtio-serial as Lima uses it: the guest
 // agent on /dev/virtio-ports/io.lima-vm.guest_agent.0, the host agent on QEMU's chardev socket.
-// One boot serves every test here.
+// The same tests run in an x86-64 guest (dist/porthole) and in an aarch64 guest (Debian's
+// arm64 cloud kernel on QEMU's `virt` machine, -cpu max, with dist/porthole-linux-arm64), the
+// guests of Lima on Apple silicon. One boot per architecture serves its tests.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as dgram from "node:dgram";
 import { join } from "node:path";
 import { echoRoundTrip, exchange, freePort, Guest, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
-import { prepareImage, vmBlocker } from "./image.ts";
+import { prepareImage, vmBlocker, type VmArch } from "./image.ts";
 import { Vm } from "./vm.ts";
 
-setDefaultTimeout(120_000);
-const blocker = vmBlocker();
-if (blocker && process.env.CI) throw new Error(`${blocker}; CI=true forbids skipping the VM tests`);
-const vmTest = (blocker ? test.skip : test) as typeof test;
+setDefaultTimeout(240_000);
 
-let vm: Vm | undefined;
-let host: HostAgentProc | undefined;
-/** Only for its scratch directory and the host agent's state: the guest here is the VM. */
-let scratch: Guest;
+const GUESTS: { arch: VmArch; name: string; slow: number }[] = [
+  { arch: "x64", name: "x86-64", slow: 1 },
+  // aarch64 under TCG runs Bun some 3 times slower: every wait is stretched by that much.
+  { arch: "arm64", name: "aarch64", slow: 3 },
+];
 
-beforeAll(async () => {
-  if (blocker) return;
-  const image = prepareImage();
-  vm = await Vm.boot(image);
-  scratch = Guest.create();
-  host = startHostAgent(scratch, ["--guest", `unix://${vm.chardev}`, "--forwarder", "grpc"]);
-  await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to reach the VM's agent", 60_000);
-});
+for (const { arch, name, slow } of GUESTS) {
+  const blocker = vmBlocker(arch);
+  if (blocker && process.env.CI) throw new Error(`${blocker}; CI=true forbids skipping the VM tests`);
+  const vmTest = (blocker ? test.skip : test) as typeof test;
 
-afterAll(async () => {
-  vm?.kill();
-  await runCleanups();
-});
+  describe(`in a real ${name} VM over virtio-serial`, () => {
+    let vm: Vm | undefined;
+    let host: HostAgentProc | undefined;
+    /** Only for its scratch directory and the host agent's state: the guest here is the VM. */
+    let scratch: Guest;
 
-describe("in a real VM over virtio-serial", () => {
-  vmTest("a TCP server started in the guest appears on host localhost and carries 4 MiB intact both ways", async () => {
-    const port = await freePort();
-    await vm!.startFixture(`echo 127.0.0.1 ${port}`);
-    await host!.waitForForwarding(port, 30_000);
-    const { sent, received, receivedBytes } = await echoRoundTrip(port, 4 << 20);
-    expect([receivedBytes, received]).toEqual([4 << 20, sent]);
+    beforeAll(async () => {
+      if (blocker) return;
+      const image = prepareImage(arch);
+      vm = await Vm.boot(image, 60_000 * slow);
+      scratch = Guest.create();
+      host = startHostAgent(scratch, ["--guest", `unix://${vm.chardev}`, "--forwarder", "grpc"]);
+      await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to reach the VM's agent", 60_000 * slow);
+    });
+
+    afterAll(async () => {
+      vm?.kill();
+      await runCleanups();
+    });
+
+    vmTest(`the ${name} guest agent finds ports through its own shim's netlink sock_diag (not the /proc/net fallback)`, async () => {
+      const log = await vm!.sh("cat /tmp/agent.log; uname -m");
+      expect(log).toContain("watching sockets with netlink sock_diag");
+      expect(log).not.toContain("degraded:");
+      expect(log).toContain(arch === "x64" ? "x86_64" : "aarch64");
+    });
+
+    vmTest("a TCP server started in the guest appears on host localhost and carries 4 MiB intact both ways", async () => {
+      const port = await freePort();
+      await vm!.startFixture(`echo 127.0.0.1 ${port}`, undefined, 60_000 * slow);
+      await host!.waitForForwarding(port, 30_000 * slow);
+      const { sent, received, receivedBytes } = await echoRoundTrip(port, 4 << 20);
+      expect([receivedBytes, received]).toEqual([4 << 20, sent]);
+    });
+
+    vmTest("a UDP echo through the forward", async () => {
+      const port = await freePort();
+      await vm!.startFixture(`udp-echo 127.0.0.1 ${port}`, undefined, 60_000 * slow);
+      await host!.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward", 30_000 * slow);
+      const client = dgram.createSocket("udp4");
+      try {
+        const reply = new Promise<string>((resolve) => client.on("message", (m) => resolve(m.toString())));
+        const timer = setInterval(() => client.send("ping from the host", port, "127.0.0.1"), 500);
+        const got = await reply;
+        clearInterval(timer);
+        expect(got).toBe("ping from the host");
+      } finally {
+        client.close();
+      }
+    });
+
+    vmTest("the guest program closing its port releases the host port", async () => {
+      const port = await freePort();
+      const server = await vm!.startFixture(`echo 127.0.0.1 ${port}`, undefined, 60_000 * slow);
+      await host!.waitForForwarding(port, 30_000 * slow);
+      await server.stop();
+      await host!.waitForEvent((e) => e.type === "stopping" && e.hostAddr === `127.0.0.1:${port}`, "the forward to stop", 30_000 * slow);
+      expect(await refusedSoon(port)).toBe("ECONNREFUSED");
+    });
+
+    vmTest("the host agent restarted (the chardev socket dropped and reconnected): the guest agent keeps serving", async () => {
+      const port = await freePort();
+      await vm!.startFixture(`echo 127.0.0.1 ${port}`, undefined, 60_000 * slow);
+      await host!.waitForForwarding(port, 30_000 * slow);
+      await host!.proc.kill();
+      host = startHostAgent(scratch, ["--guest", `unix://${vm!.chardev}`, "--forwarder", "grpc", "--state-dir", join(scratch.dir, "state2")]);
+      await host.waitForForwarding(port, 60_000 * slow);
+      expect((await exchange(port, Buffer.from("after the reconnect"))).toString()).toBe("after the reconnect");
+      expect(await vm!.sh("pgrep -f 'porthole guest' >/dev/null && echo agent-alive")).toContain("agent-alive");
+    });
   });
-
-  vmTest("a UDP echo through the forward", async () => {
-    const port = await freePort();
-    await vm!.startFixture(`udp-echo 127.0.0.1 ${port}`);
-    await host!.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward", 30_000);
-    const client = dgram.createSocket("udp4");
-    try {
-      const reply = new Promise<string>((resolve) => client.on("message", (m) => resolve(m.toString())));
-      const timer = setInterval(() => client.send("ping from the host", port, "127.0.0.1"), 500);
-      const got = await reply;
-      clearInterval(timer);
-      expect(got).toBe("ping from the host");
-    } finally {
-      client.close();
-    }
-  });
-
-  vmTest("the guest program closing its port releases the host port", async () => {
-    const port = await freePort();
-    const server = await vm!.startFixture(`echo 127.0.0.1 ${port}`);
-    await host!.waitForForwarding(port, 30_000);
-    await server.stop();
-    await host!.waitForEvent((e) => e.type === "stopping" && e.hostAddr === `127.0.0.1:${port}`, "the forward to stop", 30_000);
-    expect(await refusedSoon(port)).toBe("ECONNREFUSED");
-  });
-
-  vmTest("the host agent restarted (the chardev socket dropped and reconnected): the guest agent keeps serving", async () => {
-    const port = await freePort();
-    await vm!.startFixture(`echo 127.0.0.1 ${port}`);
-    await host!.waitForForwarding(port, 30_000);
-    await host!.proc.kill();
-    host = startHostAgent(scratch, ["--guest", `unix://${vm!.chardev}`, "--forwarder", "grpc", "--state-dir", join(scratch.dir, "state2")]);
-    await host.waitForForwarding(port, 60_000);
-    expect((await exchange(port, Buffer.from("after the reconnect"))).toString()).toBe("after the reconnect");
-    expect(await vm!.sh("pgrep -f 'porthole guest' >/dev/null && echo agent-alive")).toContain("agent-alive");
-  });
-});
+}
