@@ -3,20 +3,9 @@
 // user) can see that bytes went direct, over the data path, gRPC or SSH, not only which
 // path was planned.
 import type * as net from "node:net";
+import type { PathTraffic } from "../core/status.ts";
 import { afterRelay, relayedBytes } from "../transport/fast-relay.ts";
 
-export interface PathTraffic {
-  /** Connections that took this path since the agent started. */
-  connections: number;
-  /** Of those, open now. */
-  open: number;
-  /** Client to guest. */
-  bytesIn: number;
-  /** Guest to client. */
-  bytesOut: number;
-  /** Connections that could not take this path and fell back to another. */
-  fallbacks: number;
-}
 
 const empty = (): PathTraffic => ({ connections: 0, open: 0, bytesIn: 0, bytesOut: 0, fallbacks: 0 });
 

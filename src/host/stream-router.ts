@@ -22,7 +22,8 @@ import { afterRelay, joinSockets, resetConnection } from "../transport/fast-rela
 import { resetSocket, spliceFramed } from "../transport/tunnel-relay.ts";
 import { DirectPaths } from "./direct-paths.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
-import { PathCounters, type PathTraffic } from "./path-counters.ts";
+import type { PathTraffic } from "../core/status.ts";
+import { PathCounters } from "./path-counters.ts";
 import type { SshForwarder } from "./ssh-forwarder.ts";
 
 export type DataPath = "direct" | "fast" | "grpc" | "ssh";

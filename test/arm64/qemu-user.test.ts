@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import * as dgram from "node:dgram";
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { echoRoundTrip, e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, startHostAgent, useHarness, type Proc } from "../e2e/harness.ts";
+import { echoRoundTrip, e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, startHostAgent, useHarness, type HostAgentProc, type Proc } from "../e2e/harness.ts";
 
 useHarness();
 
@@ -81,15 +81,7 @@ describe("the arm64 binary under qemu-user", () => {
     expect(degraded[0]).toContain("EPROTONOSUPPORT");
     const host = startHostAgent(guest, ["--forwarder", "grpc"]);
     await host.waitForEvent((e) => e.type === "guest-connected", "the x86-64 host agent to reach the arm64 guest agent", SLOW_MS);
-    const tcp = await freePort();
-    await guest.startEcho("127.0.0.1", tcp);
-    await host.waitForForwarding(tcp, SLOW_MS);
-    const { sent, received, receivedBytes } = await echoRoundTrip(tcp, 1 << 20);
-    expect([receivedBytes, received]).toEqual([1 << 20, sent]);
-    const udp = await freePort();
-    await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
-    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${udp}`, "the UDP forward", SLOW_MS);
-    expect(await udpEcho(udp, "datagram to the arm64 guest")).toBe("datagram to the arm64 guest");
+    await forwardsTcpAndUdp(guest, host, "datagram to the arm64 guest");
     expect(agent.stderr.filter((l) => l.startsWith("degraded:"))).toHaveLength(1);
     expect(agent.stderr.join("\n")).not.toContain("closed a connection");
   });
@@ -112,14 +104,19 @@ describe("the arm64 binary under qemu-user", () => {
     expect(agent.stderr.join("\n")).toContain("watching sockets with netlink sock_diag");
     const host = startHostAgent(guest, ["--forwarder", "grpc"], { command: ARM64 });
     await host.waitForEvent((e) => e.type === "guest-connected", "the arm64 host agent to connect", SLOW_MS);
-    const tcp = await freePort();
-    await guest.startEcho("127.0.0.1", tcp);
-    await host.waitForForwarding(tcp, SLOW_MS);
-    const { sent, received, receivedBytes } = await echoRoundTrip(tcp, 1 << 20);
-    expect([receivedBytes, received]).toEqual([1 << 20, sent]);
-    const udp = await freePort();
-    await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
-    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${udp}`, "the UDP forward", SLOW_MS);
-    expect(await udpEcho(udp, "datagram through the arm64 host")).toBe("datagram through the arm64 host");
+    await forwardsTcpAndUdp(guest, host, "datagram through the arm64 host");
   });
 });
+
+/** A guest TCP echo server carries 1 MiB intact through its forward, and a UDP echo a datagram. */
+async function forwardsTcpAndUdp(guest: Guest, host: HostAgentProc, datagram: string): Promise<void> {
+  const tcp = await freePort();
+  await guest.startEcho("127.0.0.1", tcp);
+  await host.waitForForwarding(tcp, SLOW_MS);
+  const { sent, received, receivedBytes } = await echoRoundTrip(tcp, 1 << 20);
+  expect([receivedBytes, received]).toEqual([1 << 20, sent]);
+  const udp = await freePort();
+  await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
+  await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${udp}`, "the UDP forward", SLOW_MS);
+  expect(await udpEcho(udp, datagram)).toBe(datagram);
+}
