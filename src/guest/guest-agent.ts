@@ -82,7 +82,6 @@ export class GuestAgent {
         );
         this.served.push(served);
         this.giveSocket(address);
-        this.options.log(`porthole guest agent serving on ${formatTransportAddress(address)}`);
         const data = dataEndpointFor(address);
         if (data) {
           const dataOptions = { ...this.options, halfOpen: true };
@@ -90,6 +89,8 @@ export class GuestAgent {
           this.giveSocket(data);
           dataEndpoints.push(formatTransportAddress(data));
         }
+        // Said once the data endpoint is up too: "serving" means every endpoint answers.
+        this.options.log(`porthole guest agent serving on ${formatTransportAddress(address)}`);
       }
     } catch (err) {
       this.stop();
