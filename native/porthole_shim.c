@@ -304,8 +304,9 @@ enum { REC_RELAY_DONE = 1, REC_READY = 2 };
 #define PH_ERR_A 8u        /* the error was on side a */
 #define PH_ERR_B 16u       /* the error was on side b */
 #define PH_ABORTED 32u     /* ph_relay_abort() */
-#define PH_BAD_FRAME 64u   /* the framed side broke its framing (err: the header read, or 0: bytes after its end) */
+#define PH_BAD_FRAME 64u   /* the framed side broke its framing (err: the header read) */
 #define PH_LOST 128u       /* the framed side closed without an end frame (its agent died) */
+#define PH_AFTER_END 256u  /* with PH_BAD_FRAME: bytes came after the end frame */
 /* ph_relay_add flags. */
 #define PH_FORCE_COPY 1
 #define PH_FRAMED_B 2      /* side b carries PHDATA2 frames (see "framed relays" below) */
@@ -634,11 +635,11 @@ static uint32_t get_be32(const uint8_t *p) {
   return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-/* The stream broke its framing (code: the header read; 0 with after_end: bytes after its end). */
-static void frame_bad(struct framing *f, uint32_t code) {
+/* The stream broke its framing (code: the header read; PH_AFTER_END: bytes after its end). */
+static void frame_bad(struct framing *f, uint32_t code, uint32_t flags) {
   f->stream_gone = 1;
   f->bad_code = code;
-  f->flags |= PH_BAD_FRAME;
+  f->flags |= PH_BAD_FRAME | flags;
 }
 
 /* A complete header was read into dhdr. */
@@ -646,7 +647,7 @@ static void frame_header(struct framing *f) {
   uint32_t code = get_be32(f->dhdr);
   f->dhdr_have = 0;
   if (code == PH_END_EOF || code == PH_END_RESET) f->got_end = code;
-  else if (code == 0 || code > PH_MAX_FRAME) frame_bad(f, code);
+  else if (code == 0 || code > PH_MAX_FRAME) frame_bad(f, code, 0);
   else f->remaining = code;
 }
 
@@ -655,7 +656,7 @@ static void frame_header(struct framing *f) {
 static void frame_feed(struct framing *f, const uint8_t *p, size_t len, uint8_t *out, size_t *out_len) {
   size_t at = 0;
   while (at < len && !f->stream_gone) {
-    if (f->got_end) { frame_bad(f, 0); return; }
+    if (f->got_end) { frame_bad(f, 0, PH_AFTER_END); return; }
     if (f->remaining > 0) {
       size_t n = len - at < f->remaining ? len - at : f->remaining;
       if (out) { memcpy(out + *out_len, p + at, n); *out_len += n; }

@@ -14,10 +14,12 @@ export const RELAY_RESET = 1;
 export const RELAY_SPLICE_AB = 2;
 export const RELAY_SPLICE_BA = 4;
 export const RELAY_ABORTED = 32;
-/** The framed side broke its framing (err: the header it sent, 0: bytes after its end frame). */
+/** The framed side broke its framing (err: the header it sent). */
 export const RELAY_BAD_FRAME = 64;
 /** The framed side closed without an end frame (its agent died). */
 export const RELAY_LOST = 128;
+/** With RELAY_BAD_FRAME: bytes came after the end frame. */
+export const RELAY_AFTER_END = 256;
 const FORCE_COPY = 1;
 const FRAMED_B = 2;
 export const EPOLLIN = 1;

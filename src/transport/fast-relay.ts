@@ -9,7 +9,7 @@
 import type * as net from "node:net";
 import type { RelayStatus } from "../core/status.ts";
 import { loadNative } from "../runtime/native.ts";
-import { fdsHidden, RELAY_BAD_FRAME, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
+import { fdsHidden, RELAY_AFTER_END, RELAY_BAD_FRAME, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
 import { resetSocket, spliceFramed, spliceSockets } from "./tunnel-relay.ts";
 
 /** A framed data-path stream's side of a join (PHDATA2, core/data-frames.ts). */
@@ -152,7 +152,7 @@ function join(a: net.Socket, b: net.Socket, framed?: Framed): void {
         copyMode,
         (end) => {
           if (end.flags & RELAY_RESET) resets++;
-          if (end.flags & RELAY_BAD_FRAME) framed?.onBad?.(end.err ? `invalid frame header 0x${end.err.toString(16)}` : "bytes after the end of the stream");
+          if (end.flags & RELAY_BAD_FRAME) framed?.onBad?.(end.flags & RELAY_AFTER_END ? "bytes after the end of the stream" : `invalid frame header 0x${end.err.toString(16)}`);
           for (const [, h] of sides) {
             h.end = end;
             for (const w of h.waiters.splice(0)) w();

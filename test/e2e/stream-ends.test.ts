@@ -93,7 +93,7 @@ describe.each(cases)("stream ends over $path with $relay", ({ path, env, mode })
   });
 });
 
-const dying = [...relays.map((r) => ({ path: "fast", ...r })), { path: "grpc", relay: "grpc-js", env: "", mode: undefined }] as const;
+const dying = [...relays.map((r) => ({ path: "fast" as const, ...r })), { path: "grpc" as const, relay: "grpc-js", env: "", mode: undefined }];
 
 describe.each(dying)("the guest agent dies mid-download over $path with $relay", ({ path, env, mode }) => {
   e2eTest.each(["SIGKILL", "SIGTERM"] as const)("killed with %s: the host client sees a reset, not a clean EOF", async (signal) => {
