@@ -45,6 +45,7 @@ const handed = new WeakMap<net.Socket, Handed>();
  */
 export async function prepareRelay(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<RelayStatus> {
   notice = say;
+  noticed = false; // a new preparation (tests prepare several times in one process) says it anew
   const setting = env.PORTHOLE_NATIVE_RELAY ?? "";
   if (setting === "0" || setting === "false") {
     fallbackReason = `PORTHOLE_NATIVE_RELAY=${setting}`;
