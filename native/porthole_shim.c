@@ -362,6 +362,7 @@ struct relay {
   int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
   uint32_t fail_flags, fail_err;
   int in_resetting;
+  uint64_t drain_deadline_ms; /* a failing relay waits for a send queue until then */
   struct relay *next_pending, *next_ready, *next_resetting;
 };
 
@@ -527,16 +528,35 @@ static void ready_push(struct relay **ready, struct relay *r) {
 }
 
 static void framed_run(struct relay *r, struct relay **ready);
+static uint64_t now_ms(void);
+static void resetting_push(struct relay *r);
+#define PH_RESET_WAIT_MS 3000
+
+/* Before a reset: are bytes already written to fd still in its send queue (a peer that is not
+ * reading right now), and is there time left to wait for them? (A reset drops them.) */
+static int still_draining(int fd, uint64_t *deadline) {
+  int outq = 0;
+  if (ioctl(fd, SIOCOUTQ, &outq) != 0 || outq <= 0) return 0;
+  uint64_t now = now_ms();
+  if (!*deadline) *deadline = now + PH_RESET_WAIT_MS;
+  return now < *deadline;
+}
 
 /* Pumps both directions; a relay with more to do goes back on the ready list. */
 static void run(struct relay *r, struct relay **ready) {
   if (r->fr) { framed_run(r, ready); return; }
   if (r->failing) {
-    /* Data the failed side sent before its reset still reaches the other side, then the reset. */
+    /* Data the failed side sent before its reset still reaches the other side, then the reset
+     * (once it left the other side's send queue, bounded). */
     struct dir *d = &r->d[r->fail_dir];
     int side = 0;
     int res = pump(d, &side);
-    if (res < 0 || d->queued == 0) { finish(r, r->fail_flags, r->fail_err); return; }
+    if (res < 0) { finish(r, r->fail_flags, r->fail_err); return; }
+    if (d->queued == 0) {
+      if (still_draining(d->dst, &r->drain_deadline_ms)) { resetting_push(r); return; }
+      finish(r, r->fail_flags, r->fail_err);
+      return;
+    }
     if (res > 0) { ready_push(ready, r); return; }
     int i = r->fail_dir == 0 ? 1 : 0; /* the fd that d writes */
     if (!r->want_out[i]) {
@@ -553,7 +573,7 @@ static void run(struct relay *r, struct relay **ready) {
       /* d[0] reads a, writes b; d[1] reads b, writes a. */
       int on_b = (i == 0) == (side == 1);
       uint32_t flags = PH_RESET | (on_b ? PH_ERR_B : PH_ERR_A);
-      if (side == 0 && r->d[i].queued > 0) {
+      if (side == 0) {
         r->failing = 1;
         r->fail_dir = i;
         r->fail_flags = flags;
@@ -587,16 +607,13 @@ static void check_errors(struct relay *r) {
     if (!r->d[i].src_eof) continue;
     int e = -ph_socket_error(r->fd[i]);
     if (e <= 0) continue;
-    /* What side i sent before failing (queued in d[i]) still goes out first. */
-    if (r->d[i].queued > 0) {
-      r->failing = 1;
-      r->fail_dir = i;
-      r->fail_flags = PH_RESET | (i ? PH_ERR_B : PH_ERR_A);
-      r->fail_err = (uint32_t)e;
-      r->d[i].src_eof = r->d[i].hold = 1;
-    } else {
-      finish(r, PH_RESET | (i ? PH_ERR_B : PH_ERR_A), (uint32_t)e);
-    }
+    /* What side i sent before failing (queued in d[i], or still in the other side's send
+     * queue) still goes out first. */
+    r->failing = 1;
+    r->fail_dir = i;
+    r->fail_flags = PH_RESET | (i ? PH_ERR_B : PH_ERR_A);
+    r->fail_err = (uint32_t)e;
+    r->d[i].src_eof = r->d[i].hold = 1;
     return;
   }
 }
@@ -618,8 +635,6 @@ static void check_errors(struct relay *r) {
  *   - the stream is closed once an end frame went each way.
  * Payload never passes through user space (except where splice() is refused: then read/send).
  */
-
-#define PH_RESET_WAIT_MS 3000
 
 static uint64_t now_ms(void) {
   struct timespec t;

@@ -183,6 +183,26 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
       expect(data.length).toBe(sent.length);
       expect(how).toBe("ECONNRESET");
     });
+
+    test("a server's reset while the client is not reading: the bytes waiting in the kernel still arrive before the reset", async () => {
+      const sent = randomBytes(2 << 20);
+      const target = await serve((s) => {
+        s.write(sent, () => setTimeout(() => s.resetAndDestroy(), 50));
+      });
+      const proxy = await proxyTo(target);
+      const client = connect(proxy);
+      client.pause();
+      let how = "";
+      client.once("error", (err: NodeJS.ErrnoException) => (how = err.code ?? "error"));
+      const closed = new Promise((resolve) => client.once("close", resolve));
+      await Bun.sleep(400); // the reset is due while the bytes wait for the client to read them
+      const chunks: Buffer[] = [];
+      client.on("data", (c: Buffer) => chunks.push(c));
+      client.resume();
+      await closed;
+      expect(how).toBe("ECONNRESET");
+      expect(sha256(Buffer.concat(chunks))).toBe(sha256(sent));
+    });
   }
 
   test("a client that resets arrives at the server as a reset", async () => {
