@@ -23,7 +23,9 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
@@ -302,8 +304,17 @@ enum { REC_RELAY_DONE = 1, REC_READY = 2 };
 #define PH_ERR_A 8u        /* the error was on side a */
 #define PH_ERR_B 16u       /* the error was on side b */
 #define PH_ABORTED 32u     /* ph_relay_abort() */
+#define PH_BAD_FRAME 64u   /* the framed side broke its framing (err: the header read) */
+#define PH_LOST 128u       /* the framed side closed without an end frame (its agent died) */
+#define PH_AFTER_END 256u  /* with PH_BAD_FRAME: bytes came after the end frame */
 /* ph_relay_add flags. */
 #define PH_FORCE_COPY 1
+#define PH_FRAMED_B 2      /* side b carries PHDATA2 frames (see "framed relays" below) */
+
+/* Frame headers (src/core/data-frames.ts): a big-endian length 1..PH_MAX_FRAME, or an end. */
+#define PH_MAX_FRAME (16u << 20)
+#define PH_END_EOF 0xffffffffu
+#define PH_END_RESET 0xfffffffeu
 
 struct record {
   uint32_t kind, id, flags, err;
@@ -320,15 +331,39 @@ struct dir {
   uint64_t bytes;
 };
 
+/* The state of a framed relay: a (fd[0]) is plain, b (fd[1]) carries frames. */
+struct framing {
+  /* encoder, d[0] (plain -> frames): the header of the frame whose payload is queued */
+  uint8_t ehdr[4];
+  int ehdr_off;        /* 4: sent (or none pending) */
+  uint32_t end_code;   /* the end frame to send once the queued frame is out (0: none yet) */
+  int end_started, end_done;
+  /* decoder, d[1] (frames -> plain) */
+  uint8_t dhdr[4];
+  int dhdr_have;
+  uint32_t remaining;  /* payload bytes of the current frame still to read */
+  uint32_t got_end;    /* PH_END_EOF or PH_END_RESET once received */
+  int stream_gone;     /* b closed or failed before its end frame, or broke its framing */
+  uint32_t bad_code;   /* with PH_BAD_FRAME */
+  uint32_t flags;      /* PH_LOST, PH_BAD_FRAME, PH_ERR_*: for the record */
+  uint32_t err;
+  int plain_dead;      /* a was reset (by us or its peer): nothing more is read from or written to it */
+  int plain_resetting; /* a's reset waits for its send queue to drain (bounded) */
+  uint64_t reset_deadline_ms;
+};
+
 struct relay {
   uint32_t id;
   int fd[2];
   struct dir d[2]; /* d[0]: a -> b, d[1]: b -> a */
+  struct framing *fr; /* framed relays only */
   int closed, in_ready;
   int want_out[2];         /* EPOLLOUT is asked for on fd[i] only while a write to it waits */
   int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
   uint32_t fail_flags, fail_err;
-  struct relay *next_pending, *next_ready;
+  int in_resetting;
+  uint64_t drain_deadline_ms; /* a failing relay waits for a send queue until then */
+  struct relay *next_pending, *next_ready, *next_resetting;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -338,6 +373,7 @@ static uint8_t slot_taken[PH_MAX_RELAYS]; /* until JavaScript releases the id */
 static uint8_t slot_abort[PH_MAX_RELAYS];
 static struct relay *pending;   /* added, not yet registered by the thread */
 static struct relay *graveyard; /* finished, freed by the thread after its current round */
+static struct relay *resetting; /* framed relays waiting for a plain side's send queue to drain */
 static int abort_requested;
 static struct record *outq;     /* records the notify socket had no room for */
 static size_t outq_len, outq_cap, outq_sent_bytes;
@@ -400,9 +436,11 @@ static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->closed) return;
   r->closed = 1;
   for (int i = 0; i < 2; i++) {
+    if (r->fd[i] < 0) continue; /* a framed relay closed it already */
     epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[i], NULL);
     if (flags & PH_RESET) reset_fd(r->fd[i]);
     else close(r->fd[i]);
+    r->fd[i] = -1;
   }
   if (r->d[0].spliced) flags |= PH_SPLICE_AB;
   if (r->d[1].spliced) flags |= PH_SPLICE_BA;
@@ -489,14 +527,36 @@ static void ready_push(struct relay **ready, struct relay *r) {
   *ready = r;
 }
 
+static void framed_run(struct relay *r, struct relay **ready);
+static uint64_t now_ms(void);
+static void resetting_push(struct relay *r);
+#define PH_RESET_WAIT_MS 3000
+
+/* Before a reset: are bytes already written to fd still in its send queue (a peer that is not
+ * reading right now), and is there time left to wait for them? (A reset drops them.) */
+static int still_draining(int fd, uint64_t *deadline) {
+  int outq = 0;
+  if (ioctl(fd, SIOCOUTQ, &outq) != 0 || outq <= 0) return 0;
+  uint64_t now = now_ms();
+  if (!*deadline) *deadline = now + PH_RESET_WAIT_MS;
+  return now < *deadline;
+}
+
 /* Pumps both directions; a relay with more to do goes back on the ready list. */
 static void run(struct relay *r, struct relay **ready) {
+  if (r->fr) { framed_run(r, ready); return; }
   if (r->failing) {
-    /* Data the failed side sent before its reset still reaches the other side, then the reset. */
+    /* Data the failed side sent before its reset still reaches the other side, then the reset
+     * (once it left the other side's send queue, bounded). */
     struct dir *d = &r->d[r->fail_dir];
     int side = 0;
     int res = pump(d, &side);
-    if (res < 0 || d->queued == 0) { finish(r, r->fail_flags, r->fail_err); return; }
+    if (res < 0) { finish(r, r->fail_flags, r->fail_err); return; }
+    if (d->queued == 0) {
+      if (still_draining(d->dst, &r->drain_deadline_ms)) { resetting_push(r); return; }
+      finish(r, r->fail_flags, r->fail_err);
+      return;
+    }
     if (res > 0) { ready_push(ready, r); return; }
     int i = r->fail_dir == 0 ? 1 : 0; /* the fd that d writes */
     if (!r->want_out[i]) {
@@ -513,7 +573,7 @@ static void run(struct relay *r, struct relay **ready) {
       /* d[0] reads a, writes b; d[1] reads b, writes a. */
       int on_b = (i == 0) == (side == 1);
       uint32_t flags = PH_RESET | (on_b ? PH_ERR_B : PH_ERR_A);
-      if (side == 0 && r->d[i].queued > 0) {
+      if (side == 0) {
         r->failing = 1;
         r->fail_dir = i;
         r->fail_flags = flags;
@@ -547,17 +607,344 @@ static void check_errors(struct relay *r) {
     if (!r->d[i].src_eof) continue;
     int e = -ph_socket_error(r->fd[i]);
     if (e <= 0) continue;
-    /* What side i sent before failing (queued in d[i]) still goes out first. */
-    if (r->d[i].queued > 0) {
-      r->failing = 1;
-      r->fail_dir = i;
-      r->fail_flags = PH_RESET | (i ? PH_ERR_B : PH_ERR_A);
-      r->fail_err = (uint32_t)e;
-      r->d[i].src_eof = r->d[i].hold = 1;
-    } else {
-      finish(r, PH_RESET | (i ? PH_ERR_B : PH_ERR_A), (uint32_t)e);
-    }
+    /* What side i sent before failing (queued in d[i], or still in the other side's send
+     * queue) still goes out first. */
+    r->failing = 1;
+    r->fail_dir = i;
+    r->fail_flags = PH_RESET | (i ? PH_ERR_B : PH_ERR_A);
+    r->fail_err = (uint32_t)e;
+    r->d[i].src_eof = r->d[i].hold = 1;
     return;
+  }
+}
+
+/* ---- framed relays ----------------------------------------------------------------------
+ *
+ * A PHDATA2 data-path stream (src/core/data-frames.ts) carries frames both ways: a 4-byte
+ * big-endian length then that many bytes, and at the end one end frame, EOF or RESET. A relay
+ * added with PH_FRAMED_B joins a plain socket (a) to such a stream (b) with the semantics of
+ * the JavaScript spliceFramed() (src/transport/tunnel-relay.ts):
+ *   - encoder, d[0]: plain -> pipe with splice(); the count n read becomes the header sent with
+ *     send(), then exactly n bytes go pipe -> stream with splice() (a frame is finished before
+ *     more is read). a's EOF goes out as END_EOF, a's error (or reset) as END_RESET;
+ *   - decoder, d[1]: the header is read with recv() (possibly in pieces), then at most the
+ *     frame's remaining bytes go stream -> pipe -> plain; END_EOF half-closes a once what came
+ *     before it is delivered, END_RESET resets a after that (and after a's send queue drained,
+ *     bounded); a stream that closes or fails before its end frame, or breaks its framing,
+ *     resets a the same way and is closed at once;
+ *   - the stream is closed once an end frame went each way.
+ * Payload never passes through user space (except where splice() is refused: then read/send).
+ */
+
+static uint64_t now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+}
+
+static void put_be32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* The stream broke its framing (code: the header read; PH_AFTER_END: bytes after its end). */
+static void frame_bad(struct framing *f, uint32_t code, uint32_t flags) {
+  f->stream_gone = 1;
+  f->bad_code = code;
+  f->flags |= PH_BAD_FRAME | flags;
+}
+
+/* A complete header was read into dhdr. */
+static void frame_header(struct framing *f) {
+  uint32_t code = get_be32(f->dhdr);
+  f->dhdr_have = 0;
+  if (code == PH_END_EOF || code == PH_END_RESET) f->got_end = code;
+  else if (code == 0 || code > PH_MAX_FRAME) frame_bad(f, code, 0);
+  else f->remaining = code;
+}
+
+/* Decodes bytes read from the stream outside the splice path (the bytes JavaScript had read,
+ * and what is read to be thrown away once a is gone): payload is appended to out (if any). */
+static void frame_feed(struct framing *f, const uint8_t *p, size_t len, uint8_t *out, size_t *out_len) {
+  size_t at = 0;
+  while (at < len && !f->stream_gone) {
+    if (f->got_end) { frame_bad(f, 0, PH_AFTER_END); return; }
+    if (f->remaining > 0) {
+      size_t n = len - at < f->remaining ? len - at : f->remaining;
+      if (out) { memcpy(out + *out_len, p + at, n); *out_len += n; }
+      f->remaining -= (uint32_t)n;
+      at += n;
+      continue;
+    }
+    f->dhdr[f->dhdr_have++] = p[at++];
+    if (f->dhdr_have == 4) frame_header(f);
+  }
+}
+
+/* The stream is over for us: closed (never reset: it is a unix or vsock stream). */
+static void stream_close(struct relay *r) {
+  if (r->fd[1] < 0) return;
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[1], NULL);
+  close(r->fd[1]);
+  r->fd[1] = -1;
+}
+
+static void plain_reset_now(struct relay *r) {
+  r->fr->plain_resetting = 0;
+  if (r->fd[0] < 0) return;
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
+  reset_fd(r->fd[0]);
+  r->fd[0] = -1;
+}
+
+/* a is over: nothing more is read from it or written to it, and it is reset, once the bytes
+ * already written to it left its send queue if `drain` (bounded by PH_RESET_WAIT_MS). */
+static void plain_reset(struct relay *r, int drain) {
+  struct framing *f = r->fr;
+  f->plain_dead = 1;
+  r->d[1].queued = 0; /* undelivered bytes for a are dropped (the pipe is not used again) */
+  if (f->plain_resetting || r->fd[0] < 0) return;
+  int outq = 0;
+  if (drain && ioctl(r->fd[0], SIOCOUTQ, &outq) == 0 && outq > 0) {
+    f->plain_resetting = 1;
+    f->reset_deadline_ms = now_ms() + PH_RESET_WAIT_MS;
+    return;
+  }
+  plain_reset_now(r);
+}
+
+/* The stream closed or failed before its end frame (err: its errno, or 0 for EOF). */
+static void stream_lost(struct relay *r, int err) {
+  struct framing *f = r->fr;
+  if (!f->stream_gone) {
+    f->stream_gone = 1;
+    f->flags |= PH_LOST | PH_ERR_B;
+    if (!f->err) f->err = (uint32_t)err;
+  }
+}
+
+/* Plain -> frames. Same returns as pump(); *side 0: reading a failed, 1: writing b failed. */
+static int enc_pump(struct relay *r, int *side) {
+  struct framing *f = r->fr;
+  struct dir *d = &r->d[0];
+  for (int budget = PH_BUDGET; budget > 0; budget--) {
+    int progressed = 0;
+    if (f->ehdr_off < 4) {
+      ssize_t m = send(d->dst, f->ehdr + f->ehdr_off, (size_t)(4 - f->ehdr_off), MSG_DONTWAIT | MSG_NOSIGNAL | (d->queued ? MSG_MORE : 0));
+      if (m > 0) {
+        f->ehdr_off += (int)m;
+        progressed = 1;
+        if (f->ehdr_off == 4 && f->end_started) f->end_done = 1;
+      } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
+        *side = 1;
+        return NEG_ERRNO;
+      }
+      if (f->ehdr_off < 4) {
+        if (!progressed) return 0;
+        continue;
+      }
+    }
+    if (d->queued > 0) {
+      ssize_t m = d->pipe_r >= 0
+        ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (m > 0) {
+        d->queued -= (size_t)m;
+        if (d->pipe_r < 0) d->off += (size_t)m;
+        __atomic_fetch_add(&d->bytes, (uint64_t)m, __ATOMIC_RELAXED);
+        __atomic_fetch_add(d->pipe_r >= 0 ? &total_spliced : &total_copied, (uint64_t)m, __ATOMIC_RELAXED);
+        progressed = 1;
+      } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
+        *side = 1;
+        return NEG_ERRNO;
+      }
+    }
+    if (d->queued == 0) {
+      if (f->end_code && !f->end_started) {
+        put_be32(f->ehdr, f->end_code);
+        f->ehdr_off = 0;
+        f->end_started = 1;
+        continue;
+      }
+      if (!f->end_code && !f->plain_dead && !d->src_eof) {
+        int pipe_mode = d->pipe_r >= 0;
+        ssize_t n = pipe_mode
+          ? splice(d->src, NULL, d->pipe_w, NULL, d->cap, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+          : read(d->src, d->buf, d->cap);
+        if (n > 0) {
+          d->queued = (size_t)n;
+          d->off = 0;
+          put_be32(f->ehdr, (uint32_t)n); /* n <= the pipe's or buffer's size < PH_MAX_FRAME */
+          f->ehdr_off = 0;
+          progressed = 1;
+        } else if (n == 0) {
+          d->src_eof = 1;
+          f->end_code = PH_END_EOF;
+          progressed = 1;
+        } else if (errno == EINTR) {
+          continue;
+        } else if (errno == EINVAL && pipe_mode) {
+          int e = to_copy(d); /* this socket family cannot splice */
+          if (e) { *side = 0; return e; }
+          continue;
+        } else if (errno != EAGAIN) {
+          *side = 0;
+          return NEG_ERRNO;
+        }
+      }
+    }
+    if (!progressed) return 0;
+  }
+  return 1;
+}
+
+/* Frames -> plain. Same returns as pump(); an error is always a's (writing it failed); the
+ * stream's own failures become stream_lost(). */
+static int dec_pump(struct relay *r, int *side) {
+  struct framing *f = r->fr;
+  struct dir *d = &r->d[1];
+  *side = 0;
+  for (int budget = PH_BUDGET; budget > 0; budget--) {
+    int progressed = 0;
+    if (d->queued > 0 && !f->plain_dead) {
+      ssize_t m = d->pipe_r >= 0
+        ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (m > 0) {
+        d->queued -= (size_t)m;
+        if (d->pipe_r < 0) d->off += (size_t)m;
+        __atomic_fetch_add(&d->bytes, (uint64_t)m, __ATOMIC_RELAXED);
+        __atomic_fetch_add(d->pipe_r >= 0 ? &total_spliced : &total_copied, (uint64_t)m, __ATOMIC_RELAXED);
+        progressed = 1;
+      } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
+        return NEG_ERRNO;
+      }
+    }
+    if (!f->got_end && !f->stream_gone) {
+      ssize_t n;
+      if (f->plain_dead) {
+        /* a is gone: what still comes is read and thrown away, up to the end frame. */
+        static uint8_t scratch[65536];
+        n = recv(d->src, scratch, sizeof scratch, MSG_DONTWAIT);
+        if (n > 0) frame_feed(f, scratch, (size_t)n, NULL, NULL);
+      } else if (f->remaining == 0) {
+        n = recv(d->src, f->dhdr + f->dhdr_have, (size_t)(4 - f->dhdr_have), MSG_DONTWAIT);
+        if (n > 0) {
+          f->dhdr_have += (int)n;
+          if (f->dhdr_have == 4) frame_header(f);
+        }
+      } else if (d->pipe_r >= 0 ? d->queued < d->cap : d->queued == 0) {
+        size_t room = d->pipe_r >= 0 ? d->cap - d->queued : d->cap;
+        size_t want = room < f->remaining ? room : f->remaining;
+        n = d->pipe_r >= 0
+          ? splice(d->src, NULL, d->pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+          : read(d->src, d->buf, want);
+        if (n > 0) {
+          if (d->pipe_r < 0) d->off = 0;
+          d->queued += (size_t)n;
+          f->remaining -= (uint32_t)n;
+        } else if (n < 0 && errno == EINVAL && d->pipe_r >= 0 && d->queued == 0) {
+          int e = to_copy(d); /* this socket family cannot splice */
+          if (e) return e;
+          continue;
+        }
+      } else {
+        n = -2; /* the pipe is full: a has to read first */
+      }
+      if (n > 0) {
+        progressed = 1;
+      } else if (n == 0) {
+        stream_lost(r, 0); /* closed before its end frame */
+        progressed = 1;
+      } else if (n == -1 && errno == EINTR) {
+        continue;
+      } else if (n == -1 && errno != EAGAIN) {
+        stream_lost(r, errno);
+        progressed = 1;
+      }
+    }
+    if (!progressed) return 0;
+  }
+  return 1;
+}
+
+static void resetting_push(struct relay *r) {
+  if (r->in_resetting) return;
+  r->in_resetting = 1;
+  r->next_resetting = resetting;
+  resetting = r;
+}
+
+static void framed_run(struct relay *r, struct relay **ready) {
+  struct framing *f = r->fr;
+  struct dir *enc = &r->d[0], *dec = &r->d[1];
+  if (f->plain_resetting) {
+    int outq = 0;
+    if (ioctl(r->fd[0], SIOCOUTQ, &outq) != 0 || outq == 0 || now_ms() >= f->reset_deadline_ms) plain_reset_now(r);
+  }
+  int was_dead = f->plain_dead;
+  int more = 0, side = 0, res;
+  if (r->fd[1] >= 0 && !f->stream_gone && !f->end_done) {
+    res = enc_pump(r, &side);
+    if (res < 0 && side == 0) {
+      f->flags |= PH_ERR_A; /* a failed (its peer reset it): END_RESET after what it sent */
+      if (!f->err) f->err = (uint32_t)-res;
+      plain_reset(r, 0);
+    } else if (res < 0) {
+      stream_lost(r, -res);
+    }
+    more |= res > 0;
+  }
+  res = dec_pump(r, &side);
+  if (res < 0) {
+    f->flags |= PH_ERR_A;
+    if (!f->err) f->err = (uint32_t)-res;
+    plain_reset(r, 0);
+  }
+  more |= res > 0;
+  /* a failed after its reading was over (EOF, then a reset): it is gone. */
+  if (!f->plain_dead && enc->src_eof && ph_socket_error(r->fd[0]) < 0) {
+    f->flags |= PH_ERR_A;
+    plain_reset(r, 0);
+  }
+  /* What ends what. */
+  if (f->plain_dead && !f->end_code) { f->end_code = PH_END_RESET; more = 1; }
+  if (f->stream_gone) stream_close(r);
+  if (!f->plain_dead && dec->queued == 0) {
+    if (f->stream_gone || f->got_end == PH_END_RESET) {
+      plain_reset(r, 1);
+    } else if (f->got_end == PH_END_EOF && !dec->shut) {
+      dec->shut = 1;
+      if (shutdown(r->fd[0], SHUT_WR) != 0 && errno != ENOTCONN) {
+        f->flags |= PH_ERR_A;
+        plain_reset(r, 0);
+      }
+    }
+  }
+  if (!was_dead && f->plain_dead && !f->stream_gone && !f->got_end) more = 1; /* read on, to the end frame */
+  int enc_over = f->end_done || f->stream_gone;
+  int dec_over = f->stream_gone || f->got_end;
+  int plain_over = f->plain_dead ? !f->plain_resetting : (enc->src_eof && dec->shut);
+  if (enc_over && dec_over && plain_over) {
+    stream_close(r);
+    uint32_t flags = f->flags | (f->plain_dead ? PH_RESET : 0);
+    finish(r, flags, (f->flags & PH_BAD_FRAME) ? (int)f->bad_code : (int)f->err);
+    return;
+  }
+  if (f->plain_resetting) resetting_push(r);
+  if (more) { ready_push(ready, r); return; }
+  /* Writability is asked for only while bytes wait for it (see run()). */
+  int want[2] = {
+    r->fd[0] >= 0 && !f->plain_dead && dec->queued > 0,
+    r->fd[1] >= 0 && (f->ehdr_off < 4 || enc->queued > 0),
+  };
+  for (int i = 0; i < 2; i++) {
+    if (r->fd[i] < 0 || want[i] == r->want_out[i]) continue;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want[i] ? EPOLLOUT : 0), .data.ptr = r };
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = want[i];
   }
 }
 
@@ -602,7 +989,8 @@ static void *relay_thread(void *unused) {
   struct epoll_event events[256];
   struct relay *ready = NULL;
   for (;;) {
-    int n = epoll_wait(epfd, events, 256, ready ? 0 : -1);
+    /* A plain side waiting for its send queue to drain is looked at every 10 ms. */
+    int n = epoll_wait(epfd, events, 256, ready ? 0 : resetting ? 10 : -1);
     if (n < 0 && errno != EINTR) return NULL;
     for (int i = 0; i < n; i++) {
       uint64_t tag = events[i].data.u64;
@@ -618,9 +1006,15 @@ static void *relay_thread(void *unused) {
       } else {
         struct relay *r = events[i].data.ptr;
         if (r->closed) continue;
-        if (events[i].events & EPOLLERR) check_errors(r);
+        if ((events[i].events & EPOLLERR) && !r->fr) check_errors(r); /* framed: framed_run looks */
         if (!r->closed) ready_push(&ready, r);
       }
+    }
+    while (resetting) {
+      struct relay *r = resetting;
+      resetting = r->next_resetting;
+      r->in_resetting = 0;
+      if (!r->closed) ready_push(&ready, r);
     }
     /* Each ready relay gets one budget's worth per round, so one fast relay cannot starve
      * the others. */
@@ -636,6 +1030,7 @@ static void *relay_thread(void *unused) {
     while (graveyard) {
       struct relay *r = graveyard;
       graveyard = r->next_pending;
+      free(r->fr);
       free(r);
     }
   }
@@ -721,8 +1116,29 @@ static int dir_init(struct dir *d, int src, int dst, int copy, const uint8_t *fi
  * Relays between two connected stream sockets until both directions ended or one failed.
  * Both fds are dup()ed: the caller closes its own. to_b/to_a: bytes already read by the
  * caller that must reach b (resp. a) before anything else. flags: PH_FORCE_COPY to use
- * read()/send() both ways. Returns the relay's id (> 0), or -errno.
+ * read()/send() both ways; PH_FRAMED_B when b is a framed data-path stream (to_b are then
+ * plain bytes, sent as a frame, and to_a the stream's bytes as read, decoded here).
+ * Returns the relay's id (> 0), or -errno.
  */
+static int framed_init(struct relay *r, int copy, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len) {
+  struct framing *f = calloc(1, sizeof *f);
+  if (!f) return -ENOMEM;
+  r->fr = f;
+  f->ehdr_off = 4;
+  int e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
+  if (e) return e;
+  if (to_b_len > 0) { put_be32(f->ehdr, (uint32_t)to_b_len); f->ehdr_off = 0; }
+  /* The stream's bytes JavaScript read (after the data header or status byte) are decoded
+   * here: their payload goes out first, and an end or a bad frame among them counts. */
+  uint8_t *payload = to_a_len > 0 ? malloc((size_t)to_a_len) : NULL;
+  size_t len = 0;
+  if (to_a_len > 0 && !payload) return -ENOMEM;
+  if (to_a_len > 0) frame_feed(f, to_a, (size_t)to_a_len, payload, &len);
+  e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, payload, (int)len);
+  free(payload);
+  return e;
+}
+
 int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
   if (notify_js < 0) return -ENOTCONN;
   struct relay *r = calloc(1, sizeof *r);
@@ -735,8 +1151,11 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
     set_nonblock(r->fd[0]);
     set_nonblock(r->fd[1]);
     int copy = flags & PH_FORCE_COPY;
-    e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
-    if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
+    if (flags & PH_FRAMED_B) e = framed_init(r, copy, to_b, to_b_len, to_a, to_a_len);
+    else {
+      e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
+      if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
+    }
   }
   int slot = -1;
   if (!e) {
@@ -762,6 +1181,7 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
     for (int i = 0; i < 2; i++) if (r->fd[i] >= 0) close(r->fd[i]);
     dir_free(&r->d[0]);
     dir_free(&r->d[1]);
+    free(r->fr);
     free(r);
     return e;
   }

@@ -7,8 +7,8 @@ import * as net from "node:net";
 import { noteDialError } from "./fd-pressure.ts";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { joinSockets } from "../transport/fast-relay.ts";
-import { resetSocket, spliceFramed } from "../transport/tunnel-relay.ts";
+import { joinFramed, joinSockets } from "../transport/fast-relay.ts";
+import { resetSocket } from "../transport/tunnel-relay.ts";
 
 const HEADER_TIMEOUT_MS = 5000;
 /** At most one log line per this long about refused streams (anything may connect here). */
@@ -69,17 +69,19 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
     // client), and a host that goes away takes the half-made connection with it.
     const refused = () => stream.end(Buffer.of(STATUS_FAILED));
     const hostGone = () => resetSocket(upstream);
-    upstream.once("error", (err) => (noteDialError(err, target.address), refused()));
+    const dialFailed = (err: Error) => (noteDialError(err, target.address), refused());
+    upstream.once("error", dialFailed);
     stream.once("error", hostGone);
     stream.once("close", hostGone);
     upstream.once("connect", () => {
-      upstream.off("error", refused);
+      // From now on an error ends the relay (through "close"), never a status byte inside the frames.
+      upstream.off("error", dialFailed);
+      upstream.on("error", () => {});
       stream.off("error", hostGone);
       stream.off("close", hostGone);
       stream.write(Buffer.of(STATUS_CONNECTED));
       if (header.framed) {
-        spliceFramed(upstream, stream, header.rest, (why) => refuse(`data path: closed a stream from the host that broke its framing (${why})`));
-        stream.resume();
+        joinFramed(upstream, stream, header.rest, (why) => refuse(`data path: closed a stream from the host that broke its framing (${why})`));
       } else {
         if (header.rest.length) upstream.write(header.rest);
         joinSockets(stream, upstream);

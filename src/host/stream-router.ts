@@ -18,8 +18,8 @@ import type { PlannedForward } from "../core/forward-plan.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { afterRelay, joinSockets, resetConnection } from "../transport/fast-relay.ts";
-import { resetSocket, spliceFramed } from "../transport/tunnel-relay.ts";
+import { afterRelay, joinFramed, joinSockets, resetConnection } from "../transport/fast-relay.ts";
+import { resetSocket } from "../transport/tunnel-relay.ts";
 import { DirectPaths } from "./direct-paths.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
 import type { PathTraffic } from "../core/status.ts";
@@ -196,8 +196,7 @@ export class StreamRouter {
         this.counters.took(path, plan.key, client);
         if (directIP) this.trackDirect(directIP, client, stream);
         if (framed) {
-          spliceFramed(client, stream, initial);
-          client.resume();
+          joinFramed(client, stream, initial);
         } else {
           if (initial?.length) client.write(initial);
           joinSockets(client, stream);

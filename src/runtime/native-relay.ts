@@ -14,7 +14,14 @@ export const RELAY_RESET = 1;
 export const RELAY_SPLICE_AB = 2;
 export const RELAY_SPLICE_BA = 4;
 export const RELAY_ABORTED = 32;
+/** The framed side broke its framing (err: the header it sent). */
+export const RELAY_BAD_FRAME = 64;
+/** The framed side closed without an end frame (its agent died). */
+export const RELAY_LOST = 128;
+/** With RELAY_BAD_FRAME: bytes came after the end frame. */
+export const RELAY_AFTER_END = 256;
 const FORCE_COPY = 1;
+const FRAMED_B = 2;
 export const EPOLLIN = 1;
 export const EPOLLOUT = 4;
 
@@ -75,11 +82,15 @@ export class NativeRelayLoop {
     return new NativeRelayLoop(shim, socketFromFd(fd));
   }
 
-  /** Relays fdA <-> fdB (both dup()ed by the shim); `onEnd` gets the record when it ends. */
-  add(fdA: number, fdB: number, toB: Uint8Array, toA: Uint8Array, copy: boolean, onEnd: (end: RelayEnd) => void): number {
+  /**
+   * Relays fdA <-> fdB (both dup()ed by the shim); `onEnd` gets the record when it ends.
+   * framedB: fdB is a framed data-path stream (PHDATA2); toA are then its bytes as read.
+   */
+  add(fdA: number, fdB: number, toB: Uint8Array, toA: Uint8Array, copy: boolean, onEnd: (end: RelayEnd) => void, framedB = false): number {
+    const flags = (copy ? FORCE_COPY : 0) | (framedB ? FRAMED_B : 0);
     const id = check(
       this.shim,
-      this.shim.relayAdd(fdA, fdB, toB.length ? toB : this.empty, toB.length, toA.length ? toA : this.empty, toA.length, copy ? FORCE_COPY : 0),
+      this.shim.relayAdd(fdA, fdB, toB.length ? toB : this.empty, toB.length, toA.length ? toA : this.empty, toA.length, flags),
       "relay",
     );
     this.done.set(id, onEnd);

@@ -9,8 +9,16 @@
 import type * as net from "node:net";
 import type { RelayStatus } from "../core/status.ts";
 import { loadNative } from "../runtime/native.ts";
-import { fdsHidden, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
-import { resetSocket, spliceSockets } from "./tunnel-relay.ts";
+import { fdsHidden, RELAY_AFTER_END, RELAY_BAD_FRAME, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
+import { resetSocket, spliceFramed, spliceSockets } from "./tunnel-relay.ts";
+
+/** A framed data-path stream's side of a join (PHDATA2, core/data-frames.ts). */
+interface Framed {
+  /** Bytes of the stream already read (after its data header or status byte). */
+  initial: Buffer;
+  /** Hears why the stream was closed when it broke its framing. */
+  onBad?: (reason: string) => void;
+}
 
 interface Handed {
   id: number;
@@ -37,6 +45,7 @@ const handed = new WeakMap<net.Socket, Handed>();
  */
 export async function prepareRelay(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<RelayStatus> {
   notice = say;
+  noticed = false; // a new preparation (tests prepare several times in one process) says it anew
   const setting = env.PORTHOLE_NATIVE_RELAY ?? "";
   if (setting === "0" || setting === "false") {
     fallbackReason = `PORTHOLE_NATIVE_RELAY=${setting}`;
@@ -75,8 +84,9 @@ function usableLoop(): NativeRelayLoop | undefined {
   return fallbackReason ? undefined : loop;
 }
 
-function javascript(a: net.Socket, b: net.Socket): void {
+function javascript(a: net.Socket, b: net.Socket, framed?: Framed): void {
   javascriptRelays++;
+  if (framed) return spliceFramed(a, b, framed.initial, framed.onBad);
   spliceSockets(a, b);
   a.resume();
   b.resume();
@@ -96,8 +106,22 @@ function drain(socket: net.Socket): Buffer {
  * `afterRelay` and `relayedBytes` for what happens later).
  */
 export function joinSockets(a: net.Socket, b: net.Socket): void {
+  join(a, b);
+}
+
+/**
+ * Joins a plain socket to a framed data-path stream (PHDATA2) with spliceFramed()'s
+ * semantics (transport/tunnel-relay.ts): the plain side's EOF or reset goes out as an end
+ * frame, the stream's end frame is played back on the plain side, a stream that closes
+ * without one (or breaks its framing) resets the plain side. Natively where it can.
+ */
+export function joinFramed(plain: net.Socket, framed: net.Socket, initial: Buffer = Buffer.alloc(0), onBad?: (reason: string) => void): void {
+  join(plain, framed, { initial, onBad });
+}
+
+function join(a: net.Socket, b: net.Socket, framed?: Framed): void {
   const native = usableLoop();
-  if (!native) return javascript(a, b);
+  if (!native) return javascript(a, b, framed);
   a.pause();
   b.pause();
   const hand = () => {
@@ -111,28 +135,41 @@ export function joinSockets(a: net.Socket, b: net.Socket): void {
     if (fdA === undefined || fdB === undefined) {
       fallbackReason = "this runtime does not expose its sockets' file descriptors";
       sayFallback(fallbackReason);
-      return javascript(a, b);
+      return javascript(a, b, framed);
     }
     const toB = drain(a);
-    const toA = drain(b);
+    const toA = framed ? Buffer.concat([framed.initial, drain(b)]) : drain(b);
     const sides: [net.Socket, Handed][] = [
       [a, { id: 0, sideA: true, baseRead: a.bytesRead - toB.length, baseWritten: a.bytesWritten, waiters: [] }],
       [b, { id: 0, sideA: false, baseRead: b.bytesRead - toA.length, baseWritten: b.bytesWritten, waiters: [] }],
     ];
     let id: number;
     try {
-      id = native.add(fdA, fdB, toB, toA, copyMode, (end) => {
-        if (end.flags & RELAY_RESET) resets++;
-        for (const [, h] of sides) {
-          h.end = end;
-          for (const w of h.waiters.splice(0)) w();
-        }
-      });
+      id = native.add(
+        fdA,
+        fdB,
+        toB,
+        toA,
+        copyMode,
+        (end) => {
+          if (end.flags & RELAY_RESET) resets++;
+          if (end.flags & RELAY_BAD_FRAME) framed?.onBad?.(end.flags & RELAY_AFTER_END ? "bytes after the end of the stream" : `invalid frame header 0x${end.err.toString(16)}`);
+          for (const [, h] of sides) {
+            h.end = end;
+            for (const w of h.waiters.splice(0)) w();
+          }
+        },
+        framed !== undefined,
+      );
     } catch (err) {
       // Out of relay slots or fds: this connection goes the JavaScript way, with what was read.
+      sayFallback(`the native relay refused a connection (${(err as Error).message})`);
+      if (framed) {
+        if (toB.length) a.unshift(toB); // the JavaScript relay frames them
+        return javascript(a, b, { ...framed, initial: toA });
+      }
       if (toB.length) b.write(toB);
       if (toA.length) a.write(toA);
-      sayFallback(`the native relay refused a connection (${(err as Error).message})`);
       return javascript(a, b);
     }
     for (const [socket, h] of sides) {

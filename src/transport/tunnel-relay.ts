@@ -119,11 +119,15 @@ export function spliceFramed(plain: net.Socket, framed: net.Socket, initial?: Bu
       if (!plain.destroyed) plain.end();
     } else {
       resetAfterFlush(plain);
+      // The plain side is over: its END_RESET goes now (a runtime may report the reset
+      // socket's close as an "end", which must not go out as END_EOF).
+      sendEnd("reset");
     }
     closeIfDone();
   };
 
   relayOneWay(plain, framed, sendEnd, (chunk) => {
+    if (sentEnd) return true; // nothing after the end frame
     let ok = true;
     for (let at = 0; at < chunk.length; at += MAX_FRAME) {
       const piece = chunk.subarray(at, at + MAX_FRAME);

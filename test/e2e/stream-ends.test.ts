@@ -1,21 +1,61 @@
 // A stream ends the way its far end ended it, on every data path: data then EOF, or data then
 // a reset; and when the guest agent dies, a reset, never a clean EOF. The guest servers that
 // reset are CPython's (test/fixtures/reset-server.py); each test also checks, from
-// `porthole status --json`, which path the connections really took.
+// `porthole status --json`, which path the connections really took and which relay carried
+// them: the direct and fast paths run with the native relay (the data path's framed streams
+// through its framed side) and with the JavaScript one (PORTHOLE_NATIVE_RELAY=0).
 import { describe, expect } from "bun:test";
 import * as net from "node:net";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { e2eTest, exchange, freePort, Guest, pathsOf, readToEnd, startHostAgent, useHarness } from "./harness.ts";
+import { e2eTest, exchange, freePort, Guest, pathsOf, readToEnd, runPorthole, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
+const relays = [
+  { relay: "the native relay", env: "", mode: "native" },
+  { relay: "the JavaScript relay", env: "0", mode: "javascript" },
+] as const;
+
+/** The guest agent inherits the test's environment: PORTHOLE_NATIVE_RELAY=env (unset when empty) for its start. */
+async function startGuestAgent(guest: Guest, env: string) {
+  const saved = process.env.PORTHOLE_NATIVE_RELAY;
+  if (env) process.env.PORTHOLE_NATIVE_RELAY = env;
+  else delete process.env.PORTHOLE_NATIVE_RELAY;
+  try {
+    return await guest.startAgent();
+  } finally {
+    if (saved === undefined) delete process.env.PORTHOLE_NATIVE_RELAY;
+    else process.env.PORTHOLE_NATIVE_RELAY = saved;
+  }
+}
+
+/** The host agent's relay: its mode and how many connections each relay carried. */
+function relayOf(control: string): { mode: string; nativeRelays: number; javascriptRelays: number; resets: number } {
+  const r = runPorthole(["status", "--control", control, "--json"]);
+  if (r.code !== 0) throw new Error(`porthole status: ${r.stderr}`);
+  return JSON.parse(r.stdout).relay;
+}
+
+/**
+ * Connections that went over a relay were carried by the one asked for (none fell back):
+ * `connections` of them, or at most that many when a reset may come before the relay starts.
+ */
+function expectRelay(control: string, mode: string, connections: number, atMost = false): void {
+  const relay = relayOf(control);
+  expect(relay.mode).toBe(mode);
+  const [mine, other] = mode === "native" ? [relay.nativeRelays, relay.javascriptRelays] : [relay.javascriptRelays, relay.nativeRelays];
+  expect(other).toBe(0);
+  if (atMost) expect(mine).toBeLessThanOrEqual(connections);
+  else expect(mine).toBe(connections);
+}
+
 /** A guest (linked to the host by IP for `direct`), its agent, and a host agent forwarding over `path`. */
-async function setUp(path: "direct" | "fast" | "grpc") {
+async function setUp(path: "direct" | "fast" | "grpc", env = "") {
   const guest = Guest.create();
   if (path === "direct") guest.linkToHost();
-  const agent = await guest.startAgent();
-  const host = startHostAgent(guest, path === "direct" ? [] : ["--forwarder", path]);
+  const agent = await startGuestAgent(guest, env);
+  const host = startHostAgent(guest, path === "direct" ? [] : ["--forwarder", path], { env: env ? { PORTHOLE_NATIVE_RELAY: env } : {} });
   await host.waitForEvent((e) => e.type === "guest-connected", "connect");
   if (path === "direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
   // The direct path needs a guest socket reachable by IP; the tunnels reach any.
@@ -23,9 +63,14 @@ async function setUp(path: "direct" | "fast" | "grpc") {
   return { guest, agent, host, bind, control: join(guest.dir, "state", "control.sock") };
 }
 
-describe.each(["direct", "fast", "grpc"] as const)("stream ends over %s", (path) => {
+const cases = [
+  ...(["direct", "fast"] as const).flatMap((path) => relays.map((r) => ({ path, ...r }))),
+  { path: "grpc", relay: "grpc-js", env: "", mode: undefined },
+] as const;
+
+describe.each(cases)("stream ends over $path with $relay", ({ path, env, mode }) => {
   e2eTest("a guest server that sends 100 KB and then resets: all 100 KB arrive, then the reset, 20 times in 20", async () => {
-    const { guest, host, bind, control } = await setUp(path);
+    const { guest, host, bind, control } = await setUp(path, env);
     const port = await freePort();
     await guest.startResetServer(bind, port, 100_000);
     expect((await host.waitForForwarding(port)).path).toBe(path);
@@ -33,22 +78,26 @@ describe.each(["direct", "fast", "grpc"] as const)("stream ends over %s", (path)
     for (let i = 0; i < 20; i++) results.push(await readToEnd(port));
     expect(results).toEqual(Array.from({ length: 20 }, () => ({ end: "ECONNRESET", bytes: 100_000 })));
     expect(pathsOf(control, port)).toEqual({ [path]: 20 });
+    if (mode) expectRelay(control, mode, 20);
   });
 
   e2eTest("a guest server that resets its client at once: the host client sees a reset, 50 times in 50", async () => {
-    const { guest, host, bind, control } = await setUp(path);
+    const { guest, host, bind, control } = await setUp(path, env);
     const port = await freePort();
     await guest.startResetServer(bind, port, 0);
     await host.waitForForwarding(port);
     const ends = await Promise.all(Array.from({ length: 50 }, () => readToEnd(port, { data: Buffer.from("hello") })));
     expect(ends.map((r) => r.end)).toEqual(Array(50).fill("ECONNRESET"));
     expect(pathsOf(control, port)).toEqual({ [path]: 50 });
+    if (mode) expectRelay(control, mode, 50, true); // most are reset before their relay starts
   });
 });
 
-describe.each(["fast", "grpc"] as const)("the guest agent dies mid-download over %s", (path) => {
+const dying = [...relays.map((r) => ({ path: "fast" as const, ...r })), { path: "grpc" as const, relay: "grpc-js", env: "", mode: undefined }];
+
+describe.each(dying)("the guest agent dies mid-download over $path with $relay", ({ path, env, mode }) => {
   e2eTest.each(["SIGKILL", "SIGTERM"] as const)("killed with %s: the host client sees a reset, not a clean EOF", async (signal) => {
-    const { guest, agent, host, control } = await setUp(path);
+    const { guest, agent, host, control } = await setUp(path, env);
     const port = await freePort();
     await guest.startServer("source", [["127.0.0.1", port]]);
     await host.waitForForwarding(port);
@@ -57,6 +106,7 @@ describe.each(["fast", "grpc"] as const)("the guest agent dies mid-download over
     expect(result.end).toBe("ECONNRESET");
     expect(result.bytes).toBeGreaterThanOrEqual(8 << 20);
     expect(pathsOf(control, port)).toEqual({ [path]: 1 });
+    if (mode) expectRelay(control, mode, 1);
   });
 });
 
