@@ -1,7 +1,7 @@
 // How the watcher finds listening sockets: netlink sock_diag through the native shim (a
 // LISTEN-only dump costs ~0.1 ms even with 10,000 established sockets, and destroy events
 // report a close within a millisecond), or /proc/net where the shim cannot load.
-import { DIAG_RECORD_BYTES, diagRecordsToPorts, parseDiagRecords } from "../core/diag-record.ts";
+import { DIAG_RECORD_BYTES, diagRecordsToPorts, onlyConnectedCloses, parseDiagRecords } from "../core/diag-record.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
 import { loadNative } from "../runtime/native.ts";
@@ -70,7 +70,8 @@ export function netlinkScanner(shim: NativeShim): Scanner {
       const fd = shim.diagSubscribe();
       if (fd < 0) return () => {};
       // The runtime's event loop watches the netlink socket like any socket: a destroy event
-      // wakes it (its bytes are not needed: the watcher re-scans). Where the runtime will not
+      // wakes it and the watcher re-scans, unless the event names only connected sockets
+      // (every forwarded connection closing would cost a dump). Where the runtime will not
       // adopt the fd, poll it instead.
       let socket: import("node:net").Socket;
       try {
@@ -79,7 +80,9 @@ export function netlinkScanner(shim: NativeShim): Scanner {
         return pollEvents(shim, fd, onClose);
       }
       let stopPolling: (() => void) | undefined;
-      socket.on("data", () => onClose());
+      socket.on("data", (chunk: Buffer) => {
+        if (!onlyConnectedCloses(chunk)) onClose();
+      });
       socket.once("error", () => {
         // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did
         // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old

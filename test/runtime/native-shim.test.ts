@@ -4,7 +4,8 @@
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
 import * as dgram from "node:dgram";
 import * as net from "node:net";
-import { DIAG_RECORD_BYTES, diagRecordsToPorts, parseDiagRecords } from "../../src/core/diag-record.ts";
+import { DIAG_RECORD_BYTES, diagRecordsToPorts, onlyConnectedCloses, parseDiagRecords } from "../../src/core/diag-record.ts";
+import { socketFromFd } from "../../src/runtime/fd-socket.ts";
 import { netlinkScanner } from "../../src/guest/scanners.ts";
 import { PortWatcher } from "../../src/guest/watcher.ts";
 import { check, NativeError, type NativeShim } from "../../src/runtime/native-api.ts";
@@ -67,6 +68,40 @@ describe("netlink sock_diag", () => {
     }
     expect(records.find((r) => r.port === port)).toMatchObject({ family: 2, ip: "127.0.0.1", port });
     expect(dump()).not.toContain(`tcp 127.0.0.1 ${port}`);
+  });
+
+  test("a closed connection's destroy events need no re-scan, a closed listener's does (the kernel's own messages)", async () => {
+    const events = socketFromFd(check(shim, shim.diagSubscribe(), "subscribe"));
+    cleanups.push(() => events.destroy());
+    // Each netlink message on its own, with its local port (other sockets on the machine may close too).
+    const messages: { port: number; bytes: Buffer }[] = [];
+    events.on("data", (chunk: Buffer) => {
+      for (let at = 0; at + 24 <= chunk.length; at += (chunk.readUInt32LE(at) + 3) & ~3) {
+        messages.push({ port: chunk.readUInt16BE(at + 20), bytes: chunk.subarray(at, at + chunk.readUInt32LE(at)) });
+      }
+    });
+    const waitFor = async (port: number, listener = false) => {
+      const ours = (m: (typeof messages)[number]) => m.port === port && (!listener || m.bytes.readUInt16BE(22) === 0);
+      const deadline = Date.now() + 2000;
+      while (!messages.some(ours) && Date.now() < deadline) await Bun.sleep(5);
+      return messages.filter(ours);
+    };
+    const server = await listen("127.0.0.1");
+    const port = portOf(server);
+    server.on("connection", (s) => s.destroy());
+    const client = net.connect(port, "127.0.0.1");
+    await new Promise((r) => client.once("connect", r));
+    const clientPort = client.localPort!;
+    await new Promise((r) => client.once("close", r));
+    const clientCloses = await waitFor(clientPort);
+    expect(clientCloses.length).toBeGreaterThan(0);
+    for (const m of clientCloses) expect(onlyConnectedCloses(m.bytes)).toBe(true);
+    await new Promise((r) => server.close(r));
+    const listenerCloses = await waitFor(port, true); // its remote port is 0
+    expect(listenerCloses.length).toBeGreaterThan(0);
+    for (const m of listenerCloses) expect(onlyConnectedCloses(m.bytes)).toBe(false);
+    expect(onlyConnectedCloses(Buffer.concat([clientCloses[0]!.bytes, listenerCloses[0]!.bytes]))).toBe(false);
+    expect(onlyConnectedCloses(clientCloses[0]!.bytes.subarray(0, 20))).toBe(false); // cut short: re-scan
   });
 
   test("the watcher learns of a close from the event, long before its next interval", async () => {
