@@ -470,6 +470,24 @@ static int to_copy(struct dir *d) {
  * (or is done), 1 when the budget ran out with more to do, or -errno with *side = 0 (the
  * source) or 1 (the destination) on an error.
  */
+/* Writes what the direction holds (its pipe, or its buffer where splice does not apply) to
+ * its destination; -1 with errno on a real error, EAGAIN is no error. */
+static int write_queued(struct dir *d, int *progressed) {
+  ssize_t m = d->pipe_r >= 0
+    ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+    : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (m > 0) {
+    d->queued -= (size_t)m;
+    if (d->pipe_r < 0) d->off += (size_t)m;
+    __atomic_fetch_add(&d->bytes, (uint64_t)m, __ATOMIC_RELAXED);
+    __atomic_fetch_add(d->pipe_r >= 0 ? &total_spliced : &total_copied, (uint64_t)m, __ATOMIC_RELAXED);
+    *progressed = 1;
+  } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
+    return -1;
+  }
+  return 0;
+}
+
 static int pump(struct dir *d, int *side) {
   for (int budget = PH_BUDGET; budget > 0; budget--) {
     int progressed = 0;
@@ -496,20 +514,9 @@ static int pump(struct dir *d, int *side) {
         return NEG_ERRNO;
       }
     }
-    if (d->queued > 0) {
-      ssize_t m = d->pipe_r >= 0
-        ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-        : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (m > 0) {
-        d->queued -= (size_t)m;
-        if (d->pipe_r < 0) d->off += (size_t)m;
-        __atomic_fetch_add(&d->bytes, (uint64_t)m, __ATOMIC_RELAXED);
-        __atomic_fetch_add(d->pipe_r >= 0 ? &total_spliced : &total_copied, (uint64_t)m, __ATOMIC_RELAXED);
-        progressed = 1;
-      } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
-        *side = 1;
-        return NEG_ERRNO;
-      }
+    if (d->queued > 0 && write_queued(d, &progressed) < 0) {
+      *side = 1;
+      return NEG_ERRNO;
     }
     if (d->src_eof && d->queued == 0 && !d->shut && !d->hold) {
       d->shut = 1;
@@ -747,20 +754,9 @@ static int enc_pump(struct relay *r, int *side) {
         continue;
       }
     }
-    if (d->queued > 0) {
-      ssize_t m = d->pipe_r >= 0
-        ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-        : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (m > 0) {
-        d->queued -= (size_t)m;
-        if (d->pipe_r < 0) d->off += (size_t)m;
-        __atomic_fetch_add(&d->bytes, (uint64_t)m, __ATOMIC_RELAXED);
-        __atomic_fetch_add(d->pipe_r >= 0 ? &total_spliced : &total_copied, (uint64_t)m, __ATOMIC_RELAXED);
-        progressed = 1;
-      } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
-        *side = 1;
-        return NEG_ERRNO;
-      }
+    if (d->queued > 0 && write_queued(d, &progressed) < 0) {
+      *side = 1;
+      return NEG_ERRNO;
     }
     if (d->queued == 0) {
       if (f->end_code && !f->end_started) {

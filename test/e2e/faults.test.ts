@@ -78,7 +78,7 @@ describe("faults", () => {
 });
 
 describe("load", () => {
-  e2eTest("10,000 short connections: fds back to baseline, no CLOSE_WAIT, memory flat", async () => {
+  e2eTest("10,000 short connections: fds back to baseline, no CLOSE_WAIT, memory back within 64 MiB", async () => {
     const { guest, guestAgent, host } = await startPair();
     const port = await freePort();
     await guest.startEcho("127.0.0.1", port);
@@ -93,7 +93,10 @@ describe("load", () => {
     await host.proc.waitFor(() => pids.every((p, i) => fdCount(p) <= baseFds[i]!) || undefined, `fds back to ${baseFds}`);
     expect(closeWaitOf(pids[0])).toBe(0);
     expect(closeWaitOf(pids[1], guest.ns)).toBe(0);
-    pids.forEach((p, i) => expect(rssMiB(p) - baseRss[i]!).toBeLessThan(64));
+    // Memory comes back, not at once: with the native relay no byte passes through JavaScript,
+    // so the runtimes' collectors run lazily (a guest agent measured +161 MiB right after
+    // 30,000 connections and +6 MiB 12 s later). A leak never comes back and still fails here.
+    await host.proc.waitFor(() => pids.every((p, i) => rssMiB(p) - baseRss[i]! < 64) || undefined, "both agents' memory back within 64 MiB of its baseline", 30_000);
   });
 
   e2eTest("a reader of 1 KiB/s against a fast writer: both agents' memory stays bounded", async () => {
