@@ -465,11 +465,6 @@ static int to_copy(struct dir *d) {
   return 0;
 }
 
-/*
- * Moves what can be moved in one direction without blocking. Returns 0 when it would block
- * (or is done), 1 when the budget ran out with more to do, or -errno with *side = 0 (the
- * source) or 1 (the destination) on an error.
- */
 /* Writes what the direction holds (its pipe, or its buffer where splice does not apply) to
  * its destination; -1 with errno on a real error, EAGAIN is no error. */
 static int write_queued(struct dir *d, int *progressed) {
@@ -488,6 +483,11 @@ static int write_queued(struct dir *d, int *progressed) {
   return 0;
 }
 
+/*
+ * Moves what can be moved in one direction without blocking. Returns 0 when it would block
+ * (or is done), 1 when the budget ran out with more to do, or -errno with *side = 0 (the
+ * source) or 1 (the destination) on an error.
+ */
 static int pump(struct dir *d, int *side) {
   for (int budget = PH_BUDGET; budget > 0; budget--) {
     int progressed = 0;
@@ -806,18 +806,7 @@ static int dec_pump(struct relay *r, int *side) {
   for (int budget = PH_BUDGET; budget > 0; budget--) {
     int progressed = 0;
     if (d->queued > 0 && !f->plain_dead) {
-      ssize_t m = d->pipe_r >= 0
-        ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-        : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (m > 0) {
-        d->queued -= (size_t)m;
-        if (d->pipe_r < 0) d->off += (size_t)m;
-        __atomic_fetch_add(&d->bytes, (uint64_t)m, __ATOMIC_RELAXED);
-        __atomic_fetch_add(d->pipe_r >= 0 ? &total_spliced : &total_copied, (uint64_t)m, __ATOMIC_RELAXED);
-        progressed = 1;
-      } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
-        return NEG_ERRNO;
-      }
+      if (write_queued(d, &progressed) < 0) return NEG_ERRNO;
     }
     if (!f->got_end && !f->stream_gone) {
       ssize_t n;

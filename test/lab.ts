@@ -661,3 +661,15 @@ export function runPorthole(args: string[], options: { netns?: string; timeoutMs
   const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: options.timeoutMs ?? 30_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** How a client socket ended (EOF, or the error's code once it failed) and what it received. */
+export function socketOutcome(socket: net.Socket): Promise<{ data: Buffer; how: string }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let how = "";
+    socket.on("data", (c: Buffer) => chunks.push(c));
+    socket.once("end", () => (how ||= "EOF"));
+    socket.once("error", (err: NodeJS.ErrnoException) => (how = err.code ?? "error"));
+    socket.once("close", () => resolve({ data: Buffer.concat(chunks), how }));
+  });
+}

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { e2eTest, exchange, fdCount, freePort, Guest, type HostAgentProc, PORTHOLE, type Proc, runPorthole, startHostAgent, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fdCount, freePort, Guest, type HostAgentProc, PORTHOLE, type Proc, runPorthole, socketOutcome as outcome, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -47,16 +47,6 @@ function status(guest: Guest): {
   return JSON.parse(r.stdout);
 }
 
-function outcome(socket: net.Socket): Promise<{ data: Buffer; how: string }> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    let how = "";
-    socket.on("data", (c: Buffer) => chunks.push(c));
-    socket.once("end", () => (how ||= "EOF"));
-    socket.once("error", (err: NodeJS.ErrnoException) => (how = err.code ?? "error"));
-    socket.once("close", () => resolve({ data: Buffer.concat(chunks), how }));
-  });
-}
 
 describe.each(relays)("data path with $name", ({ env, mode, counter }) => {
   e2eTest("the host agent's relay carries and counts every byte, and the forward's status shows them", async () => {

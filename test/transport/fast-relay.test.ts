@@ -13,6 +13,7 @@ import { loadNative } from "../../src/runtime/native.ts";
 import { EPOLLIN, EPOLLOUT, sharedRelayLoop } from "../../src/runtime/native-relay.ts";
 import { socketFromFd } from "../../src/runtime/fd-socket.ts";
 import { afterRelay, joinSockets, prepareRelay, relayedBytes, relayStatus } from "../../src/transport/fast-relay.ts";
+import { socketOutcome as outcome } from "../lab.ts";
 import { listenVsock, onAcceptable } from "../../src/transport/vsock.ts";
 
 const cleanups: (() => void)[] = [];
@@ -65,17 +66,6 @@ async function proxyTo(target: Where, accepted: net.Socket[] = []): Promise<Wher
   });
 }
 
-/** How a client socket ended, and what it received. */
-function outcome(socket: net.Socket): Promise<{ data: Buffer; how: string }> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    let how = "";
-    socket.on("data", (c: Buffer) => chunks.push(c));
-    socket.once("end", () => (how ||= "EOF"));
-    socket.once("error", (err: NodeJS.ErrnoException) => (how = err.code ?? "error"));
-    socket.once("close", () => resolve({ data: Buffer.concat(chunks), how }));
-  });
-}
 
 const modes = [
   { name: "native relay (splice)", env: "", mode: "native", counter: "bytesSpliced" },

@@ -5,13 +5,17 @@
 // relay (splice, and read/send as over vsock) and the JavaScript spliceFramed fallback, so the
 // native side is held to exactly the fallback's semantics; each counts the bytes on the relay
 // that was asked to carry them, so a relay that silently fell back cannot pass for another.
-import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dataFrameHeader, END_EOF, END_RESET, FrameDecoder, type StreamEnd } from "../../src/core/data-frames.ts";
 import { joinFramed, prepareRelay, relayStatus } from "../../src/transport/fast-relay.ts";
+
+// A reset waits up to 3 s for the peer's send queue to drain (by design): under a loaded
+// machine that plus the set-up came near bun's 5 s default.
+setDefaultTimeout(20_000);
 
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).forEach((f) => f()));
