@@ -7,6 +7,7 @@ import type { PortDiff } from "../../src/core/ports.ts";
 import { procNetScanner } from "../../src/guest/scanners.ts";
 import { PortWatcher, scanProcNet } from "../../src/guest/watcher.ts";
 import { UdpSettler } from "../../src/core/udp-settle.ts";
+import { waitUntil } from "../wait.ts";
 
 const HEADER = "  sl  local_address rem_address   st\n";
 const row = (addr: string, state: string) => `   0: ${addr} 00000000:0000 ${state} 00000000:00000000\n`;
@@ -45,26 +46,18 @@ test("subscribers get each change once, and a failed scan reports errors without
   const seen: { diff: PortDiff; errors: string[] }[] = [];
   watcher.subscribe((diff, errors) => seen.push({ diff, errors }));
   writeFileSync(join(dir, "tcp"), HEADER + row("00000000:0BB8", "0A"));
-  await waitUntil(() => seen.length >= 1);
+  await waitUntil("a first scan reported", () => seen.length >= 1);
   expect(seen[0]).toEqual({
     diff: { added: [{ protocol: "tcp", ip: "0.0.0.0", port: 3000 }], removed: [{ protocol: "tcp", ip: "127.0.0.1", port: 8080 }] },
     errors: [],
   });
 
   rmSync(join(dir, "tcp"));
-  await waitUntil(() => seen.length >= 2);
+  await waitUntil("a second scan reported", () => seen.length >= 2);
   expect(seen[1]!.errors[0]).toContain("tcp");
   expect(seen[1]!.diff).toEqual({ added: [], removed: [] });
   expect(watcher.ports).toEqual([{ protocol: "tcp", ip: "0.0.0.0", port: 3000 }]);
 });
-
-async function waitUntil(done: () => boolean, timeoutMs = 2000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await Bun.sleep(5);
-  }
-}
 
 test("an unconnected UDP socket is reported once it has stayed bound long enough; a connected one never", async () => {
   const dir = procDir("");
@@ -76,6 +69,6 @@ test("an unconnected UDP socket is reported once it has stayed bound long enough
   watcher.subscribe((d) => diffs.push(d));
   await watcher.start();
   expect(watcher.ports).toEqual([]); // too young yet
-  while (!diffs.length) await new Promise((r) => setTimeout(r, 10));
+  await waitUntil("the settled UDP socket reported", () => diffs.length > 0);
   expect(diffs).toEqual([{ added: [{ protocol: "udp", ip: "0.0.0.0", port: 40011 }], removed: [] }]);
 });

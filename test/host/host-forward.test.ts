@@ -8,6 +8,7 @@ import type { ForwardEvent } from "../../src/core/forward-event.ts";
 import type { PlannedForward } from "../../src/core/forward-plan.ts";
 import { TcpForward } from "../../src/host/tcp-forward.ts";
 import { freePort, tryConnect } from "../lab.ts";
+import { waitUntil } from "../wait.ts";
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -133,11 +134,11 @@ test("closing stops both listeners; open connections go on, are counted, and end
   const events: ForwardEvent[] = [];
   const forward = new TcpForward(plan(port), (socket) => void held.push(socket), (e) => events.push(e));
   cleanups.push(() => forward.destroy());
-  while (events.filter((e) => e.type === "forwarding").length < 2) await new Promise((r) => setTimeout(r, 10));
+  await waitUntil("both listeners forwarding", () => events.filter((e) => e.type === "forwarding").length >= 2);
   const client = net.connect({ port, host: "::1" });
   cleanups.push(() => client.destroy());
   await new Promise((r) => client.once("connect", r));
-  while (!held.length) await new Promise((r) => setTimeout(r, 10));
+  await waitUntil("the connection handed over", () => held.length > 0);
   forward.close();
   expect(events.filter((e) => e.type === "stopping")).toHaveLength(2);
   expect(await tryConnect(port, "::1")).not.toBe("connected");

@@ -1,5 +1,6 @@
 import { expect, test } from "bun:test";
 import { fdLimit, fdLimitHint, FdPressure, isFdExhaustion, openFds } from "../../src/runtime/fd-limit.ts";
+import { waitUntil } from "../wait.ts";
 
 test("the fd limit and use come from /proc", () => {
   expect(fdLimit()).toBeGreaterThan(0);
@@ -21,7 +22,7 @@ test("an episode is said once however often it is hit, and its end is said when 
   for (let i = 0; i < 100; i++) pressure.exhausted("refusing connections");
   expect(said).toHaveLength(1);
   expect(said[0]).toStartWith("out of file descriptors: refusing connections; the limit of");
-  while (pressure.inEpisode) await new Promise((r) => setTimeout(r, 5)); // this process has fds to spare
+  await waitUntil("the episode ends (this process has fds to spare)", () => !pressure.inEpisode);
   expect(said[1]).toStartWith("file descriptors available again");
   pressure.exhausted("again");
   expect(said).toHaveLength(3);
