@@ -53,7 +53,7 @@ export function registerForward(cli: CAC): void {
         if (guest === undefined) throw new UsageError(`forward ${action} needs [GUEST_IP:]GUEST_PORT`);
         if (flags.save && action === "remove") throw new UsageError("forward remove --save is not supported: edit the config file (the agent re-reads it on SIGHUP or with --watch-config)");
         const body = { guest: String(guest), ...(host !== undefined ? { host: String(host) } : {}), proto: flags.udp ? "udp" : "tcp", ...(flags.save ? { save: true } : {}) };
-        reply = await request(socketPath, action === "add" ? "POST" : "DELETE", "/forwards", body);
+        reply = await request(socketPath, "POST", action === "add" ? "/forwards" : "/forwards/remove", body);
       }
       if (reply.status !== 200) throw new Error(reply.body.error ?? `the agent answered HTTP ${reply.status}`);
       process.stdout.write(`${reply.body.message}\n`);

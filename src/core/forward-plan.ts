@@ -156,6 +156,7 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
   }
 
   // A static rule covers its guest ports (Lima); a forward added at run time is one more way in, not a rule over them.
+  const dynamicRules = rules.filter(({ origin }) => origin !== "runtime");
   const staticRules = rules.filter(({ rule, origin }) => rule.static && !rule.ignore && !rule.guestSocket && origin !== "runtime");
   for (const port of [...ports].sort(compareGuestPorts)) {
     if (staticRules.some(({ rule }) => inStaticRange(rule, port))) continue; // the static forward covers it
@@ -163,7 +164,7 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
       notForwarded.push({ port, reason: options.paused });
       continue;
     }
-    const decision = decide(port, rules);
+    const decision = decide(port, dynamicRules);
     const guestAddr = formatHostPort(port.ip, port.port);
     const entry = (origin: RuleOrigin) => rules.find((r) => r.origin === origin)!;
     switch (decision.kind) {

@@ -2,8 +2,9 @@
 //   GET /status   the agent, the guest's addresses, every forward and the ports not forwarded (JSON)
 //   GET /events   every event from now on, one JSON object per line
 //   GET /metrics  Prometheus text
-//   POST /forwards, DELETE /forwards  add or remove a static forward ({"guest": "[IP:]PORT", "host"?, "proto"?, "save"?})
-//   POST /pause, POST /resume         auto-forwarding of guest ports off and on
+//   POST /forwards          add a static forward ({"guest": "[IP:]PORT", "host"?: "[IP:]PORT", "proto"?: "tcp"|"udp", "save"?: true})
+//   POST /forwards/remove   remove one added so ({"guest", "host"?, "proto"?}; a POST: under Bun a DELETE body did not reach the handler)
+//   POST /pause, /resume    auto-forwarding of guest ports off and on
 // Changes answer JSON: {"message": …} (200), or {"error": …} with 400 (a bad request), 404 or 409.
 // The socket is the user's, but a malformed request is still answered (400), never fatal, and
 // an /events watcher that stops reading is dropped once its backlog passes a bound, so it
@@ -102,16 +103,17 @@ export class ControlServer {
 
   private change(req: http.IncomingMessage, res: http.ServerResponse, pathname: string): void {
     const reply = (status: number, body: object) => res.writeHead(status, { "content-type": "application/json" }).end(`${JSON.stringify(body)}\n`);
-    const route: Record<string, (body: unknown) => object> = {};
     const a = this.actions;
-    if (a && req.method === "POST" && pathname === "/forwards") route.run = (b) => a.addForward(b);
-    if (a && req.method === "DELETE" && pathname === "/forwards") route.run = (b) => a.removeForward(b);
-    if (a && req.method === "POST" && pathname === "/pause") route.run = () => a.setPaused(true);
-    if (a && req.method === "POST" && pathname === "/resume") route.run = () => a.setPaused(false);
-    const run = route.run;
+    const routes: Record<string, ((body: unknown) => object) | undefined> = {
+      "/forwards": a && ((b) => a.addForward(b)),
+      "/forwards/remove": a && ((b) => a.removeForward(b)),
+      "/pause": a && (() => a.setPaused(true)),
+      "/resume": a && (() => a.setPaused(false)),
+    };
+    const run = req.method === "POST" ? routes[pathname] : undefined;
     if (!run) {
       req.resume();
-      return void reply(["/forwards", "/pause", "/resume"].includes(pathname) ? 405 : 404, { error: `${req.method} ${pathname} is not a request this agent takes (POST or DELETE /forwards, POST /pause, POST /resume)` });
+      return void reply(pathname in routes ? 405 : 404, { error: `${req.method} ${pathname} is not a request this agent takes (POST /forwards, /forwards/remove, /pause or /resume)` });
     }
     readBody(req)
       .then((text) => {

@@ -316,7 +316,7 @@ export class HostAgent {
     return { message, forward, saved: true, file };
   }
 
-  /** DELETE /forwards: the forward added at run time with these arguments. */
+  /** POST /forwards/remove: the forward added at run time with these arguments. */
   removeForward(body: unknown): ControlReply {
     const { forward } = parseForwardRequest(body, this.options.hostIP ?? "127.0.0.1");
     const what = describeForward(forward);
