@@ -88,7 +88,7 @@ export interface ControlReply {
   [key: string]: unknown;
 }
 
-const PAUSED_REASON = "auto-forwarding is paused (porthole forward resume turns it back on)";
+const PAUSED_REASON = "auto-forwarding is paused; porthole forward resume turns it back on";
 
 export class HostAgent {
   private readonly connection: GuestConnection;
