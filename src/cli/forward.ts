@@ -37,7 +37,7 @@ export function registerForward(cli: CAC): void {
   cli
     .command("forward <action> [guest] [host]", "Change a running host agent's forwards: add|remove [GUEST_IP:]GUEST_PORT [[HOST_IP:]HOST_PORT], pause|resume auto-forwarding")
     .option("--udp", "A UDP forward (default TCP)")
-    .option("--save", "add: also append the rule to the agent's config file, so it stays after a restart")
+    .option("--save", "add: append the rule to the agent's config file, so it stays after a restart; remove: take a rule saved so out of it")
     .option("--control <path>", "The host agent's control socket (default: STATE_DIR/control.sock)")
     .example("porthole forward add 8080            # guest 127.0.0.1:8080 on host 127.0.0.1:8080 (or --host-ip)")
     .example("porthole forward add 0.0.0.0:5432 127.0.0.1:15432 --save")
@@ -51,7 +51,6 @@ export function registerForward(cli: CAC): void {
         reply = await request(socketPath, "POST", `/${action}`);
       } else {
         if (guest === undefined) throw new UsageError(`forward ${action} needs [GUEST_IP:]GUEST_PORT`);
-        if (flags.save && action === "remove") throw new UsageError("forward remove --save is not supported: edit the config file (the agent re-reads it on SIGHUP or with --watch-config)");
         const body = { guest: String(guest), ...(host !== undefined ? { host: String(host) } : {}), proto: flags.udp ? "udp" : "tcp", ...(flags.save ? { save: true } : {}) };
         reply = await request(socketPath, "POST", action === "add" ? "/forwards" : "/forwards/remove", body);
       }

@@ -12,7 +12,7 @@ import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
 import { rulesInForce, type ConflictPolicy, type RuleEntry } from "../core/rules.ts";
 import { describeForward, MAX_RUNTIME_FORWARDS, parseForwardRequest, RequestError, ruleYaml, runtimeRule, sameForward, type RuntimeForward } from "../core/runtime-forward.ts";
-import { appendRule } from "../core/config-append.ts";
+import { appendRule, removeRule } from "../core/config-append.ts";
 import { readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { OnForward } from "./on-forward.ts";
 import { portOwner } from "./port-owner.ts";
@@ -296,39 +296,51 @@ export class HostAgent {
 
   /** `--save`: the rule is appended to the config file (nothing else in it changes), which is then re-read. */
   private saveForward(forward: RuntimeForward, what: string): ControlReply {
-    const file = this.options.configFile;
-    if (!file) throw new RequestError(400, "this host agent has no config file to save to: start it with --config FILE (nothing was added)");
-    let text: string;
-    let next: string;
-    try {
-      text = readFileSync(file, "utf8");
-      next = appendRule(text, ruleYaml(forward), runtimeRule(forward), file);
-    } catch (err) {
-      throw new RequestError(409, `cannot save to ${file}: ${(err as Error).message.split("\n")[0]} (nothing was added; add this rule by hand: - ${ruleYaml(forward)})`);
-    }
-    // Written beside it and renamed over it: a crash never leaves half a file.
-    const temp = `${file}.porthole-${process.pid}`;
-    writeFileSync(temp, next, { mode: statSync(file).mode & 0o777 });
-    renameSync(temp, file);
+    const file = this.editConfig(forward, "add", (text, file) => appendRule(text, ruleYaml(forward), runtimeRule(forward), file));
     const message = `${what} (saved in ${file}: it stays after a restart)`;
     this.emit({ type: "forward-added", file, message });
     this.reload();
     return { message, forward, saved: true, file };
   }
 
-  /** POST /forwards/remove: the forward added at run time with these arguments. */
+  /** POST /forwards/remove: the forward added at run time with these arguments (with `save`, the rule saved so). */
   removeForward(body: unknown): ControlReply {
-    const { forward } = parseForwardRequest(body, this.options.hostIP ?? "127.0.0.1");
+    const { forward, save } = parseForwardRequest(body, this.options.hostIP ?? "127.0.0.1");
     const what = describeForward(forward);
     const index = this.runtimeForwards.findIndex((f) => sameForward(f, forward));
-    if (index < 0) {
-      const added = this.runtimeForwards.map(describeForward);
-      throw new RequestError(404, `no forward added at run time is ${what} (${added.length ? `there are: ${added.join("; ")}` : "there are none"}; forwards from the config file are changed there)`);
+    if (index >= 0) {
+      this.runtimeForwards.splice(index, 1);
+      this.emit({ type: "forward-removed", message: what });
+      this.apply();
+      return { message: `removed ${what}`, forward };
     }
-    this.runtimeForwards.splice(index, 1);
-    this.emit({ type: "forward-removed", message: what });
-    this.apply();
-    return { message: `removed ${what}`, forward };
+    if (save) {
+      const file = this.editConfig(forward, "remove", (text, file) => removeRule(text, runtimeRule(forward), file));
+      this.emit({ type: "forward-removed", file, message: `${what} (removed from ${file})` });
+      this.reload();
+      return { message: `removed ${what} from ${file}`, forward, file };
+    }
+    const added = this.runtimeForwards.map(describeForward);
+    throw new RequestError(404, `no forward added at run time is ${what} (${added.length ? `there are: ${added.join("; ")}` : "there are none"}; one saved in the config file is removed with --save)`);
+  }
+
+  /** Rewrites the config file with `edit` (written beside it, then renamed over it: never half a file). */
+  private editConfig(forward: RuntimeForward, action: "add" | "remove", edit: (text: string, file: string) => string): string {
+    const file = this.options.configFile;
+    if (!file) throw new RequestError(400, `this host agent has no config file to save to: start it with --config FILE (nothing was ${action === "add" ? "added" : "removed"})`);
+    let next: string;
+    try {
+      next = edit(readFileSync(file, "utf8"), file);
+    } catch (err) {
+      const first = (err as Error).message.split("\n")[0];
+      throw new RequestError(409, action === "add"
+        ? `cannot save to ${file}: ${first} (nothing was added; add this rule by hand: - ${ruleYaml(forward)})`
+        : `cannot remove it from ${file}: ${first} (nothing was removed; edit the file by hand)`);
+    }
+    const temp = `${file}.porthole-${process.pid}`;
+    writeFileSync(temp, next, { mode: statSync(file).mode & 0o777 });
+    renameSync(temp, file);
+    return file;
   }
 
   /** POST /pause and /resume: auto-forwarding of guest ports off or on; static forwards stay. */

@@ -98,6 +98,9 @@ describe("porthole forward", () => {
     const unknown = forward(control, "remove", "12345");
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain("no forward added at run time is TCP guest 127.0.0.1:12345 to host 127.0.0.1:12345 (there are none");
+    const noAgent = runPorthole(["forward", "pause", "--control", join(guest.dir, "nothing.sock")]);
+    expect(noAgent.code).toBe(1);
+    expect(noAgent.stderr).toContain("no host agent is running with the control socket");
     const noFile = forward(control, "add", "12345", "--save");
     expect(noFile.code).toBe(1);
     expect(noFile.stderr).toContain("no config file to save to: start it with --config FILE (nothing was added)");
@@ -160,5 +163,12 @@ describe("porthole forward", () => {
     await guest.startEcho("127.0.0.1", guestPort);
     expect(socat("127.0.0.1", hostPort, "after a restart").out).toBe("after a restart");
     expect(host.events.find((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`)?.rule).toBe(1);
+
+    // remove --save takes it out again: the file is as the user wrote it, the port closes.
+    const removed = forward(join(guest.dir, "state", "control.sock"), "remove", String(guestPort), `127.0.0.1:${hostPort}`, "--save");
+    expect(removed.code).toBe(0);
+    expect(removed.stdout).toBe(`removed TCP guest 127.0.0.1:${guestPort} to host 127.0.0.1:${hostPort} from ${file}\n`);
+    expect(readFileSync(file, "utf8")).toBe(original);
+    expect(await refusedSoon(hostPort, "127.0.0.1", 5000)).toBe("ECONNREFUSED");
   });
 });
