@@ -238,7 +238,7 @@ export abstract class HostForward {
     }
     if (err.code === "EMFILE") this.trouble(err, `listening on ${formatHostTarget(target)}`);
     if (err.code === "EADDRINUSE" && this.findOwner && target.kind === "tcp") {
-      // Said with who holds the port (another agent, or which program); found off the event loop's path.
+      // Said with who holds the port (another agent, or which program), found with asynchronous reads.
       const protocol = this.plan.protocol === "udp" ? "udp" : "tcp";
       this.findOwner(protocol, target.ip, target.port).then(
         (owner) => this.failed(err, target, owner),

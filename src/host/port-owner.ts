@@ -2,32 +2,28 @@
 // process (from the socket's inode in /proc/net and each process's fds) and, when that is
 // another porthole host agent, which one (its control socket answers with its pid and guest).
 // Best effort and bounded: what cannot be read is left out, never an error.
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { readdir, readFile, readlink } from "node:fs/promises";
 import * as http from "node:http";
 import { inodesOnPort, listeningUnixPaths, socketInode } from "../core/socket-owner.ts";
 
 const STATUS_TIMEOUT_MS = 1000;
 
-function read(file: string): string {
-  try {
-    return readFileSync(file, "utf8");
-  } catch {
-    return "";
-  }
+function read(file: string): Promise<string> {
+  return readFile(file, "utf8").catch(() => "");
 }
 
 /** Which process holds `ip:port`, in words, or undefined when it cannot be told. */
 export async function portOwner(protocol: "tcp" | "udp", ip: string, port: number): Promise<string | undefined> {
   const inodes = new Set([
-    ...inodesOnPort(read(`/proc/net/${protocol}`), protocol, ip, port),
-    ...inodesOnPort(read(`/proc/net/${protocol}6`), protocol, ip, port),
+    ...inodesOnPort(await read(`/proc/net/${protocol}`), protocol, ip, port),
+    ...inodesOnPort(await read(`/proc/net/${protocol}6`), protocol, ip, port),
   ]);
   if (!inodes.size) return undefined;
-  const owner = findProcess(inodes);
+  const owner = await findProcess(inodes);
   if (!owner) return "a process this user cannot see (as root, `ss -lntup` names it)";
   if (owner.pid === process.pid) return "this host agent itself (another of its forwards)";
-  const command = read(`/proc/${owner.pid}/cmdline`).split("\0").filter(Boolean).join(" ").slice(0, 200);
-  for (const control of listeningUnixPaths(read("/proc/net/unix"), owner.sockets)) {
+  const command = (await read(`/proc/${owner.pid}/cmdline`)).split("\0").filter(Boolean).join(" ").slice(0, 200);
+  for (const control of listeningUnixPaths(await read("/proc/net/unix"), owner.sockets)) {
     const status = await agentStatus(control);
     if (status?.agent?.pid === owner.pid) {
       return `another porthole host agent (pid ${owner.pid}, guest ${status.agent.guest}, control socket ${control}); give each guest its own address with porthole host --host-ip 127.0.0.N`;
@@ -36,36 +32,27 @@ export async function portOwner(protocol: "tcp" | "udp", ip: string, port: numbe
   return `pid ${owner.pid} (${command || "command unknown"})`;
 }
 
-/** The first process with an fd on one of the inodes, and all its socket inodes. */
-function findProcess(inodes: Set<number>): { pid: number; sockets: Set<number> } | undefined {
+/**
+ * The first process with an fd on one of the inodes, and all its socket inodes. Asynchronous
+ * reads, a process at a time: a host with thousands of fds does not stall the event loop.
+ */
+async function findProcess(inodes: Set<number>): Promise<{ pid: number; sockets: Set<number> } | undefined> {
   let pids: string[];
   try {
-    pids = readdirSync("/proc").filter((n) => /^\d+$/.test(n));
+    pids = (await readdir("/proc")).filter((n) => /^\d+$/.test(n));
   } catch {
     return undefined;
   }
   for (const pid of pids) {
     let fds: string[];
     try {
-      fds = readdirSync(`/proc/${pid}/fd`);
+      fds = await readdir(`/proc/${pid}/fd`);
     } catch {
       continue; // gone, or not ours to read
     }
-    const sockets = new Set<number>();
-    let holds = false;
-    for (const fd of fds) {
-      let link: string;
-      try {
-        link = readlinkSync(`/proc/${pid}/fd/${fd}`);
-      } catch {
-        continue;
-      }
-      const inode = socketInode(link);
-      if (inode === undefined) continue;
-      sockets.add(inode);
-      if (inodes.has(inode)) holds = true;
-    }
-    if (holds) return { pid: Number(pid), sockets };
+    const links = await Promise.all(fds.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => "")));
+    const sockets = new Set(links.map(socketInode).filter((i): i is number => i !== undefined));
+    if ([...sockets].some((i) => inodes.has(i))) return { pid: Number(pid), sockets };
   }
   return undefined;
 }
