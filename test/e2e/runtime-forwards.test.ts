@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import { join } from "node:path";
-import { e2eTest, freePort, Guest, refusedSoon, runPorthole, startHostAgent, tryConnect, useHarness } from "./harness.ts";
+import { e2eTest, freePort, Guest, readToEnd, refusedSoon, runPorthole, startHostAgent, tryConnect, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -43,6 +43,7 @@ describe("porthole forward", () => {
     await host.waitForForwarding(notYet);
     expect(await tryConnect(notYet)).toBe("connected");
     expect(socat("127.0.0.1", notYet, "anyone?").out).toBe("");
+    expect(await readToEnd(notYet, { data: Buffer.from("anyone?") })).toEqual({ end: "ECONNRESET", bytes: 0 }); // refused in the guest: a reset, as for a refused connection
     await guest.startEcho("127.0.0.1", notYet);
     expect(socat("127.0.0.1", notYet, "now yes").out).toBe("now yes");
 
