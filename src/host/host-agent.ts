@@ -7,6 +7,7 @@ import { prepareRelay, relayStatus } from "../transport/fast-relay.ts";
 import { ControlServer } from "./control-server.ts";
 import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { logText } from "../core/log-text.ts";
+import { formatHostPort } from "../core/address.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
@@ -281,9 +282,12 @@ export class HostAgent {
     const { forward, save } = parseForwardRequest(body, this.options.hostIP ?? "127.0.0.1");
     const what = describeForward(forward);
     if (this.runtimeForwards.some((f) => sameForward(f, forward))) throw new RequestError(409, `${what} is already forwarded`);
-    const hostKey = `${forward.protocol} ${forward.hostIP} ${forward.hostPort}`;
-    if (this.runtimeForwards.some((f) => `${f.protocol} ${f.hostIP} ${f.hostPort}` === hostKey)) {
-      throw new RequestError(409, `host ${forward.hostIP} port ${forward.hostPort} (${forward.protocol}) already carries another forward added at run time; remove it first`);
+    // A host address carries one forward: taking another's would silently send its clients elsewhere.
+    // The same guest port is fine: the forward then stays static (through a pause).
+    const hostAddr = formatHostPort(forward.hostIP, forward.hostPort);
+    const holder = this.reconciler.snapshot().forwards.find((f) => f.key === `${forward.protocol} ${hostAddr}` && f.state !== "closing");
+    if (holder && !holder.guestAddr.endsWith(`:${forward.guestPort}`)) {
+      throw new RequestError(409, `host ${hostAddr} (${forward.protocol}) already forwards guest ${holder.guestAddr} (rule ${holder.rule}); pick another host port, or remove that forward first`);
     }
     if (save) return this.saveForward(forward, what);
     if (this.runtimeForwards.length >= MAX_RUNTIME_FORWARDS) throw new RequestError(409, `at most ${MAX_RUNTIME_FORWARDS} forwards can be added at run time`);

@@ -83,6 +83,29 @@ describe("porthole forward", () => {
     expect(host.events.map((e) => e.type)).toEqual(expect.arrayContaining(["forward-added", "auto-forwarding-paused", "auto-forwarding-resumed", "forward-removed"]));
   });
 
+  e2eTest("on the host port of an auto forward: the same guest port pins it (it stays through a pause), another one is refused", async () => {
+    const guest = Guest.create();
+    await guest.startAgent();
+    const [port, other] = [await freePort(), await freePort()];
+    const host = startHostAgent(guest);
+    const control = join(guest.dir, "state", "control.sock");
+    await guest.startEcho("127.0.0.1", port);
+    await guest.startEcho("127.0.0.1", other);
+    await host.waitForForwarding(port);
+    await host.waitForForwarding(other);
+
+    const taken = forward(control, "add", String(other), String(port));
+    expect(taken.code).toBe(1);
+    expect(taken.stderr).toBe(`porthole: host 127.0.0.1:${port} (tcp) already forwards guest 127.0.0.1:${port} (rule built-in); pick another host port, or remove that forward first\n`);
+
+    expect(forward(control, "add", String(port)).code).toBe(0);
+    expect(forward(control, "pause").code).toBe(0);
+    expect(await refusedSoon(other, "127.0.0.1", 5000)).toBe("ECONNREFUSED");
+    expect(socat("127.0.0.1", port, "pinned").out).toBe("pinned");
+    // One listener all along: never stopped, never bound twice.
+    expect(host.events.filter((e) => e.hostAddr === `127.0.0.1:${port}`).map((e) => e.type)).toEqual(["forwarding"]);
+  });
+
   e2eTest("bad requests are refused with a clear message (400 on the socket, a non-zero exit in the CLI)", async () => {
     const guest = Guest.create();
     await guest.startAgent();
