@@ -24,7 +24,7 @@ const MAX_BODY_BYTES = 64 << 10;
 
 /** What the control socket can change; each throws a RequestError to refuse. */
 export interface ControlActions {
-  addForward(body: unknown): object;
+  addForward(body: unknown): object | Promise<object>;
   removeForward(body: unknown): object;
   setPaused(paused: boolean): object;
 }
@@ -104,7 +104,7 @@ export class ControlServer {
   private change(req: http.IncomingMessage, res: http.ServerResponse, pathname: string): void {
     const reply = (status: number, body: object) => res.writeHead(status, { "content-type": "application/json" }).end(`${JSON.stringify(body)}\n`);
     const a = this.actions;
-    const routes: Record<string, ((body: unknown) => object) | undefined> = {
+    const routes: Record<string, ((body: unknown) => object | Promise<object>) | undefined> = {
       "/forwards": a && ((b) => a.addForward(b)),
       "/forwards/remove": a && ((b) => a.removeForward(b)),
       "/pause": a && (() => a.setPaused(true)),
@@ -116,7 +116,7 @@ export class ControlServer {
       return void reply(pathname in routes ? 405 : 404, { error: `${req.method} ${pathname} is not a request this agent takes (POST /forwards, /forwards/remove, /pause or /resume)` });
     }
     readBody(req)
-      .then((text) => {
+      .then(async (text) => {
         let body: unknown = {};
         if (text.trim()) {
           try {
@@ -125,7 +125,8 @@ export class ControlServer {
             throw new RequestError(400, "the request body is not JSON");
           }
         }
-        reply(200, run(body));
+        const answer = await run(body);
+        if (!res.destroyed) reply(200, answer);
       })
       .catch((err: Error) => {
         if (err instanceof RequestError) return void reply(err.status, { error: err.message });

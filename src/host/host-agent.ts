@@ -117,6 +117,8 @@ export class HostAgent {
   /** `porthole forward pause`: guest ports are not forwarded; static forwards stay. */
   private paused = false;
   private readonly onForward: OnForward | undefined;
+  /** Control requests waiting to tell whether a new forward's host address could be bound. */
+  private readonly bindWaiters = new Set<(e: HostEvent) => void>();
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -278,7 +280,7 @@ export class HostAgent {
   }
 
   /** POST /forwards: a static forward now (until the agent stops), or appended to the config file with `save`. */
-  addForward(body: unknown): ControlReply {
+  async addForward(body: unknown): Promise<ControlReply> {
     const { forward, save } = parseForwardRequest(body, this.options.hostIP ?? "127.0.0.1");
     const what = describeForward(forward);
     if (this.runtimeForwards.some((f) => sameForward(f, forward))) throw new RequestError(409, `${what} is already forwarded`);
@@ -289,13 +291,42 @@ export class HostAgent {
     if (holder && !holder.guestAddr.endsWith(`:${forward.guestPort}`)) {
       throw new RequestError(409, `host ${hostAddr} (${forward.protocol}) already forwards guest ${holder.guestAddr} (rule ${holder.rule}); pick another host port, or remove that forward first`);
     }
-    if (save) return this.saveForward(forward, what);
-    if (this.runtimeForwards.length >= MAX_RUNTIME_FORWARDS) throw new RequestError(409, `at most ${MAX_RUNTIME_FORWARDS} forwards can be added at run time`);
-    this.runtimeForwards.push(forward);
-    const message = `${what} (lasts until the host agent stops; --save keeps it in the config file)`;
-    this.emit({ type: "forward-added", message });
-    this.apply();
-    return { message, forward, saved: false };
+    if (!save && this.runtimeForwards.length >= MAX_RUNTIME_FORWARDS) throw new RequestError(409, `at most ${MAX_RUNTIME_FORWARDS} forwards can be added at run time`);
+    let reply: ControlReply;
+    if (save) reply = this.saveForward(forward, what);
+    else {
+      this.runtimeForwards.push(forward);
+      const message = `${what} (lasts until the host agent stops; --save keeps it in the config file)`;
+      this.emit({ type: "forward-added", message });
+      this.apply();
+      reply = { message, forward, saved: false };
+    }
+    // The answer says whether the host listens now (binding is asynchronous: no event came yet);
+    // a busy port is said with who holds it.
+    const outcome = await this.bindOutcome(forward.protocol, hostAddr);
+    if (outcome.state === "failed") reply.message = `${reply.message}; not listening yet: ${outcome.error} (the agent retries; porthole forward remove drops it)`;
+    return { ...reply, state: outcome.state };
+  }
+
+  /**
+   * The first `forwarding` or `failed` event of a host address (or its state now, when it
+   * already listens), waited for at most 3 s.
+   */
+  private bindOutcome(protocol: string, hostAddr: string): Promise<{ state: string; error?: string }> {
+    const now = this.reconciler.snapshot().forwards.find((f) => f.key === `${protocol} ${hostAddr}` && f.state === "forwarding");
+    if (now) return Promise.resolve({ state: "forwarding" });
+    return new Promise((resolve) => {
+      const done = (outcome: { state: string; error?: string }) => {
+        clearTimeout(timer);
+        this.bindWaiters.delete(waiter);
+        resolve(outcome);
+      };
+      const waiter = (e: HostEvent) => {
+        if ("protocol" in e && e.protocol === protocol && e.hostAddr === hostAddr && (e.type === "forwarding" || e.type === "failed")) done({ state: e.type, error: e.error });
+      };
+      const timer = setTimeout(() => done({ state: "waiting" }), 3000);
+      this.bindWaiters.add(waiter);
+    });
   }
 
   /** `--save`: the rule is appended to the config file (nothing else in it changes), which is then re-read. */
@@ -440,6 +471,7 @@ export class HostAgent {
     this.control?.broadcast({ time: new Date().toISOString(), ...e });
     this.options.onEvent?.(e);
     if (this.onForward && "protocol" in e) this.onForward.onEvent(e);
+    for (const waiter of this.bindWaiters) waiter(e);
     this.writeLine(this.options.logFormat === "json" ? formatEventJSON(e) : formatEventText(e));
   }
 

@@ -100,5 +100,14 @@ describe("many guests on one host", () => {
     await guest.startEcho("127.0.0.1", port);
     const failed = await host.waitForEvent((e) => e.type === "failed" && e.hostAddr === `127.0.0.1:${port}`, "the conflict");
     expect(failed.error).toContain(`address already in use, held by pid ${holder.child.pid} (socat TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork SYSTEM:echo held)`);
+
+    // porthole forward add onto a port socat holds says so too, at once.
+    const busy = await freePort();
+    const holder2 = new Proc(spawn("socat", [`TCP-LISTEN:${busy},bind=127.0.0.1,reuseaddr,fork`, "SYSTEM:echo held"], { stdio: ["ignore", "pipe", "pipe"] }), "socat holder 2");
+    defer(() => holder2.kill("SIGKILL"));
+    await holder2.waitFor(() => tcpListenersOf(holder2.child.pid!).includes(`127.0.0.1:${busy}`) || undefined, "socat listening");
+    const added = runPorthole(["forward", "add", String(port), String(busy), "--control", join(guest.dir, "state", "control.sock")]);
+    expect(added.code).toBe(0);
+    expect(added.stdout).toContain(`; not listening yet: address already in use, held by pid ${holder2.child.pid} (socat`);
   });
 });
