@@ -14,7 +14,7 @@ import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwar
 import { rulesInForce, type ConflictPolicy, type RuleEntry } from "../core/rules.ts";
 import { describeForward, MAX_RUNTIME_FORWARDS, parseForwardRequest, RequestError, ruleYaml, runtimeRule, sameForward, type RuntimeForward } from "../core/runtime-forward.ts";
 import { appendRule, removeRule } from "../core/config-append.ts";
-import { readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { readFileSync, realpathSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { OnForward } from "./on-forward.ts";
 import { portOwner } from "./port-owner.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
@@ -372,9 +372,10 @@ export class HostAgent {
         ? `cannot save to ${file}: ${first} (nothing was added; add this rule by hand: - ${ruleYaml(forward)})`
         : `cannot remove it from ${file}: ${first} (nothing was removed; edit the file by hand)`);
     }
-    const temp = `${file}.porthole-${process.pid}`;
-    writeFileSync(temp, next, { mode: statSync(file).mode & 0o777 });
-    renameSync(temp, file);
+    const real = realpathSync(file); // a symlinked config stays a symlink
+    const temp = `${real}.porthole-${process.pid}`;
+    writeFileSync(temp, next, { mode: statSync(real).mode & 0o777 });
+    renameSync(temp, real);
     return file;
   }
 
