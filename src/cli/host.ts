@@ -7,7 +7,14 @@ import { HostAgent, type LogFormat } from "../host/host-agent.ts";
 import { FORWARDER_KINDS } from "../core/forwarder-choice.ts";
 import { readTokenFile } from "../transport/token.ts";
 import { DEFAULT_GUEST_ADDRESS } from "./guest.ts";
-import { defaultStateDir, parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals } from "./options.ts";
+import { isIP } from "../core/address.ts";
+import { defaultStateDir, parseAddressFlag, parseChoiceFlag, parseDurationFlag, parseIntFlag, stopOnSignals, UsageError } from "./options.ts";
+
+/** An IP literal (for 127.0.0.N: Linux routes all of 127.0.0.0/8 to loopback). */
+function parseIPFlag(flag: string, value: unknown): string {
+  if (typeof value !== "string" || !isIP(value)) throw new UsageError(`--${flag}: "${value}" is not an IP address (e.g. 127.0.0.2)`);
+  return value;
+}
 
 const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 const FORWARDERS = FORWARDER_KINDS;
@@ -32,6 +39,9 @@ interface HostFlags {
   syncTime?: boolean;
   control?: string;
   onConflict?: unknown;
+  hostIp?: unknown;
+  onForward?: unknown;
+  onForwardTimeout?: unknown;
 }
 
 export function registerHost(cli: CAC): void {
@@ -55,6 +65,9 @@ export function registerHost(cli: CAC): void {
     .option("--ssh-skip-host-key-check", "Trust any SSH host key (throwaway VMs); default: trust on first use")
     .option("--control <path>", "The control socket that `porthole status` reads (default: STATE_DIR/control.sock)")
     .option("--on-conflict <policy>", "When a host port is taken: fail (report, retry; default) or next-free")
+    .option("--host-ip <ip>", "Where this guest's forwards listen when their rule names no hostIP (default 127.0.0.1); e.g. 127.0.0.2 for a second guest, so both can use the same ports")
+    .option("--on-forward <cmd>", "Run CMD (with /bin/sh -c) for each new forward, the forward in PORTHOLE_* variables; see the README")
+    .option("--on-forward-timeout <duration>", "Kill an --on-forward run after this long (default 30s)")
     .option("--sync-time", "Keep the guest's clock on the host's: SyncTime every 10 s, as Lima's host agent does (the guest agent sets its clock when it is over 100 ms off)")
     .option("--log-format <format>", "text (Lima's log lines) or json (one event per line)", { default: "text" })
     .example("porthole host --guest unix:///run/porthole/guest.sock --config ~/.lima/default/lima.yaml")
@@ -62,7 +75,9 @@ export function registerHost(cli: CAC): void {
       const guest = parseAddressFlag("guest", flags.guest);
       const logFormat = parseChoiceFlag("log-format", flags.logFormat, LOG_FORMATS);
       const stateDir = resolve(flags.stateDir ?? defaultStateDir());
-      const config = flags.config ? loadConfigOrExit(flags.config, stateDir) : undefined;
+      const hostIP = flags.hostIp === undefined ? undefined : parseIPFlag("host-ip", flags.hostIp);
+      const config = flags.config ? loadConfigOrExit(flags.config, stateDir, hostIP) : undefined;
+      if (flags.onForward !== undefined && (typeof flags.onForward !== "string" || !flags.onForward.trim())) throw new UsageError("--on-forward needs a command");
       const forwarder = flags.forwarder === undefined ? undefined : parseChoiceFlag("forwarder", flags.forwarder, FORWARDERS);
       if (flags.ssh !== undefined) parseAddressFlag("ssh", flags.ssh);
       if (flags.sshVsock !== undefined) parseAddressFlag("ssh-vsock", flags.sshVsock);
@@ -88,6 +103,10 @@ export function registerHost(cli: CAC): void {
         },
         syncTime: flags.syncTime,
         logFormat,
+        hostIP,
+        ...(flags.onForward !== undefined
+          ? { onForward: { command: String(flags.onForward), timeoutMs: parseDurationFlag("on-forward-timeout", flags.onForwardTimeout) ?? 30_000 } }
+          : {}),
       });
       await agent.start();
       keepRunningOnUncaught((line) => agent.log(line));
@@ -97,9 +116,9 @@ export function registerHost(cli: CAC): void {
 }
 
 /** A bad config at start-up stops the agent with every problem listed. */
-function loadConfigOrExit(file: string, stateDir: string) {
+function loadConfigOrExit(file: string, stateDir: string, hostIP: string | undefined) {
   try {
-    return loadConfigFile(file, stateDir);
+    return loadConfigFile(file, stateDir, { hostIP });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`porthole: invalid config:\n${err.problems.map((p) => `  ${p}`).join("\n")}\n`);

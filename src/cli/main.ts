@@ -6,6 +6,7 @@ import { registerDemo, runDemoHttpServer, DEMO_HTTP_SERVER_COMMAND } from "./dem
 import { registerGuest } from "./guest.ts";
 import { registerHost } from "./host.ts";
 import { registerStatus } from "./status.ts";
+import { registerForward } from "./forward.ts";
 import { aboutLines } from "../runtime/about.ts";
 import { joinNegativeValues, UsageError } from "./options.ts";
 import { invokedName } from "../runtime/self.ts";
@@ -21,6 +22,7 @@ async function main(argv: string[]): Promise<void> {
   registerGuest(cli);
   registerHost(cli);
   registerStatus(cli);
+  registerForward(cli);
   registerDemo(cli);
   cli.help();
   cli.version(pkg.version);

@@ -49,7 +49,12 @@ function fieldName(path: PropertyKey[]): string {
   return path.slice(0, end).reduce<string>((s, p) => (typeof p === "number" ? `${s}[${p}]` : s ? `${s}.${String(p)}` : String(p)), "");
 }
 
-export function parseConfig(text: string, file: string): Config {
+/** Defaults from the command line: `hostIP` for rules that name none (`porthole host --host-ip`). */
+export interface ConfigDefaults {
+  hostIP?: string;
+}
+
+export function parseConfig(text: string, file: string, defaults: ConfigDefaults = {}): Config {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const at = (offset: number) => {
@@ -69,7 +74,7 @@ export function parseConfig(text: string, file: string): Config {
   }
   const input = result.data;
   return {
-    rules: (input.portForwards ?? []).map((r) => withDefaults(r)),
+    rules: (input.portForwards ?? []).map((r) => withDefaults(defaults.hostIP && r.hostIP === undefined ? { ...r, hostIP: defaults.hostIP } : r)),
     sshLocalPort: input.ssh?.localPort || undefined,
     ipv6Loopback: input.ipv6Loopback ?? true,
     udp: {

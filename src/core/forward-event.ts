@@ -16,6 +16,11 @@ export type AgentEventType =
   | "ssh-unreachable"
   | "path-changed"
   | "relay-selected"
+  | "forward-added"
+  | "forward-removed"
+  | "auto-forwarding-paused"
+  | "auto-forwarding-resumed"
+  | "on-forward-failed"
   | "warning";
 
 export interface ForwardEvent {
@@ -36,6 +41,8 @@ export interface ForwardEvent {
   label?: string;
   /** Where the forward wanted to listen, when `next-free` moved it. */
   requestedHostAddr?: string;
+  /** A forward's second listener ([::1] beside 127.0.0.1): the same forward, not a new one. */
+  companion?: boolean;
 }
 
 export interface AgentEvent {
@@ -114,6 +121,16 @@ export function formatEventText(e: HostEvent): string {
       }
       case "relay-selected":
         return `Relay: ${e.message}`;
+      case "forward-added":
+        return `Added a static forward: ${q(e.message)}`;
+      case "forward-removed":
+        return `Removed the static forward ${q(e.message)}`;
+      case "auto-forwarding-paused":
+        return `Auto-forwarding paused: ${q(e.message)}`;
+      case "auto-forwarding-resumed":
+        return `Auto-forwarding resumed: ${q(e.message)}`;
+      case "on-forward-failed":
+        return `--on-forward command failed ${q(e.message)}`;
     }
   }
   const proto = q(e.protocol.toUpperCase());

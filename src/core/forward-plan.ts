@@ -71,6 +71,8 @@ export interface PlanOptions {
    * host's open-files limit must leave room for connections.
    */
   maxForwards?: { count: number; reason: string };
+  /** Auto-forwarding is paused (`porthole forward pause`), and what to tell the user: guest ports are not forwarded, static forwards stay. */
+  paused?: string;
 }
 
 /** The DHCP client's port: a long-lived, unconnected UDP socket that is no server. */
@@ -153,10 +155,16 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
     }
   }
 
-  const staticRules = rules.filter(({ rule }) => rule.static && !rule.ignore && !rule.guestSocket);
+  // A static rule covers its guest ports (Lima); a forward added at run time is one more way in, not a rule over them.
+  const dynamicRules = rules.filter(({ origin }) => origin !== "runtime");
+  const staticRules = rules.filter(({ rule, origin }) => rule.static && !rule.ignore && !rule.guestSocket && origin !== "runtime");
   for (const port of [...ports].sort(compareGuestPorts)) {
     if (staticRules.some(({ rule }) => inStaticRange(rule, port))) continue; // the static forward covers it
-    const decision = decide(port, rules);
+    if (options.paused) {
+      notForwarded.push({ port, reason: options.paused });
+      continue;
+    }
+    const decision = decide(port, dynamicRules);
     const guestAddr = formatHostPort(port.ip, port.port);
     const entry = (origin: RuleOrigin) => rules.find((r) => r.origin === origin)!;
     switch (decision.kind) {

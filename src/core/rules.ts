@@ -53,8 +53,8 @@ export interface RuleInput {
   onConflict?: ConflictPolicy;
 }
 
-/** Which rule decided: the user's rule index, or one of the built-in rules. */
-export type RuleOrigin = number | "built-in";
+/** Which rule decided: the user's rule index, one of the built-in rules, or a forward added at run time. */
+export type RuleOrigin = number | "built-in" | "runtime";
 
 export interface RuleEntry {
   rule: Rule;

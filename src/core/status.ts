@@ -6,7 +6,7 @@ export interface ForwardRow {
   hostAddr?: string;
   requestedHostAddr?: string;
   path?: string;
-  rule?: number | "built-in";
+  rule?: number | string;
   label?: string;
   state: string;
   lastError?: string;
@@ -18,6 +18,8 @@ export interface ForwardRow {
   reverse?: boolean;
   /** Per data path the connections of this forward really took: counts and bytes. */
   paths?: Record<string, PathTraffic>;
+  /** Listens whether or not the guest does (a static rule, or added with `porthole forward add`). */
+  static?: boolean;
 }
 
 /** One data path's traffic (direct, fast, grpc, ssh). */
@@ -55,6 +57,11 @@ export interface AgentStatus {
     forwarder: string;
     forwarderReason: string;
     startedAt: string;
+    /** `paused` after `porthole forward pause`: guest ports are not forwarded, static forwards stay. */
+    autoForwarding?: "on" | "paused";
+    /** --host-ip: where forwards listen when their rule names no hostIP. */
+    hostIP?: string;
+    configFile?: string;
   };
   guest: { version?: string; lima?: boolean; addresses: string[] };
   /** Per data path, for the whole agent: what connections really took. */
@@ -84,6 +91,8 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
   const lines = [
     `porthole host agent ${a.version} (pid ${a.pid}), guest ${a.guest}: ${a.guestConnected ? "connected" : "not connected"}; ${a.forwarder} forwarder (${a.forwarderReason})`,
   ];
+  if (a.autoForwarding === "paused") lines.push("auto-forwarding: PAUSED (guest ports are not forwarded; static forwards stay; porthole forward resume turns it back on)");
+  if (a.hostIP) lines.push(`host IP: ${a.hostIP} (where forwards listen unless their rule says otherwise)`);
   if (status.guest.lima) lines.push("guest agent: stock Lima (gRPC tunnels only: no data path or direct path, a guest EOF ends the connection, no reverse sockets)");
   if (status.guest.addresses.length) lines.push(`guest addresses: ${status.guest.addresses.join(", ")} (reachable by IP where the network allows)`);
   const header = ["PROTO", "GUEST", "HOST", "STATE", "PATH", "RULE", "CONNS", "IN", "OUT", "SINCE", "NOTE"];
@@ -93,7 +102,7 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
     f.hostAddr ?? "",
     f.state,
     f.path ?? "",
-    `${f.rule ?? ""}${f.label ? ` (${f.label})` : ""}`,
+    `${f.rule ?? ""}${f.label ? ` (${f.label})` : ""}${f.static ? " static" : ""}`,
     f.connections === undefined ? "" : String(f.connections),
     f.bytesIn === undefined ? "" : bytes(f.bytesIn),
     f.bytesOut === undefined ? "" : bytes(f.bytesOut),

@@ -2,16 +2,16 @@
 // host sockets under the state directory, as Lima does under its instance directory.
 import { readFileSync, watch, type FSWatcher } from "node:fs";
 import { basename, dirname, isAbsolute, resolve } from "node:path";
-import { ConfigError, parseConfig, type Config } from "../core/config.ts";
+import { ConfigError, parseConfig, type Config, type ConfigDefaults } from "../core/config.ts";
 
-export function loadConfigFile(file: string, stateDir: string): Config {
+export function loadConfigFile(file: string, stateDir: string, defaults: ConfigDefaults = {}): Config {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
     throw new ConfigError([`${file}: cannot read: ${(err as Error).message}`], { cause: err });
   }
-  const config = parseConfig(text, file);
+  const config = parseConfig(text, file, defaults);
   return {
     ...config,
     rules: config.rules.map((r) => (r.hostSocket && !isAbsolute(r.hostSocket) ? { ...r, hostSocket: resolve(stateDir, r.hostSocket) } : r)),

@@ -6,6 +6,7 @@
 // bind that fails never takes the agent down.
 import { backoffDelay } from "../core/backoff.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
+import type { RuleOrigin } from "../core/rules.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import { atFdLimit, fdLimitHint } from "../runtime/fd-limit.ts";
 
@@ -18,6 +19,8 @@ const NEXT_FREE_SPAN = 100;
 export type Report = (e: ForwardEvent) => void;
 /** An error in one of a forward's callbacks (a connection, a datagram): the forward goes on. */
 export type Trouble = (err: unknown, where: string) => void;
+/** Who holds a busy host address, in words (a pid and command, or another porthole agent). */
+export type FindOwner = (protocol: "tcp" | "udp", ip: string, port: number) => Promise<string | undefined>;
 export type ForwardState = "forwarding" | "failed" | "waiting" | "closing";
 
 /** Traffic through a listener: open connections (or UDP flows) and bytes each way. */
@@ -36,11 +39,13 @@ export interface ForwardStatus extends Traffic {
   hostAddr: string;
   requestedHostAddr?: string;
   path: string;
-  rule: number | "built-in";
+  rule: RuleOrigin;
   label?: string;
   state: ForwardState;
   lastError?: string;
   since: string;
+  /** Listens whether or not the guest does (a `static: true` rule, or `porthole forward add`). */
+  static?: boolean;
 }
 
 /** One bound listener of a forward, with what it carries. */
@@ -73,6 +78,8 @@ export abstract class HostForward {
     /** Which data path new connections take (for the events); UDP is always gRPC. */
     private readonly pathOf: (plan: PlannedForward) => string = () => "grpc",
     protected readonly trouble: Trouble = () => {},
+    /** Names who holds a busy port in the `failed` event. */
+    private readonly findOwner?: FindOwner,
   ) {
     // After the subclass constructor: its fields must exist before the first bind.
     queueMicrotask(() => this.bindSafely());
@@ -139,6 +146,7 @@ export abstract class HostForward {
         state: this.state,
         ...(this.lastError ? { lastError: this.lastError } : {}),
         since: this.since.toISOString(),
+        ...(this.plan.static ? { static: true } : {}),
         ...sumTraffic(counted.map((l) => l.traffic())),
       };
     });
@@ -216,7 +224,8 @@ export abstract class HostForward {
     this.listeners = bound;
     this.attempt = 0;
     this.setState("forwarding");
-    for (const target of this.targets()) this.report({ type: "forwarding", ...this.describe(target) });
+    // The [::1] companion's event says so: one forward, one `--on-forward` run.
+    this.targets().forEach((target, i) => this.report({ type: "forwarding", ...this.describe(target), ...(i ? { companion: true } : {}) }));
   }
 
   private bindFailed(bindError: NodeJS.ErrnoException, target: HostTarget): void {
@@ -228,7 +237,21 @@ export abstract class HostForward {
       return this.bindSafely();
     }
     if (err.code === "EMFILE") this.trouble(err, `listening on ${formatHostTarget(target)}`);
-    const error = describeBindError(err, target);
+    if (err.code === "EADDRINUSE" && this.findOwner && target.kind === "tcp") {
+      // Said with who holds the port (another agent, or which program), found with asynchronous reads.
+      const protocol = this.plan.protocol === "udp" ? "udp" : "tcp";
+      this.findOwner(protocol, target.ip, target.port).then(
+        (owner) => this.failed(err, target, owner),
+        () => this.failed(err, target),
+      ).catch((again) => this.trouble(again, `binding ${this.hostAddr}`));
+      return;
+    }
+    this.failed(err, target);
+  }
+
+  private failed(err: NodeJS.ErrnoException, target: HostTarget, owner?: string): void {
+    if (this.closed) return;
+    const error = describeBindError(err, target, owner);
     const failedAddr = formatHostTarget(target);
     const others = this.targets().filter((t) => formatHostTarget(t) !== failedAddr).map(formatHostTarget);
     const where = failedAddr === this.hostAddr ? "" : `${failedAddr}: `;
@@ -247,10 +270,10 @@ function sumTraffic(list: Traffic[]): Traffic {
   return list.reduce((a, t) => ({ connections: a.connections + t.connections, bytesIn: a.bytesIn + t.bytesIn, bytesOut: a.bytesOut + t.bytesOut }), ZERO);
 }
 
-function describeBindError(err: NodeJS.ErrnoException, host: HostTarget): string {
+function describeBindError(err: NodeJS.ErrnoException, host: HostTarget, owner?: string): string {
   switch (err.code) {
     case "EADDRINUSE":
-      return "address already in use (another program holds this host port)";
+      return owner ? `address already in use, held by ${owner}` : "address already in use (another program holds this host port)";
     case "EACCES":
       return host.kind === "tcp" && host.port < 1024
         ? "permission denied (host ports below 1024 need root or CAP_NET_BIND_SERVICE; map the guest port to a port of 1024 or more with a portForwards rule)"

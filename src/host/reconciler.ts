@@ -4,7 +4,7 @@ import { formatHostPort } from "../core/address.ts";
 import type { HostEvent } from "../core/forward-event.ts";
 import { planForwards, type PlannedForward, type PlannedReverse, type PlanOptions } from "../core/forward-plan.ts";
 import { portKey, type PortSet } from "../core/ports.ts";
-import type { RuleEntry } from "../core/rules.ts";
+import type { RuleEntry, RuleOrigin } from "../core/rules.ts";
 import type { ForwardStatus, HostForward } from "./host-forward.ts";
 
 export interface ReverseHandle {
@@ -24,7 +24,7 @@ export interface NotForwardedStatus {
   guestAddr: string;
   state: "not-forwarding";
   reason: string;
-  rule?: number | "built-in";
+  rule?: RuleOrigin;
 }
 
 export class Reconciler {

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import type { HostTarget, PlannedForward } from "../core/forward-plan.ts";
 import { afterRelay, dropConnection, relayedBytes } from "../transport/fast-relay.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
-import { HostForward, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
+import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 export type ConnectionHandler = (socket: net.Socket, plan: PlannedForward) => void;
 
@@ -17,8 +17,9 @@ export class TcpForward extends HostForward {
     report: Report,
     pathOf?: (plan: PlannedForward) => string,
     trouble?: Trouble,
+    findOwner?: FindOwner,
   ) {
-    super(plan, report, pathOf, trouble);
+    super(plan, report, pathOf, trouble, findOwner);
   }
 
   protected async listenOn(host: HostTarget): Promise<Listener> {

@@ -7,7 +7,7 @@ import { isIPv6 } from "node:net";
 import { formatHostPort } from "../core/address.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
-import { HostForward, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
+import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
 export interface UdpTunnel {
@@ -36,8 +36,9 @@ export class UdpForward extends HostForward {
     report: Report,
     private readonly warn: Warn,
     trouble?: Trouble,
+    findOwner?: FindOwner,
   ) {
-    super(plan, report, undefined, trouble);
+    super(plan, report, undefined, trouble, findOwner);
   }
 
   protected async listenOn(host: HostTarget): Promise<Listener> {

@@ -40,3 +40,15 @@ test("outside strings with control characters are quoted and escaped in text lin
     'Config c.yaml rejected, keeping the rules in force:\nc.yaml:1:1: a\n"c.yaml:2:1: b\\u001b"',
   );
 });
+
+test("run-time changes and --on-forward failures read as sentences, their text quoted", () => {
+  expect(formatEventText({ type: "forward-added", message: "TCP guest 127.0.0.1:80 to host 127.0.0.1:8080 (lasts until the host agent stops; --save keeps it in the config file)" })).toBe(
+    "Added a static forward: TCP guest 127.0.0.1:80 to host 127.0.0.1:8080 (lasts until the host agent stops; --save keeps it in the config file)",
+  );
+  expect(formatEventText({ type: "forward-removed", message: "TCP guest 127.0.0.1:80 to host 127.0.0.1:8080" })).toBe("Removed the static forward TCP guest 127.0.0.1:80 to host 127.0.0.1:8080");
+  expect(formatEventText({ type: "auto-forwarding-paused", message: "m" })).toBe("Auto-forwarding paused: m");
+  expect(formatEventText({ type: "auto-forwarding-resumed", message: "m" })).toBe("Auto-forwarding resumed: m");
+  expect(formatEventText({ type: "on-forward-failed", message: "for tcp 127.0.0.1:80: exited with status 3\nforged" })).toBe(
+    '--on-forward command failed "for tcp 127.0.0.1:80: exited with status 3\\nforged"',
+  );
+});

@@ -23,6 +23,17 @@ test("the table has one line per forward and per port not forwarded", () => {
   expect(lines[6]).toMatch(/^tcp\s+127\.0\.0\.2:3000\s+not-forwarding.*no rule matches$/);
 });
 
+test("a paused agent, its host IP and static forwards are marked", () => {
+  const table = formatStatusTable({
+    ...status,
+    agent: { ...status.agent, autoForwarding: "paused", hostIP: "127.0.0.2" },
+    forwards: [{ ...status.forwards[0]!, hostAddr: "127.0.0.2:18080", rule: "runtime", label: undefined, static: true }],
+  }, Date.parse("2026-01-01T00:01:00.000Z")).split("\n");
+  expect(table[1]).toBe("auto-forwarding: PAUSED (guest ports are not forwarded; static forwards stay; porthole forward resume turns it back on)");
+  expect(table[2]).toBe("host IP: 127.0.0.2 (where forwards listen unless their rule says otherwise)");
+  expect(table.find((l) => l.startsWith("tcp    0.0.0.0:8080"))).toMatch(/127\.0\.0\.2:18080\s+forwarding\s+fast\s+runtime static\s+2/);
+});
+
 test("metrics in Prometheus text format", () => {
   const text = formatMetrics(status);
   expect(text).toContain("# TYPE porthole_guest_connected gauge\nporthole_guest_connected 1\n");
