@@ -10,7 +10,7 @@ import { logText } from "../core/log-text.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
-import { rulesInForce, type ConflictPolicy } from "../core/rules.ts";
+import { rulesInForce, usesOwner, type ConflictPolicy } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { loadConfigFile, watchConfigFile } from "./config-file.ts";
 import { GrpcForwarder } from "./grpc-forwarder.ts";
@@ -92,6 +92,9 @@ export class HostAgent {
   private readonly fdPressure: FdPressure;
   private fdCheckedAt = 0;
   private connectionsSinceFdCheck = 0;
+  /** The guest agent reports port owners (a porthole one that has the feature). */
+  private guestReportsOwners = false;
+  private toldNoOwners = false;
   /** Internal errors already logged (each said once). */
   private readonly troubleSaid = new Set<string>();
 
@@ -103,6 +106,7 @@ export class HostAgent {
         announcedWaiting = false;
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
         this.router.setGuest(hello);
+        this.guestReportsOwners = hello?.features.includes("port-owners") ?? false;
         this.hello = hello ? { version: hello.version, addresses: hello.addresses } : { lima: true, addresses: [] };
         this.agentUp = true;
         if (!hello && !this.toldStockGuest) {
@@ -224,7 +228,23 @@ export class HostAgent {
 
   /** Re-plans with the current config and state (and a new port snapshot, if given). */
   private apply(ports?: Parameters<Reconciler["setRules"]>[2]): void {
+    this.tellIfOwnersUnknown();
     this.reconciler.setRules(rulesInForce(this.config.rules, this.config.sshLocalPort), this.planOptions(this.config), ports);
+  }
+
+  /**
+   * Rules on guestProcess/guestContainer match no port of a guest agent that does not say who
+   * owns its ports (a stock Lima one, an older porthole): said once, with what to do.
+   */
+  private tellIfOwnersUnknown(): void {
+    if (!this.agentUp || this.guestReportsOwners || this.toldNoOwners) return;
+    const rules = this.config.rules.flatMap((r, i) => (usesOwner(r) ? [i] : []));
+    if (!rules.length) return;
+    this.toldNoOwners = true;
+    this.emit({
+      type: "warning",
+      message: `portForwards rule(s) ${rules.join(", ")} match on guestProcess or guestContainer, but the guest agent does not report who owns its ports (a stock Lima guest agent never does), so they match no port and the next rules decide; run porthole's guest agent for them to apply`,
+    });
   }
 
   /** A connection to its data path; where choosing the path fails, over gRPC (which needs no fd). */

@@ -4,6 +4,7 @@
 // companion) stand or fall together: if one cannot bind, the others are closed again, the
 // failure is reported and all are retried (with `next-free`, all move to the same port). A
 // bind that fails never takes the agent down.
+import type { PortOwner } from "../core/port-owner.ts";
 import { backoffDelay } from "../core/backoff.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
@@ -38,6 +39,7 @@ export interface ForwardStatus extends Traffic {
   path: string;
   rule: number | "built-in";
   label?: string;
+  owner?: PortOwner;
   state: ForwardState;
   lastError?: string;
   since: string;
@@ -154,6 +156,7 @@ export abstract class HostForward {
       ...(requested ? { requestedHostAddr: formatHostTarget(requested) } : {}),
       rule: this.plan.origin,
       ...(this.plan.label ? { label: this.plan.label } : {}),
+      ...(this.plan.owner ? { owner: this.plan.owner } : {}),
       path: this.currentPath(),
     };
   }
