@@ -9,8 +9,8 @@ import { basename } from "node:path";
 import { parseCgroupFile, type CgroupContainer } from "../core/cgroup.ts";
 import { boundedText, OWNER_LIMITS, type PortOwner, type SocketId } from "../core/port-owner.ts";
 
-/** Between processes the pass yields to the event loop this often (a guest with many fds). */
-const YIELD_EVERY = 64;
+/** The pass yields to the event loop after this many fds read (a guest with many fds). */
+const YIELD_EVERY = 2048;
 
 export interface OwnerPaths {
   proc: string;
@@ -71,10 +71,9 @@ export class OwnerResolver {
     const ownNet = linkOf(`${proc}/self/ns/net`);
     const sameNet = new Set(pids.filter((pid) => linkOf(`${proc}/${pid}/ns/net`) === ownNet));
     const others = pids.filter((pid) => !sameNet.has(pid));
-    let visited = 0;
+    let read = 0;
     for (const pid of [...sameNet, ...others]) {
       if (found.size === wanted.size) break;
-      if (++visited % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
       let fds: string[];
       try {
         fds = readdirSync(`${proc}/${pid}/fd`);
@@ -82,6 +81,7 @@ export class OwnerResolver {
         continue; // gone, or not ours to read
       }
       for (const fd of fds) {
+        if (++read % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
         const target = linkOf(`${proc}/${pid}/fd/${fd}`);
         if (!target?.startsWith("socket:[")) continue;
         const inode = Number(target.slice(8, -1));
