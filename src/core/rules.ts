@@ -134,9 +134,14 @@ export function ownerMatches(rule: Rule, port: GuestPort): boolean {
   return rule.guestContainer === undefined || containerMatches(rule.guestContainer, port.owner);
 }
 
-/** Whether a rule matches on the owner (such a rule needs a guest agent that reports owners). */
-export function usesOwner(rule: Rule): boolean {
-  return rule.guestProcess !== undefined || rule.guestContainer !== undefined;
+/**
+ * What to tell the user when rules match on the owner but the guest agent reports none (a
+ * stock Lima one, an older porthole): undefined when no rule does.
+ */
+export function ownerRulesUnmatchable(rules: Rule[]): string | undefined {
+  const indexes = rules.flatMap((r, i) => (r.guestProcess !== undefined || r.guestContainer !== undefined ? [i] : []));
+  if (!indexes.length) return undefined;
+  return `portForwards rule(s) ${indexes.join(", ")} match on guestProcess or guestContainer, but the guest agent does not report who owns its ports (a stock Lima guest agent never does), so they match no port and the next rules decide; run porthole's guest agent for them to apply`;
 }
 
 /** First match wins; see lima-reference §3 for each step (porthole's owner keys come after the IP). */

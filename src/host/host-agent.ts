@@ -10,7 +10,7 @@ import { logText } from "../core/log-text.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
-import { rulesInForce, usesOwner, type ConflictPolicy } from "../core/rules.ts";
+import { ownerRulesUnmatchable, rulesInForce, type ConflictPolicy } from "../core/rules.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { loadConfigFile, watchConfigFile } from "./config-file.ts";
 import { GrpcForwarder } from "./grpc-forwarder.ts";
@@ -232,19 +232,11 @@ export class HostAgent {
     this.reconciler.setRules(rulesInForce(this.config.rules, this.config.sshLocalPort), this.planOptions(this.config), ports);
   }
 
-  /**
-   * Rules on guestProcess/guestContainer match no port of a guest agent that does not say who
-   * owns its ports (a stock Lima one, an older porthole): said once, with what to do.
-   */
+  /** Rules on the owner match nothing on a guest agent that reports no owners: said once. */
   private tellIfOwnersUnknown(): void {
     if (!this.agentUp || this.guestReportsOwners || this.toldNoOwners) return;
-    const rules = this.config.rules.flatMap((r, i) => (usesOwner(r) ? [i] : []));
-    if (!rules.length) return;
-    this.toldNoOwners = true;
-    this.emit({
-      type: "warning",
-      message: `portForwards rule(s) ${rules.join(", ")} match on guestProcess or guestContainer, but the guest agent does not report who owns its ports (a stock Lima guest agent never does), so they match no port and the next rules decide; run porthole's guest agent for them to apply`,
-    });
+    const message = ownerRulesUnmatchable(this.config.rules);
+    if (message) (this.toldNoOwners = true), this.emit({ type: "warning", message });
   }
 
   /** A connection to its data path; where choosing the path fails, over gRPC (which needs no fd). */
