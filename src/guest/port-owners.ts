@@ -21,6 +21,8 @@ export interface OwnerPaths {
   podman: string;
   /** Kubernetes' pod log directories, named NAMESPACE_NAME_UID. */
   pods: string;
+  /** nerdctl's data root: STORE/names/NAMESPACE/NAME files hold container ids. */
+  nerdctl: string;
 }
 
 const DEFAULT_PATHS: OwnerPaths = {
@@ -29,7 +31,10 @@ const DEFAULT_PATHS: OwnerPaths = {
   docker: "/var/lib/docker/containers",
   podman: "/var/lib/containers/storage/overlay-containers/containers.json",
   pods: "/var/log/pods",
+  nerdctl: "/var/lib/nerdctl",
 };
+/** At most this many nerdctl name files are read to find one container's name. */
+const MAX_NAME_FILES = 4096;
 
 export class OwnerResolver {
   /** inode -> its owner, or null: looked for and not found (a kernel socket, a process gone). */
@@ -137,6 +142,7 @@ export class OwnerResolver {
       if (c.runtime === "podman") {
         return jsonField(this.paths.podman, (j) => (j as { id: string; names?: string[] }[]).find((e) => e.id === c.id)?.names?.[0] ?? "");
       }
+      if (c.runtime === "containerd") return nerdctlName(this.paths.nerdctl, c.id);
       return undefined;
     })();
     return { ...c, ...(name ? { name: boundedText(name, OWNER_LIMITS.containerName) } : {}) };
@@ -165,6 +171,28 @@ function jsonField(path: string, pick: (json: unknown) => string): string | unde
   } catch {
     return undefined;
   }
+}
+
+function listDir(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch {
+    return [];
+  }
+}
+
+/** nerdctl's name store (ROOT/STORE/names/NAMESPACE/NAME holds the id): the name of a containerd container. */
+function nerdctlName(root: string, id: string): string | undefined {
+  let read = 0;
+  for (const store of listDir(root)) {
+    for (const namespace of listDir(`${root}/${store}/names`)) {
+      for (const name of listDir(`${root}/${store}/names/${namespace}`)) {
+        if (++read > MAX_NAME_FILES) return undefined;
+        if (readText(`${root}/${store}/names/${namespace}/${name}`)?.trim() === id) return name;
+      }
+    }
+  }
+  return undefined;
 }
 
 /** kubelet's /var/log/pods/NAMESPACE_NAME_UID: the pod as NAMESPACE/NAME. */

@@ -115,12 +115,12 @@ describe("who owns each guest port", () => {
     expect(runPorthole(["status", "--control", control]).stdout).toContain(`socat[${socat.child.pid}] root @${dockerId.slice(0, 12)}`);
   });
 
-  e2eTest("the container's name, where the runtime keeps it in a file (docker's config.v2.json, podman's containers.json, kubelet's pod log directory)", async () => {
+  e2eTest("the container's name, where the runtime keeps it in a file (docker's config.v2.json, podman's containers.json, nerdctl's name store, kubelet's pod log directory)", async () => {
     const guest = Guest.create();
-    const ports = [await freePort(), await freePort(), await freePort()];
-    const ids = [ID("ab1"), ID("cd2"), ID("ef3")];
+    const ports = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const ids = [ID("ab1"), ID("cd2"), ID("ef3"), ID("5a7")];
     const podUid = "11111111-2222-3333-4444-555555555555";
-    const shapes = [`system.slice/docker-${ids[0]}.scope`, `machine.slice/libpod-${ids[1]}.scope`, `kubepods/pod${podUid}/${ids[2]}`];
+    const shapes = [`system.slice/docker-${ids[0]}.scope`, `machine.slice/libpod-${ids[1]}.scope`, `kubepods/pod${podUid}/${ids[2]}`, `system.slice/nerdctl-${ids[3]}.scope`];
     const servers: Proc[] = [];
     for (const [i, shape] of shapes.entries()) servers.push(await httpServer(guest, ports[i]!, { cgroup: containerCgroup(shape) }));
     // The runtimes' own files, in a scratch tree standing for /var/lib and /var/log.
@@ -129,9 +129,12 @@ describe("who owns each guest port", () => {
     writeFileSync(join(root, "docker", ids[0]!, "config.v2.json"), JSON.stringify({ ID: ids[0], Name: "/web" }));
     writeFileSync(join(root, "containers.json"), JSON.stringify([{ id: ID("0"), names: ["other"] }, { id: ids[1], names: ["api"] }]));
     mkdirSync(join(root, "pods", `shop_checkout-7d9f_${podUid}`), { recursive: true });
+    mkdirSync(join(root, "nerdctl", "1935db59", "names", "default"), { recursive: true });
+    writeFileSync(join(root, "nerdctl", "1935db59", "names", "default", "other"), ID("1"));
+    writeFileSync(join(root, "nerdctl", "1935db59", "names", "default", "cache"), ids[3]!);
 
     // The resolver the guest agent runs, over the real /proc: sockets from the guest's /proc/net.
-    const resolver = new OwnerResolver({ docker: join(root, "docker"), podman: join(root, "containers.json"), pods: join(root, "pods") });
+    const resolver = new OwnerResolver({ docker: join(root, "docker"), podman: join(root, "containers.json"), pods: join(root, "pods"), nerdctl: join(root, "nerdctl") });
     const sockets = new Map();
     parseProcNet(readFileSync(`/proc/${servers[0]!.child.pid}/net/tcp`, "latin1"), "tcp", sockets);
     const owners = await resolver.resolve(ports.map((port) => sockets.get(portKey({ protocol: "tcp", ip: "127.0.0.1", port }))));
@@ -139,6 +142,7 @@ describe("who owns each guest port", () => {
       { runtime: "docker", id: ids[0], name: "web" },
       { runtime: "podman", id: ids[1], name: "api" },
       { runtime: "containerd", id: ids[2], pod: podUid, name: "shop/checkout-7d9f" },
+      { runtime: "containerd", id: ids[3], name: "cache" },
     ]);
     expect([...owners.values()].map((o) => o?.pid)).toEqual(servers.map((s) => s.child.pid));
   });
