@@ -120,11 +120,12 @@ int ph_vsock_local_cid(void) {
 /* ---- netlink sock_diag ------------------------------------------------------------------ */
 
 /*
- * Records written to the caller's buffer, 24 bytes each:
+ * Records written to the caller's buffer, 32 bytes each:
  *   u8 family (AF_INET/AF_INET6), u8 protocol (IPPROTO_TCP/UDP), u8 state, u8 pad,
- *   u16 port (host order), u16 pad, u8 addr[16] (IPv4 in the first 4 bytes).
+ *   u16 port (host order), u16 pad, u8 addr[16] (IPv4 in the first 4 bytes),
+ *   u32 uid, u32 inode (host order): the socket's owner and inode, to find its process.
  */
-#define PH_RECORD 24
+#define PH_RECORD 32
 
 static int put_record(uint8_t *buf, int cap, int n, uint8_t protocol, const struct inet_diag_msg *m) {
   if ((n + 1) * PH_RECORD > cap) return -ENOBUFS;
@@ -136,6 +137,8 @@ static int put_record(uint8_t *buf, int cap, int n, uint8_t protocol, const stru
   uint16_t port = ntohs(m->id.idiag_sport);
   memcpy(r + 4, &port, 2);
   memcpy(r + 8, m->id.idiag_src, m->idiag_family == AF_INET ? 4 : 16);
+  memcpy(r + 24, &m->idiag_uid, 4);
+  memcpy(r + 28, &m->idiag_inode, 4);
   return 0;
 }
 

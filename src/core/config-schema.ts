@@ -6,6 +6,7 @@ import { z } from "zod";
 import { isIP } from "./address.ts";
 import { parseDuration } from "./duration.ts";
 import { parseTransportAddress } from "./transport-address.ts";
+import { globToRegExp } from "./owner-match.ts";
 import { withDefaults, type RuleInput } from "./rules.ts";
 
 const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : String(v));
@@ -40,6 +41,14 @@ const conflictPolicy = z.enum(["fail", "next-free"], { error: (iss) => `${show(i
 const bool = z.boolean({ error: (iss) => `${show(iss.input)} is not true or false` });
 const path = z.string({ error: (iss) => `${show(iss.input)} is not a path` }).min(1, { error: "must not be empty" });
 
+/** A non-empty, one-line string for the owner keys. */
+const ownerText = (what: string) =>
+  z
+    .string({ error: (iss) => `${show(iss.input)} is not ${what} (a string)` })
+    .min(1, { error: "must not be empty" })
+    .max(256, { error: "must be at most 256 characters" })
+    .refine((s) => !/[\u0000-\u001f\u007f]/.test(s), { error: (iss) => `${show(iss.input)} must not contain control characters` });
+
 /** Longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
 const UNIX_PATH_MAX = 107;
 
@@ -63,6 +72,11 @@ export const ruleSchema = z
     udpMaxFlows: count.optional(),
     label: z.string({ error: (iss) => `${show(iss.input)} is not a label (a string)` }).min(1).max(100).optional(),
     onConflict: conflictPolicy.optional(),
+    guestProcess: ownerText("a command glob").superRefine((glob, ctx) => {
+      const re = globToRegExp(glob);
+      if (typeof re === "string") ctx.addIssue({ code: "custom", message: `${show(glob)} is not a glob: ${re}` });
+    }).optional(),
+    guestContainer: ownerText("a container name or id").optional(),
   }, { error: (iss) => (iss.code === "invalid_type" ? `a rule must be a mapping, not ${show(iss.input)}` : undefined) })
   .superRefine((input, ctx) => {
     // Lima's cross-field checks (pkg/limayaml/validate.go), on the rule with defaults filled in.
@@ -83,6 +97,12 @@ export const ruleSchema = z
       fail("hostPortRange", `covers ${span(r.hostPortRange) + 1} ports but guestPortRange covers ${span(r.guestPortRange) + 1}`);
     }
     if (r.reverse && !(r.guestSocket && r.hostSocket)) fail("reverse", "needs both guestSocket and hostSocket");
+    // An owner is known only for a port something listens on: a socket or static rule has none.
+    for (const key of ["guestProcess", "guestContainer"] as const) {
+      if (r[key] === undefined) continue;
+      if (r.guestSocket) fail(key, "must not be set together with guestSocket (only guest ports have an owner)");
+      else if (r.static) fail(key, "must not be set together with static (a static forward is made before anything listens)");
+    }
   }, { when: (payload) => payload.issues.length === 0 }); // fields first: no follow-on errors from a bad field
 
 const transportAddress = z.string({ error: (iss) => `${show(iss.input)} is not an address` }).superRefine((text, ctx) => {

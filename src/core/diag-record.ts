@@ -1,9 +1,11 @@
-// Decodes the native shim's sock_diag records (24 bytes each; see native/porthole_shim.c)
-// into ports, printed as Lima prints them.
+// Decodes the native shim's sock_diag records (32 bytes each; see native/porthole_shim.c)
+// into ports, printed as Lima prints them, and the socket inodes that name their owners.
 import type { IPPort } from "../proto/guest-service.ts";
 import { formatIPv4Bytes, formatIPv6Bytes } from "./address.ts";
+import type { SocketId } from "./port-owner.ts";
+import { portKey } from "./ports.ts";
 
-export const DIAG_RECORD_BYTES = 24;
+export const DIAG_RECORD_BYTES = 32;
 const AF_INET = 2;
 const IPPROTO_TCP = 6;
 const IPPROTO_UDP = 17;
@@ -15,6 +17,9 @@ export interface DiagRecord {
   state: number;
   port: number;
   ip: string;
+  /** The socket's owner uid and inode (0 where the kernel does not say). */
+  uid: number;
+  inode: number;
 }
 
 export function parseDiagRecords(buf: Uint8Array, count: number): DiagRecord[] {
@@ -30,6 +35,8 @@ export function parseDiagRecords(buf: Uint8Array, count: number): DiagRecord[] {
       state: buf[at + 2]!,
       port: view.getUint16(at + 4, true),
       ip: family === AF_INET ? formatIPv4Bytes(addr) : formatIPv6Bytes(addr),
+      uid: view.getUint32(at + 24, true),
+      inode: view.getUint32(at + 28, true),
     });
   }
   return out;
@@ -40,6 +47,17 @@ export function diagRecordsToPorts(records: DiagRecord[]): IPPort[] {
   return records
     .filter((r) => r.port !== 0 && (r.protocol === IPPROTO_TCP || r.protocol === IPPROTO_UDP))
     .map((r) => ({ protocol: r.protocol === IPPROTO_TCP ? "tcp" : "udp", ip: r.ip, port: r.port }));
+}
+
+/** The socket behind each port (the first one, where several share a port), by portKey. */
+export function diagRecordsToSockets(records: DiagRecord[]): Map<string, SocketId> {
+  const out = new Map<string, SocketId>();
+  for (const r of records) {
+    if (r.port === 0 || !r.inode || (r.protocol !== IPPROTO_TCP && r.protocol !== IPPROTO_UDP)) continue;
+    const key = portKey({ protocol: r.protocol === IPPROTO_TCP ? "tcp" : "udp", ip: r.ip, port: r.port });
+    if (!out.has(key)) out.set(key, { inode: r.inode, uid: r.uid });
+  }
+  return out;
 }
 
 const NLMSG_HEADER_BYTES = 16;

@@ -1,6 +1,7 @@
 // What the host agent reports about each forward, as Lima's log lines or as JSON.
 import { logText as q } from "./log-text.ts";
 import type { RuleOrigin } from "./rules.ts";
+import { formatOwner, type PortOwner } from "./port-owner.ts";
 
 export type ForwardEventType = "forwarding" | "not-forwarding" | "stopping" | "failed";
 export type AgentEventType =
@@ -43,6 +44,8 @@ export interface ForwardEvent {
   requestedHostAddr?: string;
   /** A forward's second listener ([::1] beside 127.0.0.1): the same forward, not a new one. */
   companion?: boolean;
+  /** Who holds the guest socket (a porthole guest agent says). */
+  owner?: PortOwner;
 }
 
 export interface AgentEvent {
@@ -134,15 +137,16 @@ export function formatEventText(e: HostEvent): string {
     }
   }
   const proto = q(e.protocol.toUpperCase());
+  const by = e.owner ? ` (by ${q(formatOwner(e.owner))})` : "";
   switch (e.type) {
     case "forwarding":
       return e.reverse
         ? `Forwarding ${proto} from host ${q(e.hostAddr)} to guest ${q(e.guestAddr)} (reverse)`
-        : `Forwarding ${proto} from ${q(e.guestAddr)} to ${q(e.hostAddr)}${e.requestedHostAddr ? ` (${q(e.requestedHostAddr)} was taken)` : ""}${e.path && e.path !== "grpc" ? ` (${q(e.path)})` : ""}${e.label ? ` [${q(e.label)}]` : ""}`;
+        : `Forwarding ${proto} from ${q(e.guestAddr)} to ${q(e.hostAddr)}${e.requestedHostAddr ? ` (${q(e.requestedHostAddr)} was taken)` : ""}${e.path && e.path !== "grpc" ? ` (${q(e.path)})` : ""}${e.label ? ` [${q(e.label)}]` : ""}${by}`;
     case "stopping":
       return `Stopping forwarding ${proto} from ${q(e.guestAddr)} to ${q(e.hostAddr)}`;
     case "not-forwarding":
-      return `Not forwarding ${proto} ${q(e.guestAddr)}${e.error ? ` (${q(e.error)})` : ""}`;
+      return `Not forwarding ${proto} ${q(e.guestAddr)}${e.error ? ` (${q(e.error)})` : ""}${by}`;
     case "failed": {
       const retry = e.retryInMs !== undefined ? `; retrying in ${(e.retryInMs / 1000).toFixed(1)}s` : "";
       return `Failed to forward ${proto} from ${q(e.guestAddr)} to ${q(e.hostAddr)}: ${q(e.error)}${retry}`;

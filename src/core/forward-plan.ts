@@ -1,9 +1,10 @@
 // From the guest's ports and the rules to the host listeners that should exist.
 // Several guest binds can map to one host address (guest 0.0.0.0:P and [::]:P both go to
 // host 127.0.0.1:P): they share one listener instead of failing with "address in use".
-import type { IPPort } from "../proto/guest-service.ts";
+import type { GuestPort } from "./ports.ts";
 import { formatHostPort } from "./address.ts";
 import type { UdpSettings } from "./config.ts";
+import type { PortOwner } from "./port-owner.ts";
 import { decide, type ConflictPolicy, type Rule, type RuleEntry, type RuleOrigin } from "./rules.ts";
 
 export type HostTarget = { kind: "tcp"; ip: string; port: number } | { kind: "unix"; path: string };
@@ -32,6 +33,8 @@ export interface PlannedForward {
   /** The rule's label, for status and events. */
   label?: string;
   onConflict: ConflictPolicy;
+  /** Who holds the guest socket, where the guest agent said (not for static or socket forwards). */
+  owner?: PortOwner;
 }
 
 /** `reverse: true`: a host unix socket that appears in the guest. */
@@ -43,7 +46,7 @@ export interface PlannedReverse {
 }
 
 export interface NotForwarded {
-  port: IPPort;
+  port: GuestPort;
   reason: string;
   origin?: RuleOrigin;
 }
@@ -88,8 +91,8 @@ function forwardKey(protocol: TunnelProtocol, t: HostTarget): string {
 
 
 /** IPv4 binds first, then by address and port, so the chosen dial target is stable. */
-function compareGuestPorts(a: IPPort, b: IPPort): number {
-  const v6 = (p: IPPort) => (p.ip.includes(":") ? 1 : 0);
+function compareGuestPorts(a: GuestPort, b: GuestPort): number {
+  const v6 = (p: GuestPort) => (p.ip.includes(":") ? 1 : 0);
   return v6(a) - v6(b) || a.protocol.localeCompare(b.protocol) || a.ip.localeCompare(b.ip) || a.port - b.port;
 }
 
@@ -97,17 +100,17 @@ function protocolsOf(rule: Rule): ("tcp" | "udp")[] {
   return rule.proto === "any" ? ["tcp", "udp"] : [rule.proto];
 }
 
-function inStaticRange(rule: Rule, port: IPPort): boolean {
+function inStaticRange(rule: Rule, port: GuestPort): boolean {
   return protocolsOf(rule).includes(port.protocol as "tcp" | "udp") && port.port >= rule.guestPortRange[0] && port.port <= rule.guestPortRange[1];
 }
 
-export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], options: PlanOptions): ForwardPlan {
+export function planForwards(ports: Iterable<GuestPort>, rules: RuleEntry[], options: PlanOptions): ForwardPlan {
   const forwards = new Map<string, PlannedForward>();
   const reverses = new Map<string, PlannedReverse>();
   const notForwarded: NotForwarded[] = [];
   let overCap = 0;
   /** Adds a forward (or joins one to the same host address); false if the cap leaves it out. */
-  const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean): boolean => {
+  const add = (protocol: TunnelProtocol, guestAddr: string, host: HostTarget, entry: RuleEntry, isStatic: boolean, owner?: PortOwner | null): boolean => {
     if (protocol === "udp" && options.udpUnavailable) return true;
     const udp = {
       idleTimeoutMs: entry.rule.udpIdleTimeoutMs ?? options.udp.idleTimeoutMs,
@@ -118,10 +121,10 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
     if (!isStatic && options.maxForwards && forwards.size >= options.maxForwards.count) return false;
     const ipv6Companion = options.ipv6Loopback && host.kind === "tcp" && host.ip === "127.0.0.1";
     const onConflict = entry.rule.onConflict ?? options.onConflict ?? "fail";
-    forwards.set(key, { key, protocol, host, guestAddr, origin: entry.origin, static: isStatic, ipv6Companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}) });
+    forwards.set(key, { key, protocol, host, guestAddr, origin: entry.origin, static: isStatic, ipv6Companion, udp, onConflict, ...(entry.rule.label ? { label: entry.rule.label } : {}), ...(owner ? { owner } : {}) });
     return true;
   };
-  const addGuestPort = (port: IPPort, ...args: Parameters<typeof add>) => {
+  const addGuestPort = (port: GuestPort, ...args: Parameters<typeof add>) => {
     if (add(...args)) return;
     overCap++;
     notForwarded.push({ port, reason: options.maxForwards!.reason });
@@ -180,10 +183,10 @@ export function planForwards(ports: Iterable<IPPort>, rules: RuleEntry[], option
           notForwarded.push({ port, reason: "the DHCP client's port" });
           break;
         }
-        addGuestPort(port, port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false);
+        addGuestPort(port, port.protocol as TunnelProtocol, guestAddr, { kind: "tcp", ip: decision.hostIP, port: decision.hostPort }, entry(decision.origin), false, port.owner);
         break;
       case "forward-socket":
-        if (port.protocol === "tcp") addGuestPort(port, "tcp", guestAddr, { kind: "unix", path: decision.hostSocket }, entry(decision.origin), false);
+        if (port.protocol === "tcp") addGuestPort(port, "tcp", guestAddr, { kind: "unix", path: decision.hostSocket }, entry(decision.origin), false, port.owner);
         else notForwarded.push({ port, reason: "no rule matches" }); // a stream socket cannot carry datagrams
         break;
       case "ignore":

@@ -1,22 +1,28 @@
 // Sets of guest ports (IPPort) and the diffs that GetEvents streams.
 import type { IPPort } from "../proto/guest-service.ts";
+import type { PortOwner } from "./port-owner.ts";
 import { formatHostPort, isIP } from "./address.ts";
+
+/** A guest port as the host and the watcher hold it: Lima's IPPort and, where known, its owner. */
+export interface GuestPort extends IPPort {
+  owner?: PortOwner;
+}
 
 export function portKey(p: IPPort): string {
   return `${p.protocol} ${formatHostPort(p.ip, p.port)}`;
 }
 
-export type PortSet = Map<string, IPPort>;
+export type PortSet = Map<string, GuestPort>;
 
-export function toPortSet(ports: Iterable<IPPort>): PortSet {
+export function toPortSet(ports: Iterable<GuestPort>): PortSet {
   const set: PortSet = new Map();
   for (const p of ports) set.set(portKey(p), p);
   return set;
 }
 
 export interface PortDiff {
-  added: IPPort[];
-  removed: IPPort[];
+  added: GuestPort[];
+  removed: GuestPort[];
 }
 
 export function diffPorts(before: PortSet, after: PortSet): PortDiff {

@@ -7,6 +7,8 @@
 // LISTEN-only dump is the way out there and comes with the native shim.)
 import { formatIPv4Bytes, formatIPv6Bytes } from "./address.ts";
 import type { IPPort } from "../proto/guest-service.ts";
+import type { SocketId } from "./port-owner.ts";
+import { portKey } from "./ports.ts";
 
 export type Protocol = "tcp" | "udp";
 
@@ -25,18 +27,25 @@ export function decodeProcAddress(hex: string): string {
   return bytes.length === 4 ? formatIPv4Bytes(bytes) : formatIPv6Bytes(bytes);
 }
 
-/** The listening (TCP) or bound-unconnected (UDP) sockets of one table. */
-export function parseProcNet(text: string, protocol: Protocol): IPPort[] {
+/**
+ * The listening (TCP) or bound-unconnected (UDP) sockets of one table; with `sockets`, also
+ * each port's socket inode and uid (the first socket where several share a port).
+ */
+export function parseProcNet(text: string, protocol: Protocol, sockets?: Map<string, SocketId>): IPPort[] {
   const out: IPPort[] = [];
   const lines = text.split("\n");
   for (let i = 1; i < lines.length; i++) {
     // "  0: 0100007F:1F90 00000000:0000 0A ..." -> local address, remote address, state
-    const fields = lines[i]!.trim().split(/\s+/, 4);
+    const fields = lines[i]!.trim().split(/\s+/, sockets ? 10 : 4);
     if (fields.length < 4 || fields[3] !== WANTED_STATE[protocol]) continue;
     const [addrHex, portHex] = fields[1]!.split(":");
     const port = parseInt(portHex!, 16);
     if (!addrHex || !port) continue;
-    out.push({ protocol, ip: decodeProcAddress(addrHex), port });
+    const p = { protocol, ip: decodeProcAddress(addrHex), port };
+    out.push(p);
+    // "... tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode"
+    const inode = Number(fields[9]);
+    if (sockets && inode && !sockets.has(portKey(p))) sockets.set(portKey(p), { inode, uid: Number(fields[7]) });
   }
   return out;
 }

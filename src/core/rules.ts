@@ -1,7 +1,8 @@
 // Lima's portForwards rule semantics (pkg/hostagent/port.go, pkg/limayaml/defaults.go):
 // defaults, the built-in rules around the user's, and first-match-wins matching. No I/O.
-import type { IPPort } from "../proto/guest-service.ts";
+import type { GuestPort } from "./ports.ts";
 import { ipEquals, isUnspecified } from "./address.ts";
+import { containerMatches, processMatches } from "./owner-match.ts";
 
 export type RuleProto = "tcp" | "udp" | "any";
 
@@ -26,6 +27,10 @@ export interface Rule {
   label?: string;
   /** porthole: what to do when the host port is taken (default: the global policy). */
   onConflict?: ConflictPolicy;
+  /** porthole: the rule matches only ports whose owner's command matches this glob. */
+  guestProcess?: string;
+  /** porthole: the rule matches only ports whose owner runs in this container (name or id). */
+  guestContainer?: string;
 }
 
 /** `fail`: report and retry until the port frees up; `next-free`: take the next free port. */
@@ -51,6 +56,8 @@ export interface RuleInput {
   udpMaxFlows?: number;
   label?: string;
   onConflict?: ConflictPolicy;
+  guestProcess?: string;
+  guestContainer?: string;
 }
 
 /** Which rule decided: the user's rule index, one of the built-in rules, or a forward added at run time. */
@@ -84,6 +91,8 @@ export function withDefaults(input: RuleInput): Rule {
     ...(input.udpMaxFlows !== undefined ? { udpMaxFlows: input.udpMaxFlows } : {}),
     ...(input.label !== undefined ? { label: input.label } : {}),
     ...(input.onConflict !== undefined ? { onConflict: input.onConflict } : {}),
+    ...(input.guestProcess !== undefined ? { guestProcess: input.guestProcess } : {}),
+    ...(input.guestContainer !== undefined ? { guestContainer: input.guestContainer } : {}),
   };
 }
 
@@ -117,14 +126,33 @@ function guestIPMatches(rule: Rule, ip: string): boolean {
   return isUnspecified(rule.guestIP) && !rule.guestIPMustBeZero;
 }
 
-/** First match wins; see lima-reference §3 for each step. */
-export function decide(port: IPPort, entries: RuleEntry[]): Decision {
+/** Whether a rule's owner keys hold for a port; a port whose owner is unknown matches none. */
+export function ownerMatches(rule: Rule, port: GuestPort): boolean {
+  if (rule.guestProcess === undefined && rule.guestContainer === undefined) return true;
+  if (!port.owner) return false;
+  if (rule.guestProcess !== undefined && !processMatches(rule.guestProcess, port.owner)) return false;
+  return rule.guestContainer === undefined || containerMatches(rule.guestContainer, port.owner);
+}
+
+/**
+ * What to tell the user when rules match on the owner but the guest agent reports none (a
+ * stock Lima one, an older porthole): undefined when no rule does.
+ */
+export function ownerRulesUnmatchable(rules: Rule[]): string | undefined {
+  const indexes = rules.flatMap((r, i) => (r.guestProcess !== undefined || r.guestContainer !== undefined ? [i] : []));
+  if (!indexes.length) return undefined;
+  return `portForwards rule(s) ${indexes.join(", ")} match on guestProcess or guestContainer, but the guest agent does not report who owns its ports (a stock Lima guest agent never does), so they match no port and the next rules decide; run porthole's guest agent for them to apply`;
+}
+
+/** First match wins; see lima-reference §3 for each step (porthole's owner keys come after the IP). */
+export function decide(port: GuestPort, entries: RuleEntry[]): Decision {
   for (const { rule, origin } of entries) {
     if (rule.guestSocket) continue;
     if (rule.proto !== "any" && rule.proto !== port.protocol) continue;
     const [lo, hi] = rule.guestPortRange;
     if (port.port < lo || port.port > hi) continue;
     if (!guestIPMatches(rule, port.ip)) continue;
+    if (!ownerMatches(rule, port)) continue;
     if (rule.ignore) {
       // A wildcard bind also listens on addresses a specific ignore rule does not name.
       if (isUnspecified(port.ip) && !isUnspecified(rule.guestIP)) continue;

@@ -1,4 +1,5 @@
 // What `porthole status` shows, and the same as Prometheus text metrics. No I/O.
+import { formatOwner, type PortOwner } from "./port-owner.ts";
 export interface ForwardRow {
   key?: string;
   protocol: string;
@@ -16,6 +17,8 @@ export interface ForwardRow {
   bytesIn?: number;
   bytesOut?: number;
   reverse?: boolean;
+  /** Who holds the guest socket (pid, command, user, container), where the guest agent says. */
+  owner?: PortOwner;
   /** Per data path the connections of this forward really took: counts and bytes. */
   paths?: Record<string, PathTraffic>;
   /** Listens whether or not the guest does (a static rule, or added with `porthole forward add`). */
@@ -95,7 +98,7 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
   if (a.hostIP) lines.push(`host IP: ${a.hostIP} (where forwards listen unless their rule says otherwise)`);
   if (status.guest.lima) lines.push("guest agent: stock Lima (gRPC tunnels only: no data path or direct path, a guest EOF ends the connection, no reverse sockets)");
   if (status.guest.addresses.length) lines.push(`guest addresses: ${status.guest.addresses.join(", ")} (reachable by IP where the network allows)`);
-  const header = ["PROTO", "GUEST", "HOST", "STATE", "PATH", "RULE", "CONNS", "IN", "OUT", "SINCE", "NOTE"];
+  const header = ["PROTO", "GUEST", "HOST", "STATE", "PATH", "RULE", "OWNER", "CONNS", "IN", "OUT", "SINCE", "NOTE"];
   const rows = [...status.forwards, ...status.notForwarded].map((f) => [
     f.protocol,
     f.guestAddr,
@@ -103,6 +106,7 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
     f.state,
     f.path ?? "",
     `${f.rule ?? ""}${f.label ? ` (${f.label})` : ""}${f.static ? " static" : ""}`,
+    formatOwner(f.owner),
     f.connections === undefined ? "" : String(f.connections),
     f.bytesIn === undefined ? "" : bytes(f.bytesIn),
     f.bytesOut === undefined ? "" : bytes(f.bytesOut),

@@ -15,6 +15,7 @@ import { watchFdPressure } from "./fd-pressure.ts";
 import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
+import { OwnerResolver } from "./port-owners.ts";
 import { UdpSettler, UDP_SERVER_AFTER_MS } from "../core/udp-settle.ts";
 
 export interface GuestAgentOptions {
@@ -58,7 +59,7 @@ export class GuestAgent {
     } catch (err) {
       this.options.log(`no direct path: cannot listen for its proof (${(err as Error).message}); the host will use the tunnels`);
     }
-    this.watcher = new PortWatcher(interval, hidePort(scanner, this.proof?.port), new UdpSettler(UDP_SERVER_AFTER_MS, ephemeralPortRange()));
+    this.watcher = new PortWatcher(interval, hidePort(scanner, this.proof?.port), new UdpSettler(UDP_SERVER_AFTER_MS, ephemeralPortRange()), new OwnerResolver());
     this.grpcServer.addService(guestServiceDefinition, guestServiceHandlers({
       watcher: this.watcher,
       eventState: new EventState(this.options.runtimeDir, this.options.log),

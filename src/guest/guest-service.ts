@@ -2,7 +2,8 @@
 // clock and file times as Lima's guest agent handles them.
 import * as grpc from "@grpc/grpc-js";
 import { utimes } from "node:fs/promises";
-import { nowTimestamp, type GuestEvent, type Info, type Timestamp, type TunnelMessage } from "../proto/guest-service.ts";
+import { toWireOwner } from "../core/port-owner.ts";
+import { nowTimestamp, OWNERS_HEADER, type GuestEvent, type Info, type IPPort, type OwnedIPPort, type Timestamp, type WireOwner, type TunnelMessage } from "../proto/guest-service.ts";
 import { setSystemClock } from "../runtime/set-clock.ts";
 import type { EventState } from "./event-state.ts";
 import type { PortWatcher } from "./watcher.ts";
@@ -38,10 +39,21 @@ export function guestServiceHandlers(context: GuestServiceContext): grpc.Untyped
   const { watcher, eventState, log } = context;
   const setClock = context.setClock ?? setSystemClock;
   const toldMissing = new Set<string>();
+  // Owners go only to a host that asked (porthole's); a stock Lima host gets Lima's bytes.
+  const withOwners = (call: { metadata: grpc.Metadata }) => {
+    if (call.metadata.get(OWNERS_HEADER)[0] !== "1") return (ports: IPPort[]) => ports;
+    return (ports: IPPort[]) =>
+      ports.map((p) => {
+        const owner = watcher.ownerOf(p);
+        const owned: OwnedIPPort = owner ? { ...p, owner: toWireOwner(owner) as WireOwner } : p;
+        return owned as IPPort; // serialized as porthole.OwnedIPPort
+      });
+  };
   return {
-    GetInfo(_call: grpc.ServerUnaryCall<unknown, Info>, callback: grpc.sendUnaryData<Info>) {
+    GetInfo(call: grpc.ServerUnaryCall<unknown, Info>, callback: grpc.sendUnaryData<Info>) {
+      const owned = withOwners(call);
       watcher.refresh().then(
-        () => callback(null, { local_ports: watcher.ports }),
+        () => callback(null, { local_ports: owned(watcher.ports) }),
         (err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }),
       );
     },
@@ -50,8 +62,9 @@ export function guestServiceHandlers(context: GuestServiceContext): grpc.Untyped
     // and the ports sent on an earlier stream that are gone now as "removed" (a Lima host
     // that kept its forwards across the reconnect needs those), then carries diffs.
     GetEvents(call: grpc.ServerWritableStream<unknown, GuestEvent>) {
+      const owned = withOwners(call);
       const send = (added: GuestEvent["added_local_ports"], removed: GuestEvent["removed_local_ports"], errors: string[]) => {
-        call.write({ time: nowTimestamp(), added_local_ports: added, removed_local_ports: removed, errors });
+        call.write({ time: nowTimestamp(), added_local_ports: owned(added), removed_local_ports: removed, errors });
         eventState.sent(watcher.ports);
       };
       const unsubscribe = watcher.subscribe((diff, errors) => send(diff.added, diff.removed, errors));

@@ -1,7 +1,7 @@
 // How the watcher finds listening sockets: netlink sock_diag through the native shim (a
 // LISTEN-only dump costs ~0.1 ms even with 10,000 established sockets, and destroy events
 // report a close within a millisecond), or /proc/net where the shim cannot load.
-import { DIAG_RECORD_BYTES, diagRecordsToPorts, onlyConnectedCloses, parseDiagRecords } from "../core/diag-record.ts";
+import { DIAG_RECORD_BYTES, diagRecordsToPorts, diagRecordsToSockets, onlyConnectedCloses, parseDiagRecords } from "../core/diag-record.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
 import { loadNative } from "../runtime/native.ts";
@@ -29,6 +29,7 @@ export function netlinkScanner(shim: NativeShim): Scanner {
   let buf = new Uint8Array(1024 * DIAG_RECORD_BYTES);
   const last: { tcp: Buffer; udp: Buffer } = { tcp: Buffer.alloc(0), udp: Buffer.alloc(0) };
   let lastPorts: ScanResult["ports"] = [];
+  let lastSockets: ScanResult["sockets"] = new Map();
   let scans = 0;
   let udpDue = true;
   /** One protocol's dump as bytes (a copy), or the error. */
@@ -55,12 +56,14 @@ export function netlinkScanner(shim: NativeShim): Scanner {
       if (error) return { ports: [], errors: [error] };
       // The kernel walks its tables in a stable order: the same bytes mean the same sockets,
       // and an idle guest costs a dump and a memcmp per scan, not a thousand objects.
-      if ((tcp as Buffer).equals(last.tcp) && (udp as Buffer).equals(last.udp)) return { ports: lastPorts, errors: [], unchanged: true };
+      if ((tcp as Buffer).equals(last.tcp) && (udp as Buffer).equals(last.udp)) return { ports: lastPorts, sockets: lastSockets, errors: [], unchanged: true };
       last.tcp = tcp as Buffer;
       last.udp = udp as Buffer;
       const both = Buffer.concat([last.tcp, last.udp]);
-      lastPorts = diagRecordsToPorts(parseDiagRecords(both, both.length / DIAG_RECORD_BYTES));
-      return { ports: lastPorts, errors: [] };
+      const records = parseDiagRecords(both, both.length / DIAG_RECORD_BYTES);
+      lastPorts = diagRecordsToPorts(records);
+      lastSockets = diagRecordsToSockets(records);
+      return { ports: lastPorts, sockets: lastSockets, errors: [] };
     },
     watchCloses(notify) {
       const onClose = () => {

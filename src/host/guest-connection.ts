@@ -4,16 +4,20 @@
 import * as grpc from "@grpc/grpc-js";
 import { explainUnreachable } from "../core/agent-unreachable.ts";
 import { backoffDelay } from "../core/backoff.ts";
-import { applyDiff, invalidGuestPort, MAX_GUEST_PORTS, portKey, type PortDiff, type PortSet } from "../core/ports.ts";
+import { applyDiff, invalidGuestPort, type GuestPort, MAX_GUEST_PORTS, portKey, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { TransportAddress } from "../core/transport-address.ts";
+import { formatHostPort } from "../core/address.ts";
+import { checkedOwner } from "../core/port-owner.ts";
 import { clientTarget, type ClientTarget } from "../transport/client-target.ts";
 import {
+  OWNERS_HEADER,
   createGuestServiceClient,
   createPortholeClient,
   type GuestEvent,
   type GuestServiceClient,
   type HelloResponse,
   type Info,
+  type OwnedIPPort,
   type PortholeClient,
 } from "../proto/guest-service.ts";
 import { CLIENT_OPTIONS } from "../transport/grpc-tuning.ts";
@@ -29,6 +33,13 @@ export interface GuestConnectionHandlers {
 }
 
 const GET_INFO_DEADLINE_MS = 3000;
+
+/** Asks a porthole guest for each port's owner (a stock Lima guest ignores the header). */
+function ownersWanted(options?: grpc.MetadataOptions): grpc.Metadata {
+  const metadata = new grpc.Metadata(options);
+  metadata.set(OWNERS_HEADER, "1");
+  return metadata;
+}
 /**
  * Liveness: while connected, an RPC every PROBE_EVERY_MS that must answer within
  * PROBE_DEADLINE_MS (Hello for a porthole guest, GetInfo for a stock one). An RPC is not an
@@ -80,7 +91,7 @@ export class GuestConnection {
     const pending: PortDiff[] = [];
     let ports: PortSet | undefined;
     let ended = false;
-    const events = this.client.GetEvents({});
+    const events = this.client.GetEvents({}, ownersWanted());
     this.events = events;
     const fail = (message: string) => {
       if (ended || this.stopped) return;
@@ -92,7 +103,7 @@ export class GuestConnection {
     };
     events.on("data", (e: GuestEvent) => {
       if (e.errors.length) this.handlers.onGuestErrors(e.errors.slice(0, 10).map((m) => m.slice(0, 500)));
-      const diff = { added: this.checked(e.added_local_ports), removed: this.checked(e.removed_local_ports) };
+      const diff = { added: this.checked(e.added_local_ports), removed: this.checked(e.removed_local_ports, false) };
       if (!ports) return void pending.push(diff);
       this.applyBounded(ports, diff);
       this.handlers.onChange(ports, diff);
@@ -124,7 +135,7 @@ export class GuestConnection {
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + GET_INFO_DEADLINE_MS);
       // Wait for the channel to connect rather than failing at once while it is down.
-      const metadata = new grpc.Metadata({ waitForReady: true });
+      const metadata = ownersWanted({ waitForReady: true });
       this.client.GetInfo({}, metadata, { deadline }, (err, info) =>
         err ? reject(err) : resolve(info),
       );
@@ -132,12 +143,16 @@ export class GuestConnection {
   }
 
   /** The ports that make sense; the others are reported (a few, not a flood) and dropped. */
-  private checked(ports: GuestEvent["added_local_ports"]): GuestEvent["added_local_ports"] {
+  private checked(ports: GuestEvent["added_local_ports"], withOwners = true): GuestPort[] {
     const bad: string[] = [];
-    const good = ports.filter((p) => {
+    const good = ports.flatMap((p) => {
       const why = invalidGuestPort(p);
       if (why) bad.push(`ignored a port the guest reported (${why})`);
-      return !why;
+      if (why) return [];
+      // Only the fields porthole knows, and the owner only once checked.
+      const { owner, error } = withOwners ? checkedOwner((p as OwnedIPPort).owner) : {};
+      if (error) bad.push(`ignored the owner of ${p.protocol} ${formatHostPort(p.ip, p.port)} (${error})`);
+      return [{ protocol: p.protocol, ip: p.ip, port: p.port, ...(owner ? { owner } : {}) }];
     });
     if (bad.length) this.handlers.onGuestErrors(bad.length > 3 ? [...bad.slice(0, 3), `and ${bad.length - 3} more`] : bad);
     return good;

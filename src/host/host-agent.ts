@@ -11,7 +11,7 @@ import { formatHostPort } from "../core/address.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
-import { rulesInForce, type ConflictPolicy, type RuleEntry } from "../core/rules.ts";
+import { ownerRulesUnmatchable, rulesInForce, type ConflictPolicy, type RuleEntry } from "../core/rules.ts";
 import { describeForward, MAX_RUNTIME_FORWARDS, parseForwardRequest, RequestError, ruleYaml, runtimeRule, sameForward, type RuntimeForward } from "../core/runtime-forward.ts";
 import { appendRule, removeRule } from "../core/config-append.ts";
 import { readFileSync, realpathSync, renameSync, statSync, writeFileSync } from "node:fs";
@@ -110,6 +110,9 @@ export class HostAgent {
   private readonly fdPressure: FdPressure;
   private fdCheckedAt = 0;
   private connectionsSinceFdCheck = 0;
+  /** The guest agent reports port owners (a porthole one that has the feature). */
+  private guestReportsOwners = false;
+  private toldNoOwners = false;
   /** Internal errors already logged (each said once). */
   private readonly troubleSaid = new Set<string>();
   /** Forwards added through the control socket: static, until the agent stops. */
@@ -128,6 +131,7 @@ export class HostAgent {
         announcedWaiting = false;
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
         this.router.setGuest(hello);
+        this.guestReportsOwners = hello?.features.includes("port-owners") ?? false;
         this.hello = hello ? { version: hello.version, addresses: hello.addresses } : { lima: true, addresses: [] };
         this.agentUp = true;
         if (!hello && !this.toldStockGuest) {
@@ -264,6 +268,7 @@ export class HostAgent {
 
   /** Re-plans with the current config and state (and a new port snapshot, if given). */
   private apply(ports?: Parameters<Reconciler["setRules"]>[2]): void {
+    this.tellIfOwnersUnknown();
     this.reconciler.setRules(this.rules(), this.planOptions(this.config), ports);
   }
 
@@ -389,6 +394,13 @@ export class HostAgent {
     this.emit({ type: paused ? "auto-forwarding-paused" : "auto-forwarding-resumed", message });
     this.apply();
     return { message: `auto-forwarding ${paused ? "paused" : "resumed"}: ${message}`, paused };
+  }
+
+  /** Rules on the owner match nothing on a guest agent that reports no owners: said once. */
+  private tellIfOwnersUnknown(): void {
+    if (!this.agentUp || this.guestReportsOwners || this.toldNoOwners) return;
+    const message = ownerRulesUnmatchable(this.config.rules);
+    if (message) (this.toldNoOwners = true), this.emit({ type: "warning", message });
   }
 
   /** A connection to its data path; where choosing the path fails, over gRPC (which needs no fd). */

@@ -4,6 +4,7 @@
 // companion) stand or fall together: if one cannot bind, the others are closed again, the
 // failure is reported and all are retried (with `next-free`, all move to the same port). A
 // bind that fails never takes the agent down.
+import type { PortOwner } from "../core/port-owner.ts";
 import { backoffDelay } from "../core/backoff.ts";
 import type { ForwardEvent } from "../core/forward-event.ts";
 import type { RuleOrigin } from "../core/rules.ts";
@@ -41,6 +42,7 @@ export interface ForwardStatus extends Traffic {
   path: string;
   rule: RuleOrigin;
   label?: string;
+  owner?: PortOwner;
   state: ForwardState;
   lastError?: string;
   since: string;
@@ -162,6 +164,7 @@ export abstract class HostForward {
       ...(requested ? { requestedHostAddr: formatHostTarget(requested) } : {}),
       rule: this.plan.origin,
       ...(this.plan.label ? { label: this.plan.label } : {}),
+      ...(this.plan.owner ? { owner: this.plan.owner } : {}),
       path: this.currentPath(),
     };
   }

@@ -5,6 +5,7 @@ import type { HostEvent } from "../core/forward-event.ts";
 import { planForwards, type PlannedForward, type PlannedReverse, type PlanOptions } from "../core/forward-plan.ts";
 import { portKey, type PortSet } from "../core/ports.ts";
 import type { RuleEntry, RuleOrigin } from "../core/rules.ts";
+import type { PortOwner } from "../core/port-owner.ts";
 import type { ForwardStatus, HostForward } from "./host-forward.ts";
 
 export interface ReverseHandle {
@@ -25,6 +26,7 @@ export interface NotForwardedStatus {
   state: "not-forwarding";
   reason: string;
   rule?: RuleOrigin;
+  owner?: PortOwner;
 }
 
 export class Reconciler {
@@ -94,6 +96,7 @@ export class Reconciler {
       state: "not-forwarding" as const,
       reason,
       ...(origin !== undefined ? { rule: origin } : {}),
+      ...(port.owner ? { owner: port.owner } : {}),
     }));
     for (const { port, reason, origin } of plan.notForwarded) {
       const key = `${portKey(port)} ${reason} ${origin}`;
@@ -105,6 +108,7 @@ export class Reconciler {
         guestAddr: formatHostPort(port.ip, port.port),
         error: reason,
         ...(origin !== undefined ? { rule: origin } : {}),
+        ...(port.owner ? { owner: port.owner } : {}),
       });
     }
     this.reportedNotForwarded = nowNotForwarded;

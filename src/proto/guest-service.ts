@@ -6,10 +6,37 @@ import protobuf from "protobufjs";
 import limaProto from "../../proto/guestservice.proto" with { type: "text" };
 import portholeProto from "../../proto/porthole.proto" with { type: "text" };
 
+/** Request header by which a porthole host asks for each port's owner (see OwnedIPPort). */
+export const OWNERS_HEADER = "porthole-owners";
+
 export interface IPPort {
   protocol: string;
   ip: string;
   port: number;
+}
+
+/**
+ * Lima's IPPort plus porthole's owner (field 100), as GetInfo and GetEvents carry it to a host
+ * that asked (OWNERS_HEADER). Untrusted: the host checks it (core/port-owner.ts) before use.
+ */
+export interface OwnedIPPort {
+  protocol: string;
+  ip: string;
+  port: number;
+  owner?: WireOwner | null;
+}
+
+/** porthole.PortOwner on the wire (core/port-owner.ts has the checked, in-memory form). */
+export interface WireOwner {
+  pid: number;
+  command: string;
+  command_line: string;
+  user: string;
+  uid: number;
+  container_runtime: string;
+  container_id: string;
+  container_name: string;
+  container_pod: string;
 }
 
 export interface Timestamp {
@@ -78,7 +105,8 @@ export function loadRoot(): protobuf.Root {
   return root;
 }
 
-export const packageDefinition = protoLoader.fromJSON(loadRoot().toJSON(), LOADER_OPTIONS);
+const root = loadRoot();
+export const packageDefinition = protoLoader.fromJSON(root.toJSON(), LOADER_OPTIONS);
 
 const limaService = (packageDefinition.GuestService as grpc.ServiceDefinition);
 const portholeService = (packageDefinition["porthole.Porthole"] as grpc.ServiceDefinition);
@@ -93,7 +121,18 @@ export const limaGuestServiceDefinition: grpc.ServiceDefinition = limaService;
 export const guestServiceDefinition: grpc.ServiceDefinition = {
   ...limaService,
   Tunnel: { ...limaService.Tunnel!, ...serializers(portholeService.ReverseTunnel!) },
+  GetInfo: { ...limaService.GetInfo!, ...responseCodec("porthole.ExtendedInfo") },
+  GetEvents: { ...limaService.GetEvents!, ...responseCodec("porthole.ExtendedEvent") },
 };
+
+/** A response (de)serializer for one of porthole's extended messages, as proto-loader makes them. */
+function responseCodec(name: string) {
+  const type = root.lookupType(name);
+  return {
+    responseSerialize: (value: object) => Buffer.from(type.encode(type.fromObject(value)).finish()),
+    responseDeserialize: (bytes: Buffer) => type.toObject(type.decode(bytes), LOADER_OPTIONS),
+  };
+}
 
 export const portholeServiceDefinition: grpc.ServiceDefinition = portholeService;
 
@@ -113,7 +152,7 @@ export interface GuestServiceClient extends grpc.Client {
     options: grpc.CallOptions,
     callback: (err: grpc.ServiceError | null, info: Info) => void,
   ): grpc.ClientUnaryCall;
-  GetEvents(request: object): grpc.ClientReadableStream<GuestEvent>;
+  GetEvents(request: object, metadata?: grpc.Metadata): grpc.ClientReadableStream<GuestEvent>;
   SyncTime(
     request: { host_time: Timestamp },
     options: grpc.CallOptions,

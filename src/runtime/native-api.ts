@@ -11,7 +11,7 @@ export interface NativeShim {
   close(fd: number): number;
   /** fds[0], fds[1]: a connected pair of unix stream sockets. */
   socketpair(fds: Int32Array): number;
-  /** Records of 24 bytes (core/diag-record.ts decodes them); protocols: 1 TCP, 2 UDP, 3 both. */
+  /** Records of 32 bytes (core/diag-record.ts decodes them); protocols: 1 TCP, 2 UDP, 3 both. */
   diagListeners(buf: Uint8Array, cap: number, protocols: number): number;
   diagSubscribe(): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;

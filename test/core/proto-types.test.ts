@@ -12,6 +12,8 @@ const SOURCE = readFileSync(join(import.meta.dir, "../../src/proto/guest-service
 /** TypeScript interface -> the proto message it types. */
 const TYPES: Record<string, string> = {
   IPPort: "IPPort",
+  OwnedIPPort: "porthole.OwnedIPPort",
+  WireOwner: "porthole.PortOwner",
   Timestamp: "google.protobuf.Timestamp",
   Info: "Info",
   GuestEvent: "Event",

@@ -31,7 +31,8 @@ describe("GuestService wire format", () => {
     const bytes = m.responseSerialize({ local_ports: [{ protocol: "tcp", ip: "::", port: 8080 }] });
     // Info.local_ports = 1 { IPPort.protocol = 1, ip = 2, port = 3 (varint 8080 = 0x90 0x3f) }
     expect(hex(bytes)).toBe("0a0c" + "0a03746370" + "12023a3a" + "18903f");
-    expect(m.responseDeserialize(bytes)).toEqual({ local_ports: [{ protocol: "tcp", ip: "::", port: 8080 }] });
+    // porthole reads Lima's bytes: no owner (null, as proto-loader gives an absent message).
+    expect(m.responseDeserialize(bytes)).toEqual({ local_ports: [{ protocol: "tcp", ip: "::", port: 8080, owner: null }] });
   });
 
   test("Event fields 1..4", () => {
@@ -53,8 +54,26 @@ describe("porthole's extensions stay compatible", () => {
     expect(limaGuestServiceDefinition.Tunnel!.requestDeserialize(bytes)).toMatchObject({ id: "i", data: Buffer.alloc(0) });
   });
 
+  test("ports without an owner are Lima's bytes exactly; a port's owner is field 100, which Lima's decoder skips", () => {
+    const p = { protocol: "tcp", ip: "127.0.0.1", port: 80 };
+    const event = { time: { seconds: 1, nanos: 5 }, added_local_ports: [p], removed_local_ports: [p], errors: ["e"] };
+    for (const [name, message] of [["GetEvents", event], ["GetInfo", { local_ports: [p] }]] as const) {
+      const ours = guestServiceDefinition[name]!;
+      const lima = limaGuestServiceDefinition[name]!;
+      expect(ours.path).toBe(lima.path);
+      expect(ours.requestSerialize).toBe(lima.requestSerialize);
+      expect(hex(ours.responseSerialize(message))).toBe(hex(lima.responseSerialize(message)));
+    }
+    const owner = { pid: 7, command: "node", command_line: "node s.js", user: "root", uid: 0 };
+    const bytes = guestServiceDefinition.GetInfo!.responseSerialize({ local_ports: [{ ...p, owner }] });
+    // OwnedIPPort: protocol 1, ip 2, port 3, then owner = 100 (tag a2 06) { pid 1, command 2, command_line 3, user 4 }
+    expect(hex(bytes)).toContain("1850" + "a206" + "1b" + "0807" + "12046e6f6465");
+    expect(limaGuestServiceDefinition.GetInfo!.responseDeserialize(bytes)).toEqual({ local_ports: [p] });
+    expect(guestServiceDefinition.GetInfo!.responseDeserialize(bytes)).toMatchObject({ local_ports: [{ ...p, owner: { pid: 7, command: "node", user: "root" } }] });
+  });
+
   test("everything else is Lima's service unchanged", () => {
-    for (const name of ["GetInfo", "GetEvents", "PostInotify", "SyncTime"]) {
+    for (const name of ["PostInotify", "SyncTime"]) {
       expect(guestServiceDefinition[name]).toBe(limaGuestServiceDefinition[name]!);
     }
     expect(Object.values(portholeServiceDefinition).map((m) => m.path).sort()).toEqual([

@@ -17,7 +17,7 @@ test("the table has one line per forward and per port not forwarded", () => {
   const lines = table.split("\n");
   expect(lines[0]).toBe("porthole host agent 0.1.0 (pid 42), guest unix:///g.sock: connected; auto forwarder (the default)");
   expect(lines[1]).toContain("10.0.0.2");
-  expect(lines[3]).toMatch(/^PROTO\s+GUEST\s+HOST\s+STATE\s+PATH\s+RULE\s+CONNS\s+IN\s+OUT\s+SINCE\s+NOTE$/);
+  expect(lines[3]).toMatch(/^PROTO\s+GUEST\s+HOST\s+STATE\s+PATH\s+RULE\s+OWNER\s+CONNS\s+IN\s+OUT\s+SINCE\s+NOTE$/);
   expect(lines[4]).toMatch(/^tcp\s+0\.0\.0\.0:8080\s+127\.0\.0\.1:8080\s+forwarding\s+fast\s+0 \(web\)\s+2\s+2\.0 KiB\s+5 B\s+60s$/);
   expect(lines[5]).toContain("address already in use");
   expect(lines[6]).toMatch(/^tcp\s+127\.0\.0\.2:3000\s+not-forwarding.*no rule matches$/);

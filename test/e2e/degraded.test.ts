@@ -35,8 +35,9 @@ describe("without the native shim", () => {
       const host = startHostAgent(guest, ["--state-dir", join(guest.dir, `state${round}`), ...channel]);
       await host.waitForEvent((e) => e.type === "guest-connected", `host agent ${round} to connect`);
       const port = await freePort();
-      await guest.startEcho("127.0.0.1", port);
-      await host.waitForForwarding(port);
+      const echo = await guest.startEcho("127.0.0.1", port);
+      // /proc/net gives the socket's inode too: the owner is found without netlink.
+      expect((await host.waitForForwarding(port)).owner).toMatchObject({ pid: echo.child.pid, user: "root" });
       expect((await exchange(port, Buffer.from(`round ${round}`))).toString()).toBe(`round ${round}`);
       await host.proc.kill();
     }

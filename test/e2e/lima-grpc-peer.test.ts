@@ -29,6 +29,8 @@ interface Port {
   protocol: string;
   ip: string;
   port: number;
+  /** Fields C-core's decoder did not know: porthole's owner must never reach a Lima host. */
+  unknown: number;
 }
 type Reply = Record<string, unknown> & { op: string };
 
@@ -73,6 +75,8 @@ async function driveGuestAgent(command: string[]): Promise<void> {
   }
   expect(info.code).toBeUndefined();
   expect(has(info.ports as Port[], "tcp", tcp) && has(info.ports as Port[], "udp", udp)).toBe(true);
+  // The agent knows who owns these ports, but a Lima host did not ask: Lima's fields only.
+  expect((info.ports as Port[]).map((p) => p.unknown)).toEqual((info.ports as Port[]).map(() => 0));
   expect(agent.stderr.join("\n")).toContain("empty :authority");
   // C-core's own header shape (an authority of its choosing) is served as well.
   const plain = await limaHost(guest, `unix://${guest.socket}`, "c-core").ask({ op: "info" });
@@ -84,6 +88,7 @@ async function driveGuestAgent(command: string[]): Promise<void> {
   const first = await host.proc.waitFor(() => events()[0], "the first event");
   expect(has(first.added as Port[], "tcp", tcp) && has(first.added as Port[], "udp", udp)).toBe(true);
   expect(first.hasTime).toBe(true);
+  expect((first.added as Port[]).every((p) => p.unknown === 0)).toBe(true);
   const laterServer = await guest.startEcho("127.0.0.1", later);
   await host.proc.waitFor(() => events().find((e) => has(e.added as Port[], "tcp", later)), "an event adding the new port");
 
@@ -214,6 +219,21 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     expect(status.stdout).toContain("guest agent: stock Lima");
     expect(JSON.parse(runPorthole(["status", "--control", control, "--json"]).stdout).guest.lima).toBe(true);
     expect(host.events.filter((e) => e.type === "stock-guest")).toHaveLength(1);
+  });
+
+  e2eTest("a rule on guestProcess against a stock guest (no owners) matches no port, said once; the next rule decides", async () => {
+    const { guest, port, socket } = await stockGuest();
+    const config = guest.writeFile("owner-rule.yaml", `portForwards:\n- guestProcess: "*"\n  ignore: true\n`);
+    const host = startHostAgent(guest, ["--guest", `unix://${socket}`, "--config", config]);
+    const told = await host.waitForEvent((e) => e.type === "warning" && String(e.message).includes("guestProcess"), "the warning about owner rules");
+    expect(String(told.message)).toContain("rule(s) 0 ");
+    expect(String(told.message)).toContain("stock Lima guest agent never does");
+    const forwarded = await host.waitForForwarding(port);
+    expect(forwarded.rule).toBe("built-in");
+    expect(forwarded.owner).toBeUndefined();
+    process.kill(host.proc.child.pid!, "SIGHUP"); // a reload re-applies the rules: still said once
+    await host.waitForEvent((e) => e.type === "config-loaded" && host.events.filter((x) => x.type === "config-loaded").length >= 2, "the reload");
+    expect(host.events.filter((e) => e.type === "warning" && String(e.message).includes("guestProcess"))).toHaveLength(1);
   });
 
   e2eTest("an idle forwarded connection survives 150 s (no keepalive ping, no GOAWAY too_many_pings), then carries data", async () => {

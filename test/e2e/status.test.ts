@@ -26,7 +26,7 @@ describe("porthole status", () => {
     const table = status(control);
     expect(table.code).toBe(0);
     expect(table.stdout).toContain(`guest unix://${guest.socket}: connected`);
-    expect(table.stdout).toMatch(new RegExp(`tcp\\s+127\\.0\\.0\\.1:${guestPort}\\s+127\\.0\\.0\\.1:${hostPort}\\s+forwarding\\s+fast\\s+0 \\(web\\)\\s+\\d+\\s+2\\.9 KiB\\s+2\\.9 KiB`));
+    expect(table.stdout).toMatch(new RegExp(`tcp\\s+127\\.0\\.0\\.1:${guestPort}\\s+127\\.0\\.0\\.1:${hostPort}\\s+forwarding\\s+fast\\s+0 \\(web\\)\\s+\\S+\\[\\d+\\] root\\s+\\d+\\s+2\\.9 KiB\\s+2\\.9 KiB`));
 
     const list = JSON.parse(status(control, "--json").stdout);
     const fwd = list.forwards.find((f: { hostAddr: string }) => f.hostAddr === `127.0.0.1:${hostPort}`);

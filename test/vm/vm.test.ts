@@ -53,7 +53,9 @@ for (const { arch, name, slow } of GUESTS) {
     vmTest("a TCP server started in the guest appears on host localhost and carries 4 MiB intact both ways", async () => {
       const port = await freePort();
       await vm!.startFixture(`echo 127.0.0.1 ${port}`, undefined, 60_000 * slow);
-      await host!.waitForForwarding(port, 30_000 * slow);
+      const forwarded = await host!.waitForForwarding(port, 30_000 * slow);
+      // Its owner, found by the guest agent through the shim's sock_diag inode and the VM's /proc.
+      expect(forwarded.owner).toMatchObject({ command: "porthole", commandLine: `/mnt/porthole /mnt/servers.ts echo 127.0.0.1 ${port}`, uid: 0 });
       const { sent, received, receivedBytes } = await echoRoundTrip(port, 4 << 20);
       expect([receivedBytes, received]).toEqual([4 << 20, sent]);
     });

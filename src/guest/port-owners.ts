@@ -1,0 +1,208 @@
+// Finds the process that owns a socket: sock_diag (or /proc/net) gives the socket's inode,
+// and a process holding it has /proc/PID/fd/N -> "socket:[inode]". Only new inodes are
+// looked up, all of a scan's new ones in one pass over /proc that stops once each is found
+// (processes in the agent's own network namespace first), and answers (found or not) are
+// cached until the socket goes away: an idle guest costs nothing, and a port that appears
+// costs one pass. Then the process's command line, user and container (core/cgroup.ts).
+import { readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { basename } from "node:path";
+import { parseCgroupFile, type CgroupContainer } from "../core/cgroup.ts";
+import { boundedText, OWNER_LIMITS, type PortOwner, type SocketId } from "../core/port-owner.ts";
+
+/** The pass yields to the event loop after this many fds read (a guest with many fds). */
+const YIELD_EVERY = 2048;
+
+export interface OwnerPaths {
+  proc: string;
+  passwd: string;
+  /** Where docker keeps each container's config (its name is in config.v2.json). */
+  docker: string;
+  /** containers/storage's list of podman containers (ids and names). */
+  podman: string;
+  /** Kubernetes' pod log directories, named NAMESPACE_NAME_UID. */
+  pods: string;
+  /** nerdctl's data root: STORE/names/NAMESPACE/NAME files hold container ids. */
+  nerdctl: string;
+}
+
+const DEFAULT_PATHS: OwnerPaths = {
+  proc: "/proc",
+  passwd: "/etc/passwd",
+  docker: "/var/lib/docker/containers",
+  podman: "/var/lib/containers/storage/overlay-containers/containers.json",
+  pods: "/var/log/pods",
+  nerdctl: "/var/lib/nerdctl",
+};
+/** At most this many nerdctl name files are read to find one container's name. */
+const MAX_NAME_FILES = 4096;
+
+export class OwnerResolver {
+  /** inode -> its owner, or null: looked for and not found (a kernel socket, a process gone). */
+  private readonly cache = new Map<number, PortOwner | null>();
+  private users: { mtimeMs: number; names: Map<number, string> } | undefined;
+  private readonly paths: OwnerPaths;
+
+  constructor(paths: Partial<OwnerPaths> = {}) {
+    this.paths = { ...DEFAULT_PATHS, ...paths };
+  }
+
+  /** The owner of each socket, by inode; sockets not in the cache cost one pass over /proc. */
+  async resolve(sockets: SocketId[]): Promise<Map<number, PortOwner | null>> {
+    const wanted = new Set(sockets.map((s) => s.inode).filter((i) => i && !this.cache.has(i)));
+    if (wanted.size) {
+      const pids = await this.findPids(wanted);
+      for (const inode of wanted) {
+        const pid = pids.get(inode);
+        this.cache.set(inode, pid === undefined ? null : this.describe(pid));
+      }
+    }
+    return new Map(sockets.map((s) => [s.inode, this.cache.get(s.inode) ?? null]));
+  }
+
+  /** Forgets sockets that are gone (an inode number may be reused). */
+  keepOnly(inodes: Set<number>): void {
+    for (const inode of this.cache.keys()) if (!inodes.has(inode)) this.cache.delete(inode);
+  }
+
+  private async findPids(wanted: Set<number>): Promise<Map<number, number>> {
+    const found = new Map<number, number>();
+    const { proc } = this.paths;
+    let pids: string[];
+    try {
+      pids = readdirSync(proc).filter((name) => /^\d+$/.test(name));
+    } catch {
+      return found;
+    }
+    const ownNet = linkOf(`${proc}/self/ns/net`);
+    const sameNet = new Set(pids.filter((pid) => linkOf(`${proc}/${pid}/ns/net`) === ownNet));
+    const others = pids.filter((pid) => !sameNet.has(pid));
+    let read = 0;
+    for (const pid of [...sameNet, ...others]) {
+      if (found.size === wanted.size) break;
+      let fds: string[];
+      try {
+        fds = readdirSync(`${proc}/${pid}/fd`);
+      } catch {
+        continue; // gone, or not ours to read
+      }
+      for (const fd of fds) {
+        if (++read % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
+        const target = linkOf(`${proc}/${pid}/fd/${fd}`);
+        if (!target?.startsWith("socket:[")) continue;
+        const inode = Number(target.slice(8, -1));
+        if (wanted.has(inode) && !found.has(inode)) found.set(inode, Number(pid));
+      }
+    }
+    return found;
+  }
+
+  private describe(pid: number): PortOwner | null {
+    const dir = `${this.paths.proc}/${pid}`;
+    const comm = readText(`${dir}/comm`)?.trim();
+    if (comm === undefined) return null; // exited since
+    const args = (readText(`${dir}/cmdline`) ?? "").split("\0").filter(Boolean);
+    const uid = Number(/^Uid:\s+\d+\s+(\d+)/m.exec(readText(`${dir}/status`) ?? "")?.[1] ?? NaN);
+    const container = parseCgroupFile(readText(`${dir}/cgroup`) ?? "");
+    // argv[0]'s base name is what a user typed (comm is cut at 15 characters); a process that
+    // rewrote its argv into one string ("nginx: master process") keeps its first word.
+    const command = args[0] ? basename(args[0].split(" ")[0]!) || comm : comm;
+    return {
+      pid,
+      command: boundedText(command, OWNER_LIMITS.command),
+      commandLine: boundedText(args.length ? args.join(" ") : `[${comm}]`, OWNER_LIMITS.commandLine),
+      uid: Number.isInteger(uid) ? uid : 0,
+      user: Number.isInteger(uid) ? this.userName(uid) : "",
+      ...(container ? { container: this.named(container) } : {}),
+    };
+  }
+
+  /** The name for a uid from /etc/passwd (read again only when it changes), else the number. */
+  private userName(uid: number): string {
+    try {
+      const { mtimeMs } = statSync(this.paths.passwd);
+      if (this.users?.mtimeMs !== mtimeMs) {
+        const names = new Map<number, string>();
+        for (const line of readFileSync(this.paths.passwd, "utf8").split("\n")) {
+          const [name, , id] = line.split(":");
+          if (name && id && !names.has(Number(id))) names.set(Number(id), name);
+        }
+        this.users = { mtimeMs, names };
+      }
+    } catch {
+      // no passwd file: numbers only
+    }
+    return this.users?.names.get(uid) ?? String(uid);
+  }
+
+  /** The container's name where its runtime keeps it in a file; else the id alone. */
+  private named(c: CgroupContainer): NonNullable<PortOwner["container"]> {
+    const name = (() => {
+      if (c.pod) return podName(this.paths.pods, c.pod);
+      if (c.runtime === "docker") return jsonField(`${this.paths.docker}/${c.id}/config.v2.json`, (j) => String((j as { Name?: string }).Name ?? "").replace(/^\//, ""));
+      if (c.runtime === "podman") {
+        return jsonField(this.paths.podman, (j) => (j as { id: string; names?: string[] }[]).find((e) => e.id === c.id)?.names?.[0] ?? "");
+      }
+      if (c.runtime === "containerd") return nerdctlName(this.paths.nerdctl, c.id);
+      return undefined;
+    })();
+    return { ...c, ...(name ? { name: boundedText(name, OWNER_LIMITS.containerName) } : {}) };
+  }
+}
+
+function linkOf(path: string): string | undefined {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+function readText(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+function jsonField(path: string, pick: (json: unknown) => string): string | undefined {
+  try {
+    return pick(JSON.parse(readFileSync(path, "utf8"))) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function listDir(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch {
+    return [];
+  }
+}
+
+/** nerdctl's name store (ROOT/STORE/names/NAMESPACE/NAME holds the id): the name of a containerd container. */
+function nerdctlName(root: string, id: string): string | undefined {
+  let read = 0;
+  for (const store of listDir(root)) {
+    for (const namespace of listDir(`${root}/${store}/names`)) {
+      for (const name of listDir(`${root}/${store}/names/${namespace}`)) {
+        if (++read > MAX_NAME_FILES) return undefined;
+        if (readText(`${root}/${store}/names/${namespace}/${name}`)?.trim() === id) return name;
+      }
+    }
+  }
+  return undefined;
+}
+
+/** kubelet's /var/log/pods/NAMESPACE_NAME_UID: the pod as NAMESPACE/NAME. */
+function podName(dir: string, uid: string): string | undefined {
+  try {
+    const entry = readdirSync(dir).find((e) => e.endsWith(`_${uid}`));
+    if (!entry) return undefined;
+    const [namespace, ...rest] = entry.slice(0, -uid.length - 1).split("_");
+    return `${namespace}/${rest.join("_")}`;
+  } catch {
+    return undefined;
+  }
+}
