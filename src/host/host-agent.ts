@@ -7,15 +7,12 @@ import { prepareRelay, relayStatus } from "../transport/fast-relay.ts";
 import { ControlServer } from "./control-server.ts";
 import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { logText } from "../core/log-text.ts";
-import { formatHostPort } from "../core/address.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
 import { ownerRulesUnmatchable, rulesInForce, type ConflictPolicy, type RuleEntry } from "../core/rules.ts";
-import { describeForward, MAX_RUNTIME_FORWARDS, parseForwardRequest, RequestError, ruleYaml, runtimeRule, sameForward, type RuntimeForward } from "../core/runtime-forward.ts";
-import { appendRule, removeRule } from "../core/config-append.ts";
-import { readFileSync, realpathSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { OnForward } from "./on-forward.ts";
+import { RuntimeForwards } from "./runtime-forwards.ts";
 import { portOwner } from "./port-owner.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { loadConfigFile, watchConfigFile } from "./config-file.ts";
@@ -83,12 +80,6 @@ export interface HostAgentOptions {
   onForward?: { command: string; timeoutMs: number };
 }
 
-/** What a control request gets back: a message for the user, and details. */
-export interface ControlReply {
-  message: string;
-  [key: string]: unknown;
-}
-
 const PAUSED_REASON = "auto-forwarding is paused; porthole forward resume turns it back on";
 
 export class HostAgent {
@@ -115,13 +106,9 @@ export class HostAgent {
   private toldNoOwners = false;
   /** Internal errors already logged (each said once). */
   private readonly troubleSaid = new Set<string>();
-  /** Forwards added through the control socket: static, until the agent stops. */
-  private runtimeForwards: RuntimeForward[] = [];
-  /** `porthole forward pause`: guest ports are not forwarded; static forwards stay. */
-  private paused = false;
+  /** `porthole forward add/remove/pause/resume`. */
+  private readonly runtime: RuntimeForwards;
   private readonly onForward: OnForward | undefined;
-  /** Control requests waiting to tell whether a new forward's host address could be bound. */
-  private readonly bindWaiters = new Set<(e: HostEvent) => void>();
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -183,6 +170,14 @@ export class HostAgent {
         failed: (message) => this.emit({ type: "on-forward-failed", message }),
       });
     }
+    this.runtime = new RuntimeForwards({
+      hostIP: options.hostIP,
+      configFile: options.configFile,
+      snapshot: () => this.reconciler.snapshot(),
+      emit: (e) => this.emit(e),
+      apply: () => this.apply(),
+      reload: () => this.reload(),
+    });
     this.reconciler = new Reconciler(
       this.rules(),
       this.planOptions(this.config),
@@ -202,9 +197,9 @@ export class HostAgent {
     const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
     if (controlPath) {
       const control = new ControlServer(controlPath, () => this.status(), (message) => this.log(message), {
-        addForward: (body) => this.addForward(body),
-        removeForward: (body) => this.removeForward(body),
-        setPaused: (paused) => this.setPaused(paused),
+        addForward: (body) => this.runtime.add(body),
+        removeForward: (body) => this.runtime.remove(body),
+        setPaused: (paused) => this.runtime.setPaused(paused),
       });
       try {
         await control.start();
@@ -281,119 +276,7 @@ export class HostAgent {
     const lima = rulesInForce(this.config.rules, this.config.sshLocalPort).map((e) =>
       hostIP && e.origin === "built-in" && !e.rule.ignore ? { ...e, rule: { ...e.rule, hostIP } } : e,
     );
-    return [...this.runtimeForwards.map((f) => ({ rule: runtimeRule(f), origin: "runtime" as const })), ...lima];
-  }
-
-  /** POST /forwards: a static forward now (until the agent stops), or appended to the config file with `save`. */
-  async addForward(body: unknown): Promise<ControlReply> {
-    const { forward, save } = parseForwardRequest(body, this.options.hostIP ?? "127.0.0.1");
-    const what = describeForward(forward);
-    if (this.runtimeForwards.some((f) => sameForward(f, forward))) throw new RequestError(409, `${what} is already forwarded`);
-    // A host address carries one forward: taking another's would silently send its clients elsewhere.
-    // The same guest port is fine: the forward then stays static (through a pause).
-    const hostAddr = formatHostPort(forward.hostIP, forward.hostPort);
-    const holder = this.reconciler.snapshot().forwards.find((f) => f.key === `${forward.protocol} ${hostAddr}` && f.state !== "closing");
-    if (holder && !holder.guestAddr.endsWith(`:${forward.guestPort}`)) {
-      throw new RequestError(409, `host ${hostAddr} (${forward.protocol}) already forwards guest ${holder.guestAddr} (rule ${holder.rule}); pick another host port, or remove that forward first`);
-    }
-    if (!save && this.runtimeForwards.length >= MAX_RUNTIME_FORWARDS) throw new RequestError(409, `at most ${MAX_RUNTIME_FORWARDS} forwards can be added at run time`);
-    let reply: ControlReply;
-    if (save) reply = this.saveForward(forward, what);
-    else {
-      this.runtimeForwards.push(forward);
-      const message = `${what} (lasts until the host agent stops; --save keeps it in the config file)`;
-      this.emit({ type: "forward-added", message });
-      this.apply();
-      reply = { message, forward, saved: false };
-    }
-    // The answer says whether the host listens now (binding is asynchronous: no event came yet);
-    // a busy port is said with who holds it.
-    const outcome = await this.bindOutcome(forward.protocol, hostAddr);
-    if (outcome.state === "failed") reply.message = `${reply.message}; not listening yet: ${outcome.error} (the agent retries; porthole forward remove drops it)`;
-    return { ...reply, state: outcome.state };
-  }
-
-  /**
-   * The first `forwarding` or `failed` event of a host address (or its state now, when it
-   * already listens), waited for at most 3 s.
-   */
-  private bindOutcome(protocol: string, hostAddr: string): Promise<{ state: string; error?: string }> {
-    const now = this.reconciler.snapshot().forwards.find((f) => f.key === `${protocol} ${hostAddr}` && f.state === "forwarding");
-    if (now) return Promise.resolve({ state: "forwarding" });
-    return new Promise((resolve) => {
-      const done = (outcome: { state: string; error?: string }) => {
-        clearTimeout(timer);
-        this.bindWaiters.delete(waiter);
-        resolve(outcome);
-      };
-      const waiter = (e: HostEvent) => {
-        if ("protocol" in e && e.protocol === protocol && e.hostAddr === hostAddr && (e.type === "forwarding" || e.type === "failed")) done({ state: e.type, error: e.error });
-      };
-      const timer = setTimeout(() => done({ state: "waiting" }), 3000);
-      this.bindWaiters.add(waiter);
-    });
-  }
-
-  /** `--save`: the rule is appended to the config file (nothing else in it changes), which is then re-read. */
-  private saveForward(forward: RuntimeForward, what: string): ControlReply {
-    const file = this.editConfig(forward, "add", (text, file) => appendRule(text, ruleYaml(forward), runtimeRule(forward), file));
-    const message = `${what} (saved in ${file}: it stays after a restart)`;
-    this.emit({ type: "forward-added", file, message });
-    this.reload();
-    return { message, forward, saved: true, file };
-  }
-
-  /** POST /forwards/remove: the forward added at run time with these arguments (with `save`, the rule saved so). */
-  removeForward(body: unknown): ControlReply {
-    const { forward, save } = parseForwardRequest(body, this.options.hostIP ?? "127.0.0.1");
-    const what = describeForward(forward);
-    const index = this.runtimeForwards.findIndex((f) => sameForward(f, forward));
-    if (index >= 0) {
-      this.runtimeForwards.splice(index, 1);
-      this.emit({ type: "forward-removed", message: what });
-      this.apply();
-      return { message: `removed ${what}`, forward };
-    }
-    if (save) {
-      const file = this.editConfig(forward, "remove", (text, file) => removeRule(text, runtimeRule(forward), file));
-      this.emit({ type: "forward-removed", file, message: `${what} (removed from ${file})` });
-      this.reload();
-      return { message: `removed ${what} from ${file}`, forward, file };
-    }
-    const added = this.runtimeForwards.map(describeForward);
-    throw new RequestError(404, `no forward added at run time is ${what} (${added.length ? `there are: ${added.join("; ")}` : "there are none"}; one saved in the config file is removed with --save)`);
-  }
-
-  /** Rewrites the config file with `edit` (written beside it, then renamed over it: never half a file). */
-  private editConfig(forward: RuntimeForward, action: "add" | "remove", edit: (text: string, file: string) => string): string {
-    const file = this.options.configFile;
-    if (!file) throw new RequestError(400, `this host agent has no config file to save to: start it with --config FILE (nothing was ${action === "add" ? "added" : "removed"})`);
-    let next: string;
-    try {
-      next = edit(readFileSync(file, "utf8"), file);
-    } catch (err) {
-      const first = (err as Error).message.split("\n")[0];
-      throw new RequestError(409, action === "add"
-        ? `cannot save to ${file}: ${first} (nothing was added; add this rule by hand: - ${ruleYaml(forward)})`
-        : `cannot remove it from ${file}: ${first} (nothing was removed; edit the file by hand)`);
-    }
-    const real = realpathSync(file); // a symlinked config stays a symlink
-    const temp = `${real}.porthole-${process.pid}`;
-    writeFileSync(temp, next, { mode: statSync(real).mode & 0o777 });
-    renameSync(temp, real);
-    return file;
-  }
-
-  /** POST /pause and /resume: auto-forwarding of guest ports off or on; static forwards stay. */
-  setPaused(paused: boolean): ControlReply {
-    if (paused === this.paused) return { message: `auto-forwarding is already ${paused ? "paused" : "on"}`, paused };
-    this.paused = paused;
-    const message = paused
-      ? "guest ports are no longer forwarded (static forwards stay); porthole forward resume turns it back on"
-      : "guest ports are forwarded again";
-    this.emit({ type: paused ? "auto-forwarding-paused" : "auto-forwarding-resumed", message });
-    this.apply();
-    return { message: `auto-forwarding ${paused ? "paused" : "resumed"}: ${message}`, paused };
+    return [...this.runtime.rules(), ...lima];
   }
 
   /** Rules on the owner match nothing on a guest agent that reports no owners: said once. */
@@ -447,7 +330,7 @@ export class HostAgent {
         maxFlows: this.options.udpMaxFlows ?? config.udp.maxFlows,
       },
       onConflict: this.options.onConflict ?? config.onConflict,
-      ...(this.paused ? { paused: PAUSED_REASON } : {}),
+      ...(this.runtime.paused ? { paused: PAUSED_REASON } : {}),
       ...(this.forwarder?.value === "ssh" && !this.agentUp
         ? { udpUnavailable: "SSH has no datagram channel and the agent channel is down" }
         : {}),
@@ -466,7 +349,7 @@ export class HostAgent {
         forwarder: this.forwarder.value,
         forwarderReason: this.forwarder.reason,
         startedAt: this.startedAt.toISOString(),
-        autoForwarding: this.paused ? "paused" : "on",
+        autoForwarding: this.runtime.paused ? "paused" : "on",
         ...(this.options.hostIP ? { hostIP: this.options.hostIP } : {}),
         ...(this.options.configFile ? { configFile: this.options.configFile } : {}),
       },
@@ -484,7 +367,7 @@ export class HostAgent {
     this.control?.broadcast({ time: new Date().toISOString(), ...e });
     this.options.onEvent?.(e);
     if (this.onForward && "protocol" in e) this.onForward.onEvent(e);
-    for (const waiter of this.bindWaiters) waiter(e);
+    this.runtime.heard(e);
     this.writeLine(this.options.logFormat === "json" ? formatEventJSON(e) : formatEventText(e));
   }
 
