@@ -4,6 +4,8 @@
  *     a non-blocking connect (its completion is watched by the relay thread), the local CID.
  *   - AF_NETLINK sock_diag: dumps of listening TCP and unconnected UDP sockets (kernel-side
  *     state filter), and the socket-destroy multicast groups as events.
+ *   - Kernel port events: two hand-assembled BPF programs (a TCP socket entering or leaving
+ *     LISTEN, a UDP bind) feeding a ring buffer, so the watcher dumps when something changed.
  *   - The relay: a thread that moves the bytes of joined socket pairs (splice() through a pipe
  *     per direction, read/write where splice does not apply), and tells the event loop about
  *     finished relays and ready fds through one socket the loop watches (see "relay" below).
@@ -12,6 +14,11 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/bpf.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -247,6 +254,241 @@ int ph_diag_read_events(int fd, uint8_t *buf, int cap) {
       n++;
     }
   }
+}
+
+/* ---- kernel port events (eBPF) ------------------------------------------------------------
+ *
+ * Two small BPF programs, loaded with plain bpf() syscalls (no libbpf, no compiler at run
+ * time), write an 8-byte record to one ring buffer whenever a port may have appeared or gone:
+ *   - a raw tracepoint on inet_sock_set_state (args: sk, oldstate, newstate): a TCP socket
+ *     entering or leaving LISTEN; record = IPPROTO_TCP;
+ *   - a cgroup post-bind program (IPv4 and IPv6) on the cgroup2 root: a UDP socket bound;
+ *     record = IPPROTO_UDP | port << 32. It fires after the bind, so a dump finds the socket,
+ *     and always allows it (returns 1).
+ * A record only says "dump now": the ports themselves always come from sock_diag. Events of
+ * other network namespaces arrive too and cost one dump of this one. Every attachment is a
+ * file descriptor (a raw-tracepoint fd, BPF links for the cgroup): closing them, or the
+ * process ending however it ends, detaches the programs; nothing is pinned.
+ */
+
+#define PH_RING_BYTES (64 * 1024)
+
+#define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
+#define LDX(size, d, s, o) INSN(BPF_LDX | BPF_MEM | (size), d, s, o, 0)
+#define STX_DW(d, s, o) INSN(BPF_STX | BPF_MEM | BPF_DW, d, s, o, 0)
+#define ST_DW(d, o, i) INSN(BPF_ST | BPF_MEM | BPF_DW, d, 0, o, i)
+#define MOV_IMM(d, i) INSN(BPF_ALU64 | BPF_MOV | BPF_K, d, 0, 0, i)
+#define MOV_REG(d, s) INSN(BPF_ALU64 | BPF_MOV | BPF_X, d, s, 0, 0)
+#define ALU_IMM(op, d, i) INSN(BPF_ALU64 | (op) | BPF_K, d, 0, 0, i)
+#define ALU_REG(op, d, s) INSN(BPF_ALU64 | (op) | BPF_X, d, s, 0, 0)
+#define JMP_IMM(op, d, i, o) INSN(BPF_JMP | (op) | BPF_K, d, 0, o, i)
+#define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
+#define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
+/* A 64-bit load of a map's fd (two instructions; the verifier turns it into the map). */
+#define LD_MAP_FD(d, fd) INSN(BPF_LD | BPF_DW | BPF_IMM, d, BPF_PSEUDO_MAP_FD, 0, fd), INSN(0, 0, 0, 0, 0)
+
+/* bpf_ringbuf_output(ring, r10 - 8, 8, 0): the record at r10 - 8 (r1..r5 are clobbered). */
+#define EMIT_RECORD(ring) \
+  MOV_REG(BPF_REG_2, BPF_REG_10), ALU_IMM(BPF_ADD, BPF_REG_2, -8), LD_MAP_FD(BPF_REG_1, ring), \
+  MOV_IMM(BPF_REG_3, 8), MOV_IMM(BPF_REG_4, 0), CALL(BPF_FUNC_ringbuf_output)
+
+static struct {
+  int ring, tp_prog, tp_link, bind_prog[2], bind_link[2];
+  uint8_t *consumer, *producer;
+  uint64_t events;
+} ev = { -1, -1, -1, { -1, -1 }, { -1, -1 }, NULL, NULL, 0 };
+
+static int sys_bpf(int cmd, union bpf_attr *attr) {
+  return (int)syscall(__NR_bpf, cmd, attr, sizeof *attr);
+}
+
+/* The raw tracepoint's program: ctx is u64 args[] = { sk, oldstate, newstate }. */
+static int tp_program(int ring, struct bpf_insn *out) {
+  struct bpf_insn p[] = {
+    LDX(BPF_DW, BPF_REG_2, BPF_REG_1, 8),          /* 0: r2 = oldstate */
+    JMP_IMM(BPF_JEQ, BPF_REG_2, 10, 2),            /* 1: was LISTEN -> 4 */
+    LDX(BPF_DW, BPF_REG_2, BPF_REG_1, 16),         /* 2: r2 = newstate */
+    JMP_IMM(BPF_JNE, BPF_REG_2, 10, 8),            /* 3: not LISTEN -> 12 */
+    ST_DW(BPF_REG_10, -8, IPPROTO_TCP),            /* 4: record = TCP */
+    EMIT_RECORD(ring),                             /* 5..11 */
+    MOV_IMM(BPF_REG_0, 0),                         /* 12 */
+    EXIT(),
+  };
+  memcpy(out, p, sizeof p);
+  return (int)(sizeof p / sizeof p[0]);
+}
+
+/* The post-bind program: ctx is a struct bpf_sock; only UDP sockets are recorded (a TCP
+ * socket is a port once it listens, which the tracepoint reports). Returns 1: allowed. */
+static int bind_program(int ring, struct bpf_insn *out) {
+  struct bpf_insn p[] = {
+    LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)), /* 0 */
+    JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 11),                          /* 1: -> 13 */
+    LDX(BPF_W, BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port)), /* 2: host order */
+    ALU_IMM(BPF_LSH, BPF_REG_3, 32),                                       /* 3 */
+    ALU_REG(BPF_OR, BPF_REG_2, BPF_REG_3),                                 /* 4 */
+    STX_DW(BPF_REG_10, BPF_REG_2, -8),                                     /* 5 */
+    EMIT_RECORD(ring),                                                     /* 6..12 */
+    MOV_IMM(BPF_REG_0, 1),                                                 /* 13 */
+    EXIT(),
+  };
+  memcpy(out, p, sizeof p);
+  return (int)(sizeof p / sizeof p[0]);
+}
+
+/* Writes "what: reason" to the caller's message buffer. */
+static void say(char *msg, int cap, const char *what, int err) {
+  if (msg && cap > 0) snprintf(msg, (size_t)cap, "%s: %s (%s)", what, ph_errno_name(-err), strerror(err));
+}
+
+/* Loads a program; on failure loads it again with the verifier's log, into msg. */
+static int load(uint32_t type, uint32_t attach, const struct bpf_insn *insns, int n, const char *name, char *msg, int cap) {
+  static char log[8192];
+  for (int verbose = 0; verbose < 2; verbose++) {
+    union bpf_attr a;
+    memset(&a, 0, sizeof a);
+    a.prog_type = type;
+    a.expected_attach_type = attach;
+    a.insns = (uint64_t)(uintptr_t)insns;
+    a.insn_cnt = (uint32_t)n;
+    a.license = (uint64_t)(uintptr_t)"Dual MIT/GPL";
+    strncpy(a.prog_name, name, sizeof a.prog_name - 1);
+    if (verbose) {
+      log[0] = 0;
+      a.log_level = 1;
+      a.log_buf = (uint64_t)(uintptr_t)log;
+      a.log_size = sizeof log;
+    }
+    int fd = sys_bpf(BPF_PROG_LOAD, &a);
+    if (fd >= 0) return fd;
+    int e = errno;
+    if (!verbose && e != EINVAL && e != EACCES) { say(msg, cap, name, e); return -e; }
+    if (verbose) {
+      if (msg && cap > 0) snprintf(msg, (size_t)cap, "loading %s: %s (%s); verifier log: %s", name, ph_errno_name(-e), strerror(e), log);
+      return -e;
+    }
+  }
+  return -EINVAL;
+}
+
+/* The cgroup2 hierarchy's root as this process sees it (from /proc/self/mounts). */
+static int cgroup2_root(void) {
+  FILE *f = fopen("/proc/self/mounts", "re");
+  if (!f) return NEG_ERRNO;
+  char line[4096], dir[4096], type[64];
+  int fd = -ENOENT;
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, "%*s %4095s %63s", dir, type) == 2 && strcmp(type, "cgroup2") == 0) {
+      fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (fd < 0) fd = NEG_ERRNO;
+      break;
+    }
+  }
+  fclose(f);
+  return fd;
+}
+
+/* Detaches everything and frees the ring (also after a failed start). */
+int ph_events_stop(void) {
+  int *fds[] = { &ev.tp_link, &ev.bind_link[0], &ev.bind_link[1], &ev.tp_prog, &ev.bind_prog[0], &ev.bind_prog[1], &ev.ring };
+  for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+    if (*fds[i] >= 0) close(*fds[i]);
+    *fds[i] = -1;
+  }
+  long page = sysconf(_SC_PAGESIZE);
+  if (ev.consumer) munmap(ev.consumer, (size_t)page);
+  if (ev.producer) munmap(ev.producer, (size_t)page + 2 * PH_RING_BYTES);
+  ev.consumer = ev.producer = NULL;
+  return 0;
+}
+
+/*
+ * Loads and attaches both programs; returns the ring buffer's fd (readable when records
+ * wait: watch it with ph_watch, then ph_events_drain), or -errno with the reason (and the
+ * verifier's log where it refused a program) in msg. Started once; a second call returns
+ * the same fd.
+ */
+int ph_events_start(char *msg, int cap) {
+  if (msg && cap > 0) msg[0] = 0;
+  if (ev.ring >= 0) return ev.ring;
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.map_type = BPF_MAP_TYPE_RINGBUF;
+  a.max_entries = PH_RING_BYTES;
+  strncpy(a.map_name, "porthole_ports", sizeof a.map_name - 1);
+  ev.ring = sys_bpf(BPF_MAP_CREATE, &a);
+  if (ev.ring < 0) { int e = errno; say(msg, cap, "creating the ring buffer", e); ev.ring = -1; return -e; }
+  long page = sysconf(_SC_PAGESIZE);
+  void *c = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, ev.ring, 0);
+  void *p = mmap(NULL, (size_t)page + 2 * PH_RING_BYTES, PROT_READ, MAP_SHARED, ev.ring, page);
+  ev.consumer = c == MAP_FAILED ? NULL : c;
+  ev.producer = p == MAP_FAILED ? NULL : p;
+  int e = 0;
+  if (!ev.consumer || !ev.producer) { e = errno; say(msg, cap, "mapping the ring buffer", e); goto fail; }
+
+  struct bpf_insn insns[32];
+  int n = tp_program(ev.ring, insns);
+  ev.tp_prog = load(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, insns, n, "ph_listen", msg, cap);
+  if (ev.tp_prog < 0) { e = -ev.tp_prog; ev.tp_prog = -1; goto fail; }
+  memset(&a, 0, sizeof a);
+  a.raw_tracepoint.name = (uint64_t)(uintptr_t)"inet_sock_set_state";
+  a.raw_tracepoint.prog_fd = (uint32_t)ev.tp_prog;
+  ev.tp_link = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &a);
+  if (ev.tp_link < 0) { e = errno; ev.tp_link = -1; say(msg, cap, "attaching to the inet_sock_set_state tracepoint", e); goto fail; }
+
+  int cg = cgroup2_root();
+  if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root (is cgroup2 mounted?)", e); goto fail; }
+  const uint32_t attach[2] = { BPF_CGROUP_INET4_POST_BIND, BPF_CGROUP_INET6_POST_BIND };
+  for (int i = 0; i < 2; i++) {
+    n = bind_program(ev.ring, insns);
+    ev.bind_prog[i] = load(BPF_PROG_TYPE_CGROUP_SOCK, attach[i], insns, n, i ? "ph_bind6" : "ph_bind4", msg, cap);
+    if (ev.bind_prog[i] < 0) { e = -ev.bind_prog[i]; ev.bind_prog[i] = -1; close(cg); goto fail; }
+    memset(&a, 0, sizeof a);
+    a.link_create.prog_fd = (uint32_t)ev.bind_prog[i];
+    a.link_create.target_fd = (uint32_t)cg;
+    a.link_create.attach_type = attach[i];
+    ev.bind_link[i] = sys_bpf(BPF_LINK_CREATE, &a);
+    if (ev.bind_link[i] < 0) { e = errno; ev.bind_link[i] = -1; say(msg, cap, "attaching the post-bind program to the cgroup2 root", e); close(cg); goto fail; }
+  }
+  close(cg);
+  return ev.ring;
+fail:
+  ph_events_stop();
+  return -e;
+}
+
+/*
+ * Consumes every record waiting in the ring: out[0] = records, out[1] = protocols seen
+ * (bit 0 TCP, bit 1 UDP), out[2..3] = records since start (low, high 32 bits). Returns the
+ * count, or -ENOTCONN when not started.
+ */
+int ph_events_drain(uint32_t *out) {
+  if (!ev.consumer) return -ENOTCONN;
+  uint64_t *cons_pos = (uint64_t *)ev.consumer, *prod_pos = (uint64_t *)ev.producer;
+  uint8_t *data = ev.producer + sysconf(_SC_PAGESIZE);
+  uint64_t cons = __atomic_load_n(cons_pos, __ATOMIC_ACQUIRE);
+  uint64_t prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
+  uint32_t count = 0, protocols = 0;
+  while (cons < prod) {
+    uint32_t *hdr = (uint32_t *)(data + (cons & (PH_RING_BYTES - 1)));
+    uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+    if (len & BPF_RINGBUF_BUSY_BIT) break; /* still being written: its wake-up follows */
+    uint32_t size = len & ~(uint32_t)(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+    if (!(len & BPF_RINGBUF_DISCARD_BIT) && size >= 1) {
+      uint8_t protocol = *((uint8_t *)hdr + BPF_RINGBUF_HDR_SZ);
+      protocols |= protocol == IPPROTO_TCP ? 1u : protocol == IPPROTO_UDP ? 2u : 3u;
+      count++;
+    }
+    cons += (BPF_RINGBUF_HDR_SZ + size + 7) & ~7ull;
+    __atomic_store_n(cons_pos, cons, __ATOMIC_RELEASE);
+    if (cons >= prod) prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
+  }
+  ev.events += count;
+  out[0] = count;
+  out[1] = protocols;
+  out[2] = (uint32_t)ev.events;
+  out[3] = (uint32_t)(ev.events >> 32);
+  return (int)count;
 }
 
 /* ---- vsock connect without blocking -------------------------------------------------- */
