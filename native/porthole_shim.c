@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <linux/bpf.h>
+#include <linux/mount.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -371,21 +372,35 @@ static int load(uint32_t type, uint32_t attach, const struct bpf_insn *insns, in
   return -EINVAL;
 }
 
-/* The cgroup2 hierarchy's root as this process sees it (from /proc/self/mounts). */
+/*
+ * The cgroup2 hierarchy's root: where it is mounted (from /proc/self/mounts), else (a mount
+ * namespace without it, as `ip netns exec` makes) a detached cgroup2 mount of our own that is
+ * never attached anywhere (fsopen/fsmount) and goes away with its fd.
+ */
 static int cgroup2_root(void) {
   FILE *f = fopen("/proc/self/mounts", "re");
-  if (!f) return NEG_ERRNO;
-  char line[4096], dir[4096], type[64];
-  int fd = -ENOENT;
-  while (fgets(line, sizeof line, f)) {
-    if (sscanf(line, "%*s %4095s %63s", dir, type) == 2 && strcmp(type, "cgroup2") == 0) {
-      fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (fd < 0) fd = NEG_ERRNO;
-      break;
+  if (f) {
+    char line[4096], dir[4096], type[64];
+    while (fgets(line, sizeof line, f)) {
+      if (sscanf(line, "%*s %4095s %63s", dir, type) == 2 && strcmp(type, "cgroup2") == 0) {
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) { fclose(f); return fd; }
+      }
     }
+    fclose(f);
   }
-  fclose(f);
-  return fd;
+  int fs = (int)syscall(__NR_fsopen, "cgroup2", FSOPEN_CLOEXEC);
+  if (fs < 0) return NEG_ERRNO;
+  int mnt = -1;
+  if (syscall(__NR_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+    mnt = (int)syscall(__NR_fsmount, fs, FSMOUNT_CLOEXEC, 0);
+  int e = errno;
+  close(fs);
+  if (mnt < 0) return -e;
+  int fd = openat(mnt, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  e = errno;
+  close(mnt);
+  return fd >= 0 ? fd : -e;
 }
 
 /* Detaches everything and frees the ring (also after a failed start). */
@@ -437,7 +452,7 @@ int ph_events_start(char *msg, int cap) {
   if (ev.tp_link < 0) { e = errno; ev.tp_link = -1; say(msg, cap, "attaching to the inet_sock_set_state tracepoint", e); goto fail; }
 
   int cg = cgroup2_root();
-  if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root (is cgroup2 mounted?)", e); goto fail; }
+  if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root", e); goto fail; }
   const uint32_t attach[2] = { BPF_CGROUP_INET4_POST_BIND, BPF_CGROUP_INET6_POST_BIND };
   for (int i = 0; i < 2; i++) {
     n = bind_program(ev.ring, insns);

@@ -56,7 +56,8 @@ export interface AgentStatus {
     forwarderReason: string;
     startedAt: string;
   };
-  guest: { version?: string; lima?: boolean; addresses: string[] };
+  /** portDetector: how the guest agent notices ports ("port detector: ebpf (…)" or "port detector: poll …"). */
+  guest: { version?: string; lima?: boolean; addresses: string[]; portDetector?: string };
   /** Per data path, for the whole agent: what connections really took. */
   paths?: Record<string, PathTraffic>;
   forwards: ForwardRow[];
@@ -85,6 +86,7 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
     `porthole host agent ${a.version} (pid ${a.pid}), guest ${a.guest}: ${a.guestConnected ? "connected" : "not connected"}; ${a.forwarder} forwarder (${a.forwarderReason})`,
   ];
   if (status.guest.lima) lines.push("guest agent: stock Lima (gRPC tunnels only: no data path or direct path, a guest EOF ends the connection, no reverse sockets)");
+  if (status.guest.portDetector) lines.push(`guest ${status.guest.portDetector}`);
   if (status.guest.addresses.length) lines.push(`guest addresses: ${status.guest.addresses.join(", ")} (reachable by IP where the network allows)`);
   const header = ["PROTO", "GUEST", "HOST", "STATE", "PATH", "RULE", "CONNS", "IN", "OUT", "SINCE", "NOTE"];
   const rows = [...status.forwards, ...status.notForwarded].map((f) => [

@@ -13,16 +13,18 @@ import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
 import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
-import { bestScanner, type Scanner } from "./scanners.ts";
+import { bestScanner, type Detector, type DetectorChoice, type Scanner } from "./scanners.ts";
 import { PortWatcher } from "./watcher.ts";
 import { UdpSettler, UDP_SERVER_AFTER_MS } from "../core/udp-settle.ts";
 
 export interface GuestAgentOptions {
   listen: TransportAddress[];
-  /** Undefined: 50 ms with netlink (a dump costs ~0.1 ms), 500 ms with /proc/net (which costs more). */
+  /** Undefined: the detector's (a 5 s safety re-scan beside kernel events; a 50 ms poll with netlink, 500 ms with /proc/net). */
   scanIntervalMs?: number;
   /** Undefined: netlink where the shim loads, else /proc/net. */
   scanner?: Scanner;
+  /** What tells the watcher to look: kernel events (ebpf), polling, or the best that runs here (auto, the default). */
+  detector?: DetectorChoice;
   /** The shared token a TCP client must present (required for tcp:// listen addresses). */
   token?: string;
   /** vsock: accept peers other than the host (CID 2). */
@@ -42,6 +44,8 @@ export class GuestAgent {
   private readonly dataSecret = newDataSecret();
   private stopFdWatch: (() => void) | undefined;
   private proof: ProofServer | undefined;
+  /** The port detector in use (said in Hello, shown by the host's status). */
+  detector: Detector | undefined;
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
@@ -50,8 +54,12 @@ export class GuestAgent {
   async start(): Promise<void> {
     this.stopFdWatch = watchFdPressure(this.options.log);
     if (this.options.runtimeDir) mkdirSync(this.options.runtimeDir, { recursive: true, mode: 0o755 });
-    const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
-    const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
+    const chosen = this.options.scanner
+      ? { scanner: this.options.scanner, detector: { name: "poll" as const, intervalMs: 50, description: `port detector: poll (${this.options.scanner.name})` } }
+      : await bestScanner(this.options.log, this.options.detector);
+    const { scanner } = chosen;
+    this.detector = chosen.detector;
+    const interval = this.options.scanIntervalMs ?? chosen.detector.intervalMs;
     const refusals = rateLimitedLog(this.options.log);
     try {
       this.proof = await serveDirectProof(this.dataSecret, refusals);
@@ -67,11 +75,17 @@ export class GuestAgent {
     const dataEndpoints: string[] = [];
     this.grpcServer.addService(
       portholeServiceDefinition,
-      portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints, directProofPort: () => this.proof?.port ?? 0 }),
+      portholeServiceHandlers({
+        dataSecret: this.dataSecret,
+        dataEndpoints: () => dataEndpoints,
+        directProofPort: () => this.proof?.port ?? 0,
+        portDetector: () => this.detector?.description ?? "",
+      }),
     );
     await this.watcher.start();
     await prepareRelay(this.options.log);
-    this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
+    this.options.log(chosen.detector.description);
+    this.options.log(`watching sockets with ${scanner.name}, a full scan every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     try {
       for (const address of this.options.listen) {

@@ -1,7 +1,8 @@
 // Watches this network namespace for listening TCP and bound, unconnected UDP sockets with
 // a scanner (netlink or /proc/net, see scanners.ts) and tells subscribers what changed. Scans
-// run on an interval, and at once when the scanner reports a closed socket. A UDP socket is
-// reported once it has stayed bound long enough to be a server (core/udp-settle.ts).
+// run on an interval (a poll, or a slow safety re-scan beside kernel events), and at once when
+// the scanner reports a change. A UDP socket is reported once it has stayed bound long enough
+// to be a server (core/udp-settle.ts).
 import { readFile } from "node:fs/promises";
 import { parseProcNet, type Protocol } from "../core/proc-net.ts";
 import { diffPorts, isEmptyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
@@ -25,13 +26,25 @@ export interface ScanResult {
 
 export type WatchListener = (diff: PortDiff, errors: string[]) => void;
 
+/**
+ * A TCP event comes from the tracepoint, which fires just before the kernel (un)hashes the
+ * listener: when the dump right after it shows no change, one more this much later.
+ */
+const FOLLOW_UP_MS = 5;
+/** While a young UDP socket waits to count as a server, scans run at least this often. */
+const UDP_PENDING_SCAN_MS = 250;
+
 export class PortWatcher {
   private state: PortSet = new Map();
   private listeners = new Set<WatchListener>();
   private timer: ReturnType<typeof setTimeout> | undefined;
-  private inFlight: Promise<void> | undefined;
+  private inFlight: Promise<boolean> | undefined;
   private stopped = true;
-  private stopWatchingCloses: (() => void) | undefined;
+  private stopWatchingChanges: (() => void) | undefined;
+  private followUp: ReturnType<typeof setTimeout> | undefined;
+  private pendingTimer: ReturnType<typeof setTimeout> | undefined;
+  /** A change was reported while a scan ran: scan again after it. */
+  private again = false;
   private scanned = false;
   /** The last scan's sockets, before the UDP settling. */
   private lastScan: IPPort[] = [];
@@ -52,13 +65,27 @@ export class PortWatcher {
     this.stopped = false;
     await this.refresh();
     this.schedule();
-    this.stopWatchingCloses = this.scanner.watchCloses?.(() => void this.refresh());
+    this.stopWatchingChanges = this.scanner.watchChanges?.((protocols) => this.onChange(protocols));
   }
 
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
-    this.stopWatchingCloses?.();
+    clearTimeout(this.followUp);
+    clearTimeout(this.pendingTimer);
+    this.stopWatchingChanges?.();
+  }
+
+  /** The scanner says something may have changed: scan now (again after a scan under way). */
+  private onChange(protocols: number): void {
+    if (this.inFlight) this.again = true;
+    void this.refresh().then((changed) => {
+      if (changed || this.stopped || this.followUp || !(protocols & 1)) return;
+      this.followUp = setTimeout(() => {
+        this.followUp = undefined;
+        void this.refresh();
+      }, FOLLOW_UP_MS);
+    });
   }
 
   subscribe(listener: WatchListener): () => void {
@@ -66,9 +93,15 @@ export class PortWatcher {
     return () => this.listeners.delete(listener);
   }
 
-  /** Scans now (joining a scan already under way) and notifies subscribers of changes. */
-  refresh(): Promise<void> {
-    this.inFlight ??= this.scanAndNotify().finally(() => (this.inFlight = undefined));
+  /** Scans now (joining a scan already under way) and notifies subscribers of changes; true when something changed. */
+  refresh(): Promise<boolean> {
+    this.inFlight ??= this.scanAndNotify().finally(() => {
+      this.inFlight = undefined;
+      if (this.again && !this.stopped) {
+        this.again = false;
+        void this.refresh();
+      }
+    });
     return this.inFlight;
   }
 
@@ -77,7 +110,7 @@ export class PortWatcher {
     this.timer = setTimeout(() => void this.refresh().finally(() => this.schedule()), this.intervalMs);
   }
 
-  private async scanAndNotify(): Promise<void> {
+  private async scanAndNotify(): Promise<boolean> {
     let result: ScanResult;
     try {
       result = await this.scanner.scan();
@@ -86,16 +119,22 @@ export class PortWatcher {
     }
     const { errors, unchanged } = result;
     // Nothing new from the kernel, and no UDP socket waiting to be old enough: nothing to do.
-    if (unchanged && !errors.length && this.scanned && !this.udpPending) return;
+    if (unchanged && !errors.length && this.scanned && !this.udpPending) return false;
     this.scanned = true;
     if (!unchanged && !errors.length) this.lastScan = result.ports;
     const settled = this.settler.settle(this.lastScan, Date.now());
     this.udpPending = settled.pending;
+    if (settled.pending && !this.pendingTimer && !this.stopped && this.intervalMs > UDP_PENDING_SCAN_MS) {
+      this.pendingTimer = setTimeout(() => {
+        this.pendingTimer = undefined;
+        void this.refresh();
+      }, UDP_PENDING_SCAN_MS);
+    }
     const ports = settled.ports;
     // A failed scan keeps the last good state: a read error must not look like closed ports.
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
     if (!errors.length) this.state = toPortSet(ports);
-    if (isEmptyDiff(diff) && !errors.length) return;
+    if (isEmptyDiff(diff) && !errors.length) return false;
     for (const listener of this.listeners) {
       try {
         listener(diff, errors);
@@ -103,6 +142,7 @@ export class PortWatcher {
         // one subscriber's failure (a host gone mid-write) is not the others'
       }
     }
+    return !isEmptyDiff(diff);
   }
 }
 

@@ -32,6 +32,12 @@ export interface NativeShim {
   /** One ready record (token) when fd is ready for events (1 in, 4 out). */
   watch(fd: number, events: number, token: number): number;
   unwatch(fd: number): number;
+  /** Loads and attaches the kernel port-event programs; the ring buffer's fd, or -errno with the reason (and any verifier log) in msg as a C string. */
+  eventsStart(msg: Uint8Array, cap: number): number;
+  /** out[0] = records consumed, out[1] = protocols seen (1 TCP, 2 UDP), out[2..3] = total (low, high). */
+  eventsDrain(out: Uint32Array): number;
+  /** Detaches the programs and frees the ring buffer. */
+  eventsStop(): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -58,6 +64,9 @@ export const SIGNATURES = {
   ph_relay_totals: { args: ["ptr"], returns: "i32" },
   ph_watch: { args: ["i32", "u32", "u32"], returns: "i32" },
   ph_unwatch: { args: ["i32"], returns: "i32" },
+  ph_events_start: { args: ["ptr", "i32"], returns: "i32" },
+  ph_events_drain: { args: ["ptr"], returns: "i32" },
+  ph_events_stop: { args: [], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -88,6 +97,9 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     relayTotals: (out) => num("ph_relay_totals", out),
     watch: (fd, events, token) => num("ph_watch", fd, events, token),
     unwatch: (fd) => num("ph_unwatch", fd),
+    eventsStart: (msg, cap) => num("ph_events_start", msg, cap),
+    eventsDrain: (out) => num("ph_events_drain", out),
+    eventsStop: () => num("ph_events_stop"),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

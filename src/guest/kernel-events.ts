@@ -1,0 +1,63 @@
+// Kernel port events: the shim's BPF programs (a TCP socket entering or leaving LISTEN, a UDP
+// bind) write to a ring buffer whose fd the relay thread watches for the event loop, so the
+// watcher dumps sock_diag right after a change instead of polling. An event only says "look
+// now": what is forwarded always comes from the dump of this namespace.
+import type { NativeShim } from "../runtime/native-api.ts";
+import { EPOLLIN, sharedRelayLoop } from "../runtime/native-relay.ts";
+
+/** Protocol bits of an event batch. */
+export const EVENT_TCP = 1;
+export const EVENT_UDP = 2;
+
+export interface KernelEvents {
+  /** Calls onEvents(protocols) after each batch of events; returns a stop (which detaches the programs). */
+  watch(onEvents: (protocols: number) => void): () => void;
+  /** Events consumed since the start. */
+  total(): number;
+}
+
+const MESSAGE_BYTES = 16384;
+
+/** Loads and attaches the programs, or says why they cannot run here (with the verifier's log if it refused them). */
+export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; error?: string } {
+  const msg = new Uint8Array(MESSAGE_BYTES);
+  const fd = shim.eventsStart(msg, msg.length);
+  if (fd < 0) {
+    const text = Buffer.from(msg.subarray(0, Math.max(0, msg.indexOf(0)))).toString("utf8");
+    return { error: text || `${shim.errnoName(fd)} (${shim.strerror(fd)})` };
+  }
+  let loop: ReturnType<typeof sharedRelayLoop>;
+  try {
+    loop = sharedRelayLoop(shim);
+    if (loop.broken) throw new Error(loop.broken);
+  } catch (err) {
+    shim.eventsStop();
+    return { error: `the native event thread cannot watch the ring buffer (${(err as Error).message})` };
+  }
+  const out = new Uint32Array(4);
+  return {
+    events: {
+      watch(onEvents) {
+        let stopped = false;
+        let cancel = () => {};
+        const arm = () => {
+          if (stopped) return;
+          // One-shot: armed again after each drain (a record written meanwhile leaves the
+          // fd readable, so re-arming reports it at once).
+          cancel = loop.watchOnce(fd, EPOLLIN, () => {
+            if (shim.eventsDrain(out) > 0) onEvents(out[1]!);
+            arm();
+          });
+        };
+        arm();
+        return () => {
+          stopped = true;
+          cancel();
+          loop.unwatch(fd);
+          shim.eventsStop();
+        };
+      },
+      total: () => out[2]! + out[3]! * 2 ** 32,
+    },
+  };
+}
