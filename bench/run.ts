@@ -361,7 +361,7 @@ async function measureDetection(guest: Guest, results: Results): Promise<void> {
   await host.waitForNthEvent(BURST, inBurst, `${BURST} forwards`, 120_000);
   const last = Math.max(...host.events.filter(inBurst).map((e) => Date.parse(String(e.time))));
   results.detection.burst = BURST;
-  results.detection.burstMs = last - started;
+  results.detection.burstMs = Math.round(last - started);
   log(`detection: ${BURST} listeners opened at once, all forwarded after ${results.detection.burstMs} ms`);
   await controller.kill();
   await host.proc.kill();

@@ -259,82 +259,160 @@ int ph_diag_read_events(int fd, uint8_t *buf, int cap) {
 
 /* ---- kernel port events (eBPF) ------------------------------------------------------------
  *
- * Two small BPF programs, loaded with plain bpf() syscalls (no libbpf, no compiler at run
- * time), write an 8-byte record to one ring buffer whenever a port may have appeared or gone:
- *   - a raw tracepoint on inet_sock_set_state (args: sk, oldstate, newstate): a TCP socket
- *     entering or leaving LISTEN; record = IPPROTO_TCP;
- *   - a cgroup post-bind program (IPv4 and IPv6) on the cgroup2 root: a UDP socket bound;
- *     record = IPPROTO_UDP | port << 32. It fires after the bind, so a dump finds the socket,
- *     and always allows it (returns 1).
- * A record only says "dump now": the ports themselves always come from sock_diag. Events of
- * other network namespaces arrive too and cost one dump of this one. Every attachment is a
- * file descriptor (a raw-tracepoint fd, BPF links for the cgroup): closing them, or the
- * process ending however it ends, detaches the programs; nothing is pinned.
+ * Small BPF programs, assembled here and loaded with plain bpf() syscalls (no libbpf, no
+ * compiler at run time), all attached to the cgroup2 root with BPF links, write an 8-byte
+ * record (u8 protocol, then the port where the hook tells it) to one ring buffer whenever a
+ * port may have appeared or gone:
+ *   - sock_ops, BPF_SOCK_OPS_TCP_LISTEN_CB: listen() succeeded (the listener is hashed, so a
+ *     dump finds it);
+ *   - cgroup post-bind (IPv4, IPv6): a UDP socket was bound (also after the hash);
+ *   - cgroup sock release: a TCP listener or an unconnected UDP socket is being closed (the
+ *     socket-destroy multicast events report closes too, later).
+ * Each program first compares bpf_get_netns_cookie(ctx) with this process's network namespace
+ * and ignores sockets of every other one (a container's, another VM tool's): those cost
+ * nothing. Where the kernel lacks that helper for a hook, the program goes without the check
+ * and another namespace's socket costs one dump of this one (said in the start message).
+ * A record only says "dump now": the ports always come from sock_diag. Closing the link fds
+ * (or the process ending, however it ends) detaches everything; nothing is pinned.
  */
 
 #define PH_RING_BYTES (64 * 1024)
 
 #define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
-#define LDX(size, d, s, o) INSN(BPF_LDX | BPF_MEM | (size), d, s, o, 0)
+#define LDX_W(d, s, o) INSN(BPF_LDX | BPF_MEM | BPF_W, d, s, o, 0)
 #define STX_DW(d, s, o) INSN(BPF_STX | BPF_MEM | BPF_DW, d, s, o, 0)
-#define ST_DW(d, o, i) INSN(BPF_ST | BPF_MEM | BPF_DW, d, 0, o, i)
 #define MOV_IMM(d, i) INSN(BPF_ALU64 | BPF_MOV | BPF_K, d, 0, 0, i)
 #define MOV_REG(d, s) INSN(BPF_ALU64 | BPF_MOV | BPF_X, d, s, 0, 0)
 #define ALU_IMM(op, d, i) INSN(BPF_ALU64 | (op) | BPF_K, d, 0, 0, i)
 #define ALU_REG(op, d, s) INSN(BPF_ALU64 | (op) | BPF_X, d, s, 0, 0)
 #define JMP_IMM(op, d, i, o) INSN(BPF_JMP | (op) | BPF_K, d, 0, o, i)
+#define JMP_REG(op, d, s, o) INSN(BPF_JMP | (op) | BPF_X, d, s, o, 0)
 #define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
 #define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
-/* A 64-bit load of a map's fd (two instructions; the verifier turns it into the map). */
-#define LD_MAP_FD(d, fd) INSN(BPF_LD | BPF_DW | BPF_IMM, d, BPF_PSEUDO_MAP_FD, 0, fd), INSN(0, 0, 0, 0, 0)
 
-/* bpf_ringbuf_output(ring, r10 - 8, 8, 0): the record at r10 - 8 (r1..r5 are clobbered). */
-#define EMIT_RECORD(ring) \
-  MOV_REG(BPF_REG_2, BPF_REG_10), ALU_IMM(BPF_ADD, BPF_REG_2, -8), LD_MAP_FD(BPF_REG_1, ring), \
-  MOV_IMM(BPF_REG_3, 8), MOV_IMM(BPF_REG_4, 0), CALL(BPF_FUNC_ringbuf_output)
+/* A program being assembled: jumps to "out" (return the verdict) are patched at the end. */
+struct prog {
+  struct bpf_insn insn[64];
+  int n, outs[8], n_outs;
+};
+
+static void emit(struct prog *p, struct bpf_insn x) { p->insn[p->n++] = x; }
+
+/* A conditional jump to the program's end (no record). */
+static void skip_if(struct prog *p, struct bpf_insn jump) {
+  p->outs[p->n_outs++] = p->n;
+  emit(p, jump);
+}
+
+/* A 64-bit immediate (two instructions); src = BPF_PSEUDO_MAP_FD makes it a map. */
+static void ld_imm64(struct prog *p, int reg, int src, uint64_t v) {
+  emit(p, INSN(BPF_LD | BPF_DW | BPF_IMM, reg, src, 0, (int32_t)(uint32_t)v));
+  emit(p, INSN(0, 0, 0, 0, (int32_t)(uint32_t)(v >> 32)));
+}
+
+/* Skips sockets of other network namespaces (cookie 0: no check). Keeps r1 = ctx. */
+static void this_netns_only(struct prog *p, uint64_t cookie) {
+  if (!cookie) return;
+  emit(p, MOV_REG(BPF_REG_6, BPF_REG_1));
+  emit(p, CALL(BPF_FUNC_get_netns_cookie));
+  ld_imm64(p, BPF_REG_2, 0, cookie);
+  skip_if(p, JMP_REG(BPF_JNE, BPF_REG_0, BPF_REG_2, 0));
+  emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+}
+
+/* Writes the record protocol | r3 << 32 (r3: the port, or 0) to the ring. */
+static void record(struct prog *p, int ring, int protocol) {
+  emit(p, ALU_IMM(BPF_LSH, BPF_REG_3, 32));
+  emit(p, ALU_IMM(BPF_OR, BPF_REG_3, protocol));
+  emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -8));
+  emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
+  emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -8));
+  ld_imm64(p, BPF_REG_1, BPF_PSEUDO_MAP_FD, (uint32_t)ring);
+  emit(p, MOV_IMM(BPF_REG_3, 8));
+  emit(p, MOV_IMM(BPF_REG_4, 0));
+  emit(p, CALL(BPF_FUNC_ringbuf_output));
+}
+
+/* Every program returns `verdict` (1: allow the bind or release; sock_ops ignores it). */
+static void prog_end(struct prog *p, int verdict) {
+  for (int i = 0; i < p->n_outs; i++) p->insn[p->outs[i]].off = (int16_t)(p->n - p->outs[i] - 1);
+  emit(p, MOV_IMM(BPF_REG_0, verdict));
+  emit(p, EXIT());
+}
+
+enum { PH_HOOK_LISTEN, PH_HOOK_BIND4, PH_HOOK_BIND6, PH_HOOK_RELEASE, PH_HOOKS };
+
+static const struct {
+  const char *name;
+  uint32_t prog_type, attach_type;
+} hooks[PH_HOOKS] = {
+  { "ph_listen", BPF_PROG_TYPE_SOCK_OPS, BPF_CGROUP_SOCK_OPS },
+  { "ph_bind4", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET4_POST_BIND },
+  { "ph_bind6", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET6_POST_BIND },
+  { "ph_release", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE },
+};
+
+/* The program of one hook. Exposed (ph_events_program) so tests can look at it. */
+static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
+  memset(p, 0, sizeof *p);
+  switch (hook) {
+  case PH_HOOK_LISTEN: /* ctx: struct bpf_sock_ops */
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 0));
+    this_netns_only(p, cookie);
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
+    record(p, ring, IPPROTO_TCP);
+    break;
+  case PH_HOOK_BIND4:
+  case PH_HOOK_BIND6: /* ctx: struct bpf_sock; only UDP (a TCP socket is a port once it listens) */
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
+    this_netns_only(p, cookie);
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
+    record(p, ring, IPPROTO_UDP);
+    break;
+  case PH_HOOK_RELEASE: /* ctx: struct bpf_sock; a TCP listener, or an unconnected UDP socket */
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, state)));
+    emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_TCP, 2));          /* -> the UDP test */
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));                 /* TCP: only LISTEN */
+    emit(p, JMP_IMM(BPF_JA, 0, 0, 2));                              /* -> the netns test */
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 7, 0));                  /* UDP: only unconnected (CLOSE) */
+    emit(p, MOV_REG(BPF_REG_7, BPF_REG_2));                         /* the protocol, kept over the call */
+    this_netns_only(p, cookie);
+    emit(p, MOV_IMM(BPF_REG_3, 0));
+    /* record(): protocol from r7 rather than an immediate */
+    emit(p, STX_DW(BPF_REG_10, BPF_REG_7, -8));
+    emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
+    emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -8));
+    ld_imm64(p, BPF_REG_1, BPF_PSEUDO_MAP_FD, (uint32_t)ring);
+    emit(p, MOV_IMM(BPF_REG_3, 8));
+    emit(p, MOV_IMM(BPF_REG_4, 0));
+    emit(p, CALL(BPF_FUNC_ringbuf_output));
+    break;
+  }
+  prog_end(p, 1);
+}
+
+/* For tests: hook's instructions (8 bytes each) into out; returns their count. */
+int ph_events_program(int hook, int ring, uint32_t cookie_lo, uint32_t cookie_hi, uint8_t *out, int cap) {
+  if (hook < 0 || hook >= PH_HOOKS) return -EINVAL;
+  struct prog p;
+  assemble(hook, ring, ((uint64_t)cookie_hi << 32) | cookie_lo, &p);
+  if (cap < p.n * (int)sizeof(struct bpf_insn)) return -ENOBUFS;
+  memcpy(out, p.insn, (size_t)p.n * sizeof(struct bpf_insn));
+  return p.n;
+}
 
 static struct {
-  int ring, tp_prog, tp_link, bind_prog[2], bind_link[2];
+  int ring, prog[PH_HOOKS], link[PH_HOOKS];
   uint8_t *consumer, *producer;
   uint64_t events;
-} ev = { -1, -1, -1, { -1, -1 }, { -1, -1 }, NULL, NULL, 0 };
+} ev = { -1, { -1, -1, -1, -1 }, { -1, -1, -1, -1 }, NULL, NULL, 0 };
 
 static int sys_bpf(int cmd, union bpf_attr *attr) {
   return (int)syscall(__NR_bpf, cmd, attr, sizeof *attr);
-}
-
-/* The raw tracepoint's program: ctx is u64 args[] = { sk, oldstate, newstate }. */
-static int tp_program(int ring, struct bpf_insn *out) {
-  struct bpf_insn p[] = {
-    LDX(BPF_DW, BPF_REG_2, BPF_REG_1, 8),          /* 0: r2 = oldstate */
-    JMP_IMM(BPF_JEQ, BPF_REG_2, 10, 2),            /* 1: was LISTEN -> 4 */
-    LDX(BPF_DW, BPF_REG_2, BPF_REG_1, 16),         /* 2: r2 = newstate */
-    JMP_IMM(BPF_JNE, BPF_REG_2, 10, 8),            /* 3: not LISTEN -> 12 */
-    ST_DW(BPF_REG_10, -8, IPPROTO_TCP),            /* 4: record = TCP */
-    EMIT_RECORD(ring),                             /* 5..11 */
-    MOV_IMM(BPF_REG_0, 0),                         /* 12 */
-    EXIT(),
-  };
-  memcpy(out, p, sizeof p);
-  return (int)(sizeof p / sizeof p[0]);
-}
-
-/* The post-bind program: ctx is a struct bpf_sock; only UDP sockets are recorded (a TCP
- * socket is a port once it listens, which the tracepoint reports). Returns 1: allowed. */
-static int bind_program(int ring, struct bpf_insn *out) {
-  struct bpf_insn p[] = {
-    LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)), /* 0 */
-    JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 11),                          /* 1: -> 13 */
-    LDX(BPF_W, BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port)), /* 2: host order */
-    ALU_IMM(BPF_LSH, BPF_REG_3, 32),                                       /* 3 */
-    ALU_REG(BPF_OR, BPF_REG_2, BPF_REG_3),                                 /* 4 */
-    STX_DW(BPF_REG_10, BPF_REG_2, -8),                                     /* 5 */
-    EMIT_RECORD(ring),                                                     /* 6..12 */
-    MOV_IMM(BPF_REG_0, 1),                                                 /* 13 */
-    EXIT(),
-  };
-  memcpy(out, p, sizeof p);
-  return (int)(sizeof p / sizeof p[0]);
 }
 
 /* Writes "what: reason" to the caller's message buffer. */
@@ -343,17 +421,17 @@ static void say(char *msg, int cap, const char *what, int err) {
 }
 
 /* Loads a program; on failure loads it again with the verifier's log, into msg. */
-static int load(uint32_t type, uint32_t attach, const struct bpf_insn *insns, int n, const char *name, char *msg, int cap) {
+static int load(int hook, const struct prog *p, char *msg, int cap) {
   static char log[8192];
   for (int verbose = 0; verbose < 2; verbose++) {
     union bpf_attr a;
     memset(&a, 0, sizeof a);
-    a.prog_type = type;
-    a.expected_attach_type = attach;
-    a.insns = (uint64_t)(uintptr_t)insns;
-    a.insn_cnt = (uint32_t)n;
+    a.prog_type = hooks[hook].prog_type;
+    a.expected_attach_type = hooks[hook].attach_type;
+    a.insns = (uint64_t)(uintptr_t)p->insn;
+    a.insn_cnt = (uint32_t)p->n;
     a.license = (uint64_t)(uintptr_t)"Dual MIT/GPL";
-    strncpy(a.prog_name, name, sizeof a.prog_name - 1);
+    strncpy(a.prog_name, hooks[hook].name, sizeof a.prog_name - 1);
     if (verbose) {
       log[0] = 0;
       a.log_level = 1;
@@ -363,13 +441,23 @@ static int load(uint32_t type, uint32_t attach, const struct bpf_insn *insns, in
     int fd = sys_bpf(BPF_PROG_LOAD, &a);
     if (fd >= 0) return fd;
     int e = errno;
-    if (!verbose && e != EINVAL && e != EACCES) { say(msg, cap, name, e); return -e; }
-    if (verbose) {
-      if (msg && cap > 0) snprintf(msg, (size_t)cap, "loading %s: %s (%s); verifier log: %s", name, ph_errno_name(-e), strerror(e), log);
+    if (verbose || (e != EINVAL && e != EACCES)) {
+      if (msg && cap > 0) snprintf(msg, (size_t)cap, "loading %s: %s (%s)%s%s", hooks[hook].name, ph_errno_name(-e), strerror(e), verbose ? "; verifier log: " : "", verbose ? log : "");
       return -e;
     }
   }
   return -EINVAL;
+}
+
+/* This process's network namespace cookie (SO_NETNS_COOKIE), or 0 where the kernel has none. */
+static uint64_t own_netns_cookie(void) {
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  if (getsockopt(fd, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &cookie, &len) != 0) cookie = 0;
+  close(fd);
+  return cookie;
 }
 
 /*
@@ -405,11 +493,13 @@ static int cgroup2_root(void) {
 
 /* Detaches everything and frees the ring (also after a failed start). */
 int ph_events_stop(void) {
-  int *fds[] = { &ev.tp_link, &ev.bind_link[0], &ev.bind_link[1], &ev.tp_prog, &ev.bind_prog[0], &ev.bind_prog[1], &ev.ring };
-  for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
-    if (*fds[i] >= 0) close(*fds[i]);
-    *fds[i] = -1;
+  for (int i = 0; i < PH_HOOKS; i++) {
+    if (ev.link[i] >= 0) close(ev.link[i]);
+    if (ev.prog[i] >= 0) close(ev.prog[i]);
+    ev.link[i] = ev.prog[i] = -1;
   }
+  if (ev.ring >= 0) close(ev.ring);
+  ev.ring = -1;
   long page = sysconf(_SC_PAGESIZE);
   if (ev.consumer) munmap(ev.consumer, (size_t)page);
   if (ev.producer) munmap(ev.producer, (size_t)page + 2 * PH_RING_BYTES);
@@ -418,9 +508,10 @@ int ph_events_stop(void) {
 }
 
 /*
- * Loads and attaches both programs; returns the ring buffer's fd (readable when records
+ * Loads and attaches every program; returns the ring buffer's fd (readable when records
  * wait: watch it with ph_watch, then ph_events_drain), or -errno with the reason (and the
- * verifier's log where it refused a program) in msg. Started once; a second call returns
+ * verifier's log where it refused a program) in msg. On success msg says what this kernel
+ * could not do (no per-namespace filter), or is empty. Started once; a second call returns
  * the same fd.
  */
 int ph_events_start(char *msg, int cap) {
@@ -438,36 +529,42 @@ int ph_events_start(char *msg, int cap) {
   void *p = mmap(NULL, (size_t)page + 2 * PH_RING_BYTES, PROT_READ, MAP_SHARED, ev.ring, page);
   ev.consumer = c == MAP_FAILED ? NULL : c;
   ev.producer = p == MAP_FAILED ? NULL : p;
-  int e = 0;
+  int e = 0, cg = -1, unfiltered = 0;
   if (!ev.consumer || !ev.producer) { e = errno; say(msg, cap, "mapping the ring buffer", e); goto fail; }
-
-  struct bpf_insn insns[32];
-  int n = tp_program(ev.ring, insns);
-  ev.tp_prog = load(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, insns, n, "ph_listen", msg, cap);
-  if (ev.tp_prog < 0) { e = -ev.tp_prog; ev.tp_prog = -1; goto fail; }
-  memset(&a, 0, sizeof a);
-  a.raw_tracepoint.name = (uint64_t)(uintptr_t)"inet_sock_set_state";
-  a.raw_tracepoint.prog_fd = (uint32_t)ev.tp_prog;
-  ev.tp_link = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &a);
-  if (ev.tp_link < 0) { e = errno; ev.tp_link = -1; say(msg, cap, "attaching to the inet_sock_set_state tracepoint", e); goto fail; }
-
-  int cg = cgroup2_root();
+  cg = cgroup2_root();
   if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root", e); goto fail; }
-  const uint32_t attach[2] = { BPF_CGROUP_INET4_POST_BIND, BPF_CGROUP_INET6_POST_BIND };
-  for (int i = 0; i < 2; i++) {
-    n = bind_program(ev.ring, insns);
-    ev.bind_prog[i] = load(BPF_PROG_TYPE_CGROUP_SOCK, attach[i], insns, n, i ? "ph_bind6" : "ph_bind4", msg, cap);
-    if (ev.bind_prog[i] < 0) { e = -ev.bind_prog[i]; ev.bind_prog[i] = -1; close(cg); goto fail; }
+  uint64_t cookie = own_netns_cookie();
+  for (int i = 0; i < PH_HOOKS; i++) {
+    struct prog prog;
+    assemble(i, ev.ring, cookie, &prog);
+    ev.prog[i] = load(i, &prog, msg, cap);
+    if (ev.prog[i] < 0 && cookie) {
+      /* A kernel without bpf_get_netns_cookie for this hook: the same program unfiltered. */
+      assemble(i, ev.ring, 0, &prog);
+      ev.prog[i] = load(i, &prog, msg, cap);
+      if (ev.prog[i] >= 0) unfiltered = 1;
+    }
+    if (ev.prog[i] < 0) { e = -ev.prog[i]; ev.prog[i] = -1; goto fail; }
     memset(&a, 0, sizeof a);
-    a.link_create.prog_fd = (uint32_t)ev.bind_prog[i];
+    a.link_create.prog_fd = (uint32_t)ev.prog[i];
     a.link_create.target_fd = (uint32_t)cg;
-    a.link_create.attach_type = attach[i];
-    ev.bind_link[i] = sys_bpf(BPF_LINK_CREATE, &a);
-    if (ev.bind_link[i] < 0) { e = errno; ev.bind_link[i] = -1; say(msg, cap, "attaching the post-bind program to the cgroup2 root", e); close(cg); goto fail; }
+    a.link_create.attach_type = hooks[i].attach_type;
+    ev.link[i] = sys_bpf(BPF_LINK_CREATE, &a);
+    if (ev.link[i] < 0) {
+      e = errno;
+      ev.link[i] = -1;
+      if (msg && cap > 0) snprintf(msg, (size_t)cap, "attaching %s to the cgroup2 root: %s (%s)", hooks[i].name, ph_errno_name(-e), strerror(e));
+      goto fail;
+    }
   }
   close(cg);
+  if (msg && cap > 0) {
+    msg[0] = 0;
+    if (!cookie || unfiltered) snprintf(msg, (size_t)cap, "this kernel cannot tell the programs which network namespace a socket is in, so another namespace's sockets also wake the agent (for one dump of its own)");
+  }
   return ev.ring;
 fail:
+  if (cg >= 0) close(cg);
   ph_events_stop();
   return -e;
 }

@@ -1,5 +1,6 @@
-// Kernel port events: the shim's BPF programs (a TCP socket entering or leaving LISTEN, a UDP
-// bind) write to a ring buffer whose fd the relay thread watches for the event loop, so the
+// Kernel port events: the shim's BPF programs on the cgroup2 root (listen(), a UDP bind, a
+// listener or UDP socket closed; sockets of other network namespaces filtered out in the
+// kernel) write to a ring buffer whose fd the relay thread watches for the event loop, so the
 // watcher dumps sock_diag right after a change instead of polling. An event only says "look
 // now": what is forwarded always comes from the dump of this namespace.
 import type { NativeShim } from "../runtime/native-api.ts";
@@ -19,13 +20,11 @@ export interface KernelEvents {
 const MESSAGE_BYTES = 16384;
 
 /** Loads and attaches the programs, or says why they cannot run here (with the verifier's log if it refused them). */
-export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; error?: string } {
+export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; error?: string; note?: string } {
   const msg = new Uint8Array(MESSAGE_BYTES);
   const fd = shim.eventsStart(msg, msg.length);
-  if (fd < 0) {
-    const text = Buffer.from(msg.subarray(0, Math.max(0, msg.indexOf(0)))).toString("utf8");
-    return { error: text || `${shim.errnoName(fd)} (${shim.strerror(fd)})` };
-  }
+  const text = Buffer.from(msg.subarray(0, Math.max(0, msg.indexOf(0)))).toString("utf8");
+  if (fd < 0) return { error: text || `${shim.errnoName(fd)} (${shim.strerror(fd)})` };
   let loop: ReturnType<typeof sharedRelayLoop>;
   try {
     loop = sharedRelayLoop(shim);
@@ -36,6 +35,7 @@ export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; er
   }
   const out = new Uint32Array(4);
   return {
+    ...(text ? { note: text } : {}),
     events: {
       watch(onEvents) {
         let stopped = false;

@@ -164,8 +164,8 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
             name: "ebpf",
             intervalMs: SAFETY_RESCAN_MS,
             description:
-              "port detector: ebpf (kernel events: the inet_sock_set_state tracepoint for TCP listeners, a cgroup post-bind " +
-              `program for UDP binds, socket-destroy events for closes; a safety re-scan every ${SAFETY_RESCAN_MS / 1000} s)`,
+              "port detector: ebpf (kernel events: listen(), UDP binds and closes through BPF programs on the cgroup2 root, " +
+              `socket-destroy events; a safety re-scan every ${SAFETY_RESCAN_MS / 1000} s${started.note ? `; ${started.note}` : ""})`,
           },
         };
       }
@@ -176,8 +176,8 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
         scanner: netlinkScanner(shim),
         detector: polling(
           NETLINK_POLL_MS,
-          `the eBPF programs could not load (${reason}); run the agent as root (or with CAP_BPF, CAP_PERFMON and ` +
-            "CAP_NET_ADMIN) on a kernel with BPF, cgroup2 mounted and no lockdown, for ports noticed at once and an idle agent",
+          `the eBPF programs could not load (${reason}); run the agent as root (or with CAP_BPF and CAP_NET_ADMIN) on a ` +
+            "kernel with BPF and cgroup2 (5.8 or later), for ports noticed at once and an agent that costs nothing while idle",
         ),
       };
     }

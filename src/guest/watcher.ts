@@ -27,8 +27,8 @@ export interface ScanResult {
 export type WatchListener = (diff: PortDiff, errors: string[]) => void;
 
 /**
- * A TCP event comes from the tracepoint, which fires just before the kernel (un)hashes the
- * listener: when the dump right after it shows no change, one more this much later.
+ * A close event fires as close() begins, before the kernel unhashes the socket: when the dump
+ * right after an event shows no change, one more this much later.
  */
 const FOLLOW_UP_MS = 5;
 /** While a young UDP socket waits to count as a server, scans run at least this often. */
@@ -65,7 +65,7 @@ export class PortWatcher {
     this.stopped = false;
     await this.refresh();
     this.schedule();
-    this.stopWatchingChanges = this.scanner.watchChanges?.((protocols) => this.onChange(protocols));
+    this.stopWatchingChanges = this.scanner.watchChanges?.(() => this.onChange());
   }
 
   stop(): void {
@@ -77,10 +77,10 @@ export class PortWatcher {
   }
 
   /** The scanner says something may have changed: scan now (again after a scan under way). */
-  private onChange(protocols: number): void {
+  private onChange(): void {
     if (this.inFlight) this.again = true;
     void this.refresh().then((changed) => {
-      if (changed || this.stopped || this.followUp || !(protocols & 1)) return;
+      if (changed || this.stopped || this.followUp) return;
       this.followUp = setTimeout(() => {
         this.followUp = undefined;
         void this.refresh();
