@@ -153,7 +153,7 @@ static int diag_socket(void) {
 }
 
 /* One dump of (family, protocol) sockets whose state is in the `states` bit mask. */
-static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, uint8_t *buf, int cap, int n) {
+static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, uint16_t sport, uint8_t *buf, int cap, int n) {
   struct {
     struct nlmsghdr h;
     struct inet_diag_req_v2 r;
@@ -165,6 +165,7 @@ static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, u
   req.r.sdiag_family = family;
   req.r.sdiag_protocol = protocol;
   req.r.idiag_states = states;
+  req.r.id.idiag_sport = htons(sport); /* 0: every port; else the kernel skips other ports */
   struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
   if (sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) return NEG_ERRNO;
 
@@ -196,7 +197,7 @@ static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, u
  * the UDP table, which costs more, so callers may ask for it less often. Returns the number
  * of records.
  */
-int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
+static int diag_dump(uint8_t *buf, int cap, int protocols, uint16_t port) {
   /* One netlink socket for every dump (scans run many times a second); a failed dump
    * drops it, and the next call opens a fresh one. */
   static int fd = -1;
@@ -205,14 +206,23 @@ int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
   int n = 0;
   const uint8_t families[] = { AF_INET, AF_INET6 };
   for (int i = 0; i < 2 && n >= 0; i++) {
-    if (protocols & 1) n = dump_one(fd, families[i], IPPROTO_TCP, 1u << 10, buf, cap, n);
-    if (n >= 0 && (protocols & 2)) n = dump_one(fd, families[i], IPPROTO_UDP, 1u << 7, buf, cap, n);
+    if (protocols & 1) n = dump_one(fd, families[i], IPPROTO_TCP, 1u << 10, port, buf, cap, n);
+    if (n >= 0 && (protocols & 2)) n = dump_one(fd, families[i], IPPROTO_UDP, 1u << 7, port, buf, cap, n);
   }
   if (n < 0) {
     close(fd);
     fd = -1;
   }
   return n;
+}
+
+/* As ph_diag_listeners, for the sockets on one local port only (a kernel event named it). */
+int ph_diag_port(uint8_t *buf, int cap, int protocols, int port) {
+  return diag_dump(buf, cap, protocols, (uint16_t)port);
+}
+
+int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
+  return diag_dump(buf, cap, protocols, 0);
 }
 
 /* A non-blocking netlink socket joined to the four socket-destroy groups. */
@@ -264,10 +274,13 @@ int ph_diag_read_events(int fd, uint8_t *buf, int cap) {
  * record (u8 protocol, then the port where the hook tells it) to one ring buffer whenever a
  * port may have appeared or gone:
  *   - sock_ops, BPF_SOCK_OPS_TCP_LISTEN_CB: listen() succeeded (the listener is hashed, so a
- *     dump finds it);
- *   - cgroup post-bind (IPv4, IPv6): a UDP socket was bound (also after the hash);
- *   - cgroup sock release: a TCP listener or an unconnected UDP socket is being closed (the
- *     socket-destroy multicast events report closes too, later).
+ *     dump finds it); the program then asks for that listener's state changes, so its close
+ *     comes as BPF_SOCK_OPS_STATE_CB (from LISTEN), with the port;
+ *   - cgroup post-bind (IPv4, IPv6): a UDP socket was bound (also after the hash), its port;
+ *   - cgroup sock release: an unconnected UDP socket is being closed (no port readable).
+ * A close is reported as it begins, before the kernel unhashes the socket (the caller dumps
+ * again shortly when the first dump still shows it); the socket-destroy multicast events
+ * report closes too, later (after an RCU grace period).
  * Each program first compares bpf_get_netns_cookie(ctx) with this process's network namespace
  * and ignores sockets of every other one (a container's, another VM tool's): those cost
  * nothing. Where the kernel lacks that helper for a hook, the program goes without the check
@@ -356,13 +369,30 @@ static const struct {
 static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
   memset(p, 0, sizeof *p);
   switch (hook) {
-  case PH_HOOK_LISTEN: /* ctx: struct bpf_sock_ops */
+  case PH_HOOK_LISTEN: { /* ctx: struct bpf_sock_ops */
     emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
-    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 0));
+    emit(p, JMP_IMM(BPF_JEQ, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 1));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_STATE_CB, 0));
     this_netns_only(p, cookie);
+    emit(p, MOV_REG(BPF_REG_6, BPF_REG_1));
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
+    int to_state = p->n;
+    emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 0));
+    /* listen(): ask for this listener's state changes (its close comes as STATE_CB). */
+    emit(p, MOV_IMM(BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
+    emit(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
+    emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+    int to_record = p->n;
+    emit(p, JMP_IMM(BPF_JA, 0, 0, 0));
+    p->insn[to_state].off = (int16_t)(p->n - to_state - 1);
+    /* A state change: only a listener's (args[0]: the old state). */
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, args[0])));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));
+    p->insn[to_record].off = (int16_t)(p->n - to_record - 1);
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
     record(p, ring, IPPROTO_TCP);
     break;
+  }
   case PH_HOOK_BIND4:
   case PH_HOOK_BIND6: /* ctx: struct bpf_sock; only UDP (a TCP socket is a port once it listens) */
     emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
@@ -371,25 +401,14 @@ static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
     record(p, ring, IPPROTO_UDP);
     break;
-  case PH_HOOK_RELEASE: /* ctx: struct bpf_sock; a TCP listener, or an unconnected UDP socket */
+  case PH_HOOK_RELEASE: /* ctx: struct bpf_sock; an unconnected UDP socket (a listener's close is STATE_CB) */
     emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
-    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, state)));
-    emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_TCP, 2));          /* -> the UDP test */
-    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));                 /* TCP: only LISTEN */
-    emit(p, JMP_IMM(BPF_JA, 0, 0, 2));                              /* -> the netns test */
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
-    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 7, 0));                  /* UDP: only unconnected (CLOSE) */
-    emit(p, MOV_REG(BPF_REG_7, BPF_REG_2));                         /* the protocol, kept over the call */
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, state)));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 7, 0)); /* TCP_CLOSE: not connected */
     this_netns_only(p, cookie);
-    emit(p, MOV_IMM(BPF_REG_3, 0));
-    /* record(): protocol from r7 rather than an immediate */
-    emit(p, STX_DW(BPF_REG_10, BPF_REG_7, -8));
-    emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-    emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -8));
-    ld_imm64(p, BPF_REG_1, BPF_PSEUDO_MAP_FD, (uint32_t)ring);
-    emit(p, MOV_IMM(BPF_REG_3, 8));
-    emit(p, MOV_IMM(BPF_REG_4, 0));
-    emit(p, CALL(BPF_FUNC_ringbuf_output));
+    emit(p, MOV_IMM(BPF_REG_3, 0)); /* the port is not readable here */
+    record(p, ring, IPPROTO_UDP);
     break;
   }
   prog_end(p, 1);
@@ -570,12 +589,15 @@ fail:
 }
 
 /*
- * Consumes every record waiting in the ring: out[0] = records, out[1] = protocols seen
- * (bit 0 TCP, bit 1 UDP), out[2..3] = records since start (low, high 32 bits). Returns the
- * count, or -ENOTCONN when not started.
+ * Consumes every record waiting in the ring: out[0] = records, out[1] = protocols seen (bit 0
+ * TCP, bit 1 UDP; bits 2 and 3: a TCP or UDP record without a port or past the room, so the
+ * caller scans that protocol whole), out[2..3] = records since start (low, high 32 bits), then from
+ * out[4] one u32 per record that fits: protocol | port << 16. Returns the count, or -ENOTCONN
+ * when not started.
  */
-int ph_events_drain(uint32_t *out) {
+int ph_events_drain(uint32_t *out, int cap) {
   if (!ev.consumer) return -ENOTCONN;
+  if (cap < 4) return -EINVAL;
   uint64_t *cons_pos = (uint64_t *)ev.consumer, *prod_pos = (uint64_t *)ev.producer;
   uint8_t *data = ev.producer + sysconf(_SC_PAGESIZE);
   uint64_t cons = __atomic_load_n(cons_pos, __ATOMIC_ACQUIRE);
@@ -586,9 +608,13 @@ int ph_events_drain(uint32_t *out) {
     uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
     if (len & BPF_RINGBUF_BUSY_BIT) break; /* still being written: its wake-up follows */
     uint32_t size = len & ~(uint32_t)(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
-    if (!(len & BPF_RINGBUF_DISCARD_BIT) && size >= 1) {
-      uint8_t protocol = *((uint8_t *)hdr + BPF_RINGBUF_HDR_SZ);
+    if (!(len & BPF_RINGBUF_DISCARD_BIT) && size >= 8) {
+      uint64_t rec;
+      memcpy(&rec, (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ, 8);
+      uint32_t protocol = (uint32_t)(rec & 0xff), port = (uint32_t)(rec >> 32) & 0xffff;
       protocols |= protocol == IPPROTO_TCP ? 1u : protocol == IPPROTO_UDP ? 2u : 3u;
+      if (4 + (int)count < cap && port) out[4 + count] = protocol | port << 16;
+      else protocols |= protocol == IPPROTO_UDP ? 8u : 4u;
       count++;
     }
     cons += (BPF_RINGBUF_HDR_SZ + size + 7) & ~7ull;

@@ -14,7 +14,7 @@ import { checkPreface } from "./preface-check.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
 import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Detector, type DetectorChoice, type Scanner } from "./scanners.ts";
-import { PortWatcher } from "./watcher.ts";
+import { PortWatcher, type ScanResult } from "./watcher.ts";
 import { UdpSettler, UDP_SERVER_AFTER_MS } from "../core/udp-settle.ts";
 
 export interface GuestAgentOptions {
@@ -128,12 +128,11 @@ export class GuestAgent {
 /** The agent's own proof port is not a guest service: it is never reported for forwarding. */
 function hidePort(scanner: Scanner, port: number | undefined): Scanner {
   if (!port) return scanner;
+  const hide = (result: ScanResult): ScanResult => ({ ...result, ports: result.ports.filter((p) => !(p.protocol === "tcp" && p.port === port)) });
   return {
     ...scanner,
-    scan: async () => {
-      const result = await scanner.scan();
-      return { ...result, ports: result.ports.filter((p) => !(p.protocol === "tcp" && p.port === port)) };
-    },
+    scan: async () => hide(await scanner.scan()),
+    ...(scanner.scanPort ? { scanPort: (protocol: "tcp" | "udp", p: number) => hide(scanner.scanPort!(protocol, p)) } : {}),
   };
 }
 

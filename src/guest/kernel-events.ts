@@ -10,9 +10,16 @@ import { EPOLLIN, sharedRelayLoop } from "../runtime/native-relay.ts";
 export const EVENT_TCP = 1;
 export const EVENT_UDP = 2;
 
+/** What a batch of events names: ports to look at, and protocols to scan whole (an event without a port). */
+export interface EventBatch {
+  ports: { protocol: "tcp" | "udp"; port: number }[];
+  /** EVENT_TCP | EVENT_UDP: scan these protocols whole. */
+  whole: number;
+}
+
 export interface KernelEvents {
-  /** Calls onEvents(protocols) after each batch of events; returns a stop (which detaches the programs). */
-  watch(onEvents: (protocols: number) => void): () => void;
+  /** Calls onEvents after each batch of events; returns a stop (which detaches the programs). */
+  watch(onEvents: (batch: EventBatch) => void): () => void;
   /** Events consumed since the start. */
   total(): number;
 }
@@ -33,7 +40,7 @@ export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; er
     shim.eventsStop();
     return { error: `the native event thread cannot watch the ring buffer (${(err as Error).message})` };
   }
-  const out = new Uint32Array(4);
+  const out = new Uint32Array(4 + 256);
   return {
     ...(text ? { note: text } : {}),
     events: {
@@ -45,7 +52,8 @@ export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; er
           // One-shot: armed again after each drain (a record written meanwhile leaves the
           // fd readable, so re-arming reports it at once).
           cancel = loop.watchOnce(fd, EPOLLIN, () => {
-            if (shim.eventsDrain(out) > 0) onEvents(out[1]!);
+            const n = shim.eventsDrain(out, out.length);
+            if (n > 0) onEvents(toBatch(out, n));
             arm();
           });
         };
@@ -60,4 +68,22 @@ export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; er
       total: () => out[2]! + out[3]! * 2 ** 32,
     },
   };
+}
+
+/** The drained records as ports (each once) and the protocols to scan whole. */
+export function toBatch(out: Uint32Array, count: number): EventBatch {
+  const flags = out[1]!;
+  const whole = (flags & 4 ? EVENT_TCP : 0) | (flags & 8 ? EVENT_UDP : 0);
+  const seen = new Set<number>();
+  const ports: EventBatch["ports"] = [];
+  for (let i = 0; i < Math.min(count, out.length - 4); i++) {
+    const rec = out[4 + i]!;
+    const protocol = rec & 0xff;
+    const port = rec >>> 16;
+    if (!port || seen.has(rec)) continue;
+    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port });
+    else if (protocol === 17 && !(whole & EVENT_UDP)) ports.push({ protocol: "udp", port });
+    seen.add(rec);
+  }
+  return { ports, whole };
 }

@@ -8,16 +8,18 @@ import type { NativeShim } from "../runtime/native-api.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
 import { loadNative } from "../runtime/native.ts";
 import { scanProcNet, type ScanResult } from "./watcher.ts";
-import { EVENT_TCP, EVENT_UDP, startKernelEvents, type KernelEvents } from "./kernel-events.ts";
+import { EVENT_TCP, EVENT_UDP, startKernelEvents, type EventBatch, type KernelEvents } from "./kernel-events.ts";
 
 export interface Scanner {
   name: string;
   scan(): Promise<ScanResult>;
+  /** The sockets on one local port only (where the scanner can ask for that): cheap beside thousands of listeners. */
+  scanPort?(protocol: "tcp" | "udp", port: number): ScanResult;
   /**
-   * Calls `onChange(protocols)` soon after a socket may have opened or closed, where the
-   * scanner can tell (protocols: EVENT_TCP | EVENT_UDP); returns a stop.
+   * Calls `onChange` soon after a socket may have opened or closed, where the scanner can
+   * tell: the ports named (look at those), and the protocols to scan whole; returns a stop.
    */
-  watchChanges?(onChange: (protocols: number) => void): () => void;
+  watchChanges?(onChange: (change: EventBatch) => void): () => void;
 }
 
 /** Which detector tells the watcher to look, and why that one. */
@@ -54,6 +56,9 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
   let lastPorts: ScanResult["ports"] = [];
   let scans = 0;
   let udpDue = true;
+  /** A port was looked at alone since the last full dump: the next one is news whatever its bytes. */
+  let stale = false;
+  const one = new Uint8Array(64 * DIAG_RECORD_BYTES);
   /** One protocol's dump as bytes (a copy), or the error. */
   const dump = (protocols: number): Buffer | string => {
     let n = shim.diagListeners(buf, buf.length, protocols);
@@ -78,22 +83,31 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
       if (error) return { ports: [], errors: [error] };
       // The kernel walks its tables in a stable order: the same bytes mean the same sockets,
       // and an idle guest costs a dump and a memcmp per scan, not a thousand objects.
-      if ((tcp as Buffer).equals(last.tcp) && (udp as Buffer).equals(last.udp)) return { ports: lastPorts, errors: [], unchanged: true };
+      if (!stale && (tcp as Buffer).equals(last.tcp) && (udp as Buffer).equals(last.udp)) return { ports: lastPorts, errors: [], unchanged: true };
+      stale = false;
       last.tcp = tcp as Buffer;
       last.udp = udp as Buffer;
       const both = Buffer.concat([last.tcp, last.udp]);
       lastPorts = diagRecordsToPorts(parseDiagRecords(both, both.length / DIAG_RECORD_BYTES));
       return { ports: lastPorts, errors: [] };
     },
+    scanPort(protocol, port) {
+      const n = shim.diagPort(one, one.length, protocol === "tcp" ? 1 : 2, port);
+      if (n < 0) return { ports: [], errors: [`sock_diag dump of port ${port}: ${shim.errnoName(n)} (${shim.strerror(n)})`] };
+      stale = true;
+      // The next full scan must carry this protocol's dump, not the copy from before.
+      if (protocol === "udp") udpDue = true;
+      return { ports: diagRecordsToPorts(parseDiagRecords(one, n)), errors: [] };
+    },
     watchChanges(notify) {
       const onClose = () => {
         udpDue = true;
-        notify(EVENT_TCP | EVENT_UDP);
+        notify({ ports: [], whole: EVENT_TCP | EVENT_UDP });
       };
-      // A TCP event needs only the TCP dump (every scan has it); a UDP bind the UDP one too.
-      const stopEvents = events?.watch((protocols) => {
-        if (protocols & EVENT_UDP) udpDue = true;
-        notify(protocols);
+      // A TCP event needs only the TCP dump (every scan has it); a UDP one the UDP dump too.
+      const stopEvents = events?.watch((batch) => {
+        if (batch.whole & EVENT_UDP) udpDue = true;
+        notify(batch);
       });
       const stopCloses = watchDestroyEvents(shim, onClose);
       return () => {

@@ -5,9 +5,10 @@
 // to be a server (core/udp-settle.ts).
 import { readFile } from "node:fs/promises";
 import { parseProcNet, type Protocol } from "../core/proc-net.ts";
-import { diffPorts, isEmptyDiff, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
+import { diffPorts, isEmptyDiff, portKey, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { IPPort } from "../proto/guest-service.ts";
 import type { Scanner } from "./scanners.ts";
+import type { EventBatch } from "./kernel-events.ts";
 import { UdpSettler } from "../core/udp-settle.ts";
 
 const TABLES: { file: string; protocol: Protocol; optional: boolean }[] = [
@@ -65,7 +66,7 @@ export class PortWatcher {
     this.stopped = false;
     await this.refresh();
     this.schedule();
-    this.stopWatchingChanges = this.scanner.watchChanges?.(() => this.onChange());
+    this.stopWatchingChanges = this.scanner.watchChanges?.((change) => this.onChange(change));
   }
 
   stop(): void {
@@ -76,16 +77,68 @@ export class PortWatcher {
     this.stopWatchingChanges?.();
   }
 
-  /** The scanner says something may have changed: scan now (again after a scan under way). */
-  private onChange(): void {
-    if (this.inFlight) this.again = true;
-    void this.refresh().then((changed) => {
-      if (changed || this.stopped || this.followUp) return;
+  /**
+   * The scanner says something may have changed: the ports it names are looked at alone (a
+   * dump of one port), anything else with a full scan (again after a scan under way).
+   */
+  private onChange(change: EventBatch, followingUp = false): void {
+    if (this.stopped) return;
+    const whole = change.whole !== 0 || !this.scanner.scanPort || !this.scanned;
+    const changed = whole ? this.fullScanSoon() : Promise.resolve(this.lookAt(change.ports));
+    void changed.then((yes) => {
+      // A close is reported before the kernel unhashes the socket: look once more shortly.
+      if (yes || followingUp || this.stopped || this.followUp) return;
       this.followUp = setTimeout(() => {
         this.followUp = undefined;
-        void this.refresh();
+        this.onChange(change, true);
       }, FOLLOW_UP_MS);
     });
+  }
+
+  private fullScanSoon(): Promise<boolean> {
+    if (this.inFlight) this.again = true;
+    return this.refresh();
+  }
+
+  /**
+   * Looks at these ports alone and applies what it finds to the state: no full dump, no
+   * diff of every port (beside thousands of listeners, a port opening costs the same as
+   * beside none). Returns whether something changed.
+   */
+  private lookAt(targets: EventBatch["ports"]): boolean {
+    const key = (protocol: string, port: number) => (protocol === "tcp" ? 0 : 65536) + port;
+    const touched = new Set(targets.map((t) => key(t.protocol, t.port)));
+    const found: IPPort[] = [];
+    for (const t of targets) {
+      let result: ScanResult;
+      try {
+        result = this.scanner.scanPort!(t.protocol, t.port);
+      } catch (err) {
+        result = { ports: [], errors: [(err as Error).message] };
+      }
+      if (result.errors.length) {
+        void this.fullScanSoon();
+        return false;
+      }
+      found.push(...result.ports);
+    }
+    // A full scan under way read the table before this: it must not overwrite what this saw.
+    if (this.inFlight) this.again = true;
+    this.lastScan = this.lastScan.filter((p) => !touched.has(key(p.protocol, p.port))).concat(found);
+    // A young UDP socket in the ephemeral range has to be seen to stay: the full path settles it.
+    if (found.some((p) => !this.settler.countsAtOnce(p))) {
+      void this.fullScanSoon();
+      return true;
+    }
+    const foundKeys = new Set(found.map(portKey));
+    const removed: IPPort[] = [];
+    for (const [k, p] of this.state) if (touched.has(key(p.protocol, p.port)) && !foundKeys.has(k)) removed.push(p);
+    const added = found.filter((p) => !this.state.has(portKey(p)));
+    for (const p of removed) this.state.delete(portKey(p));
+    for (const p of added) this.state.set(portKey(p), p);
+    if (!added.length && !removed.length) return false;
+    this.notify({ added, removed }, []);
+    return true;
   }
 
   subscribe(listener: WatchListener): () => void {
@@ -135,6 +188,11 @@ export class PortWatcher {
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
     if (!errors.length) this.state = toPortSet(ports);
     if (isEmptyDiff(diff) && !errors.length) return false;
+    this.notify(diff, errors);
+    return !isEmptyDiff(diff);
+  }
+
+  private notify(diff: PortDiff, errors: string[]): void {
     for (const listener of this.listeners) {
       try {
         listener(diff, errors);
@@ -142,7 +200,6 @@ export class PortWatcher {
         // one subscriber's failure (a host gone mid-write) is not the others'
       }
     }
-    return !isEmptyDiff(diff);
   }
 }
 

@@ -13,6 +13,8 @@ export interface NativeShim {
   socketpair(fds: Int32Array): number;
   /** Records of 24 bytes (core/diag-record.ts decodes them); protocols: 1 TCP, 2 UDP, 3 both. */
   diagListeners(buf: Uint8Array, cap: number, protocols: number): number;
+  /** As diagListeners, for one local port only (the kernel skips the others). */
+  diagPort(buf: Uint8Array, cap: number, protocols: number, port: number): number;
   diagSubscribe(): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
   /** Starts a non-blocking vsock connect; the fd is connected or in progress (see watch). */
@@ -34,8 +36,11 @@ export interface NativeShim {
   unwatch(fd: number): number;
   /** Loads and attaches the kernel port-event programs; the ring buffer's fd, or -errno with the reason (and any verifier log) in msg as a C string. */
   eventsStart(msg: Uint8Array, cap: number): number;
-  /** out[0] = records consumed, out[1] = protocols seen (1 TCP, 2 UDP), out[2..3] = total (low, high). */
-  eventsDrain(out: Uint32Array): number;
+  /**
+   * out[0] = records consumed, out[1] = protocols seen (1 TCP, 2 UDP; 4/8: scan TCP/UDP whole),
+   * out[2..3] = total (low, high), then per record protocol | port << 16.
+   */
+  eventsDrain(out: Uint32Array, cap: number): number;
   /** Detaches the programs and frees the ring buffer. */
   eventsStop(): number;
   errnoName(err: number): string;
@@ -52,6 +57,7 @@ export const SIGNATURES = {
   ph_close: { args: ["i32"], returns: "i32" },
   ph_socketpair: { args: ["ptr"], returns: "i32" },
   ph_diag_listeners: { args: ["ptr", "i32", "i32"], returns: "i32" },
+  ph_diag_port: { args: ["ptr", "i32", "i32", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_vsock_connect_start: { args: ["u32", "u32"], returns: "i32" },
@@ -65,7 +71,7 @@ export const SIGNATURES = {
   ph_watch: { args: ["i32", "u32", "u32"], returns: "i32" },
   ph_unwatch: { args: ["i32"], returns: "i32" },
   ph_events_start: { args: ["ptr", "i32"], returns: "i32" },
-  ph_events_drain: { args: ["ptr"], returns: "i32" },
+  ph_events_drain: { args: ["ptr", "i32"], returns: "i32" },
   ph_events_stop: { args: [], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
@@ -85,6 +91,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     close: (fd) => num("ph_close", fd),
     socketpair: (fds) => num("ph_socketpair", fds),
     diagListeners: (buf, cap, protocols) => num("ph_diag_listeners", buf, cap, protocols),
+    diagPort: (buf, cap, protocols, port) => num("ph_diag_port", buf, cap, protocols, port),
     diagSubscribe: () => num("ph_diag_subscribe"),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
     vsockConnectStart: (cid, port) => num("ph_vsock_connect_start", cid, port),
@@ -98,7 +105,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     watch: (fd, events, token) => num("ph_watch", fd, events, token),
     unwatch: (fd) => num("ph_unwatch", fd),
     eventsStart: (msg, cap) => num("ph_events_start", msg, cap),
-    eventsDrain: (out) => num("ph_events_drain", out),
+    eventsDrain: (out, cap) => num("ph_events_drain", out, cap),
     eventsStop: () => num("ph_events_stop"),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
