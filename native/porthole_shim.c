@@ -197,7 +197,7 @@ static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, u
  * the UDP table, which costs more, so callers may ask for it less often. Returns the number
  * of records.
  */
-static int diag_dump(uint8_t *buf, int cap, int protocols, uint16_t port) {
+static int diag_dump(uint8_t *buf, int cap, int protocols, uint16_t port, int families_mask) {
   /* One netlink socket for every dump (scans run many times a second); a failed dump
    * drops it, and the next call opens a fresh one. */
   static int fd = -1;
@@ -206,6 +206,7 @@ static int diag_dump(uint8_t *buf, int cap, int protocols, uint16_t port) {
   int n = 0;
   const uint8_t families[] = { AF_INET, AF_INET6 };
   for (int i = 0; i < 2 && n >= 0; i++) {
+    if (!(families_mask & (1 << i))) continue;
     if (protocols & 1) n = dump_one(fd, families[i], IPPROTO_TCP, 1u << 10, port, buf, cap, n);
     if (n >= 0 && (protocols & 2)) n = dump_one(fd, families[i], IPPROTO_UDP, 1u << 7, port, buf, cap, n);
   }
@@ -216,13 +217,15 @@ static int diag_dump(uint8_t *buf, int cap, int protocols, uint16_t port) {
   return n;
 }
 
-/* As ph_diag_listeners, for the sockets on one local port only (a kernel event named it). */
-int ph_diag_port(uint8_t *buf, int cap, int protocols, int port) {
-  return diag_dump(buf, cap, protocols, (uint16_t)port);
+/* As ph_diag_listeners, for the sockets on one local port only (a kernel event named it), of
+ * the families in `families` (bit 0 IPv4, bit 1 IPv6): each dump still walks the kernel's
+ * whole listening table, so the fewer the better. */
+int ph_diag_port(uint8_t *buf, int cap, int protocols, int port, int families) {
+  return diag_dump(buf, cap, protocols, (uint16_t)port, families);
 }
 
 int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
-  return diag_dump(buf, cap, protocols, 0);
+  return diag_dump(buf, cap, protocols, 0, 3);
 }
 
 /* A non-blocking netlink socket joined to the four socket-destroy groups. */
@@ -276,11 +279,10 @@ int ph_diag_read_events(int fd, uint8_t *buf, int cap) {
  *   - sock_ops, BPF_SOCK_OPS_TCP_LISTEN_CB: listen() succeeded (the listener is hashed, so a
  *     dump finds it); the program then asks for that listener's state changes, so its close
  *     comes as BPF_SOCK_OPS_STATE_CB (from LISTEN), with the port;
- *   - cgroup post-bind (IPv4, IPv6): a UDP socket was bound (also after the hash), its port;
- *   - cgroup sock release: an unconnected UDP socket is being closed (no port readable).
- * A close is reported as it begins, before the kernel unhashes the socket (the caller dumps
- * again shortly when the first dump still shows it); the socket-destroy multicast events
- * report closes too, later (after an RCU grace period).
+ *   - cgroup post-bind (IPv4, IPv6): a UDP socket was bound (also after the hash), its port.
+ * A listener's close is reported as it begins, before the kernel unhashes it (the caller dumps
+ * again shortly when the first dump still shows it). Every close, UDP's included, also comes
+ * as a socket-destroy multicast event (after an RCU grace period), with its port.
  * Each program first compares bpf_get_netns_cookie(ctx) with this process's network namespace
  * and ignores sockets of every other one (a container's, another VM tool's): those cost
  * nothing. Where the kernel lacks that helper for a hook, the program goes without the check
@@ -333,10 +335,17 @@ static void this_netns_only(struct prog *p, uint64_t cookie) {
   emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
 }
 
-/* Writes the record protocol | r3 << 32 (r3: the port, or 0) to the ring. */
-static void record(struct prog *p, int ring, int protocol) {
+/* Record flags (byte 1). */
+#define PH_EV_CLOSING 1 /* reported as the close begins, before the kernel unhashes the socket */
+#define PH_EV_V6 2      /* an AF_INET6 socket */
+
+/* Writes the record { u8 protocol, u8 flags, u16 0, u32 port } to the ring: r3 holds the
+ * port, r5 the socket's family (AF_INET6 adds PH_EV_V6). */
+static void record(struct prog *p, int ring, int protocol, int flags) {
   emit(p, ALU_IMM(BPF_LSH, BPF_REG_3, 32));
-  emit(p, ALU_IMM(BPF_OR, BPF_REG_3, protocol));
+  emit(p, ALU_IMM(BPF_OR, BPF_REG_3, protocol | flags << 8));
+  emit(p, JMP_IMM(BPF_JNE, BPF_REG_5, AF_INET6, 1));
+  emit(p, ALU_IMM(BPF_OR, BPF_REG_3, PH_EV_V6 << 8));
   emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -8));
   emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
   emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -8));
@@ -353,7 +362,7 @@ static void prog_end(struct prog *p, int verdict) {
   emit(p, EXIT());
 }
 
-enum { PH_HOOK_LISTEN, PH_HOOK_BIND4, PH_HOOK_BIND6, PH_HOOK_RELEASE, PH_HOOKS };
+enum { PH_HOOK_LISTEN, PH_HOOK_BIND4, PH_HOOK_BIND6, PH_HOOKS };
 
 static const struct {
   const char *name;
@@ -362,7 +371,6 @@ static const struct {
   { "ph_listen", BPF_PROG_TYPE_SOCK_OPS, BPF_CGROUP_SOCK_OPS },
   { "ph_bind4", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET4_POST_BIND },
   { "ph_bind6", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET6_POST_BIND },
-  { "ph_release", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE },
 };
 
 /* The program of one hook. Exposed (ph_events_program) so tests can look at it. */
@@ -382,15 +390,17 @@ static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
     emit(p, MOV_IMM(BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
     emit(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
     emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
-    int to_record = p->n;
-    emit(p, JMP_IMM(BPF_JA, 0, 0, 0));
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
+    emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    record(p, ring, IPPROTO_TCP, 0);
+    skip_if(p, JMP_IMM(BPF_JA, 0, 0, 0));
     p->insn[to_state].off = (int16_t)(p->n - to_state - 1);
-    /* A state change: only a listener's (args[0]: the old state). */
+    /* A state change: only a listener's (args[0]: the old state), as its close begins. */
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, args[0])));
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));
-    p->insn[to_record].off = (int16_t)(p->n - to_record - 1);
-    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
-    record(p, ring, IPPROTO_TCP);
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port)));
+    emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    record(p, ring, IPPROTO_TCP, PH_EV_CLOSING);
     break;
   }
   case PH_HOOK_BIND4:
@@ -399,21 +409,12 @@ static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
     this_netns_only(p, cookie);
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
-    record(p, ring, IPPROTO_UDP);
-    break;
-  case PH_HOOK_RELEASE: /* ctx: struct bpf_sock; an unconnected UDP socket (a listener's close is STATE_CB) */
-    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
-    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
-    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, state)));
-    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 7, 0)); /* TCP_CLOSE: not connected */
-    this_netns_only(p, cookie);
-    emit(p, MOV_IMM(BPF_REG_3, 0)); /* the port is not readable here */
-    record(p, ring, IPPROTO_UDP);
+    emit(p, MOV_IMM(BPF_REG_5, hook == PH_HOOK_BIND6 ? AF_INET6 : AF_INET));
+    record(p, ring, IPPROTO_UDP, 0);
     break;
   }
   prog_end(p, 1);
 }
-
 /* For tests: hook's instructions (8 bytes each) into out; returns their count. */
 int ph_events_program(int hook, int ring, uint32_t cookie_lo, uint32_t cookie_hi, uint8_t *out, int cap) {
   if (hook < 0 || hook >= PH_HOOKS) return -EINVAL;
@@ -428,7 +429,7 @@ static struct {
   int ring, prog[PH_HOOKS], link[PH_HOOKS];
   uint8_t *consumer, *producer;
   uint64_t events;
-} ev = { -1, { -1, -1, -1, -1 }, { -1, -1, -1, -1 }, NULL, NULL, 0 };
+} ev = { -1, { -1, -1, -1 }, { -1, -1, -1 }, NULL, NULL, 0 };
 
 static int sys_bpf(int cmd, union bpf_attr *attr) {
   return (int)syscall(__NR_bpf, cmd, attr, sizeof *attr);
@@ -592,7 +593,7 @@ fail:
  * Consumes every record waiting in the ring: out[0] = records, out[1] = protocols seen (bit 0
  * TCP, bit 1 UDP; bits 2 and 3: a TCP or UDP record without a port or past the room, so the
  * caller scans that protocol whole), out[2..3] = records since start (low, high 32 bits), then from
- * out[4] one u32 per record that fits: protocol | port << 16. Returns the count, or -ENOTCONN
+ * out[4] one u32 per record that fits: protocol | flags << 8 (PH_EV_*) | port << 16. Returns the count, or -ENOTCONN
  * when not started.
  */
 int ph_events_drain(uint32_t *out, int cap) {
@@ -611,9 +612,9 @@ int ph_events_drain(uint32_t *out, int cap) {
     if (!(len & BPF_RINGBUF_DISCARD_BIT) && size >= 8) {
       uint64_t rec;
       memcpy(&rec, (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ, 8);
-      uint32_t protocol = (uint32_t)(rec & 0xff), port = (uint32_t)(rec >> 32) & 0xffff;
+      uint32_t protocol = (uint32_t)(rec & 0xff), flags = (uint32_t)(rec >> 8) & 0xff, port = (uint32_t)(rec >> 32) & 0xffff;
       protocols |= protocol == IPPROTO_TCP ? 1u : protocol == IPPROTO_UDP ? 2u : 3u;
-      if (4 + (int)count < cap && port) out[4 + count] = protocol | port << 16;
+      if (4 + (int)count < cap && port) out[4 + count] = protocol | flags << 8 | port << 16;
       else protocols |= protocol == IPPROTO_UDP ? 8u : 4u;
       count++;
     }

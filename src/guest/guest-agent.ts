@@ -132,7 +132,7 @@ function hidePort(scanner: Scanner, port: number | undefined): Scanner {
   return {
     ...scanner,
     scan: async () => hide(await scanner.scan()),
-    ...(scanner.scanPort ? { scanPort: (protocol: "tcp" | "udp", p: number) => hide(scanner.scanPort!(protocol, p)) } : {}),
+    ...(scanner.scanPort ? { scanPort: (protocol: "tcp" | "udp", p: number, families: number) => hide(scanner.scanPort!(protocol, p, families)) } : {}),
   };
 }
 

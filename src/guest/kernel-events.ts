@@ -10,9 +10,21 @@ import { EPOLLIN, sharedRelayLoop } from "../runtime/native-relay.ts";
 export const EVENT_TCP = 1;
 export const EVENT_UDP = 2;
 
+/** A port an event named: look at it alone (in one family where the event said which). */
+export interface EventPort {
+  protocol: "tcp" | "udp";
+  port: number;
+  /** 1 IPv4, 2 IPv6, 3 both. */
+  families: number;
+  /** Reported as the close began, before the kernel unhashed the socket: look again shortly if it is still there. */
+  closing?: boolean;
+  /** A UDP bind: a client that binds connects right after, so look a moment later. */
+  bound?: boolean;
+}
+
 /** What a batch of events names: ports to look at, and protocols to scan whole (an event without a port). */
 export interface EventBatch {
-  ports: { protocol: "tcp" | "udp"; port: number }[];
+  ports: EventPort[];
   /** EVENT_TCP | EVENT_UDP: scan these protocols whole. */
   whole: number;
 }
@@ -79,11 +91,14 @@ export function toBatch(out: Uint32Array, count: number): EventBatch {
   for (let i = 0; i < Math.min(count, out.length - 4); i++) {
     const rec = out[4 + i]!;
     const protocol = rec & 0xff;
+    const flags = (rec >>> 8) & 0xff;
     const port = rec >>> 16;
     if (!port || seen.has(rec)) continue;
-    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port });
-    else if (protocol === 17 && !(whole & EVENT_UDP)) ports.push({ protocol: "udp", port });
     seen.add(rec);
+    const families = flags & 2 ? 2 : 1;
+    const closing = (flags & 1) !== 0;
+    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port, families, ...(closing ? { closing } : {}) });
+    else if (protocol === 17 && !(whole & EVENT_UDP)) ports.push({ protocol: "udp", port, families, bound: true });
   }
   return { ports, whole };
 }

@@ -3,7 +3,7 @@
 // report a close within a millisecond), or /proc/net where the shim cannot load. What tells
 // it to look (the detector): kernel events (eBPF, kernel-events.ts) with a slow safety
 // re-scan, or polling where those cannot run.
-import { DIAG_RECORD_BYTES, diagRecordsToPorts, onlyConnectedCloses, parseDiagRecords } from "../core/diag-record.ts";
+import { closedListeners, DIAG_RECORD_BYTES, diagRecordsToPorts, parseDiagRecords } from "../core/diag-record.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
 import { loadNative } from "../runtime/native.ts";
@@ -13,8 +13,8 @@ import { EVENT_TCP, EVENT_UDP, startKernelEvents, type EventBatch, type KernelEv
 export interface Scanner {
   name: string;
   scan(): Promise<ScanResult>;
-  /** The sockets on one local port only (where the scanner can ask for that): cheap beside thousands of listeners. */
-  scanPort?(protocol: "tcp" | "udp", port: number): ScanResult;
+  /** The sockets on one local port only (where the scanner can ask for that); families: 1 IPv4, 2 IPv6, 3 both. */
+  scanPort?(protocol: "tcp" | "udp", port: number, families: number): ScanResult;
   /**
    * Calls `onChange` soon after a socket may have opened or closed, where the scanner can
    * tell: the ports named (look at those), and the protocols to scan whole; returns a stop.
@@ -91,8 +91,8 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
       lastPorts = diagRecordsToPorts(parseDiagRecords(both, both.length / DIAG_RECORD_BYTES));
       return { ports: lastPorts, errors: [] };
     },
-    scanPort(protocol, port) {
-      const n = shim.diagPort(one, one.length, protocol === "tcp" ? 1 : 2, port);
+    scanPort(protocol, port, families) {
+      const n = shim.diagPort(one, one.length, protocol === "tcp" ? 1 : 2, port, families);
       if (n < 0) return { ports: [], errors: [`sock_diag dump of port ${port}: ${shim.errnoName(n)} (${shim.strerror(n)})`] };
       stale = true;
       // The next full scan must carry this protocol's dump, not the copy from before.
@@ -100,16 +100,13 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
       return { ports: diagRecordsToPorts(parseDiagRecords(one, n)), errors: [] };
     },
     watchChanges(notify) {
-      const onClose = () => {
-        udpDue = true;
-        notify({ ports: [], whole: EVENT_TCP | EVENT_UDP });
-      };
-      // A TCP event needs only the TCP dump (every scan has it); a UDP one the UDP dump too.
-      const stopEvents = events?.watch((batch) => {
+      // A whole TCP scan is every scan; a whole UDP one needs the UDP dump too.
+      const onBatch = (batch: EventBatch) => {
         if (batch.whole & EVENT_UDP) udpDue = true;
         notify(batch);
-      });
-      const stopCloses = watchDestroyEvents(shim, onClose);
+      };
+      const stopEvents = events?.watch(onBatch);
+      const stopCloses = watchDestroyEvents(shim, onBatch);
       return () => {
         stopCloses();
         stopEvents?.();
@@ -118,14 +115,18 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
   };
 }
 
-/** The socket-destroy multicast groups, watched by the event loop (or polled where it cannot). */
-function watchDestroyEvents(shim: NativeShim, onClose: () => void): () => void {
+/**
+ * The socket-destroy multicast groups, watched by the event loop (or polled where it cannot):
+ * a closed listener or unconnected UDP socket names its port (looked at alone, TCP and UDP:
+ * the event does not say which); connected sockets closing (every forwarded connection) are
+ * skipped; anything unreadable means scan everything.
+ */
+function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void): () => void {
+  const onClose = () => onBatch({ ports: [], whole: EVENT_TCP | EVENT_UDP });
   const fd = shim.diagSubscribe();
   if (fd < 0) return () => {};
-  // The runtime's event loop watches the netlink socket like any socket: a destroy event
-  // wakes it and the watcher re-scans, unless the event names only connected sockets
-  // (every forwarded connection closing would cost a dump). Where the runtime will not
-  // adopt the fd, poll it instead.
+  // The runtime's event loop watches the netlink socket like any socket. Where the runtime
+  // will not adopt the fd, poll it instead.
   let socket: import("node:net").Socket;
   try {
     socket = socketFromFd(fd);
@@ -134,7 +135,17 @@ function watchDestroyEvents(shim: NativeShim, onClose: () => void): () => void {
   }
   let stopPolling: (() => void) | undefined;
   socket.on("data", (chunk: Buffer) => {
-    if (!onlyConnectedCloses(chunk)) onClose();
+    const closed = closedListeners(chunk);
+    if (!closed) return onClose();
+    if (!closed.length) return;
+    const families = (c: { family: number }) => (c.family === 4 ? 1 : 2);
+    onBatch({
+      ports: closed.flatMap((c) => [
+        { protocol: "tcp" as const, port: c.port, families: families(c) },
+        { protocol: "udp" as const, port: c.port, families: families(c) },
+      ]),
+      whole: 0,
+    });
   });
   socket.once("error", () => {
     // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did

@@ -32,6 +32,11 @@ export type WatchListener = (diff: PortDiff, errors: string[]) => void;
  * right after an event shows no change, one more this much later.
  */
 const FOLLOW_UP_MS = 5;
+/**
+ * A UDP bind is looked at this much later: a client that binds its socket connects it right
+ * after (then it is no server), and a look between the two would report it for a moment.
+ */
+const UDP_BIND_LOOK_MS = 3;
 /** While a young UDP socket waits to count as a server, scans run at least this often. */
 const UDP_PENDING_SCAN_MS = 250;
 
@@ -44,6 +49,8 @@ export class PortWatcher {
   private stopWatchingChanges: (() => void) | undefined;
   private followUp: ReturnType<typeof setTimeout> | undefined;
   private pendingTimer: ReturnType<typeof setTimeout> | undefined;
+  private boundTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly boundLater: EventBatch["ports"] = [];
   /** A change was reported while a scan ran: scan again after it. */
   private again = false;
   private scanned = false;
@@ -74,6 +81,7 @@ export class PortWatcher {
     clearTimeout(this.timer);
     clearTimeout(this.followUp);
     clearTimeout(this.pendingTimer);
+    clearTimeout(this.boundTimer);
     this.stopWatchingChanges?.();
   }
 
@@ -83,11 +91,24 @@ export class PortWatcher {
    */
   private onChange(change: EventBatch, followingUp = false): void {
     if (this.stopped) return;
+    const bound = change.ports.filter((p) => p.bound);
+    if (bound.length) {
+      this.boundLater.push(...bound.map((p) => ({ ...p, bound: false })));
+      this.boundTimer ??= setTimeout(() => {
+        this.boundTimer = undefined;
+        this.onChange({ ports: this.boundLater.splice(0), whole: 0 });
+      }, UDP_BIND_LOOK_MS);
+      change = { ports: change.ports.filter((p) => !p.bound), whole: change.whole };
+    }
     const whole = change.whole !== 0 || !this.scanner.scanPort || !this.scanned;
+    if (!whole && !change.ports.length) return;
     const changed = whole ? this.fullScanSoon() : Promise.resolve(this.lookAt(change.ports));
+    const closing = change.ports.filter((p) => p.closing);
+    if (!whole && !closing.length) return;
     void changed.then((yes) => {
-      // A close is reported before the kernel unhashes the socket: look once more shortly.
+      // A listener's close is reported before the kernel unhashes it: look once more shortly.
       if (yes || followingUp || this.stopped || this.followUp) return;
+      if (!whole) change = { ports: closing, whole: 0 };
       this.followUp = setTimeout(() => {
         this.followUp = undefined;
         this.onChange(change, true);
@@ -106,13 +127,19 @@ export class PortWatcher {
    * beside none). Returns whether something changed.
    */
   private lookAt(targets: EventBatch["ports"]): boolean {
-    const key = (protocol: string, port: number) => (protocol === "tcp" ? 0 : 65536) + port;
-    const touched = new Set(targets.map((t) => key(t.protocol, t.port)));
+    // Keyed by protocol, family and port: a look at IPv4 says nothing about IPv6 sockets.
+    const key = (protocol: string, v6: boolean, port: number) => (protocol === "tcp" ? 0 : 4 << 16) + (v6 ? 2 << 16 : 0) + port;
+    const touched = new Set<number>();
+    for (const t of targets) {
+      if (t.families & 1) touched.add(key(t.protocol, false, t.port));
+      if (t.families & 2) touched.add(key(t.protocol, true, t.port));
+    }
+    const of = (p: IPPort) => key(p.protocol, p.ip.includes(":"), p.port);
     const found: IPPort[] = [];
     for (const t of targets) {
       let result: ScanResult;
       try {
-        result = this.scanner.scanPort!(t.protocol, t.port);
+        result = this.scanner.scanPort!(t.protocol, t.port, t.families);
       } catch (err) {
         result = { ports: [], errors: [(err as Error).message] };
       }
@@ -124,7 +151,7 @@ export class PortWatcher {
     }
     // A full scan under way read the table before this: it must not overwrite what this saw.
     if (this.inFlight) this.again = true;
-    this.lastScan = this.lastScan.filter((p) => !touched.has(key(p.protocol, p.port))).concat(found);
+    this.lastScan = this.lastScan.filter((p) => !touched.has(of(p))).concat(found);
     // A young UDP socket in the ephemeral range has to be seen to stay: the full path settles it.
     if (found.some((p) => !this.settler.countsAtOnce(p))) {
       void this.fullScanSoon();
@@ -132,7 +159,7 @@ export class PortWatcher {
     }
     const foundKeys = new Set(found.map(portKey));
     const removed: IPPort[] = [];
-    for (const [k, p] of this.state) if (touched.has(key(p.protocol, p.port)) && !foundKeys.has(k)) removed.push(p);
+    for (const [k, p] of this.state) if (touched.has(of(p)) && !foundKeys.has(k)) removed.push(p);
     const added = found.filter((p) => !this.state.has(portKey(p)));
     for (const p of removed) this.state.delete(portKey(p));
     for (const p of added) this.state.set(portKey(p), p);

@@ -13,8 +13,8 @@ export interface NativeShim {
   socketpair(fds: Int32Array): number;
   /** Records of 24 bytes (core/diag-record.ts decodes them); protocols: 1 TCP, 2 UDP, 3 both. */
   diagListeners(buf: Uint8Array, cap: number, protocols: number): number;
-  /** As diagListeners, for one local port only (the kernel skips the others). */
-  diagPort(buf: Uint8Array, cap: number, protocols: number, port: number): number;
+  /** As diagListeners, for one local port only (the kernel skips the others); families: 1 IPv4, 2 IPv6, 3 both. */
+  diagPort(buf: Uint8Array, cap: number, protocols: number, port: number, families: number): number;
   diagSubscribe(): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
   /** Starts a non-blocking vsock connect; the fd is connected or in progress (see watch). */
@@ -38,7 +38,7 @@ export interface NativeShim {
   eventsStart(msg: Uint8Array, cap: number): number;
   /**
    * out[0] = records consumed, out[1] = protocols seen (1 TCP, 2 UDP; 4/8: scan TCP/UDP whole),
-   * out[2..3] = total (low, high), then per record protocol | port << 16.
+   * out[2..3] = total (low, high), then per record protocol | flags << 8 (1 closing, 2 IPv6) | port << 16.
    */
   eventsDrain(out: Uint32Array, cap: number): number;
   /** Detaches the programs and frees the ring buffer. */
@@ -57,7 +57,7 @@ export const SIGNATURES = {
   ph_close: { args: ["i32"], returns: "i32" },
   ph_socketpair: { args: ["ptr"], returns: "i32" },
   ph_diag_listeners: { args: ["ptr", "i32", "i32"], returns: "i32" },
-  ph_diag_port: { args: ["ptr", "i32", "i32", "i32"], returns: "i32" },
+  ph_diag_port: { args: ["ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_vsock_connect_start: { args: ["u32", "u32"], returns: "i32" },
@@ -91,7 +91,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     close: (fd) => num("ph_close", fd),
     socketpair: (fds) => num("ph_socketpair", fds),
     diagListeners: (buf, cap, protocols) => num("ph_diag_listeners", buf, cap, protocols),
-    diagPort: (buf, cap, protocols, port) => num("ph_diag_port", buf, cap, protocols, port),
+    diagPort: (buf, cap, protocols, port, families) => num("ph_diag_port", buf, cap, protocols, port, families),
     diagSubscribe: () => num("ph_diag_subscribe"),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
     vsockConnectStart: (cid, port) => num("ph_vsock_connect_start", cid, port),

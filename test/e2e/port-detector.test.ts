@@ -115,7 +115,7 @@ describe("port detector", () => {
       const guest = Guest.create();
       const agent = await guest.startAgent();
       const links = linksOf(agent.child.pid!);
-      expect(links.map((l) => l.type)).toEqual(["cgroup", "cgroup", "cgroup", "cgroup"]); // listen, bind4, bind6, release
+      expect(links.map((l) => l.type)).toEqual(["cgroup", "cgroup", "cgroup"]); // sock_ops (listen), post-bind IPv4 and IPv6
       const cgroupProgs = links.map((l) => l.prog);
       expect(attachedToRoot()).toEqual(expect.arrayContaining(cgroupProgs));
       expect(machineLinks()).toEqual(expect.arrayContaining(links.map((l) => l.link)));
