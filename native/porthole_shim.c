@@ -228,14 +228,16 @@ int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
   return diag_dump(buf, cap, protocols, 0, 3);
 }
 
-/* A non-blocking netlink socket joined to the four socket-destroy groups. */
-int ph_diag_subscribe(void) {
+/* A non-blocking netlink socket joined to the socket-destroy groups of `protocols` (bit 0
+ * TCP, bit 1 UDP; IPv4 and IPv6): one socket per protocol tells which one closed. */
+int ph_diag_subscribe_to(int protocols) {
   int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG);
   if (fd < 0) return NEG_ERRNO;
   struct sockaddr_nl local = { .nl_family = AF_NETLINK };
   if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0) { int e = errno; close(fd); return -e; }
   const int groups[] = { SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET_UDP_DESTROY, SKNLGRP_INET6_TCP_DESTROY, SKNLGRP_INET6_UDP_DESTROY };
   for (int i = 0; i < 4; i++) {
+    if (!(protocols & (1 << (i % 2)))) continue;
     if (setsockopt(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &groups[i], sizeof groups[i]) != 0) {
       int e = errno;
       close(fd);
@@ -244,6 +246,9 @@ int ph_diag_subscribe(void) {
   }
   return fd;
 }
+
+/* The four socket-destroy groups on one socket. */
+int ph_diag_subscribe(void) { return ph_diag_subscribe_to(3); }
 
 /*
  * Destroy events waiting on a subscribed socket, as records with protocol 0 (an

@@ -20,6 +20,8 @@ export interface EventPort {
   closing?: boolean;
   /** A UDP bind: a client that binds connects right after, so look a moment later. */
   bound?: boolean;
+  /** Only a close: nothing to look at unless the state has a socket there. */
+  closeOnly?: boolean;
 }
 
 /** What a batch of events names: ports to look at, and protocols to scan whole (an event without a port). */
@@ -97,7 +99,7 @@ export function toBatch(out: Uint32Array, count: number): EventBatch {
     seen.add(rec);
     const families = flags & 2 ? 2 : 1;
     const closing = (flags & 1) !== 0;
-    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port, families, ...(closing ? { closing } : {}) });
+    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port, families, ...(closing ? { closing, closeOnly: true } : {}) });
     else if (protocol === 17 && !(whole & EVENT_UDP)) ports.push({ protocol: "udp", port, families, bound: true });
   }
   return { ports, whole };

@@ -116,46 +116,44 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
 }
 
 /**
- * The socket-destroy multicast groups, watched by the event loop (or polled where it cannot):
- * a closed listener or unconnected UDP socket names its port (looked at alone, TCP and UDP:
- * the event does not say which); connected sockets closing (every forwarded connection) are
- * skipped; anything unreadable means scan everything.
+ * The socket-destroy multicast groups, one socket per protocol (so an event says TCP or UDP),
+ * watched by the event loop (or polled where it cannot): a closed listener or unconnected UDP
+ * socket names its port (looked at alone, if the state has a socket there); connected
+ * sockets closing (every forwarded connection) are skipped; anything unreadable means scan
+ * that protocol whole.
  */
 function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void): () => void {
-  const onClose = () => onBatch({ ports: [], whole: EVENT_TCP | EVENT_UDP });
-  const fd = shim.diagSubscribe();
-  if (fd < 0) return () => {};
-  // The runtime's event loop watches the netlink socket like any socket. Where the runtime
-  // will not adopt the fd, poll it instead.
-  let socket: import("node:net").Socket;
-  try {
-    socket = socketFromFd(fd);
-  } catch {
-    return pollEvents(shim, fd, onClose);
-  }
-  let stopPolling: (() => void) | undefined;
-  socket.on("data", (chunk: Buffer) => {
-    const closed = closedListeners(chunk);
-    if (!closed) return onClose();
-    if (!closed.length) return;
-    const families = (c: { family: number }) => (c.family === 4 ? 1 : 2);
-    onBatch({
-      ports: closed.flatMap((c) => [
-        { protocol: "tcp" as const, port: c.port, families: families(c) },
-        { protocol: "udp" as const, port: c.port, families: families(c) },
-      ]),
-      whole: 0,
+  const stops = (["tcp", "udp"] as const).map((protocol) => {
+    const whole = protocol === "tcp" ? EVENT_TCP : EVENT_UDP;
+    const onClose = () => onBatch({ ports: [], whole });
+    const fd = shim.diagSubscribeTo(whole);
+    if (fd < 0) return () => {};
+    // The runtime's event loop watches the netlink socket like any socket. Where the runtime
+    // will not adopt the fd, poll it instead.
+    let socket: import("node:net").Socket;
+    try {
+      socket = socketFromFd(fd);
+    } catch {
+      return pollEvents(shim, fd, onClose);
+    }
+    let stopPolling: (() => void) | undefined;
+    socket.on("data", (chunk: Buffer) => {
+      const closed = closedListeners(chunk);
+      if (!closed) return onClose();
+      if (!closed.length) return;
+      onBatch({ ports: closed.map((c) => ({ protocol, port: c.port, families: c.family === 4 ? 1 : 2, closeOnly: true })), whole: 0 });
     });
+    socket.once("error", () => {
+      // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did
+      // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
+      // fd number again: it may already belong to another socket.
+      onClose();
+      const fresh = shim.diagSubscribeTo(whole);
+      if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
+    });
+    return () => (stopPolling ? stopPolling() : socket.destroy());
   });
-  socket.once("error", () => {
-    // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did
-    // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
-    // fd number again: it may already belong to another socket.
-    onClose();
-    const fresh = shim.diagSubscribe();
-    if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
-  });
-  return () => (stopPolling ? stopPolling() : socket.destroy());
+  return () => stops.forEach((stop) => stop());
 }
 
 function pollEvents(shim: NativeShim, fd: number, onClose: () => void): () => void {

@@ -123,18 +123,19 @@ export class PortWatcher {
 
   /**
    * Looks at these ports alone and applies what it finds to the state: no full dump, no
-   * diff of every port (beside thousands of listeners, a port opening costs the same as
+   * walk over every port (beside thousands of listeners, a port opening costs the same as
    * beside none). Returns whether something changed.
    */
   private lookAt(targets: EventBatch["ports"]): boolean {
-    // Keyed by protocol, family and port: a look at IPv4 says nothing about IPv6 sockets.
-    const key = (protocol: string, v6: boolean, port: number) => (protocol === "tcp" ? 0 : 4 << 16) + (v6 ? 2 << 16 : 0) + port;
+    // A close where the state has nothing: nothing to remove, no dump (a listener's close
+    // comes as a kernel event and again as a destroy event).
+    targets = targets.filter((t) => !t.closeOnly || ((t.families & 1) !== 0 && this.bySlot.has(slotKey(t.protocol, false, t.port))) || ((t.families & 2) !== 0 && this.bySlot.has(slotKey(t.protocol, true, t.port))));
+    if (!targets.length) return false;
     const touched = new Set<number>();
     for (const t of targets) {
-      if (t.families & 1) touched.add(key(t.protocol, false, t.port));
-      if (t.families & 2) touched.add(key(t.protocol, true, t.port));
+      if (t.families & 1) touched.add(slotKey(t.protocol, false, t.port));
+      if (t.families & 2) touched.add(slotKey(t.protocol, true, t.port));
     }
-    const of = (p: IPPort) => key(p.protocol, p.ip.includes(":"), p.port);
     const found: IPPort[] = [];
     for (const t of targets) {
       let result: ScanResult;
@@ -150,8 +151,8 @@ export class PortWatcher {
       found.push(...result.ports);
     }
     // A full scan under way read the table before this: it must not overwrite what this saw.
+    // (The scanner treats its next full scan as news, so lastScan is replaced then.)
     if (this.inFlight) this.again = true;
-    this.lastScan = this.lastScan.filter((p) => !touched.has(of(p))).concat(found);
     // A young UDP socket in the ephemeral range has to be seen to stay: the full path settles it.
     if (found.some((p) => !this.settler.countsAtOnce(p))) {
       void this.fullScanSoon();
@@ -159,13 +160,42 @@ export class PortWatcher {
     }
     const foundKeys = new Set(found.map(portKey));
     const removed: IPPort[] = [];
-    for (const [k, p] of this.state) if (touched.has(of(p)) && !foundKeys.has(k)) removed.push(p);
+    for (const slot of touched) {
+      for (const k of this.bySlot.get(slot) ?? []) if (!foundKeys.has(k)) removed.push(this.state.get(k)!);
+    }
     const added = found.filter((p) => !this.state.has(portKey(p)));
-    for (const p of removed) this.state.delete(portKey(p));
-    for (const p of added) this.state.set(portKey(p), p);
+    for (const p of removed) this.unindex(p);
+    for (const p of added) this.index(p);
     if (!added.length && !removed.length) return false;
     this.notify({ added, removed }, []);
     return true;
+  }
+
+  /** The state's ports by protocol, family and port (what one look covers). */
+  private bySlot = new Map<number, Set<string>>();
+
+  private index(p: IPPort): void {
+    const k = portKey(p);
+    this.state.set(k, p);
+    const slot = slotOf(p);
+    let keys = this.bySlot.get(slot);
+    if (!keys) this.bySlot.set(slot, (keys = new Set()));
+    keys.add(k);
+  }
+
+  private unindex(p: IPPort): void {
+    const k = portKey(p);
+    this.state.delete(k);
+    const slot = slotOf(p);
+    const keys = this.bySlot.get(slot);
+    keys?.delete(k);
+    if (keys && !keys.size) this.bySlot.delete(slot);
+  }
+
+  private setState(ports: IPPort[]): void {
+    this.state = new Map();
+    this.bySlot = new Map();
+    for (const p of ports) this.index(p);
   }
 
   subscribe(listener: WatchListener): () => void {
@@ -213,7 +243,7 @@ export class PortWatcher {
     const ports = settled.ports;
     // A failed scan keeps the last good state: a read error must not look like closed ports.
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
-    if (!errors.length) this.state = toPortSet(ports);
+    if (!errors.length) this.setState(ports);
     if (isEmptyDiff(diff) && !errors.length) return false;
     this.notify(diff, errors);
     return !isEmptyDiff(diff);
@@ -228,6 +258,15 @@ export class PortWatcher {
       }
     }
   }
+}
+
+/** A number for protocol, family and port: the sockets one look at a port covers. */
+function slotKey(protocol: string, v6: boolean, port: number): number {
+  return (protocol === "tcp" ? 0 : 4 << 16) + (v6 ? 2 << 16 : 0) + port;
+}
+
+function slotOf(p: IPPort): number {
+  return slotKey(p.protocol, p.ip.includes(":"), p.port);
 }
 
 export async function scanProcNet(dir: string): Promise<ScanResult> {

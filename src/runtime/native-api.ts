@@ -16,6 +16,8 @@ export interface NativeShim {
   /** As diagListeners, for one local port only (the kernel skips the others); families: 1 IPv4, 2 IPv6, 3 both. */
   diagPort(buf: Uint8Array, cap: number, protocols: number, port: number, families: number): number;
   diagSubscribe(): number;
+  /** A socket for the destroy events of these protocols only (1 TCP, 2 UDP). */
+  diagSubscribeTo(protocols: number): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
   /** Starts a non-blocking vsock connect; the fd is connected or in progress (see watch). */
   vsockConnectStart(cid: number, port: number): number;
@@ -59,6 +61,7 @@ export const SIGNATURES = {
   ph_diag_listeners: { args: ["ptr", "i32", "i32"], returns: "i32" },
   ph_diag_port: { args: ["ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
+  ph_diag_subscribe_to: { args: ["i32"], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_vsock_connect_start: { args: ["u32", "u32"], returns: "i32" },
   ph_socket_error: { args: ["i32"], returns: "i32" },
@@ -93,6 +96,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     diagListeners: (buf, cap, protocols) => num("ph_diag_listeners", buf, cap, protocols),
     diagPort: (buf, cap, protocols, port, families) => num("ph_diag_port", buf, cap, protocols, port, families),
     diagSubscribe: () => num("ph_diag_subscribe"),
+    diagSubscribeTo: (protocols) => num("ph_diag_subscribe_to", protocols),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
     vsockConnectStart: (cid, port) => num("ph_vsock_connect_start", cid, port),
     socketError: (fd) => num("ph_socket_error", fd),
