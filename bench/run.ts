@@ -387,6 +387,18 @@ async function measureCost(guest: Guest, agent: Proc, echoPort: number, results:
   const before = cpuTicks(agent.child.pid!);
   await Bun.sleep(seconds * 1000);
   results.cost.guestIdleCpuPercent = (cpuTicks(agent.child.pid!) - before) / seconds; // ticks/s = % of a core
+  // Churn beside the same load: CHURN_RATE binds a second (TCP listeners and UDP sockets
+  // alternately, each closed 100 ms later) on ports the host ignores. Measured before the
+  // host's connections below, whose teardown would count too.
+  const churn = guest.spawn([process.execPath, `${import.meta.dir}/../test/fixtures/servers.ts`, "churn", String(base + listeners + 1), "50", String(CHURN_RATE)], "churn");
+  await churn.waitForLine(/^listening/);
+  await Bun.sleep(1000);
+  const churnBefore = cpuTicks(agent.child.pid!);
+  await Bun.sleep(seconds * 1000);
+  results.cost.churnCpuPercent = (cpuTicks(agent.child.pid!) - churnBefore) / seconds;
+  results.cost.churnRate = CHURN_RATE;
+  log(`cost: guest agent ${results.cost.churnCpuPercent.toFixed(2)}% of a core under a churn of ${CHURN_RATE} binds/s`);
+  await churn.kill();
   const sockets: net.Socket[] = [];
   for (let i = 0; i < connections; i += 50) {
     await Promise.all(Array.from({ length: Math.min(50, connections - i) }, () => new Promise<void>((resolve, reject) => {
@@ -397,21 +409,9 @@ async function measureCost(guest: Guest, agent: Proc, echoPort: number, results:
     })));
   }
   const rss = rssMiB(host.proc.child.pid!);
-  results.cost = { guestIdleCpuPercent: results.cost.guestIdleCpuPercent, hostRssMiB: rss, listeners, established: pairs * 2, connections };
+  results.cost = { ...results.cost, hostRssMiB: rss, listeners, established: pairs * 2, connections };
   log(`cost: guest agent ${results.cost.guestIdleCpuPercent.toFixed(2)}% of a core idle beside ${listeners} listeners and ${pairs * 2} established sockets; host agent ${rss.toFixed(0)} MiB with ${connections} connections`);
   for (const s of sockets) s.destroy();
-
-  // Churn beside the same load: CHURN_RATE binds a second (TCP listeners and UDP sockets
-  // alternately, each closed 100 ms later) on ports the host ignores.
-  const churn = guest.spawn([process.execPath, `${import.meta.dir}/../test/fixtures/servers.ts`, "churn", String(base + listeners + 1), "50", String(CHURN_RATE)], "churn");
-  await churn.waitForLine(/^listening/);
-  await Bun.sleep(1000);
-  const churnBefore = cpuTicks(agent.child.pid!);
-  await Bun.sleep(seconds * 1000);
-  results.cost.churnCpuPercent = (cpuTicks(agent.child.pid!) - churnBefore) / seconds;
-  results.cost.churnRate = CHURN_RATE;
-  log(`cost: guest agent ${results.cost.churnCpuPercent.toFixed(2)}% of a core under a churn of ${CHURN_RATE} binds/s`);
-  await churn.kill();
   await host.proc.kill();
   await load.kill();
 }
