@@ -4,6 +4,8 @@
  *     a non-blocking connect (its completion is watched by the relay thread), the local CID.
  *   - AF_NETLINK sock_diag: dumps of listening TCP and unconnected UDP sockets (kernel-side
  *     state filter), and the socket-destroy multicast groups as events.
+ *   - Kernel port events: two hand-assembled BPF programs (a TCP socket entering or leaving
+ *     LISTEN, a UDP bind) feeding a ring buffer, so the watcher dumps when something changed.
  *   - The relay: a thread that moves the bytes of joined socket pairs (splice() through a pipe
  *     per direction, read/write where splice does not apply), and tells the event loop about
  *     finished relays and ready fds through one socket the loop watches (see "relay" below).
@@ -12,6 +14,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/bpf.h>
+#include <linux/mount.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -148,7 +156,7 @@ static int diag_socket(void) {
 }
 
 /* One dump of (family, protocol) sockets whose state is in the `states` bit mask. */
-static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, uint8_t *buf, int cap, int n) {
+static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, uint16_t sport, uint8_t *buf, int cap, int n) {
   struct {
     struct nlmsghdr h;
     struct inet_diag_req_v2 r;
@@ -160,6 +168,7 @@ static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, u
   req.r.sdiag_family = family;
   req.r.sdiag_protocol = protocol;
   req.r.idiag_states = states;
+  req.r.id.idiag_sport = htons(sport); /* 0: every port; else the kernel skips other ports */
   struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
   if (sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) return NEG_ERRNO;
 
@@ -191,7 +200,7 @@ static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, u
  * the UDP table, which costs more, so callers may ask for it less often. Returns the number
  * of records.
  */
-int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
+static int diag_dump(uint8_t *buf, int cap, int protocols, uint16_t port, int families_mask) {
   /* One netlink socket for every dump (scans run many times a second); a failed dump
    * drops it, and the next call opens a fresh one. */
   static int fd = -1;
@@ -200,8 +209,9 @@ int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
   int n = 0;
   const uint8_t families[] = { AF_INET, AF_INET6 };
   for (int i = 0; i < 2 && n >= 0; i++) {
-    if (protocols & 1) n = dump_one(fd, families[i], IPPROTO_TCP, 1u << 10, buf, cap, n);
-    if (n >= 0 && (protocols & 2)) n = dump_one(fd, families[i], IPPROTO_UDP, 1u << 7, buf, cap, n);
+    if (!(families_mask & (1 << i))) continue;
+    if (protocols & 1) n = dump_one(fd, families[i], IPPROTO_TCP, 1u << 10, port, buf, cap, n);
+    if (n >= 0 && (protocols & 2)) n = dump_one(fd, families[i], IPPROTO_UDP, 1u << 7, port, buf, cap, n);
   }
   if (n < 0) {
     close(fd);
@@ -210,14 +220,27 @@ int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
   return n;
 }
 
-/* A non-blocking netlink socket joined to the four socket-destroy groups. */
-int ph_diag_subscribe(void) {
+/* As ph_diag_listeners, for the sockets on one local port only (a kernel event named it), of
+ * the families in `families` (bit 0 IPv4, bit 1 IPv6): each dump still walks the kernel's
+ * whole listening table, so the fewer the better. */
+int ph_diag_port(uint8_t *buf, int cap, int protocols, int port, int families) {
+  return diag_dump(buf, cap, protocols, (uint16_t)port, families);
+}
+
+int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
+  return diag_dump(buf, cap, protocols, 0, 3);
+}
+
+/* A non-blocking netlink socket joined to the socket-destroy groups of `protocols` (bit 0
+ * TCP, bit 1 UDP; IPv4 and IPv6): one socket per protocol tells which one closed. */
+int ph_diag_subscribe_to(int protocols) {
   int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG);
   if (fd < 0) return NEG_ERRNO;
   struct sockaddr_nl local = { .nl_family = AF_NETLINK };
   if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0) { int e = errno; close(fd); return -e; }
   const int groups[] = { SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET_UDP_DESTROY, SKNLGRP_INET6_TCP_DESTROY, SKNLGRP_INET6_UDP_DESTROY };
   for (int i = 0; i < 4; i++) {
+    if (!(protocols & (1 << (i % 2)))) continue;
     if (setsockopt(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &groups[i], sizeof groups[i]) != 0) {
       int e = errno;
       close(fd);
@@ -226,6 +249,9 @@ int ph_diag_subscribe(void) {
   }
   return fd;
 }
+
+/* The four socket-destroy groups on one socket. */
+int ph_diag_subscribe(void) { return ph_diag_subscribe_to(3); }
 
 /*
  * Destroy events waiting on a subscribed socket, as records with protocol 0 (an
@@ -250,6 +276,366 @@ int ph_diag_read_events(int fd, uint8_t *buf, int cap) {
       n++;
     }
   }
+}
+
+/* ---- kernel port events (eBPF) ------------------------------------------------------------
+ *
+ * Small BPF programs, assembled here and loaded with plain bpf() syscalls (no libbpf, no
+ * compiler at run time), all attached to the cgroup2 root with BPF links, write an 8-byte
+ * record (u8 protocol, then the port where the hook tells it) to one ring buffer whenever a
+ * port may have appeared or gone:
+ *   - sock_ops, BPF_SOCK_OPS_TCP_LISTEN_CB: listen() succeeded (the listener is hashed, so a
+ *     dump finds it); the program then asks for that listener's state changes, so its close
+ *     comes as BPF_SOCK_OPS_STATE_CB (from LISTEN), with the port;
+ *   - cgroup post-bind (IPv4, IPv6): a UDP socket was bound (also after the hash), its port.
+ * A listener's close is reported as it begins, before the kernel unhashes it (the caller dumps
+ * again shortly when the first dump still shows it). Every close, UDP's included, also comes
+ * as a socket-destroy multicast event (after an RCU grace period), with its port.
+ * Each program first compares bpf_get_netns_cookie(ctx) with this process's network namespace
+ * and ignores sockets of every other one (a container's, another VM tool's): those cost
+ * nothing. Where the kernel lacks that helper for a hook, the program goes without the check
+ * and another namespace's socket costs one dump of this one (said in the start message).
+ * A record only says "dump now": the ports always come from sock_diag. Closing the link fds
+ * (or the process ending, however it ends) detaches everything; nothing is pinned.
+ */
+
+#define PH_RING_BYTES (64 * 1024)
+
+#define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
+#define LDX_W(d, s, o) INSN(BPF_LDX | BPF_MEM | BPF_W, d, s, o, 0)
+#define STX_DW(d, s, o) INSN(BPF_STX | BPF_MEM | BPF_DW, d, s, o, 0)
+#define MOV_IMM(d, i) INSN(BPF_ALU64 | BPF_MOV | BPF_K, d, 0, 0, i)
+#define MOV_REG(d, s) INSN(BPF_ALU64 | BPF_MOV | BPF_X, d, s, 0, 0)
+#define ALU_IMM(op, d, i) INSN(BPF_ALU64 | (op) | BPF_K, d, 0, 0, i)
+#define ALU_REG(op, d, s) INSN(BPF_ALU64 | (op) | BPF_X, d, s, 0, 0)
+#define JMP_IMM(op, d, i, o) INSN(BPF_JMP | (op) | BPF_K, d, 0, o, i)
+#define JMP_REG(op, d, s, o) INSN(BPF_JMP | (op) | BPF_X, d, s, o, 0)
+#define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
+#define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
+
+/* A program being assembled: jumps to "out" (return the verdict) are patched at the end. */
+struct prog {
+  struct bpf_insn insn[64];
+  int n, outs[8], n_outs;
+};
+
+static void emit(struct prog *p, struct bpf_insn x) { p->insn[p->n++] = x; }
+
+/* A conditional jump to the program's end (no record). */
+static void skip_if(struct prog *p, struct bpf_insn jump) {
+  p->outs[p->n_outs++] = p->n;
+  emit(p, jump);
+}
+
+/* A 64-bit immediate (two instructions); src = BPF_PSEUDO_MAP_FD makes it a map. */
+static void ld_imm64(struct prog *p, int reg, int src, uint64_t v) {
+  emit(p, INSN(BPF_LD | BPF_DW | BPF_IMM, reg, src, 0, (int32_t)(uint32_t)v));
+  emit(p, INSN(0, 0, 0, 0, (int32_t)(uint32_t)(v >> 32)));
+}
+
+/* Skips sockets of other network namespaces (cookie 0: no check). Keeps r1 = ctx. */
+static void this_netns_only(struct prog *p, uint64_t cookie) {
+  if (!cookie) return;
+  emit(p, MOV_REG(BPF_REG_6, BPF_REG_1));
+  emit(p, CALL(BPF_FUNC_get_netns_cookie));
+  ld_imm64(p, BPF_REG_2, 0, cookie);
+  skip_if(p, JMP_REG(BPF_JNE, BPF_REG_0, BPF_REG_2, 0));
+  emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+}
+
+/* Record flags (byte 1). */
+#define PH_EV_CLOSING 1 /* reported as the close begins, before the kernel unhashes the socket */
+#define PH_EV_V6 2      /* an AF_INET6 socket */
+
+/* Writes the record { u8 protocol, u8 flags, u16 0, u32 port } to the ring: r3 holds the
+ * port, r5 the socket's family (AF_INET6 adds PH_EV_V6). */
+static void record(struct prog *p, int ring, int protocol, int flags) {
+  emit(p, ALU_IMM(BPF_LSH, BPF_REG_3, 32));
+  emit(p, ALU_IMM(BPF_OR, BPF_REG_3, protocol | flags << 8));
+  emit(p, JMP_IMM(BPF_JNE, BPF_REG_5, AF_INET6, 1));
+  emit(p, ALU_IMM(BPF_OR, BPF_REG_3, PH_EV_V6 << 8));
+  emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -8));
+  emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
+  emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -8));
+  ld_imm64(p, BPF_REG_1, BPF_PSEUDO_MAP_FD, (uint32_t)ring);
+  emit(p, MOV_IMM(BPF_REG_3, 8));
+  emit(p, MOV_IMM(BPF_REG_4, 0));
+  emit(p, CALL(BPF_FUNC_ringbuf_output));
+}
+
+/* Every program returns `verdict` (1: allow the bind or release; sock_ops ignores it). */
+static void prog_end(struct prog *p, int verdict) {
+  for (int i = 0; i < p->n_outs; i++) p->insn[p->outs[i]].off = (int16_t)(p->n - p->outs[i] - 1);
+  emit(p, MOV_IMM(BPF_REG_0, verdict));
+  emit(p, EXIT());
+}
+
+enum { PH_HOOK_LISTEN, PH_HOOK_BIND4, PH_HOOK_BIND6, PH_HOOKS };
+
+static const struct {
+  const char *name;
+  uint32_t prog_type, attach_type;
+} hooks[PH_HOOKS] = {
+  { "ph_listen", BPF_PROG_TYPE_SOCK_OPS, BPF_CGROUP_SOCK_OPS },
+  { "ph_bind4", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET4_POST_BIND },
+  { "ph_bind6", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET6_POST_BIND },
+};
+
+/* The program of one hook. Exposed (ph_events_program) so tests can look at it. */
+static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
+  memset(p, 0, sizeof *p);
+  switch (hook) {
+  case PH_HOOK_LISTEN: { /* ctx: struct bpf_sock_ops */
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
+    emit(p, JMP_IMM(BPF_JEQ, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 1));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_STATE_CB, 0));
+    this_netns_only(p, cookie);
+    emit(p, MOV_REG(BPF_REG_6, BPF_REG_1));
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
+    int to_state = p->n;
+    emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 0));
+    /* listen(): ask for this listener's state changes (its close comes as STATE_CB). */
+    emit(p, MOV_IMM(BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
+    emit(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
+    emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
+    emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    record(p, ring, IPPROTO_TCP, 0);
+    skip_if(p, JMP_IMM(BPF_JA, 0, 0, 0));
+    p->insn[to_state].off = (int16_t)(p->n - to_state - 1);
+    /* A state change: only a listener's (args[0]: the old state), as its close begins. */
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, args[0])));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port)));
+    emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    record(p, ring, IPPROTO_TCP, PH_EV_CLOSING);
+    break;
+  }
+  case PH_HOOK_BIND4:
+  case PH_HOOK_BIND6: /* ctx: struct bpf_sock; only UDP (a TCP socket is a port once it listens) */
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
+    skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
+    this_netns_only(p, cookie);
+    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
+    emit(p, MOV_IMM(BPF_REG_5, hook == PH_HOOK_BIND6 ? AF_INET6 : AF_INET));
+    record(p, ring, IPPROTO_UDP, 0);
+    break;
+  }
+  prog_end(p, 1);
+}
+/* For tests: hook's instructions (8 bytes each) into out; returns their count. */
+int ph_events_program(int hook, int ring, uint32_t cookie_lo, uint32_t cookie_hi, uint8_t *out, int cap) {
+  if (hook < 0 || hook >= PH_HOOKS) return -EINVAL;
+  struct prog p;
+  assemble(hook, ring, ((uint64_t)cookie_hi << 32) | cookie_lo, &p);
+  if (cap < p.n * (int)sizeof(struct bpf_insn)) return -ENOBUFS;
+  memcpy(out, p.insn, (size_t)p.n * sizeof(struct bpf_insn));
+  return p.n;
+}
+
+static struct {
+  int ring, prog[PH_HOOKS], link[PH_HOOKS];
+  uint8_t *consumer, *producer;
+  uint64_t events;
+} ev = { -1, { -1, -1, -1 }, { -1, -1, -1 }, NULL, NULL, 0 };
+
+static int sys_bpf(int cmd, union bpf_attr *attr) {
+  return (int)syscall(__NR_bpf, cmd, attr, sizeof *attr);
+}
+
+/* Writes "what: reason" to the caller's message buffer. */
+static void say(char *msg, int cap, const char *what, int err) {
+  if (msg && cap > 0) snprintf(msg, (size_t)cap, "%s: %s (%s)", what, ph_errno_name(-err), strerror(err));
+}
+
+/* Loads a program; on failure loads it again with the verifier's log, into msg. */
+static int load(int hook, const struct prog *p, char *msg, int cap) {
+  static char log[8192];
+  for (int verbose = 0; verbose < 2; verbose++) {
+    union bpf_attr a;
+    memset(&a, 0, sizeof a);
+    a.prog_type = hooks[hook].prog_type;
+    a.expected_attach_type = hooks[hook].attach_type;
+    a.insns = (uint64_t)(uintptr_t)p->insn;
+    a.insn_cnt = (uint32_t)p->n;
+    a.license = (uint64_t)(uintptr_t)"Dual MIT/GPL";
+    strncpy(a.prog_name, hooks[hook].name, sizeof a.prog_name - 1);
+    if (verbose) {
+      log[0] = 0;
+      a.log_level = 1;
+      a.log_buf = (uint64_t)(uintptr_t)log;
+      a.log_size = sizeof log;
+    }
+    int fd = sys_bpf(BPF_PROG_LOAD, &a);
+    if (fd >= 0) return fd;
+    int e = errno;
+    if (verbose || (e != EINVAL && e != EACCES)) {
+      if (msg && cap > 0) snprintf(msg, (size_t)cap, "loading %s: %s (%s)%s%s", hooks[hook].name, ph_errno_name(-e), strerror(e), verbose ? "; verifier log: " : "", verbose ? log : "");
+      return -e;
+    }
+  }
+  return -EINVAL;
+}
+
+/* This process's network namespace cookie (SO_NETNS_COOKIE), or 0 where the kernel has none. */
+static uint64_t own_netns_cookie(void) {
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  if (getsockopt(fd, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &cookie, &len) != 0) cookie = 0;
+  close(fd);
+  return cookie;
+}
+
+/*
+ * The cgroup2 hierarchy's root: where it is mounted (from /proc/self/mounts), else (a mount
+ * namespace without it, as `ip netns exec` makes) a detached cgroup2 mount of our own that is
+ * never attached anywhere (fsopen/fsmount) and goes away with its fd.
+ */
+static int cgroup2_root(void) {
+  FILE *f = fopen("/proc/self/mounts", "re");
+  if (f) {
+    char line[4096], dir[4096], type[64];
+    while (fgets(line, sizeof line, f)) {
+      if (sscanf(line, "%*s %4095s %63s", dir, type) == 2 && strcmp(type, "cgroup2") == 0) {
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) { fclose(f); return fd; }
+      }
+    }
+    fclose(f);
+  }
+  int fs = (int)syscall(__NR_fsopen, "cgroup2", FSOPEN_CLOEXEC);
+  if (fs < 0) return NEG_ERRNO;
+  int mnt = -1;
+  if (syscall(__NR_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+    mnt = (int)syscall(__NR_fsmount, fs, FSMOUNT_CLOEXEC, 0);
+  int e = errno;
+  close(fs);
+  if (mnt < 0) return -e;
+  int fd = openat(mnt, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  e = errno;
+  close(mnt);
+  return fd >= 0 ? fd : -e;
+}
+
+/* Detaches everything and frees the ring (also after a failed start). */
+int ph_events_stop(void) {
+  for (int i = 0; i < PH_HOOKS; i++) {
+    if (ev.link[i] >= 0) close(ev.link[i]);
+    if (ev.prog[i] >= 0) close(ev.prog[i]);
+    ev.link[i] = ev.prog[i] = -1;
+  }
+  if (ev.ring >= 0) close(ev.ring);
+  ev.ring = -1;
+  long page = sysconf(_SC_PAGESIZE);
+  if (ev.consumer) munmap(ev.consumer, (size_t)page);
+  if (ev.producer) munmap(ev.producer, (size_t)page + 2 * PH_RING_BYTES);
+  ev.consumer = ev.producer = NULL;
+  return 0;
+}
+
+/*
+ * Loads and attaches every program; returns the ring buffer's fd (readable when records
+ * wait: watch it with ph_watch, then ph_events_drain), or -errno with the reason (and the
+ * verifier's log where it refused a program) in msg. On success msg says what this kernel
+ * could not do (no per-namespace filter), or is empty. Started once; a second call returns
+ * the same fd.
+ */
+int ph_events_start(char *msg, int cap) {
+  if (msg && cap > 0) msg[0] = 0;
+  if (ev.ring >= 0) return ev.ring;
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.map_type = BPF_MAP_TYPE_RINGBUF;
+  a.max_entries = PH_RING_BYTES;
+  strncpy(a.map_name, "porthole_ports", sizeof a.map_name - 1);
+  ev.ring = sys_bpf(BPF_MAP_CREATE, &a);
+  if (ev.ring < 0) { int e = errno; say(msg, cap, "creating the ring buffer", e); ev.ring = -1; return -e; }
+  long page = sysconf(_SC_PAGESIZE);
+  void *c = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, ev.ring, 0);
+  void *p = mmap(NULL, (size_t)page + 2 * PH_RING_BYTES, PROT_READ, MAP_SHARED, ev.ring, page);
+  ev.consumer = c == MAP_FAILED ? NULL : c;
+  ev.producer = p == MAP_FAILED ? NULL : p;
+  int e = 0, cg = -1, unfiltered = 0;
+  if (!ev.consumer || !ev.producer) { e = errno; say(msg, cap, "mapping the ring buffer", e); goto fail; }
+  cg = cgroup2_root();
+  if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root", e); goto fail; }
+  uint64_t cookie = own_netns_cookie();
+  for (int i = 0; i < PH_HOOKS; i++) {
+    struct prog prog;
+    assemble(i, ev.ring, cookie, &prog);
+    ev.prog[i] = load(i, &prog, msg, cap);
+    if (ev.prog[i] < 0 && cookie) {
+      /* A kernel without bpf_get_netns_cookie for this hook: the same program unfiltered. */
+      assemble(i, ev.ring, 0, &prog);
+      ev.prog[i] = load(i, &prog, msg, cap);
+      if (ev.prog[i] >= 0) unfiltered = 1;
+    }
+    if (ev.prog[i] < 0) { e = -ev.prog[i]; ev.prog[i] = -1; goto fail; }
+    memset(&a, 0, sizeof a);
+    a.link_create.prog_fd = (uint32_t)ev.prog[i];
+    a.link_create.target_fd = (uint32_t)cg;
+    a.link_create.attach_type = hooks[i].attach_type;
+    ev.link[i] = sys_bpf(BPF_LINK_CREATE, &a);
+    if (ev.link[i] < 0) {
+      e = errno;
+      ev.link[i] = -1;
+      if (msg && cap > 0) snprintf(msg, (size_t)cap, "attaching %s to the cgroup2 root: %s (%s)", hooks[i].name, ph_errno_name(-e), strerror(e));
+      goto fail;
+    }
+  }
+  close(cg);
+  if (msg && cap > 0) {
+    msg[0] = 0;
+    if (!cookie || unfiltered) snprintf(msg, (size_t)cap, "this kernel cannot tell the programs which network namespace a socket is in, so another namespace's sockets also wake the agent (for one dump of its own)");
+  }
+  return ev.ring;
+fail:
+  if (cg >= 0) close(cg);
+  ph_events_stop();
+  return -e;
+}
+
+/*
+ * Consumes every record waiting in the ring: out[0] = records, out[1] = protocols seen (bit 0
+ * TCP, bit 1 UDP; bits 2 and 3: a TCP or UDP record without a port or past the room, so the
+ * caller scans that protocol whole), out[2..3] = records since start (low, high 32 bits), then from
+ * out[4] one u32 per record that fits: protocol | flags << 8 (PH_EV_*) | port << 16. Returns the count, or -ENOTCONN
+ * when not started.
+ */
+int ph_events_drain(uint32_t *out, int cap) {
+  if (!ev.consumer) return -ENOTCONN;
+  if (cap < 4) return -EINVAL;
+  uint64_t *cons_pos = (uint64_t *)ev.consumer, *prod_pos = (uint64_t *)ev.producer;
+  uint8_t *data = ev.producer + sysconf(_SC_PAGESIZE);
+  uint64_t cons = __atomic_load_n(cons_pos, __ATOMIC_ACQUIRE);
+  uint64_t prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
+  uint32_t count = 0, protocols = 0;
+  while (cons < prod) {
+    uint32_t *hdr = (uint32_t *)(data + (cons & (PH_RING_BYTES - 1)));
+    uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+    if (len & BPF_RINGBUF_BUSY_BIT) break; /* still being written: its wake-up follows */
+    uint32_t size = len & ~(uint32_t)(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+    if (!(len & BPF_RINGBUF_DISCARD_BIT) && size >= 8) {
+      uint64_t rec;
+      memcpy(&rec, (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ, 8);
+      uint32_t protocol = (uint32_t)(rec & 0xff), flags = (uint32_t)(rec >> 8) & 0xff, port = (uint32_t)(rec >> 32) & 0xffff;
+      protocols |= protocol == IPPROTO_TCP ? 1u : protocol == IPPROTO_UDP ? 2u : 3u;
+      if (4 + (int)count < cap && port) out[4 + count] = protocol | flags << 8 | port << 16;
+      else protocols |= protocol == IPPROTO_UDP ? 8u : 4u;
+      count++;
+    }
+    cons += (BPF_RINGBUF_HDR_SZ + size + 7) & ~7ull;
+    __atomic_store_n(cons_pos, cons, __ATOMIC_RELEASE);
+    if (cons >= prod) prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
+  }
+  ev.events += count;
+  out[0] = count;
+  out[1] = protocols;
+  out[2] = (uint32_t)ev.events;
+  out[3] = (uint32_t)(ev.events >> 32);
+  return (int)count;
 }
 
 /* ---- vsock connect without blocking -------------------------------------------------- */

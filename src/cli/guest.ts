@@ -2,6 +2,7 @@ import type { CAC } from "cac";
 import { keepRunningOnUncaught } from "../runtime/last-resort.ts";
 import type { InitSystem } from "../core/service-unit.ts";
 import { GuestAgent } from "../guest/guest-agent.ts";
+import { DETECTOR_CHOICES } from "../guest/scanners.ts";
 import { detectInit, installLimaSystemdUnit, installService, renderService, uninstallService } from "../guest/install.ts";
 import { guestRoleUnsupported, selfCommand } from "../runtime/self.ts";
 import { readTokenFile } from "../transport/token.ts";
@@ -22,6 +23,7 @@ export async function defaultListenAddress(): Promise<string> {
 interface GuestFlags {
   listen: unknown;
   scanInterval: unknown;
+  detector?: unknown;
   tokenFile?: string;
   vsockAnyCid?: boolean;
   print?: boolean;
@@ -62,7 +64,8 @@ export function registerGuest(cli: CAC): void {
     .option("--listen <addr>", `Serve on this address, repeatable: vsock://:PORT, unix:///path, serial:///dev/virtio-ports/NAME, tcp://host:port (default: ${DEFAULT_VSOCK_ADDRESS} in a VM with vsock, else ${DEFAULT_GUEST_ADDRESS})`)
     .option("--token-file <file>", "The shared token a tcp:// client must present (required for tcp://)")
     .option("--vsock-any-cid", "Accept vsock connections from any CID, not only the host (CID 2)")
-    .option("--scan-interval <ms>", "How often to look for new sockets (default: 50 with netlink, 500 with /proc/net)")
+    .option("--scan-interval <ms>", "How often to scan all sockets (default: every 5 s beside kernel events; 50 with netlink polling, 500 with /proc/net)")
+    .option("--detector <kind>", "What tells the agent a port opened or closed: ebpf (kernel events), poll, or auto (ebpf where it loads, else poll; the default)")
     .option("--print", "install: print the service definition instead of writing it")
     .option("--init <system>", "install/uninstall: systemd or openrc (default: the one running)")
     .option("--root <dir>", "install/uninstall: write under this directory, and do not start or stop anything")
@@ -95,6 +98,7 @@ export function registerGuest(cli: CAC): void {
         token: flags.tokenFile ? readTokenFile(flags.tokenFile) : undefined,
         vsockAnyCid: flags.vsockAnyCid,
         scanIntervalMs: flags.scanInterval === undefined ? tickMs : parseIntFlag("scan-interval", flags.scanInterval, 10, 60_000),
+        detector: flags.detector === undefined ? "auto" : parseChoiceFlag("detector", flags.detector, DETECTOR_CHOICES),
         runtimeDir: flags.runtimeDir ?? (daemon ? LIMA_RUNTIME_DIR : undefined),
         socketOwner: limaSocketOwner(flags),
         log: (line) => process.stderr.write(`${line}\n`),

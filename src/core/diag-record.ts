@@ -83,3 +83,30 @@ export function onlyConnectedCloses(bytes: Uint8Array): boolean {
   }
   return at > 0;
 }
+
+/**
+ * The listening or unconnected sockets (no remote port) a batch of sock_diag destroy events
+ * names, as family (4 or 6) and port, each once; undefined when the bytes do not parse (scan
+ * everything). A destroy event does not say TCP or UDP.
+ */
+export function closedListeners(bytes: Uint8Array): { family: 4 | 6; port: number }[] | undefined {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: { family: 4 | 6; port: number }[] = [];
+  const seen = new Set<number>();
+  let at = 0;
+  while (at < bytes.length) {
+    if (bytes.length - at < NLMSG_HEADER_BYTES + 8) return undefined;
+    const len = view.getUint32(at, true);
+    if (len < NLMSG_HEADER_BYTES + 8 || at + len > bytes.length) return undefined;
+    if (view.getUint16(at + 4, true) !== SOCK_DIAG_BY_FAMILY) return undefined;
+    const family = bytes[at + NLMSG_HEADER_BYTES] === AF_INET ? 4 : 6;
+    const sport = view.getUint16(at + NLMSG_HEADER_BYTES + 4, false);
+    const dport = view.getUint16(at + NLMSG_HEADER_BYTES + 6, false);
+    if (dport === 0 && sport !== 0 && !seen.has(family * 65536 + sport)) {
+      seen.add(family * 65536 + sport);
+      out.push({ family, port: sport });
+    }
+    at += (len + 3) & ~3; // NLMSG_ALIGN
+  }
+  return out;
+}

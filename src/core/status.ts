@@ -66,7 +66,8 @@ export interface AgentStatus {
     hostIP?: string;
     configFile?: string;
   };
-  guest: { version?: string; lima?: boolean; addresses: string[] };
+  /** portDetector: how the guest agent notices ports ("port detector: ebpf (…)" or "port detector: poll …"). */
+  guest: { version?: string; lima?: boolean; addresses: string[]; portDetector?: string };
   /** Per data path, for the whole agent: what connections really took. */
   paths?: Record<string, PathTraffic>;
   forwards: ForwardRow[];
@@ -97,6 +98,7 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
   if (a.autoForwarding === "paused") lines.push("auto-forwarding: PAUSED (guest ports are not forwarded; static forwards stay; porthole forward resume turns it back on)");
   if (a.hostIP) lines.push(`host IP: ${a.hostIP} (where forwards listen unless their rule says otherwise)`);
   if (status.guest.lima) lines.push("guest agent: stock Lima (gRPC tunnels only: no data path or direct path, a guest EOF ends the connection, no reverse sockets)");
+  if (status.guest.portDetector) lines.push(`guest ${status.guest.portDetector}`);
   if (status.guest.addresses.length) lines.push(`guest addresses: ${status.guest.addresses.join(", ")} (reachable by IP where the network allows)`);
   const header = ["PROTO", "GUEST", "HOST", "STATE", "PATH", "RULE", "OWNER", "CONNS", "IN", "OUT", "SINCE", "NOTE"];
   const rows = [...status.forwards, ...status.notForwarded].map((f) => [

@@ -21,6 +21,11 @@ export class UdpSettler {
     private readonly ephemeral: [number, number] = [32768, 60999],
   ) {}
 
+  /** Whether a socket counts at once, without waiting to see it stay (TCP, or UDP outside the ephemeral range). */
+  countsAtOnce(p: IPPort): boolean {
+    return p.protocol !== "udp" || p.port < this.ephemeral[0] || p.port > this.ephemeral[1];
+  }
+
   /**
    * The scanned ports to report at `now`: every TCP listener, every UDP socket outside the
    * ephemeral range, and those inside it once bound for at least minAgeMs. `pending` says whether a UDP socket is still too young (scan again).

@@ -13,17 +13,19 @@ import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
 import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
-import { bestScanner, type Scanner } from "./scanners.ts";
-import { PortWatcher } from "./watcher.ts";
+import { bestScanner, type Detector, type DetectorChoice, type Scanner } from "./scanners.ts";
+import { PortWatcher, type ScanResult } from "./watcher.ts";
 import { OwnerResolver } from "./port-owners.ts";
 import { UdpSettler, UDP_SERVER_AFTER_MS } from "../core/udp-settle.ts";
 
 export interface GuestAgentOptions {
   listen: TransportAddress[];
-  /** Undefined: 50 ms with netlink (a dump costs ~0.1 ms), 500 ms with /proc/net (which costs more). */
+  /** Undefined: the detector's (a 5 s safety re-scan beside kernel events; a 50 ms poll with netlink, 500 ms with /proc/net). */
   scanIntervalMs?: number;
   /** Undefined: netlink where the shim loads, else /proc/net. */
   scanner?: Scanner;
+  /** What tells the watcher to look: kernel events (ebpf), polling, or the best that runs here (auto, the default). */
+  detector?: DetectorChoice;
   /** The shared token a TCP client must present (required for tcp:// listen addresses). */
   token?: string;
   /** vsock: accept peers other than the host (CID 2). */
@@ -43,6 +45,8 @@ export class GuestAgent {
   private readonly dataSecret = newDataSecret();
   private stopFdWatch: (() => void) | undefined;
   private proof: ProofServer | undefined;
+  /** The port detector in use (said in Hello, shown by the host's status). */
+  detector: Detector | undefined;
 
   constructor(private readonly options: GuestAgentOptions) {
     this.grpcServer = createTunedServer();
@@ -51,8 +55,12 @@ export class GuestAgent {
   async start(): Promise<void> {
     this.stopFdWatch = watchFdPressure(this.options.log);
     if (this.options.runtimeDir) mkdirSync(this.options.runtimeDir, { recursive: true, mode: 0o755 });
-    const scanner = this.options.scanner ?? (await bestScanner(this.options.log));
-    const interval = this.options.scanIntervalMs ?? (scanner.name.startsWith("netlink") ? 50 : 500);
+    const chosen = this.options.scanner
+      ? { scanner: this.options.scanner, detector: { name: "poll" as const, intervalMs: 50, description: `port detector: poll (${this.options.scanner.name})` } }
+      : await bestScanner(this.options.log, this.options.detector);
+    const { scanner } = chosen;
+    this.detector = chosen.detector;
+    const interval = this.options.scanIntervalMs ?? chosen.detector.intervalMs;
     const refusals = rateLimitedLog(this.options.log);
     try {
       this.proof = await serveDirectProof(this.dataSecret, refusals);
@@ -68,11 +76,17 @@ export class GuestAgent {
     const dataEndpoints: string[] = [];
     this.grpcServer.addService(
       portholeServiceDefinition,
-      portholeServiceHandlers({ dataSecret: this.dataSecret, dataEndpoints: () => dataEndpoints, directProofPort: () => this.proof?.port ?? 0 }),
+      portholeServiceHandlers({
+        dataSecret: this.dataSecret,
+        dataEndpoints: () => dataEndpoints,
+        directProofPort: () => this.proof?.port ?? 0,
+        portDetector: () => this.detector?.description ?? "",
+      }),
     );
     await this.watcher.start();
     await prepareRelay(this.options.log);
-    this.options.log(`watching sockets with ${scanner.name} every ${interval} ms`);
+    this.options.log(chosen.detector.description);
+    this.options.log(`watching sockets with ${scanner.name}, a full scan every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     try {
       for (const address of this.options.listen) {
@@ -115,12 +129,11 @@ export class GuestAgent {
 /** The agent's own proof port is not a guest service: it is never reported for forwarding. */
 function hidePort(scanner: Scanner, port: number | undefined): Scanner {
   if (!port) return scanner;
+  const hide = (result: ScanResult): ScanResult => ({ ...result, ports: result.ports.filter((p) => !(p.protocol === "tcp" && p.port === port)) });
   return {
     ...scanner,
-    scan: async () => {
-      const result = await scanner.scan();
-      return { ...result, ports: result.ports.filter((p) => !(p.protocol === "tcp" && p.port === port)) };
-    },
+    scan: async () => hide(await scanner.scan()),
+    ...(scanner.scanPort ? { scanPort: (protocol: "tcp" | "udp", p: number, families: number) => hide(scanner.scanPort!(protocol, p, families)) } : {}),
   };
 }
 

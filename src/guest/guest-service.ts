@@ -63,13 +63,15 @@ export function guestServiceHandlers(context: GuestServiceContext): grpc.Untyped
     // that kept its forwards across the reconnect needs those), then carries diffs.
     GetEvents(call: grpc.ServerWritableStream<unknown, GuestEvent>) {
       const owned = withOwners(call);
-      const send = (added: GuestEvent["added_local_ports"], removed: GuestEvent["removed_local_ports"], errors: string[]) => {
+      const send = (added: GuestEvent["added_local_ports"], removed: GuestEvent["removed_local_ports"], errors: string[]) =>
         call.write({ time: nowTimestamp(), added_local_ports: owned(added), removed_local_ports: removed, errors });
-        eventState.sent(watcher.ports);
-      };
-      const unsubscribe = watcher.subscribe((diff, errors) => send(diff.added, diff.removed, errors));
+      const unsubscribe = watcher.subscribe((diff, errors) => {
+        send(diff.added, diff.removed, errors);
+        eventState.sentChange(diff.added, diff.removed);
+      });
       const first = eventState.firstEvent(watcher.ports);
       if (first.added.length || first.removed.length) send(first.added, first.removed, []);
+      eventState.sent(watcher.ports);
       const stop = () => unsubscribe();
       call.once("cancelled", stop);
       call.once("close", stop);

@@ -40,7 +40,13 @@ function ownAddresses(): string[] {
     .map((i) => i!.address);
 }
 
-export function portholeServiceHandlers(data: { dataSecret: string; dataEndpoints: () => string[]; directProofPort?: () => number }): grpc.UntypedServiceImplementation {
+export function portholeServiceHandlers(data: {
+  dataSecret: string;
+  dataEndpoints: () => string[];
+  directProofPort?: () => number;
+  /** How the agent notices ports (kernel events or polling), in words. */
+  portDetector?: () => string;
+}): grpc.UntypedServiceImplementation {
   const pending = new Map<string, net.Socket>();
 
   return {
@@ -55,6 +61,7 @@ export function portholeServiceHandlers(data: { dataSecret: string; dataEndpoint
         data_secret: data.dataSecret,
         addresses: ownAddresses(),
         direct_proof_port: data.directProofPort?.() ?? 0,
+        port_detector: data.portDetector?.() ?? "",
       });
     },
 

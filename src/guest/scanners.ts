@@ -1,18 +1,43 @@
 // How the watcher finds listening sockets: netlink sock_diag through the native shim (a
 // LISTEN-only dump costs ~0.1 ms even with 10,000 established sockets, and destroy events
-// report a close within a millisecond), or /proc/net where the shim cannot load.
-import { DIAG_RECORD_BYTES, diagRecordsToPorts, diagRecordsToSockets, onlyConnectedCloses, parseDiagRecords } from "../core/diag-record.ts";
+// report a close within a millisecond), or /proc/net where the shim cannot load. What tells
+// it to look (the detector): kernel events (eBPF, kernel-events.ts) with a slow safety
+// re-scan, or polling where those cannot run.
+import { closedListeners, DIAG_RECORD_BYTES, diagRecordsToPorts, diagRecordsToSockets, parseDiagRecords } from "../core/diag-record.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
 import { loadNative } from "../runtime/native.ts";
 import { scanProcNet, type ScanResult } from "./watcher.ts";
+import { EVENT_TCP, EVENT_UDP, startKernelEvents, type EventBatch, type KernelEvents } from "./kernel-events.ts";
 
 export interface Scanner {
   name: string;
   scan(): Promise<ScanResult>;
-  /** Calls `onClose` soon after a socket closes, where the scanner can tell; returns a stop. */
-  watchCloses?(onClose: () => void): () => void;
+  /** The sockets on one local port only (where the scanner can ask for that); families: 1 IPv4, 2 IPv6, 3 both. */
+  scanPort?(protocol: "tcp" | "udp", port: number, families: number): ScanResult;
+  /**
+   * Calls `onChange` soon after a socket may have opened or closed, where the scanner can
+   * tell: the ports named (look at those), and the protocols to scan whole; returns a stop.
+   */
+  watchChanges?(onChange: (change: EventBatch) => void): () => void;
 }
+
+/** Which detector tells the watcher to look, and why that one. */
+export interface Detector {
+  /** "ebpf" (kernel events) or "poll". */
+  name: "ebpf" | "poll";
+  /** How often the watcher scans: the safety re-scan with events, the poll without. */
+  intervalMs: number;
+  /** One plain sentence: what runs and, for polling, why and what to do. */
+  description: string;
+}
+
+export type DetectorChoice = "auto" | "ebpf" | "poll";
+export const DETECTOR_CHOICES: DetectorChoice[] = ["auto", "ebpf", "poll"];
+/** With kernel events, a full scan this often catches anything they missed (a UDP socket bound by sendto(), say). */
+export const SAFETY_RESCAN_MS = 5000;
+const NETLINK_POLL_MS = 50;
+const PROC_POLL_MS = 500;
 
 const MAX_RECORDS = 65536;
 /** UDP is dumped on every UDP_EVERY-th scan (and after any close). */
@@ -24,7 +49,7 @@ export function procNetScanner(dir = "/proc/net"): Scanner {
   return { name: `/proc/net (${dir})`, scan: () => scanProcNet(dir) };
 }
 
-export function netlinkScanner(shim: NativeShim): Scanner {
+export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner {
   // Small to start (a large buffer costs on every call) and grown when a dump overflows it.
   let buf = new Uint8Array(1024 * DIAG_RECORD_BYTES);
   const last: { tcp: Buffer; udp: Buffer } = { tcp: Buffer.alloc(0), udp: Buffer.alloc(0) };
@@ -32,6 +57,9 @@ export function netlinkScanner(shim: NativeShim): Scanner {
   let lastSockets: ScanResult["sockets"] = new Map();
   let scans = 0;
   let udpDue = true;
+  /** A port was looked at alone since the last full dump: the next one is news whatever its bytes. */
+  let stale = false;
+  const one = new Uint8Array(64 * DIAG_RECORD_BYTES);
   /** One protocol's dump as bytes (a copy), or the error. */
   const dump = (protocols: number): Buffer | string => {
     let n = shim.diagListeners(buf, buf.length, protocols);
@@ -44,7 +72,7 @@ export function netlinkScanner(shim: NativeShim): Scanner {
     return Buffer.from(buf.subarray(0, n * DIAG_RECORD_BYTES));
   };
   return {
-    name: "netlink sock_diag",
+    name: events ? "netlink sock_diag on kernel events" : "netlink sock_diag",
     scan: async () => {
       // TCP every scan; UDP (whose dump walks the whole UDP table) every UDP_EVERY scans, and
       // at once after a socket closed.
@@ -56,7 +84,8 @@ export function netlinkScanner(shim: NativeShim): Scanner {
       if (error) return { ports: [], errors: [error] };
       // The kernel walks its tables in a stable order: the same bytes mean the same sockets,
       // and an idle guest costs a dump and a memcmp per scan, not a thousand objects.
-      if ((tcp as Buffer).equals(last.tcp) && (udp as Buffer).equals(last.udp)) return { ports: lastPorts, sockets: lastSockets, errors: [], unchanged: true };
+      if (!stale && (tcp as Buffer).equals(last.tcp) && (udp as Buffer).equals(last.udp)) return { ports: lastPorts, sockets: lastSockets, errors: [], unchanged: true };
+      stale = false;
       last.tcp = tcp as Buffer;
       last.udp = udp as Buffer;
       const both = Buffer.concat([last.tcp, last.udp]);
@@ -65,38 +94,70 @@ export function netlinkScanner(shim: NativeShim): Scanner {
       lastSockets = diagRecordsToSockets(records);
       return { ports: lastPorts, sockets: lastSockets, errors: [] };
     },
-    watchCloses(notify) {
-      const onClose = () => {
-        udpDue = true;
-        notify();
+    scanPort(protocol, port, families) {
+      const n = shim.diagPort(one, one.length, protocol === "tcp" ? 1 : 2, port, families);
+      if (n < 0) return { ports: [], errors: [`sock_diag dump of port ${port}: ${shim.errnoName(n)} (${shim.strerror(n)})`] };
+      stale = true;
+      // The next full scan must carry this protocol's dump, not the copy from before.
+      if (protocol === "udp") udpDue = true;
+      const records = parseDiagRecords(one, n);
+      return { ports: diagRecordsToPorts(records), sockets: diagRecordsToSockets(records), errors: [] };
+    },
+    watchChanges(notify) {
+      // A whole TCP scan is every scan; a whole UDP one needs the UDP dump too.
+      const onBatch = (batch: EventBatch) => {
+        if (batch.whole & EVENT_UDP) udpDue = true;
+        notify(batch);
       };
-      const fd = shim.diagSubscribe();
-      if (fd < 0) return () => {};
-      // The runtime's event loop watches the netlink socket like any socket: a destroy event
-      // wakes it and the watcher re-scans, unless the event names only connected sockets
-      // (every forwarded connection closing would cost a dump). Where the runtime will not
-      // adopt the fd, poll it instead.
-      let socket: import("node:net").Socket;
-      try {
-        socket = socketFromFd(fd);
-      } catch {
-        return pollEvents(shim, fd, onClose);
-      }
-      let stopPolling: (() => void) | undefined;
-      socket.on("data", (chunk: Buffer) => {
-        if (!onlyConnectedCloses(chunk)) onClose();
-      });
-      socket.once("error", () => {
-        // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did
-        // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
-        // fd number again: it may already belong to another socket.
-        onClose();
-        const fresh = shim.diagSubscribe();
-        if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
-      });
-      return () => (stopPolling ? stopPolling() : socket.destroy());
+      const stopEvents = events?.watch(onBatch);
+      const stopCloses = watchDestroyEvents(shim, onBatch);
+      return () => {
+        stopCloses();
+        stopEvents?.();
+      };
     },
   };
+}
+
+/**
+ * The socket-destroy multicast groups, one socket per protocol (so an event says TCP or UDP),
+ * watched by the event loop (or polled where it cannot): a closed listener or unconnected UDP
+ * socket names its port (looked at alone, if the state has a socket there); connected
+ * sockets closing (every forwarded connection) are skipped; anything unreadable means scan
+ * that protocol whole.
+ */
+function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void): () => void {
+  const stops = (["tcp", "udp"] as const).map((protocol) => {
+    const whole = protocol === "tcp" ? EVENT_TCP : EVENT_UDP;
+    const onClose = () => onBatch({ ports: [], whole });
+    const fd = shim.diagSubscribeTo(whole);
+    if (fd < 0) return () => {};
+    // The runtime's event loop watches the netlink socket like any socket. Where the runtime
+    // will not adopt the fd, poll it instead.
+    let socket: import("node:net").Socket;
+    try {
+      socket = socketFromFd(fd);
+    } catch {
+      return pollEvents(shim, fd, onClose);
+    }
+    let stopPolling: (() => void) | undefined;
+    socket.on("data", (chunk: Buffer) => {
+      const closed = closedListeners(chunk);
+      if (!closed) return onClose();
+      if (!closed.length) return;
+      onBatch({ ports: closed.map((c) => ({ protocol, port: c.port, families: c.family === 4 ? 1 : 2, closeOnly: true })), whole: 0 });
+    });
+    socket.once("error", () => {
+      // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did
+      // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
+      // fd number again: it may already belong to another socket.
+      onClose();
+      const fresh = shim.diagSubscribeTo(whole);
+      if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
+    });
+    return () => (stopPolling ? stopPolling() : socket.destroy());
+  });
+  return () => stops.forEach((stop) => stop());
 }
 
 function pollEvents(shim: NativeShim, fd: number, onClose: () => void): () => void {
@@ -113,13 +174,40 @@ function pollEvents(shim: NativeShim, fd: number, onClose: () => void): () => vo
 
 /**
  * netlink where the shim loads (checked with a real dump), else /proc/net, saying once, in
- * plain words, what that costs and what to do. The agent serves either way.
+ * plain words, what that costs and what to do; and the detector: kernel events where the BPF
+ * programs load (auto, ebpf), else polling (saying why). The agent serves either way.
  */
-export async function bestScanner(log: (line: string) => void): Promise<Scanner> {
+export async function bestScanner(log: (line: string) => void, choice: DetectorChoice = "auto"): Promise<{ scanner: Scanner; detector: Detector }> {
   const { shim, error } = await loadNative();
   if (shim) {
     const probe = await netlinkScanner(shim).scan();
-    if (!probe.errors.length) return netlinkScanner(shim); // a fresh one: no "unchanged" from the probe
+    if (!probe.errors.length) {
+      if (choice === "poll") return { scanner: netlinkScanner(shim), detector: polling(NETLINK_POLL_MS, "--detector poll was given") };
+      const started = startKernelEvents(shim);
+      if (started.events) {
+        return {
+          scanner: netlinkScanner(shim, started.events), // a fresh one: no "unchanged" from the probe
+          detector: {
+            name: "ebpf",
+            intervalMs: SAFETY_RESCAN_MS,
+            description:
+              "port detector: ebpf (kernel events: listen(), UDP binds and closes through BPF programs on the cgroup2 root, " +
+              `socket-destroy events; a safety re-scan every ${SAFETY_RESCAN_MS / 1000} s${started.note ? `; ${started.note}` : ""})`,
+          },
+        };
+      }
+      const [reason, verifier] = splitVerifierLog(started.error ?? "unknown");
+      if (verifier) log(`eBPF verifier log: ${verifier}`);
+      if (choice === "ebpf") throw new Error(`--detector ebpf: the eBPF programs could not load here (${reason}); use --detector auto or poll`);
+      return {
+        scanner: netlinkScanner(shim),
+        detector: polling(
+          NETLINK_POLL_MS,
+          `the eBPF programs could not load (${reason}); run the agent as root (or with CAP_BPF and CAP_NET_ADMIN) on a ` +
+            "kernel with BPF and cgroup2 (5.8 or later), for ports noticed at once and an agent that costs nothing while idle",
+        ),
+      };
+    }
     log(
       `degraded: netlink sock_diag is refused here (${probe.errors[0]}; an emulator such as qemu-user, or a kernel ` +
         "without the inet_diag, tcp_diag and udp_diag modules, refuses it), so the agent reads /proc/net instead: " +
@@ -133,5 +221,16 @@ export async function bestScanner(log: (line: string) => void): Promise<Scanner>
         "porthole-shim-<arch>.so beside porthole.mjs.",
     );
   }
-  return procNetScanner();
+  return { scanner: procNetScanner(), detector: polling(PROC_POLL_MS, shim ? "netlink sock_diag is refused here" : "the native shim did not load") };
+}
+
+function polling(intervalMs: number, why: string): Detector {
+  return { name: "poll", intervalMs, description: `port detector: poll every ${intervalMs} ms (${why})` };
+}
+
+/** The shim's message, and the verifier's log it may carry (said on its own line). */
+function splitVerifierLog(message: string): [string, string | undefined] {
+  const at = message.indexOf("; verifier log: ");
+  if (at < 0) return [message, undefined];
+  return [message.slice(0, at), message.slice(at + "; verifier log: ".length).trim().replace(/\n/g, " | ")];
 }

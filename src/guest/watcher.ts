@@ -1,12 +1,14 @@
 // Watches this network namespace for listening TCP and bound, unconnected UDP sockets with
 // a scanner (netlink or /proc/net, see scanners.ts) and tells subscribers what changed. Scans
-// run on an interval, and at once when the scanner reports a closed socket. A UDP socket is
-// reported once it has stayed bound long enough to be a server (core/udp-settle.ts).
+// run on an interval (a poll, or a slow safety re-scan beside kernel events), and at once when
+// the scanner reports a change. A UDP socket is reported once it has stayed bound long enough
+// to be a server (core/udp-settle.ts).
 import { readFile } from "node:fs/promises";
 import { parseProcNet, type Protocol } from "../core/proc-net.ts";
 import { diffPorts, isEmptyDiff, portKey, toPortSet, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { IPPort } from "../proto/guest-service.ts";
 import type { Scanner } from "./scanners.ts";
+import type { EventBatch } from "./kernel-events.ts";
 import { UdpSettler } from "../core/udp-settle.ts";
 import type { PortOwner, SocketId } from "../core/port-owner.ts";
 import type { OwnerResolver } from "./port-owners.ts";
@@ -29,21 +31,43 @@ export interface ScanResult {
 
 export type WatchListener = (diff: PortDiff, errors: string[]) => void;
 
+/**
+ * A close event fires as close() begins, before the kernel unhashes the socket: when the dump
+ * right after an event shows no change, one more this much later.
+ */
+const FOLLOW_UP_MS = 5;
+/**
+ * A UDP bind is looked at this much later: a client that binds its socket connects it right
+ * after (then it is no server), and a look between the two would report it for a moment.
+ */
+const UDP_BIND_LOOK_MS = 3;
+/** While a young UDP socket waits to count as a server, scans run at least this often. */
+const UDP_PENDING_SCAN_MS = 250;
+
 export class PortWatcher {
   private state: PortSet = new Map();
   private listeners = new Set<WatchListener>();
   private timer: ReturnType<typeof setTimeout> | undefined;
-  private inFlight: Promise<void> | undefined;
+  private inFlight: Promise<boolean> | undefined;
   private stopped = true;
-  private stopWatchingCloses: (() => void) | undefined;
+  private stopWatchingChanges: (() => void) | undefined;
+  private followUp: ReturnType<typeof setTimeout> | undefined;
+  private pendingTimer: ReturnType<typeof setTimeout> | undefined;
+  private boundTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly boundLater: EventBatch["ports"] = [];
+  /** A change was reported while a scan ran: scan again after it. */
+  private again = false;
   private scanned = false;
   /** The last scan's sockets, before the UDP settling. */
   private lastScan: IPPort[] = [];
   /** A UDP socket is bound but not yet long enough to count as a server. */
   private udpPending = false;
-  private lastSockets = new Map<string, SocketId>();
+  /** The socket (inode, uid) of each port seen, for finding its owner. */
+  private sockets = new Map<string, SocketId>();
   /** The owner of each port in `state`, found when the port appeared (with a resolver). */
   private owners = new Map<string, PortOwner>();
+  /** Notifications in order: each waits for its new ports' owners, and for the one before. */
+  private notified: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly intervalMs: number,
@@ -65,13 +89,130 @@ export class PortWatcher {
     this.stopped = false;
     await this.refresh();
     this.schedule();
-    this.stopWatchingCloses = this.scanner.watchCloses?.(() => void this.refresh());
+    this.stopWatchingChanges = this.scanner.watchChanges?.((change) => this.onChange(change));
   }
 
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
-    this.stopWatchingCloses?.();
+    clearTimeout(this.followUp);
+    clearTimeout(this.pendingTimer);
+    clearTimeout(this.boundTimer);
+    this.stopWatchingChanges?.();
+  }
+
+  /**
+   * The scanner says something may have changed: the ports it names are looked at alone (a
+   * dump of one port), anything else with a full scan (again after a scan under way).
+   */
+  private onChange(change: EventBatch, followingUp = false): void {
+    if (this.stopped) return;
+    const bound = change.ports.filter((p) => p.bound);
+    if (bound.length) {
+      this.boundLater.push(...bound.map((p) => ({ ...p, bound: false })));
+      this.boundTimer ??= setTimeout(() => {
+        this.boundTimer = undefined;
+        this.onChange({ ports: this.boundLater.splice(0), whole: 0 });
+      }, UDP_BIND_LOOK_MS);
+      change = { ports: change.ports.filter((p) => !p.bound), whole: change.whole };
+    }
+    const whole = change.whole !== 0 || !this.scanner.scanPort || !this.scanned;
+    if (!whole && !change.ports.length) return;
+    const changed = whole ? this.fullScanSoon() : Promise.resolve(this.lookAt(change.ports));
+    const closing = change.ports.filter((p) => p.closing);
+    if (!whole && !closing.length) return;
+    void changed.then((yes) => {
+      // A listener's close is reported before the kernel unhashes it: look once more shortly.
+      if (yes || followingUp || this.stopped || this.followUp) return;
+      if (!whole) change = { ports: closing, whole: 0 };
+      this.followUp = setTimeout(() => {
+        this.followUp = undefined;
+        this.onChange(change, true);
+      }, FOLLOW_UP_MS);
+    });
+  }
+
+  private fullScanSoon(): Promise<boolean> {
+    if (this.inFlight) this.again = true;
+    return this.refresh();
+  }
+
+  /**
+   * Looks at these ports alone and applies what it finds to the state: no full dump, no
+   * walk over every port (beside thousands of listeners, a port opening costs the same as
+   * beside none). Returns whether something changed.
+   */
+  private lookAt(targets: EventBatch["ports"]): boolean {
+    // A close where the state has nothing: nothing to remove, no dump (a listener's close
+    // comes as a kernel event and again as a destroy event).
+    targets = targets.filter((t) => !t.closeOnly || ((t.families & 1) !== 0 && this.bySlot.has(slotKey(t.protocol, false, t.port))) || ((t.families & 2) !== 0 && this.bySlot.has(slotKey(t.protocol, true, t.port))));
+    if (!targets.length) return false;
+    const touched = new Set<number>();
+    for (const t of targets) {
+      if (t.families & 1) touched.add(slotKey(t.protocol, false, t.port));
+      if (t.families & 2) touched.add(slotKey(t.protocol, true, t.port));
+    }
+    const found: IPPort[] = [];
+    for (const t of targets) {
+      let result: ScanResult;
+      try {
+        result = this.scanner.scanPort!(t.protocol, t.port, t.families);
+      } catch (err) {
+        result = { ports: [], errors: [(err as Error).message] };
+      }
+      if (result.errors.length) {
+        void this.fullScanSoon();
+        return false;
+      }
+      found.push(...result.ports);
+      for (const [k, socket] of result.sockets ?? []) this.sockets.set(k, socket);
+    }
+    // A full scan under way read the table before this: it must not overwrite what this saw.
+    // (The scanner treats its next full scan as news, so lastScan is replaced then.)
+    if (this.inFlight) this.again = true;
+    // A young UDP socket in the ephemeral range has to be seen to stay: the full path settles it.
+    if (found.some((p) => !this.settler.countsAtOnce(p))) {
+      void this.fullScanSoon();
+      return true;
+    }
+    const foundKeys = new Set(found.map(portKey));
+    const removed: IPPort[] = [];
+    for (const slot of touched) {
+      for (const k of this.bySlot.get(slot) ?? []) if (!foundKeys.has(k)) removed.push(this.state.get(k)!);
+    }
+    const added = found.filter((p) => !this.state.has(portKey(p)));
+    for (const p of removed) this.unindex(p);
+    for (const p of added) this.index(p);
+    if (!added.length && !removed.length) return false;
+    void this.notify({ added, removed }, []);
+    return true;
+  }
+
+  /** The state's ports by protocol, family and port (what one look covers). */
+  private bySlot = new Map<number, Set<string>>();
+
+  private index(p: IPPort): void {
+    const k = portKey(p);
+    this.state.set(k, p);
+    const slot = slotOf(p);
+    let keys = this.bySlot.get(slot);
+    if (!keys) this.bySlot.set(slot, (keys = new Set()));
+    keys.add(k);
+  }
+
+  private unindex(p: IPPort): void {
+    const k = portKey(p);
+    this.state.delete(k);
+    const slot = slotOf(p);
+    const keys = this.bySlot.get(slot);
+    keys?.delete(k);
+    if (keys && !keys.size) this.bySlot.delete(slot);
+  }
+
+  private setState(ports: IPPort[]): void {
+    this.state = new Map();
+    this.bySlot = new Map();
+    for (const p of ports) this.index(p);
   }
 
   subscribe(listener: WatchListener): () => void {
@@ -79,9 +220,15 @@ export class PortWatcher {
     return () => this.listeners.delete(listener);
   }
 
-  /** Scans now (joining a scan already under way) and notifies subscribers of changes. */
-  refresh(): Promise<void> {
-    this.inFlight ??= this.scanAndNotify().finally(() => (this.inFlight = undefined));
+  /** Scans now (joining a scan already under way) and notifies subscribers of changes; true when something changed. */
+  refresh(): Promise<boolean> {
+    this.inFlight ??= this.scanAndNotify().finally(() => {
+      this.inFlight = undefined;
+      if (this.again && !this.stopped) {
+        this.again = false;
+        void this.refresh();
+      }
+    });
     return this.inFlight;
   }
 
@@ -90,30 +237,7 @@ export class PortWatcher {
     this.timer = setTimeout(() => void this.refresh().finally(() => this.schedule()), this.intervalMs);
   }
 
-  /**
-   * Owners of the ports that appeared, before anyone hears of them (a rule may match on the
-   * owner); those of ports gone are forgotten. A port keeps the owner found when it appeared.
-   */
-  private async resolveOwners(added: IPPort[], removed: IPPort[]): Promise<void> {
-    for (const p of removed) this.owners.delete(portKey(p));
-    if (!this.resolver) return;
-    const sockets = added.flatMap((p) => {
-      const socket = this.lastSockets.get(portKey(p));
-      return socket ? [{ key: portKey(p), socket }] : [];
-    });
-    try {
-      const found = await this.resolver.resolve(sockets.map((s) => s.socket));
-      for (const { key, socket } of sockets) {
-        const owner = found.get(socket.inode);
-        if (owner) this.owners.set(key, owner);
-      }
-      this.resolver.keepOnly(new Set([...this.state.keys()].flatMap((k) => this.lastSockets.get(k)?.inode ?? [])));
-    } catch {
-      // an owner is a nicety: the port is reported without one
-    }
-  }
-
-  private async scanAndNotify(): Promise<void> {
+  private async scanAndNotify(): Promise<boolean> {
     let result: ScanResult;
     try {
       result = await this.scanner.scan();
@@ -122,28 +246,75 @@ export class PortWatcher {
     }
     const { errors, unchanged } = result;
     // Nothing new from the kernel, and no UDP socket waiting to be old enough: nothing to do.
-    if (unchanged && !errors.length && this.scanned && !this.udpPending) return;
+    if (unchanged && !errors.length && this.scanned && !this.udpPending) return false;
     this.scanned = true;
     if (!unchanged && !errors.length) {
       this.lastScan = result.ports;
-      this.lastSockets = result.sockets ?? new Map();
+      this.sockets = result.sockets ?? new Map();
     }
     const settled = this.settler.settle(this.lastScan, Date.now());
     this.udpPending = settled.pending;
+    if (settled.pending && !this.pendingTimer && !this.stopped && this.intervalMs > UDP_PENDING_SCAN_MS) {
+      this.pendingTimer = setTimeout(() => {
+        this.pendingTimer = undefined;
+        void this.refresh();
+      }, UDP_PENDING_SCAN_MS);
+    }
     const ports = settled.ports;
     // A failed scan keeps the last good state: a read error must not look like closed ports.
     const diff = errors.length ? { added: [], removed: [] } : diffPorts(this.state, toPortSet(ports));
-    if (!errors.length) this.state = toPortSet(ports);
-    if (isEmptyDiff(diff) && !errors.length) return;
-    await this.resolveOwners(diff.added, diff.removed);
-    for (const listener of this.listeners) {
-      try {
-        listener(diff, errors);
-      } catch {
-        // one subscriber's failure (a host gone mid-write) is not the others'
+    if (!errors.length) this.setState(ports);
+    if (isEmptyDiff(diff) && !errors.length) return false;
+    await this.notify(diff, errors);
+    return !isEmptyDiff(diff);
+  }
+
+  /** Tells subscribers, in order, once the new ports' owners are known (a rule may match on them). */
+  private notify(diff: PortDiff, errors: string[]): Promise<void> {
+    return (this.notified = this.notified
+      .then(() => this.resolveOwners(diff.added, diff.removed))
+      .then(() => {
+        for (const listener of this.listeners) {
+          try {
+            listener(diff, errors);
+          } catch {
+            // one subscriber's failure (a host gone mid-write) is not the others'
+          }
+        }
+      }));
+  }
+
+  /**
+   * Owners of the ports that appeared; those of ports gone are forgotten. A port keeps the
+   * owner found when it appeared.
+   */
+  private async resolveOwners(added: IPPort[], removed: IPPort[]): Promise<void> {
+    for (const p of removed) this.owners.delete(portKey(p));
+    if (!this.resolver) return;
+    const sockets = added.flatMap((p) => {
+      const socket = this.sockets.get(portKey(p));
+      return socket ? [{ key: portKey(p), socket }] : [];
+    });
+    try {
+      const found = await this.resolver.resolve(sockets.map((s) => s.socket));
+      for (const { key, socket } of sockets) {
+        const owner = found.get(socket.inode);
+        if (owner) this.owners.set(key, owner);
       }
+      this.resolver.keepOnly(new Set([...this.state.keys()].flatMap((k) => this.sockets.get(k)?.inode ?? [])));
+    } catch {
+      // an owner is a nicety: the port is reported without one
     }
   }
+}
+
+/** A number for protocol, family and port: the sockets one look at a port covers. */
+function slotKey(protocol: string, v6: boolean, port: number): number {
+  return (protocol === "tcp" ? 0 : 4 << 16) + (v6 ? 2 << 16 : 0) + port;
+}
+
+function slotOf(p: IPPort): number {
+  return slotKey(p.protocol, p.ip.includes(":"), p.port);
 }
 
 export async function scanProcNet(dir: string): Promise<ScanResult> {

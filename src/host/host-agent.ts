@@ -91,7 +91,7 @@ export class HostAgent {
   private readonly sshLink: SshLink | undefined;
   private readonly router: StreamRouter;
   private agentUp = false;
-  private hello: { version?: string; lima?: boolean; addresses: string[] } = { addresses: [] };
+  private hello: { version?: string; lima?: boolean; addresses: string[]; portDetector?: string } = { addresses: [] };
   private control: ControlServer | undefined;
   private readonly eventCounts: Record<string, number> = {};
   private readonly startedAt = new Date();
@@ -119,7 +119,9 @@ export class HostAgent {
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
         this.router.setGuest(hello);
         this.guestReportsOwners = hello?.features.includes("port-owners") ?? false;
-        this.hello = hello ? { version: hello.version, addresses: hello.addresses } : { lima: true, addresses: [] };
+        this.hello = hello
+          ? { version: hello.version, addresses: hello.addresses, ...(hello.port_detector ? { portDetector: hello.port_detector } : {}) }
+          : { lima: true, addresses: [] };
         this.agentUp = true;
         if (!hello && !this.toldStockGuest) {
           this.toldStockGuest = true;

@@ -77,6 +77,8 @@ export interface HelloResponse {
   addresses: string[];
   /** The guest agent's proof port for the direct path (0 or absent: none). */
   direct_proof_port?: number;
+  /** How the guest agent notices ports: "port detector: ebpf (…)" or "port detector: poll … (why)". */
+  port_detector?: string;
 }
 
 export interface ReverseEvent {

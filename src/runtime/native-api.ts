@@ -13,7 +13,11 @@ export interface NativeShim {
   socketpair(fds: Int32Array): number;
   /** Records of 32 bytes (core/diag-record.ts decodes them); protocols: 1 TCP, 2 UDP, 3 both. */
   diagListeners(buf: Uint8Array, cap: number, protocols: number): number;
+  /** As diagListeners, for one local port only (the kernel skips the others); families: 1 IPv4, 2 IPv6, 3 both. */
+  diagPort(buf: Uint8Array, cap: number, protocols: number, port: number, families: number): number;
   diagSubscribe(): number;
+  /** A socket for the destroy events of these protocols only (1 TCP, 2 UDP). */
+  diagSubscribeTo(protocols: number): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
   /** Starts a non-blocking vsock connect; the fd is connected or in progress (see watch). */
   vsockConnectStart(cid: number, port: number): number;
@@ -32,6 +36,17 @@ export interface NativeShim {
   /** One ready record (token) when fd is ready for events (1 in, 4 out). */
   watch(fd: number, events: number, token: number): number;
   unwatch(fd: number): number;
+  /** Loads and attaches the kernel port-event programs; the ring buffer's fd, or -errno with the reason (and any verifier log) in msg as a C string. */
+  eventsStart(msg: Uint8Array, cap: number): number;
+  /**
+   * out[0] = records consumed, out[1] = protocols seen (1 TCP, 2 UDP; 4/8: scan TCP/UDP whole),
+   * out[2..3] = total (low, high), then per record protocol | flags << 8 (1 closing, 2 IPv6) | port << 16.
+   */
+  eventsDrain(out: Uint32Array, cap: number): number;
+  /** Detaches the programs and frees the ring buffer. */
+  eventsStop(): number;
+  /** A hook's BPF instructions (8 bytes each) as ph_events_start would load them, for tests; the count. */
+  eventsProgram(hook: number, ring: number, cookieLo: number, cookieHi: number, out: Uint8Array, cap: number): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -46,7 +61,9 @@ export const SIGNATURES = {
   ph_close: { args: ["i32"], returns: "i32" },
   ph_socketpair: { args: ["ptr"], returns: "i32" },
   ph_diag_listeners: { args: ["ptr", "i32", "i32"], returns: "i32" },
+  ph_diag_port: { args: ["ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
+  ph_diag_subscribe_to: { args: ["i32"], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_vsock_connect_start: { args: ["u32", "u32"], returns: "i32" },
   ph_socket_error: { args: ["i32"], returns: "i32" },
@@ -58,6 +75,10 @@ export const SIGNATURES = {
   ph_relay_totals: { args: ["ptr"], returns: "i32" },
   ph_watch: { args: ["i32", "u32", "u32"], returns: "i32" },
   ph_unwatch: { args: ["i32"], returns: "i32" },
+  ph_events_start: { args: ["ptr", "i32"], returns: "i32" },
+  ph_events_drain: { args: ["ptr", "i32"], returns: "i32" },
+  ph_events_stop: { args: [], returns: "i32" },
+  ph_events_program: { args: ["i32", "i32", "u32", "u32", "ptr", "i32"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -76,7 +97,9 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     close: (fd) => num("ph_close", fd),
     socketpair: (fds) => num("ph_socketpair", fds),
     diagListeners: (buf, cap, protocols) => num("ph_diag_listeners", buf, cap, protocols),
+    diagPort: (buf, cap, protocols, port, families) => num("ph_diag_port", buf, cap, protocols, port, families),
     diagSubscribe: () => num("ph_diag_subscribe"),
+    diagSubscribeTo: (protocols) => num("ph_diag_subscribe_to", protocols),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
     vsockConnectStart: (cid, port) => num("ph_vsock_connect_start", cid, port),
     socketError: (fd) => num("ph_socket_error", fd),
@@ -88,6 +111,10 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     relayTotals: (out) => num("ph_relay_totals", out),
     watch: (fd, events, token) => num("ph_watch", fd, events, token),
     unwatch: (fd) => num("ph_unwatch", fd),
+    eventsStart: (msg, cap) => num("ph_events_start", msg, cap),
+    eventsDrain: (out, cap) => num("ph_events_drain", out, cap),
+    eventsStop: () => num("ph_events_stop"),
+    eventsProgram: (hook, ring, lo, hi, out, cap) => num("ph_events_program", hook, ring, lo, hi, out, cap),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

@@ -79,6 +79,8 @@ describe("the arm64 binary under qemu-user", () => {
     expect(degraded).toHaveLength(1);
     expect(degraded[0]).toContain("netlink sock_diag is refused here");
     expect(degraded[0]).toContain("EPROTONOSUPPORT");
+    // Without netlink, no kernel events either: the detector is said once, polling.
+    expect(agent.stderr.filter((l) => l.startsWith("port detector:"))).toEqual(["port detector: poll every 500 ms (netlink sock_diag is refused here)"]);
     const host = startHostAgent(guest, ["--forwarder", "grpc"]);
     await host.waitForEvent((e) => e.type === "guest-connected", "the x86-64 host agent to reach the arm64 guest agent", SLOW_MS);
     await forwardsTcpAndUdp(guest, host, "datagram to the arm64 guest");
@@ -101,7 +103,7 @@ describe("the arm64 binary under qemu-user", () => {
   arm64Test("host role: the arm64 host agent forwards the x86-64 guest agent's TCP (1 MiB echo) and UDP intact", async () => {
     const guest = Guest.create();
     const agent = await guest.startAgent([], PORTHOLE);
-    expect(agent.stderr.join("\n")).toContain("watching sockets with netlink sock_diag");
+    expect(agent.stderr.join("\n")).toContain("watching sockets with netlink sock_diag on kernel events");
     const host = startHostAgent(guest, ["--forwarder", "grpc"], { command: ARM64 });
     await host.waitForEvent((e) => e.type === "guest-connected", "the arm64 host agent to connect", SLOW_MS);
     await forwardsTcpAndUdp(guest, host, "datagram through the arm64 host");

@@ -10,7 +10,7 @@ useHarness();
 const porthole = (args: string[], timeoutMs?: number) => runPorthole(args, { timeoutMs });
 
 describe("command line", () => {
-  e2eTest("--help lists the roles and --version prints the version, architecture, runtime and that the shim loaded", () => {
+  e2eTest("--help lists the roles and --version prints the version, architecture, runtime, that the shim loaded and the port detector", () => {
     const help = porthole(["--help"]);
     expect(help.code).toBe(0);
     for (const cmd of ["guest", "host", "demo"]) expect(help.stdout).toContain(cmd);
@@ -20,6 +20,7 @@ describe("command line", () => {
       `architecture: ${process.arch} (linux)`,
       `runtime: bun ${process.versions.bun}`,
       `native shim: loaded (${process.arch})`,
+      "port detector: ebpf (kernel events load here)", // root on a kernel with cgroup BPF
     ]);
   });
 

@@ -53,6 +53,21 @@ describe("netlink sock_diag", () => {
     expect(ports).not.toContain(`tcp 127.0.0.1 ${client.localPort}`);
   });
 
+  test("a dump of one port has that port's sockets of that family only (the kernel filters)", async () => {
+    const [a, b] = [await listen("127.0.0.1"), await listen("127.0.0.1")];
+    const v6 = await listen("::1");
+    const buf = new Uint8Array(64 * DIAG_RECORD_BYTES);
+    const of = (protocols: number, port: number, families: number) => {
+      const n = check(shim, shim.diagPort(buf, buf.length, protocols, port, families), "port dump");
+      return diagRecordsToPorts(parseDiagRecords(buf, n)).map((p) => `${p.protocol} ${p.ip} ${p.port}`);
+    };
+    expect(of(1, portOf(a), 1)).toEqual([`tcp 127.0.0.1 ${portOf(a)}`]);
+    expect(of(1, portOf(b), 3)).toEqual([`tcp 127.0.0.1 ${portOf(b)}`]);
+    expect(of(1, portOf(a), 2)).toEqual([]); // IPv6 only
+    expect(of(1, portOf(v6), 2)).toEqual([`tcp ::1 ${portOf(v6)}`]);
+    expect(of(2, portOf(a), 3)).toEqual([]); // UDP only
+  });
+
   test("closing a listener sends a destroy event, and the next dump no longer has it", async () => {
     const sub = check(shim, shim.diagSubscribe(), "subscribe");
     cleanups.push(() => shim.close(sub));

@@ -1,0 +1,127 @@
+// The port detector: kernel events (eBPF) drive detection in a real network namespace, the
+// forced poll still works, sockets of other namespaces are not forwarded, and no program stays attached to the machine's cgroup2 root once the agent is
+// gone (checked with bpftool).
+import { describe, expect } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { join } from "node:path";
+import { e2eTest, freePort, Guest, refusedSoon, runPorthole, startHostAgent, tryConnect, useHarness, type Proc } from "./harness.ts";
+
+useHarness();
+
+const statusOf = (guest: Guest) => runPorthole(["status", "--control", join(guest.dir, "state", "control.sock")]);
+const statusJSONOf = (guest: Guest) => JSON.parse(runPorthole(["status", "--control", join(guest.dir, "state", "control.sock"), "--json"]).stdout);
+
+/** The cgroup2 mount (the root the agent attaches its post-bind programs to). */
+function cgroup2Root(): string {
+  const line = readFileSync("/proc/self/mounts", "utf8").split("\n").find((l) => l.split(" ")[2] === "cgroup2");
+  if (!line) throw new Error("no cgroup2 mount");
+  return line.split(" ")[1]!;
+}
+
+/** The BPF links an agent process holds (from /proc/PID/fdinfo): link id, type and program id. */
+function linksOf(pid: number): { link: number; type: string; prog: number }[] {
+  const links: { link: number; type: string; prog: number }[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`) !== "anon_inode:bpf_link") continue;
+      const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8");
+      const field = (name: string) => new RegExp(`${name}:\\s*(\\S+)`).exec(info)?.[1] ?? "";
+      links.push({ link: Number(field("link_id")), type: field("link_type"), prog: Number(field("prog_id")) });
+    } catch {
+      // the fd closed meanwhile
+    }
+  }
+  return links;
+}
+
+/** Ids of every BPF link on the machine, as bpftool lists them. */
+function machineLinks(): number[] {
+  const r = spawnSync("bpftool", ["-j", "link", "show"], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`bpftool link show: ${r.stderr}`);
+  return (JSON.parse(r.stdout.trim() || "[]") as { id: number }[]).map((l) => l.id);
+}
+
+/** Program ids attached to the cgroup2 root, as bpftool (not our code) lists them. */
+function attachedToRoot(): number[] {
+  const r = spawnSync("bpftool", ["-j", "cgroup", "show", cgroup2Root()], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`bpftool cgroup show: ${r.stderr}`);
+  return (JSON.parse(r.stdout.trim() || "[]") as { id: number }[]).map((p) => p.id);
+}
+
+async function waitUntil(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
+}
+
+/** A guest agent whose full scans are a minute apart: only kernel events can find a port in time. */
+async function eventOnlyPair(extra: string[] = []): Promise<{ guest: Guest; agent: Proc; host: ReturnType<typeof startHostAgent> }> {
+  const guest = Guest.create();
+  const agent = await guest.startAgent(["--scan-interval", "60000", ...extra]);
+  const host = startHostAgent(guest);
+  await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+  return { guest, agent, host };
+}
+
+describe("port detector", () => {
+  e2eTest("ebpf is the detector in use (status, status --json, the agent's log) and finds TCP and UDP ports without a scan", async () => {
+    const { guest, agent, host } = await eventOnlyPair();
+    expect(agent.stderr.join("\n")).toContain("port detector: ebpf (kernel events");
+    expect(statusOf(guest).stdout).toContain("guest port detector: ebpf");
+    expect(statusJSONOf(guest).guest.portDetector).toStartWith("port detector: ebpf");
+
+    const [tcpPort, udpPort] = [await freePort(), await freePort()];
+    const tcp = await guest.startEcho("127.0.0.1", tcpPort);
+    await host.waitForForwarding(tcpPort, 5000);
+    expect(await tryConnect(tcpPort)).toBe("connected");
+    await guest.startServer("udp-echo", [["127.0.0.1", udpPort]]);
+    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${udpPort}`, "the UDP forward", 5000);
+
+    // A listener closing (the tracepoint's LISTEN -> CLOSE, and the destroy event) ends the forward.
+    await tcp.kill();
+    expect(await refusedSoon(tcpPort, "127.0.0.1", 5000)).toBe("ECONNREFUSED");
+  });
+
+  e2eTest("--detector poll: the agent says it polls and why, and still forwards a new port", async () => {
+    const guest = Guest.create();
+    const agent = await guest.startAgent(["--detector", "poll"]);
+    expect(agent.stderr.join("\n")).toContain("port detector: poll every 50 ms (--detector poll was given)");
+    expect(linksOf(agent.child.pid!)).toEqual([]); // nothing attached
+    const host = startHostAgent(guest);
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+    expect(statusOf(guest).stdout).toContain("guest port detector: poll every 50 ms");
+    const port = await freePort();
+    await guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port);
+    expect(await tryConnect(port)).toBe("connected");
+  });
+
+  e2eTest("a listener in another network namespace is not forwarded", async () => {
+    const { guest, host } = await eventOnlyPair();
+    const other = Guest.create();
+    const [otherPort, ownPort] = [await freePort(), await freePort()];
+    await other.startEcho("127.0.0.1", otherPort);
+    await guest.startEcho("127.0.0.1", ownPort);
+    await host.waitForForwarding(ownPort, 5000);
+    expect(host.events.some((e) => e.hostAddr === `127.0.0.1:${otherPort}`)).toBe(false);
+    expect(statusJSONOf(guest).forwards.map((f: { hostAddr: string }) => f.hostAddr)).not.toContain(`127.0.0.1:${otherPort}`);
+  });
+
+  for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+    e2eTest(`after the agent ends (${signal}) none of its programs stays attached to the cgroup2 root`, async () => {
+      const guest = Guest.create();
+      const agent = await guest.startAgent();
+      const links = linksOf(agent.child.pid!);
+      expect(links.map((l) => l.type)).toEqual(["cgroup", "cgroup", "cgroup"]); // sock_ops (listen), post-bind IPv4 and IPv6
+      const cgroupProgs = links.map((l) => l.prog);
+      expect(attachedToRoot()).toEqual(expect.arrayContaining(cgroupProgs));
+      expect(machineLinks()).toEqual(expect.arrayContaining(links.map((l) => l.link)));
+      await agent.kill(signal);
+      await waitUntil(() => !attachedToRoot().some((id) => cgroupProgs.includes(id)), "the post-bind programs to be detached");
+      await waitUntil(() => !machineLinks().some((id) => links.some((l) => l.link === id)), "the links to be gone");
+    });
+  }
+});

@@ -1,0 +1,140 @@
+// The shim's hand-assembled BPF programs, read back instruction by instruction (the kernel's
+// verifier is what accepts them: test/e2e/port-detector.test.ts loads them for real).
+import { beforeAll, describe, expect, test } from "bun:test";
+import type { NativeShim } from "../../src/runtime/native-api.ts";
+import { loadNative } from "../../src/runtime/native.ts";
+import { toBatch } from "../../src/guest/kernel-events.ts";
+import { closedListeners } from "../../src/core/diag-record.ts";
+
+let shim: NativeShim;
+beforeAll(async () => {
+  const loaded = await loadNative();
+  if (!loaded.shim) throw new Error(`the native shim did not load: ${loaded.error} (run make shim)`);
+  shim = loaded.shim;
+});
+
+interface Insn {
+  code: number;
+  dst: number;
+  src: number;
+  off: number;
+  imm: number;
+}
+
+const HOOKS = { listen: 0, bind4: 1, bind6: 2 } as const;
+const BPF_JMP = 0x05;
+const BPF_CALL = 0x80;
+const BPF_EXIT = 0x90;
+const FN_GET_NETNS_COOKIE = 122;
+const FN_SOCK_OPS_CB_FLAGS_SET = 59;
+const FN_RINGBUF_OUTPUT = 130;
+
+function program(hook: number, cookie: bigint, ring = 42): Insn[] {
+  const out = new Uint8Array(64 * 8);
+  const n = shim.eventsProgram(hook, ring, Number(cookie & 0xffffffffn), Number(cookie >> 32n), out, out.length);
+  expect(n).toBeGreaterThan(0);
+  const view = new DataView(out.buffer);
+  return Array.from({ length: n }, (_, i) => ({
+    code: out[i * 8]!,
+    dst: out[i * 8 + 1]! & 0xf,
+    src: out[i * 8 + 1]! >> 4,
+    off: view.getInt16(i * 8 + 2, true),
+    imm: view.getInt32(i * 8 + 4, true),
+  }));
+}
+
+const calls = (p: Insn[]) => p.filter((i) => i.code === (BPF_JMP | BPF_CALL)).map((i) => i.imm);
+
+describe("BPF programs", () => {
+  for (const [name, hook] of Object.entries(HOOKS)) {
+    test(`${name}: every jump lands inside the program, which ends by returning 1`, () => {
+      const p = program(hook, 0x1122334455667788n);
+      p.forEach((insn, at) => {
+        const cls = insn.code & 0x07;
+        const op = insn.code & 0xf0;
+        if (cls === BPF_JMP && op !== BPF_CALL && op !== BPF_EXIT) {
+          const target = at + 1 + insn.off;
+          expect(target).toBeGreaterThan(at); // forward only: the verifier refuses loops
+          expect(target).toBeLessThan(p.length);
+        }
+      });
+      expect(p.at(-1)!.code).toBe(BPF_JMP | BPF_EXIT);
+      expect(p.at(-2)).toMatchObject({ code: 0xb7, dst: 0, imm: 1 }); // r0 = 1
+    });
+
+    test(`${name}: with a cookie it compares this namespace's cookie (both halves) before writing to the ring`, () => {
+      const p = program(hook, 0x1122334455667788n);
+      expect(calls(p)).toContain(FN_GET_NETNS_COOKIE);
+      const wide = p.findIndex((i) => i.code === 0x18 && i.src === 0 && i.imm === 0x55667788);
+      expect(wide).toBeGreaterThan(-1);
+      expect(p[wide + 1]!.imm).toBe(0x11223344);
+      expect(calls(p).indexOf(FN_GET_NETNS_COOKIE)).toBeLessThan(calls(p).indexOf(FN_RINGBUF_OUTPUT));
+      // The ring is the map fd given (a pseudo map load).
+      expect(p.some((i) => i.code === 0x18 && i.src === 1 && i.imm === 42)).toBe(true);
+    });
+
+    test(`${name}: without a cookie (a kernel without SO_NETNS_COOKIE) it has no namespace check`, () => {
+      expect(calls(program(hook, 0n))).not.toContain(FN_GET_NETNS_COOKIE);
+    });
+  }
+
+  test("listen asks for the listener's state changes (its close), bind does not", () => {
+    expect(calls(program(HOOKS.listen, 0n))).toContain(FN_SOCK_OPS_CB_FLAGS_SET);
+    expect(calls(program(HOOKS.bind4, 0n))).not.toContain(FN_SOCK_OPS_CB_FLAGS_SET);
+  });
+
+  test("an unknown hook is refused", () => {
+    expect(shim.eventsProgram(9, 1, 0, 0, new Uint8Array(512), 512)).toBeLessThan(0);
+  });
+});
+
+describe("event records", () => {
+  test("a drained batch names each port once, with its family and whether it was a close", () => {
+    const out = new Uint32Array(4 + 4);
+    out.set([4, 1 | 2, 4, 0]);
+    out[4] = 6 | (0 << 8) | (8080 << 16); // TCP listen, IPv4
+    out[5] = 6 | (1 << 8) | (8080 << 16); // TCP close, IPv4
+    out[6] = 17 | (2 << 8) | (5353 << 16); // UDP bind, IPv6
+    out[7] = 6 | (0 << 8) | (8080 << 16); // the listen again
+    expect(toBatch(out, 4)).toEqual({
+      whole: 0,
+      ports: [
+        { protocol: "tcp", port: 8080, families: 1 },
+        { protocol: "tcp", port: 8080, families: 1, closing: true, closeOnly: true },
+        { protocol: "udp", port: 5353, families: 2, bound: true },
+      ],
+    });
+  });
+
+  test("records past the room, or without a port, make that protocol a whole scan", () => {
+    const out = new Uint32Array(4 + 1);
+    out.set([3, 1 | 2 | 8, 3, 0, 6 | (8080 << 16)]);
+    expect(toBatch(out, 3)).toEqual({ whole: 2, ports: [{ protocol: "tcp", port: 8080, families: 1 }] });
+  });
+});
+
+describe("destroy events", () => {
+  /** One sock_diag message: family, then sport and dport (big-endian) as inet_diag_msg has them. */
+  function message(family: number, sport: number, dport: number): Uint8Array {
+    const m = new Uint8Array(16 + 72);
+    const view = new DataView(m.buffer);
+    view.setUint32(0, m.length, true);
+    view.setUint16(4, 20, true); // SOCK_DIAG_BY_FAMILY
+    m[16] = family;
+    view.setUint16(16 + 4, sport, false);
+    view.setUint16(16 + 6, dport, false);
+    return m;
+  }
+  const join = (...parts: Uint8Array[]) => Uint8Array.from(parts.flatMap((p) => [...p]));
+
+  test("a closed listener names its port and family; connected sockets closing name nothing", () => {
+    expect(closedListeners(join(message(2, 8080, 0), message(10, 8080, 0), message(2, 40000, 8080), message(2, 8080, 0)))).toEqual([
+      { family: 4, port: 8080 },
+      { family: 6, port: 8080 },
+    ]);
+  });
+
+  test("bytes that do not parse mean: scan everything", () => {
+    expect(closedListeners(new Uint8Array([1, 2, 3]))).toBeUndefined();
+  });
+});
