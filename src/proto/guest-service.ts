@@ -5,6 +5,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import limaProto from "../../proto/guestservice.proto" with { type: "text" };
 import portholeProto from "../../proto/porthole.proto" with { type: "text" };
+import { decodeTunnelMessage, encodeTunnelMessage } from "./tunnel-codec.ts";
 
 export interface IPPort {
   protocol: string;
@@ -78,6 +79,14 @@ export function loadRoot(): protobuf.Root {
   return root;
 }
 
+/** Tunnel and ReverseTunnel carry every forwarded byte: their messages go through the hand-written codec. */
+const TUNNEL_CODEC = {
+  requestSerialize: encodeTunnelMessage,
+  requestDeserialize: decodeTunnelMessage,
+  responseSerialize: encodeTunnelMessage,
+  responseDeserialize: decodeTunnelMessage,
+};
+
 export const packageDefinition = protoLoader.fromJSON(loadRoot().toJSON(), LOADER_OPTIONS);
 
 const limaService = (packageDefinition.GuestService as grpc.ServiceDefinition);
@@ -92,15 +101,13 @@ export const limaGuestServiceDefinition: grpc.ServiceDefinition = limaService;
  */
 export const guestServiceDefinition: grpc.ServiceDefinition = {
   ...limaService,
-  Tunnel: { ...limaService.Tunnel!, ...serializers(portholeService.ReverseTunnel!) },
+  Tunnel: { ...limaService.Tunnel!, ...TUNNEL_CODEC },
 };
 
-export const portholeServiceDefinition: grpc.ServiceDefinition = portholeService;
-
-function serializers(m: grpc.MethodDefinition<unknown, unknown>) {
-  const { requestSerialize, requestDeserialize, responseSerialize, responseDeserialize } = m;
-  return { requestSerialize, requestDeserialize, responseSerialize, responseDeserialize };
-}
+export const portholeServiceDefinition: grpc.ServiceDefinition = {
+  ...portholeService,
+  ReverseTunnel: { ...portholeService.ReverseTunnel!, ...TUNNEL_CODEC },
+};
 
 const GuestServiceClient = grpc.makeGenericClientConstructor(guestServiceDefinition, "GuestService");
 const PortholeClient = grpc.makeGenericClientConstructor(portholeServiceDefinition, "Porthole");
