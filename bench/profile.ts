@@ -17,6 +17,9 @@ const DURATION = flag("duration", "8");
 const OUT = flag("out", "/tmp/porthole-profile");
 const UDP = flag("udp", "");
 const MAIN = join(import.meta.dir, "../src/cli/main.ts");
+// Set here, the agents need not restart themselves for it (runtime/allocator.ts), which the
+// profiler does not survive.
+process.env.MIMALLOC_PURGE_DELAY ??= "2000";
 
 /** utime + stime (clock ticks, 100 per second) and minor page faults of a process. */
 function stat(pid: number): { ticks: number; minflt: number } {
