@@ -6,7 +6,7 @@ import { batchWrites } from "../../src/transport/write-batching.ts";
 
 test("writes in one turn are corked until it ends, then arrive complete and in order", async () => {
   const received: Buffer[] = [];
-  const server = net.createServer((s) => s.on("data", (d) => received.push(d)));
+  const server = net.createServer((s) => s.on("data", (d: Buffer) => received.push(d)));
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
   await new Promise((r) => client.once("connect", r));
