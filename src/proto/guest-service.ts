@@ -39,6 +39,10 @@ export interface TunnelMessage {
   half_close: boolean;
   /** porthole extension: the guest side reached EOF. */
   eof: boolean;
+  /** porthole extension: several UDP datagrams in one message. */
+  datagrams: Buffer[];
+  /** porthole extension (UDP handshake): the host reads `datagrams`. */
+  udp_batch: boolean;
 }
 
 export interface HelloResponse {

@@ -23,6 +23,10 @@ const STRING_FIELDS = [
 const DATA_FIELD = 3;
 const HALF_CLOSE_FIELD = 100;
 const EOF_FIELD = 101;
+const DATAGRAMS_FIELD = 102;
+const UDP_BATCH_FIELD = 103;
+/** Tags of fields 100..103 take two bytes. */
+const LONG_TAG_BYTES = 2;
 const GRPC_HEADER_BYTES = 5;
 
 const varintBytes = (n: number) => (n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5);
@@ -48,8 +52,10 @@ export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
   }
   const data = message.data;
   if (data?.length) size += 1 + varintBytes(data.length) + data.length;
-  if (message.half_close) size += 3;
-  if (message.eof) size += 3;
+  if (message.half_close) size += LONG_TAG_BYTES + 1;
+  if (message.eof) size += LONG_TAG_BYTES + 1;
+  for (const d of message.datagrams ?? []) size += LONG_TAG_BYTES + varintBytes(d.length) + d.length;
+  if (message.udp_batch) size += LONG_TAG_BYTES + 1;
 
   const frame = Buffer.allocUnsafe(GRPC_HEADER_BYTES + size);
   frame[0] = 0; // not compressed
@@ -72,6 +78,12 @@ export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
   while (next < strings.length) writeString(strings[next++]!);
   if (message.half_close) at = writeVarint(frame, writeVarint(frame, at, HALF_CLOSE_FIELD << 3), 1);
   if (message.eof) at = writeVarint(frame, writeVarint(frame, at, EOF_FIELD << 3), 1);
+  for (const d of message.datagrams ?? []) {
+    at = writeVarint(frame, writeVarint(frame, at, (DATAGRAMS_FIELD << 3) | 2), d.length);
+    frame.set(d, at);
+    at += d.length;
+  }
+  if (message.udp_batch) at = writeVarint(frame, writeVarint(frame, at, UDP_BATCH_FIELD << 3), 1);
   const serialized = frame.subarray(GRPC_HEADER_BYTES);
   frames.set(serialized, frame);
   return serialized;
@@ -81,7 +93,9 @@ const EMPTY = Buffer.alloc(0);
 
 /** Decodes a message (unknown fields skipped, as protobuf requires); throws on a malformed one. */
 export function decodeTunnelMessage(buf: Buffer): TunnelMessage {
-  const message: TunnelMessage = { id: "", protocol: "", data: EMPTY, guest_addr: "", udp_target_addr: "", half_close: false, eof: false };
+  const message: TunnelMessage = {
+    id: "", protocol: "", data: EMPTY, guest_addr: "", udp_target_addr: "", half_close: false, eof: false, datagrams: [], udp_batch: false,
+  };
   let at = 0;
   const varint = (): number => {
     let n = 0;
@@ -103,6 +117,7 @@ export function decodeTunnelMessage(buf: Buffer): TunnelMessage {
       const end = at + length;
       if (end > buf.length) throw new Error("a Tunnel message field runs past its end");
       if (field === DATA_FIELD) message.data = buf.subarray(at, end);
+      else if (field === DATAGRAMS_FIELD) message.datagrams.push(buf.subarray(at, end));
       else {
         const name = STRING_FIELDS.find(([f]) => f === field)?.[1];
         if (name) message[name] = buf.toString("utf8", at, end);
@@ -112,6 +127,7 @@ export function decodeTunnelMessage(buf: Buffer): TunnelMessage {
       const value = varint();
       if (field === HALF_CLOSE_FIELD) message.half_close = value !== 0;
       else if (field === EOF_FIELD) message.eof = value !== 0;
+      else if (field === UDP_BATCH_FIELD) message.udp_batch = value !== 0;
     } else if (wire === 1) at += 8;
     else if (wire === 5) at += 4;
     else throw new Error(`a Tunnel message has a field of wire type ${wire}`);

@@ -15,21 +15,24 @@ const samples: Partial<TunnelMessage>[] = [
   { id: "udp-53-127.0.0.1:5353", data: Buffer.from([0]) },
   { id: "x", eof: true },
   { data: randomBytes(300) },
-  { id: "ünïcødé ✓", udp_target_addr: "[::1]:53", protocol: "udp" },
+  { id: "ünïcødé ✓", udp_target_addr: "[::1]:53", protocol: "udp", udp_batch: true },
+  { datagrams: [randomBytes(1400), Buffer.alloc(0), randomBytes(200)] },
   {},
 ];
 
 const full = (m: Partial<TunnelMessage>) => ({
   id: m.id ?? "", protocol: m.protocol ?? "", data: Buffer.from(m.data ?? []), guest_addr: m.guest_addr ?? "",
   udp_target_addr: m.udp_target_addr ?? "", half_close: m.half_close ?? false, eof: m.eof ?? false,
+  datagrams: (m.datagrams ?? []).map((d) => Buffer.from(d)), udp_batch: m.udp_batch ?? false,
 });
+const plain = (m: TunnelMessage) => ({ ...m, data: Buffer.from(m.data), datagrams: m.datagrams.map((d) => Buffer.from(d)) });
 
 describe("Tunnel codec", () => {
   test("what it encodes, protobufjs decodes to the same fields, and the gRPC frame header precedes it", () => {
     for (const m of samples) {
       const bytes = encodeTunnelMessage(m);
-      const decoded = Extended.toObject(Extended.decode(bytes), { defaults: true });
-      expect({ ...decoded, data: Buffer.from(decoded.data) }).toEqual(full(m));
+      const decoded = Extended.toObject(Extended.decode(bytes), { defaults: true }) as TunnelMessage;
+      expect(plain(decoded)).toEqual(full(m));
       const frame = framedMessage(bytes)!;
       expect(frame[0]).toBe(0);
       expect(frame.readUInt32BE(1)).toBe(bytes.length);
@@ -40,10 +43,10 @@ describe("Tunnel codec", () => {
   test("what protobufjs encodes (Lima's message and porthole's), it decodes to the same fields", () => {
     for (const m of samples) {
       const ours = decodeTunnelMessage(Buffer.from(Extended.encode(Extended.fromObject(m)).finish()));
-      expect({ ...ours, data: Buffer.from(ours.data) }).toEqual(full(m));
-      const { half_close: _h, eof: _e, ...limaFields } = m;
+      expect(plain(ours)).toEqual(full(m));
+      const { half_close: _h, eof: _e, datagrams: _d, udp_batch: _u, ...limaFields } = m;
       const fromLima = decodeTunnelMessage(Buffer.from(Lima.encode(Lima.fromObject(limaFields)).finish()));
-      expect({ ...fromLima, data: Buffer.from(fromLima.data) }).toEqual(full(limaFields));
+      expect(plain(fromLima)).toEqual(full(limaFields));
     }
   });
 
