@@ -20,9 +20,11 @@ const DURATION = Number(flag("duration", SMOKE ? "1" : "5"));
 const RUNS = Number(flag("runs", SMOKE ? "1" : "3"));
 const JSON_OUT = flag("json", "dist/bench.json");
 const DETECT_TRIES = SMOKE ? 5 : 50;
-/** Within what a gRPC UDP flow carries here: past it, queued datagrams delay iperf3's own
- * control connection on the same HTTP/2 session until iperf3 gives up. */
+/** The UDP row's offered rate (as in the issue-15 table); the rows below offer a gigabit. */
 const UDP_RATE = "200M";
+/** "UDP flood": iperf3 -u offering 1 Gbit/s; "UDP beside TCP" / "TCP beside UDP": the same while a
+ * TCP transfer runs through the same forwarder (both must finish: a flood must not starve TCP). */
+const UDP_FLOOD_RATE = SMOKE ? "100M" : "1G"; // the smoke run checks the harness, not the machine
 /** --only grpc,fast,detection,…: measure just these (for working on one path). */
 const ONLY = flag("only", "").split(",").filter(Boolean);
 const wanted = (name: string) => ONLY.length === 0 || ONLY.includes(name);
@@ -51,6 +53,8 @@ interface Results {
   /** Agent CPU (% of one core) per Gbit/s while iperf3 ran, per row and path. */
   cpuPerGbit: Record<string, Partial<Record<Path, { host: number; guest: number }>>>;
   udpLoss: Partial<Record<Path, number>>;
+  /** Loss (%) per UDP row ("UDP", "UDP flood", "UDP beside TCP") and path. */
+  udpLossByRow: Record<string, Partial<Record<Path, number>>>;
   latency: Record<string, { rrPerSec: number; connPerSec: number }>;
   /** The guest agent's "port detector: …" line (absent from older agents). */
   detector: string;
@@ -102,6 +106,28 @@ function iperf(port: number, host: string, extra: string[]): { gbps: number; los
   return { gbps: (out.end.sum_sent.bits_per_second + out.end.sum_received.bits_per_second) / 2 / 1e9 };
 }
 
+/** iperf() without blocking the event loop (two at once); no retry: its server is its own. */
+function iperfAsync(port: number, host: string, extra: string[]): Promise<{ gbps: number; loss?: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("iperf3", ["-c", host, "-p", String(port), "-t", String(DURATION), "-J", ...extra]);
+    let stdout = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d));
+    const timer = setTimeout(() => child.kill(), (DURATION + 20) * 1000);
+    child.on("close", () => {
+      clearTimeout(timer);
+      let out: { error?: string; end?: any };
+      try {
+        out = JSON.parse(stdout);
+      } catch {
+        return reject(new Error(`iperf3 -c ${host} -p ${port} ${extra.join(" ")}: no result`));
+      }
+      if (out.error || !out.end) return reject(new Error(`iperf3 -c ${host} -p ${port} ${extra.join(" ")}: ${out.error}`));
+      if (extra.includes("-u")) return resolve({ gbps: out.end.sum_received.bits_per_second / 1e9, loss: out.end.sum.lost_percent });
+      resolve({ gbps: (out.end.sum_sent.bits_per_second + out.end.sum_received.bits_per_second) / 2 / 1e9 });
+    });
+  });
+}
+
 async function waitAccepting(port: number, host = "127.0.0.1", timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -143,8 +169,9 @@ async function latency(port: number, host = "127.0.0.1"): Promise<{ rrPerSec: nu
 
 interface Mode {
   path: Path;
-  /** Starts whatever forwards guest port `guestPort` to host port `hostPort`; returns a stop. */
-  start(guestPort: number, hostPort: number): Promise<() => Promise<void>>;
+  /** Starts whatever forwards guest port `guestPort` to host port `hostPort` (and `second`'s
+   * guest port to its host port); returns a stop. */
+  start(guestPort: number, hostPort: number, second?: [number, number]): Promise<() => Promise<void>>;
   udp: boolean;
   /** The agents' pids while started (for CPU per Gbit/s). */
   pids?: { host?: number; guest?: number };
@@ -162,17 +189,19 @@ async function main(): Promise<void> {
   const guestAgent = await guest.startAgent(DETECTOR ? ["--detector", DETECTOR] : []);
   const detector = guestAgent.stderr.find((l) => l.startsWith("port detector:")) ?? "(not said: an agent from before the detectors)";
   log(detector);
-  const [iperfPort, echoPort] = [await freePort(), await freePort()];
+  const [iperfPort, echoPort, iperfPort2] = [await freePort(), await freePort(), await freePort()];
   guest.spawn(["iperf3", "-s", "-p", String(iperfPort)], "iperf3 server");
+  guest.spawn(["iperf3", "-s", "-p", String(iperfPort2)], "iperf3 server (UDP beside TCP)");
   await guest.startServer("echo", [["0.0.0.0", echoPort]]);
 
   const results: Results = {
     machine: `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}`,
     settings: { duration: DURATION, runs: RUNS, smoke: SMOKE },
     detector,
-    throughput: { TCP: {}, "TCP Reverse": {}, UDP: {} },
+    throughput: { TCP: {}, "TCP Reverse": {}, UDP: {}, "UDP flood": {}, "UDP beside TCP": {}, "TCP beside UDP": {} },
     cpuPerGbit: { TCP: {}, "TCP Reverse": {} },
     udpLoss: {},
+    udpLossByRow: { UDP: {}, "UDP flood": {}, "UDP beside TCP": {} },
     latency: {},
     detection: { openP50: 0, openP95: 0, closeP50: 0, closeP95: 0, tries: 0 },
     cost: { guestIdleCpuPercent: 0, hostRssMiB: 0, listeners: 0, established: 0, connections: 0 },
@@ -184,9 +213,10 @@ async function main(): Promise<void> {
     const mode: Mode = {
       path,
       udp: path === "grpc",
-      async start(guestPort, hostPort) {
+      async start(guestPort, hostPort, second) {
         // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection.
-        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+        const secondRule = second ? `- {guestPort: ${second[0]}, hostPort: ${second[1]}, static: true}\n` : "";
+        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n${secondRule}- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
         let ownGuest: Proc | undefined;
         let guestFlags: string[] = [];
         if (relay !== undefined) {
@@ -198,6 +228,7 @@ async function main(): Promise<void> {
         const env: Record<string, string> = relay !== undefined ? { PORTHOLE_NATIVE_RELAY: relay } : {};
         const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...guestFlags, ...extra(sshd)], { env });
         await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
+        if (second) await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${second[1]}`, "the second forward", 20_000);
         // The direct path is used once the guest agent proved it answers at the guest's address.
         if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
         mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
@@ -264,28 +295,61 @@ async function main(): Promise<void> {
     results.cpuPerGbit[row]![path] = { host: per(0), guest: per(1) };
     log(`${row.padEnd(11)} ${path.padEnd(16)} CPU per Gbit/s: host agent ${per(0).toFixed(1)}%, guest agent ${per(1).toFixed(1)}% of a core`);
   };
-  const measure = (path: Path, port: number, host: string, udp: boolean, pids?: Mode["pids"]) => {
+  const udpRow = (row: string, path: Path, port: number, host: string, rate: string) => {
+    const runs = Array.from({ length: RUNS }, () => iperf(port, host, ["-u", "-b", rate, "-l", "1400"]));
+    record(row, path, runs.map((r) => r.gbps));
+    results.udpLossByRow[row]![path] = median(runs.map((r) => r.loss ?? 0));
+    log(`${row.padEnd(11)} ${path.padEnd(16)} loss ${results.udpLossByRow[row]![path]!.toFixed(1)}%`);
+  };
+  const measure = (path: Path, port: number, host: string, udp: boolean, pids?: Mode["pids"], besidePort?: number) => {
     attempt(`TCP ${path}`, () => tcpRow("TCP", path, port, host, [], pids));
     attempt(`TCP Reverse ${path}`, () => tcpRow("TCP Reverse", path, port, host, ["-R"], pids));
     if (!udp) return;
     attempt(`UDP ${path}`, () => {
-      const runs = Array.from({ length: RUNS }, () => iperf(port, host, ["-u", "-b", UDP_RATE, "-l", "1400"]));
-      record("UDP", path, runs.map((r) => r.gbps));
-      results.udpLoss[path] = median(runs.map((r) => r.loss ?? 0));
+      udpRow("UDP", path, port, host, UDP_RATE);
+      results.udpLoss[path] = results.udpLossByRow.UDP![path];
     });
+    attempt(`UDP flood ${path}`, () => udpRow("UDP flood", path, port, host, UDP_FLOOD_RATE));
+  };
+  /** A TCP transfer and a UDP flood at once, through the same forwarder; both must finish. */
+  const besideRow = async (path: Path, tcpPort: number, udpPort: number, host: string) => {
+    const tcp: number[] = [];
+    const udp: { gbps: number; loss?: number }[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const [t, u] = await Promise.all([iperfAsync(tcpPort, host, []), iperfAsync(udpPort, host, ["-u", "-b", UDP_FLOOD_RATE, "-l", "1400"])]);
+      tcp.push(t.gbps);
+      udp.push(u);
+    }
+    record("TCP beside UDP", path, tcp);
+    record("UDP beside TCP", path, udp.map((r) => r.gbps));
+    results.udpLossByRow["UDP beside TCP"]![path] = median(udp.map((r) => r.loss ?? 0));
+    log(`UDP beside TCP ${path}: loss ${results.udpLossByRow["UDP beside TCP"]![path]!.toFixed(1)}%`);
+  };
+  const attemptAsync = async (what: string, fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (err) {
+      results.failures.push(`${what}: ${(err as Error).message}`);
+      log(`FAILED ${what}: ${(err as Error).message}`);
+    }
   };
   const localPort = await freePort();
   const localServer = new Proc(spawn("iperf3", ["-s", "-p", String(localPort), "-B", "127.0.0.1"], { stdio: "ignore" }), "iperf3 loopback");
   await waitAccepting(localPort);
   if (wanted("direct")) measure("direct", localPort, "127.0.0.1", true);
   await localServer.kill();
-  if (wanted("byIP")) measure("byIP", iperfPort, guestIP, true);
+  if (wanted("byIP")) {
+    measure("byIP", iperfPort, guestIP, true);
+    await attemptAsync("UDP beside TCP byIP", () => besideRow("byIP", iperfPort, iperfPort2, guestIP));
+  }
 
   for (const mode of modes.filter((m) => wanted(m.path))) {
     const hostPort = await freePort();
-    const stop = await mode.start(iperfPort, hostPort);
+    const hostPort2 = mode.udp ? await freePort() : 0;
+    const stop = await mode.start(iperfPort, hostPort, mode.udp ? [iperfPort2, hostPort2] : undefined);
     try {
       measure(mode.path, hostPort, "127.0.0.1", mode.udp, mode.pids);
+      if (mode.udp) await attemptAsync(`UDP beside TCP ${mode.path}`, () => besideRow(mode.path, hostPort, hostPort2, "127.0.0.1"));
     } finally {
       await stop();
     }
@@ -436,7 +500,11 @@ function report(r: Results): void {
     lines.push(`| ${row}: agent CPU per Gbit/s (host / guest, % of a core) | ${cols.map(([p]) => (values[p] ? `${values[p]!.host.toFixed(1)} / ${values[p]!.guest.toFixed(1)}` : "")).join(" | ")} |`);
   }
   lines.push("");
-  lines.push(`UDP loss at ${UDP_RATE}bit/s offered: ${Object.entries(r.udpLoss).map(([p, l]) => `${p} ${l!.toFixed(1)}%`).join(", ")}`);
+  for (const [row, losses] of Object.entries(r.udpLossByRow)) {
+    if (!Object.keys(losses).length) continue;
+    const rate = row === "UDP" ? UDP_RATE : UDP_FLOOD_RATE;
+    lines.push(`${row} loss at ${rate}bit/s offered: ${Object.entries(losses).map(([p, l]) => `${p} ${l!.toFixed(1)}%`).join(", ")}`);
+  }
   lines.push(`Latency (1-byte round trips/s over one connection; new connections/s): ${Object.entries(r.latency).map(([p, l]) => `${p} ${l.rrPerSec.toFixed(0)} / ${l.connPerSec.toFixed(0)}`).join("; ")}`);
   const d = r.detection;
   lines.push(`Port detection over ${d.tries} tries: listen() -> host accepts p50 ${d.openP50.toFixed(1)} ms, p95 ${d.openP95.toFixed(1)} ms; close() -> host refuses p50 ${d.closeP50.toFixed(1)} ms, p95 ${d.closeP95.toFixed(1)} ms`);

@@ -5,6 +5,8 @@ import * as dgram from "node:dgram";
 import { isIPv6 } from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
+import { DatagramBatcher, datagramsOf } from "../transport/datagram-batch.ts";
+import { DatagramBudget } from "../transport/datagram-budget.ts";
 import type { TunnelCall } from "./tunnel-endpoint.ts";
 
 export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): void {
@@ -13,7 +15,8 @@ export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): voi
   const socket = dgram.createSocket(isIPv6(target) ? "udp6" : "udp4");
   const id = handshake.id;
   let closed = false;
-  let blocked = false;
+  // Past the budget, datagrams are dropped rather than queued on the shared connection.
+  const budget = new DatagramBudget();
   const close = () => {
     if (closed) return;
     closed = true;
@@ -22,14 +25,16 @@ export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): voi
   };
 
   socket.on("error", () => {}); // e.g. ECONNREFUSED: the server is not there right now
+  // A porthole host that said so reads several datagrams per message; Lima's, one each.
+  const batcher = handshake.udp_batch ? new DatagramBatcher((message, done) => call.write(message, done)) : undefined;
   socket.on("message", (data) => {
-    if (closed || blocked) return;
-    if (!call.write({ id, data })) blocked = true;
+    if (closed) return;
+    budget.send(data, (done) => (batcher ? batcher.add(data, done) : call.write({ id, data }, done)));
   });
-  call.on("drain", () => (blocked = false));
   socket.connect(port, target, () => {
     call.on("data", (msg: TunnelMessage) => {
-      if (!closed) socket.send(msg.data);
+      if (closed) return;
+      for (const datagram of datagramsOf(msg)) socket.send(datagram);
     });
     call.resume();
   });

@@ -4,6 +4,7 @@ import type * as net from "node:net";
 import type { PlannedForward } from "../core/forward-plan.ts";
 import type { GuestServiceClient, TunnelMessage } from "../proto/guest-service.ts";
 import { relayTunnel, resetAfterFlush, resetSocket, type TunnelStream } from "../transport/tunnel-relay.ts";
+import { DatagramBatcher } from "../transport/datagram-batch.ts";
 import type { UdpTunnel } from "./udp-forward.ts";
 
 /** The host end of a stream call, as grpc-js's client duplex has it. */
@@ -17,7 +18,11 @@ export interface HostTunnelCall extends TunnelStream {
 export class GrpcForwarder {
   private nextId = 0;
 
-  constructor(private readonly client: GuestServiceClient) {}
+  /** `batchUdp`: the guest reads several datagrams per message (its Hello lists "udp-batch"). */
+  constructor(
+    private readonly client: GuestServiceClient,
+    private readonly batchUdp: () => boolean = () => false,
+  ) {}
 
   /** A TCP connection (or a unix socket connection) to a guest port or guest socket. */
   forwardStream(socket: net.Socket, plan: PlannedForward): void {
@@ -28,13 +33,28 @@ export class GrpcForwarder {
     bridgeSocket(socket, call, id);
   }
 
-  /** One UDP client's flow: the handshake is sent, then one message per datagram. */
+  /**
+   * One UDP client's flow: the handshake is sent, then the datagrams, batched for a porthole
+   * guest (which is told that it may batch its replies) and one per message for a stock one.
+   */
   openUdpTunnel(plan: PlannedForward, client: string): UdpTunnel {
     const id = `udp-${plan.key.split(" ")[1]}-${client}`;
     const call = this.client.Tunnel();
-    call.write({ id, protocol: "udp", guest_addr: plan.guestAddr });
+    const batch = this.batchUdp();
+    call.write({ id, protocol: "udp", guest_addr: plan.guestAddr, ...(batch ? { udp_batch: true } : {}) });
     call.on("error", () => {}); // the flow's owner listens too; an error must not be unhandled
-    return call;
+    if (!batch) return call;
+    const batcher = new DatagramBatcher((message, done) => call.write(message, done));
+    return {
+      write: (message, written = () => {}) => {
+        if (!message.data) return call.write(message, written);
+        batcher.add(message.data, written);
+        return true;
+      },
+      end: () => call.end(),
+      cancel: () => call.cancel(),
+      on: ((event: "data", listener: (message: TunnelMessage) => void) => call.on(event, listener)) as UdpTunnel["on"],
+    };
   }
 }
 

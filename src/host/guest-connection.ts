@@ -20,7 +20,7 @@ import {
   type OwnedIPPort,
   type PortholeClient,
 } from "../proto/guest-service.ts";
-import { CLIENT_OPTIONS } from "../transport/grpc-tuning.ts";
+import { CLIENT_OPTIONS, sendFramedAsIs } from "../transport/grpc-tuning.ts";
 
 export interface GuestConnectionHandlers {
   /** `hello` is undefined for a stock Lima guest agent (no porthole extensions). */
@@ -67,6 +67,7 @@ export class GuestConnection {
     options: { token?: string } = {},
   ) {
     this.target = clientTarget(address, options);
+    sendFramedAsIs();
     this.client = createGuestServiceClient(this.target.target, CLIENT_OPTIONS);
     this.porthole = createPortholeClient(this.client);
   }

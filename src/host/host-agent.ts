@@ -96,6 +96,8 @@ export class HostAgent {
   private readonly eventCounts: Record<string, number> = {};
   private readonly startedAt = new Date();
   private timeSync: TimeSync | undefined;
+  /** What the connected guest agent offers beyond Lima's protocol (none for a stock guest). */
+  private guestFeatures: string[] = [];
   /** A stock Lima guest agent is explained once per agent, not on every reconnect. */
   private toldStockGuest = false;
   private readonly fdPressure: FdPressure;
@@ -117,6 +119,7 @@ export class HostAgent {
       onConnected: (ports, hello) => {
         announcedWaiting = false;
         this.emit({ type: "guest-connected", guest, ...(hello ? { version: hello.version, features: hello.features } : { lima: true }) });
+        this.guestFeatures = hello?.features ?? [];
         this.router.setGuest(hello);
         this.guestReportsOwners = hello?.features.includes("port-owners") ?? false;
         this.hello = hello
@@ -144,7 +147,7 @@ export class HostAgent {
       },
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.map(logText).join("; ")}`),
     }, { token: options.token });
-    const grpc = new GrpcForwarder(this.connection.client);
+    const grpc = new GrpcForwarder(this.connection.client, () => this.guestFeatures.includes("udp-batch"));
     if (options.syncTime) {
       this.timeSync = new TimeSync(this.connection.client, (m) => this.log(m), (message) => this.emit({ type: "warning", message }));
     }

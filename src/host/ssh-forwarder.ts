@@ -6,6 +6,7 @@ import type { ClientChannel } from "ssh2";
 import { parseHostPort } from "../core/address.ts";
 import type { PlannedForward } from "../core/forward-plan.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
+import { batchWrites } from "../transport/write-batching.ts";
 import type { SshLink } from "./ssh-link.ts";
 
 /** How long a connection accepted while the SSH link is down waits for it. */
@@ -42,6 +43,7 @@ export class SshForwarder {
 }
 
 function bridgeChannel(socket: net.Socket, channel: ClientChannel): void {
+  batchWrites(socket); // the channel delivers packet by packet
   socket.pipe(channel);
   channel.pipe(socket);
   socket.resume();

@@ -8,6 +8,7 @@ import type { AgentEvent } from "../core/forward-event.ts";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { supportedSshCiphers } from "../runtime/ssh-ciphers.ts";
 import { dialTransport } from "../transport/dial.ts";
+import { batchWrites } from "../transport/write-batching.ts";
 import { checkHostKey, HostKeyMismatch } from "./known-hosts.ts";
 
 export interface SshCandidate {
@@ -99,6 +100,7 @@ export class SshLink {
 
   private async open(candidate: SshCandidate): Promise<Client> {
     const sock = await dialTransport(candidate.address, DIAL_TIMEOUT_MS);
+    batchWrites(sock); // ssh2 writes packet by packet
     const hostId = hostIdentity(candidate.address);
     let mismatch: Error | undefined;
     const config: ConnectConfig = {

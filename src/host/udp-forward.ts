@@ -7,11 +7,13 @@ import { isIPv6 } from "node:net";
 import { formatHostPort } from "../core/address.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
+import { datagramsOf } from "../transport/datagram-batch.ts";
+import { DatagramBudget } from "../transport/datagram-budget.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
 export interface UdpTunnel {
-  write(message: Partial<TunnelMessage>): boolean;
+  write(message: Partial<TunnelMessage>, written?: () => void): boolean;
   end(): void;
   cancel(): void;
   on(event: "data", listener: (message: TunnelMessage) => void): unknown;
@@ -25,8 +27,9 @@ export type Warn = (message: string) => void;
 interface Flow {
   tunnel: UdpTunnel;
   lastActive: number;
-  /** The stream is full: drop datagrams (UDP may lose them) instead of buffering. */
-  blocked: boolean;
+  /** Past it, datagrams are dropped (UDP may lose them) instead of queued on the connection. */
+  budget: DatagramBudget;
+  toldDropping: boolean;
 }
 
 export class UdpForward extends HostForward {
@@ -114,21 +117,26 @@ class UdpFlows implements Listener {
     const flow = this.flows.get(key) ?? this.openFlow(key, client);
     flow.lastActive = Date.now();
     this.bytesIn += data.length;
-    if (flow.blocked) return;
-    if (!flow.tunnel.write({ data })) flow.blocked = true;
+    if (flow.budget.send(data, (done) => flow.tunnel.write({ data }, done)) || flow.toldDropping) return;
+    flow.toldDropping = true;
+    this.warn(
+      `UDP ${this.hostAddr}: datagrams from ${key} come faster than the agent channel carries them; ` +
+        "the excess is dropped (as UDP may) rather than delaying other connections. Lower the sender's rate to lose none.",
+    );
   }
 
   private openFlow(key: string, client: dgram.RemoteInfo): Flow {
     if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
     const tunnel = this.openTunnel(this.plan, key);
-    const flow: Flow = { tunnel, lastActive: Date.now(), blocked: false };
+    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(), toldDropping: false };
     this.flows.set(key, flow);
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
-      this.bytesOut += msg.data.length;
-      if (this.open) this.socket.send(msg.data, client.port, client.address);
+      for (const datagram of datagramsOf(msg)) {
+        this.bytesOut += datagram.length;
+        if (this.open) this.socket.send(datagram, client.port, client.address);
+      }
     });
-    tunnel.on("drain", () => (flow.blocked = false));
     const forget = () => {
       if (this.flows.get(key) === flow) this.flows.delete(key);
     };

@@ -5,6 +5,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import limaProto from "../../proto/guestservice.proto" with { type: "text" };
 import portholeProto from "../../proto/porthole.proto" with { type: "text" };
+import { decodeTunnelMessage, encodeTunnelMessage } from "./tunnel-codec.ts";
 
 /** Request header by which a porthole host asks for each port's owner (see OwnedIPPort). */
 export const OWNERS_HEADER = "porthole-owners";
@@ -65,6 +66,10 @@ export interface TunnelMessage {
   half_close: boolean;
   /** porthole extension: the guest side reached EOF. */
   eof: boolean;
+  /** porthole extension: several UDP datagrams in one message. */
+  datagrams: Buffer[];
+  /** porthole extension (UDP handshake): the host reads `datagrams`. */
+  udp_batch: boolean;
 }
 
 export interface HelloResponse {
@@ -107,6 +112,14 @@ export function loadRoot(): protobuf.Root {
   return root;
 }
 
+/** Tunnel and ReverseTunnel carry every forwarded byte: their messages go through the hand-written codec. */
+const TUNNEL_CODEC = {
+  requestSerialize: encodeTunnelMessage,
+  requestDeserialize: decodeTunnelMessage,
+  responseSerialize: encodeTunnelMessage,
+  responseDeserialize: decodeTunnelMessage,
+};
+
 const root = loadRoot();
 export const packageDefinition = protoLoader.fromJSON(root.toJSON(), LOADER_OPTIONS);
 
@@ -122,7 +135,7 @@ export const limaGuestServiceDefinition: grpc.ServiceDefinition = limaService;
  */
 export const guestServiceDefinition: grpc.ServiceDefinition = {
   ...limaService,
-  Tunnel: { ...limaService.Tunnel!, ...serializers(portholeService.ReverseTunnel!) },
+  Tunnel: { ...limaService.Tunnel!, ...TUNNEL_CODEC },
   GetInfo: { ...limaService.GetInfo!, ...responseCodec("porthole.ExtendedInfo") },
   GetEvents: { ...limaService.GetEvents!, ...responseCodec("porthole.ExtendedEvent") },
 };
@@ -136,12 +149,10 @@ function responseCodec(name: string) {
   };
 }
 
-export const portholeServiceDefinition: grpc.ServiceDefinition = portholeService;
-
-function serializers(m: grpc.MethodDefinition<unknown, unknown>) {
-  const { requestSerialize, requestDeserialize, responseSerialize, responseDeserialize } = m;
-  return { requestSerialize, requestDeserialize, responseSerialize, responseDeserialize };
-}
+export const portholeServiceDefinition: grpc.ServiceDefinition = {
+  ...portholeService,
+  ReverseTunnel: { ...portholeService.ReverseTunnel!, ...TUNNEL_CODEC },
+};
 
 const GuestServiceClient = grpc.makeGenericClientConstructor(guestServiceDefinition, "GuestService");
 const PortholeClient = grpc.makeGenericClientConstructor(portholeServiceDefinition, "Porthole");

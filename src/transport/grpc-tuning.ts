@@ -2,7 +2,10 @@
 // stream at ~1.5 Gbit/s; larger windows let a tunnel run at the speed of the relay while
 // flow control still bounds what a stalled stream can buffer (one window per stream).
 import * as grpc from "@grpc/grpc-js";
+import { CompressionFilter } from "@grpc/grpc-js/build/src/compression-filter.js";
+import { BaseServerInterceptingCall } from "@grpc/grpc-js/build/src/server-interceptors.js";
 import type * as http2 from "node:http2";
+import { framedMessage } from "../proto/tunnel-codec.ts";
 
 export const STREAM_WINDOW_BYTES = 16 << 20;
 const MAX_MESSAGE_BYTES = 16 << 20;
@@ -43,6 +46,7 @@ export const SERVER_OPTIONS: grpc.ServerOptions = {
  * Kept in this one place; test/transport/grpc-tuning.test.ts checks it still takes.
  */
 export function createTunedServer(): grpc.Server {
+  sendFramedAsIs();
   const server = new grpc.Server(SERVER_OPTIONS);
   const internals = server as unknown as { commonServerOptions?: http2.ServerOptions };
   if (!internals.commonServerOptions) {
@@ -53,4 +57,47 @@ export function createTunedServer(): grpc.Server {
     initialWindowSize: STREAM_WINDOW_BYTES,
   };
   return server;
+}
+
+let framedAsIs = false;
+
+/**
+ * grpc-js copies every message it sends into a new buffer behind a 5-byte header. A Tunnel
+ * message (proto/tunnel-codec.ts) is serialized with that header already in front of it: the
+ * client's compression filter (uncompressed) and the server's serializer send that buffer as
+ * it is. Other messages take grpc-js's own path. Patched on grpc-js's internal prototypes,
+ * checked by test/transport/grpc-tuning.test.ts; once per process.
+ */
+export function sendFramedAsIs(): void {
+  if (framedAsIs) return;
+  framedAsIs = true;
+  type Sent = { message: Buffer; flags?: number };
+  const client = CompressionFilter.prototype as unknown as {
+    sendMessage(this: { currentCompressionAlgorithm: string; maxSendMessageLength: number }, message: Promise<Sent>): Promise<Sent>;
+  };
+  const sendMessage = client.sendMessage;
+  if (typeof sendMessage !== "function") throw new Error("grpc-js internals changed: no CompressionFilter.sendMessage to patch");
+  client.sendMessage = async function (message) {
+    const sent = await message;
+    const frame = framedMessage(sent.message);
+    const fits = this.maxSendMessageLength === -1 || sent.message.length <= this.maxSendMessageLength;
+    if (frame && fits && this.currentCompressionAlgorithm === "identity") return { message: frame, flags: sent.flags };
+    return sendMessage.call(this, Promise.resolve(sent));
+  };
+
+  const server = BaseServerInterceptingCall.prototype as unknown as {
+    serializeMessage(this: { handler: { serialize(value: unknown): Buffer } }, value: unknown): Buffer;
+  };
+  if (typeof server.serializeMessage !== "function") throw new Error("grpc-js internals changed: no serializeMessage to patch");
+  server.serializeMessage = function (value) {
+    const serialized = this.handler.serialize(value);
+    const frame = framedMessage(serialized);
+    if (frame) return frame;
+    // grpc-js's own: a new buffer, the header (responses are never compressed), the message.
+    const output = Buffer.allocUnsafe(serialized.byteLength + 5);
+    output.writeUInt8(0, 0);
+    output.writeUInt32BE(serialized.byteLength, 1);
+    serialized.copy(output, 5);
+    return output;
+  };
 }

@@ -6,6 +6,7 @@ import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import * as dgram from "node:dgram";
 import * as net from "node:net";
 import { join, resolve } from "node:path";
 import hpack from "hpack.js";
@@ -234,6 +235,27 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     process.kill(host.proc.child.pid!, "SIGHUP"); // a reload re-applies the rules: still said once
     await host.waitForEvent((e) => e.type === "config-loaded" && host.events.filter((x) => x.type === "config-loaded").length >= 2, "the reload");
     expect(host.events.filter((e) => e.type === "warning" && String(e.message).includes("guestProcess"))).toHaveLength(1);
+  });
+
+  e2eTest("UDP to a stock guest goes one datagram per message (no porthole batching): every datagram comes back whole", async () => {
+    requirePeer();
+    const guest = Guest.create();
+    const udp = await freePort();
+    await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
+    const socket = join(guest.dir, "lima-guestagent.sock");
+    const peer = guest.spawn([PYTHON, PEER, "guest", PROTO, socket, JSON.stringify([{ protocol: "udp", ip: "127.0.0.1", port: udp }])], "C-core Lima guest");
+    await peer.waitForLine(/^listening/);
+    const host = startHostAgent(guest, ["--guest", `unix://${socket}`]);
+    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${udp}`, "the UDP forward");
+    const client = dgram.createSocket("udp4");
+    defer(() => void client.close());
+    const got: string[] = [];
+    client.on("message", (m) => got.push(m.toString()));
+    const sent = Array.from({ length: 20 }, (_, i) => `datagram ${i} `.repeat(i + 1));
+    // All in one turn: a batching host would put them in one message, which Lima's guest drops.
+    for (const d of sent) client.send(d, udp, "127.0.0.1");
+    await host.proc.waitFor(() => (got.length === sent.length ? true : undefined), "all 20 echoes", 10_000);
+    expect(got.sort()).toEqual([...sent].sort());
   });
 
   e2eTest("an idle forwarded connection survives 150 s (no keepalive ping, no GOAWAY too_many_pings), then carries data", async () => {

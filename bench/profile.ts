@@ -1,0 +1,98 @@
+// CPU profiles of both agents while iperf3 runs through one forwarder: the agents run from
+// source under Bun's sampling profiler (`--cpu-prof-md`, a grep-friendly summary written at
+// exit), with a guest in a network namespace as `make bench` has it.
+//   bun bench/profile.ts [--forwarder grpc|ssh] [--duration S] [--reverse] [--udp RATE] [--out DIR] [--no-prof] [--conns]
+import { spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
+import * as net from "node:net";
+import { join } from "node:path";
+import { e2eBlocker, freePort, Guest, runCleanups, startHostAgent } from "../test/lab.ts";
+
+const args = process.argv.slice(2);
+const flag = (name: string, fallback: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : fallback;
+};
+const FORWARDER = flag("forwarder", "grpc");
+const DURATION = flag("duration", "8");
+const OUT = flag("out", "/tmp/porthole-profile");
+const UDP = flag("udp", "");
+const MAIN = join(import.meta.dir, "../src/cli/main.ts");
+// Set here, the agents need not restart themselves for it (runtime/allocator.ts), which the
+// profiler does not survive.
+process.env.MIMALLOC_PURGE_DELAY ??= "2000";
+
+/** utime + stime (clock ticks, 100 per second) and minor page faults of a process. */
+function stat(pid: number): { ticks: number; minflt: number } {
+  const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  return { ticks: Number(f[11]) + Number(f[12]), minflt: Number(f[7]) };
+}
+
+async function main(): Promise<void> {
+  const blocker = e2eBlocker();
+  if (blocker) throw new Error(blocker);
+  mkdirSync(OUT, { recursive: true });
+  // --no-prof: the same run without the profiler (its own cost), for CPU and page-fault figures.
+  const profiled = (name: string) =>
+    args.includes("--no-prof") ? [process.execPath, MAIN] : [process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${OUT}`, `--cpu-prof-name=${name}.md`, MAIN];
+  const guest = Guest.create();
+  const { guestIP } = guest.linkToHost();
+  const sshd = FORWARDER === "ssh" ? await guest.startSshd() : undefined;
+  const guestAgent = await guest.startAgent([], profiled(`guest-${FORWARDER}`));
+  const CONNS = args.includes("--conns"); // new connections (1-byte echo each) instead of iperf3
+  const iperfPort = await freePort();
+  if (CONNS) await guest.startServer("echo", [["127.0.0.1", iperfPort]]);
+  else guest.spawn(["iperf3", "-s", "-p", String(iperfPort)], "iperf3 server");
+  const hostPort = await freePort();
+  const config = guest.writeFile("profile.yaml", `portForwards:\n- {guestPort: ${iperfPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+  const sshFlags = sshd ? ["--ssh", `tcp://${guestIP}:22`, "--ssh-user", "root", "--ssh-identity", sshd.clientKey, "--ssh-skip-host-key-check"] : [];
+  const host = startHostAgent(guest, ["--config", config, "--forwarder", FORWARDER, ...sshFlags], { command: profiled(`host-${FORWARDER}`) });
+  await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 30_000);
+  await Bun.sleep(500);
+  const extra = UDP ? ["-u", "-b", UDP, "-l", "1400"] : args.includes("--reverse") ? ["-R"] : [];
+  const pids = { host: host.proc.child.pid!, guest: guestAgent.child.pid! };
+  const before = { host: stat(pids.host), guest: stat(pids.guest) };
+  const started = performance.now();
+  if (CONNS) {
+    let conns = 0;
+    while (performance.now() - started < Number(DURATION) * 1000) {
+      await new Promise<void>((resolve, reject) => {
+        const c = net.connect({ port: hostPort, host: "127.0.0.1", noDelay: true }, () => c.write("x"));
+        c.once("data", () => (c.destroy(), resolve()));
+        c.once("error", reject);
+      });
+      conns++;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    console.log(`${FORWARDER} new connections: ${(conns / seconds).toFixed(0)}/s`);
+    for (const side of ["host", "guest"] as const) {
+      const cpu = (stat(pids[side]).ticks - before[side].ticks) / seconds;
+      console.log(`  ${side} agent: ${cpu.toFixed(0)}% of a core, ${((cpu * 10) / (conns / seconds)).toFixed(2)} ms of CPU per connection`);
+    }
+  } else {
+  const r = spawnSync("iperf3", ["-c", "127.0.0.1", "-p", String(hostPort), "-t", DURATION, "-J", ...extra], { encoding: "utf8" });
+  const seconds = (performance.now() - started) / 1000;
+  const end = JSON.parse(r.stdout).end;
+  const gbps = UDP ? end.sum.bits_per_second / 1e9 : (end.sum_sent.bits_per_second + end.sum_received.bits_per_second) / 2e9;
+  console.log(`${FORWARDER} ${extra.join(" ")}: ${gbps.toFixed(2)} Gbit/s${UDP ? `, loss ${end.sum.lost_percent.toFixed(1)}%` : ""}`);
+  for (const side of ["host", "guest"] as const) {
+    const after = stat(pids[side]);
+    const cpu = (after.ticks - before[side].ticks) / seconds; // % of a core
+    const faults = after.minflt - before[side].minflt;
+    console.log(`  ${side} agent: ${cpu.toFixed(0)}% of a core, ${(cpu / gbps).toFixed(1)}% per Gbit/s, ${(faults / ((gbps * seconds * 1e9) / 8 / 4096)).toFixed(2)} page faults per 4 KiB carried`);
+  }
+  }
+  // SIGINT: the agents exit through their own handlers, and the profiler writes at exit.
+  host.proc.child.kill("SIGINT");
+  guestAgent.child.kill("SIGINT");
+  await Bun.sleep(2000);
+  console.log(`profiles in ${OUT}`);
+}
+
+main()
+  .catch((err: Error) => {
+    console.error(`profile: ${err.message}`);
+    process.exitCode = 1;
+  })
+  .finally(() => runCleanups());

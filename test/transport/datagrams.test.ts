@@ -1,0 +1,65 @@
+// UDP between porthole agents: batches keep each datagram's bounds and leave at the end of the
+// turn (or once full); the budget drops, rather than queues, what the connection has not taken.
+import { describe, expect, test } from "bun:test";
+import type { TunnelMessage } from "../../src/proto/guest-service.ts";
+import { DatagramBatcher, datagramsOf } from "../../src/transport/datagram-batch.ts";
+import { DatagramBudget } from "../../src/transport/datagram-budget.ts";
+
+const turn = () => new Promise((r) => setImmediate(r));
+
+describe("DatagramBatcher", () => {
+  test("datagrams of one turn leave as one message, in order and each whole; each is acknowledged once it left", async () => {
+    const sent: { message: Partial<TunnelMessage>; done: () => void }[] = [];
+    const batcher = new DatagramBatcher((message, done) => sent.push({ message, done }));
+    const acked: number[] = [];
+    const datagrams = [Buffer.from("one"), Buffer.alloc(0), Buffer.from("three")];
+    datagrams.forEach((d, i) => batcher.add(d, () => acked.push(i)));
+    expect(sent).toHaveLength(0);
+    await turn();
+    expect(sent).toHaveLength(1);
+    expect(sent[0]!.message.datagrams).toEqual(datagrams);
+    expect(acked).toEqual([]);
+    sent[0]!.done();
+    expect(acked).toEqual([0, 1, 2]);
+    batcher.add(Buffer.from("next turn"), () => {});
+    await turn();
+    expect(sent).toHaveLength(2);
+  });
+
+  test("a batch that reaches 64 KiB leaves at once", () => {
+    const sent: Partial<TunnelMessage>[] = [];
+    const batcher = new DatagramBatcher((message) => sent.push(message));
+    for (let i = 0; i < 50; i++) batcher.add(Buffer.alloc(1400), () => {});
+    expect(sent).toHaveLength(1);
+    expect(sent[0]!.datagrams).toHaveLength(47); // 47 × 1400 ≥ 64 KiB
+  });
+
+  test("a message carries a batch, or Lima's one datagram in data (an empty one included)", () => {
+    const m = (fields: Partial<TunnelMessage>) => ({ data: Buffer.alloc(0), datagrams: [], ...fields }) as TunnelMessage;
+    expect(datagramsOf(m({ datagrams: [Buffer.from("a"), Buffer.from("b")] }))).toEqual([Buffer.from("a"), Buffer.from("b")]);
+    expect(datagramsOf(m({ data: Buffer.from("x") }))).toEqual([Buffer.from("x")]);
+    expect(datagramsOf(m({}))).toEqual([Buffer.alloc(0)]);
+  });
+});
+
+describe("DatagramBudget", () => {
+  test("past the budget datagrams are dropped; what left frees its share", () => {
+    const budget = new DatagramBudget(3000);
+    const pending: (() => void)[] = [];
+    const write = (done: () => void) => void pending.push(done);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(false);
+    pending.shift()!();
+    pending[0]!(); // a second call of the same callback frees nothing more
+    pending[0]!();
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(false);
+  });
+
+  test("a datagram larger than the budget still goes when nothing is in flight", () => {
+    const budget = new DatagramBudget(1000);
+    expect(budget.send(Buffer.alloc(60_000), () => {})).toBe(true);
+  });
+});
