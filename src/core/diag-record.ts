@@ -64,27 +64,6 @@ const NLMSG_HEADER_BYTES = 16;
 const SOCK_DIAG_BY_FAMILY = 20;
 
 /**
- * Whether a batch of sock_diag destroy events (raw netlink messages) names only connected
- * sockets (a remote port set): those were never listening ports, so no re-scan is needed.
- * Anything else (a port that may have listened, another message type, bytes that do not
- * parse) says re-scan. A forwarded connection's sockets closing must not cost a dump each.
- */
-export function onlyConnectedCloses(bytes: Uint8Array): boolean {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let at = 0;
-  while (at < bytes.length) {
-    if (bytes.length - at < NLMSG_HEADER_BYTES + 8) return false;
-    const len = view.getUint32(at, true);
-    if (len < NLMSG_HEADER_BYTES + 8 || at + len > bytes.length) return false;
-    if (view.getUint16(at + 4, true) !== SOCK_DIAG_BY_FAMILY) return false;
-    // inet_diag_msg: family, state, timer, retrans, then sport and dport (big-endian).
-    if (view.getUint16(at + NLMSG_HEADER_BYTES + 6, false) === 0) return false;
-    at += (len + 3) & ~3; // NLMSG_ALIGN
-  }
-  return at > 0;
-}
-
-/**
  * The listening or unconnected sockets (no remote port) a batch of sock_diag destroy events
  * names, as family (4 or 6) and port, each once; undefined when the bytes do not parse (scan
  * everything). A destroy event does not say TCP or UDP.
