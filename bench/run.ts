@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
-import { e2eBlocker, freePort, Guest, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, tryConnect, type Sshd } from "../test/lab.ts";
+import { e2eBlocker, freePort, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -155,7 +155,10 @@ async function main(): Promise<void> {
       udp: path === "grpc",
       async start(guestPort, hostPort) {
         // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection.
-        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+        // Not for the direct path: a static forward dials the guest's 127.0.0.1, which only a
+        // tunnel reaches; a detected wildcard listener is what goes to the guest by IP.
+        const isStatic = path !== "porthole-direct";
+        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: ${isStatic}}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
         let ownGuest: Proc | undefined;
         let guestFlags: string[] = [];
         if (relay !== undefined) {
@@ -166,11 +169,17 @@ async function main(): Promise<void> {
         }
         const env: Record<string, string> = relay !== undefined ? { PORTHOLE_NATIVE_RELAY: relay } : {};
         const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...guestFlags, ...extra(sshd)], { env });
-        await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
         // The direct path is used once the guest agent proved it answers at the guest's address.
         if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
+        await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
         mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
+        const control = `${guestFlags.length ? `${guest.dir}/state-${path}` : `${guest.dir}/state`}/control.sock`;
         return async () => {
+          // Which paths carried the connections (counted by the agent): a column measures its path.
+          const paths = pathsOf(control, hostPort);
+          log(`${path}: connections by path ${JSON.stringify(paths)}`);
+          const expected = path === "porthole-direct" ? "direct" : path === "grpc" || path === "ssh" ? path : "fast";
+          if (Object.keys(paths).some((p) => p !== expected)) results.failures.push(`${path}: connections went by ${JSON.stringify(paths)}, not only ${expected}`);
           await host.proc.kill();
           await ownGuest?.kill();
         };

@@ -30,7 +30,9 @@
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <linux/vm_sockets.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #define NEG_ERRNO (-errno)
 
@@ -296,7 +298,7 @@ int ph_socket_error(int fd) {
 #define PH_COPY_SIZE (256 * 1024)
 #define PH_BUDGET 64 /* transfers per direction before the thread looks at other relays */
 
-enum { REC_RELAY_DONE = 1, REC_READY = 2 };
+enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3 };
 /* Record flags of REC_RELAY_DONE. */
 #define PH_RESET 1u        /* ended by an error: both sides were reset */
 #define PH_SPLICE_AB 2u    /* a -> b moved with splice() */
@@ -307,6 +309,7 @@ enum { REC_RELAY_DONE = 1, REC_READY = 2 };
 #define PH_BAD_FRAME 64u   /* the framed side broke its framing (err: the header read) */
 #define PH_LOST 128u       /* the framed side closed without an end frame (its agent died) */
 #define PH_AFTER_END 256u  /* with PH_BAD_FRAME: bytes came after the end frame */
+#define PH_DIAL_FAILED 512u /* ph_relay_dial: b never connected (err); a_to_b is a's fd, handed back */
 /* ph_relay_add flags. */
 #define PH_FORCE_COPY 1
 #define PH_FRAMED_B 2      /* side b carries PHDATA2 frames (see "framed relays" below) */
@@ -362,6 +365,10 @@ struct relay {
   int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
   uint32_t fail_flags, fail_err;
   int in_resetting;
+  int dialing;               /* ph_relay_dial: b is still connecting (only b is in the epoll set) */
+  uint64_t dial_deadline_ms;
+  int handback_fd;         /* a dial failed: the relay's fd for a, now the caller's (in the record) */
+  struct relay *dial_prev, *dial_next;
   uint64_t drain_deadline_ms; /* a failing relay waits for a send queue until then */
   struct relay *next_pending, *next_ready, *next_resetting;
 };
@@ -374,6 +381,7 @@ static uint8_t slot_abort[PH_MAX_RELAYS];
 static struct relay *pending;   /* added, not yet registered by the thread */
 static struct relay *graveyard; /* finished, freed by the thread after its current round */
 static struct relay *resetting; /* framed relays waiting for a plain side's send queue to drain */
+static struct relay *dialing;   /* ph_relay_dial relays whose b is connecting, for their deadline */
 static int abort_requested;
 static struct record *outq;     /* records the notify socket had no room for */
 static size_t outq_len, outq_cap, outq_sent_bytes;
@@ -432,9 +440,11 @@ static void dir_free(struct dir *d) {
 }
 
 /* Ends a relay: both sides closed (reset when flags has PH_RESET), the record posted. */
+static void dial_unlink(struct relay *r);
 static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->closed) return;
   r->closed = 1;
+  dial_unlink(r);
   for (int i = 0; i < 2; i++) {
     if (r->fd[i] < 0) continue; /* a framed relay closed it already */
     epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[i], NULL);
@@ -445,6 +455,7 @@ static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->d[0].spliced) flags |= PH_SPLICE_AB;
   if (r->d[1].spliced) flags |= PH_SPLICE_BA;
   struct record rec = { REC_RELAY_DONE, r->id, flags, (uint32_t)err, r->d[0].bytes, r->d[1].bytes };
+  if (flags & PH_DIAL_FAILED) rec.a_to_b = (uint64_t)r->handback_fd;
   pthread_mutex_lock(&lock);
   slots[r->id - 1] = NULL; /* counters now come from the record; the id stays taken */
   pthread_mutex_unlock(&lock);
@@ -933,6 +944,65 @@ static void framed_run(struct relay *r, struct relay **ready) {
   }
 }
 
+/* ---- dialing relays ----------------------------------------------------------------------
+ *
+ * ph_relay_dial() gives the thread a connected socket a and an address: the thread connects b
+ * itself (non-blocking), so a new forwarded connection waits for no JavaScript between its
+ * accept and its first byte. Once b is connected, a REC_DIALED record tells the event loop
+ * (which then lets go of its socket object for a) and the relay runs as any other. If b
+ * fails to connect (or not within the deadline), a is handed back untouched: the
+ * REC_RELAY_DONE record (PH_DIAL_FAILED, err, and a's fd in a_to_b) lets the event loop adopt
+ * it again and decide what happens to it (another path, a reset). */
+
+static void dial_unlink(struct relay *r) {
+  if (!r->dialing) return;
+  r->dialing = 0;
+  if (r->dial_prev) r->dial_prev->dial_next = r->dial_next;
+  else dialing = r->dial_next;
+  if (r->dial_next) r->dial_next->dial_prev = r->dial_prev;
+  r->dial_prev = r->dial_next = NULL;
+}
+
+static void dial_failed(struct relay *r, int err) {
+  dial_unlink(r);
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[1], NULL);
+  close(r->fd[1]); /* b never connected */
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
+  r->handback_fd = r->fd[0];
+  r->fd[0] = r->fd[1] = -1;
+  finish(r, PH_DIAL_FAILED, err);
+}
+
+/* b became writable (or failed): connected, or not. */
+static void dial_check(struct relay *r, struct relay **ready) {
+  int err = -ph_socket_error(r->fd[1]);
+  if (err) { dial_failed(r, err); return; }
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  if (getpeername(r->fd[1], (struct sockaddr *)&peer, &len) != 0) return; /* still connecting */
+  dial_unlink(r);
+  struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = r };
+  if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[1], &ev) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[0], &ev) != 0) {
+    dial_failed(r, errno);
+    return;
+  }
+  struct record rec = { REC_DIALED, r->id, 0, 0, 0, 0 };
+  post(rec);
+  ready_push(ready, r);
+}
+
+/* Dials past their deadline fail with ETIMEDOUT; returns the ms until the next deadline (-1: none). */
+static int dial_deadlines(void) {
+  if (!dialing) return -1;
+  uint64_t now = now_ms(), next = UINT64_MAX;
+  for (struct relay *r = dialing, *n; r; r = n) {
+    n = r->dial_next;
+    if (r->dial_deadline_ms <= now) dial_failed(r, ETIMEDOUT);
+    else if (r->dial_deadline_ms < next) next = r->dial_deadline_ms;
+  }
+  return next == UINT64_MAX ? -1 : (int)(next - now);
+}
+
 static void take_pending(struct relay **ready) {
   pthread_mutex_lock(&lock);
   struct relay *list = pending;
@@ -942,6 +1012,15 @@ static void take_pending(struct relay **ready) {
   pthread_mutex_unlock(&lock);
   for (struct relay *r = list, *next; r; r = next) {
     next = r->next_pending;
+    if (r->dialing) {
+      /* Only b, for its connection; a joins once b is connected. */
+      struct epoll_event out = { .events = EPOLLOUT | EPOLLET, .data.ptr = r };
+      if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[1], &out) != 0) { dial_failed(r, errno); continue; }
+      r->dial_next = dialing;
+      if (dialing) dialing->dial_prev = r;
+      dialing = r;
+      continue;
+    }
     struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = r };
     for (int i = 0; i < 2; i++) {
       if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[i], &ev) != 0) {
@@ -975,7 +1054,10 @@ static void *relay_thread(void *unused) {
   struct relay *ready = NULL;
   for (;;) {
     /* A plain side waiting for its send queue to drain is looked at every 10 ms. */
-    int n = epoll_wait(epfd, events, 256, ready ? 0 : resetting ? 10 : -1);
+    int dial_ms = dial_deadlines();
+    int timeout = ready ? 0 : resetting ? 10 : -1;
+    if (dial_ms >= 0 && (timeout < 0 || dial_ms < timeout)) timeout = dial_ms;
+    int n = epoll_wait(epfd, events, 256, timeout);
     if (n < 0 && errno != EINTR) return NULL;
     for (int i = 0; i < n; i++) {
       uint64_t tag = events[i].data.u64;
@@ -991,6 +1073,7 @@ static void *relay_thread(void *unused) {
       } else {
         struct relay *r = events[i].data.ptr;
         if (r->closed) continue;
+        if (r->dialing) { dial_check(r, &ready); continue; }
         if ((events[i].events & EPOLLERR) && !r->fr) check_errors(r); /* framed: framed_run looks */
         if (!r->closed) ready_push(&ready, r);
       }
@@ -1124,24 +1207,8 @@ static int framed_init(struct relay *r, int copy, const uint8_t *to_b, int to_b_
   return e;
 }
 
-int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
-  if (notify_js < 0) return -ENOTCONN;
-  struct relay *r = calloc(1, sizeof *r);
-  if (!r) return -ENOMEM;
-  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
-  r->fd[1] = r->fd[0] < 0 ? -1 : fcntl(fd_b, F_DUPFD_CLOEXEC, 0);
-  int e = 0;
-  if (r->fd[0] < 0 || r->fd[1] < 0) e = NEG_ERRNO;
-  if (!e) {
-    set_nonblock(r->fd[0]);
-    set_nonblock(r->fd[1]);
-    int copy = flags & PH_FORCE_COPY;
-    if (flags & PH_FRAMED_B) e = framed_init(r, copy, to_b, to_b_len, to_a, to_a_len);
-    else {
-      e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
-      if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
-    }
-  }
+/* Gives r an id and hands it to the thread; on an error (e) frees it. Returns the id or -errno. */
+static int relay_register(struct relay *r, int e) {
   int slot = -1;
   if (!e) {
     pthread_mutex_lock(&lock);
@@ -1172,6 +1239,82 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
   }
   wake();
   return slot + 1;
+}
+
+int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
+  if (notify_js < 0) return -ENOTCONN;
+  struct relay *r = calloc(1, sizeof *r);
+  if (!r) return -ENOMEM;
+  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
+  r->fd[1] = r->fd[0] < 0 ? -1 : fcntl(fd_b, F_DUPFD_CLOEXEC, 0);
+  int e = 0;
+  if (r->fd[0] < 0 || r->fd[1] < 0) e = NEG_ERRNO;
+  if (!e) {
+    set_nonblock(r->fd[0]);
+    set_nonblock(r->fd[1]);
+    int copy = flags & PH_FORCE_COPY;
+    if (flags & PH_FRAMED_B) e = framed_init(r, copy, to_b, to_b_len, to_a, to_a_len);
+    else {
+      e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
+      if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
+    }
+  }
+  return relay_register(r, e);
+}
+
+/*
+ * Connects a new TCP socket b to host (a numeric IPv4 or IPv6 address, NUL-terminated) and
+ * port, and relays a <-> b once it is connected (see "dialing relays"). fd_a is dup()ed (the
+ * caller closes its own at once); if the dial fails, the dup is handed back in the record.
+ * to_b: bytes already read from a. b gets TCP_NODELAY, and keepalive probes after keepalive_s
+ * idle seconds (0: none). Returns the relay's id, or -errno when the connect failed at once.
+ */
+int ph_relay_dial(int fd_a, const char *host, int port, const uint8_t *to_b, int to_b_len, int flags, int timeout_ms, int keepalive_s) {
+  if (notify_js < 0) return -ENOTCONN;
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t ss_len;
+  struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    ss_len = sizeof *in4;
+  } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    ss_len = sizeof *in6;
+  } else {
+    return -EINVAL;
+  }
+  int b = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (b < 0) return NEG_ERRNO;
+  int one = 1;
+  setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (keepalive_s > 0) {
+    setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(b, IPPROTO_TCP, TCP_KEEPIDLE, &keepalive_s, sizeof keepalive_s);
+  }
+  if (connect(b, (struct sockaddr *)&ss, ss_len) != 0 && errno != EINPROGRESS) {
+    int e = errno;
+    close(b);
+    return -e;
+  }
+  struct relay *r = calloc(1, sizeof *r);
+  if (!r) { close(b); return -ENOMEM; }
+  r->fd[1] = b;
+  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
+  int e = r->fd[0] < 0 ? NEG_ERRNO : 0;
+  if (!e) {
+    set_nonblock(r->fd[0]);
+    setsockopt(r->fd[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int copy = flags & PH_FORCE_COPY;
+    e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
+    if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, NULL, 0);
+  }
+  r->dialing = 1;
+  r->dial_deadline_ms = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 2000);
+  return relay_register(r, e);
 }
 
 /* out[0] = bytes a -> b, out[1] = bytes b -> a so far; -ENOENT once it finished. */
