@@ -296,6 +296,7 @@ int ph_socket_error(int fd) {
 #define PH_MAX_RELAYS 65536
 #define PH_PIPE_SIZE (1 << 20)
 #define PH_COPY_SIZE (256 * 1024)
+#define PH_SMALL (16 * 1024) /* a direction copies through this much until a read fills it */
 #define PH_BUDGET 64 /* transfers per direction before the thread looks at other relays */
 
 enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3 };
@@ -330,6 +331,7 @@ struct dir {
   char *buf;
   size_t off, queued, cap;
   int src_eof, shut, spliced;
+  int lazy; /* 1: no pipe yet, copying small reads; 2: a read filled the buffer, splice next */
   int hold; /* the source failed: deliver what is queued, then no shutdown (a reset follows) */
   uint64_t bytes;
 };
@@ -469,11 +471,41 @@ static void finish(struct relay *r, uint32_t flags, int err) {
 static int to_copy(struct dir *d) {
   if (d->pipe_r >= 0) { close(d->pipe_r); close(d->pipe_w); d->pipe_r = d->pipe_w = -1; }
   d->spliced = 0;
+  d->lazy = 0;
   d->cap = PH_COPY_SIZE;
   char *b = realloc(d->buf, d->cap);
   if (!b) return -ENOMEM;
   d->buf = b;
   return 0;
+}
+
+/* The direction's pipe, for splice(); -1 when none can be made. */
+static int make_pipe(struct dir *d) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
+  d->pipe_r = p[0];
+  d->pipe_w = p[1];
+  int size = fcntl(p[1], F_SETPIPE_SZ, PH_PIPE_SIZE);
+  if (size < 0) size = fcntl(p[1], F_GETPIPE_SZ);
+  d->cap = size > 0 ? (size_t)size : 65536;
+  d->spliced = 1;
+  return 0;
+}
+
+/*
+ * Small exchanges (requests, keystrokes, a new connection's first bytes) cost no pipe: a
+ * direction starts by copying through a small buffer (read/send: as many calls as splice) and
+ * makes its pipe only once a read fills that buffer, i.e. when bulk data flows; it then
+ * splices from the next read on (its buffer is empty by then).
+ */
+static void note_read(struct dir *d, ssize_t n) {
+  if (d->lazy == 1 && (size_t)n == d->cap) d->lazy = 2;
+}
+
+static void maybe_upgrade(struct dir *d) {
+  if (d->lazy != 2 || d->queued > 0) return;
+  d->lazy = 0;
+  make_pipe(d); /* no pipe: it keeps copying */
 }
 
 /* Writes what the direction holds (its pipe, or its buffer where splice does not apply) to
@@ -502,6 +534,7 @@ static int write_queued(struct dir *d, int *progressed) {
 static int pump(struct dir *d, int *side) {
   for (int budget = PH_BUDGET; budget > 0; budget--) {
     int progressed = 0;
+    maybe_upgrade(d);
     int pipe_mode = d->pipe_r >= 0;
     if (!d->src_eof && (pipe_mode ? d->queued < d->cap : d->queued == 0)) {
       ssize_t n = pipe_mode
@@ -509,7 +542,7 @@ static int pump(struct dir *d, int *side) {
         : read(d->src, d->buf, d->cap);
       if (n > 0) {
         d->queued += (size_t)n;
-        if (!pipe_mode) d->off = 0;
+        if (!pipe_mode) { d->off = 0; note_read(d, n); }
         progressed = 1;
       } else if (n == 0) {
         d->src_eof = 1;
@@ -770,6 +803,7 @@ static int enc_pump(struct relay *r, int *side) {
       return NEG_ERRNO;
     }
     if (d->queued == 0) {
+      maybe_upgrade(d);
       if (f->end_code && !f->end_started) {
         put_be32(f->ehdr, f->end_code);
         f->ehdr_off = 0;
@@ -784,6 +818,7 @@ static int enc_pump(struct relay *r, int *side) {
         if (n > 0) {
           d->queued = (size_t)n;
           d->off = 0;
+          if (!pipe_mode) note_read(d, n);
           put_be32(f->ehdr, (uint32_t)n); /* n <= the pipe's or buffer's size < PH_MAX_FRAME */
           f->ehdr_off = 0;
           progressed = 1;
@@ -819,6 +854,7 @@ static int dec_pump(struct relay *r, int *side) {
     if (d->queued > 0 && !f->plain_dead) {
       if (write_queued(d, &progressed) < 0) return NEG_ERRNO;
     }
+    maybe_upgrade(d);
     if (!f->got_end && !f->stream_gone) {
       ssize_t n;
       if (f->plain_dead) {
@@ -839,7 +875,7 @@ static int dec_pump(struct relay *r, int *side) {
           ? splice(d->src, NULL, d->pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
           : read(d->src, d->buf, want);
         if (n > 0) {
-          if (d->pipe_r < 0) d->off = 0;
+          if (d->pipe_r < 0) { d->off = 0; note_read(d, n); }
           d->queued += (size_t)n;
           f->remaining -= (uint32_t)n;
         } else if (n < 0 && errno == EINVAL && d->pipe_r >= 0 && d->queued == 0) {
@@ -1155,26 +1191,25 @@ static int dir_init(struct dir *d, int src, int dst, int copy, const uint8_t *fi
   d->src = src;
   d->dst = dst;
   d->pipe_r = d->pipe_w = -1;
-  int p[2];
-  if (!copy && pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
-    d->pipe_r = p[0];
-    d->pipe_w = p[1];
-    int size = fcntl(p[1], F_SETPIPE_SZ, PH_PIPE_SIZE);
-    if (size < 0) size = fcntl(p[1], F_GETPIPE_SZ);
-    d->cap = size > 0 ? (size_t)size : 65536;
-    d->spliced = 1;
-  } else if (to_copy(d) != 0) {
-    return -ENOMEM;
+  if (copy) {
+    if (to_copy(d) != 0) return -ENOMEM;
+  } else {
+    d->buf = malloc(PH_SMALL);
+    if (!d->buf) return -ENOMEM;
+    d->cap = PH_SMALL;
+    d->lazy = 1;
   }
   if (first_len > 0) {
     /* Bytes JavaScript had already read go out first. */
-    if (d->pipe_w >= 0 && (size_t)first_len <= d->cap && write(d->pipe_w, first, (size_t)first_len) == first_len) {
-      d->queued = (size_t)first_len;
-    } else {
-      if ((size_t)first_len > PH_COPY_SIZE || to_copy(d) != 0) return -ENOBUFS;
+    if ((size_t)first_len <= d->cap) {
       memcpy(d->buf, first, (size_t)first_len);
       d->off = 0;
       d->queued = (size_t)first_len;
+    } else if (d->lazy && make_pipe(d) == 0 && (size_t)first_len <= d->cap && write(d->pipe_w, first, (size_t)first_len) == first_len) {
+      d->lazy = 0;
+      d->queued = (size_t)first_len;
+    } else {
+      return -ENOBUFS;
     }
   }
   return 0;
