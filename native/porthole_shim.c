@@ -363,6 +363,7 @@ struct relay {
   struct dir d[2]; /* d[0]: a -> b, d[1]: b -> a */
   struct framing *fr; /* framed relays only */
   int closed, in_ready;
+  int pend;                /* directions to pump on the next run (bit i: d[i]) */
   int want_out[2];         /* EPOLLOUT is asked for on fd[i] only while a write to it waits */
   int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
   uint32_t fail_flags, fail_err;
@@ -571,11 +572,23 @@ static int pump(struct dir *d, int *side) {
   return 1;
 }
 
-static void ready_push(struct relay **ready, struct relay *r) {
+/* A relay's fd in the epoll set is tagged with its side (bit 0 of the aligned pointer), so that
+ * an event wakes only the direction it concerns: readable a -> a to b, writable a -> b to a. */
+static struct epoll_event side_event(struct relay *r, int side, uint32_t events) {
+  struct epoll_event ev = { .events = events, .data.u64 = (uint64_t)(uintptr_t)r | (uint64_t)side };
+  return ev;
+}
+
+static void ready_push_dirs(struct relay **ready, struct relay *r, int dirs) {
+  r->pend |= dirs;
   if (r->in_ready) return;
   r->in_ready = 1;
   r->next_ready = *ready;
   *ready = r;
+}
+
+static void ready_push(struct relay **ready, struct relay *r) {
+  ready_push_dirs(ready, r, 3);
 }
 
 static void framed_run(struct relay *r, struct relay **ready);
@@ -611,13 +624,16 @@ static void run(struct relay *r, struct relay **ready) {
     if (res > 0) { ready_push(ready, r); return; }
     int i = r->fail_dir == 0 ? 1 : 0; /* the fd that d writes */
     if (!r->want_out[i]) {
-      struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | EPOLLOUT, .data.ptr = r };
+      struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET | EPOLLOUT);
       if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = 1;
     }
     return;
   }
   int more = 0;
+  int pend = r->pend ? r->pend : 3;
+  r->pend = 0;
   for (int i = 0; i < 2; i++) {
+    if (!(pend & (1 << i))) continue; /* nothing happened on its side since its last pump */
     int side = 0;
     int res = pump(&r->d[i], &side);
     if (res < 0) {
@@ -645,7 +661,7 @@ static void run(struct relay *r, struct relay **ready) {
   for (int i = 0; i < 2; i++) {
     int want = r->d[1 - i].queued > 0;
     if (want == r->want_out[i]) continue;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0), .data.ptr = r };
+    struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0));
     if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = want;
   }
 }
@@ -975,7 +991,7 @@ static void framed_run(struct relay *r, struct relay **ready) {
   };
   for (int i = 0; i < 2; i++) {
     if (r->fd[i] < 0 || want[i] == r->want_out[i]) continue;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want[i] ? EPOLLOUT : 0), .data.ptr = r };
+    struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET | (want[i] ? EPOLLOUT : 0));
     if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = want[i];
   }
 }
@@ -1017,8 +1033,9 @@ static void dial_check(struct relay *r, struct relay **ready) {
   socklen_t len = sizeof peer;
   if (getpeername(r->fd[1], (struct sockaddr *)&peer, &len) != 0) return; /* still connecting */
   dial_unlink(r);
-  struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = r };
-  if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[1], &ev) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[0], &ev) != 0) {
+  struct epoll_event ev1 = side_event(r, 1, EPOLLIN | EPOLLRDHUP | EPOLLET);
+  struct epoll_event ev0 = side_event(r, 0, EPOLLIN | EPOLLRDHUP | EPOLLET);
+  if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[1], &ev1) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[0], &ev0) != 0) {
     dial_failed(r, errno);
     return;
   }
@@ -1050,15 +1067,15 @@ static void take_pending(struct relay **ready) {
     next = r->next_pending;
     if (r->dialing) {
       /* Only b, for its connection; a joins once b is connected. */
-      struct epoll_event out = { .events = EPOLLOUT | EPOLLET, .data.ptr = r };
+      struct epoll_event out = side_event(r, 1, EPOLLOUT | EPOLLET);
       if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[1], &out) != 0) { dial_failed(r, errno); continue; }
       r->dial_next = dialing;
       if (dialing) dialing->dial_prev = r;
       dialing = r;
       continue;
     }
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = r };
     for (int i = 0; i < 2; i++) {
+      struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET);
       if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[i], &ev) != 0) {
         int e = errno;
         if (i == 1) epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
@@ -1107,11 +1124,18 @@ static void *relay_thread(void *unused) {
         struct record rec = { REC_READY, (uint32_t)tag, events[i].events, (uint32_t)(tag >> 32) & 0x7fffffffu, 0, 0 };
         post(rec);
       } else {
-        struct relay *r = events[i].data.ptr;
+        struct relay *r = (struct relay *)(uintptr_t)(tag & ~1ULL);
+        int side = (int)(tag & 1);
+        uint32_t ev = events[i].events;
         if (r->closed) continue;
         if (r->dialing) { dial_check(r, &ready); continue; }
-        if ((events[i].events & EPOLLERR) && !r->fr) check_errors(r); /* framed: framed_run looks */
-        if (!r->closed) ready_push(&ready, r);
+        if ((ev & EPOLLERR) && !r->fr) check_errors(r); /* framed: framed_run looks */
+        /* Readable side i: d[i] reads it; writable side i: d[1 - i] writes it; anything else
+         * (EOF, hang-up, error): both. */
+        int dirs = (ev & (EPOLLIN | EPOLLOUT)) && !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+          ? ((ev & EPOLLIN) ? 1 << side : 0) | ((ev & EPOLLOUT) ? 1 << (1 - side) : 0)
+          : 3;
+        if (!r->closed) ready_push_dirs(&ready, r, dirs);
       }
     }
     while (resetting) {
