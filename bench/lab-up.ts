@@ -1,5 +1,5 @@
 // Profiling aid (not part of make bench): a guest in a namespace with a native echo server
-// (argv[2]: path of an `rr serve PORT` binary) and porthole forwards (fast, direct) plus ssh -L,
+// (argv[2]: the path of bench/rr.c compiled) and porthole forwards (fast, direct) plus ssh -L,
 // up until Ctrl-C. Prints the host ports.
 import { spawn } from "node:child_process";
 import { freePort, Guest, Proc, runCleanups, startHostAgent, tryConnect } from "../test/lab.ts";
@@ -8,7 +8,7 @@ const rr = process.argv[2]!;
 const guest = Guest.create();
 const { guestIP } = guest.linkToHost();
 const sshd = await guest.startSshd();
-await guest.startAgent();
+const guestAgent = await guest.startAgent();
 const echoPort = await freePort();
 guest.spawn([rr, "serve", String(echoPort)], "rr echo");
 await Bun.sleep(300);
@@ -29,6 +29,7 @@ new Proc(spawn("ssh", ["-N", "-F", "/dev/null", "-i", sshd.clientKey, "-o", "Str
 while ((await tryConnect(sshPort, "127.0.0.1")) !== "connected") await Bun.sleep(100);
 console.log(`sshL 127.0.0.1 ${sshPort}`);
 console.log(`byIP ${guestIP} ${echoPort}`);
+console.log(`guest-agent-pid ${guestAgent.child.pid}`);
 console.log("ready");
 process.on("SIGINT", async () => { await runCleanups(); process.exit(0); });
 process.on("SIGTERM", async () => { await runCleanups(); process.exit(0); });
