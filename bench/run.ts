@@ -172,6 +172,9 @@ async function main(): Promise<void> {
         // The direct path is used once the guest agent proved it answers at the guest's address.
         if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
         await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
+        // A static forward listens before the guest agent answers: connections made before
+        // then take another path (gRPC) than the column's.
+        await host.waitForEvent((e) => e.type === "guest-connected", "the guest agent", 20_000);
         await waitAccepting(hostPort);
         mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
         const control = `${guestFlags.length ? `${guest.dir}/state-${path}` : `${guest.dir}/state`}/control.sock`;
