@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
-import { e2eBlocker, freePort, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, tryConnect, type Sshd } from "../test/lab.ts";
+import { e2eBlocker, freePort, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, statusJSON, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -154,11 +154,11 @@ async function main(): Promise<void> {
       path,
       udp: path === "grpc",
       async start(guestPort, hostPort) {
-        // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection.
-        // Not for the direct path: a static forward dials the guest's 127.0.0.1, which only a
-        // tunnel reaches; a detected wildcard listener is what goes to the guest by IP.
-        const isStatic = path !== "porthole-direct";
-        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: ${isStatic}}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+        // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection,
+        // and re-opens its TCP listener after each test. A static forward dials the guest's
+        // 127.0.0.1 (only a tunnel reaches it), so the direct column's names the guest's IP.
+        const at = path === "porthole-direct" ? `guestIP: ${guestIP}, ` : "";
+        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {${at}guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
         let ownGuest: Proc | undefined;
         let guestFlags: string[] = [];
         if (relay !== undefined) {
@@ -173,17 +173,18 @@ async function main(): Promise<void> {
         if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
         await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
         // A static forward listens before the guest agent answers: connections made before
-        // then take another path (gRPC) than the column's.
-        await host.waitForEvent((e) => e.type === "guest-connected", "the guest agent", 20_000);
+        // its path is known take another one (gRPC) than the column's. Wait for the column's.
+        const control = `${guestFlags.length ? `${guest.dir}/state-${path}` : `${guest.dir}/state`}/control.sock`;
+        const expected = path === "porthole-direct" ? "direct" : path === "grpc" || path === "ssh" ? path : "fast";
+        const pathNow = () => statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${hostPort}`)?.path;
+        for (let i = 0; i < 200 && pathNow() !== expected; i++) await Bun.sleep(100);
         await waitAccepting(hostPort);
         mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
-        const control = `${guestFlags.length ? `${guest.dir}/state-${path}` : `${guest.dir}/state`}/control.sock`;
         return async () => {
           // Which paths carried the connections (counted by the agent): a column measures its path.
           const paths = pathsOf(control, hostPort);
           log(`${path}: connections by path ${JSON.stringify(paths)}`);
-          const expected = path === "porthole-direct" ? "direct" : path === "grpc" || path === "ssh" ? path : "fast";
-          // (The readiness probe may go by gRPC before the guest's data endpoint is known.)
+          // (The readiness probe may still go another way.)
           const total = Object.values(paths).reduce((a, b) => a + b, 0);
           if (total - (paths[expected] ?? 0) > 1) results.failures.push(`${path}: connections went by ${JSON.stringify(paths)}, not ${expected}`);
           await host.proc.kill();
