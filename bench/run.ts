@@ -178,7 +178,8 @@ async function main(): Promise<void> {
         const expected = path === "porthole-direct" ? "direct" : path === "grpc" || path === "ssh" ? path : "fast";
         const pathNow = () => statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${hostPort}`)?.path;
         for (let i = 0; i < 200 && pathNow() !== expected; i++) await Bun.sleep(100);
-        await waitAccepting(hostPort);
+        // (No probe connection here: it would reach the guest's iperf3 server, which serves one
+        // test at a time and takes it for a client.)
         mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
         return async () => {
           // Which paths carried the connections (counted by the agent): a column measures its path.
