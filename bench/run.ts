@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
-import { e2eBlocker, freePort, freePortBase, Guest, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, tryConnect, type Sshd } from "../test/lab.ts";
+import { e2eBlocker, freePort, freePortBase, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, statusJSON, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -214,9 +214,12 @@ async function main(): Promise<void> {
       path,
       udp: path === "grpc",
       async start(guestPort, hostPort, second) {
-        // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection.
-        const secondRule = second ? `- {guestPort: ${second[0]}, hostPort: ${second[1]}, static: true}\n` : "";
-        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n${secondRule}- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+        // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection,
+        // and re-opens its TCP listener after each test. A static forward dials the guest's
+        // 127.0.0.1 (only a tunnel reaches it), so the direct column's names the guest's IP.
+        const at = path === "porthole-direct" ? `guestIP: ${guestIP}, ` : "";
+        const secondRule = second ? `- {${at}guestPort: ${second[0]}, hostPort: ${second[1]}, static: true}\n` : "";
+        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {${at}guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n${secondRule}- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
         let ownGuest: Proc | undefined;
         let guestFlags: string[] = [];
         if (relay !== undefined) {
@@ -227,12 +230,26 @@ async function main(): Promise<void> {
         }
         const env: Record<string, string> = relay !== undefined ? { PORTHOLE_NATIVE_RELAY: relay } : {};
         const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...guestFlags, ...extra(sshd)], { env });
-        await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
-        if (second) await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${second[1]}`, "the second forward", 20_000);
         // The direct path is used once the guest agent proved it answers at the guest's address.
         if (path === "porthole-direct") await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path's proof", 20_000);
+        await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
+        if (second) await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${second[1]}`, "the second forward", 20_000);
+        // A static forward listens before the guest agent answers: connections made before
+        // its path is known take another one (gRPC) than the column's. Wait for the column's.
+        const control = `${guestFlags.length ? `${guest.dir}/state-${path}` : `${guest.dir}/state`}/control.sock`;
+        const expected = path === "porthole-direct" ? "direct" : path === "grpc" || path === "ssh" ? path : "fast";
+        const pathNow = () => statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${hostPort}`)?.path;
+        for (let i = 0; i < 200 && pathNow() !== expected; i++) await Bun.sleep(100);
+        // (No probe connection here: it would reach the guest's iperf3 server, which serves one
+        // test at a time and takes it for a client.)
         mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
         return async () => {
+          // Which paths carried the connections (counted by the agent): a column measures its path.
+          const paths = pathsOf(control, hostPort);
+          log(`${path}: connections by path ${JSON.stringify(paths)}`);
+          // (The readiness probe may still go another way.)
+          const total = Object.values(paths).reduce((a, b) => a + b, 0);
+          if (total - (paths[expected] ?? 0) > 1) results.failures.push(`${path}: connections went by ${JSON.stringify(paths)}, not ${expected}`);
           await host.proc.kill();
           await ownGuest?.kill();
         };

@@ -38,7 +38,9 @@
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <linux/vm_sockets.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #define NEG_ERRNO (-errno)
 
@@ -683,9 +685,10 @@ int ph_socket_error(int fd) {
 #define PH_MAX_RELAYS 65536
 #define PH_PIPE_SIZE (1 << 20)
 #define PH_COPY_SIZE (256 * 1024)
+#define PH_SMALL (16 * 1024) /* a direction copies through this much until a read fills it */
 #define PH_BUDGET 64 /* transfers per direction before the thread looks at other relays */
 
-enum { REC_RELAY_DONE = 1, REC_READY = 2 };
+enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3 };
 /* Record flags of REC_RELAY_DONE. */
 #define PH_RESET 1u        /* ended by an error: both sides were reset */
 #define PH_SPLICE_AB 2u    /* a -> b moved with splice() */
@@ -696,6 +699,7 @@ enum { REC_RELAY_DONE = 1, REC_READY = 2 };
 #define PH_BAD_FRAME 64u   /* the framed side broke its framing (err: the header read) */
 #define PH_LOST 128u       /* the framed side closed without an end frame (its agent died) */
 #define PH_AFTER_END 256u  /* with PH_BAD_FRAME: bytes came after the end frame */
+#define PH_DIAL_FAILED 512u /* ph_relay_dial: b never connected (err); a_to_b is a's fd, handed back */
 /* ph_relay_add flags. */
 #define PH_FORCE_COPY 1
 #define PH_FRAMED_B 2      /* side b carries PHDATA2 frames (see "framed relays" below) */
@@ -716,6 +720,7 @@ struct dir {
   char *buf;
   size_t off, queued, cap;
   int src_eof, shut, spliced;
+  int lazy; /* 1: no pipe yet, copying small reads; 2: a read filled the buffer, splice next */
   int hold; /* the source failed: deliver what is queued, then no shutdown (a reset follows) */
   uint64_t bytes;
 };
@@ -747,10 +752,15 @@ struct relay {
   struct dir d[2]; /* d[0]: a -> b, d[1]: b -> a */
   struct framing *fr; /* framed relays only */
   int closed, in_ready;
+  int pend;                /* directions to pump on the next run (bit i: d[i]) */
   int want_out[2];         /* EPOLLOUT is asked for on fd[i] only while a write to it waits */
   int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
   uint32_t fail_flags, fail_err;
   int in_resetting;
+  int dialing;               /* ph_relay_dial: b is still connecting (only b is in the epoll set) */
+  uint64_t dial_deadline_ms;
+  int handback_fd;         /* a dial failed: the relay's fd for a, now the caller's (in the record) */
+  struct relay *dial_prev, *dial_next;
   uint64_t drain_deadline_ms; /* a failing relay waits for a send queue until then */
   struct relay *next_pending, *next_ready, *next_resetting;
 };
@@ -763,6 +773,7 @@ static uint8_t slot_abort[PH_MAX_RELAYS];
 static struct relay *pending;   /* added, not yet registered by the thread */
 static struct relay *graveyard; /* finished, freed by the thread after its current round */
 static struct relay *resetting; /* framed relays waiting for a plain side's send queue to drain */
+static struct relay *dialing;   /* ph_relay_dial relays whose b is connecting, for their deadline */
 static int abort_requested;
 static struct record *outq;     /* records the notify socket had no room for */
 static size_t outq_len, outq_cap, outq_sent_bytes;
@@ -821,9 +832,11 @@ static void dir_free(struct dir *d) {
 }
 
 /* Ends a relay: both sides closed (reset when flags has PH_RESET), the record posted. */
+static void dial_unlink(struct relay *r);
 static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->closed) return;
   r->closed = 1;
+  dial_unlink(r);
   for (int i = 0; i < 2; i++) {
     if (r->fd[i] < 0) continue; /* a framed relay closed it already */
     epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[i], NULL);
@@ -834,6 +847,7 @@ static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->d[0].spliced) flags |= PH_SPLICE_AB;
   if (r->d[1].spliced) flags |= PH_SPLICE_BA;
   struct record rec = { REC_RELAY_DONE, r->id, flags, (uint32_t)err, r->d[0].bytes, r->d[1].bytes };
+  if (flags & PH_DIAL_FAILED) rec.a_to_b = (uint64_t)r->handback_fd;
   pthread_mutex_lock(&lock);
   slots[r->id - 1] = NULL; /* counters now come from the record; the id stays taken */
   pthread_mutex_unlock(&lock);
@@ -847,11 +861,41 @@ static void finish(struct relay *r, uint32_t flags, int err) {
 static int to_copy(struct dir *d) {
   if (d->pipe_r >= 0) { close(d->pipe_r); close(d->pipe_w); d->pipe_r = d->pipe_w = -1; }
   d->spliced = 0;
+  d->lazy = 0;
   d->cap = PH_COPY_SIZE;
   char *b = realloc(d->buf, d->cap);
   if (!b) return -ENOMEM;
   d->buf = b;
   return 0;
+}
+
+/* The direction's pipe, for splice(); -1 when none can be made. */
+static int make_pipe(struct dir *d) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
+  d->pipe_r = p[0];
+  d->pipe_w = p[1];
+  int size = fcntl(p[1], F_SETPIPE_SZ, PH_PIPE_SIZE);
+  if (size < 0) size = fcntl(p[1], F_GETPIPE_SZ);
+  d->cap = size > 0 ? (size_t)size : 65536;
+  d->spliced = 1;
+  return 0;
+}
+
+/*
+ * Small exchanges (requests, keystrokes, a new connection's first bytes) cost no pipe: a
+ * direction starts by copying through a small buffer (read/send: as many calls as splice) and
+ * makes its pipe only once a read fills that buffer, i.e. when bulk data flows; it then
+ * splices from the next read on (its buffer is empty by then).
+ */
+static void note_read(struct dir *d, ssize_t n) {
+  if (d->lazy == 1 && (size_t)n == d->cap) d->lazy = 2;
+}
+
+static void maybe_upgrade(struct dir *d) {
+  if (d->lazy != 2 || d->queued > 0) return;
+  d->lazy = 0;
+  make_pipe(d); /* no pipe: it keeps copying */
 }
 
 /* Writes what the direction holds (its pipe, or its buffer where splice does not apply) to
@@ -880,6 +924,7 @@ static int write_queued(struct dir *d, int *progressed) {
 static int pump(struct dir *d, int *side) {
   for (int budget = PH_BUDGET; budget > 0; budget--) {
     int progressed = 0;
+    maybe_upgrade(d);
     int pipe_mode = d->pipe_r >= 0;
     if (!d->src_eof && (pipe_mode ? d->queued < d->cap : d->queued == 0)) {
       ssize_t n = pipe_mode
@@ -887,7 +932,7 @@ static int pump(struct dir *d, int *side) {
         : read(d->src, d->buf, d->cap);
       if (n > 0) {
         d->queued += (size_t)n;
-        if (!pipe_mode) d->off = 0;
+        if (!pipe_mode) { d->off = 0; note_read(d, n); }
         progressed = 1;
       } else if (n == 0) {
         d->src_eof = 1;
@@ -916,11 +961,23 @@ static int pump(struct dir *d, int *side) {
   return 1;
 }
 
-static void ready_push(struct relay **ready, struct relay *r) {
+/* A relay's fd in the epoll set is tagged with its side (bit 0 of the aligned pointer), so that
+ * an event wakes only the direction it concerns: readable a -> a to b, writable a -> b to a. */
+static struct epoll_event side_event(struct relay *r, int side, uint32_t events) {
+  struct epoll_event ev = { .events = events, .data.u64 = (uint64_t)(uintptr_t)r | (uint64_t)side };
+  return ev;
+}
+
+static void ready_push_dirs(struct relay **ready, struct relay *r, int dirs) {
+  r->pend |= dirs;
   if (r->in_ready) return;
   r->in_ready = 1;
   r->next_ready = *ready;
   *ready = r;
+}
+
+static void ready_push(struct relay **ready, struct relay *r) {
+  ready_push_dirs(ready, r, 3);
 }
 
 static void framed_run(struct relay *r, struct relay **ready);
@@ -956,13 +1013,16 @@ static void run(struct relay *r, struct relay **ready) {
     if (res > 0) { ready_push(ready, r); return; }
     int i = r->fail_dir == 0 ? 1 : 0; /* the fd that d writes */
     if (!r->want_out[i]) {
-      struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | EPOLLOUT, .data.ptr = r };
+      struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET | EPOLLOUT);
       if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = 1;
     }
     return;
   }
   int more = 0;
+  int pend = r->pend ? r->pend : 3;
+  r->pend = 0;
   for (int i = 0; i < 2; i++) {
+    if (!(pend & (1 << i))) continue; /* nothing happened on its side since its last pump */
     int side = 0;
     int res = pump(&r->d[i], &side);
     if (res < 0) {
@@ -990,7 +1050,7 @@ static void run(struct relay *r, struct relay **ready) {
   for (int i = 0; i < 2; i++) {
     int want = r->d[1 - i].queued > 0;
     if (want == r->want_out[i]) continue;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0), .data.ptr = r };
+    struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0));
     if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = want;
   }
 }
@@ -1148,6 +1208,7 @@ static int enc_pump(struct relay *r, int *side) {
       return NEG_ERRNO;
     }
     if (d->queued == 0) {
+      maybe_upgrade(d);
       if (f->end_code && !f->end_started) {
         put_be32(f->ehdr, f->end_code);
         f->ehdr_off = 0;
@@ -1162,6 +1223,7 @@ static int enc_pump(struct relay *r, int *side) {
         if (n > 0) {
           d->queued = (size_t)n;
           d->off = 0;
+          if (!pipe_mode) note_read(d, n);
           put_be32(f->ehdr, (uint32_t)n); /* n <= the pipe's or buffer's size < PH_MAX_FRAME */
           f->ehdr_off = 0;
           progressed = 1;
@@ -1197,6 +1259,7 @@ static int dec_pump(struct relay *r, int *side) {
     if (d->queued > 0 && !f->plain_dead) {
       if (write_queued(d, &progressed) < 0) return NEG_ERRNO;
     }
+    maybe_upgrade(d);
     if (!f->got_end && !f->stream_gone) {
       ssize_t n;
       if (f->plain_dead) {
@@ -1217,7 +1280,7 @@ static int dec_pump(struct relay *r, int *side) {
           ? splice(d->src, NULL, d->pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
           : read(d->src, d->buf, want);
         if (n > 0) {
-          if (d->pipe_r < 0) d->off = 0;
+          if (d->pipe_r < 0) { d->off = 0; note_read(d, n); }
           d->queued += (size_t)n;
           f->remaining -= (uint32_t)n;
         } else if (n < 0 && errno == EINVAL && d->pipe_r >= 0 && d->queued == 0) {
@@ -1317,9 +1380,69 @@ static void framed_run(struct relay *r, struct relay **ready) {
   };
   for (int i = 0; i < 2; i++) {
     if (r->fd[i] < 0 || want[i] == r->want_out[i]) continue;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want[i] ? EPOLLOUT : 0), .data.ptr = r };
+    struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET | (want[i] ? EPOLLOUT : 0));
     if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[i], &ev) == 0) r->want_out[i] = want[i];
   }
+}
+
+/* ---- dialing relays ----------------------------------------------------------------------
+ *
+ * ph_relay_dial() gives the thread a connected socket a and an address: the thread connects b
+ * itself (non-blocking), so a new forwarded connection waits for no JavaScript between its
+ * accept and its first byte. Once b is connected, a REC_DIALED record tells the event loop
+ * (which then lets go of its socket object for a) and the relay runs as any other. If b
+ * fails to connect (or not within the deadline), a is handed back untouched: the
+ * REC_RELAY_DONE record (PH_DIAL_FAILED, err, and a's fd in a_to_b) lets the event loop adopt
+ * it again and decide what happens to it (another path, a reset). */
+
+static void dial_unlink(struct relay *r) {
+  if (!r->dialing) return;
+  r->dialing = 0;
+  if (r->dial_prev) r->dial_prev->dial_next = r->dial_next;
+  else dialing = r->dial_next;
+  if (r->dial_next) r->dial_next->dial_prev = r->dial_prev;
+  r->dial_prev = r->dial_next = NULL;
+}
+
+static void dial_failed(struct relay *r, int err) {
+  dial_unlink(r);
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[1], NULL);
+  close(r->fd[1]); /* b never connected */
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
+  r->handback_fd = r->fd[0];
+  r->fd[0] = r->fd[1] = -1;
+  finish(r, PH_DIAL_FAILED, err);
+}
+
+/* b became writable (or failed): connected, or not. */
+static void dial_check(struct relay *r, struct relay **ready) {
+  int err = -ph_socket_error(r->fd[1]);
+  if (err) { dial_failed(r, err); return; }
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  if (getpeername(r->fd[1], (struct sockaddr *)&peer, &len) != 0) return; /* still connecting */
+  dial_unlink(r);
+  struct epoll_event ev1 = side_event(r, 1, EPOLLIN | EPOLLRDHUP | EPOLLET);
+  struct epoll_event ev0 = side_event(r, 0, EPOLLIN | EPOLLRDHUP | EPOLLET);
+  if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[1], &ev1) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[0], &ev0) != 0) {
+    dial_failed(r, errno);
+    return;
+  }
+  struct record rec = { REC_DIALED, r->id, 0, 0, 0, 0 };
+  post(rec);
+  ready_push(ready, r);
+}
+
+/* Dials past their deadline fail with ETIMEDOUT; returns the ms until the next deadline (-1: none). */
+static int dial_deadlines(void) {
+  if (!dialing) return -1;
+  uint64_t now = now_ms(), next = UINT64_MAX;
+  for (struct relay *r = dialing, *n; r; r = n) {
+    n = r->dial_next;
+    if (r->dial_deadline_ms <= now) dial_failed(r, ETIMEDOUT);
+    else if (r->dial_deadline_ms < next) next = r->dial_deadline_ms;
+  }
+  return next == UINT64_MAX ? -1 : (int)(next - now);
 }
 
 static void take_pending(struct relay **ready) {
@@ -1331,8 +1454,17 @@ static void take_pending(struct relay **ready) {
   pthread_mutex_unlock(&lock);
   for (struct relay *r = list, *next; r; r = next) {
     next = r->next_pending;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = r };
+    if (r->dialing) {
+      /* Only b, for its connection; a joins once b is connected. */
+      struct epoll_event out = side_event(r, 1, EPOLLOUT | EPOLLET);
+      if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[1], &out) != 0) { dial_failed(r, errno); continue; }
+      r->dial_next = dialing;
+      if (dialing) dialing->dial_prev = r;
+      dialing = r;
+      continue;
+    }
     for (int i = 0; i < 2; i++) {
+      struct epoll_event ev = side_event(r, i, EPOLLIN | EPOLLRDHUP | EPOLLET);
       if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[i], &ev) != 0) {
         int e = errno;
         if (i == 1) epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
@@ -1364,7 +1496,10 @@ static void *relay_thread(void *unused) {
   struct relay *ready = NULL;
   for (;;) {
     /* A plain side waiting for its send queue to drain is looked at every 10 ms. */
-    int n = epoll_wait(epfd, events, 256, ready ? 0 : resetting ? 10 : -1);
+    int dial_ms = dial_deadlines();
+    int timeout = ready ? 0 : resetting ? 10 : -1;
+    if (dial_ms >= 0 && (timeout < 0 || dial_ms < timeout)) timeout = dial_ms;
+    int n = epoll_wait(epfd, events, 256, timeout);
     if (n < 0 && errno != EINTR) return NULL;
     for (int i = 0; i < n; i++) {
       uint64_t tag = events[i].data.u64;
@@ -1378,10 +1513,18 @@ static void *relay_thread(void *unused) {
         struct record rec = { REC_READY, (uint32_t)tag, events[i].events, (uint32_t)(tag >> 32) & 0x7fffffffu, 0, 0 };
         post(rec);
       } else {
-        struct relay *r = events[i].data.ptr;
+        struct relay *r = (struct relay *)(uintptr_t)(tag & ~1ULL);
+        int side = (int)(tag & 1);
+        uint32_t ev = events[i].events;
         if (r->closed) continue;
-        if ((events[i].events & EPOLLERR) && !r->fr) check_errors(r); /* framed: framed_run looks */
-        if (!r->closed) ready_push(&ready, r);
+        if (r->dialing) { dial_check(r, &ready); continue; }
+        if ((ev & EPOLLERR) && !r->fr) check_errors(r); /* framed: framed_run looks */
+        /* Readable side i: d[i] reads it; writable side i: d[1 - i] writes it; anything else
+         * (EOF, hang-up, error): both. */
+        int dirs = (ev & (EPOLLIN | EPOLLOUT)) && !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+          ? ((ev & EPOLLIN) ? 1 << side : 0) | ((ev & EPOLLOUT) ? 1 << (1 - side) : 0)
+          : 3;
+        if (!r->closed) ready_push_dirs(&ready, r, dirs);
       }
     }
     while (resetting) {
@@ -1461,26 +1604,25 @@ static int dir_init(struct dir *d, int src, int dst, int copy, const uint8_t *fi
   d->src = src;
   d->dst = dst;
   d->pipe_r = d->pipe_w = -1;
-  int p[2];
-  if (!copy && pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
-    d->pipe_r = p[0];
-    d->pipe_w = p[1];
-    int size = fcntl(p[1], F_SETPIPE_SZ, PH_PIPE_SIZE);
-    if (size < 0) size = fcntl(p[1], F_GETPIPE_SZ);
-    d->cap = size > 0 ? (size_t)size : 65536;
-    d->spliced = 1;
-  } else if (to_copy(d) != 0) {
-    return -ENOMEM;
+  if (copy) {
+    if (to_copy(d) != 0) return -ENOMEM;
+  } else {
+    d->buf = malloc(PH_SMALL);
+    if (!d->buf) return -ENOMEM;
+    d->cap = PH_SMALL;
+    d->lazy = 1;
   }
   if (first_len > 0) {
     /* Bytes JavaScript had already read go out first. */
-    if (d->pipe_w >= 0 && (size_t)first_len <= d->cap && write(d->pipe_w, first, (size_t)first_len) == first_len) {
-      d->queued = (size_t)first_len;
-    } else {
-      if ((size_t)first_len > PH_COPY_SIZE || to_copy(d) != 0) return -ENOBUFS;
+    if ((size_t)first_len <= d->cap) {
       memcpy(d->buf, first, (size_t)first_len);
       d->off = 0;
       d->queued = (size_t)first_len;
+    } else if (d->lazy && make_pipe(d) == 0 && (size_t)first_len <= d->cap && write(d->pipe_w, first, (size_t)first_len) == first_len) {
+      d->lazy = 0;
+      d->queued = (size_t)first_len;
+    } else {
+      return -ENOBUFS;
     }
   }
   return 0;
@@ -1513,24 +1655,8 @@ static int framed_init(struct relay *r, int copy, const uint8_t *to_b, int to_b_
   return e;
 }
 
-int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
-  if (notify_js < 0) return -ENOTCONN;
-  struct relay *r = calloc(1, sizeof *r);
-  if (!r) return -ENOMEM;
-  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
-  r->fd[1] = r->fd[0] < 0 ? -1 : fcntl(fd_b, F_DUPFD_CLOEXEC, 0);
-  int e = 0;
-  if (r->fd[0] < 0 || r->fd[1] < 0) e = NEG_ERRNO;
-  if (!e) {
-    set_nonblock(r->fd[0]);
-    set_nonblock(r->fd[1]);
-    int copy = flags & PH_FORCE_COPY;
-    if (flags & PH_FRAMED_B) e = framed_init(r, copy, to_b, to_b_len, to_a, to_a_len);
-    else {
-      e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
-      if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
-    }
-  }
+/* Gives r an id and hands it to the thread; on an error (e) frees it. Returns the id or -errno. */
+static int relay_register(struct relay *r, int e) {
   int slot = -1;
   if (!e) {
     pthread_mutex_lock(&lock);
@@ -1561,6 +1687,82 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
   }
   wake();
   return slot + 1;
+}
+
+int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
+  if (notify_js < 0) return -ENOTCONN;
+  struct relay *r = calloc(1, sizeof *r);
+  if (!r) return -ENOMEM;
+  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
+  r->fd[1] = r->fd[0] < 0 ? -1 : fcntl(fd_b, F_DUPFD_CLOEXEC, 0);
+  int e = 0;
+  if (r->fd[0] < 0 || r->fd[1] < 0) e = NEG_ERRNO;
+  if (!e) {
+    set_nonblock(r->fd[0]);
+    set_nonblock(r->fd[1]);
+    int copy = flags & PH_FORCE_COPY;
+    if (flags & PH_FRAMED_B) e = framed_init(r, copy, to_b, to_b_len, to_a, to_a_len);
+    else {
+      e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
+      if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
+    }
+  }
+  return relay_register(r, e);
+}
+
+/*
+ * Connects a new TCP socket b to host (a numeric IPv4 or IPv6 address, NUL-terminated) and
+ * port, and relays a <-> b once it is connected (see "dialing relays"). fd_a is dup()ed (the
+ * caller closes its own at once); if the dial fails, the dup is handed back in the record.
+ * to_b: bytes already read from a. b gets TCP_NODELAY, and keepalive probes after keepalive_s
+ * idle seconds (0: none). Returns the relay's id, or -errno when the connect failed at once.
+ */
+int ph_relay_dial(int fd_a, const char *host, int port, const uint8_t *to_b, int to_b_len, int flags, int timeout_ms, int keepalive_s) {
+  if (notify_js < 0) return -ENOTCONN;
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t ss_len;
+  struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    ss_len = sizeof *in4;
+  } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    ss_len = sizeof *in6;
+  } else {
+    return -EINVAL;
+  }
+  int b = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (b < 0) return NEG_ERRNO;
+  int one = 1;
+  setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (keepalive_s > 0) {
+    setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(b, IPPROTO_TCP, TCP_KEEPIDLE, &keepalive_s, sizeof keepalive_s);
+  }
+  if (connect(b, (struct sockaddr *)&ss, ss_len) != 0 && errno != EINPROGRESS) {
+    int e = errno;
+    close(b);
+    return -e;
+  }
+  struct relay *r = calloc(1, sizeof *r);
+  if (!r) { close(b); return -ENOMEM; }
+  r->fd[1] = b;
+  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
+  int e = r->fd[0] < 0 ? NEG_ERRNO : 0;
+  if (!e) {
+    set_nonblock(r->fd[0]);
+    setsockopt(r->fd[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int copy = flags & PH_FORCE_COPY;
+    e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
+    if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, NULL, 0);
+  }
+  r->dialing = 1;
+  r->dial_deadline_ms = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 2000);
+  return relay_register(r, e);
 }
 
 /* out[0] = bytes a -> b, out[1] = bytes b -> a so far; -ENOENT once it finished. */

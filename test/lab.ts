@@ -673,3 +673,17 @@ export function socketOutcome(socket: net.Socket): Promise<{ data: Buffer; how: 
     socket.once("close", () => resolve({ data: Buffer.concat(chunks), how }));
   });
 }
+
+type RelayCounts = { bytesSpliced: number; bytesCopied: number };
+/**
+ * The bytes the native relay moved between two readings of its counters, checked against the
+ * mode: read/send moves none by splice; splice mode copies only until a read fills a
+ * direction's 16 KiB buffer, so a bulk transfer (`bulk`) goes mostly by splice.
+ */
+export function nativeMoved(before: RelayCounts, after: RelayCounts, counter: "bytesSpliced" | "bytesCopied", bulk = false): number {
+  const spliced = after.bytesSpliced - before.bytesSpliced;
+  const copied = after.bytesCopied - before.bytesCopied;
+  if (counter === "bytesCopied" && spliced !== 0) throw new Error(`read/send mode spliced ${spliced} bytes`);
+  if (counter === "bytesSpliced" && bulk && spliced <= (spliced + copied) / 2) throw new Error(`a bulk transfer went mostly by copy (spliced ${spliced}, copied ${copied})`);
+  return spliced + copied;
+}

@@ -4,7 +4,7 @@
 // path was planned.
 import type * as net from "node:net";
 import type { PathTraffic } from "../core/status.ts";
-import { afterRelay, relayedBytes } from "../transport/fast-relay.ts";
+import { relayedBytes, whenOver } from "../transport/fast-relay.ts";
 
 
 const empty = (): PathTraffic => ({ connections: 0, open: 0, bytesIn: 0, bytesOut: 0, fallbacks: 0 });
@@ -26,16 +26,15 @@ export class PathCounters {
       let set = this.live.get(key);
       if (!set) this.live.set(key, (set = new Set()));
       set.add(socket);
-      // A connection handed to the native relay lives on after its socket object closes.
-      socket.once("close", () =>
-        afterRelay(socket, () => {
-          set!.delete(socket);
-          const t = this.entry(key);
-          const { read, written } = relayedBytes(socket);
-          t.bytesIn += read;
-          t.bytesOut += written;
-        }),
-      );
+      // A connection handed to the native relay lives on after its socket object closes
+      // (a natively dialed one's closed before it was counted).
+      whenOver(socket, () => {
+        set!.delete(socket);
+        const t = this.entry(key);
+        const { read, written } = relayedBytes(socket);
+        t.bytesIn += read;
+        t.bytesOut += written;
+      });
     }
   }
 

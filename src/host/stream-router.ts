@@ -18,7 +18,7 @@ import type { PlannedForward } from "../core/forward-plan.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { afterRelay, joinFramed, joinSockets, resetConnection } from "../transport/fast-relay.ts";
+import { dialAndJoin, joinFramed, joinSockets, resetConnection, whenOver } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { DirectPaths } from "./direct-paths.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
@@ -125,7 +125,21 @@ export class StreamRouter {
         return this.grpc.forwardStream(socket, plan);
       case "direct": {
         const target = this.directTarget(plan)!;
-        return this.splice(socket, plan, "direct", `direct ${target.host}:${target.port}`, () => this.dialDirect(target), target.host);
+        const key = `direct ${target.host}:${target.port}`;
+        // Natively where it can: the relay thread connects and relays, no JavaScript between.
+        const native = dialAndJoin(
+          socket,
+          target,
+          { timeoutMs: DIAL_TIMEOUT_MS, keepAliveMs: KEEPALIVE_MS },
+          () => {
+            this.succeeded(key, plan);
+            this.counters.took("direct", plan.key, socket);
+            this.trackDirect(target.host, socket, socket);
+          },
+          (err, again) => this.dialFailed(again, plan, "direct", key, err, target.host),
+        );
+        if (native) return;
+        return this.splice(socket, plan, "direct", key, () => this.dialDirect(target), target.host);
       }
       case "fast":
         return this.splice(socket, plan, "fast", "fast", () => this.openDataStream(plan));
@@ -202,25 +216,28 @@ export class StreamRouter {
           joinSockets(client, stream);
         }
       },
-      (err: NodeJS.ErrnoException) => {
-        if (client.destroyed) return;
-        // The guest refused the target, or (direct) the target accepted and reset at once:
-        // either way the far end answered, and its answer is a reset.
-        if (err instanceof RefusedByGuest || (path === "direct" && err.code === "ECONNRESET")) {
-          this.counters.took(path, plan.key, client);
-          return resetSocket(client);
-        }
-        // Direct and refused: the guest socket does not accept at that address (a socket
-        // bound IPv6-only, say); remember it for this forward and let a tunnel decide.
-        const refusedDirect = path === "direct" && err.code === "ECONNREFUSED";
-        if (path === "direct" && !refusedDirect && directIP) this.direct.fail(directIP, err.message);
-        this.failed(refusedDirect ? failureKey : path === "direct" ? `direct ${directIP}` : failureKey, plan, path, err.message);
-        this.counters.fellBack(path, plan.key);
-        const next = this.pathFor(plan) === path ? "grpc" : this.pathFor(plan);
-        if (next === "grpc") client.resume(); // the splice paused it; gRPC reads as it goes
-        this.route(client, plan, next);
-      },
+      (err: NodeJS.ErrnoException) => this.dialFailed(client, plan, path, failureKey, err, directIP),
     );
+  }
+
+  /** The path could not connect: the client is reset (the far end's answer) or goes on by the next path. */
+  private dialFailed(client: net.Socket, plan: PlannedForward, path: DataPath, failureKey: string, err: NodeJS.ErrnoException, directIP?: string): void {
+    if (client.destroyed) return;
+    // The guest refused the target, or (direct) the target accepted and reset at once:
+    // either way the far end answered, and its answer is a reset.
+    if (err instanceof RefusedByGuest || (path === "direct" && err.code === "ECONNRESET")) {
+      this.counters.took(path, plan.key, client);
+      return resetSocket(client);
+    }
+    // Direct and refused: the guest socket does not accept at that address (a socket
+    // bound IPv6-only, say); remember it for this forward and let a tunnel decide.
+    const refusedDirect = path === "direct" && err.code === "ECONNREFUSED";
+    if (path === "direct" && !refusedDirect && directIP) this.direct.fail(directIP, err.message);
+    this.failed(refusedDirect ? failureKey : path === "direct" ? `direct ${directIP}` : failureKey, plan, path, err.message);
+    this.counters.fellBack(path, plan.key);
+    const next = this.pathFor(plan) === path ? "grpc" : this.pathFor(plan);
+    if (next === "grpc") client.resume(); // the splice paused it; gRPC reads as it goes
+    this.route(client, plan, next);
   }
 
   private trackDirect(ip: string, client: net.Socket, upstream: net.Socket): void {
@@ -230,7 +247,7 @@ export class StreamRouter {
     const pair: [net.Socket, net.Socket] = [client, upstream];
     open.add(pair);
     // A connection handed to the native relay lives on after its socket objects close.
-    upstream.once("close", () => afterRelay(upstream, () => open.delete(pair)));
+    whenOver(upstream, () => open.delete(pair));
   }
 
   private failed(key: string, plan: PlannedForward, path: DataPath, error: string): void {

@@ -9,6 +9,7 @@ import { runtimeName } from "./self.ts";
 const RECORD_BYTES = 32;
 const REC_RELAY_DONE = 1;
 const REC_READY = 2;
+const REC_DIALED = 3;
 /** Record flags (native/porthole_shim.c). */
 export const RELAY_RESET = 1;
 export const RELAY_SPLICE_AB = 2;
@@ -20,6 +21,8 @@ export const RELAY_BAD_FRAME = 64;
 export const RELAY_LOST = 128;
 /** With RELAY_BAD_FRAME: bytes came after the end frame. */
 export const RELAY_AFTER_END = 256;
+/** dial(): b never connected (err says why); side a was left to the caller. */
+export const RELAY_DIAL_FAILED = 512;
 const FORCE_COPY = 1;
 const FRAMED_B = 2;
 export const EPOLLIN = 1;
@@ -57,6 +60,7 @@ export function sharedRelayLoop(shim: NativeShim): NativeRelayLoop {
 export class NativeRelayLoop {
   private readonly done = new Map<number, (end: RelayEnd) => void>();
   private readonly ready = new Map<number, (events: number) => void>();
+  private readonly dialed = new Map<number, () => void>();
   private nextToken = 1;
   private pending: Buffer = Buffer.alloc(0);
   private readonly counters = new BigUint64Array(2);
@@ -95,6 +99,29 @@ export class NativeRelayLoop {
     );
     this.done.set(id, onEnd);
     return id;
+  }
+
+  /**
+   * Connects to host:port (a numeric address) in the relay thread and relays fdA <-> that
+   * connection, with nothing of JavaScript between. `onDialed` runs once it is connected (the
+   * caller then lets go of its socket for fdA); `onEnd` as for add(), with RELAY_DIAL_FAILED
+   * (and the errno in err) when it never connected: fdA is then the caller's again. Throws
+   * (a NativeError with the errno's name as code) when the connect failed at once.
+   */
+  dial(fdA: number, host: string, port: number, toB: Uint8Array, copy: boolean, timeoutMs: number, keepAliveS: number, onDialed: () => void, onEnd: (end: RelayEnd) => void): number {
+    const id = check(
+      this.shim,
+      this.shim.relayDial(fdA, Buffer.from(`${host}\0`), port, toB.length ? toB : this.empty, toB.length, copy ? FORCE_COPY : 0, timeoutMs, keepAliveS),
+      `connect to ${host.includes(":") ? `[${host}]` : host}:${port}`,
+    );
+    this.dialed.set(id, onDialed);
+    this.done.set(id, onEnd);
+    return id;
+  }
+
+  /** The errno's name (ECONNREFUSED, …) and its words. */
+  errnoText(err: number): { code: string; message: string } {
+    return { code: this.shim.errnoName(err), message: this.shim.strerror(err) };
   }
 
   /** Bytes moved so far each way, or undefined once it ended. */
@@ -148,8 +175,13 @@ export class NativeRelayLoop {
         const end = { flags, err, aToB: Number(buf.readBigUInt64LE(at + 16)), bToA: Number(buf.readBigUInt64LE(at + 24)) };
         const onEnd = this.done.get(id);
         this.done.delete(id);
+        this.dialed.delete(id);
         this.shim.relayRelease(id);
         safely(() => onEnd?.(end));
+      } else if (kind === REC_DIALED) {
+        const onDialed = this.dialed.get(id);
+        this.dialed.delete(id);
+        safely(() => onDialed?.());
       } else if (kind === REC_READY) {
         const onReady = this.ready.get(id);
         this.ready.delete(id);

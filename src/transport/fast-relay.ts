@@ -9,7 +9,8 @@
 import type * as net from "node:net";
 import type { RelayStatus } from "../core/status.ts";
 import { loadNative } from "../runtime/native.ts";
-import { fdsHidden, RELAY_AFTER_END, RELAY_BAD_FRAME, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
+import { fdsHidden, RELAY_AFTER_END, RELAY_BAD_FRAME, RELAY_DIAL_FAILED, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
+import { socketFromFd } from "../runtime/fd-socket.ts";
 import { resetSocket, spliceFramed, spliceSockets } from "./tunnel-relay.ts";
 
 /** A framed data-path stream's side of a join (PHDATA2, core/data-frames.ts). */
@@ -28,6 +29,8 @@ interface Handed {
   baseWritten: number;
   end?: RelayEnd;
   waiters: (() => void)[];
+  /** A failed native dial handed the connection back as this socket: it carries on. */
+  successor?: net.Socket;
 }
 
 let loop: NativeRelayLoop | undefined;
@@ -199,10 +202,75 @@ function join(a: net.Socket, b: net.Socket, framed?: Framed): void {
   }
 }
 
+/**
+ * Connects to a TCP target (numeric address) from the native relay thread and joins `client`
+ * to it there: no JavaScript runs between the client's accept and its first relayed byte.
+ * The client's socket object closes at once (use `afterRelay` and `relayedBytes` as for a
+ * join). `onConnected` runs once the target accepted; `onFailed` when it did not (refused,
+ * reset, unreachable, or no answer within timeoutMs), with the client's connection untouched
+ * as a new socket object (paused, what it had sent still to be read), for the caller to route
+ * elsewhere or reset; the old object's afterRelay/relayedBytes follow the new one. Returns false
+ * where the native relay cannot do it (the caller dials in JavaScript).
+ */
+export function dialAndJoin(
+  client: net.Socket,
+  target: { host: string; port: number },
+  options: { timeoutMs: number; keepAliveMs: number },
+  onConnected: () => void,
+  onFailed: (err: NodeJS.ErrnoException, client: net.Socket) => void,
+): boolean {
+  const native = usableLoop();
+  const fd = socketFd(client);
+  if (!native || fd === undefined || client.destroyed || client.writableLength > 0) return false;
+  client.pause();
+  const toB = drain(client);
+  const h: Handed = { id: 0, sideA: true, baseRead: client.bytesRead - toB.length, baseWritten: client.bytesWritten, waiters: [] };
+  const name = `tcp://${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`;
+  try {
+    h.id = native.dial(fd, target.host, target.port, toB, copyMode, options.timeoutMs, Math.max(1, Math.round(options.keepAliveMs / 1000)), onConnected, (end) => {
+      if (end.flags & RELAY_DIAL_FAILED) {
+        // The relay hands the client's connection back (its fd in aToB): a new socket object.
+        const again = socketFromFd(end.aToB, true);
+        again.pause();
+        if (toB.length) again.unshift(toB);
+        h.baseRead = client.bytesRead;
+        h.successor = again;
+        h.end = { flags: end.flags, err: end.err, aToB: 0, bToA: 0 };
+        for (const w of h.waiters.splice(0)) afterRelay(client, w);
+        const { code, message } = native.errnoText(end.err);
+        const why = code === "ETIMEDOUT" ? `no answer in ${options.timeoutMs} ms` : `${message} (${code})`;
+        return onFailed(Object.assign(new Error(`cannot connect to ${name}: ${why}`), { code }), again);
+      }
+      if (end.flags & RELAY_RESET) resets++;
+      h.end = end;
+      for (const w of h.waiters.splice(0)) w();
+    });
+  } catch (err) {
+    // The connect failed at once: the client is as it was.
+    if (toB.length) client.unshift(toB);
+    const { code, message } = err as NodeJS.ErrnoException;
+    queueMicrotask(() => onFailed(Object.assign(new Error(`cannot connect to ${name}: ${message}`), { code }), client));
+    return true;
+  }
+  handed.set(client, h);
+  client.destroy(); // closes only the runtime's fd: the relay holds its own dup()
+  return true;
+}
+
+/** Runs `fn` once the socket closed and the connection it carried is over (see afterRelay). */
+export function whenOver(socket: net.Socket, fn: () => void): void {
+  if (socket.closed) return afterRelay(socket, fn);
+  socket.once("close", () => afterRelay(socket, fn));
+}
+
 /** Bytes a socket has read and written, including what the native relay moved for it. */
 export function relayedBytes(socket: net.Socket): { read: number; written: number } {
   const h = handed.get(socket);
   if (!h) return { read: socket.bytesRead, written: socket.bytesWritten };
+  if (h.successor) {
+    const next = relayedBytes(h.successor);
+    return { read: h.baseRead + next.read, written: h.baseWritten + next.written };
+  }
   const moved = h.end ?? loop?.progress(h.id) ?? { aToB: 0, bToA: 0 };
   const [read, written] = h.sideA ? [moved.aToB, moved.bToA] : [moved.bToA, moved.aToB];
   return { read: h.baseRead + read, written: h.baseWritten + written };
@@ -211,6 +279,7 @@ export function relayedBytes(socket: net.Socket): { read: number; written: numbe
 /** Runs `fn` once the connection is over: at once for a socket the native relay never took. */
 export function afterRelay(socket: net.Socket, fn: () => void): void {
   const h = handed.get(socket);
+  if (h?.successor) return whenOver(h.successor, fn);
   if (!h || h.end) return fn();
   h.waiters.push(fn);
 }
@@ -218,6 +287,7 @@ export function afterRelay(socket: net.Socket, fn: () => void): void {
 /** Resets a connection now, both of its sockets, wherever its bytes move. */
 export function resetConnection(socket: net.Socket, other: net.Socket): void {
   const h = handed.get(socket) ?? handed.get(other);
+  if (h?.successor) return resetConnection(h.successor, h.successor);
   if (h && !h.end) return void loop?.abort(h.id);
   // The client first: once the other side is gone, a JavaScript relay could take the close for an EOF.
   resetSocket(socket);
@@ -227,6 +297,7 @@ export function resetConnection(socket: net.Socket, other: net.Socket): void {
 /** Ends a connection now (a reset), wherever its bytes move. */
 export function dropConnection(socket: net.Socket): void {
   const h = handed.get(socket);
+  if (h?.successor) return dropConnection(h.successor);
   if (h && !h.end) loop?.abort(h.id);
   socket.destroy();
 }

@@ -12,8 +12,8 @@ import { join } from "node:path";
 import { loadNative } from "../../src/runtime/native.ts";
 import { EPOLLIN, EPOLLOUT, sharedRelayLoop } from "../../src/runtime/native-relay.ts";
 import { socketFromFd } from "../../src/runtime/fd-socket.ts";
-import { afterRelay, joinSockets, prepareRelay, relayedBytes, relayStatus } from "../../src/transport/fast-relay.ts";
-import { socketOutcome as outcome } from "../lab.ts";
+import { afterRelay, dialAndJoin, joinSockets, prepareRelay, relayedBytes, relayStatus } from "../../src/transport/fast-relay.ts";
+import { nativeMoved, socketOutcome as outcome } from "../lab.ts";
 import { listenVsock, onAcceptable } from "../../src/transport/vsock.ts";
 
 const cleanups: (() => void)[] = [];
@@ -96,7 +96,7 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
       const after = relayStatus();
       if (counter) {
         expect(after.nativeRelays - before.nativeRelays).toBe(1);
-        expect(after[counter] - before[counter]).toBe(2 * payload.length);
+        expect(nativeMoved(before, after, counter, true)).toBe(2 * payload.length);
         expect(after.javascriptRelays).toBe(before.javascriptRelays);
       } else {
         expect(after.javascriptRelays - before.javascriptRelays).toBe(1);
@@ -250,6 +250,140 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
       expect(fallbacks).toEqual([expect.stringContaining("PORTHOLE_NATIVE_RELAY=0")]);
       expect(relayStatus().reason).toBe("PORTHOLE_NATIVE_RELAY=0");
     }
+  });
+});
+
+/**
+ * A proxy whose accepted connections the relay thread itself connects to `target` and joins
+ * (dialAndJoin: what the direct path does); `failed` hears each connection it could not.
+ */
+async function dialProxyTo(target: { port: number }, accepted: net.Socket[] = [], failed: (err: NodeJS.ErrnoException, again: net.Socket) => void = (_, again) => again.resetAndDestroy()): Promise<Where> {
+  return serve((client) => {
+    accepted.push(client);
+    const native = dialAndJoin(client, { host: "127.0.0.1", port: target.port }, { timeoutMs: 2000, keepAliveMs: 10_000 }, () => {}, failed);
+    expect(native).toBe(true);
+  });
+}
+
+/** A loopback TCP port that refuses: it was just listening and is closed again. */
+function refusingPort(): Promise<number> {
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.listen(0, "127.0.0.1", () => {
+      const port = (probe.address() as net.AddressInfo).port;
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+describe.each(modes.filter((m) => m.counter))("a native dial (the direct path: the relay thread connects and relays), $name", ({ env, mode, counter }) => {
+  beforeAll(async () => {
+    const status = await prepareRelay(() => {}, { PORTHOLE_NATIVE_RELAY: env });
+    expect(status.mode).toBe(mode);
+  });
+
+  test("every byte goes both ways over the relay thread's own connection, counted there and on the client's socket", async () => {
+    const target = await serve((s) => s.pipe(s));
+    const accepted: net.Socket[] = [];
+    const proxy = await dialProxyTo(target as { port: number }, accepted);
+    const before = relayStatus();
+    const payload = randomBytes(4 << 20);
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.end(payload);
+    const { data, how } = await done;
+    expect(how).toBe("EOF");
+    expect(sha256(data)).toBe(sha256(payload));
+    const after = relayStatus();
+    expect(after.nativeRelays - before.nativeRelays).toBe(1);
+    expect(nativeMoved(before, after, counter!, true)).toBe(2 * payload.length);
+    expect(after.javascriptRelays).toBe(before.javascriptRelays);
+    await new Promise<void>((resolve) => afterRelay(accepted[0]!, resolve));
+    expect(relayedBytes(accepted[0]!)).toEqual({ read: payload.length, written: payload.length });
+  });
+
+  test("half-close both ways: the client's EOF reaches the server, whose reply and EOF reach the client", async () => {
+    const target = await serve((s) => {
+      const hash = createHash("sha256");
+      s.on("data", (c) => hash.update(c));
+      s.on("end", () => s.end(hash.digest("hex")));
+    });
+    const proxy = await dialProxyTo(target as { port: number });
+    const request = randomBytes(1 << 20);
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.end(request);
+    const { data, how } = await done;
+    expect(data.toString()).toBe(sha256(request));
+    expect(how).toBe("EOF");
+  });
+
+  test("a server that resets arrives at the client as a reset", async () => {
+    const target = await serve((s) => s.once("data", () => s.resetAndDestroy()));
+    const proxy = await dialProxyTo(target as { port: number });
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.write("hello");
+    expect((await done).how).toBe("ECONNRESET");
+  });
+
+  test("a refused dial hands the client's connection back untouched: what it sent is still there, and the caller's answer reaches it", async () => {
+    const port = await refusingPort();
+    const accepted: net.Socket[] = [];
+    const failures: string[] = [];
+    const proxy = await dialProxyTo({ port }, accepted, (err, again) => {
+      failures.push(String(err.code));
+      // The caller's fallback: read what the client sent, answer, and end.
+      const chunks: Buffer[] = [];
+      again.on("data", (c: Buffer) => chunks.push(c));
+      again.on("end", () => again.end(`fallback got ${Buffer.concat(chunks).toString()}`));
+      again.resume();
+    });
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.end("hello");
+    const { data, how } = await done;
+    expect(failures).toEqual(["ECONNREFUSED"]);
+    expect(data.toString()).toBe("fallback got hello");
+    expect(how).toBe("EOF");
+    // The first socket object's accounting follows the connection to its new one.
+    await new Promise<void>((resolve) => afterRelay(accepted[0]!, resolve));
+    expect(relayedBytes(accepted[0]!)).toEqual({ read: 5, written: "fallback got hello".length });
+  });
+
+  test("300 connections and 100 refused dials leave this process's file descriptors at their baseline", async () => {
+    const target = await serve((s) => s.pipe(s));
+    const proxy = await dialProxyTo(target as { port: number });
+    const refused = await dialProxyTo({ port: await refusingPort() });
+    const warm = connect(proxy);
+    const w = outcome(warm);
+    warm.end("warm");
+    await w;
+    for (let i = 0; i < 500 && relayStatus().open > 0; i++) await Bun.sleep(10);
+    const before = openFds();
+    const baseline = fdCount();
+    for (let batch = 0; batch < 6; batch++) {
+      await Promise.all(
+        Array.from({ length: 50 }, async (_, i) => {
+          const c = connect(proxy);
+          const done = outcome(c);
+          c.end(`c${batch}-${i}`);
+          expect((await done).data.toString()).toBe(`c${batch}-${i}`);
+        }),
+      );
+      await Promise.all(
+        Array.from({ length: 17 }, async () => {
+          const c = connect(refused);
+          const done = outcome(c);
+          c.write("x");
+          expect((await done).how).toBe("ECONNRESET"); // dialProxyTo's default answer to a failed dial
+        }),
+      );
+    }
+    for (let i = 0; i < 500 && (fdCount() > baseline || relayStatus().open > 0); i++) await Bun.sleep(10);
+    expect(relayStatus().open).toBe(0);
+    const extra = [...openFds()].filter(([fd, what]) => before.get(fd) !== what).map(([fd, what]) => `${fd} -> ${what}`);
+    expect({ count: fdCount() <= baseline, extra: fdCount() <= baseline ? [] : extra }).toEqual({ count: true, extra: [] });
   });
 });
 
