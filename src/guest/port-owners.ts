@@ -46,11 +46,16 @@ export class OwnerResolver {
     this.paths = { ...DEFAULT_PATHS, ...paths };
   }
 
-  /** The owner of each socket, by inode; sockets not in the cache cost one pass over /proc. */
-  async resolve(sockets: SocketId[]): Promise<Map<number, PortOwner | null>> {
+  /**
+   * The owner of each socket, by inode; sockets not in the cache cost a look at the likely
+   * owners' fds (`likely`: the processes the kernel saw bind them), else one pass over /proc.
+   */
+  async resolve(sockets: SocketId[], likely: number[] = []): Promise<Map<number, PortOwner | null>> {
     const wanted = new Set(sockets.map((s) => s.inode).filter((i) => i && !this.cache.has(i)));
     if (wanted.size) {
-      const pids = await this.findPids(wanted);
+      const pids = this.findInLikely(wanted, likely);
+      const rest = new Set([...wanted].filter((inode) => !pids.has(inode)));
+      if (rest.size) for (const [inode, pid] of await this.findPids(rest)) pids.set(inode, pid);
       for (const inode of wanted) {
         const pid = pids.get(inode);
         this.cache.set(inode, pid === undefined ? null : this.describe(pid));
@@ -62,6 +67,29 @@ export class OwnerResolver {
   /** Forgets sockets that are gone (an inode number may be reused). */
   keepOnly(inodes: Set<number>): void {
     for (const inode of this.cache.keys()) if (!inodes.has(inode)) this.cache.delete(inode);
+  }
+
+  /** The wanted sockets held by these processes (a process's own word is checked against its fds). */
+  private findInLikely(wanted: Set<number>, pids: number[]): Map<number, number> {
+    const found = new Map<number, number>();
+    for (const pid of new Set(pids)) {
+      if (!Number.isInteger(pid) || pid <= 0) continue;
+      const dir = `${this.paths.proc}/${pid}/fd`;
+      let fds: string[];
+      try {
+        fds = readdirSync(dir);
+      } catch {
+        continue; // gone already: the full pass looks
+      }
+      for (const fd of fds) {
+        const target = linkOf(`${dir}/${fd}`);
+        if (!target?.startsWith("socket:[")) continue;
+        const inode = Number(target.slice(8, -1));
+        if (wanted.has(inode) && !found.has(inode)) found.set(inode, pid);
+      }
+      if (found.size === wanted.size) break;
+    }
+    return found;
   }
 
   private async findPids(wanted: Set<number>): Promise<Map<number, number>> {

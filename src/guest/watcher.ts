@@ -153,7 +153,11 @@ export class PortWatcher {
       if (t.families & 2) touched.add(slotKey(t.protocol, true, t.port));
     }
     const found: IPPort[] = [];
+    /** The process that bound each looked-at port, where the kernel said: looked at first for owners. */
+    const hints = new Map<number, number>();
     for (const t of targets) {
+      if (t.pid && t.families & 1) hints.set(slotKey(t.protocol, false, t.port), t.pid);
+      if (t.pid && t.families & 2) hints.set(slotKey(t.protocol, true, t.port), t.pid);
       let result: ScanResult;
       try {
         result = this.scanner.scanPort!(t.protocol, t.port, t.families);
@@ -184,7 +188,8 @@ export class PortWatcher {
     for (const p of removed) this.unindex(p);
     for (const p of added) this.index(p);
     if (!added.length && !removed.length) return false;
-    void this.notify({ added, removed }, []);
+    const pids = added.flatMap((p) => hints.get(slotOf(p)) ?? []);
+    void this.notify({ added, removed }, [], pids);
     return true;
   }
 
@@ -270,9 +275,9 @@ export class PortWatcher {
   }
 
   /** Tells subscribers, in order, once the new ports' owners are known (a rule may match on them). */
-  private notify(diff: PortDiff, errors: string[]): Promise<void> {
+  private notify(diff: PortDiff, errors: string[], pids: number[] = []): Promise<void> {
     return (this.notified = this.notified
-      .then(() => this.resolveOwners(diff.added, diff.removed))
+      .then(() => this.resolveOwners(diff.added, diff.removed, pids))
       .then(() => {
         for (const listener of this.listeners) {
           try {
@@ -286,9 +291,9 @@ export class PortWatcher {
 
   /**
    * Owners of the ports that appeared; those of ports gone are forgotten. A port keeps the
-   * owner found when it appeared.
+   * owner found when it appeared. `pids`: processes that likely own them (looked at first).
    */
-  private async resolveOwners(added: IPPort[], removed: IPPort[]): Promise<void> {
+  private async resolveOwners(added: IPPort[], removed: IPPort[], pids: number[]): Promise<void> {
     for (const p of removed) this.owners.delete(portKey(p));
     if (!this.resolver) return;
     const sockets = added.flatMap((p) => {
@@ -296,7 +301,7 @@ export class PortWatcher {
       return socket ? [{ key: portKey(p), socket }] : [];
     });
     try {
-      const found = await this.resolver.resolve(sockets.map((s) => s.socket));
+      const found = await this.resolver.resolve(sockets.map((s) => s.socket), pids);
       for (const { key, socket } of sockets) {
         const owner = found.get(socket.inode);
         if (owner) this.owners.set(key, owner);
