@@ -41,6 +41,9 @@ const FOLLOW_UP_MS = 5;
  * after (then it is no server), and a look between the two would report it for a moment.
  */
 const UDP_BIND_LOOK_MS = 3;
+/** Binding processes remembered (by port), and how many of the latest are looked at for any new port. */
+const MAX_BINDERS = 4096;
+const RECENT_BINDERS = 4;
 /** While a young UDP socket waits to count as a server, scans run at least this often. */
 const UDP_PENDING_SCAN_MS = 250;
 
@@ -107,6 +110,7 @@ export class PortWatcher {
    */
   private onChange(change: EventBatch, followingUp = false): void {
     if (this.stopped) return;
+    for (const p of change.ports) if (p.pid) this.noteBinder(p);
     const bound = change.ports.filter((p) => p.bound);
     if (bound.length) {
       this.boundLater.push(...bound.map((p) => ({ ...p, bound: false })));
@@ -153,11 +157,7 @@ export class PortWatcher {
       if (t.families & 2) touched.add(slotKey(t.protocol, true, t.port));
     }
     const found: IPPort[] = [];
-    /** The process that bound each looked-at port, where the kernel said: looked at first for owners. */
-    const hints = new Map<number, number>();
     for (const t of targets) {
-      if (t.pid && t.families & 1) hints.set(slotKey(t.protocol, false, t.port), t.pid);
-      if (t.pid && t.families & 2) hints.set(slotKey(t.protocol, true, t.port), t.pid);
       let result: ScanResult;
       try {
         result = this.scanner.scanPort!(t.protocol, t.port, t.families);
@@ -188,9 +188,20 @@ export class PortWatcher {
     for (const p of removed) this.unindex(p);
     for (const p of added) this.index(p);
     if (!added.length && !removed.length) return false;
-    const pids = added.flatMap((p) => hints.get(slotOf(p)) ?? []);
-    void this.notify({ added, removed }, [], pids);
+    void this.notify({ added, removed }, []);
     return true;
+  }
+
+  /** The process that last bound each port (by slotKey), where the kernel said. */
+  private binders = new Map<number, number>();
+  /** The last few processes that bound a port, newest first. */
+  private recentBinders: number[] = [];
+
+  private noteBinder(t: EventBatch["ports"][number]): void {
+    if (this.binders.size >= MAX_BINDERS) this.binders.clear();
+    if (t.families & 1) this.binders.set(slotKey(t.protocol, false, t.port), t.pid!);
+    if (t.families & 2) this.binders.set(slotKey(t.protocol, true, t.port), t.pid!);
+    if (this.recentBinders[0] !== t.pid) this.recentBinders = [t.pid!, ...this.recentBinders.filter((p) => p !== t.pid)].slice(0, RECENT_BINDERS);
   }
 
   /** The state's ports by protocol, family and port (what one look covers). */
@@ -275,9 +286,9 @@ export class PortWatcher {
   }
 
   /** Tells subscribers, in order, once the new ports' owners are known (a rule may match on them). */
-  private notify(diff: PortDiff, errors: string[], pids: number[] = []): Promise<void> {
+  private notify(diff: PortDiff, errors: string[]): Promise<void> {
     return (this.notified = this.notified
-      .then(() => this.resolveOwners(diff.added, diff.removed, pids))
+      .then(() => this.resolveOwners(diff.added, diff.removed))
       .then(() => {
         for (const listener of this.listeners) {
           try {
@@ -291,17 +302,22 @@ export class PortWatcher {
 
   /**
    * Owners of the ports that appeared; those of ports gone are forgotten. A port keeps the
-   * owner found when it appeared. `pids`: processes that likely own them (looked at first).
+   * owner found when it appeared. The processes the kernel saw bind them (and the last few
+   * that bound anything: a full scan may see a port before its event) are looked at first.
    */
-  private async resolveOwners(added: IPPort[], removed: IPPort[], pids: number[]): Promise<void> {
+  private async resolveOwners(added: IPPort[], removed: IPPort[]): Promise<void> {
     for (const p of removed) this.owners.delete(portKey(p));
     if (!this.resolver) return;
+    // A port already gone again (closed while earlier lookups ran) needs no owner: looking for
+    // it would cost a whole pass over /proc for a socket no process holds.
     const sockets = added.flatMap((p) => {
+      if (!this.state.has(portKey(p))) return [];
       const socket = this.sockets.get(portKey(p));
       return socket ? [{ key: portKey(p), socket }] : [];
     });
     try {
-      const found = await this.resolver.resolve(sockets.map((s) => s.socket), pids);
+      const likely = [...added.flatMap((p) => this.binders.get(slotOf(p)) ?? []), ...this.recentBinders];
+      const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely);
       for (const { key, socket } of sockets) {
         const owner = found.get(socket.inode);
         if (owner) this.owners.set(key, owner);
