@@ -33,6 +33,8 @@ const DEFAULT_PATHS: OwnerPaths = {
   pods: "/var/log/pods",
   nerdctl: "/var/lib/nerdctl",
 };
+/** Processes whose description is kept (cleared when full). */
+const MAX_DESCRIBED = 1024;
 /** At most this many nerdctl name files are read to find one container's name. */
 const MAX_NAME_FILES = 4096;
 
@@ -81,13 +83,16 @@ export class OwnerResolver {
       } catch {
         continue; // gone already: the full pass looks
       }
+      // Newest fds first (a socket just bound has most likely the highest number), and no
+      // further than the last one wanted.
+      fds.sort((a, b) => Number(b) - Number(a));
       for (const fd of fds) {
         const target = linkOf(`${dir}/${fd}`);
         if (!target?.startsWith("socket:[")) continue;
         const inode = Number(target.slice(8, -1));
         if (wanted.has(inode) && !found.has(inode)) found.set(inode, pid);
+        if (found.size === wanted.size) return found;
       }
-      if (found.size === wanted.size) break;
     }
     return found;
   }
@@ -124,7 +129,20 @@ export class OwnerResolver {
     return found;
   }
 
+  /** A process's description by pid, kept while /proc/PID/stat shows the same start time (a pid reused is another process). */
+  private readonly described = new Map<number, { started: string; owner: PortOwner | null }>();
+
   private describe(pid: number): PortOwner | null {
+    const started = startTime(readText(`${this.paths.proc}/${pid}/stat`));
+    const known = this.described.get(pid);
+    if (started && known?.started === started) return known.owner;
+    const owner = this.describeNow(pid);
+    if (this.described.size >= MAX_DESCRIBED) this.described.clear();
+    if (started) this.described.set(pid, { started, owner });
+    return owner;
+  }
+
+  private describeNow(pid: number): PortOwner | null {
     const dir = `${this.paths.proc}/${pid}`;
     const comm = readText(`${dir}/comm`)?.trim();
     if (comm === undefined) return null; // exited since
@@ -175,6 +193,12 @@ export class OwnerResolver {
     })();
     return { ...c, ...(name ? { name: boundedText(name, OWNER_LIMITS.containerName) } : {}) };
   }
+}
+
+/** Field 22 of /proc/PID/stat (after the command in parentheses): when the process started. */
+function startTime(stat: string | undefined): string | undefined {
+  if (!stat) return undefined;
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
 }
 
 function linkOf(path: string): string | undefined {
