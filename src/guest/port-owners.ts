@@ -66,7 +66,17 @@ export class OwnerResolver {
     return new Map(sockets.map((s) => [s.inode, this.cache.get(s.inode) ?? null]));
   }
 
-  /** Forgets sockets that are gone (an inode number may be reused). */
+  /** Sockets whose answer is kept. */
+  get size(): number {
+    return this.cache.size;
+  }
+
+  /** Forgets these sockets (gone: an inode number may be reused). */
+  forget(inodes: number[]): void {
+    for (const inode of inodes) this.cache.delete(inode);
+  }
+
+  /** Forgets every socket but these. */
   keepOnly(inodes: Set<number>): void {
     for (const inode of this.cache.keys()) if (!inodes.has(inode)) this.cache.delete(inode);
   }

@@ -266,7 +266,10 @@ export class PortWatcher {
     this.scanned = true;
     if (!unchanged && !errors.length) {
       this.lastScan = result.ports;
-      this.sockets = result.sockets ?? new Map();
+      // Sockets of ports about to be removed stay until their removal is told (then forgotten).
+      const sockets = result.sockets ?? new Map<string, SocketId>();
+      for (const k of this.state.keys()) if (!sockets.has(k) && this.sockets.has(k)) sockets.set(k, this.sockets.get(k)!);
+      this.sockets = sockets;
     }
     const settled = this.settler.settle(this.lastScan, Date.now());
     this.udpPending = settled.pending;
@@ -306,7 +309,15 @@ export class PortWatcher {
    * that bound anything: a full scan may see a port before its event) are looked at first.
    */
   private async resolveOwners(added: IPPort[], removed: IPPort[]): Promise<void> {
-    for (const p of removed) this.owners.delete(portKey(p));
+    const gone: number[] = [];
+    for (const p of removed) {
+      const key = portKey(p);
+      this.owners.delete(key);
+      if (this.state.has(key)) continue; // back already, with its own socket
+      const inode = this.sockets.get(key)?.inode;
+      if (inode) gone.push(inode);
+      this.sockets.delete(key);
+    }
     if (!this.resolver) return;
     // A port already gone again (closed while earlier lookups ran) needs no owner: looking for
     // it would cost a whole pass over /proc for a socket no process holds.
@@ -316,13 +327,20 @@ export class PortWatcher {
       return socket ? [{ key: portKey(p), socket }] : [];
     });
     try {
-      const likely = [...added.flatMap((p) => this.binders.get(slotOf(p)) ?? []), ...this.recentBinders];
-      const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely);
-      for (const { key, socket } of sockets) {
-        const owner = found.get(socket.inode);
-        if (owner) this.owners.set(key, owner);
+      // What a change costs is the ports it names, not the whole state (a churn beside a
+      // thousand listeners); the cache is trimmed to the state only once it has grown.
+      this.resolver.forget(gone);
+      if (sockets.length) {
+        const likely = [...added.flatMap((p) => this.binders.get(slotOf(p)) ?? []), ...this.recentBinders];
+        const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely);
+        for (const { key, socket } of sockets) {
+          const owner = found.get(socket.inode);
+          if (owner) this.owners.set(key, owner);
+        }
       }
-      this.resolver.keepOnly(new Set([...this.state.keys()].flatMap((k) => this.sockets.get(k)?.inode ?? [])));
+      if (this.resolver.size > 2 * this.state.size + 64) {
+        this.resolver.keepOnly(new Set([...this.state.keys()].flatMap((k) => this.sockets.get(k)?.inode ?? [])));
+      }
     } catch {
       // an owner is a nicety: the port is reported without one
     }
