@@ -126,8 +126,9 @@ export class PortWatcher {
     const closing = change.ports.filter((p) => p.closing);
     if (!whole && !closing.length) return;
     void changed.then((yes) => {
-      // A listener's close is reported before the kernel unhashes it: look once more shortly.
-      if (yes || followingUp || this.stopped || this.followUp) return;
+      // A listener's close is reported before the kernel unhashes it: look once more shortly
+      // (unless there was nothing to look at: the destroy event, often first, removed it).
+      if (yes !== false || followingUp || this.stopped || this.followUp) return;
       if (!whole) change = { ports: closing, whole: 0 };
       this.followUp = setTimeout(() => {
         this.followUp = undefined;
@@ -144,13 +145,13 @@ export class PortWatcher {
   /**
    * Looks at these ports alone and applies what it finds to the state: no full dump, no
    * walk over every port (beside thousands of listeners, a port opening costs the same as
-   * beside none). Returns whether something changed.
+   * beside none). Returns whether something changed (undefined: nothing to look at).
    */
-  private lookAt(targets: EventBatch["ports"]): boolean {
+  private lookAt(targets: EventBatch["ports"]): boolean | undefined {
     // A close where the state has nothing: nothing to remove, no dump (a listener's close
     // comes as a kernel event and again as a destroy event).
     targets = targets.filter((t) => !t.closeOnly || ((t.families & 1) !== 0 && this.bySlot.has(slotKey(t.protocol, false, t.port))) || ((t.families & 2) !== 0 && this.bySlot.has(slotKey(t.protocol, true, t.port))));
-    if (!targets.length) return false;
+    if (!targets.length) return undefined;
     const touched = new Set<number>();
     for (const t of targets) {
       if (t.families & 1) touched.add(slotKey(t.protocol, false, t.port));
