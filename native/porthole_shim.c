@@ -349,18 +349,27 @@ static void this_netns_only(struct prog *p, uint64_t cookie) {
 #define PH_EV_CLOSING 1 /* reported as the close begins, before the kernel unhashes the socket */
 #define PH_EV_V6 2      /* an AF_INET6 socket */
 
-/* Writes the record { u8 protocol, u8 flags, u16 0, u32 port } to the ring: r3 holds the
- * port, r5 the socket's family (AF_INET6 adds PH_EV_V6). */
-static void record(struct prog *p, int ring, int protocol, int flags) {
+/* Writes the record { u8 protocol, u8 flags, u16 0, u32 port, u32 tgid, u32 0 } to the ring:
+ * r3 holds the port, r5 the socket's family (AF_INET6 adds PH_EV_V6). With `pid`, tgid is
+ * the calling process's (listen() and bind() run in the binding process: the agent looks for
+ * the socket's owner there first); else 0. */
+static void record(struct prog *p, int ring, int protocol, int flags, int pid) {
   emit(p, ALU_IMM(BPF_LSH, BPF_REG_3, 32));
   emit(p, ALU_IMM(BPF_OR, BPF_REG_3, protocol | flags << 8));
   emit(p, JMP_IMM(BPF_JNE, BPF_REG_5, AF_INET6, 1));
   emit(p, ALU_IMM(BPF_OR, BPF_REG_3, PH_EV_V6 << 8));
-  emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -8));
+  emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -16));
+  if (pid) {
+    emit(p, CALL(BPF_FUNC_get_current_pid_tgid));
+    emit(p, ALU_IMM(BPF_RSH, BPF_REG_0, 32));
+  } else {
+    emit(p, MOV_IMM(BPF_REG_0, 0));
+  }
+  emit(p, STX_DW(BPF_REG_10, BPF_REG_0, -8));
   emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -8));
+  emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -16));
   ld_imm64(p, BPF_REG_1, BPF_PSEUDO_MAP_FD, (uint32_t)ring);
-  emit(p, MOV_IMM(BPF_REG_3, 8));
+  emit(p, MOV_IMM(BPF_REG_3, 16));
   emit(p, MOV_IMM(BPF_REG_4, 0));
   emit(p, CALL(BPF_FUNC_ringbuf_output));
 }
@@ -384,7 +393,7 @@ static const struct {
 };
 
 /* The program of one hook. Exposed (ph_events_program) so tests can look at it. */
-static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
+static void assemble(int hook, int ring, uint64_t cookie, int pid, struct prog *p) {
   memset(p, 0, sizeof *p);
   switch (hook) {
   case PH_HOOK_LISTEN: { /* ctx: struct bpf_sock_ops */
@@ -402,7 +411,7 @@ static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
     emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
     emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
-    record(p, ring, IPPROTO_TCP, 0);
+    record(p, ring, IPPROTO_TCP, 0, pid);
     skip_if(p, JMP_IMM(BPF_JA, 0, 0, 0));
     p->insn[to_state].off = (int16_t)(p->n - to_state - 1);
     /* A state change: only a listener's (args[0]: the old state), as its close begins. */
@@ -410,7 +419,7 @@ static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port)));
     emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
-    record(p, ring, IPPROTO_TCP, PH_EV_CLOSING);
+    record(p, ring, IPPROTO_TCP, PH_EV_CLOSING, 0); /* a close: no owner to find */
     break;
   }
   case PH_HOOK_BIND4:
@@ -420,16 +429,16 @@ static void assemble(int hook, int ring, uint64_t cookie, struct prog *p) {
     this_netns_only(p, cookie);
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
     emit(p, MOV_IMM(BPF_REG_5, hook == PH_HOOK_BIND6 ? AF_INET6 : AF_INET));
-    record(p, ring, IPPROTO_UDP, 0);
+    record(p, ring, IPPROTO_UDP, 0, pid);
     break;
   }
   prog_end(p, 1);
 }
 /* For tests: hook's instructions (8 bytes each) into out; returns their count. */
-int ph_events_program(int hook, int ring, uint32_t cookie_lo, uint32_t cookie_hi, uint8_t *out, int cap) {
+int ph_events_program(int hook, int ring, uint32_t cookie_lo, uint32_t cookie_hi, int pid, uint8_t *out, int cap) {
   if (hook < 0 || hook >= PH_HOOKS) return -EINVAL;
   struct prog p;
-  assemble(hook, ring, ((uint64_t)cookie_hi << 32) | cookie_lo, &p);
+  assemble(hook, ring, ((uint64_t)cookie_hi << 32) | cookie_lo, pid, &p);
   if (cap < p.n * (int)sizeof(struct bpf_insn)) return -ENOBUFS;
   memcpy(out, p.insn, (size_t)p.n * sizeof(struct bpf_insn));
   return p.n;
@@ -564,15 +573,23 @@ int ph_events_start(char *msg, int cap) {
   cg = cgroup2_root();
   if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root", e); goto fail; }
   uint64_t cookie = own_netns_cookie();
+  int no_pid = 0;
   for (int i = 0; i < PH_HOOKS; i++) {
     struct prog prog;
-    assemble(i, ev.ring, cookie, &prog);
-    ev.prog[i] = load(i, &prog, msg, cap);
-    if (ev.prog[i] < 0 && cookie) {
-      /* A kernel without bpf_get_netns_cookie for this hook: the same program unfiltered. */
-      assemble(i, ev.ring, 0, &prog);
+    /* The fullest program first; a kernel without bpf_get_netns_cookie or
+     * bpf_get_current_pid_tgid for this hook gets the same program without it. */
+    for (int v = 0; v < 4; v++) {
+      uint64_t c = v & 2 ? 0 : cookie;
+      int pid = !(v & 1);
+      if (v & 2 && !cookie) break;
+      assemble(i, ev.ring, c, pid, &prog);
       ev.prog[i] = load(i, &prog, msg, cap);
-      if (ev.prog[i] >= 0) unfiltered = 1;
+      if (ev.prog[i] >= 0) {
+        if (cookie && !c) unfiltered = 1;
+        if (!pid) no_pid = 1;
+        break;
+      }
+      if (!cookie && v == 1) break;
     }
     if (ev.prog[i] < 0) { e = -ev.prog[i]; ev.prog[i] = -1; goto fail; }
     memset(&a, 0, sizeof a);
@@ -591,6 +608,7 @@ int ph_events_start(char *msg, int cap) {
   if (msg && cap > 0) {
     msg[0] = 0;
     if (!cookie || unfiltered) snprintf(msg, (size_t)cap, "this kernel cannot tell the programs which network namespace a socket is in, so another namespace's sockets also wake the agent (for one dump of its own)");
+    if (no_pid) snprintf(msg + strlen(msg), (size_t)cap - strlen(msg), "%sthis kernel cannot tell the programs which process bound a port, so finding a new port's owner reads every process's open files", msg[0] ? "; " : "");
   }
   return ev.ring;
 fail:
@@ -603,7 +621,8 @@ fail:
  * Consumes every record waiting in the ring: out[0] = records, out[1] = protocols seen (bit 0
  * TCP, bit 1 UDP; bits 2 and 3: a TCP or UDP record without a port or past the room, so the
  * caller scans that protocol whole), out[2..3] = records since start (low, high 32 bits), then from
- * out[4] one u32 per record that fits: protocol | flags << 8 (PH_EV_*) | port << 16. Returns the count, or -ENOTCONN
+ * out[4] two u32 per record that fits: protocol | flags << 8 (PH_EV_*) | port << 16, then the
+ * binding process's tgid (0 where unknown). Returns the count, or -ENOTCONN
  * when not started.
  */
 int ph_events_drain(uint32_t *out, int cap) {
@@ -621,10 +640,15 @@ int ph_events_drain(uint32_t *out, int cap) {
     uint32_t size = len & ~(uint32_t)(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
     if (!(len & BPF_RINGBUF_DISCARD_BIT) && size >= 8) {
       uint64_t rec;
+      uint32_t tgid = 0;
       memcpy(&rec, (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ, 8);
+      if (size >= 12) memcpy(&tgid, (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ + 8, 4);
       uint32_t protocol = (uint32_t)(rec & 0xff), flags = (uint32_t)(rec >> 8) & 0xff, port = (uint32_t)(rec >> 32) & 0xffff;
       protocols |= protocol == IPPROTO_TCP ? 1u : protocol == IPPROTO_UDP ? 2u : 3u;
-      if (4 + (int)count < cap && port) out[4 + count] = protocol | flags << 8 | port << 16;
+      if (5 + 2 * (int)count < cap && port) {
+        out[4 + 2 * count] = protocol | flags << 8 | port << 16;
+        out[5 + 2 * count] = tgid;
+      }
       else protocols |= protocol == IPPROTO_UDP ? 8u : 4u;
       count++;
     }

@@ -22,6 +22,8 @@ export interface EventPort {
   bound?: boolean;
   /** Only a close: nothing to look at unless the state has a socket there. */
   closeOnly?: boolean;
+  /** The process that called listen() or bind(), where the kernel told: its owner, most likely. */
+  pid?: number;
 }
 
 /** What a batch of events names: ports to look at, and protocols to scan whole (an event without a port). */
@@ -54,7 +56,7 @@ export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; er
     shim.eventsStop();
     return { error: `the native event thread cannot watch the ring buffer (${(err as Error).message})` };
   }
-  const out = new Uint32Array(4 + 256);
+  const out = new Uint32Array(4 + 2 * 256);
   return {
     ...(text ? { note: text } : {}),
     events: {
@@ -90,8 +92,9 @@ export function toBatch(out: Uint32Array, count: number): EventBatch {
   const whole = (flags & 4 ? EVENT_TCP : 0) | (flags & 8 ? EVENT_UDP : 0);
   const seen = new Set<number>();
   const ports: EventBatch["ports"] = [];
-  for (let i = 0; i < Math.min(count, out.length - 4); i++) {
-    const rec = out[4 + i]!;
+  for (let i = 0; i < Math.min(count, (out.length - 4) >> 1); i++) {
+    const rec = out[4 + 2 * i]!;
+    const pid = out[5 + 2 * i]!;
     const protocol = rec & 0xff;
     const flags = (rec >>> 8) & 0xff;
     const port = rec >>> 16;
@@ -99,8 +102,9 @@ export function toBatch(out: Uint32Array, count: number): EventBatch {
     seen.add(rec);
     const families = flags & 2 ? 2 : 1;
     const closing = (flags & 1) !== 0;
-    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port, families, ...(closing ? { closing, closeOnly: true } : {}) });
-    else if (protocol === 17 && !(whole & EVENT_UDP)) ports.push({ protocol: "udp", port, families, bound: true });
+    const by = pid ? { pid } : {};
+    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port, families, ...(closing ? { closing, closeOnly: true } : by) });
+    else if (protocol === 17 && !(whole & EVENT_UDP)) ports.push({ protocol: "udp", port, families, bound: true, ...by });
   }
   return { ports, whole };
 }

@@ -33,6 +33,8 @@ const DEFAULT_PATHS: OwnerPaths = {
   pods: "/var/log/pods",
   nerdctl: "/var/lib/nerdctl",
 };
+/** Processes whose description is kept (cleared when full). */
+const MAX_DESCRIBED = 1024;
 /** At most this many nerdctl name files are read to find one container's name. */
 const MAX_NAME_FILES = 4096;
 
@@ -46,11 +48,16 @@ export class OwnerResolver {
     this.paths = { ...DEFAULT_PATHS, ...paths };
   }
 
-  /** The owner of each socket, by inode; sockets not in the cache cost one pass over /proc. */
-  async resolve(sockets: SocketId[]): Promise<Map<number, PortOwner | null>> {
+  /**
+   * The owner of each socket, by inode; sockets not in the cache cost a look at the likely
+   * owners' fds (`likely`: the processes the kernel saw bind them), else one pass over /proc.
+   */
+  async resolve(sockets: SocketId[], likely: number[] = []): Promise<Map<number, PortOwner | null>> {
     const wanted = new Set(sockets.map((s) => s.inode).filter((i) => i && !this.cache.has(i)));
     if (wanted.size) {
-      const pids = await this.findPids(wanted);
+      const pids = this.findInLikely(wanted, likely);
+      const rest = new Set([...wanted].filter((inode) => !pids.has(inode)));
+      if (rest.size) for (const [inode, pid] of await this.findPids(rest)) pids.set(inode, pid);
       for (const inode of wanted) {
         const pid = pids.get(inode);
         this.cache.set(inode, pid === undefined ? null : this.describe(pid));
@@ -59,9 +66,45 @@ export class OwnerResolver {
     return new Map(sockets.map((s) => [s.inode, this.cache.get(s.inode) ?? null]));
   }
 
-  /** Forgets sockets that are gone (an inode number may be reused). */
+  /** Sockets whose answer is kept. */
+  get size(): number {
+    return this.cache.size;
+  }
+
+  /** Forgets these sockets (gone: an inode number may be reused). */
+  forget(inodes: number[]): void {
+    for (const inode of inodes) this.cache.delete(inode);
+  }
+
+  /** Forgets every socket but these. */
   keepOnly(inodes: Set<number>): void {
     for (const inode of this.cache.keys()) if (!inodes.has(inode)) this.cache.delete(inode);
+  }
+
+  /** The wanted sockets held by these processes (a process's own word is checked against its fds). */
+  private findInLikely(wanted: Set<number>, pids: number[]): Map<number, number> {
+    const found = new Map<number, number>();
+    for (const pid of new Set(pids)) {
+      if (!Number.isInteger(pid) || pid <= 0) continue;
+      const dir = `${this.paths.proc}/${pid}/fd`;
+      let fds: string[];
+      try {
+        fds = readdirSync(dir);
+      } catch {
+        continue; // gone already: the full pass looks
+      }
+      // Newest fds first (a socket just bound has most likely the highest number), and no
+      // further than the last one wanted.
+      fds.sort((a, b) => Number(b) - Number(a));
+      for (const fd of fds) {
+        const target = linkOf(`${dir}/${fd}`);
+        if (!target?.startsWith("socket:[")) continue;
+        const inode = Number(target.slice(8, -1));
+        if (wanted.has(inode) && !found.has(inode)) found.set(inode, pid);
+        if (found.size === wanted.size) return found;
+      }
+    }
+    return found;
   }
 
   private async findPids(wanted: Set<number>): Promise<Map<number, number>> {
@@ -96,7 +139,20 @@ export class OwnerResolver {
     return found;
   }
 
+  /** A process's description by pid, kept while /proc/PID/stat shows the same start time (a pid reused is another process). */
+  private readonly described = new Map<number, { started: string; owner: PortOwner | null }>();
+
   private describe(pid: number): PortOwner | null {
+    const started = startTime(readText(`${this.paths.proc}/${pid}/stat`));
+    const known = this.described.get(pid);
+    if (started && known?.started === started) return known.owner;
+    const owner = this.describeNow(pid);
+    if (this.described.size >= MAX_DESCRIBED) this.described.clear();
+    if (started) this.described.set(pid, { started, owner });
+    return owner;
+  }
+
+  private describeNow(pid: number): PortOwner | null {
     const dir = `${this.paths.proc}/${pid}`;
     const comm = readText(`${dir}/comm`)?.trim();
     if (comm === undefined) return null; // exited since
@@ -147,6 +203,12 @@ export class OwnerResolver {
     })();
     return { ...c, ...(name ? { name: boundedText(name, OWNER_LIMITS.containerName) } : {}) };
   }
+}
+
+/** Field 22 of /proc/PID/stat (after the command in parentheses): when the process started. */
+function startTime(stat: string | undefined): string | undefined {
+  if (!stat) return undefined;
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
 }
 
 function linkOf(path: string): string | undefined {

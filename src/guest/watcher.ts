@@ -41,6 +41,9 @@ const FOLLOW_UP_MS = 5;
  * after (then it is no server), and a look between the two would report it for a moment.
  */
 const UDP_BIND_LOOK_MS = 3;
+/** Binding processes remembered (by port), and how many of the latest are looked at for any new port. */
+const MAX_BINDERS = 4096;
+const RECENT_BINDERS = 4;
 /** While a young UDP socket waits to count as a server, scans run at least this often. */
 const UDP_PENDING_SCAN_MS = 250;
 
@@ -107,6 +110,7 @@ export class PortWatcher {
    */
   private onChange(change: EventBatch, followingUp = false): void {
     if (this.stopped) return;
+    for (const p of change.ports) if (p.pid) this.noteBinder(p);
     const bound = change.ports.filter((p) => p.bound);
     if (bound.length) {
       this.boundLater.push(...bound.map((p) => ({ ...p, bound: false })));
@@ -122,8 +126,9 @@ export class PortWatcher {
     const closing = change.ports.filter((p) => p.closing);
     if (!whole && !closing.length) return;
     void changed.then((yes) => {
-      // A listener's close is reported before the kernel unhashes it: look once more shortly.
-      if (yes || followingUp || this.stopped || this.followUp) return;
+      // A listener's close is reported before the kernel unhashes it: look once more shortly
+      // (unless there was nothing to look at: the destroy event, often first, removed it).
+      if (yes !== false || followingUp || this.stopped || this.followUp) return;
       if (!whole) change = { ports: closing, whole: 0 };
       this.followUp = setTimeout(() => {
         this.followUp = undefined;
@@ -140,13 +145,13 @@ export class PortWatcher {
   /**
    * Looks at these ports alone and applies what it finds to the state: no full dump, no
    * walk over every port (beside thousands of listeners, a port opening costs the same as
-   * beside none). Returns whether something changed.
+   * beside none). Returns whether something changed (undefined: nothing to look at).
    */
-  private lookAt(targets: EventBatch["ports"]): boolean {
+  private lookAt(targets: EventBatch["ports"]): boolean | undefined {
     // A close where the state has nothing: nothing to remove, no dump (a listener's close
     // comes as a kernel event and again as a destroy event).
     targets = targets.filter((t) => !t.closeOnly || ((t.families & 1) !== 0 && this.bySlot.has(slotKey(t.protocol, false, t.port))) || ((t.families & 2) !== 0 && this.bySlot.has(slotKey(t.protocol, true, t.port))));
-    if (!targets.length) return false;
+    if (!targets.length) return undefined;
     const touched = new Set<number>();
     for (const t of targets) {
       if (t.families & 1) touched.add(slotKey(t.protocol, false, t.port));
@@ -186,6 +191,18 @@ export class PortWatcher {
     if (!added.length && !removed.length) return false;
     void this.notify({ added, removed }, []);
     return true;
+  }
+
+  /** The process that last bound each port (by slotKey), where the kernel said. */
+  private binders = new Map<number, number>();
+  /** The last few processes that bound a port, newest first. */
+  private recentBinders: number[] = [];
+
+  private noteBinder(t: EventBatch["ports"][number]): void {
+    if (this.binders.size >= MAX_BINDERS) this.binders.clear();
+    if (t.families & 1) this.binders.set(slotKey(t.protocol, false, t.port), t.pid!);
+    if (t.families & 2) this.binders.set(slotKey(t.protocol, true, t.port), t.pid!);
+    if (this.recentBinders[0] !== t.pid) this.recentBinders = [t.pid!, ...this.recentBinders.filter((p) => p !== t.pid)].slice(0, RECENT_BINDERS);
   }
 
   /** The state's ports by protocol, family and port (what one look covers). */
@@ -250,7 +267,10 @@ export class PortWatcher {
     this.scanned = true;
     if (!unchanged && !errors.length) {
       this.lastScan = result.ports;
-      this.sockets = result.sockets ?? new Map();
+      // Sockets of ports about to be removed stay until their removal is told (then forgotten).
+      const sockets = result.sockets ?? new Map<string, SocketId>();
+      for (const k of this.state.keys()) if (!sockets.has(k) && this.sockets.has(k)) sockets.set(k, this.sockets.get(k)!);
+      this.sockets = sockets;
     }
     const settled = this.settler.settle(this.lastScan, Date.now());
     this.udpPending = settled.pending;
@@ -286,22 +306,42 @@ export class PortWatcher {
 
   /**
    * Owners of the ports that appeared; those of ports gone are forgotten. A port keeps the
-   * owner found when it appeared.
+   * owner found when it appeared. The processes the kernel saw bind them (and the last few
+   * that bound anything: a full scan may see a port before its event) are looked at first.
    */
   private async resolveOwners(added: IPPort[], removed: IPPort[]): Promise<void> {
-    for (const p of removed) this.owners.delete(portKey(p));
+    const gone: number[] = [];
+    for (const p of removed) {
+      const key = portKey(p);
+      this.owners.delete(key);
+      if (this.state.has(key)) continue; // back already, with its own socket
+      const inode = this.sockets.get(key)?.inode;
+      if (inode) gone.push(inode);
+      this.sockets.delete(key);
+    }
     if (!this.resolver) return;
+    // A port already gone again (closed while earlier lookups ran) needs no owner: looking for
+    // it would cost a whole pass over /proc for a socket no process holds.
     const sockets = added.flatMap((p) => {
+      if (!this.state.has(portKey(p))) return [];
       const socket = this.sockets.get(portKey(p));
       return socket ? [{ key: portKey(p), socket }] : [];
     });
     try {
-      const found = await this.resolver.resolve(sockets.map((s) => s.socket));
-      for (const { key, socket } of sockets) {
-        const owner = found.get(socket.inode);
-        if (owner) this.owners.set(key, owner);
+      // What a change costs is the ports it names, not the whole state (a churn beside a
+      // thousand listeners); the cache is trimmed to the state only once it has grown.
+      this.resolver.forget(gone);
+      if (sockets.length) {
+        const likely = [...added.flatMap((p) => this.binders.get(slotOf(p)) ?? []), ...this.recentBinders];
+        const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely);
+        for (const { key, socket } of sockets) {
+          const owner = found.get(socket.inode);
+          if (owner) this.owners.set(key, owner);
+        }
       }
-      this.resolver.keepOnly(new Set([...this.state.keys()].flatMap((k) => this.sockets.get(k)?.inode ?? [])));
+      if (this.resolver.size > 2 * this.state.size + 64) {
+        this.resolver.keepOnly(new Set([...this.state.keys()].flatMap((k) => this.sockets.get(k)?.inode ?? [])));
+      }
     } catch {
       // an owner is a nicety: the port is reported without one
     }

@@ -51,7 +51,7 @@ export interface NativeShim {
   /** Detaches the programs and frees the ring buffer. */
   eventsStop(): number;
   /** A hook's BPF instructions (8 bytes each) as ph_events_start would load them, for tests; the count. */
-  eventsProgram(hook: number, ring: number, cookieLo: number, cookieHi: number, out: Uint8Array, cap: number): number;
+  eventsProgram(hook: number, ring: number, cookieLo: number, cookieHi: number, pid: number, out: Uint8Array, cap: number): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -84,7 +84,7 @@ export const SIGNATURES = {
   ph_events_start: { args: ["ptr", "i32"], returns: "i32" },
   ph_events_drain: { args: ["ptr", "i32"], returns: "i32" },
   ph_events_stop: { args: [], returns: "i32" },
-  ph_events_program: { args: ["i32", "i32", "u32", "u32", "ptr", "i32"], returns: "i32" },
+  ph_events_program: { args: ["i32", "i32", "u32", "u32", "i32", "ptr", "i32"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -121,7 +121,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     eventsStart: (msg, cap) => num("ph_events_start", msg, cap),
     eventsDrain: (out, cap) => num("ph_events_drain", out, cap),
     eventsStop: () => num("ph_events_stop"),
-    eventsProgram: (hook, ring, lo, hi, out, cap) => num("ph_events_program", hook, ring, lo, hi, out, cap),
+    eventsProgram: (hook, ring, lo, hi, pid, out, cap) => num("ph_events_program", hook, ring, lo, hi, pid, out, cap),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

@@ -2,10 +2,11 @@
 // forced poll still works, sockets of other namespaces are not forwarded, and no program stays attached to the machine's cgroup2 root once the agent is
 // gone (checked with bpftool).
 import { describe, expect } from "bun:test";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { e2eTest, freePort, Guest, refusedSoon, runPorthole, startHostAgent, tryConnect, useHarness, type Proc } from "./harness.ts";
+import { defer, Proc as Child } from "../lab.ts";
 
 useHarness();
 
@@ -108,6 +109,25 @@ describe("port detector", () => {
     await host.waitForForwarding(ownPort, 5000);
     expect(host.events.some((e) => e.hostAddr === `127.0.0.1:${otherPort}`)).toBe(false);
     expect(statusJSONOf(guest).forwards.map((f: { hostAddr: string }) => f.hostAddr)).not.toContain(`127.0.0.1:${otherPort}`);
+  });
+
+  e2eTest("the kernel names the process that bound a port: the agent finds the owner in its fds, without a pass over every process (strace)", async () => {
+    const { guest, agent, host } = await eventOnlyPair();
+    // strace (not our code) records every file the agent opens while a new server's port is found.
+    const log = join(guest.dir, "agent.strace");
+    const strace = new Child(spawn("strace", ["-f", "-e", "trace=openat", "-o", log, "-p", String(agent.child.pid)], { stdio: ["ignore", "pipe", "pipe"] }), "strace");
+    defer(() => strace.kill("SIGKILL"));
+    await strace.waitForLine(/attached/, "stderr");
+    const port = await freePort();
+    const server = guest.spawn(["/usr/bin/python3", "-u", "-m", "http.server", String(port), "--bind", "127.0.0.1"], "http.server");
+    await server.waitForLine(/Serving HTTP/);
+    await host.waitForForwarding(port, 5000); // told once its owner is known
+    expect(JSON.stringify(statusJSONOf(guest).forwards)).toContain("http.server");
+    strace.child.kill("SIGINT");
+    await strace.exited;
+    const opened = readFileSync(log, "utf8");
+    expect(opened).toContain(`"/proc/${server.child.pid}/fd"`);
+    expect(opened).not.toMatch(/openat\(AT_FDCWD, "\/proc", /); // no listing of every process
   });
 
   for (const signal of ["SIGTERM", "SIGKILL"] as const) {

@@ -85,7 +85,10 @@ test("a new port's owner is looked up (by its socket inode) before subscribers h
       return new Map(sockets.map((s) => [s.inode, { pid: 7, command: "node", commandLine: "node s.js", user: "app", uid: 1000 }]));
     },
     keepOnly: () => {},
+    forget: (inodes: number[]) => forgotten.push(...inodes),
+    size: 0,
   } as unknown as OwnerResolver;
+  const forgotten: number[] = [];
   const watcher = new PortWatcher(10, procNetScanner(dir), new UdpSettler(), resolver);
   watchers.push(watcher);
   const heard: (string | undefined)[] = [];
@@ -100,4 +103,6 @@ test("a new port's owner is looked up (by its socket inode) before subscribers h
   writeFileSync(join(dir, "tcp"), HEADER);
   await waitUntil("the ports gone", () => watcher.ports.length === 0);
   expect(watcher.ownerOf({ protocol: "tcp", ip: "127.0.0.1", port: 8080 })).toBeUndefined();
+  await waitUntil("the gone sockets forgotten by the resolver", () => forgotten.length >= 2);
+  expect(forgotten.sort()).toEqual([4242, 777].sort());
 });

@@ -28,10 +28,11 @@ const BPF_EXIT = 0x90;
 const FN_GET_NETNS_COOKIE = 122;
 const FN_SOCK_OPS_CB_FLAGS_SET = 59;
 const FN_RINGBUF_OUTPUT = 130;
+const FN_GET_CURRENT_PID_TGID = 14;
 
-function program(hook: number, cookie: bigint, ring = 42): Insn[] {
+function program(hook: number, cookie: bigint, ring = 42, pid = 1): Insn[] {
   const out = new Uint8Array(64 * 8);
-  const n = shim.eventsProgram(hook, ring, Number(cookie & 0xffffffffn), Number(cookie >> 32n), out, out.length);
+  const n = shim.eventsProgram(hook, ring, Number(cookie & 0xffffffffn), Number(cookie >> 32n), pid, out, out.length);
   expect(n).toBeGreaterThan(0);
   const view = new DataView(out.buffer);
   return Array.from({ length: n }, (_, i) => ({
@@ -83,23 +84,32 @@ describe("BPF programs", () => {
     expect(calls(program(HOOKS.bind4, 0n))).not.toContain(FN_SOCK_OPS_CB_FLAGS_SET);
   });
 
+  test("listen and bind name the calling process in the record (its owner, to look at first); without pid they do not ask", () => {
+    for (const hook of Object.values(HOOKS)) {
+      const with_ = calls(program(hook, 0n));
+      expect(with_).toContain(FN_GET_CURRENT_PID_TGID);
+      expect(with_.indexOf(FN_GET_CURRENT_PID_TGID)).toBeLessThan(with_.lastIndexOf(FN_RINGBUF_OUTPUT));
+      expect(calls(program(hook, 0n, 42, 0))).not.toContain(FN_GET_CURRENT_PID_TGID);
+    }
+  });
+
   test("an unknown hook is refused", () => {
-    expect(shim.eventsProgram(9, 1, 0, 0, new Uint8Array(512), 512)).toBeLessThan(0);
+    expect(shim.eventsProgram(9, 1, 0, 0, 1, new Uint8Array(512), 512)).toBeLessThan(0);
   });
 });
 
 describe("event records", () => {
   test("a drained batch names each port once, with its family and whether it was a close", () => {
-    const out = new Uint32Array(4 + 4);
+    const out = new Uint32Array(4 + 2 * 4);
     out.set([4, 1 | 2, 4, 0]);
-    out[4] = 6 | (0 << 8) | (8080 << 16); // TCP listen, IPv4
-    out[5] = 6 | (1 << 8) | (8080 << 16); // TCP close, IPv4
-    out[6] = 17 | (2 << 8) | (5353 << 16); // UDP bind, IPv6
-    out[7] = 6 | (0 << 8) | (8080 << 16); // the listen again
+    out.set([6 | (0 << 8) | (8080 << 16), 1234], 4); // TCP listen, IPv4, by process 1234
+    out.set([6 | (1 << 8) | (8080 << 16), 0], 6); // TCP close, IPv4
+    out.set([17 | (2 << 8) | (5353 << 16), 0], 8); // UDP bind, IPv6, process unknown
+    out.set([6 | (0 << 8) | (8080 << 16), 1234], 10); // the listen again
     expect(toBatch(out, 4)).toEqual({
       whole: 0,
       ports: [
-        { protocol: "tcp", port: 8080, families: 1 },
+        { protocol: "tcp", port: 8080, families: 1, pid: 1234 },
         { protocol: "tcp", port: 8080, families: 1, closing: true, closeOnly: true },
         { protocol: "udp", port: 5353, families: 2, bound: true },
       ],
@@ -107,8 +117,8 @@ describe("event records", () => {
   });
 
   test("records past the room, or without a port, make that protocol a whole scan", () => {
-    const out = new Uint32Array(4 + 1);
-    out.set([3, 1 | 2 | 8, 3, 0, 6 | (8080 << 16)]);
+    const out = new Uint32Array(4 + 2);
+    out.set([3, 1 | 2 | 8, 3, 0, 6 | (8080 << 16), 0]);
     expect(toBatch(out, 3)).toEqual({ whole: 2, ports: [{ protocol: "tcp", port: 8080, families: 1 }] });
   });
 });

@@ -1,0 +1,54 @@
+// The owner lookup on a /proc laid out by the test: the process the kernel saw bind a port is
+// looked at first (and checked: it must hold the socket), the pass over every process is the
+// fallback, and a process's description is kept only while its start time is the same.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { OwnerResolver } from "../../src/guest/port-owners.ts";
+
+const root = mkdtempSync(join(tmpdir(), "porthole-owners-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const proc = join(root, "proc");
+
+/** A process in the fake /proc: its name, start time, and sockets (fd number -> inode). */
+function processAt(pid: number, comm: string, started: number, sockets: Record<number, number>): void {
+  const dir = join(proc, String(pid));
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(join(dir, "fd"), { recursive: true });
+  writeFileSync(join(dir, "comm"), `${comm}\n`);
+  writeFileSync(join(dir, "cmdline"), `${comm}\0--serve\0`);
+  writeFileSync(join(dir, "status"), "Name:\tx\nUid:\t0\t0\t0\t0\n");
+  writeFileSync(join(dir, "cgroup"), "0::/\n");
+  // Field 22 is the start time; the command in parentheses may hold spaces.
+  writeFileSync(join(dir, "stat"), `${pid} (${comm} x) S ${Array.from({ length: 18 }, () => "1").join(" ")} ${started} 0 0\n`);
+  for (const [fd, inode] of Object.entries(sockets)) symlinkSync(`socket:[${inode}]`, join(dir, "fd", fd));
+}
+
+const resolver = () => new OwnerResolver({ proc, passwd: join(root, "passwd"), docker: root, podman: root, pods: root, nerdctl: root });
+
+describe("owner lookup", () => {
+  // Two processes claim inode 99 (fd passing makes that real): which one is reported shows
+  // which was looked at first.
+  processAt(100, "early", 5, { 3: 99 });
+  processAt(4242, "binder", 7, { 3: 50, 9: 99 });
+  processAt(555, "bystander", 9, { 4: 77 });
+
+  test("the process the kernel named is looked at first", async () => {
+    expect((await resolver().resolve([{ inode: 99, uid: 0 }], [4242])).get(99)?.pid).toBe(4242);
+  });
+
+  test("without a name, or named wrongly, the pass over every process finds the socket", async () => {
+    expect((await resolver().resolve([{ inode: 99, uid: 0 }])).get(99)?.pid).toBe(100);
+    expect((await resolver().resolve([{ inode: 99, uid: 0 }], [555, 999999])).get(99)?.pid).toBe(100);
+  });
+
+  test("a process's description is kept while its start time is the same, read again once a pid is reused", async () => {
+    const r = resolver();
+    expect((await r.resolve([{ inode: 77, uid: 0 }], [555])).get(77)?.command).toBe("bystander");
+    processAt(555, "renamed", 9, { 4: 78 });
+    expect((await r.resolve([{ inode: 78, uid: 0 }], [555])).get(78)?.command).toBe("bystander");
+    processAt(555, "newcomer", 11, { 4: 79 });
+    expect((await r.resolve([{ inode: 79, uid: 0 }], [555])).get(79)?.command).toBe("newcomer");
+  });
+});
