@@ -1372,7 +1372,6 @@ static void framed_run(struct relay *r, struct relay **ready) {
     plain_reset(r, 0);
   }
   /* What ends what. */
-  if (f->plain_dead && !f->end_code) { f->end_code = PH_END_RESET; more = 1; }
   if (f->stream_gone) stream_close(r);
   if (!f->plain_dead && dec->queued == 0) {
     if (f->stream_gone || f->got_end == PH_END_RESET) {
@@ -1385,6 +1384,9 @@ static void framed_run(struct relay *r, struct relay **ready) {
       }
     }
   }
+  /* a is gone (an error above, or the reset just decided): END_RESET goes out. Decided after
+   * the reset above, or nothing would wake this relay again to send it. */
+  if (f->plain_dead && !f->end_code) { f->end_code = PH_END_RESET; more = 1; }
   if (!was_dead && f->plain_dead && !f->stream_gone && !f->got_end) more = 1; /* read on, to the end frame */
   int enc_over = f->end_done || f->stream_gone;
   int dec_over = f->stream_gone || f->got_end;
