@@ -1,12 +1,12 @@
 // The guest end of a UDP Tunnel (one per host client): a UDP socket connected to the guest
-// server, one datagram per message each way. A datagram that cannot be delivered is lost,
-// as UDP allows; it never ends the tunnel. The host's end of the stream closes the socket.
+// server, one datagram per message each way (several between porthole agents, with credits).
+// A datagram that cannot be delivered is lost, as UDP allows; it never ends the tunnel. The host's end of the stream closes the socket.
 import * as dgram from "node:dgram";
 import { isIPv6 } from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { DatagramBatcher, datagramsOf } from "../transport/datagram-batch.ts";
-import { DatagramBudget } from "../transport/datagram-budget.ts";
+import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
 import type { TunnelCall } from "./tunnel-endpoint.ts";
 
 export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): void {
@@ -15,8 +15,11 @@ export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): voi
   const socket = dgram.createSocket(isIPv6(target) ? "udp6" : "udp4");
   const id = handshake.id;
   let closed = false;
-  // Past the budget, datagrams are dropped rather than queued on the shared connection.
-  const budget = new DatagramBudget();
+  // Past the budget, datagrams are dropped rather than queued on the shared connection. A
+  // porthole host that asked for credits counts what it delivered, and is told what we did.
+  const credited = handshake.udp_credit;
+  const budget = new DatagramBudget(credited);
+  const report = credited ? new DeliveryReport((bytes) => closed || call.write({ udp_delivered: bytes })) : undefined;
   const close = () => {
     if (closed) return;
     closed = true;
@@ -34,7 +37,11 @@ export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): voi
   socket.connect(port, target, () => {
     call.on("data", (msg: TunnelMessage) => {
       if (closed) return;
-      for (const datagram of datagramsOf(msg)) socket.send(datagram);
+      if (msg.udp_delivered) budget.delivered(msg.udp_delivered);
+      for (const datagram of datagramsOf(msg)) {
+        socket.send(datagram);
+        report?.add(datagram.length);
+      }
     });
     call.resume();
   });

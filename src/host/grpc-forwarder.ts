@@ -18,10 +18,14 @@ export interface HostTunnelCall extends TunnelStream {
 export class GrpcForwarder {
   private nextId = 0;
 
-  /** `batchUdp`: the guest reads several datagrams per message (its Hello lists "udp-batch"). */
+  /**
+   * `batchUdp`: the guest reads several datagrams per message (its Hello lists "udp-batch");
+   * `creditUdp`: it reports what it delivered ("udp-credit").
+   */
   constructor(
     private readonly client: GuestServiceClient,
     private readonly batchUdp: () => boolean = () => false,
+    private readonly creditUdp: () => boolean = () => false,
   ) {}
 
   /** A TCP connection (or a unix socket connection) to a guest port or guest socket. */
@@ -41,11 +45,13 @@ export class GrpcForwarder {
     const id = `udp-${plan.key.split(" ")[1]}-${client}`;
     const call = this.client.Tunnel();
     const batch = this.batchUdp();
-    call.write({ id, protocol: "udp", guest_addr: plan.guestAddr, ...(batch ? { udp_batch: true } : {}) });
+    const credited = batch && this.creditUdp();
+    call.write({ id, protocol: "udp", guest_addr: plan.guestAddr, ...(batch ? { udp_batch: true } : {}), ...(credited ? { udp_credit: true } : {}) });
     call.on("error", () => {}); // the flow's owner listens too; an error must not be unhandled
     if (!batch) return call;
     const batcher = new DatagramBatcher((message, done) => call.write(message, done));
     return {
+      credited,
       write: (message, written = () => {}) => {
         if (!message.data) return call.write(message, written);
         batcher.add(message.data, written);

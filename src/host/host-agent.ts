@@ -147,7 +147,11 @@ export class HostAgent {
       },
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.map(logText).join("; ")}`),
     }, { token: options.token });
-    const grpc = new GrpcForwarder(this.connection.client, () => this.guestFeatures.includes("udp-batch"));
+    const grpc = new GrpcForwarder(
+      this.connection.client,
+      () => this.guestFeatures.includes("udp-batch"),
+      () => this.guestFeatures.includes("udp-credit"),
+    );
     if (options.syncTime) {
       this.timeSync = new TimeSync(this.connection.client, (m) => this.log(m), (message) => this.emit({ type: "warning", message }));
     }

@@ -1,6 +1,6 @@
 // A UDP forward: one host UDP socket, and one Tunnel stream per client address (a flow),
 // so that replies go back to the client that asked and to no other. Datagram boundaries
-// are kept: one datagram is one message each way. Idle flows expire; the number of flows
+// are kept: one datagram is one message each way (several, each whole, between porthole agents). Idle flows expire; the number of flows
 // is bounded, the least recently used one making room for a new client.
 import * as dgram from "node:dgram";
 import { isIPv6 } from "node:net";
@@ -8,11 +8,13 @@ import { formatHostPort } from "../core/address.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { datagramsOf } from "../transport/datagram-batch.ts";
-import { DatagramBudget } from "../transport/datagram-budget.ts";
+import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
 export interface UdpTunnel {
+  /** Both ends report what they delivered (`udp_delivered`) and count their budget by it. */
+  credited?: boolean;
   write(message: Partial<TunnelMessage>, written?: () => void): boolean;
   end(): void;
   cancel(): void;
@@ -30,6 +32,8 @@ interface Flow {
   /** Past it, datagrams are dropped (UDP may lose them) instead of queued on the connection. */
   budget: DatagramBudget;
   toldDropping: boolean;
+  /** Its stream ended (or is ending): nothing more is written to it. */
+  ended: boolean;
 }
 
 export class UdpForward extends HostForward {
@@ -128,16 +132,21 @@ class UdpFlows implements Listener {
   private openFlow(key: string, client: dgram.RemoteInfo): Flow {
     if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
     const tunnel = this.openTunnel(this.plan, key);
-    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(), toldDropping: false };
+    const credited = tunnel.credited === true;
+    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited), toldDropping: false, ended: false };
     this.flows.set(key, flow);
+    const report = credited ? new DeliveryReport((bytes) => flow.ended || tunnel.write({ udp_delivered: bytes })) : undefined;
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
+      if (msg.udp_delivered) flow.budget.delivered(msg.udp_delivered);
       for (const datagram of datagramsOf(msg)) {
         this.bytesOut += datagram.length;
         if (this.open) this.socket.send(datagram, client.port, client.address);
+        report?.add(datagram.length);
       }
     });
     const forget = () => {
+      flow.ended = true;
       if (this.flows.get(key) === flow) this.flows.delete(key);
     };
     tunnel.on("end", forget);
@@ -163,6 +172,7 @@ class UdpFlows implements Listener {
     const flow = this.flows.get(key);
     if (!flow) return;
     this.flows.delete(key);
+    flow.ended = true;
     flow.tunnel.end();
     // The guest answers the end with the end of its stream; do not wait on one that hangs.
     setTimeout(() => flow.tunnel.cancel(), 5000).unref?.();

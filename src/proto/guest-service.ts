@@ -70,6 +70,10 @@ export interface TunnelMessage {
   datagrams: Buffer[];
   /** porthole extension (UDP handshake): the host reads `datagrams`. */
   udp_batch: boolean;
+  /** porthole extension (UDP, credited flows): bytes of datagrams delivered since the last report. */
+  udp_delivered: number;
+  /** porthole extension (UDP handshake): both ends report `udp_delivered` and count it against their budget. */
+  udp_credit: boolean;
 }
 
 export interface HelloResponse {

@@ -25,7 +25,9 @@ const HALF_CLOSE_FIELD = 100;
 const EOF_FIELD = 101;
 const DATAGRAMS_FIELD = 102;
 const UDP_BATCH_FIELD = 103;
-/** Tags of fields 100..103 take two bytes. */
+const UDP_DELIVERED_FIELD = 104;
+const UDP_CREDIT_FIELD = 105;
+/** Tags of fields 100..105 take two bytes. */
 const LONG_TAG_BYTES = 2;
 const GRPC_HEADER_BYTES = 5;
 
@@ -56,6 +58,8 @@ export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
   if (message.eof) size += LONG_TAG_BYTES + 1;
   for (const d of message.datagrams ?? []) size += LONG_TAG_BYTES + varintBytes(d.length) + d.length;
   if (message.udp_batch) size += LONG_TAG_BYTES + 1;
+  if (message.udp_delivered) size += LONG_TAG_BYTES + varintBytes(message.udp_delivered);
+  if (message.udp_credit) size += LONG_TAG_BYTES + 1;
 
   const frame = Buffer.allocUnsafe(GRPC_HEADER_BYTES + size);
   frame[0] = 0; // not compressed
@@ -84,6 +88,8 @@ export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
     at += d.length;
   }
   if (message.udp_batch) at = writeVarint(frame, writeVarint(frame, at, UDP_BATCH_FIELD << 3), 1);
+  if (message.udp_delivered) at = writeVarint(frame, writeVarint(frame, at, UDP_DELIVERED_FIELD << 3), message.udp_delivered);
+  if (message.udp_credit) at = writeVarint(frame, writeVarint(frame, at, UDP_CREDIT_FIELD << 3), 1);
   const serialized = frame.subarray(GRPC_HEADER_BYTES);
   frames.set(serialized, frame);
   return serialized;
@@ -95,6 +101,7 @@ const EMPTY = Buffer.alloc(0);
 export function decodeTunnelMessage(buf: Buffer): TunnelMessage {
   const message: TunnelMessage = {
     id: "", protocol: "", data: EMPTY, guest_addr: "", udp_target_addr: "", half_close: false, eof: false, datagrams: [], udp_batch: false,
+    udp_delivered: 0, udp_credit: false,
   };
   let at = 0;
   const varint = (): number => {
@@ -128,6 +135,8 @@ export function decodeTunnelMessage(buf: Buffer): TunnelMessage {
       if (field === HALF_CLOSE_FIELD) message.half_close = value !== 0;
       else if (field === EOF_FIELD) message.eof = value !== 0;
       else if (field === UDP_BATCH_FIELD) message.udp_batch = value !== 0;
+      else if (field === UDP_DELIVERED_FIELD) message.udp_delivered = Math.min(value, 2 ** 31); // a credit; an untrusted peer's huge one frees no more than its budget
+      else if (field === UDP_CREDIT_FIELD) message.udp_credit = value !== 0;
     } else if (wire === 1) at += 8;
     else if (wire === 5) at += 4;
     else throw new Error(`a Tunnel message has a field of wire type ${wire}`);

@@ -7,9 +7,13 @@ import type { TunnelMessage } from "../proto/guest-service.ts";
 /** A batch is sent once it holds this much, without waiting for the turn to end. */
 const BATCH_BYTES = 64 * 1024;
 
-/** The datagrams a message carries: a batch, or Lima's one per message in `data`. */
+/**
+ * The datagrams a message carries: a batch, or Lima's one per message in `data`; none in a
+ * porthole peer's report of what it delivered (`udp_delivered` alone).
+ */
 export function datagramsOf(message: TunnelMessage): Buffer[] {
-  return message.datagrams?.length ? message.datagrams : [message.data];
+  if (message.datagrams?.length) return message.datagrams;
+  return message.udp_delivered && !message.data.length ? [] : [message.data];
 }
 
 export class DatagramBatcher {

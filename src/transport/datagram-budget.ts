@@ -1,16 +1,32 @@
 // UDP's own flow control over a stream call: a datagram is written only while the flow's
-// bytes not yet handed to the connection stay under a budget; past it the datagram is dropped,
-// as UDP allows. Queued instead, a flood's datagrams filled the shared HTTP/2 connection and
-// delayed every TCP tunnel and the agent's control stream behind them (iperf3's own control
-// connection gave up). The caller tells its user that it drops.
+// bytes in flight stay under a budget; past it the datagram is dropped, as UDP allows. Queued
+// instead, a flood's datagrams filled the shared HTTP/2 connection and delayed every TCP
+// tunnel and the agent's control stream behind them. The caller tells its user that it drops.
+//
+// In flight ends where the peer allows: for a stock Lima peer, once the bytes are handed to
+// the connection; between porthole agents (`udp_credit`), once the far end reports them
+// delivered to its UDP socket. Handed to the connection is not enough there: HTTP/2's 16 MiB
+// stream windows let a flood queue megabytes in the agents, which kept arriving at the guest
+// server hundreds of milliseconds after the client stopped (iperf3's next test took such a
+// stale datagram for its own and hung).
 
 /** About 4 ms at 1 Gbit/s: enough to ride out a busy turn, too little to delay other streams. */
 export const DATAGRAM_BUDGET_BYTES = 512 * 1024;
+/**
+ * Credited, the budget is what may wait anywhere between the two sockets: at the ~100 Mbit/s a
+ * busy guest agent delivers, 512 KiB was a tail of ~50 ms, enough for iperf3's next test to
+ * receive a stale datagram still (bench, "UDP beside TCP").
+ */
+export const CREDITED_BUDGET_BYTES = 128 * 1024;
 
 export class DatagramBudget {
   private inFlight = 0;
 
-  constructor(private readonly limit = DATAGRAM_BUDGET_BYTES) {}
+  /** `credited`: bytes stay in flight until `delivered` reports them, not when written. */
+  constructor(
+    private readonly credited = false,
+    private readonly limit = credited ? CREDITED_BUDGET_BYTES : DATAGRAM_BUDGET_BYTES,
+  ) {}
 
   /**
    * Writes `data` through `write` (which calls `done` once the bytes left for the
@@ -19,12 +35,40 @@ export class DatagramBudget {
   send(data: Buffer, write: (done: () => void) => void): boolean {
     if (this.inFlight > 0 && this.inFlight + data.length > this.limit) return false;
     this.inFlight += data.length;
-    let counted = true;
+    let counted = !this.credited;
     write(() => {
       if (!counted) return;
       counted = false;
       this.inFlight -= data.length;
     });
     return true;
+  }
+
+  /** The far end reports `bytes` delivered (credited flows); more than in flight frees no more. */
+  delivered(bytes: number): void {
+    if (this.credited) this.inFlight = Math.max(0, this.inFlight - bytes);
+  }
+}
+
+/**
+ * The receiving end of a credited flow: counts the bytes it handed to its UDP socket and
+ * reports them once per turn of the event loop (one small message, not one per datagram).
+ */
+export class DeliveryReport {
+  private bytes = 0;
+  private scheduled = false;
+
+  constructor(private readonly report: (bytes: number) => void) {}
+
+  add(bytes: number): void {
+    this.bytes += bytes;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      const bytes = this.bytes;
+      this.bytes = 0;
+      if (bytes > 0) this.report(bytes);
+    });
   }
 }

@@ -17,6 +17,9 @@ const samples: Partial<TunnelMessage>[] = [
   { data: randomBytes(300) },
   { id: "ünïcødé ✓", udp_target_addr: "[::1]:53", protocol: "udp", udp_batch: true },
   { datagrams: [randomBytes(1400), Buffer.alloc(0), randomBytes(200)] },
+  { id: "udp-53-127.0.0.1:5353", protocol: "udp", udp_batch: true, udp_credit: true },
+  { udp_delivered: 524_288 },
+  { datagrams: [randomBytes(10)], udp_delivered: 1400 },
   {},
 ];
 
@@ -24,6 +27,7 @@ const full = (m: Partial<TunnelMessage>) => ({
   id: m.id ?? "", protocol: m.protocol ?? "", data: Buffer.from(m.data ?? []), guest_addr: m.guest_addr ?? "",
   udp_target_addr: m.udp_target_addr ?? "", half_close: m.half_close ?? false, eof: m.eof ?? false,
   datagrams: (m.datagrams ?? []).map((d) => Buffer.from(d)), udp_batch: m.udp_batch ?? false,
+  udp_delivered: m.udp_delivered ?? 0, udp_credit: m.udp_credit ?? false,
 });
 const plain = (m: TunnelMessage) => ({ ...m, data: Buffer.from(m.data), datagrams: m.datagrams.map((d) => Buffer.from(d)) });
 
@@ -44,7 +48,7 @@ describe("Tunnel codec", () => {
     for (const m of samples) {
       const ours = decodeTunnelMessage(Buffer.from(Extended.encode(Extended.fromObject(m)).finish()));
       expect(plain(ours)).toEqual(full(m));
-      const { half_close: _h, eof: _e, datagrams: _d, udp_batch: _u, ...limaFields } = m;
+      const { half_close: _h, eof: _e, datagrams: _d, udp_batch: _u, udp_delivered: _c, udp_credit: _k, ...limaFields } = m;
       const fromLima = decodeTunnelMessage(Buffer.from(Lima.encode(Lima.fromObject(limaFields)).finish()));
       expect(plain(fromLima)).toEqual(full(limaFields));
     }

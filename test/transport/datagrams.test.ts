@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import type { TunnelMessage } from "../../src/proto/guest-service.ts";
 import { DatagramBatcher, datagramsOf } from "../../src/transport/datagram-batch.ts";
-import { DatagramBudget } from "../../src/transport/datagram-budget.ts";
+import { DatagramBudget, DeliveryReport } from "../../src/transport/datagram-budget.ts";
 
 const turn = () => new Promise((r) => setImmediate(r));
 
@@ -39,12 +39,13 @@ describe("DatagramBatcher", () => {
     expect(datagramsOf(m({ datagrams: [Buffer.from("a"), Buffer.from("b")] }))).toEqual([Buffer.from("a"), Buffer.from("b")]);
     expect(datagramsOf(m({ data: Buffer.from("x") }))).toEqual([Buffer.from("x")]);
     expect(datagramsOf(m({}))).toEqual([Buffer.alloc(0)]);
+    expect(datagramsOf(m({ udp_delivered: 1400 }))).toEqual([]); // a porthole peer's report carries none
   });
 });
 
 describe("DatagramBudget", () => {
   test("past the budget datagrams are dropped; what left frees its share", () => {
-    const budget = new DatagramBudget(3000);
+    const budget = new DatagramBudget(false, 3000);
     const pending: (() => void)[] = [];
     const write = (done: () => void) => void pending.push(done);
     expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
@@ -59,7 +60,48 @@ describe("DatagramBudget", () => {
   });
 
   test("a datagram larger than the budget still goes when nothing is in flight", () => {
-    const budget = new DatagramBudget(1000);
+    const budget = new DatagramBudget(false, 1000);
     expect(budget.send(Buffer.alloc(60_000), () => {})).toBe(true);
+  });
+
+  test("credited: what was written stays in flight until the far end reports it delivered", () => {
+    const budget = new DatagramBudget(true, 3000);
+    const write = (done: () => void) => done(); // handed to the connection at once
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(false);
+    budget.delivered(1400);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(false);
+    budget.delivered(1e9); // a report of more than was sent frees the budget, no more
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(true);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(false);
+  });
+
+  test("uncredited: a report changes nothing (a stock Lima peer never sends one)", () => {
+    const budget = new DatagramBudget(false, 3000);
+    const pending: (() => void)[] = [];
+    const write = (done: () => void) => void pending.push(done);
+    budget.send(Buffer.alloc(1400), write);
+    budget.send(Buffer.alloc(1400), write);
+    budget.delivered(2800);
+    expect(budget.send(Buffer.alloc(1400), write)).toBe(false);
+  });
+});
+
+describe("DeliveryReport", () => {
+  test("what was delivered in one turn is reported once, as one sum; nothing delivered, nothing said", async () => {
+    const reports: number[] = [];
+    const report = new DeliveryReport((bytes) => reports.push(bytes));
+    report.add(1400);
+    report.add(600);
+    report.add(0);
+    expect(reports).toEqual([]);
+    await turn();
+    expect(reports).toEqual([2000]);
+    report.add(0);
+    await turn();
+    expect(reports).toEqual([2000]);
   });
 });
