@@ -49,6 +49,24 @@ function serve(handler: (s: net.Socket) => void, unix = false): Promise<Where> {
   });
 }
 
+/**
+ * One relay carried `bytes` each way, natively (counted by `counter`) or, without a counter,
+ * in JavaScript; and the client socket's status reads all of it, both ways.
+ */
+async function expectRelayedOnce(before: ReturnType<typeof relayStatus>, counter: Parameters<typeof nativeMoved>[2] | undefined, client: net.Socket, bytes: number): Promise<void> {
+  const after = relayStatus();
+  if (counter) {
+    expect(after.nativeRelays - before.nativeRelays).toBe(1);
+    expect(nativeMoved(before, after, counter, true)).toBe(2 * bytes);
+    expect(after.javascriptRelays).toBe(before.javascriptRelays);
+  } else {
+    expect(after.javascriptRelays - before.javascriptRelays).toBe(1);
+    expect(after.nativeRelays).toBe(before.nativeRelays);
+  }
+  await new Promise<void>((resolve) => afterRelay(client, resolve));
+  expect(relayedBytes(client)).toEqual({ read: bytes, written: bytes });
+}
+
 function connect(where: Where): net.Socket {
   return "path" in where
     ? net.connect({ path: where.path, allowHalfOpen: true })
@@ -93,18 +111,7 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
       const { data, how } = await done;
       expect(how).toBe("EOF");
       expect(sha256(data)).toBe(sha256(payload));
-      const after = relayStatus();
-      if (counter) {
-        expect(after.nativeRelays - before.nativeRelays).toBe(1);
-        expect(nativeMoved(before, after, counter, true)).toBe(2 * payload.length);
-        expect(after.javascriptRelays).toBe(before.javascriptRelays);
-      } else {
-        expect(after.javascriptRelays - before.javascriptRelays).toBe(1);
-        expect(after.nativeRelays).toBe(before.nativeRelays);
-      }
-      // What a forward's status reads for its client socket: all of it, both ways.
-      await new Promise<void>((resolve) => afterRelay(accepted[0]!, resolve));
-      expect(relayedBytes(accepted[0]!)).toEqual({ read: payload.length, written: payload.length });
+      await expectRelayedOnce(before, counter, accepted[0]!, payload.length);
     });
   }
 
@@ -294,12 +301,7 @@ describe.each(modes.filter((m) => m.counter))("a native dial (the direct path: t
     const { data, how } = await done;
     expect(how).toBe("EOF");
     expect(sha256(data)).toBe(sha256(payload));
-    const after = relayStatus();
-    expect(after.nativeRelays - before.nativeRelays).toBe(1);
-    expect(nativeMoved(before, after, counter!, true)).toBe(2 * payload.length);
-    expect(after.javascriptRelays).toBe(before.javascriptRelays);
-    await new Promise<void>((resolve) => afterRelay(accepted[0]!, resolve));
-    expect(relayedBytes(accepted[0]!)).toEqual({ read: payload.length, written: payload.length });
+    await expectRelayedOnce(before, counter, accepted[0]!, payload.length);
   });
 
   test("half-close both ways: the client's EOF reaches the server, whose reply and EOF reach the client", async () => {
