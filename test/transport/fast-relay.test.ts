@@ -67,6 +67,39 @@ async function expectRelayedOnce(before: ReturnType<typeof relayStatus>, counter
   expect(relayedBytes(client)).toEqual({ read: bytes, written: bytes });
 }
 
+/** 4 MiB through a proxy to an echo server and back, intact, ended by EOF, counted by one relay. */
+async function echoesEveryByte(makeProxy: (target: Where, accepted: net.Socket[]) => Promise<Where>, counter: Parameters<typeof nativeMoved>[2] | undefined, unix = false): Promise<void> {
+  const target = await serve((s) => s.pipe(s), unix);
+  const accepted: net.Socket[] = [];
+  const proxy = await makeProxy(target, accepted);
+  const before = relayStatus();
+  const payload = randomBytes(4 << 20);
+  const client = connect(proxy);
+  const done = outcome(client);
+  client.end(payload);
+  const { data, how } = await done;
+  expect(how).toBe("EOF");
+  expect(sha256(data)).toBe(sha256(payload));
+  await expectRelayedOnce(before, counter, accepted[0]!, payload.length);
+}
+
+/** The client half-closes: the server reads its EOF, then answers (the request's hash) and ends. */
+async function answersAfterClientEOF(makeProxy: (target: Where) => Promise<Where>): Promise<void> {
+  const target = await serve((s) => {
+    const hash = createHash("sha256");
+    s.on("data", (c) => hash.update(c));
+    s.on("end", () => s.end(hash.digest("hex")));
+  });
+  const proxy = await makeProxy(target);
+  const request = randomBytes(1 << 20);
+  const client = connect(proxy);
+  const done = outcome(client);
+  client.end(request);
+  const { data, how } = await done;
+  expect(data.toString()).toBe(sha256(request));
+  expect(how).toBe("EOF");
+}
+
 function connect(where: Where): net.Socket {
   return "path" in where
     ? net.connect({ path: where.path, allowHalfOpen: true })
@@ -100,35 +133,12 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
 
   for (const unix of [false, true]) {
     test(`${unix ? "unix" : "TCP"}: the relay that was asked carries every byte both ways, and counts them`, async () => {
-      const target = await serve((s) => s.pipe(s), unix);
-      const accepted: net.Socket[] = [];
-      const proxy = await proxyTo(target, accepted);
-      const before = relayStatus();
-      const payload = randomBytes(4 << 20);
-      const client = connect(proxy);
-      const done = outcome(client);
-      client.end(payload);
-      const { data, how } = await done;
-      expect(how).toBe("EOF");
-      expect(sha256(data)).toBe(sha256(payload));
-      await expectRelayedOnce(before, counter, accepted[0]!, payload.length);
+      await echoesEveryByte((target, accepted) => proxyTo(target, accepted), counter, unix);
     });
   }
 
   test("the client half-closes: the server reads EOF and its reply still arrives", async () => {
-    const target = await serve((s) => {
-      const hash = createHash("sha256");
-      s.on("data", (c) => hash.update(c));
-      s.on("end", () => s.end(hash.digest("hex")));
-    });
-    const proxy = await proxyTo(target);
-    const request = randomBytes(1 << 20);
-    const client = connect(proxy);
-    const done = outcome(client);
-    client.end(request);
-    const { data, how } = await done;
-    expect(data.toString()).toBe(sha256(request));
-    expect(how).toBe("EOF");
+    await answersAfterClientEOF((target) => proxyTo(target));
   });
 
   test("the server half-closes: the client reads EOF and can still send", async () => {
@@ -290,34 +300,11 @@ describe.each(modes.filter((m) => m.counter))("a native dial (the direct path: t
   });
 
   test("every byte goes both ways over the relay thread's own connection, counted there and on the client's socket", async () => {
-    const target = await serve((s) => s.pipe(s));
-    const accepted: net.Socket[] = [];
-    const proxy = await dialProxyTo(target as { port: number }, accepted);
-    const before = relayStatus();
-    const payload = randomBytes(4 << 20);
-    const client = connect(proxy);
-    const done = outcome(client);
-    client.end(payload);
-    const { data, how } = await done;
-    expect(how).toBe("EOF");
-    expect(sha256(data)).toBe(sha256(payload));
-    await expectRelayedOnce(before, counter, accepted[0]!, payload.length);
+    await echoesEveryByte((target, accepted) => dialProxyTo(target as { port: number }, accepted), counter);
   });
 
   test("half-close both ways: the client's EOF reaches the server, whose reply and EOF reach the client", async () => {
-    const target = await serve((s) => {
-      const hash = createHash("sha256");
-      s.on("data", (c) => hash.update(c));
-      s.on("end", () => s.end(hash.digest("hex")));
-    });
-    const proxy = await dialProxyTo(target as { port: number });
-    const request = randomBytes(1 << 20);
-    const client = connect(proxy);
-    const done = outcome(client);
-    client.end(request);
-    const { data, how } = await done;
-    expect(data.toString()).toBe(sha256(request));
-    expect(how).toBe("EOF");
+    await answersAfterClientEOF((target) => dialProxyTo(target as { port: number }));
   });
 
   test("a server that resets arrives at the client as a reset", async () => {
