@@ -7,6 +7,7 @@ import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { e2eTest, freePort, Guest, refusedSoon, runPorthole, startHostAgent, tryConnect, useHarness, type Proc } from "./harness.ts";
 import { defer, Proc as Child } from "../lab.ts";
+import { waitUntil } from "../wait.ts";
 
 useHarness();
 
@@ -48,14 +49,6 @@ function attachedToRoot(): number[] {
   const r = spawnSync("bpftool", ["-j", "cgroup", "show", cgroup2Root()], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`bpftool cgroup show: ${r.stderr}`);
   return (JSON.parse(r.stdout.trim() || "[]") as { id: number }[]).map((p) => p.id);
-}
-
-async function waitUntil(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(20);
-  }
 }
 
 /** A guest agent whose full scans are a minute apart: only kernel events can find a port in time. */
@@ -140,8 +133,8 @@ describe("port detector", () => {
       expect(attachedToRoot()).toEqual(expect.arrayContaining(cgroupProgs));
       expect(machineLinks()).toEqual(expect.arrayContaining(links.map((l) => l.link)));
       await agent.kill(signal);
-      await waitUntil(() => !attachedToRoot().some((id) => cgroupProgs.includes(id)), "the post-bind programs to be detached");
-      await waitUntil(() => !machineLinks().some((id) => links.some((l) => l.link === id)), "the links to be gone");
+      await waitUntil("the post-bind programs to be detached", () => !attachedToRoot().some((id) => cgroupProgs.includes(id)));
+      await waitUntil("the links to be gone", () => !machineLinks().some((id) => links.some((l) => l.link === id)));
     });
   }
 });
