@@ -18,6 +18,7 @@ CC_ARM64 ?= aarch64-linux-gnu-gcc
 CROSS_DEPS := aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu /usr/aarch64-linux-gnu/include/stdio.h:libc6-dev-arm64-cross
 endif
 SHIM_CFLAGS := -O2 -Wall -Wextra -Werror -shared -fPIC
+SHIM_SOURCES := $(wildcard native/*.c) native/shim.h
 # Bun's arm64 runtime for cross-compiling, from the npm registry at the version (and
 # integrity) package-lock.json pins (scripts/bun-runtime.mjs).
 BUN_VERSION = $(shell node -p 'require("./package-lock.json").packages["node_modules/bun"].version')
@@ -56,13 +57,13 @@ arm64-deps:
 	  else echo "please install libc6:arm64 (dpkg --add-architecture arm64)" >&2; exit 1; fi; fi
 
 # The native shim (AF_VSOCK, netlink sock_diag), embedded in the binary.
-$(SHIM_X64): native/porthole_shim.c | system-deps
+$(SHIM_X64): $(SHIM_SOURCES) | system-deps
 	@mkdir -p native/build
-	$(CC_X64) $(SHIM_CFLAGS) -o $@ $<
+	$(CC_X64) $(SHIM_CFLAGS) -o $@ $(filter %.c,$^)
 
-$(SHIM_ARM64): native/porthole_shim.c | system-deps
+$(SHIM_ARM64): $(SHIM_SOURCES) | system-deps
 	@mkdir -p native/build
-	$(CC_ARM64) $(SHIM_CFLAGS) -o $@ $<
+	$(CC_ARM64) $(SHIM_CFLAGS) -o $@ $(filter %.c,$^)
 
 shim: $(SHIMS)
 

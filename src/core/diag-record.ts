@@ -1,4 +1,4 @@
-// Decodes the native shim's sock_diag records (32 bytes each; see native/porthole_shim.c)
+// Decodes the native shim's sock_diag records (32 bytes each; see native/sock_diag.c)
 // into ports, printed as Lima prints them, and the socket inodes that name their owners.
 import type { IPPort } from "../proto/guest-service.ts";
 import { formatIPv4Bytes, formatIPv6Bytes } from "./address.ts";

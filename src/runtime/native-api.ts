@@ -1,4 +1,4 @@
-// The native shim's functions, as every runtime adapter presents them (see native/porthole_shim.c).
+// The native shim's functions, as every runtime adapter presents them (see native/).
 // Each returns >= 0 on success and -errno on failure.
 export interface NativeShim {
   vsockSocket(): number;

@@ -10,7 +10,7 @@ const RECORD_BYTES = 32;
 const REC_RELAY_DONE = 1;
 const REC_READY = 2;
 const REC_DIALED = 3;
-/** Record flags (native/porthole_shim.c). */
+/** Record flags (native/relay.c). */
 export const RELAY_RESET = 1;
 export const RELAY_SPLICE_AB = 2;
 export const RELAY_SPLICE_BA = 4;

@@ -1,0 +1,35 @@
+#define _GNU_SOURCE
+#include "shim.h"
+
+/* ---- errors -------------------------------------------------------------------------- */
+
+const char *ph_errno_name(int err) {
+  switch (err < 0 ? -err : err) {
+#define E(x) case x: return #x;
+    E(EPERM) E(ENOENT) E(EINTR) E(EIO) E(EBADF) E(EAGAIN) E(ENOMEM) E(EACCES) E(EFAULT) E(EBUSY)
+    E(EEXIST) E(ENODEV) E(EINVAL) E(EMFILE) E(ENFILE) E(ENOTTY) E(ENOSPC) E(EPIPE) E(ENOSYS)
+    E(ENOTSOCK) E(EDESTADDRREQ) E(EMSGSIZE) E(EPROTOTYPE) E(ENOPROTOOPT) E(EPROTONOSUPPORT)
+    E(ESOCKTNOSUPPORT) E(EOPNOTSUPP) E(EAFNOSUPPORT) E(EADDRINUSE) E(EADDRNOTAVAIL) E(ENETDOWN)
+    E(ENETUNREACH) E(ECONNABORTED) E(ECONNRESET) E(ENOBUFS) E(EISCONN) E(ENOTCONN) E(ETIMEDOUT)
+    E(ECONNREFUSED) E(EHOSTUNREACH) E(EALREADY) E(EINPROGRESS)
+#undef E
+    default: return "EUNKNOWN";
+  }
+}
+
+const char *ph_strerror(int err) { return strerror(err < 0 ? -err : err); }
+
+int ph_close(int fd) { return close(fd) == 0 ? 0 : NEG_ERRNO; }
+
+/* A connected pair of non-blocking unix stream sockets: fds[0], fds[1]. */
+int ph_socketpair(int *fds) {
+  return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) == 0 ? 0 : NEG_ERRNO;
+}
+
+/* The socket's pending error (SO_ERROR) as -errno, or 0. */
+int ph_socket_error(int fd) {
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) return NEG_ERRNO;
+  return -soerr;
+}

@@ -1,0 +1,60 @@
+/*
+ * porthole's native shim: what JavaScript runtimes cannot do themselves. One shared object
+ * built from these files (see README.md):
+ *   - basics.c: errno names, close, socketpair, a socket's pending error.
+ *   - vsock.c: AF_VSOCK stream sockets: create, bind+listen, non-blocking accept with the peer
+ *     CID, a non-blocking connect (its completion is watched by the relay thread), the local CID.
+ *   - sock_diag.c: netlink dumps of listening TCP and unconnected UDP sockets (kernel-side state
+ *     filter), and the socket-destroy multicast groups as events.
+ *   - kernel_events.c: two hand-assembled BPF programs (a TCP socket entering or leaving LISTEN,
+ *     a UDP bind) feeding a ring buffer, so the watcher looks when something changed.
+ *   - relay.c: a thread that moves the bytes of joined socket pairs (splice() through a pipe per
+ *     direction, read/write where splice does not apply), and tells the event loop about
+ *     finished relays and ready fds through one socket the loop watches.
+ * Every function returns >= 0 on success and -errno on failure; ph_errno_name() and
+ * ph_strerror() turn that into words. Nothing here aborts or prints.
+ */
+#ifndef PORTHOLE_SHIM_H
+#define PORTHOLE_SHIM_H
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/bpf.h>
+#include <linux/mount.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/sockios.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/vm_sockets.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#define NEG_ERRNO (-errno)
+
+/* basics.c, used by the other files too. */
+const char *ph_errno_name(int err);
+int ph_socket_error(int fd);
+
+#define NEG_ERRNO (-errno)
+
+/* basics.c, used by the other files too. */
+const char *ph_errno_name(int err);
+int ph_socket_error(int fd);
+
+#endif
