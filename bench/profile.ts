@@ -2,7 +2,7 @@
 // source under Bun's sampling profiler (`--cpu-prof-md`, a grep-friendly summary written at
 // exit), with a guest in a network namespace as `make bench` has it.
 //   bun bench/profile.ts [--forwarder grpc|ssh] [--duration S] [--reverse] [--udp RATE] [--out DIR] [--no-prof] [--conns]
-import { spawnSync } from "node:child_process";
+import { iperf, IperfServer } from "./iperf.ts";
 import { mkdirSync, readFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
@@ -71,11 +71,9 @@ async function main(): Promise<void> {
       console.log(`  ${side} agent: ${cpu.toFixed(0)}% of a core, ${((cpu * 10) / (conns / seconds)).toFixed(2)} ms of CPU per connection`);
     }
   } else {
-  const r = spawnSync("iperf3", ["-c", "127.0.0.1", "-p", String(hostPort), "-t", DURATION, "-J", ...extra], { encoding: "utf8" });
+  const { gbps, loss } = await iperf(new IperfServer(iperfPort, guest.ns), hostPort, "127.0.0.1", extra, Number(DURATION));
   const seconds = (performance.now() - started) / 1000;
-  const end = JSON.parse(r.stdout).end;
-  const gbps = UDP ? end.sum.bits_per_second / 1e9 : (end.sum_sent.bits_per_second + end.sum_received.bits_per_second) / 2e9;
-  console.log(`${FORWARDER} ${extra.join(" ")}: ${gbps.toFixed(2)} Gbit/s${UDP ? `, loss ${end.sum.lost_percent.toFixed(1)}%` : ""}`);
+  console.log(`${FORWARDER} ${extra.join(" ")}: ${gbps.toFixed(2)} Gbit/s${UDP ? `, loss ${loss!.toFixed(1)}%` : ""}`);
   for (const side of ["host", "guest"] as const) {
     const after = stat(pids[side]);
     const cpu = (after.ticks - before[side].ticks) / seconds; // % of a core

@@ -8,6 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
+import { iperf, IperfServer, type IperfResult } from "./iperf.ts";
 import { e2eBlocker, freePort, freePortBase, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, statusJSON, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
@@ -91,43 +92,6 @@ const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Ma
 const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
 const now = () => performance.timeOrigin + performance.now();
 
-function iperf(port: number, host: string, extra: string[]): { gbps: number; loss?: number } {
-  let out: { error?: string; end?: any } = {};
-  for (let attempt = 0; attempt < 10; attempt++) {
-    const r = spawnSync("iperf3", ["-c", host, "-p", String(port), "-t", String(DURATION), "-J", ...extra], { encoding: "utf8", timeout: (DURATION + 20) * 1000 });
-    out = JSON.parse(r.stdout || `{"error": ${JSON.stringify(r.stderr || "no output")}}`);
-    // The server runs one test at a time and may still be closing the last one.
-    if (!out.error?.includes("busy")) break;
-    spawnSync("sleep", ["0.5"]);
-  }
-  if (out.error || !out.end) throw new Error(`iperf3 -c ${host} -p ${port} ${extra.join(" ")}: ${out.error}`);
-  if (extra.includes("-u")) return { gbps: out.end.sum_received.bits_per_second / 1e9, loss: out.end.sum.lost_percent };
-  // Lima's method: the average of what the sender sent and the receiver received.
-  return { gbps: (out.end.sum_sent.bits_per_second + out.end.sum_received.bits_per_second) / 2 / 1e9 };
-}
-
-/** iperf() without blocking the event loop (two at once); no retry: its server is its own. */
-function iperfAsync(port: number, host: string, extra: string[]): Promise<{ gbps: number; loss?: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("iperf3", ["-c", host, "-p", String(port), "-t", String(DURATION), "-J", ...extra]);
-    let stdout = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d));
-    const timer = setTimeout(() => child.kill(), (DURATION + 20) * 1000);
-    child.on("close", () => {
-      clearTimeout(timer);
-      let out: { error?: string; end?: any };
-      try {
-        out = JSON.parse(stdout);
-      } catch {
-        return reject(new Error(`iperf3 -c ${host} -p ${port} ${extra.join(" ")}: no result`));
-      }
-      if (out.error || !out.end) return reject(new Error(`iperf3 -c ${host} -p ${port} ${extra.join(" ")}: ${out.error}`));
-      if (extra.includes("-u")) return resolve({ gbps: out.end.sum_received.bits_per_second / 1e9, loss: out.end.sum.lost_percent });
-      resolve({ gbps: (out.end.sum_sent.bits_per_second + out.end.sum_received.bits_per_second) / 2 / 1e9 });
-    });
-  });
-}
-
 async function waitAccepting(port: number, host = "127.0.0.1", timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -192,6 +156,7 @@ async function main(): Promise<void> {
   const [iperfPort, echoPort, iperfPort2] = [await freePort(), await freePort(), await freePort()];
   guest.spawn(["iperf3", "-s", "-p", String(iperfPort)], "iperf3 server");
   guest.spawn(["iperf3", "-s", "-p", String(iperfPort2)], "iperf3 server (UDP beside TCP)");
+  const guestServers: [IperfServer, IperfServer] = [new IperfServer(iperfPort, guest.ns), new IperfServer(iperfPort2, guest.ns)];
   await guest.startServer("echo", [["0.0.0.0", echoPort]]);
 
   const results: Results = {
@@ -288,20 +253,21 @@ async function main(): Promise<void> {
     log(`${row.padEnd(11)} ${path.padEnd(16)} ${median(values).toFixed(2)} Gbit/s`);
   };
   // One failed measurement is reported and left out; the rest of the table still fills.
-  const attempt = (what: string, fn: () => void) => {
+  const attempt = async (what: string, fn: () => Promise<void>) => {
     try {
-      fn();
+      await fn();
     } catch (err) {
       results.failures.push(`${what}: ${(err as Error).message}`);
       log(`FAILED ${what}: ${(err as Error).message}`);
     }
   };
   /** iperf3 runs of one row, with the agents' CPU per Gbit/s over all of them. */
-  const tcpRow = (row: string, path: Path, port: number, host: string, extra: string[], pids?: Mode["pids"]) => {
+  const tcpRow = async (row: string, path: Path, server: IperfServer, port: number, host: string, extra: string[], pids?: Mode["pids"]) => {
     const ticks = () => [pids?.host, pids?.guest].map((pid) => (pid ? cpuTicks(pid) : 0));
     const before = ticks();
     const started = now();
-    const runs = Array.from({ length: RUNS }, () => iperf(port, host, extra).gbps);
+    const runs: number[] = [];
+    for (let i = 0; i < RUNS; i++) runs.push((await iperf(server, port, host, extra, DURATION)).gbps);
     const seconds = (now() - started) / 1000;
     record(row, path, runs);
     if (!pids) return;
@@ -312,28 +278,29 @@ async function main(): Promise<void> {
     results.cpuPerGbit[row]![path] = { host: per(0), guest: per(1) };
     log(`${row.padEnd(11)} ${path.padEnd(16)} CPU per Gbit/s: host agent ${per(0).toFixed(1)}%, guest agent ${per(1).toFixed(1)}% of a core`);
   };
-  const udpRow = (row: string, path: Path, port: number, host: string, rate: string) => {
-    const runs = Array.from({ length: RUNS }, () => iperf(port, host, ["-u", "-b", rate, "-l", "1400"]));
+  const udpRow = async (row: string, path: Path, server: IperfServer, port: number, host: string, rate: string) => {
+    const runs: IperfResult[] = [];
+    for (let i = 0; i < RUNS; i++) runs.push(await iperf(server, port, host, ["-u", "-b", rate, "-l", "1400"], DURATION));
     record(row, path, runs.map((r) => r.gbps));
     results.udpLossByRow[row]![path] = median(runs.map((r) => r.loss ?? 0));
     log(`${row.padEnd(11)} ${path.padEnd(16)} loss ${results.udpLossByRow[row]![path]!.toFixed(1)}%`);
   };
-  const measure = (path: Path, port: number, host: string, udp: boolean, pids?: Mode["pids"], besidePort?: number) => {
-    attempt(`TCP ${path}`, () => tcpRow("TCP", path, port, host, [], pids));
-    attempt(`TCP Reverse ${path}`, () => tcpRow("TCP Reverse", path, port, host, ["-R"], pids));
+  const measure = async (path: Path, server: IperfServer, port: number, host: string, udp: boolean, pids?: Mode["pids"], besidePort?: number) => {
+    await attempt(`TCP ${path}`, () => tcpRow("TCP", path, server, port, host, [], pids));
+    await attempt(`TCP Reverse ${path}`, () => tcpRow("TCP Reverse", path, server, port, host, ["-R"], pids));
     if (!udp) return;
-    attempt(`UDP ${path}`, () => {
-      udpRow("UDP", path, port, host, UDP_RATE);
+    await attempt(`UDP ${path}`, async () => {
+      await udpRow("UDP", path, server, port, host, UDP_RATE);
       results.udpLoss[path] = results.udpLossByRow.UDP![path];
     });
-    attempt(`UDP flood ${path}`, () => udpRow("UDP flood", path, port, host, UDP_FLOOD_RATE));
+    await attempt(`UDP flood ${path}`, () => udpRow("UDP flood", path, server, port, host, UDP_FLOOD_RATE));
   };
   /** A TCP transfer and a UDP flood at once, through the same forwarder; both must finish. */
-  const besideRow = async (path: Path, tcpPort: number, udpPort: number, host: string) => {
+  const besideRow = async (path: Path, servers: [IperfServer, IperfServer], tcpPort: number, udpPort: number, host: string) => {
     const tcp: number[] = [];
-    const udp: { gbps: number; loss?: number }[] = [];
+    const udp: IperfResult[] = [];
     for (let i = 0; i < RUNS; i++) {
-      const [t, u] = await Promise.all([iperfAsync(tcpPort, host, []), iperfAsync(udpPort, host, ["-u", "-b", UDP_FLOOD_RATE, "-l", "1400"])]);
+      const [t, u] = await Promise.all([iperf(servers[0], tcpPort, host, [], DURATION), iperf(servers[1], udpPort, host, ["-u", "-b", UDP_FLOOD_RATE, "-l", "1400"], DURATION)]);
       tcp.push(t.gbps);
       udp.push(u);
     }
@@ -342,22 +309,14 @@ async function main(): Promise<void> {
     results.udpLossByRow["UDP beside TCP"]![path] = median(udp.map((r) => r.loss ?? 0));
     log(`UDP beside TCP ${path}: loss ${results.udpLossByRow["UDP beside TCP"]![path]!.toFixed(1)}%`);
   };
-  const attemptAsync = async (what: string, fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (err) {
-      results.failures.push(`${what}: ${(err as Error).message}`);
-      log(`FAILED ${what}: ${(err as Error).message}`);
-    }
-  };
   const localPort = await freePort();
   const localServer = new Proc(spawn("iperf3", ["-s", "-p", String(localPort), "-B", "127.0.0.1"], { stdio: "ignore" }), "iperf3 loopback");
-  await waitAccepting(localPort);
-  if (wanted("direct")) measure("direct", localPort, "127.0.0.1", true);
+  // (No waitAccepting() probe: the server would take it for a client; the first run waits for its listener.)
+  if (wanted("direct")) await measure("direct", new IperfServer(localPort), localPort, "127.0.0.1", true);
   await localServer.kill();
   if (wanted("byIP")) {
-    measure("byIP", iperfPort, guestIP, true);
-    await attemptAsync("UDP beside TCP byIP", () => besideRow("byIP", iperfPort, iperfPort2, guestIP));
+    await measure("byIP", guestServers[0], iperfPort, guestIP, true);
+    await attempt("UDP beside TCP byIP", () => besideRow("byIP", guestServers, iperfPort, iperfPort2, guestIP));
   }
 
   for (const mode of modes.filter((m) => wanted(m.path))) {
@@ -365,8 +324,8 @@ async function main(): Promise<void> {
     const hostPort2 = mode.udp ? await freePort() : 0;
     const stop = await mode.start(iperfPort, hostPort, mode.udp ? [iperfPort2, hostPort2] : undefined);
     try {
-      measure(mode.path, hostPort, "127.0.0.1", mode.udp, mode.pids);
-      if (mode.udp) await attemptAsync(`UDP beside TCP ${mode.path}`, () => besideRow(mode.path, hostPort, hostPort2, "127.0.0.1"));
+      await measure(mode.path, guestServers[0], hostPort, "127.0.0.1", mode.udp, mode.pids);
+      if (mode.udp) await attempt(`UDP beside TCP ${mode.path}`, () => besideRow(mode.path, guestServers, hostPort, hostPort2, "127.0.0.1"));
     } finally {
       await stop();
     }

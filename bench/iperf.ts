@@ -1,0 +1,81 @@
+// iperf3 as the benchmarks drive it: the client run without blocking the event loop (the lab
+// drains its children's pipes on it: an sshd at LogLevel DEBUG1 whose stderr is not read stops
+// serving), and the server's listener, which it closes and opens again after every test.
+import { spawn, spawnSync } from "node:child_process";
+
+export interface IperfResult {
+  gbps: number;
+  /** UDP runs: the share of datagrams lost (%). */
+  loss?: number;
+}
+
+/**
+ * An iperf3 server closes its listener after every test and opens a new one. A client that comes
+ * before the new one is reset: a forwarder accepted it on the host, and the guest side landed in
+ * the old listener's queue (dropped with it) or in the gap. Each run therefore waits for a listener
+ * the last run did not use (told apart by socket inode, read with ss: a probe connection would be
+ * taken for a client).
+ */
+export class IperfServer {
+  private used: string | undefined;
+  constructor(
+    readonly port: number,
+    /** The network namespace it runs in (unset: this one). */
+    private readonly netns?: string,
+  ) {}
+
+  private inode(): string | undefined {
+    const ss = ["ss", "-Hltne", `sport = :${this.port}`];
+    const r = spawnSync(this.netns ? "ip" : ss[0]!, this.netns ? ["netns", "exec", this.netns, ...ss] : ss.slice(1), { encoding: "utf8" });
+    return /\bino:(\d+)/.exec(r.stdout ?? "")?.[1];
+  }
+
+  /** Resolves once the server listens on a socket no earlier run used, and claims it. */
+  async waitFresh(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const inode = this.inode();
+      if (inode && inode !== this.used) {
+        this.used = inode;
+        return;
+      }
+      if (Date.now() > deadline) throw new Error(`the iperf3 server on port ${this.port} did not open a new listener within ${timeoutMs} ms`);
+      await Bun.sleep(10);
+    }
+  }
+}
+
+/** One client run against `server` (reached at host:port, through whatever forwards it). */
+export async function iperf(server: IperfServer, port: number, host: string, extra: string[], durationS: number): Promise<IperfResult> {
+  let out: { error?: string; end?: any } = {};
+  for (let attempt = 0; attempt < 10; attempt++) {
+    await server.waitFresh();
+    out = await runClient(["-c", host, "-p", String(port), "-t", String(durationS), "-J", ...extra], (durationS + 20) * 1000);
+    // The server runs one test at a time (another client may still hold it).
+    if (!out.error?.includes("busy")) break;
+    await Bun.sleep(500);
+  }
+  if (out.error || !out.end) throw new Error(`iperf3 -c ${host} -p ${port} ${extra.join(" ")}: ${out.error}`);
+  if (extra.includes("-u")) return { gbps: out.end.sum_received.bits_per_second / 1e9, loss: out.end.sum.lost_percent };
+  // Lima's method: the average of what the sender sent and the receiver received.
+  return { gbps: (out.end.sum_sent.bits_per_second + out.end.sum_received.bits_per_second) / 2 / 1e9 };
+}
+
+function runClient(argv: string[], timeoutMs: number): Promise<{ error?: string; end?: any }> {
+  return new Promise((resolve) => {
+    const child = spawn("iperf3", argv);
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d));
+    child.stderr.on("data", (d: Buffer) => (stderr += d));
+    const timer = setTimeout(() => child.kill(), timeoutMs);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      try {
+        resolve(JSON.parse(stdout));
+      } catch {
+        resolve({ error: stderr.trim() || (signal ? `killed (${signal}) after ${timeoutMs} ms` : `exit ${code} without a result`) });
+      }
+    });
+  });
+}
