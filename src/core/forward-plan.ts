@@ -104,7 +104,19 @@ function inStaticRange(rule: Rule, port: GuestPort): boolean {
   return protocolsOf(rule).includes(port.protocol as "tcp" | "udp") && port.port >= rule.guestPortRange[0] && port.port <= rule.guestPortRange[1];
 }
 
-export function planForwards(ports: Iterable<GuestPort>, rules: RuleEntry[], options: PlanOptions): ForwardPlan {
+/**
+ * Who owns the guest socket that a static forward (a rule, or `porthole forward add`) dials at
+ * ip:port, where the guest reports it: a socket on that address, else one on the wildcard of its
+ * family (0.0.0.0 or ::) that also answers there.
+ */
+function staticOwner(ports: GuestPort[], protocol: TunnelProtocol, ip: string, port: number): PortOwner | undefined {
+  const candidates = ports.filter((p) => p.owner && p.protocol === protocol && p.port === port);
+  const wildcard = ip.includes(":") ? "::" : "0.0.0.0";
+  return (candidates.find((p) => p.ip === ip) ?? candidates.find((p) => p.ip === wildcard || p.ip === "::"))?.owner;
+}
+
+export function planForwards(guestPorts: Iterable<GuestPort>, rules: RuleEntry[], options: PlanOptions): ForwardPlan {
+  const ports = [...guestPorts];
   const forwards = new Map<string, PlannedForward>();
   const reverses = new Map<string, PlannedReverse>();
   const notForwarded: NotForwarded[] = [];
@@ -153,7 +165,7 @@ export function planForwards(ports: Iterable<GuestPort>, rules: RuleEntry[], opt
         const host: HostTarget = rule.hostSocket
           ? { kind: "unix", path: rule.hostSocket }
           : { kind: "tcp", ip: rule.hostIP, port: port - lo + rule.hostPortRange[0] };
-        add(protocol, formatHostPort(dialIP, port), host, entry, true);
+        add(protocol, formatHostPort(dialIP, port), host, entry, true, staticOwner(ports, protocol, dialIP, port));
       }
     }
   }
@@ -161,7 +173,7 @@ export function planForwards(ports: Iterable<GuestPort>, rules: RuleEntry[], opt
   // A static rule covers its guest ports (Lima); a forward added at run time is one more way in, not a rule over them.
   const dynamicRules = rules.filter(({ origin }) => origin !== "runtime");
   const staticRules = rules.filter(({ rule, origin }) => rule.static && !rule.ignore && !rule.guestSocket && origin !== "runtime");
-  for (const port of [...ports].sort(compareGuestPorts)) {
+  for (const port of ports.sort(compareGuestPorts)) {
     if (staticRules.some(({ rule }) => inStaticRange(rule, port))) continue; // the static forward covers it
     if (options.paused) {
       notForwarded.push({ port, reason: options.paused });

@@ -5,6 +5,7 @@ import { parseCgroupFile } from "../../src/core/cgroup.ts";
 import { parseConfig } from "../../src/core/config.ts";
 import { globToRegExp } from "../../src/core/owner-match.ts";
 import { checkedOwner, formatOwner, type PortOwner } from "../../src/core/port-owner.ts";
+import { planForwards } from "../../src/core/forward-plan.ts";
 import { decide, rulesInForce, withDefaults } from "../../src/core/rules.ts";
 
 const ID = "4f1c2a9e0b7d6c5a3e2f1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a";
@@ -84,6 +85,23 @@ describe("rules on the owner", () => {
     expect(decide({ ...port(owner("node", c)), port: 4001 }, rules).kind).toBe("forward");
     expect(decide({ ...port(owner("node")), port: 4000 }, rules).kind).toBe("forward");
     expect(decide({ ...port(owner("deno", c)), port: 4000 }, rules).kind).toBe("forward");
+  });
+
+  test("a static forward (a rule or one added at run time) shows the owner of the guest socket it dials", () => {
+    const rules = [
+      { rule: withDefaults({ guestPort: 7100, hostPort: 17100, static: true, proto: "tcp" }), origin: "runtime" as const },
+      ...rulesInForce([withDefaults({ guestPortRange: [7000, 7002], hostPortRange: [17000, 17002], static: true, proto: "tcp" })]),
+    ];
+    const ports = [
+      { protocol: "tcp", ip: "0.0.0.0", port: 7000, owner: owner("node") }, // the wildcard answers on 127.0.0.1
+      { protocol: "tcp", ip: "127.0.0.2", port: 7001, owner: owner("other") }, // another address: not what it dials
+      { protocol: "udp", ip: "127.0.0.1", port: 7002, owner: owner("dns") }, // another protocol
+      { protocol: "tcp", ip: "::", port: 7100, owner: owner("deno") },
+      { protocol: "tcp", ip: "127.0.0.1", port: 7100, owner: owner("bun") }, // the exact address wins
+    ];
+    const plan = planForwards(ports, rules, { udp: { idleTimeoutMs: 60_000, maxFlows: 1024 }, ipv6Loopback: false });
+    const owners = Object.fromEntries([...plan.forwards.values()].filter((f) => f.static).map((f) => [f.key, f.owner?.command]));
+    expect(owners).toEqual({ "tcp 127.0.0.1:17000": "node", "tcp 127.0.0.1:17001": undefined, "tcp 127.0.0.1:17002": undefined, "tcp 127.0.0.1:17100": "bun" });
   });
 
   test("a Lima file without the keys gives the same rules as before", () => {
