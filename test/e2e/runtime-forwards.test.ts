@@ -50,6 +50,10 @@ describe("porthole forward", () => {
     const rows = JSON.parse(runPorthole(["status", "--control", control, "--json"]).stdout);
     const row = rows.forwards.find((f: { hostAddr: string }) => f.hostAddr === `127.0.0.1:${extra}`);
     expect(row).toMatchObject({ rule: "runtime", static: true, state: "forwarding", guestAddr: `127.0.0.1:${auto}` });
+    // It dials the same guest socket as the auto forward: the same owner (the echo server's process).
+    const autoRow = rows.forwards.find((f: { hostAddr: string }) => f.hostAddr === `127.0.0.1:${auto}`);
+    expect(row.owner?.pid).toBeGreaterThan(0);
+    expect(row.owner).toEqual(autoRow.owner);
     expect(runPorthole(["status", "--control", control]).stdout).toMatch(new RegExp(`127\\.0\\.0\\.1:${extra}\\s+forwarding\\s+\\S+\\s+runtime static`));
 
     // pause: the auto forward closes, the static ones stay and carry data.
