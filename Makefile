@@ -37,12 +37,14 @@ deps: node_modules/.installed
 # The tools the build, the end-to-end tests and the demo run (compilers for both shims,
 # ip netns, unshare, nsenter, sshd, QEMU for both architectures, python3 for the reset server
 # of the stream-end tests and the web servers of the many-guests tests, curl as their client,
-# pgrep), grpc C-core (python3-grpcio, with protoc for Lima's .proto), the independent gRPC
-# peer, and bpftool (which lists the BPF programs the agent attaches).
+# pgrep), grpc C-core (python3-grpcio, with protoc for Lima's .proto) and grpc-go (Go with
+# Debian's golang-google-grpc-dev: the stack Lima's agents run on), the independent gRPC peers,
+# and bpftool (which lists the BPF programs the agent attaches).
 system-deps:
-	@missing=""; for tool in cc:gcc $(CROSS_DEPS) ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static cpio:cpio protoc:protobuf-compiler bpftool:bpftool /usr/bin/python3:python3 curl:curl pgrep:procps strace:strace; do \
+	@missing=""; for tool in cc:gcc $(CROSS_DEPS) ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static cpio:cpio protoc:protobuf-compiler go:golang-go bpftool:bpftool /usr/bin/python3:python3 curl:curl pgrep:procps strace:strace; do \
 	  { command -v $${tool%%:*} || [ -e $${tool%%:*} ]; } >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	/usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null || missing="$$missing python3-grpcio python3-protobuf"; \
+	[ -d /usr/share/gocode/src/google.golang.org/grpc ] || missing="$$missing golang-google-grpc-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -98,7 +100,7 @@ check: deps shim
 	node_modules/.bin/tsc -p .
 
 # Everything, the arm64 tests (test/arm64) included: they need the arm64 binary.
-test: build dist/porthole.mjs dist/porthole-linux-arm64 system-deps arm64-deps check
+test: build dist/porthole.mjs dist/porthole-linux-arm64 dist/lima-go-peer system-deps arm64-deps check
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole PORTHOLE_ARM64_BIN=$(CURDIR)/dist/porthole-linux-arm64 $(BUN) test $(TEST_ARGS)
 
 test-unit: deps shim
@@ -113,7 +115,7 @@ test-vm: build dist/porthole-linux-arm64 system-deps arm64-deps
 test-arm64: build dist/porthole-linux-arm64 dist/porthole.mjs system-deps arm64-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole PORTHOLE_ARM64_BIN=$(CURDIR)/dist/porthole-linux-arm64 $(BUN) test test/arm64
 
-test-e2e: build dist/porthole.mjs system-deps
+test-e2e: build dist/porthole.mjs dist/lima-go-peer system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test test/e2e
 
 # Benchmarks (never timed tests): the full run, and the short smoke run CI does.
@@ -122,6 +124,11 @@ bench: build system-deps
 
 bench-smoke: build system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) bench/run.ts --smoke --json dist/bench-smoke.json
+
+# Lima's side on grpc-go, for the tests (test/fixtures/lima-go-peer): built offline against
+# Debian's Go packages (GOPATH mode, no module download).
+dist/lima-go-peer: test/fixtures/lima-go-peer/main.go | system-deps
+	cd test/fixtures/lima-go-peer && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/native/build/go-cache GOFLAGS= go build -o $(CURDIR)/$@ .
 
 clean:
 	rm -rf dist native/build
