@@ -1,7 +1,7 @@
 /*
  * porthole's native shim: what JavaScript runtimes cannot do themselves. One shared object
  * built from these files (see README.md):
- *   - basics.c: errno names, close, socketpair, a socket's pending error.
+ *   - basics.c: errno names, close, socketpair, a socket's pending error, peeking at queued bytes.
  *   - vsock.c: AF_VSOCK stream sockets: create, bind+listen, non-blocking accept with the peer
  *     CID, a non-blocking connect (its completion is watched by the relay thread), the local CID.
  *   - sock_diag.c: netlink dumps of listening TCP and unconnected UDP sockets (kernel-side state
@@ -44,12 +44,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-
-#define NEG_ERRNO (-errno)
-
-/* basics.c, used by the other files too. */
-const char *ph_errno_name(int err);
-int ph_socket_error(int fd);
 
 #define NEG_ERRNO (-errno)
 
