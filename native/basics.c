@@ -33,3 +33,10 @@ int ph_socket_error(int fd) {
   if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) return NEG_ERRNO;
   return -soerr;
 }
+
+/* Copies up to cap bytes queued on a stream socket without taking them off it (MSG_PEEK): the
+ * count, 0 once the peer has closed, -EAGAIN while nothing is queued. */
+int ph_peek(int fd, uint8_t *buf, int cap) {
+  ssize_t n = recv(fd, buf, (size_t)cap, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 ? NEG_ERRNO : (int)n;
+}

@@ -4,13 +4,16 @@ import { chownSync, mkdirSync } from "node:fs";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
+import type { Duplex } from "node:stream";
+import { loadNative } from "../runtime/native.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
+import type { UnreadConnection } from "../transport/unread.ts";
 import { prepareRelay } from "../transport/fast-relay.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.ts";
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
 import { EventState } from "./event-state.ts";
-import { checkPreface } from "./preface-check.ts";
+import { checkPreface, checkUnread } from "./preface-check.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
 import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Detector, type DetectorChoice, type Scanner } from "./scanners.ts";
@@ -88,13 +91,16 @@ export class GuestAgent {
     this.options.log(chosen.detector.description);
     this.options.log(`watching sockets with ${scanner.name}, a full scan every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    const { shim: native } = await loadNative();
     try {
       for (const address of this.options.listen) {
-        const served = await serveTransport(
-          address,
-          (socket) => checkPreface(socket, formatTransportAddress(address), this.options.log, (s) => injector.injectConnection(s)),
-          this.options,
-        );
+        const name = formatTransportAddress(address);
+        const serve = (s: Duplex) => injector.injectConnection(s);
+        const served = await serveTransport(address, (socket) => checkPreface(socket, name, this.options.log, serve), {
+          ...this.options,
+          // With the shim, unix and vsock connections are checked in place (MSG_PEEK): no relay.
+          ...(native ? { onUnread: (c: UnreadConnection) => checkUnread(c, native, name, this.options.log, serve) } : {}),
+        });
         this.served.push(served);
         this.giveSocket(address);
         const data = dataEndpointFor(address);

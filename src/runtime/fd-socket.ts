@@ -19,3 +19,13 @@ export function socketFromFd(fd: number, halfOpen = false): net.Socket {
   if (err) throw new Error(`cannot adopt fd ${fd} as a stream (libuv error ${err})`);
   return new net.Socket({ handle, readable: true, writable: true, allowHalfOpen: halfOpen } as unknown as net.SocketConstructorOpts);
 }
+
+/**
+ * The fd under an accepted socket that has not read yet (a server made with `pauseOnConnect`),
+ * so its first bytes can be peeked at in place; undefined where the runtime does not show it.
+ * Bun and Node both keep it as `_handle.fd` (not public API: kept to this one function, tested).
+ */
+export function unreadSocketFd(socket: net.Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === "number" && fd >= 0 ? fd : undefined;
+}

@@ -23,6 +23,8 @@ export interface NativeShim {
   vsockConnectStart(cid: number, port: number): number;
   /** SO_ERROR as -errno, or 0. */
   socketError(fd: number): number;
+  /** Copies queued bytes without taking them (MSG_PEEK): the count, 0 at EOF, -EAGAIN when none yet. */
+  peek(fd: number, buf: Uint8Array, cap: number): number;
   /** Starts the relay thread (once); the fd whose bytes are the relay's records. */
   relayStart(): number;
   /** Dup()s both fds and relays between them; toB/toA go out first. Returns the relay id. */
@@ -72,6 +74,7 @@ export const SIGNATURES = {
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_vsock_connect_start: { args: ["u32", "u32"], returns: "i32" },
   ph_socket_error: { args: ["i32"], returns: "i32" },
+  ph_peek: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_relay_start: { args: [], returns: "i32" },
   ph_relay_add: { args: ["i32", "i32", "ptr", "i32", "ptr", "i32", "i32"], returns: "i32" },
   ph_relay_dial: { args: ["i32", "ptr", "i32", "ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
@@ -109,6 +112,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),
     vsockConnectStart: (cid, port) => num("ph_vsock_connect_start", cid, port),
     socketError: (fd) => num("ph_socket_error", fd),
+    peek: (fd, buf, cap) => num("ph_peek", fd, buf, cap),
     relayStart: () => num("ph_relay_start"),
     relayAdd: (a, b, toB, toBLen, toA, toALen, flags) => num("ph_relay_add", a, b, toB, toBLen, toA, toALen, flags),
     relayDial: (a, host, port, toB, toBLen, flags, timeoutMs, keepAliveS) => num("ph_relay_dial", a, host, port, toB, toBLen, flags, timeoutMs, keepAliveS),

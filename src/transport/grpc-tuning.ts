@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { CompressionFilter } from "@grpc/grpc-js/build/src/compression-filter.js";
 import { BaseServerInterceptingCall } from "@grpc/grpc-js/build/src/server-interceptors.js";
 import type * as http2 from "node:http2";
+import { PORTHOLE_CLIENT_WINDOW } from "../core/h2-client-preface.ts";
 import { framedMessage } from "../proto/tunnel-codec.ts";
 
 export const STREAM_WINDOW_BYTES = 16 << 20;
@@ -13,8 +14,9 @@ const MAX_MESSAGE_BYTES = 16 << 20;
 export const KEEPALIVE_TIME_MS = 330_000;
 
 export const CLIENT_OPTIONS: grpc.ChannelOptions = {
-  // Sets both the stream and the connection window on the client side.
-  "grpc-node.flow_control_window": STREAM_WINDOW_BYTES,
+  // Sets both the stream and the connection window on the client side; the odd value marks the
+  // client's SETTINGS as porthole's host, whom the guest serves without a relay in front.
+  "grpc-node.flow_control_window": PORTHOLE_CLIENT_WINDOW,
   "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
   "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
   // Find a restarted guest agent quickly instead of grpc-js's 1 s..120 s backoff.

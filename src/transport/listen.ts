@@ -10,23 +10,24 @@ import { formatTransportAddress } from "../core/transport-address.ts";
 /**
  * `halfOpen`: accepted sockets keep writing after the peer's EOF (data streams, tunnels);
  * leave it off for connections an HTTP/2 server owns, which must see the peer's EOF close them.
+ * `unread`: accepted sockets start paused, their bytes still in the kernel (to be peeked at).
  */
-export async function listenTransport(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>, halfOpen = false): Promise<net.Server> {
-  if (address.kind === "tcp") return listenServer((s) => s.listen(address.port, address.host), address, halfOpen);
+export async function listenTransport(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>, halfOpen = false, unread = false): Promise<net.Server> {
+  if (address.kind === "tcp") return listenServer((s) => s.listen(address.port, address.host), address, halfOpen, unread);
   await removeStaleSocket(address.path);
   fs.mkdirSync(path.dirname(address.path), { recursive: true, mode: 0o755 });
   // umask instead of a chmod afterwards: there is no moment when the socket is open to all.
   const oldMask = process.umask(0o177);
   try {
-    return await listenServer((s) => s.listen(address.path), address, halfOpen);
+    return await listenServer((s) => s.listen(address.path), address, halfOpen, unread);
   } finally {
     process.umask(oldMask);
   }
 }
 
-function listenServer(start: (s: net.Server) => void, address: TransportAddress, halfOpen: boolean): Promise<net.Server> {
+function listenServer(start: (s: net.Server) => void, address: TransportAddress, halfOpen: boolean, unread: boolean): Promise<net.Server> {
   return new Promise((resolve, reject) => {
-    const server = net.createServer({ allowHalfOpen: halfOpen });
+    const server = net.createServer({ allowHalfOpen: halfOpen, pauseOnConnect: unread });
     server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`, { cause: err })));
     server.once("listening", () => {
       server.removeAllListeners("error");

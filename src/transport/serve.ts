@@ -3,9 +3,11 @@
 import * as fs from "node:fs";
 import type * as net from "node:net";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
+import { unreadSocketFd } from "../runtime/fd-socket.ts";
 import { listenTransport } from "./listen.ts";
 import { serveSerial } from "./serial.ts";
 import { verifyToken } from "./token.ts";
+import type { UnreadConnection } from "./unread.ts";
 import { listenVsock } from "./vsock.ts";
 
 export interface ServeOptions {
@@ -16,6 +18,11 @@ export interface ServeOptions {
   /** Connections are raw data streams (half-open capable), not HTTP/2 connections. */
   halfOpen?: boolean;
   log: (line: string) => void;
+  /**
+   * Unix and vsock connections come here unread, instead of to onConnection, where the runtime
+   * lets them (the other transports read first: a token, a serial line).
+   */
+  onUnread?: (connection: UnreadConnection) => void;
 }
 
 export interface Served {
@@ -27,8 +34,14 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
   const name = formatTransportAddress(address);
   switch (address.kind) {
     case "unix": {
-      const server = await listenTransport(address, options.halfOpen);
-      server.on("connection", guarded(onConnection, name, options.log));
+      const onUnread = options.onUnread;
+      const server = await listenTransport(address, options.halfOpen, onUnread !== undefined);
+      const handOver = (socket: net.Socket) => {
+        const fd = onUnread && unreadSocketFd(socket);
+        if (fd === undefined) return onConnection(socket.resume());
+        onUnread!({ fd, adopt: () => socket.resume() });
+      };
+      server.on("connection", guarded(handOver, name, options.log));
       server.on("error", (err) => options.log(`${name}: ${err.message}`)); // e.g. EMFILE on accept (Node)
       return { address, close: () => (server.close(), fs.rmSync(address.path, { force: true })) };
     }
@@ -50,6 +63,7 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
       const listener = await listenVsock(address.port, guarded(onConnection, name, options.log), {
         allowCid: options.vsockAnyCid ? () => true : undefined,
         halfOpen: options.halfOpen,
+        onUnread: options.onUnread && guardedUnread(options.onUnread, name, options.log),
         onRejected: (cid) => options.log(`${name}: rejected a connection from CID ${cid} (only the host, CID 2, may connect; see --vsock-any-cid)`),
       });
       return { address, close: () => listener.close() };
@@ -59,6 +73,22 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
       return { address, close: () => port.close() };
     }
   }
+}
+
+/** An unread-connection handler whose exception closes that connection only. */
+function guardedUnread(onUnread: (c: UnreadConnection) => void, name: string, log: (line: string) => void): (c: UnreadConnection) => void {
+  return (connection) => {
+    try {
+      onUnread(connection);
+    } catch (err) {
+      try {
+        connection.adopt().destroy();
+      } catch {
+        // adopt() closed the fd itself
+      }
+      log(`${name}: a connection failed: ${(err as Error).message}`);
+    }
+  };
 }
 
 /** A connection handler whose exception closes that connection only. */

@@ -7,6 +7,7 @@ import { check, NativeError, type NativeShim } from "../runtime/native-api.ts";
 import { loadNative } from "../runtime/native.ts";
 import { EPOLLIN, EPOLLOUT, sharedRelayLoop, type NativeRelayLoop } from "../runtime/native-relay.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
+import type { UnreadConnection } from "./unread.ts";
 
 export const VMADDR_CID_ANY = 0xffffffff;
 export const VMADDR_CID_HOST = 2;
@@ -24,6 +25,21 @@ async function shim(): Promise<{ native: NativeShim; loop: NativeRelayLoop }> {
 export interface VsockListener {
   port: number;
   close(): void;
+}
+
+/** An accepted fd, not adopted yet; adopt() closes it if the runtime will not take it. */
+function unreadFd(native: NativeShim, fd: number, halfOpen?: boolean): UnreadConnection {
+  return {
+    fd,
+    adopt() {
+      try {
+        return socketFromFd(fd, halfOpen);
+      } catch (err) {
+        native.close(fd);
+        throw err;
+      }
+    },
+  };
 }
 
 /**
@@ -65,7 +81,7 @@ export function onAcceptable(loop: NativeRelayLoop, fd: number, acceptAll: () =>
 export async function listenVsock(
   port: number,
   onConnection: (socket: net.Socket, peerCid: number) => void,
-  options: { allowCid?: (cid: number) => boolean; onRejected?: (cid: number) => void; halfOpen?: boolean } = {},
+  options: { allowCid?: (cid: number) => boolean; onRejected?: (cid: number) => void; halfOpen?: boolean; onUnread?: (c: UnreadConnection) => void } = {},
 ): Promise<VsockListener> {
   const { native, loop } = await shim();
   const allow = options.allowCid ?? ((cid) => cid === VMADDR_CID_HOST);
@@ -86,6 +102,10 @@ export async function listenVsock(
       if (!allow(peer[0]!)) {
         native.close(conn);
         options.onRejected?.(peer[0]!);
+        continue;
+      }
+      if (options.onUnread) {
+        options.onUnread(unreadFd(native, conn, options.halfOpen));
         continue;
       }
       let socket: net.Socket;

@@ -173,6 +173,9 @@ describe("bad input", () => {
     const closed = await Promise.all(hostile.slice(0, 2).map((s) => Promise.race([ended(s), Bun.sleep(10_000).then(() => "still open")])));
     expect(closed).not.toContain("still open");
     await guestAgent.waitFor(() => guestAgent.stderr.filter((l) => l.includes("closed a connection that is not speaking gRPC")).length >= 2 || undefined, "the rejections in the log");
+    // Checked in place (MSG_PEEK): the garbage never reached a relay, and porthole's host (marked in
+    // its SETTINGS) is served by HTTP/2 with no relay in front.
+    expect(guestAgent.stderr.filter((l) => l.includes("porthole's host agent is served by HTTP/2 directly"))).toHaveLength(1);
     const Lima = grpc.makeGenericClientConstructor(limaGuestServiceDefinition, "GuestService");
     const client = new Lima(`unix://${guest.socket}`, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
     defer(() => client.close());
