@@ -112,7 +112,7 @@ test-vm: build dist/porthole-linux-arm64 system-deps arm64-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole PORTHOLE_ARM64_BIN=$(CURDIR)/dist/porthole-linux-arm64 $(BUN) test test/vm
 
 # The arm64 binary under qemu-user, against the x86-64 one (also part of make test).
-test-arm64: build dist/porthole-linux-arm64 dist/porthole.mjs system-deps arm64-deps
+test-arm64: build dist/porthole-linux-arm64 dist/porthole.mjs dist/lima-go-peer system-deps arm64-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole PORTHOLE_ARM64_BIN=$(CURDIR)/dist/porthole-linux-arm64 $(BUN) test test/arm64
 
 test-e2e: build dist/porthole.mjs dist/lima-go-peer system-deps

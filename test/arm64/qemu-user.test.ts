@@ -86,6 +86,25 @@ describe("the arm64 binary under qemu-user", () => {
     await forwardsTcpAndUdp(guest, host, "datagram to the arm64 guest");
     expect(agent.stderr.filter((l) => l.startsWith("degraded:"))).toHaveLength(1);
     expect(agent.stderr.join("\n")).not.toContain("closed a connection");
+    // The arm64 shim peeked at the connection (MSG_PEEK): no relay in front of HTTP/2.
+    expect(agent.stderr.filter((l) => l.includes("porthole's host agent is served by HTTP/2 directly"))).toHaveLength(1);
+  });
+
+  arm64Test("guest role: grpc-go as Lima's host agent (empty :authority) gets GetInfo, GetEvents and TCP and UDP Tunnels from the arm64 guest agent", async () => {
+    const peer = join(REPO, "dist/lima-go-peer");
+    if (!existsSync(peer)) throw new Error(`${peer} is missing: make dist/lima-go-peer (make test builds it)`);
+    const guest = Guest.create();
+    const agent = await startArm64Guest(guest, `unix://${guest.socket}`);
+    const [tcp, udp] = [await freePort(), await freePort()];
+    await guest.startEcho("127.0.0.1", tcp);
+    await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
+    const lima = guest.spawn([peer, "host", guest.socket, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], "grpc-go Lima host");
+    const steps = () => lima.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { step?: string; error?: string; echo?: string });
+    await lima.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), "the grpc-go host's last step", SLOW_MS);
+    expect(steps().find((s) => s.error)).toBeUndefined();
+    expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
+    expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
+    expect(agent.stderr.filter((l) => l.includes("a client sends an empty :authority"))).toHaveLength(1);
   });
 
   arm64Test("guest role over a virtio-serial port: the arm64 shim's socketpair carries the agent channel", async () => {
