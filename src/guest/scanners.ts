@@ -15,6 +15,8 @@ export interface Scanner {
   scan(): Promise<ScanResult>;
   /** The sockets on one local port only (where the scanner can ask for that); families: 1 IPv4, 2 IPv6, 3 both. */
   scanPort?(protocol: "tcp" | "udp", port: number, families: number): ScanResult;
+  /** The listener or unconnected UDP socket a packet to addr:port reaches (one hash lookup in the kernel; addr 16 bytes). */
+  scanSocket?(protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number): ScanResult;
   /**
    * Calls `onChange` soon after a socket may have opened or closed, where the scanner can
    * tell: the ports named (look at those), and the protocols to scan whole; returns a stop.
@@ -100,6 +102,15 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
       stale = true;
       // The next full scan must carry this protocol's dump, not the copy from before.
       if (protocol === "udp") udpDue = true;
+      const records = parseDiagRecords(one, n);
+      return { ports: diagRecordsToPorts(records), sockets: diagRecordsToSockets(records), errors: [] };
+    },
+    scanSocket(protocol, family, addr, port) {
+      const n = shim.diagSocket(one, one.length, protocol === "tcp" ? 1 : 2, family === 4 ? 2 : 10, addr, port);
+      if (n < 0) return { ports: [], errors: [`sock_diag lookup of port ${port}: ${shim.errnoName(n)} (${shim.strerror(n)})`] };
+      stale = true;
+      if (protocol === "udp") udpDue = true;
+      if (n === 0) return { ports: [], sockets: new Map(), errors: [] };
       const records = parseDiagRecords(one, n);
       return { ports: diagRecordsToPorts(records), sockets: diagRecordsToSockets(records), errors: [] };
     },

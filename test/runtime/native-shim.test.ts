@@ -68,6 +68,53 @@ describe("netlink sock_diag", () => {
     expect(of(2, portOf(a), 3)).toEqual([]); // UDP only
   });
 
+  test("a lookup by address finds the one listener or unconnected UDP socket there (a wildcard one answers for any address), and nothing connected or gone", async () => {
+    const buf = new Uint8Array(4 * DIAG_RECORD_BYTES);
+    const addr = (ip: string) => {
+      const a = new Uint8Array(16);
+      if (ip.includes(":")) a.set(ip === "::1" ? [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] : [], 0);
+      else a.set(ip.split(".").map(Number), 0);
+      return a;
+    };
+    const at = (protocols: number, ip: string, port: number) => {
+      const n = check(shim, shim.diagSocket(buf, buf.length, protocols, ip.includes(":") ? 10 : 2, addr(ip), port), "lookup");
+      return diagRecordsToPorts(parseDiagRecords(buf, n)).map((p) => `${p.protocol} ${p.ip} ${p.port}`);
+    };
+    const v4 = await listen("127.0.0.1");
+    const any = await listen("0.0.0.0");
+    const v6 = await listen("::1");
+    expect(at(1, "127.0.0.1", portOf(v4))).toEqual([`tcp 127.0.0.1 ${portOf(v4)}`]);
+    expect(at(1, "0.0.0.0", portOf(v4))).toEqual([]);
+    expect(at(1, "0.0.0.0", portOf(any))).toEqual([`tcp 0.0.0.0 ${portOf(any)}`]);
+    expect(at(1, "127.0.0.1", portOf(any))).toEqual([`tcp 0.0.0.0 ${portOf(any)}`]);
+    expect(at(1, "::1", portOf(v6))).toEqual([`tcp ::1 ${portOf(v6)}`]);
+    expect(at(1, "127.0.0.1", portOf(v6))).toEqual([]);
+    expect(at(2, "127.0.0.1", portOf(v4))).toEqual([]);
+    // An established connection on a listener's port is not what a lookup finds.
+    const client = net.connect(portOf(v4), "127.0.0.1");
+    await new Promise((r) => client.once("connect", r));
+    cleanups.push(() => client.destroy());
+    expect(at(1, "127.0.0.1", client.localPort!)).toEqual([]);
+    expect(at(1, "127.0.0.1", portOf(v4))).toEqual([`tcp 127.0.0.1 ${portOf(v4)}`]);
+
+    const udp = dgram.createSocket("udp4");
+    await new Promise<void>((r) => udp.bind(0, "127.0.0.1", r));
+    const udpPort = udp.address().port;
+    expect(at(2, "127.0.0.1", udpPort)).toEqual([`udp 127.0.0.1 ${udpPort}`]);
+    expect(at(1, "127.0.0.1", udpPort)).toEqual([]);
+    const connected = dgram.createSocket("udp4");
+    await new Promise<void>((r) => connected.bind(0, "127.0.0.1", r));
+    await new Promise<void>((r) => connected.connect(udpPort, "127.0.0.1", r));
+    expect(at(2, "127.0.0.1", connected.address().port)).toEqual([]);
+    connected.close();
+    await new Promise<void>((r) => udp.close(r));
+    expect(at(2, "127.0.0.1", udpPort)).toEqual([]);
+    const port = portOf(v4);
+    client.destroy();
+    await new Promise((r) => v4.close(r));
+    expect(at(1, "127.0.0.1", port)).toEqual([]);
+  });
+
   test("closing a listener sends a destroy event, and the next dump no longer has it", async () => {
     const sub = check(shim, shim.diagSubscribe(), "subscribe");
     cleanups.push(() => shim.close(sub));
