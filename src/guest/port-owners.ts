@@ -53,13 +53,24 @@ export class OwnerResolver {
 
   /**
    * The owner of each socket, by inode; sockets not in the cache cost a look at the likely
-   * owners' fds (`likely`: the processes the kernel saw bind them), else one pass over /proc.
+   * owners' fds (`likely`: the processes the kernel saw bind them), else at the processes
+   * that bound anything lately (`more.recent`), else one pass over /proc. A socket not where
+   * the kernel said is first asked after (`more.alive`): under a churn it is most often closed
+   * already, and a gone socket needs no owner, while looking for it reads every fd of every
+   * process (thousands beside a busy server: what made a churn cost a core).
    */
-  async resolve(sockets: SocketId[], likely: number[] = []): Promise<Map<number, PortOwner | null>> {
+  async resolve(sockets: SocketId[], likely: number[] = [], more: { recent?: number[]; alive?: (inode: number) => boolean } = {}): Promise<Map<number, PortOwner | null>> {
     const wanted = new Set(sockets.map((s) => s.inode).filter((i) => i && !this.cache.has(i)));
     if (wanted.size) {
       const pids = this.findInLikely(wanted, likely);
-      const rest = new Set([...wanted].filter((inode) => !pids.has(inode)));
+      let rest = new Set([...wanted].filter((inode) => !pids.has(inode)));
+      if (rest.size && more.alive) rest = new Set([...rest].filter((inode) => more.alive!(inode)));
+      if (rest.size && more.recent?.length) {
+        for (const [inode, pid] of this.findInLikely(rest, more.recent)) {
+          pids.set(inode, pid);
+          rest.delete(inode);
+        }
+      }
       if (rest.size) for (const [inode, pid] of await this.findPids(rest)) pids.set(inode, pid);
       for (const inode of wanted) {
         const pid = pids.get(inode);

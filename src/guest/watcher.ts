@@ -251,6 +251,22 @@ export class PortWatcher {
     if (this.recentBinders[0] !== t.pid) this.recentBinders = [t.pid!, ...this.recentBinders.filter((p) => p !== t.pid)].slice(0, RECENT_BINDERS);
   }
 
+  /**
+   * Whether this socket is still open on its port (one lookup by address, where the scanner
+   * can; else assumed). Asked only when its owner was not where the kernel said.
+   */
+  private stillThere(p: IPPort | undefined, inode: number): boolean {
+    const addr = p && this.scanner.scanSocket ? ipBytes(p.ip) : undefined;
+    if (!p || !addr) return true;
+    try {
+      const result = this.scanner.scanSocket!(p.protocol as "tcp" | "udp", p.ip.includes(":") ? 6 : 4, addr, p.port);
+      if (result.errors.length) return true;
+      return [...(result.sockets?.values() ?? [])].some((s) => s.inode === inode);
+    } catch {
+      return true;
+    }
+  }
+
   /** The state's ports by protocol, family and port (what one look covers). */
   private bySlot = new Map<number, Set<string>>();
 
@@ -378,8 +394,12 @@ export class PortWatcher {
       // thousand listeners); the cache is trimmed to the state only once it has grown.
       this.resolver.forget(gone);
       if (sockets.length) {
-        const likely = [...added.flatMap((p) => this.binders.get(slotOf(p)) ?? []), ...this.recentBinders];
-        const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely);
+        const likely = added.flatMap((p) => this.binders.get(slotOf(p)) ?? []);
+        const byInode = new Map(added.map((p) => [this.sockets.get(portKey(p))?.inode, p]));
+        const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely, {
+          recent: this.recentBinders,
+          alive: (inode) => this.stillThere(byInode.get(inode), inode),
+        });
         for (const { key, socket } of sockets) {
           const owner = found.get(socket.inode);
           if (owner) this.owners.set(key, owner);

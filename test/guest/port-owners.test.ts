@@ -73,4 +73,20 @@ describe("owner lookup", () => {
       listed.mockRestore();
     }
   });
+
+  test("a socket not where the kernel said and gone since gets no owner and costs no pass over every process; one still open is looked for in the recent binders, then everywhere", async () => {
+    const r = resolver();
+    const listed = spyOn(fs, "readdirSync");
+    try {
+      const gone = await r.resolve([{ inode: 99, uid: 0 }], [555], { recent: [4242], alive: () => false });
+      expect(gone.get(99)).toBeNull();
+      expect(listed.mock.calls.map(([dir]) => String(dir))).toEqual([join(proc, "555", "fd")]); // the named binder's fds only
+      listed.mockClear();
+      expect((await r.resolve([{ inode: 50, uid: 0 }], [555], { recent: [4242], alive: () => true })).get(50)?.pid).toBe(4242);
+      expect(listed.mock.calls.map(([dir]) => String(dir))).toEqual([join(proc, "555", "fd"), join(proc, "4242", "fd")]);
+      expect((await r.resolve([{ inode: 502, uid: 0 }], [555], { recent: [4242], alive: () => true })).get(502)?.pid).toBe(600);
+    } finally {
+      listed.mockRestore();
+    }
+  });
 });
