@@ -213,7 +213,14 @@ export class PortWatcher {
       for (const k of this.bySlot.get(slot) ?? []) if (!foundKeys.has(k)) touchedKeys.add(k);
     }
     for (const k of touchedKeys) if (!foundKeys.has(k) && this.state.has(k)) removed.push(this.state.get(k)!);
-    const added = found.filter((p, i) => !this.state.has(portKey(p)) && found.findIndex((q) => portKey(q) === portKey(p)) === i);
+    const added: IPPort[] = [];
+    const adding = new Set<string>();
+    for (const p of found) {
+      const k = portKey(p);
+      if (this.state.has(k) || adding.has(k)) continue; // a wildcard socket may answer for several addresses
+      adding.add(k);
+      added.push(p);
+    }
     for (const p of removed) this.unindex(p);
     for (const p of added) this.index(p);
     if (!added.length && !removed.length) return false;
