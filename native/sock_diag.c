@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "shim.h"
+#include <linux/filter.h>
 
 /* ---- netlink sock_diag ------------------------------------------------------------------ */
 
@@ -160,10 +161,25 @@ int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
 }
 
 /* A non-blocking netlink socket joined to the socket-destroy groups of `protocols` (bit 0
- * TCP, bit 1 UDP; IPv4 and IPv6): one socket per protocol tells which one closed. */
+ * TCP, bit 1 UDP; IPv4 and IPv6): one socket per protocol tells which one closed. With bit 2,
+ * a socket filter drops in the kernel the closes of connected sockets (a remote port): the
+ * agent then wakes for a listener's or an unconnected UDP socket's close, not for every
+ * connection the guest closes. (Each destroy event is a message of its own.) A kernel that
+ * refuses the filter gets every close, as without bit 2. */
 int ph_diag_subscribe_to(int protocols) {
   int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG);
   if (fd < 0) return NEG_ERRNO;
+  if (protocols & 4) {
+    struct sock_filter code[] = {
+      /* the inet_diag_msg's idiag_dport, after the 16-byte netlink header */
+      BPF_STMT(BPF_LD | BPF_H | BPF_ABS, sizeof(struct nlmsghdr) + offsetof(struct inet_diag_msg, id.idiag_dport)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0xffffffff), /* no remote port: keep */
+      BPF_STMT(BPF_RET | BPF_K, 0),          /* connected: drop */
+    };
+    struct sock_fprog prog = { .len = sizeof code / sizeof code[0], .filter = code };
+    (void)setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+  }
   struct sockaddr_nl local = { .nl_family = AF_NETLINK };
   if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0) { int e = errno; close(fd); return -e; }
   const int groups[] = { SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET_UDP_DESTROY, SKNLGRP_INET6_TCP_DESTROY, SKNLGRP_INET6_UDP_DESTROY };

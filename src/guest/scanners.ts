@@ -141,7 +141,8 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
   const stops = (["tcp", "udp"] as const).map((protocol) => {
     const whole = protocol === "tcp" ? EVENT_TCP : EVENT_UDP;
     const onClose = () => onBatch({ ports: [], whole });
-    const fd = shim.diagSubscribeTo(whole);
+    // 4: connected sockets' closes (every connection the guest closes) are dropped in the kernel.
+    const fd = shim.diagSubscribeTo(whole | 4);
     if (fd < 0) return () => {};
     // The runtime's event loop watches the netlink socket like any socket. Where the runtime
     // will not adopt the fd, poll it instead.
@@ -163,7 +164,7 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
       // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
       // fd number again: it may already belong to another socket.
       onClose();
-      const fresh = shim.diagSubscribeTo(whole);
+      const fresh = shim.diagSubscribeTo(whole | 4);
       if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
     });
     return () => (stopPolling ? stopPolling() : socket.destroy());

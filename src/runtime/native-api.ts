@@ -18,7 +18,7 @@ export interface NativeShim {
   /** The listener (TCP, protocols bit 0) or unconnected UDP socket a packet to addr:port reaches (one hash lookup, no walk): 1 record or 0; family AF_INET (2) or AF_INET6 (10), addr 16 bytes. */
   diagSocket(buf: Uint8Array, cap: number, protocols: number, family: number, addr: Uint8Array, port: number): number;
   diagSubscribe(): number;
-  /** A socket for the destroy events of these protocols only (1 TCP, 2 UDP). */
+  /** A socket for the destroy events of these protocols only (1 TCP, 2 UDP); | 4: not those of connected sockets (filtered in the kernel). */
   diagSubscribeTo(protocols: number): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
   /** Starts a non-blocking vsock connect; the fd is connected or in progress (see watch). */
