@@ -27,6 +27,7 @@
 #define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
 #define LDX_W(d, s, o) INSN(BPF_LDX | BPF_MEM | BPF_W, d, s, o, 0)
 #define STX_DW(d, s, o) INSN(BPF_STX | BPF_MEM | BPF_DW, d, s, o, 0)
+#define STX_W(d, s, o) INSN(BPF_STX | BPF_MEM | BPF_W, d, s, o, 0)
 #define MOV_IMM(d, i) INSN(BPF_ALU64 | BPF_MOV | BPF_K, d, 0, 0, i)
 #define MOV_REG(d, s) INSN(BPF_ALU64 | BPF_MOV | BPF_X, d, s, 0, 0)
 #define ALU_IMM(op, d, i) INSN(BPF_ALU64 | (op) | BPF_K, d, 0, 0, i)
@@ -38,7 +39,7 @@
 
 /* A program being assembled: jumps to "out" (return the verdict) are patched at the end. */
 struct prog {
-  struct bpf_insn insn[64];
+  struct bpf_insn insn[128];
   int n, outs[8], n_outs;
 };
 
@@ -66,31 +67,64 @@ static void this_netns_only(struct prog *p, uint64_t cookie) {
   emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
 }
 
+enum { PH_HOOK_LISTEN, PH_HOOK_BIND4, PH_HOOK_BIND6, PH_HOOKS };
+
 /* Record flags (byte 1). */
 #define PH_EV_CLOSING 1 /* reported as the close begins, before the kernel unhashes the socket */
 #define PH_EV_V6 2      /* an AF_INET6 socket */
+#define PH_EV_ADDR 4    /* set by ph_events_drain: the record carries the socket's address */
 
-/* Writes the record { u8 protocol, u8 flags, u16 0, u32 port, u32 tgid, u32 0 } to the ring:
- * r3 holds the port, r5 the socket's family (AF_INET6 adds PH_EV_V6). With `pid`, tgid is
- * the calling process's (listen() and bind() run in the binding process: the agent looks for
- * the socket's owner there first); else 0. */
+/* Stores the socket's local address at r10-16 (16 bytes, network order; IPv4 in the first 4,
+ * the rest 0): the agent looks that one socket up (a hash lookup) instead of dumping every
+ * socket on the port. r1 = ctx, kept; r2 is used. */
+static void store_addr(struct prog *p, int hook) {
+  emit(p, MOV_IMM(BPF_REG_2, 0));
+  for (int i = 0; i < 4; i++) emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16 + 4 * i));
+  switch (hook) {
+  case PH_HOOK_BIND4:
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, src_ip4)));
+    emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16));
+    break;
+  case PH_HOOK_BIND6:
+    for (int i = 0; i < 4; i++) {
+      emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, src_ip6) + 4 * i));
+      emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16 + 4 * i));
+    }
+    break;
+  default: /* sock_ops: either family */
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, AF_INET6, 9)); /* to the IPv4 address */
+    for (int i = 0; i < 4; i++) {
+      emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, local_ip6) + 4 * i));
+      emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16 + 4 * i));
+    }
+    emit(p, JMP_IMM(BPF_JA, 0, 0, 2));
+    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, local_ip4)));
+    emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16));
+  }
+}
+
+/* Writes the record { u8 protocol, u8 flags, u16 0, u32 port, u32 tgid, u32 0, u8 addr[16] }
+ * to the ring (store_addr wrote the address): r3 holds the port, r5 the socket's family
+ * (AF_INET6 adds PH_EV_V6). With `pid`, tgid is the calling process's (listen() and bind()
+ * run in the binding process: the agent looks for the socket's owner there first); else 0. */
 static void record(struct prog *p, int ring, int protocol, int flags, int pid) {
   emit(p, ALU_IMM(BPF_LSH, BPF_REG_3, 32));
   emit(p, ALU_IMM(BPF_OR, BPF_REG_3, protocol | flags << 8));
   emit(p, JMP_IMM(BPF_JNE, BPF_REG_5, AF_INET6, 1));
   emit(p, ALU_IMM(BPF_OR, BPF_REG_3, PH_EV_V6 << 8));
-  emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -16));
+  emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -32));
   if (pid) {
     emit(p, CALL(BPF_FUNC_get_current_pid_tgid));
     emit(p, ALU_IMM(BPF_RSH, BPF_REG_0, 32));
   } else {
     emit(p, MOV_IMM(BPF_REG_0, 0));
   }
-  emit(p, STX_DW(BPF_REG_10, BPF_REG_0, -8));
+  emit(p, STX_DW(BPF_REG_10, BPF_REG_0, -24));
   emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -16));
+  emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -32));
   ld_imm64(p, BPF_REG_1, BPF_PSEUDO_MAP_FD, (uint32_t)ring);
-  emit(p, MOV_IMM(BPF_REG_3, 16));
+  emit(p, MOV_IMM(BPF_REG_3, 32));
   emit(p, MOV_IMM(BPF_REG_4, 0));
   emit(p, CALL(BPF_FUNC_ringbuf_output));
 }
@@ -101,8 +135,6 @@ static void prog_end(struct prog *p, int verdict) {
   emit(p, MOV_IMM(BPF_REG_0, verdict));
   emit(p, EXIT());
 }
-
-enum { PH_HOOK_LISTEN, PH_HOOK_BIND4, PH_HOOK_BIND6, PH_HOOKS };
 
 static const struct {
   const char *name;
@@ -130,6 +162,7 @@ static void assemble(int hook, int ring, uint64_t cookie, int pid, struct prog *
     emit(p, MOV_IMM(BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
     emit(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
     emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+    store_addr(p, hook);
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
     emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
     record(p, ring, IPPROTO_TCP, 0, pid);
@@ -138,6 +171,7 @@ static void assemble(int hook, int ring, uint64_t cookie, int pid, struct prog *
     /* A state change: only a listener's (args[0]: the old state), as its close begins. */
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, args[0])));
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));
+    store_addr(p, hook);
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port)));
     emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
     record(p, ring, IPPROTO_TCP, PH_EV_CLOSING, 0); /* a close: no owner to find */
@@ -148,6 +182,7 @@ static void assemble(int hook, int ring, uint64_t cookie, int pid, struct prog *
     emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
     this_netns_only(p, cookie);
+    store_addr(p, hook);
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
     emit(p, MOV_IMM(BPF_REG_5, hook == PH_HOOK_BIND6 ? AF_INET6 : AF_INET));
     record(p, ring, IPPROTO_UDP, 0, pid);
@@ -341,11 +376,12 @@ fail:
 /*
  * Consumes every record waiting in the ring: out[0] = records, out[1] = protocols seen (bit 0
  * TCP, bit 1 UDP; bits 2 and 3: a TCP or UDP record without a port or past the room, so the
- * caller scans that protocol whole), out[2..3] = records since start (low, high 32 bits), then from
- * out[4] two u32 per record that fits: protocol | flags << 8 (PH_EV_*) | port << 16, then the
- * binding process's tgid (0 where unknown). Returns the count, or -ENOTCONN
- * when not started.
+ * caller scans that protocol whole), out[2..3] = records since start (low, high 32 bits), then
+ * from out[4] PH_EV_WORDS u32 per record that fits: protocol | flags << 8 (PH_EV_*) | port << 16,
+ * the binding process's tgid (0 where unknown), and the socket's address (16 bytes, network
+ * order, with PH_EV_ADDR). Returns the count, or -ENOTCONN when not started.
  */
+#define PH_EV_WORDS 6
 int ph_events_drain(uint32_t *out, int cap) {
   if (!ev.consumer) return -ENOTCONN;
   if (cap < 4) return -EINVAL;
@@ -360,15 +396,20 @@ int ph_events_drain(uint32_t *out, int cap) {
     if (len & BPF_RINGBUF_BUSY_BIT) break; /* still being written: its wake-up follows */
     uint32_t size = len & ~(uint32_t)(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
     if (!(len & BPF_RINGBUF_DISCARD_BIT) && size >= 8) {
+      uint8_t *body = (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ;
       uint64_t rec;
       uint32_t tgid = 0;
-      memcpy(&rec, (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ, 8);
-      if (size >= 12) memcpy(&tgid, (uint8_t *)hdr + BPF_RINGBUF_HDR_SZ + 8, 4);
+      memcpy(&rec, body, 8);
+      if (size >= 12) memcpy(&tgid, body + 8, 4);
       uint32_t protocol = (uint32_t)(rec & 0xff), flags = (uint32_t)(rec >> 8) & 0xff, port = (uint32_t)(rec >> 32) & 0xffff;
       protocols |= protocol == IPPROTO_TCP ? 1u : protocol == IPPROTO_UDP ? 2u : 3u;
-      if (5 + 2 * (int)count < cap && port) {
-        out[4 + 2 * count] = protocol | flags << 8 | port << 16;
-        out[5 + 2 * count] = tgid;
+      if (4 + PH_EV_WORDS * ((int)count + 1) <= cap && port) {
+        uint32_t *o = out + 4 + PH_EV_WORDS * count;
+        if (size >= 32) flags |= PH_EV_ADDR;
+        o[0] = protocol | flags << 8 | port << 16;
+        o[1] = tgid;
+        if (size >= 32) memcpy(o + 2, body + 16, 16);
+        else memset(o + 2, 0, 16);
       }
       else protocols |= protocol == IPPROTO_UDP ? 8u : 4u;
       count++;

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "shim.h"
+#include <linux/filter.h>
 
 /* ---- netlink sock_diag ------------------------------------------------------------------ */
 
@@ -103,15 +104,82 @@ int ph_diag_port(uint8_t *buf, int cap, int protocols, int port, int families) {
   return diag_dump(buf, cap, protocols, (uint16_t)port, families);
 }
 
+/*
+ * The socket a packet to addr:port would reach (bit 0 of `protocols` TCP, else UDP; family
+ * AF_INET or AF_INET6; addr: 16 bytes, IPv4 in the first 4): one hash lookup in the kernel
+ * instead of a walk over its whole table, so a kernel event that names the address costs the
+ * same beside ten thousand listeners as beside none. Writes the socket's record if it is a
+ * listener (TCP) or unconnected (UDP), and returns 1; 0 when there is none. A wildcard socket
+ * on that port answers for a specific address: the caller compares the record's address.
+ */
+int ph_diag_socket(uint8_t *buf, int cap, int protocols, int family, const uint8_t *addr, int port) {
+  static int fd = -1;
+  if (fd < 0) fd = diag_socket();
+  if (fd < 0) return fd;
+  uint8_t protocol = (protocols & 1) ? IPPROTO_TCP : IPPROTO_UDP;
+  struct {
+    struct nlmsghdr h;
+    struct inet_diag_req_v2 r;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = NLM_F_REQUEST; /* no NLM_F_DUMP: one socket, looked up by address */
+  req.r.sdiag_family = (uint8_t)family;
+  req.r.sdiag_protocol = protocol;
+  req.r.idiag_states = ~0u;
+  req.r.id.idiag_cookie[0] = req.r.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  if (protocol == IPPROTO_TCP) {
+    memcpy(req.r.id.idiag_src, addr, 16);
+    req.r.id.idiag_sport = htons((uint16_t)port);
+  } else {
+    /* udp_dump_one looks the socket up as a packet from (src, sport) to (dst, dport) */
+    memcpy(req.r.id.idiag_dst, addr, 16);
+    req.r.id.idiag_dport = htons((uint16_t)port);
+  }
+  struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+  if (sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) { int e = errno; close(fd); fd = -1; return -e; }
+  static __thread uint8_t rx[8192] __attribute__((aligned(8)));
+  ssize_t len;
+  do len = recv(fd, rx, sizeof rx, 0); while (len < 0 && errno == EINTR);
+  if (len < 0) { int e = errno; close(fd); fd = -1; return -e; }
+  struct nlmsghdr *h = (struct nlmsghdr *)rx;
+  if (!NLMSG_OK(h, len)) return 0;
+  if (h->nlmsg_type == NLMSG_ERROR) {
+    struct nlmsgerr *e = NLMSG_DATA(h);
+    return e->error == -ENOENT || e->error == 0 ? 0 : e->error;
+  }
+  if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) return 0;
+  const struct inet_diag_msg *m = NLMSG_DATA(h);
+  if (m->idiag_state != (protocol == IPPROTO_TCP ? 10 : 7)) return 0;
+  int r = put_record(buf, cap, 0, protocol, m);
+  return r < 0 ? r : 1;
+}
+
 int ph_diag_listeners(uint8_t *buf, int cap, int protocols) {
   return diag_dump(buf, cap, protocols, 0, 3);
 }
 
 /* A non-blocking netlink socket joined to the socket-destroy groups of `protocols` (bit 0
- * TCP, bit 1 UDP; IPv4 and IPv6): one socket per protocol tells which one closed. */
+ * TCP, bit 1 UDP; IPv4 and IPv6): one socket per protocol tells which one closed. With bit 2,
+ * a socket filter drops in the kernel the closes of connected sockets (a remote port): the
+ * agent then wakes for a listener's or an unconnected UDP socket's close, not for every
+ * connection the guest closes. (Each destroy event is a message of its own.) A kernel that
+ * refuses the filter gets every close, as without bit 2. */
 int ph_diag_subscribe_to(int protocols) {
   int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG);
   if (fd < 0) return NEG_ERRNO;
+  if (protocols & 4) {
+    struct sock_filter code[] = {
+      /* the inet_diag_msg's idiag_dport, after the 16-byte netlink header */
+      BPF_STMT(BPF_LD | BPF_H | BPF_ABS, sizeof(struct nlmsghdr) + offsetof(struct inet_diag_msg, id.idiag_dport)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0xffffffff), /* no remote port: keep */
+      BPF_STMT(BPF_RET | BPF_K, 0),          /* connected: drop */
+    };
+    struct sock_fprog prog = { .len = sizeof code / sizeof code[0], .filter = code };
+    (void)setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+  }
   struct sockaddr_nl local = { .nl_family = AF_NETLINK };
   if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0) { int e = errno; close(fd); return -e; }
   const int groups[] = { SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET_UDP_DESTROY, SKNLGRP_INET6_TCP_DESTROY, SKNLGRP_INET6_UDP_DESTROY };

@@ -3,6 +3,7 @@
 // kernel) write to a ring buffer whose fd the relay thread watches for the event loop, so the
 // watcher dumps sock_diag right after a change instead of polling. An event only says "look
 // now": what is forwarded always comes from the dump of this namespace.
+import { formatIPv4Bytes, formatIPv6Bytes } from "../core/address.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { EPOLLIN, sharedRelayLoop } from "../runtime/native-relay.ts";
 
@@ -24,6 +25,10 @@ export interface EventPort {
   closeOnly?: boolean;
   /** The process that called listen() or bind(), where the kernel told: its owner, most likely. */
   pid?: number;
+  /** The socket's address, where the kernel told (16 bytes, IPv4 in the first 4): look up that one socket, no dump. */
+  addr?: Uint8Array;
+  /** That address as ports print it. */
+  ip?: string;
 }
 
 /** What a batch of events names: ports to look at, and protocols to scan whole (an event without a port). */
@@ -41,6 +46,9 @@ export interface KernelEvents {
 }
 
 const MESSAGE_BYTES = 16384;
+/** u32 words per drained record (native/kernel_events.c PH_EV_WORDS): what, who, the address. */
+export const EVENT_WORDS = 6;
+const EV_ADDR = 4;
 
 /** Loads and attaches the programs, or says why they cannot run here (with the verifier's log if it refused them). */
 export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; error?: string; note?: string } {
@@ -56,7 +64,7 @@ export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; er
     shim.eventsStop();
     return { error: `the native event thread cannot watch the ring buffer (${(err as Error).message})` };
   }
-  const out = new Uint32Array(4 + 2 * 256);
+  const out = new Uint32Array(4 + EVENT_WORDS * 256);
   return {
     ...(text ? { note: text } : {}),
     events: {
@@ -92,18 +100,29 @@ export function toBatch(out: Uint32Array, count: number): EventBatch {
   const whole = (flags & 4 ? EVENT_TCP : 0) | (flags & 8 ? EVENT_UDP : 0);
   const seen = new Set<number>();
   const ports: EventBatch["ports"] = [];
-  for (let i = 0; i < Math.min(count, (out.length - 4) >> 1); i++) {
-    const rec = out[4 + 2 * i]!;
-    const pid = out[5 + 2 * i]!;
+  const seenAt = new Set<string>();
+  for (let i = 0; i < Math.min(count, Math.floor((out.length - 4) / EVENT_WORDS)); i++) {
+    const at = 4 + EVENT_WORDS * i;
+    const rec = out[at]!;
+    const pid = out[at + 1]!;
     const protocol = rec & 0xff;
     const flags = (rec >>> 8) & 0xff;
     const port = rec >>> 16;
-    if (!port || seen.has(rec)) continue;
-    seen.add(rec);
     const families = flags & 2 ? 2 : 1;
     const closing = (flags & 1) !== 0;
-    const by = pid ? { pid } : {};
-    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port, families, ...(closing ? { closing, closeOnly: true } : by) });
+    let by: Partial<EventPort> = pid ? { pid } : {};
+    if (flags & EV_ADDR) {
+      const addr = new Uint8Array(out.buffer, out.byteOffset + (at + 2) * 4, 16).slice();
+      const ip = families === 2 ? formatIPv6Bytes(addr) : formatIPv4Bytes(addr);
+      if (seenAt.has(`${rec} ${ip}`)) continue;
+      seenAt.add(`${rec} ${ip}`);
+      by = { ...by, addr, ip };
+    } else {
+      if (!port || seen.has(rec)) continue;
+      seen.add(rec);
+    }
+    if (!port) continue;
+    if (protocol === 6 && !(whole & EVENT_TCP)) ports.push({ protocol: "tcp", port, families, ...(closing ? { closing, closeOnly: true, ...(by.addr ? { addr: by.addr, ip: by.ip } : {}) } : by) });
     else if (protocol === 17 && !(whole & EVENT_UDP)) ports.push({ protocol: "udp", port, families, bound: true, ...by });
   }
   return { ports, whole };

@@ -35,6 +35,9 @@ const DEFAULT_PATHS: OwnerPaths = {
 };
 /** Processes whose description is kept (cleared when full). */
 const MAX_DESCRIBED = 1024;
+/** Sockets whose fd is remembered, and freed fds kept per process (cleared when full). */
+const MAX_PLACES = 4096;
+const MAX_FREED = 64;
 /** At most this many nerdctl name files are read to find one container's name. */
 const MAX_NAME_FILES = 4096;
 
@@ -50,13 +53,24 @@ export class OwnerResolver {
 
   /**
    * The owner of each socket, by inode; sockets not in the cache cost a look at the likely
-   * owners' fds (`likely`: the processes the kernel saw bind them), else one pass over /proc.
+   * owners' fds (`likely`: the processes the kernel saw bind them), else at the processes
+   * that bound anything lately (`more.recent`), else one pass over /proc. A socket not where
+   * the kernel said is first asked after (`more.alive`): under a churn it is most often closed
+   * already, and a gone socket needs no owner, while looking for it reads every fd of every
+   * process (thousands beside a busy server: what made a churn cost a core).
    */
-  async resolve(sockets: SocketId[], likely: number[] = []): Promise<Map<number, PortOwner | null>> {
+  async resolve(sockets: SocketId[], likely: number[] = [], more: { recent?: number[]; alive?: (inode: number) => boolean } = {}): Promise<Map<number, PortOwner | null>> {
     const wanted = new Set(sockets.map((s) => s.inode).filter((i) => i && !this.cache.has(i)));
     if (wanted.size) {
       const pids = this.findInLikely(wanted, likely);
-      const rest = new Set([...wanted].filter((inode) => !pids.has(inode)));
+      let rest = new Set([...wanted].filter((inode) => !pids.has(inode)));
+      if (rest.size && more.alive) rest = new Set([...rest].filter((inode) => more.alive!(inode)));
+      if (rest.size && more.recent?.length) {
+        for (const [inode, pid] of this.findInLikely(rest, more.recent)) {
+          pids.set(inode, pid);
+          rest.delete(inode);
+        }
+      }
       if (rest.size) for (const [inode, pid] of await this.findPids(rest)) pids.set(inode, pid);
       for (const inode of wanted) {
         const pid = pids.get(inode);
@@ -71,14 +85,40 @@ export class OwnerResolver {
     return this.cache.size;
   }
 
-  /** Forgets these sockets (gone: an inode number may be reused). */
+  /** Forgets these sockets (gone: an inode number may be reused); their fds are free now. */
   forget(inodes: number[]): void {
-    for (const inode of inodes) this.cache.delete(inode);
+    for (const inode of inodes) {
+      this.cache.delete(inode);
+      const place = this.places.get(inode);
+      if (!place) continue;
+      this.places.delete(inode);
+      let fds = this.freed.get(place.pid);
+      if (!fds) {
+        if (this.freed.size >= MAX_PLACES) this.freed.clear();
+        this.freed.set(place.pid, (fds = new Set()));
+      }
+      if (fds.size < MAX_FREED) fds.add(place.fd);
+    }
   }
 
   /** Forgets every socket but these. */
   keepOnly(inodes: Set<number>): void {
     for (const inode of this.cache.keys()) if (!inodes.has(inode)) this.cache.delete(inode);
+    for (const inode of this.places.keys()) if (!inodes.has(inode)) this.places.delete(inode);
+  }
+
+  /**
+   * Where each socket found was (its process and fd), and the fds of sockets gone since, by
+   * process: the kernel gives a new socket the lowest free fd, so a process that binds again
+   * (a churn of short-lived servers) most likely reuses one of those, and a readlink of each
+   * (lowest first) finds it without listing the process's fds.
+   */
+  private readonly places = new Map<number, { pid: number; fd: number }>();
+  private readonly freed = new Map<number, Set<number>>();
+
+  private foundAt(inode: number, pid: number, fd: number): void {
+    if (this.places.size >= MAX_PLACES) this.places.clear();
+    this.places.set(inode, { pid, fd });
   }
 
   /** The wanted sockets held by these processes (a process's own word is checked against its fds). */
@@ -87,6 +127,20 @@ export class OwnerResolver {
     for (const pid of new Set(pids)) {
       if (!Number.isInteger(pid) || pid <= 0) continue;
       const dir = `${this.paths.proc}/${pid}/fd`;
+      const freed = this.freed.get(pid);
+      if (freed?.size) {
+        for (const fd of [...freed].sort((a, b) => a - b)) {
+          freed.delete(fd); // reused or not, it is no longer known to be free
+          const target = linkOf(`${dir}/${fd}`);
+          if (!target?.startsWith("socket:[")) continue;
+          const inode = Number(target.slice(8, -1));
+          if (wanted.has(inode) && !found.has(inode)) {
+            found.set(inode, pid);
+            this.foundAt(inode, pid, fd);
+            if (found.size === wanted.size) return found;
+          }
+        }
+      }
       let fds: string[];
       try {
         fds = readdirSync(dir);
@@ -100,7 +154,10 @@ export class OwnerResolver {
         const target = linkOf(`${dir}/${fd}`);
         if (!target?.startsWith("socket:[")) continue;
         const inode = Number(target.slice(8, -1));
-        if (wanted.has(inode) && !found.has(inode)) found.set(inode, pid);
+        if (wanted.has(inode) && !found.has(inode)) {
+          found.set(inode, pid);
+          this.foundAt(inode, pid, Number(fd));
+        }
         if (found.size === wanted.size) return found;
       }
     }
@@ -133,7 +190,10 @@ export class OwnerResolver {
         const target = linkOf(`${proc}/${pid}/fd/${fd}`);
         if (!target?.startsWith("socket:[")) continue;
         const inode = Number(target.slice(8, -1));
-        if (wanted.has(inode) && !found.has(inode)) found.set(inode, Number(pid));
+        if (wanted.has(inode) && !found.has(inode)) {
+          found.set(inode, Number(pid));
+          this.foundAt(inode, Number(pid), Number(fd));
+        }
       }
     }
     return found;

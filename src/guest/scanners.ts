@@ -15,6 +15,8 @@ export interface Scanner {
   scan(): Promise<ScanResult>;
   /** The sockets on one local port only (where the scanner can ask for that); families: 1 IPv4, 2 IPv6, 3 both. */
   scanPort?(protocol: "tcp" | "udp", port: number, families: number): ScanResult;
+  /** The listener or unconnected UDP socket a packet to addr:port reaches (one hash lookup in the kernel; addr 16 bytes). */
+  scanSocket?(protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number): ScanResult;
   /**
    * Calls `onChange` soon after a socket may have opened or closed, where the scanner can
    * tell: the ports named (look at those), and the protocols to scan whole; returns a stop.
@@ -103,6 +105,15 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
       const records = parseDiagRecords(one, n);
       return { ports: diagRecordsToPorts(records), sockets: diagRecordsToSockets(records), errors: [] };
     },
+    scanSocket(protocol, family, addr, port) {
+      const n = shim.diagSocket(one, one.length, protocol === "tcp" ? 1 : 2, family === 4 ? 2 : 10, addr, port);
+      if (n < 0) return { ports: [], errors: [`sock_diag lookup of port ${port}: ${shim.errnoName(n)} (${shim.strerror(n)})`] };
+      stale = true;
+      if (protocol === "udp") udpDue = true;
+      if (n === 0) return { ports: [], sockets: new Map(), errors: [] };
+      const records = parseDiagRecords(one, n);
+      return { ports: diagRecordsToPorts(records), sockets: diagRecordsToSockets(records), errors: [] };
+    },
     watchChanges(notify) {
       // A whole TCP scan is every scan; a whole UDP one needs the UDP dump too.
       const onBatch = (batch: EventBatch) => {
@@ -130,7 +141,8 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
   const stops = (["tcp", "udp"] as const).map((protocol) => {
     const whole = protocol === "tcp" ? EVENT_TCP : EVENT_UDP;
     const onClose = () => onBatch({ ports: [], whole });
-    const fd = shim.diagSubscribeTo(whole);
+    // 4: connected sockets' closes (every connection the guest closes) are dropped in the kernel.
+    const fd = shim.diagSubscribeTo(whole | 4);
     if (fd < 0) return () => {};
     // The runtime's event loop watches the netlink socket like any socket. Where the runtime
     // will not adopt the fd, poll it instead.
@@ -152,7 +164,7 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
       // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
       // fd number again: it may already belong to another socket.
       onClose();
-      const fresh = shim.diagSubscribeTo(whole);
+      const fresh = shim.diagSubscribeTo(whole | 4);
       if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
     });
     return () => (stopPolling ? stopPolling() : socket.destroy());

@@ -145,32 +145,59 @@ export class PortWatcher {
   /**
    * Looks at these ports alone and applies what it finds to the state: no full dump, no
    * walk over every port (beside thousands of listeners, a port opening costs the same as
-   * beside none). Returns whether something changed (undefined: nothing to look at).
+   * beside none). A target whose address is known (the kernel's record, or the state's own
+   * sockets for a close) is one socket lookup in the kernel's hash; else a dump of its port.
+   * Returns whether something changed (undefined: nothing to look at).
    */
   private lookAt(targets: EventBatch["ports"]): boolean | undefined {
     // A close where the state has nothing: nothing to remove, no dump (a listener's close
     // comes as a kernel event and again as a destroy event).
-    targets = targets.filter((t) => !t.closeOnly || ((t.families & 1) !== 0 && this.bySlot.has(slotKey(t.protocol, false, t.port))) || ((t.families & 2) !== 0 && this.bySlot.has(slotKey(t.protocol, true, t.port))));
+    targets = targets.filter((t) => !t.closeOnly || this.slotsOf(t).some((slot) => this.bySlot.has(slot)));
     if (!targets.length) return undefined;
-    const touched = new Set<number>();
-    for (const t of targets) {
-      if (t.families & 1) touched.add(slotKey(t.protocol, false, t.port));
-      if (t.families & 2) touched.add(slotKey(t.protocol, true, t.port));
-    }
+    const touchedSlots = new Set<number>();
+    const touchedKeys = new Set<string>();
     const found: IPPort[] = [];
-    for (const t of targets) {
+    const take = (result: ScanResult): boolean => {
+      if (result.errors.length) return false;
+      found.push(...result.ports);
+      for (const [k, socket] of result.sockets ?? []) this.sockets.set(k, socket);
+      return true;
+    };
+    const exact = (t: EventBatch["ports"][number], ip: string, family: 4 | 6, addr: Uint8Array): boolean | undefined => {
       let result: ScanResult;
       try {
-        result = this.scanner.scanPort!(t.protocol, t.port, t.families);
+        result = this.scanner.scanSocket!(t.protocol, family, addr, t.port);
       } catch (err) {
         result = { ports: [], errors: [(err as Error).message] };
       }
-      if (result.errors.length) {
+      // Nothing where a socket just opened: one bound to a device (which a lookup without
+      // the device does not find), or gone already; its port's dump tells.
+      if (!result.errors.length && !result.ports.length && !t.closeOnly) return undefined;
+      touchedKeys.add(portKey({ protocol: t.protocol, ip, port: t.port }));
+      return take(result);
+    };
+    for (const t of targets) {
+      let ok: boolean | undefined;
+      if (this.scanner.scanSocket && t.addr && t.ip !== undefined) {
+        ok = exact(t, t.ip, t.families === 2 ? 6 : 4, t.addr);
+      } else if (this.scanner.scanSocket && t.closeOnly) {
+        // A close the kernel named by port only: the state's sockets there, each looked up.
+        ok = true;
+        for (const slot of this.slotsOf(t)) {
+          for (const k of this.bySlot.get(slot) ?? []) {
+            const p = this.state.get(k)!;
+            const addr = ipBytes(p.ip);
+            ok = addr ? exact(t, p.ip, slot & (2 << 16) ? 6 : 4, addr) : this.dumpPort(t, touchedSlots, take);
+            if (!ok) break;
+          }
+          if (!ok) break;
+        }
+      }
+      if (ok === undefined) ok = this.dumpPort(t, touchedSlots, take);
+      if (!ok) {
         void this.fullScanSoon();
         return false;
       }
-      found.push(...result.ports);
-      for (const [k, socket] of result.sockets ?? []) this.sockets.set(k, socket);
     }
     // A full scan under way read the table before this: it must not overwrite what this saw.
     // (The scanner treats its next full scan as news, so lastScan is replaced then.)
@@ -182,15 +209,41 @@ export class PortWatcher {
     }
     const foundKeys = new Set(found.map(portKey));
     const removed: IPPort[] = [];
-    for (const slot of touched) {
-      for (const k of this.bySlot.get(slot) ?? []) if (!foundKeys.has(k)) removed.push(this.state.get(k)!);
+    for (const slot of touchedSlots) {
+      for (const k of this.bySlot.get(slot) ?? []) if (!foundKeys.has(k)) touchedKeys.add(k);
     }
-    const added = found.filter((p) => !this.state.has(portKey(p)));
+    for (const k of touchedKeys) if (!foundKeys.has(k) && this.state.has(k)) removed.push(this.state.get(k)!);
+    const added: IPPort[] = [];
+    const adding = new Set<string>();
+    for (const p of found) {
+      const k = portKey(p);
+      if (this.state.has(k) || adding.has(k)) continue; // a wildcard socket may answer for several addresses
+      adding.add(k);
+      added.push(p);
+    }
     for (const p of removed) this.unindex(p);
     for (const p of added) this.index(p);
     if (!added.length && !removed.length) return false;
     void this.notify({ added, removed }, []);
     return true;
+  }
+
+  /** The slots (protocol, family, port) a target names. */
+  private slotsOf(t: EventBatch["ports"][number]): number[] {
+    const out: number[] = [];
+    if (t.families & 1) out.push(slotKey(t.protocol, false, t.port));
+    if (t.families & 2) out.push(slotKey(t.protocol, true, t.port));
+    return out;
+  }
+
+  /** A dump of the target's port (in its families); false on an error. */
+  private dumpPort(t: EventBatch["ports"][number], touched: Set<number>, take: (r: ScanResult) => boolean): boolean {
+    for (const slot of this.slotsOf(t)) touched.add(slot);
+    try {
+      return take(this.scanner.scanPort!(t.protocol, t.port, t.families));
+    } catch (err) {
+      return take({ ports: [], errors: [(err as Error).message] });
+    }
   }
 
   /** The process that last bound each port (by slotKey), where the kernel said. */
@@ -203,6 +256,22 @@ export class PortWatcher {
     if (t.families & 1) this.binders.set(slotKey(t.protocol, false, t.port), t.pid!);
     if (t.families & 2) this.binders.set(slotKey(t.protocol, true, t.port), t.pid!);
     if (this.recentBinders[0] !== t.pid) this.recentBinders = [t.pid!, ...this.recentBinders.filter((p) => p !== t.pid)].slice(0, RECENT_BINDERS);
+  }
+
+  /**
+   * Whether this socket is still open on its port (one lookup by address, where the scanner
+   * can; else assumed). Asked only when its owner was not where the kernel said.
+   */
+  private stillThere(p: IPPort | undefined, inode: number): boolean {
+    const addr = p && this.scanner.scanSocket ? ipBytes(p.ip) : undefined;
+    if (!p || !addr) return true;
+    try {
+      const result = this.scanner.scanSocket!(p.protocol as "tcp" | "udp", p.ip.includes(":") ? 6 : 4, addr, p.port);
+      if (result.errors.length) return true;
+      return [...(result.sockets?.values() ?? [])].some((s) => s.inode === inode);
+    } catch {
+      return true;
+    }
   }
 
   /** The state's ports by protocol, family and port (what one look covers). */
@@ -332,8 +401,12 @@ export class PortWatcher {
       // thousand listeners); the cache is trimmed to the state only once it has grown.
       this.resolver.forget(gone);
       if (sockets.length) {
-        const likely = [...added.flatMap((p) => this.binders.get(slotOf(p)) ?? []), ...this.recentBinders];
-        const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely);
+        const likely = added.flatMap((p) => this.binders.get(slotOf(p)) ?? []);
+        const byInode = new Map(added.map((p) => [this.sockets.get(portKey(p))?.inode, p]));
+        const found = await this.resolver.resolve(sockets.map((s) => s.socket), likely, {
+          recent: this.recentBinders,
+          alive: (inode) => this.stillThere(byInode.get(inode), inode),
+        });
         for (const { key, socket } of sockets) {
           const owner = found.get(socket.inode);
           if (owner) this.owners.set(key, owner);
@@ -351,6 +424,29 @@ export class PortWatcher {
 /** A number for protocol, family and port: the sockets one look at a port covers. */
 function slotKey(protocol: string, v6: boolean, port: number): number {
   return (protocol === "tcp" ? 0 : 4 << 16) + (v6 ? 2 << 16 : 0) + port;
+}
+
+/** An address as 16 bytes (IPv4 in the first 4), as the kernel's lookup takes it; undefined if it does not parse. */
+export function ipBytes(ip: string): Uint8Array | undefined {
+  const out = new Uint8Array(16);
+  if (!ip.includes(":")) {
+    const parts = ip.split(".").map(Number);
+    if (parts.length !== 4 || parts.some((n) => !Number.isInteger(n) || n < 0 || n > 255)) return undefined;
+    out.set(parts);
+    return out;
+  }
+  const halves = ip.split("::");
+  if (halves.length > 2 || ip.includes("%") || ip.includes(".")) return undefined;
+  const words = (s: string) => (s ? s.split(":").map((w) => (/^[0-9a-f]{1,4}$/i.test(w) ? parseInt(w, 16) : NaN)) : []);
+  const head = words(halves[0]!);
+  const tail = halves.length === 2 ? words(halves[1]!) : [];
+  const all = halves.length === 2 ? [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail] : head;
+  if (all.length !== 8 || all.some((w) => Number.isNaN(w))) return undefined;
+  all.forEach((w, i) => {
+    out[2 * i] = w >> 8;
+    out[2 * i + 1] = w & 0xff;
+  });
+  return out;
 }
 
 function slotOf(p: IPPort): number {

@@ -15,8 +15,10 @@ export interface NativeShim {
   diagListeners(buf: Uint8Array, cap: number, protocols: number): number;
   /** As diagListeners, for one local port only (the kernel skips the others); families: 1 IPv4, 2 IPv6, 3 both. */
   diagPort(buf: Uint8Array, cap: number, protocols: number, port: number, families: number): number;
+  /** The listener (TCP, protocols bit 0) or unconnected UDP socket a packet to addr:port reaches (one hash lookup, no walk): 1 record or 0; family AF_INET (2) or AF_INET6 (10), addr 16 bytes. */
+  diagSocket(buf: Uint8Array, cap: number, protocols: number, family: number, addr: Uint8Array, port: number): number;
   diagSubscribe(): number;
-  /** A socket for the destroy events of these protocols only (1 TCP, 2 UDP). */
+  /** A socket for the destroy events of these protocols only (1 TCP, 2 UDP); | 4: not those of connected sockets (filtered in the kernel). */
   diagSubscribeTo(protocols: number): number;
   diagReadEvents(fd: number, buf: Uint8Array, cap: number): number;
   /** Starts a non-blocking vsock connect; the fd is connected or in progress (see watch). */
@@ -69,6 +71,7 @@ export const SIGNATURES = {
   ph_socketpair: { args: ["ptr"], returns: "i32" },
   ph_diag_listeners: { args: ["ptr", "i32", "i32"], returns: "i32" },
   ph_diag_port: { args: ["ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
+  ph_diag_socket: { args: ["ptr", "i32", "i32", "i32", "ptr", "i32"], returns: "i32" },
   ph_diag_subscribe: { args: [], returns: "i32" },
   ph_diag_subscribe_to: { args: ["i32"], returns: "i32" },
   ph_diag_read_events: { args: ["i32", "ptr", "i32"], returns: "i32" },
@@ -107,6 +110,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     socketpair: (fds) => num("ph_socketpair", fds),
     diagListeners: (buf, cap, protocols) => num("ph_diag_listeners", buf, cap, protocols),
     diagPort: (buf, cap, protocols, port, families) => num("ph_diag_port", buf, cap, protocols, port, families),
+    diagSocket: (buf, cap, protocols, family, addr, port) => num("ph_diag_socket", buf, cap, protocols, family, addr, port),
     diagSubscribe: () => num("ph_diag_subscribe"),
     diagSubscribeTo: (protocols) => num("ph_diag_subscribe_to", protocols),
     diagReadEvents: (fd, buf, cap) => num("ph_diag_read_events", fd, buf, cap),

@@ -2,7 +2,9 @@
 // looked at first (and checked: it must hold the socket), the pass over every process is the
 // fallback, and a process's description is kept only while its start time is the same.
 import { afterAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { spyOn } from "bun:test";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { OwnerResolver } from "../../src/guest/port-owners.ts";
@@ -50,5 +52,41 @@ describe("owner lookup", () => {
     expect((await r.resolve([{ inode: 78, uid: 0 }], [555])).get(78)?.command).toBe("bystander");
     processAt(555, "newcomer", 11, { 4: 79 });
     expect((await r.resolve([{ inode: 79, uid: 0 }], [555])).get(79)?.command).toBe("newcomer");
+  });
+
+  test("a process that binds again in the fd a gone socket freed is found by a readlink of that fd, without listing its fds", async () => {
+    processAt(600, "churner", 3, { 5: 500, 6: 501, 8: 502 });
+    const r = resolver();
+    expect((await r.resolve([{ inode: 501, uid: 0 }], [600])).get(501)?.pid).toBe(600);
+    r.forget([501]);
+    rmSync(join(proc, "600", "fd", "6"));
+    symlinkSync("socket:[503]", join(proc, "600", "fd", "6")); // the lowest free fd, reused
+    const listed = spyOn(fs, "readdirSync");
+    try {
+      expect((await r.resolve([{ inode: 503, uid: 0 }], [600])).get(503)?.pid).toBe(600);
+      expect(listed.mock.calls.filter(([dir]) => String(dir).startsWith(join(proc, "600")))).toEqual([]);
+      // A socket elsewhere (no freed fd holds it): the fds are listed, as before.
+      symlinkSync("socket:[504]", join(proc, "600", "fd", "9"));
+      expect((await r.resolve([{ inode: 504, uid: 0 }], [600])).get(504)?.pid).toBe(600);
+      expect(listed.mock.calls.filter(([dir]) => String(dir).startsWith(join(proc, "600")))).not.toEqual([]);
+    } finally {
+      listed.mockRestore();
+    }
+  });
+
+  test("a socket not where the kernel said and gone since gets no owner and costs no pass over every process; one still open is looked for in the recent binders, then everywhere", async () => {
+    const r = resolver();
+    const listed = spyOn(fs, "readdirSync");
+    try {
+      const gone = await r.resolve([{ inode: 99, uid: 0 }], [555], { recent: [4242], alive: () => false });
+      expect(gone.get(99)).toBeNull();
+      expect(listed.mock.calls.map(([dir]) => String(dir))).toEqual([join(proc, "555", "fd")]); // the named binder's fds only
+      listed.mockClear();
+      expect((await r.resolve([{ inode: 50, uid: 0 }], [555], { recent: [4242], alive: () => true })).get(50)?.pid).toBe(4242);
+      expect(listed.mock.calls.map(([dir]) => String(dir))).toEqual([join(proc, "555", "fd"), join(proc, "4242", "fd")]);
+      expect((await r.resolve([{ inode: 502, uid: 0 }], [555], { recent: [4242], alive: () => true })).get(502)?.pid).toBe(600);
+    } finally {
+      listed.mockRestore();
+    }
   });
 });

@@ -4,8 +4,11 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { PortDiff } from "../../src/core/ports.ts";
-import { procNetScanner } from "../../src/guest/scanners.ts";
-import { PortWatcher, scanProcNet } from "../../src/guest/watcher.ts";
+import { procNetScanner, type Scanner } from "../../src/guest/scanners.ts";
+import { ipBytes, PortWatcher, scanProcNet } from "../../src/guest/watcher.ts";
+import type { EventBatch } from "../../src/guest/kernel-events.ts";
+import type { IPPort } from "../../src/proto/guest-service.ts";
+import { formatIPv4Bytes, formatIPv6Bytes } from "../../src/core/address.ts";
 import { UdpSettler } from "../../src/core/udp-settle.ts";
 import { waitUntil } from "../wait.ts";
 import type { OwnerResolver } from "../../src/guest/port-owners.ts";
@@ -105,4 +108,66 @@ test("a new port's owner is looked up (by its socket inode) before subscribers h
   expect(watcher.ownerOf({ protocol: "tcp", ip: "127.0.0.1", port: 8080 })).toBeUndefined();
   await waitUntil("the gone sockets forgotten by the resolver", () => forgotten.length >= 2);
   expect(forgotten.sort()).toEqual([4242, 777].sort());
+});
+
+test("an event that names a socket's address is one lookup of that socket (no port dump); a close named by port alone looks up the state's sockets there", async () => {
+  // A scanner standing in for the kernel: its sockets, and what the watcher asked of it.
+  let kernel: IPPort[] = [];
+  const asked: string[] = [];
+  let emit: (batch: EventBatch) => void = () => {};
+  const wildcard = (ip: string) => ip === "0.0.0.0" || ip === "::";
+  const scanner: Scanner = {
+    name: "fake",
+    scan: async () => ({ ports: [...kernel], errors: [] }),
+    scanPort(protocol, port) {
+      asked.push(`dump ${protocol} ${port}`);
+      return { ports: kernel.filter((p) => p.protocol === protocol && p.port === port), errors: [] };
+    },
+    scanSocket(protocol, family, addr, port) {
+      const ip = family === 4 ? formatIPv4Bytes(addr) : formatIPv6Bytes(addr);
+      asked.push(`lookup ${protocol} ${ip} ${port}`);
+      const on = kernel.filter((p) => p.protocol === protocol && p.port === port);
+      const hit = on.find((p) => p.ip === ip) ?? on.find((p) => wildcard(p.ip) && p.ip.includes(":") === (family === 6));
+      return { ports: hit ? [hit] : [], errors: [] };
+    },
+    watchChanges(onChange) {
+      emit = onChange;
+      return () => {};
+    },
+  };
+  const watcher = new PortWatcher(60_000, scanner);
+  watchers.push(watcher);
+  await watcher.start();
+  const keys = () => watcher.ports.map((p) => `${p.ip}:${p.port}`).sort();
+  const addr = (ip: string) => ipBytes(ip)!;
+
+  kernel = [{ protocol: "tcp", ip: "127.0.0.1", port: 8080 }];
+  emit({ ports: [{ protocol: "tcp", port: 8080, families: 1, ip: "127.0.0.1", addr: addr("127.0.0.1") }], whole: 0 });
+  expect(keys()).toEqual(["127.0.0.1:8080"]);
+  expect(asked.splice(0)).toEqual(["lookup tcp 127.0.0.1 8080"]);
+
+  // Closed, and a wildcard listener on the port: the lookup finds that one instead.
+  kernel = [{ protocol: "tcp", ip: "0.0.0.0", port: 8080 }];
+  emit({ ports: [{ protocol: "tcp", port: 8080, families: 1, closeOnly: true }], whole: 0 });
+  expect(keys()).toEqual(["0.0.0.0:8080"]);
+  expect(asked.splice(0)).toEqual(["lookup tcp 127.0.0.1 8080"]);
+
+  kernel = [];
+  emit({ ports: [{ protocol: "tcp", port: 8080, families: 1, closeOnly: true, closing: true, ip: "0.0.0.0", addr: addr("0.0.0.0") }], whole: 0 });
+  expect(keys()).toEqual([]);
+  expect(asked.splice(0)).toEqual(["lookup tcp 0.0.0.0 8080"]);
+
+  // An open whose lookup finds nothing (a socket bound to a device, say): its port's dump tells.
+  kernel = [{ protocol: "tcp", ip: "::1", port: 9090 }];
+  emit({ ports: [{ protocol: "tcp", port: 9090, families: 2, ip: "fe80::1", addr: addr("fe80::1") }], whole: 0 });
+  expect(keys()).toEqual(["::1:9090"]);
+  expect(asked.splice(0)).toEqual(["lookup tcp fe80::1 9090", "dump tcp 9090"]);
+});
+
+test("ipBytes reads back what the port records print", () => {
+  for (const ip of ["127.0.0.1", "0.0.0.0", "::", "::1", "fe80::1:2", "2001:db8::", "1:2:3:4:5:6:7:8"]) {
+    const bytes = ipBytes(ip)!;
+    expect(ip.includes(":") ? formatIPv6Bytes(bytes) : formatIPv4Bytes(bytes)).toBe(ip);
+  }
+  for (const bad of ["1.2.3", "1.2.3.256", "1::2::3", "fe80::1%eth0", "::ffff:1.2.3.4", "12345::"]) expect(ipBytes(bad)).toBeUndefined();
 });

@@ -3,7 +3,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import type { NativeShim } from "../../src/runtime/native-api.ts";
 import { loadNative } from "../../src/runtime/native.ts";
-import { toBatch } from "../../src/guest/kernel-events.ts";
+import { EVENT_WORDS, toBatch } from "../../src/guest/kernel-events.ts";
 import { closedListeners } from "../../src/core/diag-record.ts";
 
 let shim: NativeShim;
@@ -31,7 +31,7 @@ const FN_RINGBUF_OUTPUT = 130;
 const FN_GET_CURRENT_PID_TGID = 14;
 
 function program(hook: number, cookie: bigint, ring = 42, pid = 1): Insn[] {
-  const out = new Uint8Array(64 * 8);
+  const out = new Uint8Array(128 * 8);
   const n = shim.eventsProgram(hook, ring, Number(cookie & 0xffffffffn), Number(cookie >> 32n), pid, out, out.length);
   expect(n).toBeGreaterThan(0);
   const view = new DataView(out.buffer);
@@ -99,14 +99,33 @@ describe("BPF programs", () => {
 });
 
 describe("event records", () => {
+  /** One drained record: protocol | flags << 8 | port << 16, the process, the address words. */
+  const rec = (protocol: number, flags: number, port: number, pid: number, addr: number[] = []) => {
+    const words = new Uint32Array(EVENT_WORDS);
+    words[0] = protocol | (flags << 8) | (port << 16);
+    words[1] = pid;
+    new Uint8Array(words.buffer, 8, 16).set(addr);
+    return [...words];
+  };
+  const batch = (records: number[][], flags: number, room = records.length) => {
+    const out = new Uint32Array(4 + EVENT_WORDS * room);
+    out.set([records.length, flags, records.length, 0]);
+    records.slice(0, room).forEach((r, i) => out.set(r, 4 + EVENT_WORDS * i));
+    return toBatch(out, records.length);
+  };
+
   test("a drained batch names each port once, with its family and whether it was a close", () => {
-    const out = new Uint32Array(4 + 2 * 4);
-    out.set([4, 1 | 2, 4, 0]);
-    out.set([6 | (0 << 8) | (8080 << 16), 1234], 4); // TCP listen, IPv4, by process 1234
-    out.set([6 | (1 << 8) | (8080 << 16), 0], 6); // TCP close, IPv4
-    out.set([17 | (2 << 8) | (5353 << 16), 0], 8); // UDP bind, IPv6, process unknown
-    out.set([6 | (0 << 8) | (8080 << 16), 1234], 10); // the listen again
-    expect(toBatch(out, 4)).toEqual({
+    expect(
+      batch(
+        [
+          rec(6, 0, 8080, 1234), // TCP listen, IPv4, by process 1234
+          rec(6, 1, 8080, 0), // TCP close, IPv4
+          rec(17, 2, 5353, 0), // UDP bind, IPv6, process unknown
+          rec(6, 0, 8080, 1234), // the listen again
+        ],
+        1 | 2,
+      ),
+    ).toEqual({
       whole: 0,
       ports: [
         { protocol: "tcp", port: 8080, families: 1, pid: 1234 },
@@ -116,10 +135,24 @@ describe("event records", () => {
     });
   });
 
+  test("a record with the socket's address (PH_EV_ADDR) names it, so the watcher looks up that one socket; two addresses on one port are two ports", () => {
+    const loopback6 = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const { ports } = batch(
+      [rec(6, 4, 8080, 7, [127, 0, 0, 1]), rec(6, 4, 8080, 7, [10, 0, 0, 2]), rec(6, 4 | 1, 8080, 0, [127, 0, 0, 1]), rec(17, 4 | 2, 5353, 0, loopback6)],
+      1 | 2,
+    );
+    expect(ports.map(({ addr: _, ...p }) => p)).toEqual([
+      { protocol: "tcp", port: 8080, families: 1, pid: 7, ip: "127.0.0.1" },
+      { protocol: "tcp", port: 8080, families: 1, pid: 7, ip: "10.0.0.2" },
+      { protocol: "tcp", port: 8080, families: 1, closing: true, closeOnly: true, ip: "127.0.0.1" },
+      { protocol: "udp", port: 5353, families: 2, bound: true, ip: "::1" },
+    ]);
+    expect([...ports[0]!.addr!]).toEqual([127, 0, 0, 1, ...new Array(12).fill(0)]);
+    expect([...ports[3]!.addr!]).toEqual(loopback6);
+  });
+
   test("records past the room, or without a port, make that protocol a whole scan", () => {
-    const out = new Uint32Array(4 + 2);
-    out.set([3, 1 | 2 | 8, 3, 0, 6 | (8080 << 16), 0]);
-    expect(toBatch(out, 3)).toEqual({ whole: 2, ports: [{ protocol: "tcp", port: 8080, families: 1 }] });
+    expect(batch([rec(6, 0, 8080, 0), rec(17, 0, 53, 0), rec(17, 0, 0, 0)], 1 | 2 | 8, 1)).toEqual({ whole: 2, ports: [{ protocol: "tcp", port: 8080, families: 1 }] });
   });
 });
 
