@@ -6,6 +6,7 @@ import { guestServiceDefinition, portholeServiceDefinition } from "../proto/gues
 import { createTunedServer } from "../transport/grpc-tuning.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import { prepareRelay } from "../transport/fast-relay.ts";
+import { prepareDatagrams } from "../transport/datagram-socket.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.ts";
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
@@ -85,6 +86,7 @@ export class GuestAgent {
     );
     await this.watcher.start();
     await prepareRelay(this.options.log);
+    await prepareDatagrams(this.options.log);
     this.options.log(chosen.detector.description);
     this.options.log(`watching sockets with ${scanner.name}, a full scan every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
