@@ -186,7 +186,8 @@ export class NativeUdpSocket {
       }
       let total = 0;
       for (let i = 0; i < n; i++) total += meta[i * META_WORDS]!;
-      const bytes = Buffer.from(recvBuf.subarray(0, total)); // a copy: the next read reuses recvBuf
+      const bytes = Buffer.allocUnsafe(total); // a copy: the next read reuses recvBuf
+      recvBuf.copy(bytes, 0, 0, total);
       const datagrams: Buffer[] = new Array(n);
       const from: UdpPeer[] = new Array(n);
       let at = 0;
