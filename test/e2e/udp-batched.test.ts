@@ -92,6 +92,19 @@ describe("UDP in batches", () => {
     expect(Math.max(largestResult(hostCalls, "sendmmsg"), largestResult(guestCalls, "sendmmsg"))).toBeGreaterThan(1);
   });
 
+  e2eTest("socat as the guest's UDP server (not our code): datagrams of 1 to 60,000 bytes come back byte for byte through the shim's sockets", async () => {
+    const guest = Guest.create();
+    await guest.startAgent();
+    const host = startHostAgent(guest, []);
+    const port = await freePort();
+    // One child per datagram echoes it with cat; -b lets a 60,000-byte datagram through whole.
+    guest.spawn(["socat", "-b", "65536", `UDP4-RECVFROM:${port},bind=127.0.0.1,fork`, "EXEC:cat"], "socat");
+    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+    const sent = [1, 100, 1400, 8192, 9000, 30_000, 60_000].map((n, i) => Buffer.alloc(n, i + 65));
+    expectWhole(sent, await echoThrough(port, sent, 1));
+    expect(host.events.some((e) => e.type === "warning" && /UDP forwards use the runtime's sockets/.test(String(e.message)))).toBe(false);
+  });
+
   e2eTest("PORTHOLE_NATIVE_UDP=0: the runtime's sockets carry every datagram whole, and a warning says why, once", async () => {
     const guest = Guest.create();
     const agent = await guest.startAgent([], ["env", "PORTHOLE_NATIVE_UDP=0", ...PORTHOLE]);
