@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   const host = startHostAgent(guest, ["--config", config, "--forwarder", FORWARDER, ...sshFlags], { command: profiled(`host-${FORWARDER}`) });
   await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 30_000);
   await Bun.sleep(500);
-  const extra = UDP ? ["-u", "-b", UDP, "-l", "1400"] : args.includes("--reverse") ? ["-R"] : [];
+  const extra = UDP ? ["-u", "-b", UDP, "-l", "1400", "-w", "4M"] : args.includes("--reverse") ? ["-R"] : [];
   const pids = { host: host.proc.child.pid!, guest: guestAgent.child.pid! };
   const before = { host: stat(pids.host), guest: stat(pids.guest) };
   const started = performance.now();

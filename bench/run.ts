@@ -26,6 +26,12 @@ const UDP_RATE = "200M";
 /** "UDP flood": iperf3 -u offering 1 Gbit/s; "UDP beside TCP" / "TCP beside UDP": the same while a
  * TCP transfer runs through the same forwarder (both must finish: a flood must not starve TCP). */
 const UDP_FLOOD_RATE = SMOKE ? "100M" : "1G"; // the smoke run checks the harness, not the machine
+/**
+ * iperf3 -u as every UDP row runs it, in every column alike: 1,400-byte datagrams, and 4 MiB socket
+ * buffers (`-w`, the system's maximum here). With the default ~200 KiB the iperf3 server itself lost
+ * 31-40% of a 1 Gbit/s flood arriving by IP on the loaded machine (0-7% with -w 4M, same runs).
+ */
+const UDP_ARGS = ["-u", "-l", "1400", "-w", "4M"];
 /** --only grpc,fast,detection,…: measure just these (for working on one path). */
 const ONLY = flag("only", "").split(",").filter(Boolean);
 const wanted = (name: string) => ONLY.length === 0 || ONLY.includes(name);
@@ -280,7 +286,7 @@ async function main(): Promise<void> {
   };
   const udpRow = async (row: string, path: Path, server: IperfServer, port: number, host: string, rate: string) => {
     const runs: IperfResult[] = [];
-    for (let i = 0; i < RUNS; i++) runs.push(await iperf(server, port, host, ["-u", "-b", rate, "-l", "1400"], DURATION));
+    for (let i = 0; i < RUNS; i++) runs.push(await iperf(server, port, host, [...UDP_ARGS, "-b", rate], DURATION));
     record(row, path, runs.map((r) => r.gbps));
     results.udpLossByRow[row]![path] = median(runs.map((r) => r.loss ?? 0));
     log(`${row.padEnd(11)} ${path.padEnd(16)} loss ${results.udpLossByRow[row]![path]!.toFixed(1)}%`);
@@ -300,7 +306,7 @@ async function main(): Promise<void> {
     const tcp: number[] = [];
     const udp: IperfResult[] = [];
     for (let i = 0; i < RUNS; i++) {
-      const [t, u] = await Promise.all([iperf(servers[0], tcpPort, host, [], DURATION), iperf(servers[1], udpPort, host, ["-u", "-b", UDP_FLOOD_RATE, "-l", "1400"], DURATION)]);
+      const [t, u] = await Promise.all([iperf(servers[0], tcpPort, host, [], DURATION), iperf(servers[1], udpPort, host, [...UDP_ARGS, "-b", UDP_FLOOD_RATE], DURATION)]);
       tcp.push(t.gbps);
       udp.push(u);
     }

@@ -11,6 +11,8 @@
  *   - relay.c: a thread that moves the bytes of joined socket pairs (splice() through a pipe per
  *     direction, read/write where splice does not apply), and tells the event loop about
  *     finished relays and ready fds through one socket the loop watches.
+ *   - udp.c: UDP sockets read with recvmmsg() and written with sendmmsg(), many datagrams per
+ *     call, with large buffers (a gigabit of datagrams one call each overflowed the socket).
  * Every function returns >= 0 on success and -errno on failure; ph_errno_name() and
  * ph_strerror() turn that into words. Nothing here aborts or prints.
  */

@@ -9,6 +9,7 @@ import { loadNative } from "../runtime/native.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import type { UnreadConnection } from "../transport/unread.ts";
 import { prepareRelay } from "../transport/fast-relay.ts";
+import { prepareDatagrams } from "../transport/datagram-socket.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
 import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.ts";
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
@@ -88,6 +89,7 @@ export class GuestAgent {
     );
     await this.watcher.start();
     await prepareRelay(this.options.log);
+    await prepareDatagrams(this.options.log);
     this.options.log(chosen.detector.description);
     this.options.log(`watching sockets with ${scanner.name}, a full scan every ${interval} ms`);
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());

@@ -1,19 +1,19 @@
 // The guest end of a UDP Tunnel (one per host client): a UDP socket connected to the guest
 // server, one datagram per message each way (several between porthole agents, with credits).
 // A datagram that cannot be delivered is lost, as UDP allows; it never ends the tunnel. The host's end of the stream closes the socket.
-import * as dgram from "node:dgram";
-import { isIPv6 } from "node:net";
+import * as grpc from "@grpc/grpc-js";
 import { parseHostPort } from "../core/address.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { DatagramBatcher, datagramsOf } from "../transport/datagram-batch.ts";
 import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
+import { connectDatagrams, type DatagramSocket } from "../transport/datagram-socket.ts";
 import type { TunnelCall } from "./tunnel-endpoint.ts";
 
 export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): void {
   const { host, port } = parseHostPort(handshake.guest_addr);
   const target = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
-  const socket = dgram.createSocket(isIPv6(target) ? "udp6" : "udp4");
   const id = handshake.id;
+  let socket: DatagramSocket | undefined;
   let closed = false;
   // Past the budget, datagrams are dropped rather than queued on the shared connection. A
   // porthole host that asked for credits counts what it delivered, and is told what we did.
@@ -23,29 +23,40 @@ export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): voi
   const close = () => {
     if (closed) return;
     closed = true;
-    socket.close();
+    socket?.close();
     call.end();
   };
-
-  socket.on("error", () => {}); // e.g. ECONNREFUSED: the server is not there right now
-  // A porthole host that said so reads several datagrams per message; Lima's, one each.
-  const batcher = handshake.udp_batch ? new DatagramBatcher((message, done) => call.write(message, done)) : undefined;
-  socket.on("message", (data) => {
-    if (closed) return;
-    budget.send(data, (done) => (batcher ? batcher.add(data, done) : call.write({ id, data }, done)));
-  });
-  socket.connect(port, target, () => {
-    call.on("data", (msg: TunnelMessage) => {
-      if (closed) return;
-      if (msg.udp_delivered) budget.delivered(msg.udp_delivered);
-      for (const datagram of datagramsOf(msg)) {
-        socket.send(datagram);
-        report?.add(datagram.length);
-      }
-    });
-    call.resume();
-  });
   call.once("end", close);
   call.once("cancelled", close);
   call.once("error", close);
+
+  // A porthole host that said so reads several datagrams per message; Lima's, one each.
+  const batcher = handshake.udp_batch ? new DatagramBatcher((message, done) => call.write(message, done)) : undefined;
+  connectDatagrams(target, port).then(
+    (opened) => {
+      if (closed) return opened.close();
+      socket = opened;
+      socket.receive((datagrams) => {
+        for (const data of datagrams) {
+          if (closed) return;
+          budget.send(data, (done) => (batcher ? batcher.add(data, done) : call.write({ id, data }, done)));
+        }
+      });
+      call.on("data", (msg: TunnelMessage) => {
+        if (closed) return;
+        if (msg.udp_delivered) budget.delivered(msg.udp_delivered);
+        const datagrams = datagramsOf(msg);
+        let bytes = 0;
+        for (const datagram of datagrams) bytes += datagram.length;
+        opened.send(datagrams);
+        if (bytes) report?.add(bytes);
+      });
+      call.resume();
+    },
+    (err: Error) => {
+      if (closed) return;
+      closed = true;
+      call.emit("error", { code: grpc.status.UNAVAILABLE, details: `${handshake.guest_addr}: ${err.message}` });
+    },
+  );
 }

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { AgentStatus } from "../core/status.ts";
 import { prepareRelay, relayStatus } from "../transport/fast-relay.ts";
+import { prepareDatagrams } from "../transport/datagram-socket.ts";
 import { ControlServer } from "./control-server.ts";
 import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
 import { logText } from "../core/log-text.ts";
@@ -203,6 +204,7 @@ export class HostAgent {
 
   async start(): Promise<void> {
     await prepareRelay((message) => this.emit({ type: "relay-selected", message }));
+    await prepareDatagrams((message) => this.emit({ type: "warning", message }));
     const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
     if (controlPath) {
       const control = new ControlServer(controlPath, () => this.status(), (message) => this.log(message), {

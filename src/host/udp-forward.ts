@@ -2,13 +2,12 @@
 // so that replies go back to the client that asked and to no other. Datagram boundaries
 // are kept: one datagram is one message each way (several, each whole, between porthole agents). Idle flows expire; the number of flows
 // is bounded, the least recently used one making room for a new client.
-import * as dgram from "node:dgram";
-import { isIPv6 } from "node:net";
 import { formatHostPort } from "../core/address.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { datagramsOf } from "../transport/datagram-batch.ts";
 import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
+import { bindDatagrams, type DatagramSocket, type UdpPeer } from "../transport/datagram-socket.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
@@ -51,22 +50,15 @@ export class UdpForward extends HostForward {
   protected async listenOn(host: HostTarget): Promise<Listener> {
     if (host.kind !== "tcp") throw new Error("a UDP forward needs a host address, not a socket");
     const { ip, port } = host;
-    const socket = dgram.createSocket({ type: isIPv6(ip) ? "udp6" : "udp4", ipv6Only: isIPv6(ip) });
-    await new Promise<void>((resolve, reject) => {
-      socket.once("error", reject);
-      socket.bind(port, ip, () => {
-        socket.off("error", reject);
-        resolve();
-      });
-    });
+    const socket = await bindDatagrams(ip, port);
     const flows = new UdpFlows(socket, formatHostTarget(host), this.plan, this.openTunnel, this.warn);
-    // After binding, a send error (e.g. a client that went away) concerns one datagram only.
-    socket.on("error", () => {});
-    socket.on("message", (data, client) => {
-      try {
-        flows.fromClient(data, client);
-      } catch (err) {
-        this.trouble(err, `a datagram to ${formatHostTarget(host)}`);
+    socket.receive((datagrams, from) => {
+      for (let i = 0; i < datagrams.length; i++) {
+        try {
+          flows.fromClient(datagrams[i]!, from[i]!);
+        } catch (err) {
+          this.trouble(err, `a datagram to ${formatHostTarget(host)}`);
+        }
       }
     });
     return flows;
@@ -82,7 +74,7 @@ class UdpFlows implements Listener {
   private open = true;
 
   constructor(
-    private readonly socket: dgram.Socket,
+    private readonly socket: DatagramSocket,
     private readonly hostAddr: string,
     private readonly plan: PlannedForward,
     private readonly openTunnel: OpenUdpTunnel,
@@ -116,8 +108,9 @@ class UdpFlows implements Listener {
     return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut };
   }
 
-  fromClient(data: Buffer, client: dgram.RemoteInfo): void {
-    const key = formatHostPort(client.address, client.port);
+  fromClient(data: Buffer, client: UdpPeer): void {
+    // The native socket gives the same object for a run of datagrams from one client: formatted once.
+    const key = (client.key ??= formatHostPort(client.address, client.port));
     const flow = this.flows.get(key) ?? this.openFlow(key, client);
     flow.lastActive = Date.now();
     this.bytesIn += data.length;
@@ -129,7 +122,7 @@ class UdpFlows implements Listener {
     );
   }
 
-  private openFlow(key: string, client: dgram.RemoteInfo): Flow {
+  private openFlow(key: string, client: UdpPeer): Flow {
     if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
     const tunnel = this.openTunnel(this.plan, key);
     const credited = tunnel.credited === true;
@@ -139,11 +132,12 @@ class UdpFlows implements Listener {
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
       if (msg.udp_delivered) flow.budget.delivered(msg.udp_delivered);
-      for (const datagram of datagramsOf(msg)) {
-        this.bytesOut += datagram.length;
-        if (this.open) this.socket.send(datagram, client.port, client.address);
-        report?.add(datagram.length);
-      }
+      const datagrams = datagramsOf(msg);
+      let bytes = 0;
+      for (const datagram of datagrams) bytes += datagram.length;
+      this.bytesOut += bytes;
+      if (this.open) this.socket.send(datagrams, client);
+      if (bytes) report?.add(bytes);
     });
     const forget = () => {
       flow.ended = true;

@@ -56,6 +56,16 @@ export interface NativeShim {
   eventsStop(): number;
   /** A hook's BPF instructions (8 bytes each) as ph_events_start would load them, for tests; the count. */
   eventsProgram(hook: number, ring: number, cookieLo: number, cookieHi: number, pid: number, out: Uint8Array, cap: number): number;
+  /** A numeric host and port as the 20-byte UDP address (family u16, port u16, address); -EINVAL if not numeric. */
+  udpAddress(host: Uint8Array, port: number, out: Uint8Array): number;
+  /** A non-blocking UDP socket bound to `local` and/or connected to `peer` (20-byte addresses, family 0: none); the fd. */
+  udpOpen(local: Uint8Array, peer: Uint8Array, v6only: number, bufferBytes: number): number;
+  /** The socket's bound address (20 bytes). */
+  udpLocal(fd: number, out: Uint8Array): number;
+  /** recvmmsg(): datagrams packed into buf, 6 u32 of meta each (length, sender's address); the count, 0 if none. */
+  udpRecv(fd: number, buf: Uint8Array, cap: number, meta: Uint32Array, max: number): number;
+  /** sendmmsg(): count datagrams packed in buf (lens), to `to` (family 0: the connected peer); how many were dealt with. */
+  udpSend(fd: number, buf: Uint8Array, lens: Uint32Array, count: number, to: Uint8Array): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -91,6 +101,11 @@ export const SIGNATURES = {
   ph_events_drain: { args: ["ptr", "i32"], returns: "i32" },
   ph_events_stop: { args: [], returns: "i32" },
   ph_events_program: { args: ["i32", "i32", "u32", "u32", "i32", "ptr", "i32"], returns: "i32" },
+  ph_udp_address: { args: ["ptr", "i32", "ptr"], returns: "i32" },
+  ph_udp_open: { args: ["ptr", "ptr", "i32", "i32"], returns: "i32" },
+  ph_udp_local: { args: ["i32", "ptr"], returns: "i32" },
+  ph_udp_recv: { args: ["i32", "ptr", "i32", "ptr", "i32"], returns: "i32" },
+  ph_udp_send: { args: ["i32", "ptr", "ptr", "i32", "ptr"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -130,6 +145,11 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     eventsDrain: (out, cap) => num("ph_events_drain", out, cap),
     eventsStop: () => num("ph_events_stop"),
     eventsProgram: (hook, ring, lo, hi, pid, out, cap) => num("ph_events_program", hook, ring, lo, hi, pid, out, cap),
+    udpAddress: (host, port, out) => num("ph_udp_address", host, port, out),
+    udpOpen: (local, peer, v6only, bufferBytes) => num("ph_udp_open", local, peer, v6only, bufferBytes),
+    udpLocal: (fd, out) => num("ph_udp_local", fd, out),
+    udpRecv: (fd, buf, cap, meta, max) => num("ph_udp_recv", fd, buf, cap, meta, max),
+    udpSend: (fd, buf, lens, count, to) => num("ph_udp_send", fd, buf, lens, count, to),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

@@ -1,0 +1,201 @@
+#define _GNU_SOURCE
+#include "shim.h"
+
+/* ---- UDP in batches ----------------------------------------------------------------------
+ *
+ * A UDP forward at a gigabit carries ~90,000 datagrams a second. Through the runtimes' own UDP
+ * sockets each one is a system call and an event of its own, and between two events the
+ * socket's receive buffer (~200 KiB, ~2 ms at that rate) overflowed: most of a flood was lost
+ * in the kernel while the agents were not even busy. Here a socket is read with recvmmsg()
+ * and written with sendmmsg(), many datagrams per call, and gets large buffers. The event
+ * loop learns that it is readable through the relay thread's ph_watch() (relay.c).
+ *
+ * An address is 20 bytes: family (4 or 6, u16), port (u16, host order), then the address (4
+ * or 16 bytes, network order). A received datagram's meta is 6 u32: its length, then its
+ * sender's address in those 20 bytes.
+ */
+
+#define PH_UDP_SLOT 65536 /* a datagram's largest payload is 65,507 (IPv4) / 65,527 (IPv6) bytes */
+#define PH_UDP_BATCH 64
+
+struct ph_udp_addr {
+  uint16_t family, port;
+  uint8_t addr[16];
+};
+
+static socklen_t to_sockaddr(const struct ph_udp_addr *a, struct sockaddr_storage *ss) {
+  memset(ss, 0, sizeof *ss);
+  if (a->family == 4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    in->sin_family = AF_INET;
+    in->sin_port = htons(a->port);
+    memcpy(&in->sin_addr, a->addr, 4);
+    return sizeof *in;
+  }
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+  in6->sin6_family = AF_INET6;
+  in6->sin6_port = htons(a->port);
+  memcpy(&in6->sin6_addr, a->addr, 16);
+  return sizeof *in6;
+}
+
+static void from_sockaddr(const struct sockaddr_storage *ss, struct ph_udp_addr *a) {
+  memset(a, 0, sizeof *a);
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+    a->family = 4;
+    a->port = ntohs(in->sin_port);
+    memcpy(a->addr, &in->sin_addr, 4);
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+    a->family = 6;
+    a->port = ntohs(in6->sin6_port);
+    memcpy(a->addr, &in6->sin6_addr, 16);
+  }
+}
+
+/* A numeric address ("127.0.0.1", "::1") and port in the 20-byte form; -EINVAL if not numeric. */
+int ph_udp_address(const char *host, int port, uint8_t *out) {
+  struct ph_udp_addr a = { .port = (uint16_t)port };
+  if (inet_pton(AF_INET, host, a.addr) == 1) a.family = 4;
+  else if (inet_pton(AF_INET6, host, a.addr) == 1) a.family = 6;
+  else return -EINVAL;
+  memcpy(out, &a, sizeof a);
+  return 0;
+}
+
+/* Asks for `bytes` of buffer; as root past the system's maximum (the FORCE options), else up to it. */
+static void set_buffer(int fd, int force, int plain, int bytes) {
+  if (bytes <= 0) return;
+  if (setsockopt(fd, SOL_SOCKET, force, &bytes, sizeof bytes) != 0) setsockopt(fd, SOL_SOCKET, plain, &bytes, sizeof bytes);
+}
+
+/*
+ * A non-blocking UDP socket: bound to `local` if its family is set, connected to `peer` if its
+ * family is set (the family of whichever is set; both must agree), IPv6-only when asked, with
+ * receive and send buffers of `buffer_bytes` where allowed. Returns the fd or -errno.
+ */
+int ph_udp_open(const uint8_t *local, const uint8_t *peer, int v6only, int buffer_bytes) {
+  struct ph_udp_addr l, p;
+  memcpy(&l, local, sizeof l);
+  memcpy(&p, peer, sizeof p);
+  int family = l.family ? l.family : p.family;
+  if (family != 4 && family != 6) return -EAFNOSUPPORT;
+  if ((l.family && l.family != family) || (p.family && p.family != family)) return -EINVAL;
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return NEG_ERRNO;
+  int one = 1;
+  if (family == 6 && v6only && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) goto fail;
+  set_buffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, buffer_bytes);
+  set_buffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, buffer_bytes);
+  struct sockaddr_storage ss;
+  if (l.family && bind(fd, (struct sockaddr *)&ss, to_sockaddr(&l, &ss)) != 0) goto fail;
+  if (p.family && connect(fd, (struct sockaddr *)&ss, to_sockaddr(&p, &ss)) != 0) goto fail;
+  return fd;
+fail:;
+  int err = NEG_ERRNO;
+  close(fd);
+  return err;
+}
+
+/* The socket's bound address in the 20-byte form. */
+int ph_udp_local(int fd, uint8_t *out) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return NEG_ERRNO;
+  struct ph_udp_addr a;
+  from_sockaddr(&ss, &a);
+  memcpy(out, &a, sizeof a);
+  return 0;
+}
+
+/*
+ * Reads the datagrams waiting (up to `max` and what `cap` bytes hold at 64 KiB each) with one
+ * recvmmsg(). They land in buf one after another, without gaps; meta gets 6 u32 per datagram
+ * (length, then the sender's 20-byte address). Returns the count, 0 when none is waiting, or
+ * -errno (a connected socket's pending ICMP error, say ECONNREFUSED, is reported once this way).
+ */
+int ph_udp_recv(int fd, uint8_t *buf, int cap, uint32_t *meta, int max) {
+  if (max > PH_UDP_BATCH) max = PH_UDP_BATCH;
+  if (max > cap / PH_UDP_SLOT) max = cap / PH_UDP_SLOT;
+  if (max <= 0) return -EINVAL;
+  struct mmsghdr msgs[PH_UDP_BATCH];
+  struct iovec iov[PH_UDP_BATCH];
+  struct sockaddr_storage from[PH_UDP_BATCH];
+  memset(msgs, 0, sizeof msgs[0] * (size_t)max);
+  for (int i = 0; i < max; i++) {
+    iov[i].iov_base = buf + (size_t)i * PH_UDP_SLOT;
+    iov[i].iov_len = PH_UDP_SLOT;
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_name = &from[i];
+    msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+  }
+  int n = recvmmsg(fd, msgs, (unsigned)max, MSG_DONTWAIT, NULL);
+  if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : NEG_ERRNO;
+  /* Packed: each datagram moves down to where the previous one ended (memmove: slots only move down). */
+  size_t at = 0;
+  int kept = 0;
+  for (int i = 0; i < n; i++) {
+    if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue; /* cannot happen with 64 KiB slots; never half a datagram */
+    size_t len = msgs[i].msg_len;
+    if (at != (size_t)i * PH_UDP_SLOT) memmove(buf + at, buf + (size_t)i * PH_UDP_SLOT, len);
+    struct ph_udp_addr a;
+    from_sockaddr(&from[i], &a);
+    meta[kept * 6] = (uint32_t)len;
+    memcpy(&meta[kept * 6 + 1], &a, sizeof a);
+    at += len;
+    kept++;
+  }
+  return kept;
+}
+
+/* Errors that concern one datagram (or a peer that went away), not the socket. */
+static int lost_datagram(int err) {
+  return err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH || err == EMSGSIZE || err == EINVAL || err == EPERM ||
+         err == EACCES || err == EADDRNOTAVAIL || err == ENOTCONN || err == EDESTADDRREQ;
+}
+
+/*
+ * Sends `count` datagrams, packed one after another in buf (lens[i] bytes each), with
+ * sendmmsg(): to `to` if its family is set, else to the connected peer. A datagram the kernel
+ * refuses on its own (ECONNREFUSED from an earlier ICMP, a size too large) is passed over as
+ * lost. Returns how many were dealt with: fewer than count when the socket's buffer is full
+ * (EAGAIN, ENOBUFS: the rest may be sent once it is writable), or -errno for a failed socket.
+ */
+int ph_udp_send(int fd, const uint8_t *buf, const uint32_t *lens, int count, const uint8_t *to) {
+  struct ph_udp_addr t;
+  memcpy(&t, to, sizeof t);
+  struct sockaddr_storage ss;
+  socklen_t sslen = t.family ? to_sockaddr(&t, &ss) : 0;
+  struct mmsghdr msgs[PH_UDP_BATCH];
+  struct iovec iov[PH_UDP_BATCH];
+  size_t offset = 0;
+  int done = 0;
+  while (done < count) {
+    int n = count - done < PH_UDP_BATCH ? count - done : PH_UDP_BATCH;
+    size_t at = offset;
+    memset(msgs, 0, sizeof msgs[0] * (size_t)n);
+    for (int i = 0; i < n; i++) {
+      iov[i].iov_base = (void *)(buf + at);
+      iov[i].iov_len = lens[done + i];
+      at += lens[done + i];
+      msgs[i].msg_hdr.msg_iov = &iov[i];
+      msgs[i].msg_hdr.msg_iovlen = 1;
+      if (sslen) {
+        msgs[i].msg_hdr.msg_name = &ss;
+        msgs[i].msg_hdr.msg_namelen = sslen;
+      }
+    }
+    int sent = sendmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) return done;
+      if (!lost_datagram(errno)) return done ? done : NEG_ERRNO;
+      sent = 1; /* this one is lost; go on with the next */
+    }
+    for (int i = 0; i < sent; i++) offset += lens[done + i];
+    done += sent;
+  }
+  return done;
+}

@@ -1,0 +1,130 @@
+// The UDP sockets of the forwards (the host's listening socket, the guest's socket per flow).
+// Where the native shim runs they are its batched sockets (runtime/native-udp.ts: recvmmsg and
+// sendmmsg, large buffers); elsewhere (no shim, PORTHOLE_NATIVE_UDP=0) the runtime's node:dgram
+// sockets, one datagram per call and event, as before, and that is said once.
+//   PORTHOLE_NATIVE_UDP=0   the runtime's sockets (for tests and the benchmark)
+import * as dgram from "node:dgram";
+import { isIP, isIPv6 } from "node:net";
+import { loadNative } from "../runtime/native.ts";
+import type { NativeShim } from "../runtime/native-api.ts";
+import { sharedRelayLoop, type NativeRelayLoop } from "../runtime/native-relay.ts";
+import { NativeUdpSocket, type UdpPeer } from "../runtime/native-udp.ts";
+
+export type { UdpPeer } from "../runtime/native-udp.ts";
+
+/**
+ * Kernel buffers of a native UDP socket. Large enough to ride out a busy turn of the event loop
+ * at a gigabit (~8 ms); not larger: what waits in them is a tail that reaches the far server
+ * after its client stopped (see transport/datagram-budget.ts).
+ */
+export const UDP_BUFFER_BYTES = 1 << 20;
+
+export interface DatagramSocket {
+  /** Starts reading: the datagrams of one read, each with its sender (the same object for the same sender in a row). */
+  receive(listener: (datagrams: Buffer[], from: UdpPeer[]) => void): void;
+  /** To `to` (a sender this socket received from) or, on a connected socket, to its peer. Undeliverable ones are lost. */
+  send(datagrams: Buffer[], to?: UdpPeer): void;
+  close(): void;
+}
+
+let native: { shim: NativeShim; loop: NativeRelayLoop } | undefined;
+let fallbackReason: string | undefined = "UDP sockets were not prepared";
+let notice: (message: string) => void = () => {};
+let noticed = false;
+
+/** Decides once which sockets carry UDP forwards, and says so through `say` (and later if the native ones give way). */
+export async function prepareDatagrams(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  notice = say;
+  noticed = false;
+  const setting = env.PORTHOLE_NATIVE_UDP ?? "";
+  if (setting === "0" || setting === "false") fallbackReason = `PORTHOLE_NATIVE_UDP=${setting}`;
+  else {
+    const { shim, error } = await loadNative();
+    try {
+      if (!shim) throw new Error(`the native shim did not load (${error})`);
+      native = { shim, loop: sharedRelayLoop(shim) };
+      fallbackReason = undefined;
+    } catch (err) {
+      fallbackReason = (err as Error).message;
+    }
+  }
+  if (fallbackReason) sayFallback(fallbackReason);
+}
+
+/** Which sockets carry UDP now: "native", or the reason for the runtime's. */
+export function datagramMode(): { native: boolean; reason?: string } {
+  return usable() ? { native: true } : { native: false, reason: fallbackReason };
+}
+
+function sayFallback(reason: string): void {
+  if (noticed) return;
+  noticed = true;
+  notice(
+    `UDP forwards use the runtime's sockets, one datagram per call, which loses datagrams above a few hundred Mbit/s: ${reason}. ` +
+      "Batched UDP needs the porthole shim (built by make); unset PORTHOLE_NATIVE_UDP to use it.",
+  );
+}
+
+function usable(): { shim: NativeShim; loop: NativeRelayLoop } | undefined {
+  if (native?.loop.broken && !fallbackReason) {
+    fallbackReason = `the native relay thread stopped: ${native.loop.broken}`;
+    sayFallback(fallbackReason);
+  }
+  return fallbackReason ? undefined : native;
+}
+
+/** A socket bound to ip:port (an IPv6 one takes IPv6 only); rejects with the errno's name as `code` (EADDRINUSE, …). */
+export async function bindDatagrams(ip: string, port: number): Promise<DatagramSocket> {
+  const n = isIP(ip) ? usable() : undefined; // the shim takes numeric addresses only
+  if (n) return nativeSocket(NativeUdpSocket.open(n.shim, n.loop, { local: { host: ip, port }, v6only: isIPv6(ip), bufferBytes: UDP_BUFFER_BYTES }));
+  const socket = dgram.createSocket({ type: isIPv6(ip) ? "udp6" : "udp4", ipv6Only: isIPv6(ip) });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("error", reject);
+    socket.bind(port, ip, () => {
+      socket.off("error", reject);
+      resolve();
+    });
+  });
+  return runtimeSocket(socket, false);
+}
+
+/** A socket connected to ip:port (replies come only from there). */
+export async function connectDatagrams(ip: string, port: number): Promise<DatagramSocket> {
+  const n = isIP(ip) ? usable() : undefined; // the shim takes numeric addresses only
+  if (n) return nativeSocket(NativeUdpSocket.open(n.shim, n.loop, { peer: { host: ip, port }, bufferBytes: UDP_BUFFER_BYTES }));
+  const socket = dgram.createSocket(isIPv6(ip) ? "udp6" : "udp4");
+  socket.on("error", () => {}); // e.g. ECONNREFUSED: the server is not there right now
+  await new Promise<void>((resolve) => socket.connect(port, ip, resolve));
+  return runtimeSocket(socket, true);
+}
+
+function nativeSocket(socket: NativeUdpSocket): DatagramSocket {
+  return {
+    receive: (listener) => socket.receive(listener),
+    send: (datagrams, to) => socket.send(datagrams, to),
+    close: () => socket.close(),
+  };
+}
+
+function runtimeSocket(socket: dgram.Socket, connected: boolean): DatagramSocket {
+  let open = true;
+  // After binding, a send error (e.g. a client that went away) concerns one datagram only.
+  socket.on("error", () => {});
+  return {
+    receive: (listener) => {
+      socket.on("message", (data, info) => listener([data], [{ address: info.address, port: info.port }]));
+    },
+    send: (datagrams, to) => {
+      if (!open) return;
+      for (const d of datagrams) {
+        if (connected) socket.send(d);
+        else if (to) socket.send(d, to.port, to.address);
+      }
+    },
+    close: () => {
+      if (!open) return;
+      open = false;
+      socket.close();
+    },
+  };
+}

@@ -1,0 +1,104 @@
+// The shim's batched UDP sockets (native/udp.c through runtime/native-udp.ts) against the
+// runtime's own node:dgram sockets as the far end: datagram bounds, senders, IPv6-only binds,
+// the errno of a taken port, many datagrams handed over at once.
+import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import * as dgram from "node:dgram";
+import { NativeError, type NativeShim } from "../../src/runtime/native-api.ts";
+import { loadNative } from "../../src/runtime/native.ts";
+import { sharedRelayLoop, type NativeRelayLoop } from "../../src/runtime/native-relay.ts";
+import { NativeUdpSocket, type UdpPeer } from "../../src/runtime/native-udp.ts";
+import { waitUntil } from "../wait.ts";
+
+let shim: NativeShim;
+let loop: NativeRelayLoop;
+beforeAll(async () => {
+  const loaded = await loadNative();
+  if (!loaded.shim) throw new Error(`the native shim did not load: ${loaded.error} (run make shim)`);
+  shim = loaded.shim;
+  loop = sharedRelayLoop(shim);
+});
+
+const cleanups: (() => void)[] = [];
+afterEach(() => cleanups.splice(0).forEach((f) => f()));
+
+function open(options: Parameters<typeof NativeUdpSocket.open>[2]): NativeUdpSocket {
+  const socket = NativeUdpSocket.open(shim, loop, options);
+  cleanups.push(() => socket.close());
+  return socket;
+}
+
+async function peer(type: "udp4" | "udp6", host: string): Promise<dgram.Socket> {
+  const s = dgram.createSocket({ type, ipv6Only: type === "udp6" });
+  await new Promise<void>((resolve) => s.bind(0, host, resolve));
+  cleanups.push(() => s.close());
+  return s;
+}
+
+describe("native UDP sockets", () => {
+  test("a bound socket reads a burst in whole datagrams (0 to 60,000 bytes), each with its sender; replies go back to each", async () => {
+    const socket = open({ local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
+    const port = socket.localPort();
+    const [a, b] = [await peer("udp4", "127.0.0.1"), await peer("udp4", "127.0.0.1")];
+    const got: { data: Buffer; from: UdpPeer }[] = [];
+    socket.receive((datagrams, from) => datagrams.forEach((data, i) => got.push({ data, from: from[i]! })));
+    const sizes = [0, 1, 1400, 60_000, 3, 9000];
+    for (const [i, n] of sizes.entries()) (i % 2 ? b : a).send(Buffer.alloc(n, i + 1), port, "127.0.0.1");
+    await waitUntil("every datagram", () => got.length === sizes.length);
+    expect(got.map((g) => g.data.length)).toEqual(sizes);
+    got.forEach((g, i) => expect(g.data.equals(Buffer.alloc(sizes[i]!, i + 1))).toBe(true));
+    expect(got.map((g) => g.from.port)).toEqual(sizes.map((_, i) => (i % 2 ? b : a).address().port));
+    expect(got[0]!.from.address).toBe("127.0.0.1");
+
+    const replies: Buffer[] = [];
+    b.on("message", (m) => replies.push(m));
+    socket.send([Buffer.from("one"), Buffer.alloc(0), Buffer.from("three")], got[1]!.from);
+    await waitUntil("the replies", () => replies.length === 3);
+    expect(replies.map((r) => r.toString())).toEqual(["one", "", "three"]);
+  });
+
+  test("a connected socket sends to its peer and hears only it; an IPv6 bind takes IPv6 only", async () => {
+    const server = await peer("udp6", "::1");
+    const socket = open({ peer: { host: "::1", port: server.address().port }, bufferBytes: 1 << 20 });
+    const echoed: Buffer[] = [];
+    socket.receive((datagrams) => echoed.push(...datagrams));
+    server.on("message", (m, info) => server.send(m, info.port, info.address));
+    socket.send([Buffer.from("a"), Buffer.from("bb")]);
+    await waitUntil("the echoes", () => echoed.length === 2);
+    expect(echoed.map(String)).toEqual(["a", "bb"]);
+
+    const v6 = open({ local: { host: "::1", port: 0 }, v6only: true, bufferBytes: 0 });
+    expect(v6.localPort()).toBeGreaterThan(0);
+  });
+
+  test("a taken port fails with EADDRINUSE as the error's code (what the host forward reports), a name is refused", async () => {
+    const taken = await peer("udp4", "127.0.0.1");
+    let err: unknown;
+    try {
+      open({ local: { host: "127.0.0.1", port: taken.address().port }, bufferBytes: 0 });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(NativeError);
+    expect((err as NativeError).code).toBe("EADDRINUSE");
+    expect(() => open({ local: { host: "localhost", port: 0 }, bufferBytes: 0 })).toThrow(/EINVAL/);
+  });
+
+  test("2,000 datagrams handed over at once (sendmmsg 64 at a time) all arrive, whole and in order", async () => {
+    const receiver = open({ local: { host: "127.0.0.1", port: 0 }, bufferBytes: 8 << 20 });
+    let count = 0;
+    let inOrder = true;
+    receiver.receive((datagrams) => {
+      for (const d of datagrams) inOrder &&= d.readUInt32BE(0) === count++;
+    });
+    const sender = open({ peer: { host: "127.0.0.1", port: receiver.localPort() }, bufferBytes: 64 * 1024 });
+    const datagrams = Array.from({ length: 2000 }, (_, i) => {
+      const d = Buffer.alloc(1400);
+      d.writeUInt32BE(i, 0);
+      return d;
+    });
+    sender.send(datagrams);
+    await waitUntil("all of them", () => count === datagrams.length, 10_000);
+    expect(inOrder).toBe(true);
+    expect(sender.dropped).toBe(0);
+  });
+});
