@@ -1,6 +1,8 @@
 // The guest role: watch this namespace's sockets and serve GuestService on each listen address.
 import * as grpc from "@grpc/grpc-js";
 import { chownSync, mkdirSync } from "node:fs";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
@@ -11,6 +13,7 @@ import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.t
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
 import { EventState } from "./event-state.ts";
 import { checkPreface } from "./preface-check.ts";
+import { serveMux } from "./mux-server.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
 import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Detector, type DetectorChoice, type Scanner } from "./scanners.ts";
@@ -90,11 +93,12 @@ export class GuestAgent {
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     try {
       for (const address of this.options.listen) {
-        const served = await serveTransport(
-          address,
-          (socket) => checkPreface(socket, formatTransportAddress(address), this.options.log, (s) => injector.injectConnection(s)),
-          this.options,
-        );
+        const name = formatTransportAddress(address);
+        const serveGrpc = (s: Duplex) => injector.injectConnection(s);
+        // A host that probes for the lean multiplexer (one-stream channels) gets it: its gRPC
+        // connection and every forwarded connection then share this one stream.
+        const onMux = (raw: Socket, rest: Buffer) => void serveMux(raw, rest, (s) => checkPreface(s, `${name} (multiplexed)`, this.options.log, serveGrpc), this.options.log, name);
+        const served = await serveTransport(address, (socket) => checkPreface(socket, name, this.options.log, serveGrpc, onMux), this.options);
         this.served.push(served);
         this.giveSocket(address);
         const data = dataEndpointFor(address);

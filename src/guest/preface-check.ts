@@ -9,13 +9,17 @@ import type * as net from "node:net";
 import type { Duplex } from "node:stream";
 import { memoryPair } from "../transport/memory-pair.ts";
 import { relayFixingAuthority } from "../runtime/h2-authority.ts";
-
-const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+import { HTTP2_PREFACE, MUX_PROBE } from "../core/mux-frames.ts";
 const PREFACE_TIMEOUT_MS = 10_000;
 /** The empty-:authority fix is said once per agent, not once per connection. */
 let toldEmptyAuthority = false;
 
-export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: Duplex) => void): void {
+/**
+ * `onMux`: a connection that opens with the porthole host's mux probe (core/mux-frames.ts)
+ * goes there, with the bytes after the probe; without it such a connection is plain HTTP/2
+ * (the probe is valid HTTP/2), as for any stock server.
+ */
+export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: Duplex) => void, onMux?: (socket: net.Socket, rest: Buffer) => void): void {
   let seen = Buffer.alloc(0);
   const reject = (why: string) => {
     log(`${name}: closed a connection that ${why}`);
@@ -31,8 +35,17 @@ export function checkPreface(socket: net.Socket, name: string, log: (line: strin
       return reject(`is not speaking gRPC (${seen.length} bytes that are not an HTTP/2 preface)`);
     }
     if (seen.length < HTTP2_PREFACE.length) return;
+    // The mux probe starts with the preface: wait while the bytes still match it (a gRPC
+    // client's own SETTINGS differ within their first 3 bytes).
+    const m = Math.min(seen.length, MUX_PROBE.length);
+    const probing = onMux !== undefined && seen.subarray(0, m).equals(MUX_PROBE.subarray(0, m));
+    if (probing && seen.length < MUX_PROBE.length) return;
     clearTimeout(timer);
     socket.off("data", onData);
+    if (probing) {
+      socket.pause();
+      return onMux(socket, seen.subarray(MUX_PROBE.length));
+    }
     const [inner, outer] = memoryPair(socket);
     // The relay also lets clients that send an empty :authority in (Lima's host agent).
     relayFixingAuthority(socket, outer as net.Socket, seen, () => {
