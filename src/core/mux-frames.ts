@@ -4,11 +4,12 @@
 // porthole agents only; a stock Lima peer never sees it. No I/O here.
 //
 // How the agents agree, on the stream itself: the host opens the agent connection with a
-// probe that is a valid HTTP/2 start: the client preface, a SETTINGS frame whose one setting
-// has an identifier HTTP/2 tells every peer to ignore (RFC 9113 §6.5.2), and a PING. A stock
-// HTTP/2 server (Lima's grpc-go, grpc C-core, an older porthole) ignores the setting and
-// answers the PING; a porthole guest recognises the exact probe and answers MUX_ACCEPT, after
-// which both directions carry mux frames. The host tells the two apart by which comes first.
+// probe that is a valid HTTP/2 start: the client preface and a SETTINGS frame whose one
+// setting has an identifier HTTP/2 tells every peer to ignore (RFC 9113 §6.5.2). A stock
+// HTTP/2 server (Lima's grpc-go, grpc C-core, an older porthole) must send SETTINGS as its
+// first frame (§3.4) and ignores the setting; a porthole guest recognises the exact probe and
+// answers MUX_ACCEPT instead, after which both directions carry mux frames. No PING: a stock
+// peer sees nothing but an ordinary connection start.
 //
 // A frame: stream id (u32), kind (u8), length (u32), then `length` bytes.
 //   OPEN     host -> guest: the target, "tcp HOST:PORT", "unix /path" or "agent" (the gRPC server)
@@ -32,10 +33,7 @@ export const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /** A SETTINGS identifier no HTTP/2 peer knows ("PH"), and its value (the mux version). */
 const PROBE_SETTING = 0x5048;
 const PROBE_VERSION = 1;
-/** The PING's opaque data: the host recognises the stock peer's answer by it. */
-export const PROBE_PING_DATA = Buffer.from("phmux?01");
 const H2_SETTINGS = 0x4;
-const H2_PING = 0x6;
 const H2_ACK = 0x1;
 /** Not an HTTP/2 frame type in use; only a porthole host that probed ever reads it. */
 const ACCEPT_TYPE = 0xf1;
@@ -57,7 +55,7 @@ function probeSetting(): Buffer {
 }
 
 /** What the host sends first on an agent connection that may become a mux. */
-export const MUX_PROBE = Buffer.concat([HTTP2_PREFACE, h2Frame(H2_SETTINGS, 0, probeSetting()), h2Frame(H2_PING, 0, PROBE_PING_DATA)]);
+export const MUX_PROBE = Buffer.concat([HTTP2_PREFACE, h2Frame(H2_SETTINGS, 0, probeSetting())]);
 /** A porthole guest's answer to the probe; mux frames follow it. */
 export const MUX_ACCEPT = h2Frame(ACCEPT_TYPE, 0, Buffer.from("porthole-mux/1"));
 
@@ -166,14 +164,14 @@ export function parseMuxTarget(text: string): MuxTarget | { error: string } {
 }
 
 /**
- * The host's reading of a stock HTTP/2 server's first frames after the probe: which frames
- * go on to grpc-js (everything but the ACK of the probe's SETTINGS and the PING's answer),
- * and where the answer to the PING ends (the probe is over there). `accepted`: the first
- * bytes are MUX_ACCEPT instead.
+ * The host's reading of the first frames after the probe. MUX_ACCEPT first: a porthole guest
+ * (the bytes after it are mux frames). SETTINGS first: a stock HTTP/2 server, whose frames go
+ * on to grpc-js, except the ACK of the probe's SETTINGS (grpc-js never sent those): the
+ * server's first SETTINGS ACK, and the probe is over once it came.
  */
 export class ProbeReader {
   private buf: Buffer = Buffer.alloc(0);
-  private settingsAcked = false;
+  private first = true;
   /** The stock server's frames for grpc-js, in order. */
   private kept: Buffer[] = [];
 
@@ -184,18 +182,18 @@ export class ProbeReader {
       const length = this.buf.readUIntBE(at, 3);
       const type = this.buf[at + 3]!;
       const flags = this.buf[at + 4]!;
+      if (this.first) {
+        if (type === ACCEPT_TYPE && this.buf.length >= MUX_ACCEPT.length) {
+          if (!this.buf.subarray(0, MUX_ACCEPT.length).equals(MUX_ACCEPT)) return { state: "bad", reason: "a malformed answer to the mux probe" };
+          return { state: "accepted", rest: this.buf.subarray(MUX_ACCEPT.length) };
+        }
+        if (type !== ACCEPT_TYPE && (type !== H2_SETTINGS || flags & H2_ACK)) return { state: "bad", reason: "the agent did not start its answer with HTTP/2 SETTINGS" };
+      }
       if (this.buf.length - at < 9 + length) break;
+      this.first = false;
       const frame = this.buf.subarray(at, at + 9 + length);
       at += 9 + length;
-      if (type === ACCEPT_TYPE) {
-        if (this.kept.length || this.settingsAcked || at !== MUX_ACCEPT.length || !frame.equals(MUX_ACCEPT)) return { state: "bad", reason: "a mux answer out of place" };
-        return { state: "accepted", rest: this.buf.subarray(at) };
-      }
-      if (type === H2_SETTINGS && flags & H2_ACK && !this.settingsAcked) {
-        this.settingsAcked = true; // the ACK of the probe's SETTINGS: grpc-js never sent those
-        continue;
-      }
-      if (type === H2_PING && flags & H2_ACK && frame.subarray(9).equals(PROBE_PING_DATA)) {
+      if (type === H2_SETTINGS && flags & H2_ACK) {
         return { state: "stock", pass: Buffer.concat(this.kept), rest: this.buf.subarray(at) };
       }
       this.kept.push(Buffer.from(frame));
