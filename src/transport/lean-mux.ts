@@ -74,7 +74,7 @@ export class MuxSession {
       this.rawBlocked = false;
       const waiting = [...this.waitingForRaw];
       this.waitingForRaw.clear();
-      for (const s of waiting) if (!s.starved && !s.reset) s.endpoint?.resume();
+      for (const s of waiting) this.flush(s);
     });
     raw.once("end", () => this.close("the agent stream ended"));
     raw.once("error", (err) => this.close(`the agent stream failed: ${err.message}`));
@@ -175,8 +175,11 @@ export class MuxSession {
   /** Sends what credit allows of the stream's queue, then its EOF once the queue is empty. */
   private flush(stream: Stream): void {
     if (stream.reset || this.closed) return;
-    this.raw.cork?.();
-    while (stream.queue.length && stream.credit > 0) {
+    // No cork, and nothing more once the agent stream is full: the runtime gathers buffered
+    // writes into one new buffer (a copy of every byte: `concat` was 20% of the host agent's
+    // samples in a profile); header and bytes go as two writes instead (with a copy into one
+    // buffer, or cork, no faster here).
+    while (stream.queue.length && stream.credit > 0 && !this.rawBlocked) {
       const head = stream.queue[0]!;
       const n = Math.min(head.length, stream.credit, MUX_MAX_FRAME);
       const piece = n === head.length ? head : head.subarray(0, n);
@@ -186,12 +189,11 @@ export class MuxSession {
       this.raw.write(muxDataHeader(stream.id, n));
       if (!this.raw.write(piece)) this.rawBlocked = true;
     }
-    if (!stream.queue.length && stream.localEOF && !stream.sentEOF) {
+    if (!stream.queue.length && stream.localEOF && !stream.sentEOF && !this.rawBlocked) {
       stream.sentEOF = true;
       this.send(muxFrame(stream.id, MuxKind.EOF));
       this.doneIfOver(stream);
     }
-    process.nextTick(() => this.raw.uncork?.());
     const endpoint = stream.endpoint;
     if (!endpoint) return;
     stream.starved = stream.queue.length > 0;
