@@ -127,7 +127,7 @@ export class HostAgent {
     if ((this.forwarder.value === "auto" || this.forwarder.value === "fast") && (address.kind === "unix" || address.kind === "tcp") && singleStream(address, existsSync)) {
       this.muxLink = new MuxLink(address, {
         changed: (usable, reason) => this.emit({ type: "path-changed", address: guest, path: "mux", state: usable ? "usable" : "unusable", reason }),
-        failed: (message) => this.log(`agent connection: ${message}`),
+        failed: (message) => this.emit({ type: "warning", message: `agent channel: ${message}` }),
       }, options.token);
     }
     let announcedWaiting = false;

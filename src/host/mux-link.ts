@@ -22,7 +22,7 @@ const PROBE_TIMEOUT_MS = 5000;
 export interface MuxLinkEvents {
   /** The multiplexer became usable (a porthole guest took it) or not (a stock peer), with why: said on changes only. */
   changed(usable: boolean, reason: string): void;
-  /** A connection attempt that failed (grpc-js retries it). */
+  /** The agent connection broke the protocol (grpc-js connects again). */
   failed(message: string): void;
 }
 
@@ -35,15 +35,27 @@ export function singleStream(address: TransportAddress, dataEndpointExists: (pat
 export class MuxLink {
   private readonly relay: ClientTarget;
   private current: MuxSession | undefined;
+  private readonly events: MuxLinkEvents;
   private usable: boolean | undefined;
   /** Totals of the sessions already over (the current one's are added on read). */
   private readonly past: MuxTotals = { streams: 0, open: 0, sent: 0, received: 0 };
 
+  /** Protocol failures already said (a guest that keeps failing the same way is said once). */
+  private readonly said = new Set<string>();
+
   constructor(
     private readonly address: Extract<TransportAddress, { kind: "unix" | "tcp" }>,
-    private readonly events: MuxLinkEvents,
+    events: MuxLinkEvents,
     private readonly token?: string,
   ) {
+    this.events = {
+      changed: events.changed,
+      failed: (message) => {
+        if (this.said.has(message) || this.said.size > 100) return;
+        this.said.add(message);
+        events.failed(message);
+      },
+    };
     // Each grpc-js connection: a fresh agent connection, probed.
     this.relay = privateUnixListener((local) => {
       local.on("error", () => {}); // its session or join resets the far side
@@ -87,7 +99,13 @@ export class MuxLink {
 
   private async connect(local: net.Socket): Promise<void> {
     local.pause();
-    const raw = await this.dial();
+    let raw: net.Socket;
+    try {
+      raw = await this.dial();
+    } catch {
+      // Nothing answers: grpc-js sees its connection fail, and the guest connection says so.
+      return void local.destroy();
+    }
     if (local.destroyed) return void raw.destroy();
     raw.write(MUX_PROBE);
     const reader = new ProbeReader();
@@ -124,7 +142,10 @@ export class MuxLink {
 
   private async multiplex(local: net.Socket, raw: net.Socket, rest: Buffer): Promise<void> {
     this.retire();
-    const session = new MuxSession(raw, "host", {}, rest);
+    const session = new MuxSession(raw, "host", {
+      // The guest going away is the ordinary end (grpc-js reconnects); a broken format is said.
+      onClose: (reason) => reason.startsWith("the agent stream") || this.events.failed(`closed the multiplexed agent connection: ${reason}; its connections were reset`),
+    }, rest);
     this.current = session;
     try {
       const id = await session.open("agent");

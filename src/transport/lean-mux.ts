@@ -205,9 +205,14 @@ export class MuxSession {
 
   private receive(chunk: Buffer): void {
     if (this.closed) return;
-    for (const item of this.decoder.push(chunk)) {
-      this.handle(item);
-      if (this.closed) return;
+    try {
+      for (const item of this.decoder.push(chunk)) {
+        this.handle(item);
+        if (this.closed) return;
+      }
+    } catch (err) {
+      // Whatever the far side sent, it ends this session only, never the agent.
+      this.close(`a frame from the ${this.peer} could not be handled (${(err as Error).message})`);
     }
   }
 
