@@ -11,6 +11,8 @@ import { memoryPair } from "../transport/memory-pair.ts";
 import { noteDialError } from "./fd-pressure.ts";
 
 export function serveMux(raw: net.Socket, rest: Buffer, serveAgent: (socket: net.Socket) => void, log: (line: string) => void, name: string): MuxSession {
+  // A frame's header and its bytes go as two writes: Nagle must not hold the second (TCP).
+  if (typeof raw.setNoDelay === "function") raw.setNoDelay(true);
   raw.write(MUX_ACCEPT);
   const session: MuxSession = new MuxSession(
     raw,
