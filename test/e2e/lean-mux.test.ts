@@ -5,7 +5,9 @@
 // CPython for how a stream ended).
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import * as dgram from "node:dgram";
+import { existsSync, mkdirSync } from "node:fs";
+import * as http from "node:http";
 import * as net from "node:net";
 import { join } from "node:path";
 import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, pathsOf, PORTHOLE, readToEnd, startHostAgent, statusJSON, useHarness } from "./harness.ts";
@@ -176,6 +178,46 @@ describe("the lean multiplexer over a virtio-serial stand-in", () => {
     writer.destroy();
     idle.destroy();
     expect(pathsOf(control, echoPort)).toEqual({ mux: 1 });
+  });
+
+  e2eTest("a guest unix socket forwarded to a host socket goes over the mux too (an HTTP request)", async () => {
+    let guestSocket = "";
+    const { guest, host, control } = await serialPair((g) => {
+      mkdirSync(join(g.dir, "in-guest"));
+      guestSocket = join(g.dir, "in-guest", "http.sock");
+      return ["--config", g.writeFile("c.yaml", `portForwards:\n- guestSocket: ${guestSocket}\n  hostSocket: http.sock\n`)];
+    });
+    await guest.startFixture(["http-unix", guestSocket]);
+    const hostSocket = join(guest.dir, "state", "http.sock");
+    await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === hostSocket, "the socket forward");
+    const body = await new Promise<string>((resolve, reject) => {
+      http.get({ socketPath: hostSocket, path: "/ping" }, (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (text += c));
+        res.on("end", () => resolve(text));
+      }).on("error", reject);
+    });
+    expect(body).toBe("hello from the guest's unix socket, you asked for /ping");
+    expect(statusJSON(control).paths!.mux!.connections).toBe(1);
+  });
+
+  e2eTest("UDP keeps its gRPC flows, inside the same stream", async () => {
+    const { guest, host, control } = await serialPair();
+    const port = await freePort();
+    await guest.startServer("udp-echo", [["127.0.0.1", port]]);
+    const forwarded = await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+    expect(forwarded.path).toBe("grpc");
+    const client = dgram.createSocket("udp4");
+    try {
+      const reply = new Promise<string>((resolve) => client.on("message", (m) => resolve(m.toString())));
+      const timer = setInterval(() => client.send("over the mux's gRPC stream", port, "127.0.0.1"), 300);
+      expect(await reply).toBe("over the mux's gRPC stream");
+      clearInterval(timer);
+    } finally {
+      client.close();
+    }
+    expect(statusJSON(control).paths?.mux).toBeUndefined(); // no mux stream of its own: a gRPC flow
   });
 
   e2eTest("--forwarder grpc keeps gRPC tunnels on the same channel", async () => {
