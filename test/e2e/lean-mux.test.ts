@@ -220,6 +220,23 @@ describe("the lean multiplexer over a virtio-serial stand-in", () => {
     expect(statusJSON(control).paths?.mux).toBeUndefined(); // no mux stream of its own: a gRPC flow
   });
 
+  e2eTest("over a tcp:// channel with its token too: 1 MiB each way on the mux path", async () => {
+    const guest = Guest.create();
+    const { guestIP } = guest.linkToHost();
+    const token = guest.writeFile("token", "mux-token-0123456789abcdef\n");
+    const address = `tcp://${guestIP}:${await freePort()}`;
+    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", address, "--token-file", token], "guest agent");
+    await agent.waitForLine(/serving on tcp:/, "stderr");
+    const host = startHostAgent(guest, ["--guest", address, "--token-file", token]);
+    expect((await host.waitForEvent((e) => e.type === "path-changed" && e.path === "mux", "the mux event")).state).toBe("usable");
+    const port = await freePort();
+    await guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port);
+    const data = randomBytes(1 << 20);
+    expect(sha256(await exchange(port, data))).toBe(sha256(data));
+    expect(pathsOf(join(guest.dir, "state", "control.sock"), port)).toEqual({ mux: 1 });
+  });
+
   e2eTest("--forwarder grpc keeps gRPC tunnels on the same channel", async () => {
     const { guest, host, control } = await serialPair(() => ["--forwarder", "grpc"]);
     const port = await freePort();
