@@ -1,7 +1,9 @@
 // CPU profiles of both agents while iperf3 runs through one forwarder: the agents run from
 // source under Bun's sampling profiler (`--cpu-prof-md`, a grep-friendly summary written at
 // exit), with a guest in a network namespace as `make bench` has it.
-//   bun bench/profile.ts [--forwarder grpc|ssh] [--duration S] [--reverse] [--udp RATE] [--out DIR] [--no-prof] [--conns]
+//   bun bench/profile.ts [--forwarder grpc|ssh|auto] [--duration S] [--reverse] [--udp RATE] [--out DIR] [--no-prof] [--conns] [--channel tcp]
+// --channel tcp: the agent channel is one TCP stream with a token (the single-stream case: the
+// lean multiplexer with --forwarder auto, gRPC tunnels with grpc).
 import { iperf, IperfServer } from "./iperf.ts";
 import { mkdirSync, readFileSync } from "node:fs";
 import * as net from "node:net";
@@ -39,7 +41,14 @@ async function main(): Promise<void> {
   const guest = Guest.create();
   const { guestIP } = guest.linkToHost();
   const sshd = FORWARDER === "ssh" ? await guest.startSshd() : undefined;
-  const guestAgent = await guest.startAgent([], profiled(`guest-${FORWARDER}`));
+  const tcpChannel = flag("channel", "unix") === "tcp";
+  const token = tcpChannel ? guest.writeFile("token", "profile-token-0123456789abcdef\n") : "";
+  const agentAddress = tcpChannel ? `tcp://${guestIP}:${await freePort()}` : "";
+  const guestAgent = tcpChannel
+    ? guest.spawn([...profiled(`guest-${FORWARDER}-tcp`), "guest", "--listen", agentAddress, "--token-file", token], "guest agent")
+    : await guest.startAgent([], profiled(`guest-${FORWARDER}`));
+  if (tcpChannel) await guestAgent.waitForLine(/serving on/, "stderr");
+  const channelFlags = tcpChannel ? ["--guest", agentAddress, "--token-file", token] : [];
   const CONNS = args.includes("--conns"); // new connections (1-byte echo each) instead of iperf3
   const iperfPort = await freePort();
   if (CONNS) await guest.startServer("echo", [["127.0.0.1", iperfPort]]);
@@ -47,7 +56,7 @@ async function main(): Promise<void> {
   const hostPort = await freePort();
   const config = guest.writeFile("profile.yaml", `portForwards:\n- {guestPort: ${iperfPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
   const sshFlags = sshd ? ["--ssh", `tcp://${guestIP}:22`, "--ssh-user", "root", "--ssh-identity", sshd.clientKey, "--ssh-skip-host-key-check"] : [];
-  const host = startHostAgent(guest, ["--config", config, "--forwarder", FORWARDER, ...sshFlags], { command: profiled(`host-${FORWARDER}`) });
+  const host = startHostAgent(guest, ["--config", config, "--forwarder", FORWARDER, ...sshFlags, ...channelFlags], { command: profiled(`host-${FORWARDER}${tcpChannel ? "-tcp" : ""}`) });
   await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 30_000);
   await Bun.sleep(500);
   const extra = UDP ? ["-u", "-b", UDP, "-l", "1400", "-w", "4M"] : args.includes("--reverse") ? ["-R"] : [];

@@ -4,12 +4,12 @@
 // loopback, then latency, port detection and cost, and writes the same as JSON.
 //   bun bench/run.ts [--smoke] [--duration S] [--runs N] [--json FILE] [--only detection,cost,…] [--detector auto|ebpf|poll]
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
 import { iperf, IperfServer, type IperfResult } from "./iperf.ts";
-import { e2eBlocker, freePort, freePortBase, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, statusJSON, tryConnect, type Sshd } from "../test/lab.ts";
+import { e2eBlocker, fakeVirtioPort, freePort, freePortBase, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, statusJSON, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -40,7 +40,7 @@ const DETECTOR = flag("detector", "");
 const BURST = SMOKE ? 100 : 1000;
 const CHURN_RATE = 100;
 
-type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "fast-copy" | "fast-js" | "porthole-direct";
+type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "fast-copy" | "fast-js" | "porthole-direct" | "serial-grpc" | "serial-mux" | "tcp-grpc" | "tcp-mux";
 const COLUMNS: [Path, string][] = [
   ["direct", "direct loopback"],
   ["byIP", "by IP (veth)"],
@@ -51,6 +51,10 @@ const COLUMNS: [Path, string][] = [
   ["fast-copy", "data path, read/send (vsock-shaped)"],
   ["fast-js", "data path, JavaScript relay"],
   ["porthole-direct", "porthole direct"],
+  ["tcp-grpc", "single stream (tcp://): gRPC"],
+  ["tcp-mux", "single stream (tcp://): lean mux"],
+  ["serial-grpc", "single stream (virtio-serial stand-in): gRPC"],
+  ["serial-mux", "single stream (virtio-serial stand-in): lean mux"],
 ];
 
 interface Results {
@@ -228,6 +232,57 @@ async function main(): Promise<void> {
     };
     return mode;
   };
+  /**
+   * The QEMU case: the whole agent connection over one stream, with gRPC tunnels
+   * (`--forwarder grpc`) or the lean multiplexer (the default between porthole agents). The
+   * stream: tcp:// with a token (over the veth), or a virtio-serial stand-in (a pty for the
+   * guest's device, socat for QEMU's chardev socket, as the serial tests use).
+   */
+  const singleStream = (path: "serial-grpc" | "serial-mux" | "tcp-grpc" | "tcp-mux"): Mode => {
+    const mode: Mode = {
+      path,
+      udp: false,
+      async start(guestPort, hostPort) {
+        let channel: string[];
+        let agent: Proc;
+        let stand: Proc | undefined;
+        if (path.startsWith("serial")) {
+          const port = await fakeVirtioPort(guest);
+          stand = port.proc;
+          agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], `guest agent (${path})`);
+          await agent.waitForLine(/serving on/, "stderr");
+          for (let i = 0; i < 100 && !existsSync(port.chardev); i++) await Bun.sleep(50);
+          channel = ["--guest", `unix://${port.chardev}`];
+        } else {
+          const token = guest.writeFile("bench-token", "bench-token-0123456789abcdef\n");
+          const address = `tcp://${guestIP}:${await freePort()}`;
+          agent = guest.spawn([...PORTHOLE, "guest", "--listen", address, "--token-file", token], `guest agent (${path})`);
+          await agent.waitForLine(/serving on/, "stderr");
+          channel = ["--guest", address, "--token-file", token];
+        }
+        const config = guest.writeFile(`bench-${path}.yaml`, `portForwards:\n- {guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
+        const state = `${guest.dir}/state-${path}`;
+        const forwarder = path.endsWith("grpc") ? "grpc" : "auto";
+        const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder, ...channel, "--state-dir", state]);
+        await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward", 20_000);
+        const control = `${state}/control.sock`;
+        const expected = path.endsWith("grpc") ? "grpc" : "mux";
+        const pathNow = () => statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${hostPort}`)?.path;
+        for (let i = 0; i < 200 && pathNow() !== expected; i++) await Bun.sleep(100);
+        mode.pids = { host: host.proc.child.pid, guest: agent.child.pid };
+        return async () => {
+          const paths = pathsOf(control, hostPort);
+          log(`${path}: connections by path ${JSON.stringify(paths)}`);
+          const total = Object.values(paths).reduce((a, b) => a + b, 0);
+          if (total - (paths[expected] ?? 0) > 1) results.failures.push(`${path}: connections went by ${JSON.stringify(paths)}, not ${expected}`);
+          await host.proc.kill();
+          await agent.kill();
+          await stand?.kill();
+        };
+      },
+    };
+    return mode;
+  };
   const sshFlags = (s: Sshd) => ["--ssh", `tcp://${guestIP}:22`, "--ssh-user", "root", "--ssh-identity", s.clientKey, "--ssh-skip-host-key-check"];
   const modes: Mode[] = [
     porthole("grpc", "grpc"),
@@ -236,6 +291,10 @@ async function main(): Promise<void> {
     porthole("fast-copy", "fast", undefined, "copy"),
     porthole("fast-js", "fast", undefined, "0"),
     porthole("porthole-direct", "auto"),
+    singleStream("tcp-grpc"),
+    singleStream("tcp-mux"),
+    singleStream("serial-grpc"),
+    singleStream("serial-mux"),
     {
       path: "sshL",
       udp: false,

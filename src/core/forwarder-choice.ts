@@ -1,8 +1,9 @@
 // Which forwarder carries TCP, and whether SSH tries vsock first: Lima's environment
 // variables and porthole's flag and config keys, with their precedence. No I/O.
 /**
- * auto: direct where the guest is reachable by IP, else porthole's raw data path, else gRPC;
- * fast: the raw data path, else gRPC; grpc: Lima's Tunnel only; ssh: direct-tcpip channels.
+ * auto: direct where the guest is reachable by IP, else porthole's raw data path, else (a
+ * one-stream channel to a porthole guest) the lean multiplexer, else gRPC; fast: the same
+ * without direct; grpc: Lima's Tunnel only; ssh: direct-tcpip channels.
  */
 export type ForwarderKind = "auto" | "fast" | "grpc" | "ssh";
 export const FORWARDER_KINDS: readonly ForwarderKind[] = ["auto", "fast", "grpc", "ssh"];

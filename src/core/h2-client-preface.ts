@@ -5,8 +5,8 @@
 // client so marked never sends an empty :authority, so the guest can give its connection to the
 // HTTP/2 server as it is. Any other client (grpc-go as Lima's host agent dials sends an empty
 // :authority, which the runtimes' HTTP/2 servers refuse) goes through the relay that fixes it.
+import { HTTP2_PREFACE } from "./mux-frames.ts";
 
-export const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /**
  * The HTTP/2 stream window porthole's host asks for (SETTINGS_INITIAL_WINDOW_SIZE): 16 MiB less
  * 17 bytes, a value no other client sends, so it doubles as the mark.

@@ -1,10 +1,11 @@
 // The guest role: watch this namespace's sockets and serve GuestService on each listen address.
 import * as grpc from "@grpc/grpc-js";
 import { chownSync, mkdirSync } from "node:fs";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
 import { createTunedServer } from "../transport/grpc-tuning.ts";
-import type { Duplex } from "node:stream";
 import { loadNative } from "../runtime/native.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import type { UnreadConnection } from "../transport/unread.ts";
@@ -15,6 +16,7 @@ import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.t
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
 import { EventState } from "./event-state.ts";
 import { checkPreface, checkUnread } from "./preface-check.ts";
+import { serveMux } from "./mux-server.ts";
 import { watchFdPressure } from "./fd-pressure.ts";
 import { ephemeralPortRange, portholeServiceHandlers } from "./porthole-service.ts";
 import { bestScanner, type Detector, type DetectorChoice, type Scanner } from "./scanners.ts";
@@ -97,11 +99,15 @@ export class GuestAgent {
     try {
       for (const address of this.options.listen) {
         const name = formatTransportAddress(address);
-        const serve = (s: Duplex) => injector.injectConnection(s);
-        const served = await serveTransport(address, (socket) => checkPreface(socket, name, this.options.log, serve), {
+        const serveGrpc = (s: Duplex) => injector.injectConnection(s);
+        // A host that probes for the lean multiplexer (one-stream channels) gets it: its gRPC
+        // connection and every forwarded connection then share this one stream.
+        const onMux = (raw: Socket, rest: Buffer) => void serveMux(raw, rest, (s) => checkPreface(s, `${name} (multiplexed)`, this.options.log, serveGrpc), this.options.log, name);
+        const served = await serveTransport(address, (socket) => checkPreface(socket, name, this.options.log, serveGrpc, onMux), {
           ...this.options,
-          // With the shim, unix and vsock connections are checked in place (MSG_PEEK): no relay.
-          ...(native ? { onUnread: (c: UnreadConnection) => checkUnread(c, native, name, this.options.log, serve) } : {}),
+          // With the shim, unix and vsock connections are checked in place (MSG_PEEK): no relay
+          // in front of porthole's host (which probes for the mux only on one-stream channels).
+          ...(native ? { onUnread: (c: UnreadConnection) => checkUnread(c, native, name, this.options.log, serveGrpc) } : {}),
         });
         this.served.push(served);
         this.giveSocket(address);

@@ -11,11 +11,12 @@
 //   reaches gRPC through an in-process pair of streams that replays them (transport/memory-pair.ts).
 import type * as net from "node:net";
 import type { Duplex } from "node:stream";
-import { classifyClientPreface, HTTP2_PREFACE } from "../core/h2-client-preface.ts";
+import { classifyClientPreface } from "../core/h2-client-preface.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { memoryPair } from "../transport/memory-pair.ts";
 import type { UnreadConnection } from "../transport/unread.ts";
 import { relayFixingAuthority } from "../runtime/h2-authority.ts";
+import { HTTP2_PREFACE, MUX_PROBE } from "../core/mux-frames.ts";
 
 const PREFACE_TIMEOUT_MS = 10_000;
 /** What is peeked at: the preface and the client's SETTINGS fit easily. */
@@ -75,7 +76,12 @@ export function checkUnread(connection: UnreadConnection, native: NativeShim, na
   look();
 }
 
-export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: Duplex) => void): void {
+/**
+ * `onMux`: a connection that opens with the porthole host's mux probe (core/mux-frames.ts)
+ * goes there, with the bytes after the probe; without it such a connection is plain HTTP/2
+ * (the probe is valid HTTP/2), as for any stock server.
+ */
+export function checkPreface(socket: net.Socket, name: string, log: (line: string) => void, serve: (s: Duplex) => void, onMux?: (socket: net.Socket, rest: Buffer) => void): void {
   let seen = Buffer.alloc(0);
   const reject = (why: string) => {
     log(`${name}: closed a connection that ${why}`);
@@ -91,8 +97,17 @@ export function checkPreface(socket: net.Socket, name: string, log: (line: strin
       return reject(notGrpc(seen.length));
     }
     if (seen.length < HTTP2_PREFACE.length) return;
+    // The mux probe starts with the preface: wait while the bytes still match it (a gRPC
+    // client's own SETTINGS differ within their first 3 bytes).
+    const m = Math.min(seen.length, MUX_PROBE.length);
+    const probing = onMux !== undefined && seen.subarray(0, m).equals(MUX_PROBE.subarray(0, m));
+    if (probing && seen.length < MUX_PROBE.length) return;
     clearTimeout(timer);
     socket.off("data", onData);
+    if (probing) {
+      socket.pause();
+      return onMux(socket, seen.subarray(MUX_PROBE.length));
+    }
     serveThroughRelay(socket, seen, name, log, serve);
   };
   socket.on("data", onData);

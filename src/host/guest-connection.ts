@@ -64,9 +64,9 @@ export class GuestConnection {
   constructor(
     private readonly address: TransportAddress,
     private readonly handlers: GuestConnectionHandlers,
-    options: { token?: string } = {},
+    options: { token?: string; target?: ClientTarget } = {},
   ) {
-    this.target = clientTarget(address, options);
+    this.target = options.target ?? clientTarget(address, options);
     sendFramedAsIs();
     this.client = createGuestServiceClient(this.target.target, CLIENT_OPTIONS);
     this.porthole = createPortholeClient(this.client);

@@ -19,6 +19,8 @@ import { formatTransportAddress, type TransportAddress } from "../core/transport
 import { loadConfigFile, watchConfigFile } from "./config-file.ts";
 import { GrpcForwarder } from "./grpc-forwarder.ts";
 import { GuestConnection } from "./guest-connection.ts";
+import { MuxLink, singleStream } from "./mux-link.ts";
+import { existsSync } from "node:fs";
 import { Reconciler } from "./reconciler.ts";
 import { ReverseForward } from "./reverse-forward.ts";
 import { SshForwarder } from "./ssh-forwarder.ts";
@@ -112,9 +114,23 @@ export class HostAgent {
   /** `porthole forward add/remove/pause/resume`. */
   private readonly runtime: RuntimeForwards;
   private readonly onForward: OnForward | undefined;
+  /** The lean multiplexer, where the agent channel is one stream and the forwarder may use it. */
+  private readonly muxLink: MuxLink | undefined;
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
+    this.config = options.config ?? DEFAULT_CONFIG;
+    const env = options.env ?? process.env;
+    this.forwarder = chooseForwarder(options.forwarder, env.LIMA_SSH_PORT_FORWARDER, this.config.forwarder);
+    // One-stream channels (a serial port's chardev, tcp://): between porthole agents forwarded
+    // connections share the stream through the lean multiplexer; --forwarder grpc keeps gRPC.
+    const address = options.guest;
+    if ((this.forwarder.value === "auto" || this.forwarder.value === "fast") && (address.kind === "unix" || address.kind === "tcp") && singleStream(address, existsSync)) {
+      this.muxLink = new MuxLink(address, {
+        changed: (usable, reason) => this.emit({ type: "path-changed", address: guest, path: "mux", state: usable ? "usable" : "unusable", reason }),
+        failed: (message) => this.emit({ type: "warning", message: `agent channel: ${message}` }),
+      }, options.token);
+    }
     let announcedWaiting = false;
     this.connection = new GuestConnection(options.guest, {
       onConnected: (ports, hello) => {
@@ -147,7 +163,7 @@ export class HostAgent {
         if (wasUp && this.forwarder.value === "ssh") this.apply(); // UDP has no path now
       },
       onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.map(logText).join("; ")}`),
-    }, { token: options.token });
+    }, { token: options.token, target: this.muxLink });
     const grpc = new GrpcForwarder(
       this.connection.client,
       () => this.guestFeatures.includes("udp-batch"),
@@ -160,15 +176,13 @@ export class HostAgent {
     const warn = (message: string) => this.emit({ type: "warning", message });
     this.fdPressure = new FdPressure(warn);
     const trouble = (err: unknown, where: string) => this.trouble(err, where);
-    this.config = options.config ?? DEFAULT_CONFIG;
-    const env = options.env ?? process.env;
-    this.forwarder = chooseForwarder(options.forwarder, env.LIMA_SSH_PORT_FORWARDER, this.config.forwarder);
     if (this.forwarder.value === "ssh") {
       const settings = resolveSshSettings(options.ssh ?? {}, this.config.ssh, this.config.sshLocalPort, env, options.stateDir);
       this.sshLink = new SshLink({ ...settings.link, emit: report });
       if (settings.overVsock.warning) warn(settings.overVsock.warning);
     }
     this.router = new StreamRouter(this.forwarder.value, options.guest, grpc, this.sshLink ? new SshForwarder(this.sshLink) : undefined, report);
+    if (this.muxLink) this.router.useMux(this.muxLink);
     const router = this.router;
     if (options.onForward) {
       this.onForward = new OnForward({
@@ -247,7 +261,7 @@ export class HostAgent {
     this.control?.close();
     this.configWatcher?.close();
     this.sshLink?.stop();
-    this.connection.stop();
+    this.connection.stop(); // closes the mux link too (its target)
     this.router.stop();
     this.reconciler.destroy();
   }

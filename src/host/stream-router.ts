@@ -2,6 +2,7 @@
 //   direct  - connect to the guest by IP, only at addresses where the guest agent proved it
 //             answers (host/direct-paths.ts) and where the guest socket's family fits;
 //   fast    - porthole's raw data path: one stream per connection over the agent transport;
+//   mux     - a stream of the lean multiplexer, where the agent channel is one stream (host/mux-link.ts);
 //   grpc    - Lima's Tunnel stream (works with a stock Lima guest agent too);
 //   ssh     - a direct-tcpip channel (when the SSH forwarder is chosen).
 // A path that cannot connect hands the connection to the next one, says so in an event, and
@@ -25,8 +26,11 @@ import type { GrpcForwarder } from "./grpc-forwarder.ts";
 import type { PathTraffic } from "../core/status.ts";
 import { PathCounters } from "./path-counters.ts";
 import type { SshForwarder } from "./ssh-forwarder.ts";
+import type { MuxLink } from "./mux-link.ts";
+import { formatMuxTarget } from "../core/mux-frames.ts";
+import { MuxRefused } from "../transport/lean-mux.ts";
 
-export type DataPath = "direct" | "fast" | "grpc" | "ssh";
+export type DataPath = "direct" | "fast" | "mux" | "grpc" | "ssh";
 export type RouterMode = "auto" | "fast" | "grpc" | "ssh";
 
 const DIAL_TIMEOUT_MS = 2000;
@@ -47,6 +51,8 @@ export class StreamRouter {
   /** Paths that failed to connect, by "fast" or "direct IP:PORT", until their retry time. */
   private readonly failures = new Map<string, Failure>();
   readonly counters = new PathCounters();
+  /** The lean multiplexer, where the agent channel is one stream. */
+  private mux: MuxLink | undefined;
 
   constructor(
     private readonly mode: RouterMode,
@@ -97,12 +103,17 @@ export class StreamRouter {
     this.direct.stop();
   }
 
+  useMux(link: MuxLink): void {
+    this.mux = link;
+  }
+
   /** The path a new connection of this forward takes now. */
   pathFor(plan: PlannedForward): DataPath {
     if (this.mode === "ssh") return "ssh";
     if (this.mode === "grpc" || plan.protocol === "udp") return "grpc";
     if (this.mode === "auto" && this.directTarget(plan)) return "direct";
-    return this.fastUsable() ? "fast" : "grpc";
+    if (this.fastUsable()) return "fast";
+    return this.mux?.session && !this.blocked("mux") ? "mux" : "grpc";
   }
 
   /** Per path: connections and bytes, for the agent or for one forward (by its key). */
@@ -143,7 +154,24 @@ export class StreamRouter {
       }
       case "fast":
         return this.splice(socket, plan, "fast", "fast", () => this.openDataStream(plan));
+      case "mux":
+        return this.openMuxStream(socket, plan);
     }
+  }
+
+  /** A stream of the lean multiplexer; a target the guest refused resets the client, as on the data path. */
+  private openMuxStream(client: net.Socket, plan: PlannedForward): void {
+    const session = this.mux!.session!;
+    client.pause();
+    const target = formatMuxTarget(plan.protocol === "unix" ? { kind: "unix", path: plan.guestAddr } : { kind: "tcp", address: plan.guestAddr });
+    session.open(target).then(
+      (id) => {
+        this.succeeded("mux", plan);
+        this.counters.took("mux", plan.key, client);
+        session.attach(id, client);
+      },
+      (err: Error) => this.dialFailed(client, plan, "mux", "mux", err instanceof MuxRefused ? new RefusedByGuest(err.message) : err),
+    );
   }
 
   private async dialDirect(target: { host: string; port: number }): Promise<{ stream: net.Socket }> {

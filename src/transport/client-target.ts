@@ -47,11 +47,7 @@ export function clientTarget(address: TransportAddress, options: { token?: strin
  * no error here can end the agent; the directory goes with close() or the process.
  */
 export function relayThroughUnix(dial: () => Promise<net.Socket>, onError: (message: string) => void = () => {}): ClientTarget {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "porthole-relay-"));
-  const socketPath = path.join(dir, "agent.sock");
-  const remove = () => fs.rmSync(dir, { recursive: true, force: true });
-  process.once("exit", remove);
-  const server = net.createServer({ allowHalfOpen: true }, (local) => {
+  return privateUnixListener((local) => {
     local.pause();
     local.on("error", () => {}); // the relay below resets the far side; nothing to add
     dial().then(
@@ -65,7 +61,16 @@ export function relayThroughUnix(dial: () => Promise<net.Socket>, onError: (mess
         local.destroy();
       },
     );
-  });
+  }, onError);
+}
+
+/** A private unix socket (in a fresh 0700 directory) whose connections go to `onConnection`. */
+export function privateUnixListener(onConnection: (local: net.Socket) => void, onError: (message: string) => void = () => {}): ClientTarget {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "porthole-relay-"));
+  const socketPath = path.join(dir, "agent.sock");
+  const remove = () => fs.rmSync(dir, { recursive: true, force: true });
+  process.once("exit", remove);
+  const server = net.createServer({ allowHalfOpen: true }, onConnection);
   server.on("error", (err) => onError(`the private relay socket ${socketPath} failed: ${err.message}`));
   server.listen(socketPath);
   return {

@@ -1,7 +1,8 @@
 // The guest's in-place look at an agent connection's first bytes: garbage is told at once,
 // porthole's host by the mark in its SETTINGS, everyone else goes to the relay.
 import { describe, expect, test } from "bun:test";
-import { classifyClientPreface, HTTP2_PREFACE, PORTHOLE_CLIENT_WINDOW } from "../../src/core/h2-client-preface.ts";
+import { classifyClientPreface, PORTHOLE_CLIENT_WINDOW } from "../../src/core/h2-client-preface.ts";
+import { HTTP2_PREFACE } from "../../src/core/mux-frames.ts";
 
 /** A SETTINGS frame (stream 0) with these id/value pairs. */
 function settings(...pairs: [number, number][]): Buffer {

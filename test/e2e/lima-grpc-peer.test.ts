@@ -10,7 +10,7 @@ import * as dgram from "node:dgram";
 import * as net from "node:net";
 import { join, resolve } from "node:path";
 import hpack from "hpack.js";
-import { defer, e2eTest, freePort, Guest, PORTHOLE, Proc, runPorthole, startHostAgent, useHarness } from "./harness.ts";
+import { defer, e2eTest, exchange, freePort, Guest, pathsOf, PORTHOLE, Proc, runPorthole, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -220,6 +220,19 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     expect(status.stdout).toContain("guest agent: stock Lima");
     expect(JSON.parse(runPorthole(["status", "--control", control, "--json"]).stdout).guest.lima).toBe(true);
     expect(host.events.filter((e) => e.type === "stock-guest")).toHaveLength(1);
+  });
+
+  e2eTest("the host's lean-mux probe (valid HTTP/2) gets a plain HTTP/2 answer: said once, and connections go by gRPC tunnels", async () => {
+    const { guest, port, socket } = await stockGuest();
+    const control = join(guest.dir, "control.sock");
+    const host = startHostAgent(guest, ["--guest", `unix://${socket}`, "--control", control]);
+    const told = await host.waitForEvent((e) => e.type === "path-changed" && e.path === "mux", "the mux event");
+    expect(told.state).toBe("unusable");
+    expect(String(told.reason)).toContain("does not offer porthole's lean multiplexer");
+    expect((await host.waitForForwarding(port)).path).toBe("grpc");
+    for (let i = 0; i < 3; i++) expect((await exchange(port, Buffer.from(`stock ${i}`))).toString()).toBe(`stock ${i}`);
+    expect(pathsOf(control, port)).toEqual({ grpc: 3 });
+    expect(host.events.filter((e) => e.path === "mux")).toHaveLength(1);
   });
 
   e2eTest("a rule on guestProcess against a stock guest (no owners) matches no port, said once; the next rule decides", async () => {

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as dgram from "node:dgram";
 import { join } from "node:path";
-import { echoRoundTrip, exchange, freePort, Guest, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
+import { echoRoundTrip, exchange, freePort, Guest, pathsOf, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
 import { prepareImage, vmBlocker, type VmArch } from "./image.ts";
 import { Vm } from "./vm.ts";
 
@@ -95,6 +95,20 @@ for (const { arch, name, slow } of GUESTS) {
       await host.waitForForwarding(port, 60_000 * slow);
       expect((await exchange(port, Buffer.from("after the reconnect"))).toString()).toBe("after the reconnect");
       expect(await vm!.sh("pgrep -f 'porthole guest' >/dev/null && echo agent-alive")).toContain("agent-alive");
+    });
+
+    vmTest("with the default forwarder the two agents share QEMU's virtio-serial port through the lean multiplexer: 4 MiB both ways, counted on the mux path", async () => {
+      const port = await freePort();
+      await vm!.startFixture(`echo 127.0.0.1 ${port}`, undefined, 60_000 * slow);
+      await host!.proc.kill();
+      const state = join(scratch.dir, "state3");
+      host = startHostAgent(scratch, ["--guest", `unix://${vm!.chardev}`, "--state-dir", state]);
+      const mux = await host.waitForEvent((e) => e.type === "path-changed" && e.path === "mux", "the mux event", 60_000 * slow);
+      expect(mux.state).toBe("usable");
+      expect((await host.waitForForwarding(port, 60_000 * slow)).path).toBe("mux");
+      const { sent, received, receivedBytes } = await echoRoundTrip(port, 4 << 20);
+      expect([receivedBytes, received]).toEqual([4 << 20, sent]);
+      expect(pathsOf(join(state, "control.sock"), port)).toEqual({ mux: 1 });
     });
   });
 }
