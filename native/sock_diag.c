@@ -32,18 +32,26 @@ static int diag_socket(void) {
   return fd >= 0 ? fd : NEG_ERRNO;
 }
 
-/* One dump of (family, protocol) sockets whose state is in the `states` bit mask. */
-static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, uint16_t sport, uint8_t *buf, int cap, int n) {
-  struct {
-    struct nlmsghdr h;
-    struct inet_diag_req_v2 r;
-  } req;
+struct diag_request {
+  struct nlmsghdr h;
+  struct inet_diag_req_v2 r;
+};
+
+/* A sock_diag request about (family, protocol) sockets: a dump (NLM_F_DUMP) or one socket (0). */
+static struct diag_request diag_request(uint8_t family, uint8_t protocol, uint16_t flags) {
+  struct diag_request req;
   memset(&req, 0, sizeof req);
   req.h.nlmsg_len = sizeof req;
   req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.h.nlmsg_flags = NLM_F_REQUEST | flags;
   req.r.sdiag_family = family;
   req.r.sdiag_protocol = protocol;
+  return req;
+}
+
+/* One dump of (family, protocol) sockets whose state is in the `states` bit mask. */
+static int dump_one(int fd, uint8_t family, uint8_t protocol, uint32_t states, uint16_t sport, uint8_t *buf, int cap, int n) {
+  struct diag_request req = diag_request(family, protocol, NLM_F_DUMP);
   req.r.idiag_states = states;
   req.r.id.idiag_sport = htons(sport); /* 0: every port; else the kernel skips other ports */
   struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
@@ -117,16 +125,7 @@ int ph_diag_socket(uint8_t *buf, int cap, int protocols, int family, const uint8
   if (fd < 0) fd = diag_socket();
   if (fd < 0) return fd;
   uint8_t protocol = (protocols & 1) ? IPPROTO_TCP : IPPROTO_UDP;
-  struct {
-    struct nlmsghdr h;
-    struct inet_diag_req_v2 r;
-  } req;
-  memset(&req, 0, sizeof req);
-  req.h.nlmsg_len = sizeof req;
-  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.h.nlmsg_flags = NLM_F_REQUEST; /* no NLM_F_DUMP: one socket, looked up by address */
-  req.r.sdiag_family = (uint8_t)family;
-  req.r.sdiag_protocol = protocol;
+  struct diag_request req = diag_request((uint8_t)family, protocol, 0); /* no NLM_F_DUMP: one socket, looked up by address */
   req.r.idiag_states = ~0u;
   req.r.id.idiag_cookie[0] = req.r.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
   if (protocol == IPPROTO_TCP) {

@@ -535,6 +535,21 @@ export function echoRoundTrip(port: number, size: number, host = "127.0.0.1"): P
  * how it ended ("eof", or the error code such as ECONNRESET) and how many bytes came.
  * `stopAfter`: called once that many bytes arrived (e.g. to kill an agent mid-download).
  */
+/**
+ * A client that lets the server speak first: connects (half-open), reads until the server's
+ * EOF, then sends `reply` and ends its side; resolves with what the server sent, once closed.
+ */
+export function answerAfterEOF(port: number, reply: Buffer, host = "127.0.0.1"): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect({ host, port, allowHalfOpen: true });
+    socket.on("data", (c: Buffer) => chunks.push(c));
+    socket.on("error", reject);
+    socket.on("end", () => socket.end(reply));
+    socket.on("close", () => resolve(Buffer.concat(chunks)));
+  });
+}
+
 export function readToEnd(port: number, options: { host?: string; data?: Buffer; stopAfter?: [number, () => void]; timeoutMs?: number } = {}): Promise<{ end: string; bytes: number }> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: options.host ?? "127.0.0.1", port, allowHalfOpen: true });

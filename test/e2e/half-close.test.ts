@@ -4,9 +4,8 @@ import { describe, expect } from "bun:test";
 import * as grpc from "@grpc/grpc-js";
 import { createHash, randomBytes } from "node:crypto";
 import { readdirSync } from "node:fs";
-import * as net from "node:net";
 import { limaGuestServiceDefinition, type GuestEvent, type Info } from "../../src/proto/guest-service.ts";
-import { useHarness, e2eTest, exchange, freePort, Guest, startHostAgent, startPair } from "./harness.ts";
+import { useHarness, e2eTest, exchange, freePort, Guest, startHostAgent, startPair, answerAfterEOF } from "./harness.ts";
 
 useHarness();
 
@@ -31,15 +30,8 @@ describe.each(["grpc", "fast"])("half-close over %s", (forwarder) => {
     await host.waitForForwarding(port);
 
     const reply = randomBytes(512 << 10);
-    const fromServer = await new Promise<Buffer>((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      const socket = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true });
-      socket.on("data", (c: Buffer) => chunks.push(c));
-      socket.on("error", reject);
-      // EOF from the server first; only then does the client answer and close its side.
-      socket.on("end", () => socket.end(reply));
-      socket.on("close", () => resolve(Buffer.concat(chunks)));
-    });
+    // The server's EOF first; only then does the client answer and close its side.
+    const fromServer = await answerAfterEOF(port, reply);
     expect(fromServer.length).toBe(256 << 10);
     const line = await server.waitForLine(/^got /);
     expect(line).toBe(`got ${sha256(reply)}`);

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import * as http from "node:http";
 import * as net from "node:net";
 import { join } from "node:path";
-import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, pathsOf, PORTHOLE, readToEnd, startHostAgent, statusJSON, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, pathsOf, PORTHOLE, readToEnd, startHostAgent, statusJSON, useHarness, answerAfterEOF } from "./harness.ts";
 
 useHarness();
 
@@ -81,14 +81,8 @@ describe("the lean multiplexer over a virtio-serial stand-in", () => {
     const server = await guest.startFixture(["send-then-digest", "127.0.0.1", String(port), String(256 << 10)]);
     await host.waitForForwarding(port);
     const reply = randomBytes(512 << 10);
-    const fromServer = await new Promise<Buffer>((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      const socket = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true });
-      socket.on("data", (c: Buffer) => chunks.push(c));
-      socket.on("error", reject);
-      socket.on("end", () => socket.end(reply));
-      socket.on("close", () => resolve(Buffer.concat(chunks)));
-    });
+    // The server's EOF first; only then does the client answer and close its side.
+    const fromServer = await answerAfterEOF(port, reply);
     expect(fromServer.length).toBe(256 << 10);
     expect(await server.waitForLine(/^got /)).toBe(`got ${sha256(reply)}`);
     expect(pathsOf(control, port)).toEqual({ mux: 1 });

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { e2eTest, exchange, fdCount, freePort, Guest, type HostAgentProc, nativeMoved, PORTHOLE, type Proc, runPorthole, socketOutcome as outcome, startHostAgent, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fdCount, freePort, Guest, type HostAgentProc, nativeMoved, PORTHOLE, type Proc, runPorthole, socketOutcome as outcome, startHostAgent, useHarness, answerAfterEOF } from "./harness.ts";
 
 useHarness();
 
@@ -86,14 +86,8 @@ describe.each(relays)("data path with $name", ({ env, mode, counter }) => {
     expect((await exchange(digestPort, request)).toString()).toBe(sha256(request));
 
     const reply = randomBytes(512 << 10);
-    const fromServer = await new Promise<Buffer>((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      const socket = net.connect({ host: "127.0.0.1", port: sendPort, allowHalfOpen: true });
-      socket.on("data", (c: Buffer) => chunks.push(c));
-      socket.on("error", reject);
-      socket.on("end", () => socket.end(reply));
-      socket.on("close", () => resolve(Buffer.concat(chunks)));
-    });
+    // The server's EOF first; only then does the client answer and close its side.
+    const fromServer = await answerAfterEOF(sendPort, reply);
     expect(fromServer.length).toBe(256 << 10);
     expect(await sender.waitForLine(/^got /)).toBe(`got ${sha256(reply)}`);
     if (counter) expect(status(guest).relay.nativeRelays).toBe(2);

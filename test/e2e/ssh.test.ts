@@ -3,11 +3,9 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
-import * as net from "node:net";
 import { join } from "node:path";
 import {
-  e2eTest, echoRoundTrip, exchange, freePort, Guest, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd,
-} from "./harness.ts";
+  e2eTest, echoRoundTrip, exchange, freePort, Guest, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd, answerAfterEOF } from "./harness.ts";
 
 useHarness();
 
@@ -71,14 +69,8 @@ describe("SSH forwarder", () => {
     expect((await exchange(digestPort, request)).toString()).toBe(sha256(request));
 
     const reply = randomBytes(200_000);
-    const got = await new Promise<Buffer>((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      const socket = net.connect({ host: "127.0.0.1", port: sendPort, allowHalfOpen: true });
-      socket.on("data", (c: Buffer) => chunks.push(c));
-      socket.on("end", () => socket.end(reply));
-      socket.on("error", reject);
-      socket.on("close", () => resolve(Buffer.concat(chunks)));
-    });
+    // The server's EOF first; only then does the client answer and close its side.
+    const got = await answerAfterEOF(sendPort, reply);
     expect(got.length).toBe(100_000);
     expect(await sender.waitForLine(/^got /)).toBe(`got ${sha256(reply)}`);
   });
