@@ -105,6 +105,8 @@ struct relay {
   int dside;                 /* the dialed side's index (1 unless PH_DIAL_A) */
   int dial_flags;            /* PH_HELLO_HANDED, PH_AWAIT_STATUS */
   int awaiting;              /* connected, hello sent, its status byte not yet read */
+  int through;               /* connected (and hello sent) in ph_relay_dial already: relay at once */
+  int hello_sent;
   uint8_t *hello;            /* sent once connected (a data header, or a status byte) */
   int hello_len;
   struct sockaddr_storage dial_addr; /* where the thread connects the dialed side */
@@ -776,7 +778,8 @@ static void dial_failed(struct relay *r, int err) {
 /* Sends all of hello to fd at once: it is small and the socket new, so its buffer has room
  * (a short write is taken as a failure, never waited for). */
 static int send_hello(struct relay *r, int fd) {
-  if (r->hello_len <= 0) return 0;
+  if (r->hello_len <= 0 || r->hello_sent) return 0;
+  r->hello_sent = 1;
   ssize_t n = send(fd, r->hello, (size_t)r->hello_len, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (n == r->hello_len) return 0;
   return n < 0 ? errno : EAGAIN;
@@ -784,7 +787,7 @@ static int send_hello(struct relay *r, int fd) {
 
 /* The dial is through (connected, and answered where a status was awaited): both sides join
  * the epoll set and the relay runs as any other. */
-static void dial_done(struct relay *r, struct relay **ready) {
+static void dial_done(struct relay *r, struct relay **ready, int in_set) {
   int d = r->dside, h = 1 - r->dside;
   int e = (r->dial_flags & PH_HELLO_HANDED) ? send_hello(r, r->fd[h]) : 0;
   if (e) {
@@ -795,7 +798,7 @@ static void dial_done(struct relay *r, struct relay **ready) {
   dial_unlink(r);
   struct epoll_event evd = side_event(r, d, EPOLLIN | EPOLLRDHUP | EPOLLET);
   struct epoll_event evh = side_event(r, h, EPOLLIN | EPOLLRDHUP | EPOLLET);
-  if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[d], &evd) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[h], &evh) != 0) {
+  if (epoll_ctl(epfd, in_set ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, r->fd[d], &evd) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[h], &evh) != 0) {
     dial_failed(r, errno);
     return;
   }
@@ -812,7 +815,7 @@ static void status_check(struct relay *r, struct relay **ready) {
   if (n == 1) {
     if (status != 0) { dial_failed_flags(r, ECONNREFUSED, PH_STATUS_REFUSED); return; }
     r->awaiting = 0;
-    dial_done(r, ready);
+    dial_done(r, ready, 1);
   } else if (n == 0) {
     dial_failed_flags(r, ECONNRESET, PH_NO_STATUS);
   } else if (errno != EAGAIN && errno != EINTR) {
@@ -840,7 +843,7 @@ static void dial_check(struct relay *r, struct relay **ready) {
     if (epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) != 0) dial_failed(r, errno);
     return;
   }
-  dial_done(r, ready);
+  dial_done(r, ready, 1);
 }
 
 /* Dials past their deadline fail with ETIMEDOUT; returns the ms until the next deadline (-1: none). */
@@ -855,11 +858,13 @@ static int dial_deadlines(void) {
   return next == UINT64_MAX ? -1 : (int)(next - now);
 }
 
-/* The dialed side's socket and its non-blocking connect, here in the thread (so that the
- * event loop makes no system call for it). Returns -1 when it failed at once (handed back). */
-static int dial_start(struct relay *r) {
+/* The dialed side's socket and its non-blocking connect, made by ph_relay_dial itself: a
+ * unix connect completes at once, and a loopback TCP one usually does, so the far end is
+ * woken now, not after the relay thread's own wake-up. Once connected, hello goes out at once
+ * too (then only the status byte, if awaited, is left to the thread). 0 or an errno. */
+static int dial_connect(struct relay *r) {
   int fd = socket(r->dial_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) { dial_failed(r, errno); return -1; }
+  if (fd < 0) return errno;
   int one = 1;
   if (r->dial_addr.ss_family != AF_UNIX) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -872,11 +877,20 @@ static int dial_start(struct relay *r) {
   r->d[0].src = r->fd[0]; r->d[0].dst = r->fd[1];
   r->d[1].src = r->fd[1]; r->d[1].dst = r->fd[0];
   /* A unix listener whose backlog is full says EAGAIN (it has no "in progress"). */
-  if (connect(fd, (struct sockaddr *)&r->dial_addr, r->dial_addr_len) != 0 && errno != EINPROGRESS) {
-    dial_failed(r, errno);
-    return -1;
+  if (connect(fd, (struct sockaddr *)&r->dial_addr, r->dial_addr_len) != 0) {
+    if (errno != EINPROGRESS) return errno;
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    int err = -ph_socket_error(fd); /* reading SO_ERROR clears it: a refusal is said here, now */
+    if (err) return err;
+    if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0) return 0; /* the thread waits */
   }
-  return 0;
+  int e = (r->dial_flags & PH_HELLO_HANDED) ? 0 : send_hello(r, fd);
+  if (e) return e;
+  if (r->dial_flags & PH_AWAIT_STATUS) { r->awaiting = 1; return 0; }
+  e = (r->dial_flags & PH_HELLO_HANDED) ? send_hello(r, r->fd[1 - r->dside]) : 0;
+  if (!e) r->through = 1;
+  return e;
 }
 
 static void take_pending(struct relay **ready) {
@@ -888,11 +902,16 @@ static void take_pending(struct relay **ready) {
   pthread_mutex_unlock(&lock);
   for (struct relay *r = list, *next; r; r = next) {
     next = r->next_pending;
+    if (r->dialing && r->through) {
+      r->dialing = 0; /* never on the dialing list */
+      dial_done(r, ready, 0);
+      continue;
+    }
     if (r->dialing) {
-      if (dial_start(r) != 0) continue;
-      /* Only the dialed side, for its connection; the handed one joins once it is through. */
-      struct epoll_event out = side_event(r, r->dside, EPOLLOUT | EPOLLET);
-      if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &out) != 0) { dial_failed(r, errno); continue; }
+      /* Only the dialed side, for its connection (or its status byte); the handed one joins
+       * once it is through. */
+      struct epoll_event out = side_event(r, r->dside, r->awaiting ? EPOLLIN | EPOLLRDHUP | EPOLLET : EPOLLOUT | EPOLLET);
+      if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &out) != 0) { r->dialing = 0; dial_failed(r, errno); continue; }
       r->dial_next = dialing;
       if (dialing) dialing->dial_prev = r;
       dialing = r;
@@ -1159,8 +1178,7 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
  *   to fd_h (a status byte); with PH_AWAIT_STATUS the dialed side must then answer a status
  *   byte 0 within the deadline, or the dial fails (PH_STATUS_REFUSED, PH_NO_STATUS).
  * A dialed TCP socket gets TCP_NODELAY, and keepalive probes after keepalive_s idle seconds
- * (0: none). The socket and its connect are made in the relay thread (a connect that fails at
- * once is a failed dial like any other). Returns the relay's id, or -errno (a bad address).
+ * (0: none). Returns the relay's id, or -errno when the connect (or hello) failed at once.
  */
 int ph_relay_dial(int fd_h, const char *host, int port, const uint8_t *pre, int pre_len, int flags, int timeout_ms, int keepalive_s,
                   const uint8_t *hello, int hello_len) {
@@ -1197,7 +1215,7 @@ int ph_relay_dial(int fd_h, const char *host, int port, const uint8_t *pre, int 
   r->dial_addr = ss;
   r->dial_addr_len = ss_len;
   r->keepalive_s = keepalive_s;
-  r->fd[d] = -1; /* the thread makes it (dial_start) */
+  r->fd[d] = -1; /* dial_connect makes it */
   r->fd[h] = fcntl(fd_h, F_DUPFD_CLOEXEC, 0);
   int e = r->fd[h] < 0 ? NEG_ERRNO : 0;
   if (!e && hello_len > 0) {
@@ -1211,7 +1229,7 @@ int ph_relay_dial(int fd_h, const char *host, int port, const uint8_t *pre, int 
     set_nonblock(r->fd[h]);
     setsockopt(r->fd[h], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on unix */
     int copy = flags & PH_FORCE_COPY;
-    /* The dirs' fds are set again once the dialed socket exists (dial_start). */
+    /* The dirs' fds are set again once the dialed socket exists (dial_connect). */
     if (flags & PH_FRAMED_B) {
       /* pre are bytes read from fd_h: plain ones for b when fd_h is a, frames for a when it is b */
       e = d == 1 ? framed_init(r, copy, pre, pre_len, NULL, 0) : framed_init(r, copy, NULL, 0, pre, pre_len);
@@ -1220,6 +1238,7 @@ int ph_relay_dial(int fd_h, const char *host, int port, const uint8_t *pre, int 
       if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, d == 0 ? pre : NULL, d == 0 ? pre_len : 0);
     }
   }
+  if (!e) e = -dial_connect(r);
   r->dialing = 1;
   r->dial_deadline_ms = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 2000);
   return relay_register(r, e);
