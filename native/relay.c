@@ -40,6 +40,8 @@ enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3 };
 #define PH_DIAL_FAILED 512u /* ph_relay_dial: b never connected (err); a_to_b is a's fd, handed back */
 #define PH_STATUS_REFUSED 1024u /* with PH_DIAL_FAILED: the dialed side answered with a failure status byte */
 #define PH_NO_STATUS 2048u /* with PH_DIAL_FAILED: the dialed side closed before its status byte */
+#define PH_CONSUMED 4096u  /* with PH_DIAL_FAILED: bytes of the handed side already went out (it cannot go elsewhere) */
+#define PH_EARLY_MAX 4096  /* the most of the handed side's first bytes sent with the header */
 /* ph_relay_add flags. */
 #define PH_FORCE_COPY 1
 #define PH_FRAMED_B 2      /* side b carries PHDATA2 frames (see "framed relays" below) */
@@ -106,6 +108,7 @@ struct relay {
   int dial_flags;            /* PH_HELLO_HANDED, PH_AWAIT_STATUS */
   int awaiting;              /* connected, hello sent, its status byte not yet read */
   int through;               /* connected (and hello sent) in ph_relay_dial already: relay at once */
+  int consumed;              /* the handed side's first bytes went out before the status byte */
   int hello_sent;
   uint8_t *hello;            /* sent once connected (a data header, or a status byte) */
   int hello_len;
@@ -768,7 +771,7 @@ static void dial_failed_flags(struct relay *r, int err, uint32_t flags) {
   epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[h], NULL);
   r->handback_fd = r->fd[h];
   r->fd[0] = r->fd[1] = -1;
-  finish(r, PH_DIAL_FAILED | flags, err);
+  finish(r, PH_DIAL_FAILED | flags | (r->consumed ? PH_CONSUMED : 0), err);
 }
 
 static void dial_failed(struct relay *r, int err) {
@@ -858,6 +861,57 @@ static int dial_deadlines(void) {
   return next == UINT64_MAX ? -1 : (int)(next - now);
 }
 
+/*
+ * While the status byte is awaited, what the client already sent (read by JavaScript, or
+ * still in the kernel) goes out behind the header as its first frame (the guest reads both at once and hands them to its relay with the
+ * target's connection): one wake-up of each agent less before the target sees its first
+ * byte. Those bytes are gone from the client's socket, so a dial that fails after this resets
+ * the client (PH_CONSUMED) instead of handing it to another path; a refused target resets it
+ * anyway. Only on a fresh unix socket, at most PH_EARLY_MAX bytes: one send that fits its
+ * empty buffer whole or not at all. 0 or an errno.
+ */
+static int early_frame(struct relay *r) {
+  struct dir *d = &r->d[0]; /* a (the client) -> b (the stream) */
+  if (r->dside != 1) return 0;
+  if (d->queued > 0) {
+    /* Bytes JavaScript had read (queued by framed_init as the first frame): they go now. */
+    if (r->fr->ehdr_off != 0 || d->pipe_r >= 0 || d->queued > PH_EARLY_MAX) return 0;
+    uint8_t first[4 + PH_EARLY_MAX];
+    memcpy(first, r->fr->ehdr, 4);
+    memcpy(first + 4, d->buf + d->off, d->queued);
+    ssize_t w = send(r->fd[1], first, d->queued + 4, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w <= 0) return 0; /* still queued: the relay sends them once the status came */
+    r->consumed = 1;
+    if ((size_t)w != d->queued + 4) return EIO; /* cannot happen (see above) */
+    __atomic_fetch_add(&d->bytes, (uint64_t)d->queued, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&total_copied, (uint64_t)d->queued, __ATOMIC_RELAXED);
+    d->queued = 0;
+    d->off = 0;
+    r->fr->ehdr_off = 4;
+    return 0;
+  }
+  if (r->fr->ehdr_off != 4) return 0;
+  uint8_t buf[4 + PH_EARLY_MAX];
+  ssize_t n = read(r->fd[0], buf + 4, PH_EARLY_MAX);
+  if (n <= 0) return 0; /* nothing yet, or EOF (still there for the relay to read) */
+  put_be32(buf, (uint32_t)n);
+  ssize_t w = send(r->fd[1], buf, (size_t)n + 4, MSG_DONTWAIT | MSG_NOSIGNAL);
+  r->consumed = 1;
+  if (w != n + 4) {
+    if (w > 0) return EIO; /* cannot happen (see above); the dial fails rather than corrupt the stream */
+    /* Not sent at all: the relay sends them once the status came, as bytes JavaScript read. */
+    memcpy(d->buf, buf + 4, (size_t)n);
+    d->off = 0;
+    d->queued = (size_t)n;
+    put_be32(r->fr->ehdr, (uint32_t)n);
+    r->fr->ehdr_off = 0;
+    return 0;
+  }
+  __atomic_fetch_add(&d->bytes, (uint64_t)n, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&total_copied, (uint64_t)n, __ATOMIC_RELAXED);
+  return 0;
+}
+
 /* The dialed side's socket and its non-blocking connect, made by ph_relay_dial itself: a
  * unix connect completes at once, and a loopback TCP one usually does, so the far end is
  * woken now, not after the relay thread's own wake-up. Once connected, hello goes out at once
@@ -887,7 +941,11 @@ static int dial_connect(struct relay *r) {
   }
   int e = (r->dial_flags & PH_HELLO_HANDED) ? 0 : send_hello(r, fd);
   if (e) return e;
-  if (r->dial_flags & PH_AWAIT_STATUS) { r->awaiting = 1; return 0; }
+  if (r->dial_flags & PH_AWAIT_STATUS) {
+    r->awaiting = 1;
+    if (r->fr && r->dial_addr.ss_family == AF_UNIX) return early_frame(r);
+    return 0;
+  }
   e = (r->dial_flags & PH_HELLO_HANDED) ? send_hello(r, r->fd[1 - r->dside]) : 0;
   if (!e) r->through = 1;
   return e;

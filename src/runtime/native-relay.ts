@@ -27,6 +27,8 @@ export const RELAY_DIAL_FAILED = 512;
 export const RELAY_STATUS_REFUSED = 1024;
 /** With RELAY_DIAL_FAILED: the dialed side closed (or failed) before its status byte. */
 export const RELAY_NO_STATUS = 2048;
+/** With RELAY_DIAL_FAILED: the handed side's first bytes already went out (it cannot take another path). */
+export const RELAY_CONSUMED = 4096;
 const FORCE_COPY = 1;
 const FRAMED_B = 2;
 const DIAL_A = 4;

@@ -13,6 +13,7 @@ import {
   fdsHidden,
   RELAY_AFTER_END,
   RELAY_BAD_FRAME,
+  RELAY_CONSUMED,
   RELAY_DIAL_FAILED,
   RELAY_NO_STATUS,
   RELAY_RESET,
@@ -232,7 +233,8 @@ export class RefusedByPeer extends Error {}
  * The client's socket object closes at once (use `afterRelay` and `relayedBytes` as for a
  * join). `onConnected` runs once the target accepted (and answered); `onFailed` when it did
  * not (refused, reset, unreachable, a RefusedByPeer status, or no answer within timeoutMs),
- * with the client's connection untouched as a new socket object (paused, what it had sent
+ * with the client's connection untouched as a new socket object (reset already, when its first
+ * bytes went out with the data header before the dial failed) (paused, what it had sent
  * still to be read), for the caller to route elsewhere or reset; the old object's
  * afterRelay/relayedBytes follow the new one. Returns false where the native relay cannot do
  * it (the caller dials in JavaScript).
@@ -266,6 +268,8 @@ export function dialAndJoin(
         h.end = { flags: end.flags, err: end.err, aToB: 0, bToA: 0 };
         for (const w of h.waiters.splice(0)) afterRelay(client, w);
         const { code, message } = native.errnoText(end.err);
+        // What the client sent first already went towards the guest: it cannot take another path.
+        if (end.flags & RELAY_CONSUMED && !(end.flags & RELAY_STATUS_REFUSED)) resetSocket(again);
         if (end.flags & RELAY_STATUS_REFUSED) return onFailed(new RefusedByPeer(`${name} answered that its target refused`), again);
         const why =
           code === "ETIMEDOUT" ? `no answer in ${options.timeoutMs} ms` : end.flags & RELAY_NO_STATUS ? `it closed without an answer (${code})` : `${message} (${code})`;
