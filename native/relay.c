@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "shim.h"
+#include <sys/un.h>
 
 /* ---- relay ------------------------------------------------------------------------------
  *
@@ -37,9 +38,17 @@ enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3 };
 #define PH_LOST 128u       /* the framed side closed without an end frame (its agent died) */
 #define PH_AFTER_END 256u  /* with PH_BAD_FRAME: bytes came after the end frame */
 #define PH_DIAL_FAILED 512u /* ph_relay_dial: b never connected (err); a_to_b is a's fd, handed back */
+#define PH_STATUS_REFUSED 1024u /* with PH_DIAL_FAILED: the dialed side answered with a failure status byte */
+#define PH_NO_STATUS 2048u /* with PH_DIAL_FAILED: the dialed side closed before its status byte */
+#define PH_CONSUMED 4096u  /* with PH_DIAL_FAILED: bytes of the handed side already went out (it cannot go elsewhere) */
+#define PH_EARLY_MAX 4096  /* the most of the handed side's first bytes sent with the header */
 /* ph_relay_add flags. */
 #define PH_FORCE_COPY 1
 #define PH_FRAMED_B 2      /* side b carries PHDATA2 frames (see "framed relays" below) */
+/* ph_relay_dial flags (see "dialing relays"). */
+#define PH_DIAL_A 4        /* the dialed socket is side a (plain), the handed fd side b */
+#define PH_HELLO_HANDED 8  /* hello goes to the handed fd once the dial connected (else to the dialed one) */
+#define PH_AWAIT_STATUS 16 /* after hello, the dialed side answers one status byte (0: connected) */
 
 /* Frame headers (src/core/data-frames.ts): a big-endian length 1..PH_MAX_FRAME, or an end. */
 #define PH_MAX_FRAME (16u << 20)
@@ -94,7 +103,18 @@ struct relay {
   int failing, fail_dir;   /* a source failed: d[fail_dir] delivers what it read, then both reset */
   uint32_t fail_flags, fail_err;
   int in_resetting;
-  int dialing;               /* ph_relay_dial: b is still connecting (only b is in the epoll set) */
+  int dialing;               /* ph_relay_dial: the dialed side is still connecting (only it is in the epoll set) */
+  int dside;                 /* the dialed side's index (1 unless PH_DIAL_A) */
+  int dial_flags;            /* PH_HELLO_HANDED, PH_AWAIT_STATUS */
+  int awaiting;              /* connected, hello sent, its status byte not yet read */
+  int through;               /* connected (and hello sent) in ph_relay_dial already: relay at once */
+  int consumed;              /* the handed side's first bytes went out before the status byte */
+  int hello_sent;
+  uint8_t *hello;            /* sent once connected (a data header, or a status byte) */
+  int hello_len;
+  struct sockaddr_storage dial_addr; /* where the thread connects the dialed side */
+  socklen_t dial_addr_len;
+  int keepalive_s;
   uint64_t dial_deadline_ms;
   int handback_fd;         /* a dial failed: the relay's fd for a, now the caller's (in the record) */
   struct relay *dial_prev, *dial_next;
@@ -743,33 +763,90 @@ static void dial_unlink(struct relay *r) {
   r->dial_prev = r->dial_next = NULL;
 }
 
-static void dial_failed(struct relay *r, int err) {
+static void dial_failed_flags(struct relay *r, int err, uint32_t flags) {
+  int d = r->dside, h = 1 - r->dside;
   dial_unlink(r);
-  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[1], NULL);
-  close(r->fd[1]); /* b never connected */
-  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
-  r->handback_fd = r->fd[0];
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[d], NULL);
+  close(r->fd[d]); /* the dialed side never connected (or never said yes) */
+  epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd[h], NULL);
+  r->handback_fd = r->fd[h];
   r->fd[0] = r->fd[1] = -1;
-  finish(r, PH_DIAL_FAILED, err);
+  finish(r, PH_DIAL_FAILED | flags | (r->consumed ? PH_CONSUMED : 0), err);
 }
 
-/* b became writable (or failed): connected, or not. */
-static void dial_check(struct relay *r, struct relay **ready) {
-  int err = -ph_socket_error(r->fd[1]);
-  if (err) { dial_failed(r, err); return; }
-  struct sockaddr_storage peer;
-  socklen_t len = sizeof peer;
-  if (getpeername(r->fd[1], (struct sockaddr *)&peer, &len) != 0) return; /* still connecting */
+static void dial_failed(struct relay *r, int err) {
+  dial_failed_flags(r, err, 0);
+}
+
+/* Sends all of hello to fd at once: it is small and the socket new, so its buffer has room
+ * (a short write is taken as a failure, never waited for). */
+static int send_hello(struct relay *r, int fd) {
+  if (r->hello_len <= 0 || r->hello_sent) return 0;
+  r->hello_sent = 1;
+  ssize_t n = send(fd, r->hello, (size_t)r->hello_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n == r->hello_len) return 0;
+  return n < 0 ? errno : EAGAIN;
+}
+
+/* The dial is through (connected, and answered where a status was awaited): both sides join
+ * the epoll set and the relay runs as any other. */
+static void dial_done(struct relay *r, struct relay **ready, int in_set) {
+  int d = r->dside, h = 1 - r->dside;
+  int e = (r->dial_flags & PH_HELLO_HANDED) ? send_hello(r, r->fd[h]) : 0;
+  if (e) {
+    /* The handed side cannot take its status byte: it is gone; so is the dialed one. */
+    finish(r, PH_RESET | (h == 0 ? PH_ERR_A : PH_ERR_B), e);
+    return;
+  }
   dial_unlink(r);
-  struct epoll_event ev1 = side_event(r, 1, EPOLLIN | EPOLLRDHUP | EPOLLET);
-  struct epoll_event ev0 = side_event(r, 0, EPOLLIN | EPOLLRDHUP | EPOLLET);
-  if (epoll_ctl(epfd, EPOLL_CTL_MOD, r->fd[1], &ev1) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[0], &ev0) != 0) {
+  struct epoll_event evd = side_event(r, d, EPOLLIN | EPOLLRDHUP | EPOLLET);
+  struct epoll_event evh = side_event(r, h, EPOLLIN | EPOLLRDHUP | EPOLLET);
+  if (epoll_ctl(epfd, in_set ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, r->fd[d], &evd) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[h], &evh) != 0) {
     dial_failed(r, errno);
     return;
   }
   struct record rec = { REC_DIALED, r->id, 0, 0, 0, 0 };
   post(rec);
   ready_push(ready, r);
+}
+
+/* The dialed side is readable: its status byte (only that one is read; what follows it is
+ * the relay's). */
+static void status_check(struct relay *r, struct relay **ready) {
+  uint8_t status;
+  ssize_t n = read(r->fd[r->dside], &status, 1);
+  if (n == 1) {
+    if (status != 0) { dial_failed_flags(r, ECONNREFUSED, PH_STATUS_REFUSED); return; }
+    r->awaiting = 0;
+    dial_done(r, ready, 1);
+  } else if (n == 0) {
+    dial_failed_flags(r, ECONNRESET, PH_NO_STATUS);
+  } else if (errno != EAGAIN && errno != EINTR) {
+    dial_failed_flags(r, errno, PH_NO_STATUS);
+  }
+}
+
+/* The dialed side became writable (or failed): connected, or not. */
+static void dial_check(struct relay *r, struct relay **ready) {
+  if (r->awaiting) { status_check(r, ready); return; }
+  int fd = r->fd[r->dside];
+  int err = -ph_socket_error(fd);
+  if (err) { dial_failed(r, err); return; }
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0) return; /* still connecting */
+  if (!(r->dial_flags & PH_HELLO_HANDED)) {
+    int e = send_hello(r, fd);
+    if (e) { dial_failed(r, e); return; }
+  }
+  if (r->dial_flags & PH_AWAIT_STATUS) {
+    /* Still within the dial's deadline: now for its answer (MOD reports one already there). */
+    r->awaiting = 1;
+    struct epoll_event ev = side_event(r, r->dside, EPOLLIN | EPOLLRDHUP | EPOLLET);
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) != 0) dial_failed(r, errno);
+    return;
+  }
+  dial_done(r, ready, 1);
 }
 
 /* Dials past their deadline fail with ETIMEDOUT; returns the ms until the next deadline (-1: none). */
@@ -784,6 +861,96 @@ static int dial_deadlines(void) {
   return next == UINT64_MAX ? -1 : (int)(next - now);
 }
 
+/*
+ * While the status byte is awaited, what the client already sent (read by JavaScript, or
+ * still in the kernel) goes out behind the header as its first frame (the guest reads both at once and hands them to its relay with the
+ * target's connection): one wake-up of each agent less before the target sees its first
+ * byte. Those bytes are gone from the client's socket, so a dial that fails after this resets
+ * the client (PH_CONSUMED) instead of handing it to another path; a refused target resets it
+ * anyway. Only on a fresh unix socket, at most PH_EARLY_MAX bytes: one send that fits its
+ * empty buffer whole or not at all. 0 or an errno.
+ */
+static int early_frame(struct relay *r) {
+  struct dir *d = &r->d[0]; /* a (the client) -> b (the stream) */
+  if (r->dside != 1) return 0;
+  if (d->queued > 0) {
+    /* Bytes JavaScript had read (queued by framed_init as the first frame): they go now. */
+    if (r->fr->ehdr_off != 0 || d->pipe_r >= 0 || d->queued > PH_EARLY_MAX) return 0;
+    uint8_t first[4 + PH_EARLY_MAX];
+    memcpy(first, r->fr->ehdr, 4);
+    memcpy(first + 4, d->buf + d->off, d->queued);
+    ssize_t w = send(r->fd[1], first, d->queued + 4, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w <= 0) return 0; /* still queued: the relay sends them once the status came */
+    r->consumed = 1;
+    if ((size_t)w != d->queued + 4) return EIO; /* cannot happen (see above) */
+    __atomic_fetch_add(&d->bytes, (uint64_t)d->queued, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&total_copied, (uint64_t)d->queued, __ATOMIC_RELAXED);
+    d->queued = 0;
+    d->off = 0;
+    r->fr->ehdr_off = 4;
+    return 0;
+  }
+  if (r->fr->ehdr_off != 4) return 0;
+  uint8_t buf[4 + PH_EARLY_MAX];
+  ssize_t n = read(r->fd[0], buf + 4, PH_EARLY_MAX);
+  if (n <= 0) return 0; /* nothing yet, or EOF (still there for the relay to read) */
+  put_be32(buf, (uint32_t)n);
+  ssize_t w = send(r->fd[1], buf, (size_t)n + 4, MSG_DONTWAIT | MSG_NOSIGNAL);
+  r->consumed = 1;
+  if (w != n + 4) {
+    if (w > 0) return EIO; /* cannot happen (see above); the dial fails rather than corrupt the stream */
+    /* Not sent at all: the relay sends them once the status came, as bytes JavaScript read. */
+    memcpy(d->buf, buf + 4, (size_t)n);
+    d->off = 0;
+    d->queued = (size_t)n;
+    put_be32(r->fr->ehdr, (uint32_t)n);
+    r->fr->ehdr_off = 0;
+    return 0;
+  }
+  __atomic_fetch_add(&d->bytes, (uint64_t)n, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&total_copied, (uint64_t)n, __ATOMIC_RELAXED);
+  return 0;
+}
+
+/* The dialed side's socket and its non-blocking connect, made by ph_relay_dial itself: a
+ * unix connect completes at once, and a loopback TCP one usually does, so the far end is
+ * woken now, not after the relay thread's own wake-up. Once connected, hello goes out at once
+ * too (then only the status byte, if awaited, is left to the thread). 0 or an errno. */
+static int dial_connect(struct relay *r) {
+  int fd = socket(r->dial_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  int one = 1;
+  if (r->dial_addr.ss_family != AF_UNIX) {
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (r->keepalive_s > 0) {
+      setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &r->keepalive_s, sizeof r->keepalive_s);
+    }
+  }
+  r->fd[r->dside] = fd;
+  r->d[0].src = r->fd[0]; r->d[0].dst = r->fd[1];
+  r->d[1].src = r->fd[1]; r->d[1].dst = r->fd[0];
+  /* A unix listener whose backlog is full says EAGAIN (it has no "in progress"). */
+  if (connect(fd, (struct sockaddr *)&r->dial_addr, r->dial_addr_len) != 0) {
+    if (errno != EINPROGRESS) return errno;
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    int err = -ph_socket_error(fd); /* reading SO_ERROR clears it: a refusal is said here, now */
+    if (err) return err;
+    if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0) return 0; /* the thread waits */
+  }
+  int e = (r->dial_flags & PH_HELLO_HANDED) ? 0 : send_hello(r, fd);
+  if (e) return e;
+  if (r->dial_flags & PH_AWAIT_STATUS) {
+    r->awaiting = 1;
+    if (r->fr && r->dial_addr.ss_family == AF_UNIX) return early_frame(r);
+    return 0;
+  }
+  e = (r->dial_flags & PH_HELLO_HANDED) ? send_hello(r, r->fd[1 - r->dside]) : 0;
+  if (!e) r->through = 1;
+  return e;
+}
+
 static void take_pending(struct relay **ready) {
   pthread_mutex_lock(&lock);
   struct relay *list = pending;
@@ -793,10 +960,16 @@ static void take_pending(struct relay **ready) {
   pthread_mutex_unlock(&lock);
   for (struct relay *r = list, *next; r; r = next) {
     next = r->next_pending;
+    if (r->dialing && r->through) {
+      r->dialing = 0; /* never on the dialing list */
+      dial_done(r, ready, 0);
+      continue;
+    }
     if (r->dialing) {
-      /* Only b, for its connection; a joins once b is connected. */
-      struct epoll_event out = side_event(r, 1, EPOLLOUT | EPOLLET);
-      if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[1], &out) != 0) { dial_failed(r, errno); continue; }
+      /* Only the dialed side, for its connection (or its status byte); the handed one joins
+       * once it is through. */
+      struct epoll_event out = side_event(r, r->dside, r->awaiting ? EPOLLIN | EPOLLRDHUP | EPOLLET : EPOLLOUT | EPOLLET);
+      if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &out) != 0) { r->dialing = 0; dial_failed(r, errno); continue; }
       r->dial_next = dialing;
       if (dialing) dialing->dial_prev = r;
       dialing = r;
@@ -887,6 +1060,7 @@ static void *relay_thread(void *unused) {
       struct relay *r = graveyard;
       graveyard = r->next_pending;
       free(r->fr);
+      free(r->hello);
       free(r);
     }
   }
@@ -1021,6 +1195,7 @@ static int relay_register(struct relay *r, int e) {
     dir_free(&r->d[0]);
     dir_free(&r->d[1]);
     free(r->fr);
+    free(r->hello);
     free(r);
     return e;
   }
@@ -1050,20 +1225,35 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
 }
 
 /*
- * Connects a new TCP socket b to host (a numeric IPv4 or IPv6 address, NUL-terminated) and
- * port, and relays a <-> b once it is connected (see "dialing relays"). fd_a is dup()ed (the
- * caller closes its own at once); if the dial fails, the dup is handed back in the record.
- * to_b: bytes already read from a. b gets TCP_NODELAY, and keepalive probes after keepalive_s
- * idle seconds (0: none). Returns the relay's id, or -errno when the connect failed at once.
+ * Connects a new socket to host and port (a numeric IPv4 or IPv6 address, NUL-terminated; or
+ * an absolute unix socket path, port unused) and relays it with the connected socket fd_h once
+ * it is connected (see "dialing relays"). fd_h is dup()ed (the caller closes its own at once);
+ * if the dial fails, the dup is handed back in the record.
+ *   flags: PH_FORCE_COPY; PH_FRAMED_B (side b carries frames); PH_DIAL_A (the dialed socket
+ *   is side a, fd_h side b; else fd_h is a); PH_HELLO_HANDED / PH_AWAIT_STATUS (see hello).
+ *   pre: bytes already read from fd_h (for a framed fd_h: the stream's bytes as read).
+ *   hello: sent once connected, to the dialed socket (a data header), or with PH_HELLO_HANDED
+ *   to fd_h (a status byte); with PH_AWAIT_STATUS the dialed side must then answer a status
+ *   byte 0 within the deadline, or the dial fails (PH_STATUS_REFUSED, PH_NO_STATUS).
+ * A dialed TCP socket gets TCP_NODELAY, and keepalive probes after keepalive_s idle seconds
+ * (0: none). Returns the relay's id, or -errno when the connect (or hello) failed at once.
  */
-int ph_relay_dial(int fd_a, const char *host, int port, const uint8_t *to_b, int to_b_len, int flags, int timeout_ms, int keepalive_s) {
+int ph_relay_dial(int fd_h, const char *host, int port, const uint8_t *pre, int pre_len, int flags, int timeout_ms, int keepalive_s,
+                  const uint8_t *hello, int hello_len) {
   if (notify_js < 0) return -ENOTCONN;
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
   socklen_t ss_len;
   struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
   struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+  struct sockaddr_un *un = (struct sockaddr_un *)&ss;
+  if (host[0] == '/') {
+    size_t len = strlen(host);
+    if (len >= sizeof un->sun_path) return -ENAMETOOLONG;
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, host, len + 1);
+    ss_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+  } else if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
     in4->sin_family = AF_INET;
     in4->sin_port = htons((uint16_t)port);
     ss_len = sizeof *in4;
@@ -1074,31 +1264,39 @@ int ph_relay_dial(int fd_a, const char *host, int port, const uint8_t *to_b, int
   } else {
     return -EINVAL;
   }
-  int b = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (b < 0) return NEG_ERRNO;
-  int one = 1;
-  setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (keepalive_s > 0) {
-    setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    setsockopt(b, IPPROTO_TCP, TCP_KEEPIDLE, &keepalive_s, sizeof keepalive_s);
-  }
-  if (connect(b, (struct sockaddr *)&ss, ss_len) != 0 && errno != EINPROGRESS) {
-    int e = errno;
-    close(b);
-    return -e;
-  }
+  if (hello_len < 0 || hello_len > 65536) return -EINVAL;
   struct relay *r = calloc(1, sizeof *r);
-  if (!r) { close(b); return -ENOMEM; }
-  r->fd[1] = b;
-  r->fd[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
-  int e = r->fd[0] < 0 ? NEG_ERRNO : 0;
-  if (!e) {
-    set_nonblock(r->fd[0]);
-    setsockopt(r->fd[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int copy = flags & PH_FORCE_COPY;
-    e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
-    if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, NULL, 0);
+  if (!r) return -ENOMEM;
+  int d = (flags & PH_DIAL_A) ? 0 : 1, h = 1 - d;
+  r->dside = d;
+  r->dial_flags = flags & (PH_HELLO_HANDED | PH_AWAIT_STATUS);
+  r->dial_addr = ss;
+  r->dial_addr_len = ss_len;
+  r->keepalive_s = keepalive_s;
+  r->fd[d] = -1; /* dial_connect makes it */
+  r->fd[h] = fcntl(fd_h, F_DUPFD_CLOEXEC, 0);
+  int e = r->fd[h] < 0 ? NEG_ERRNO : 0;
+  if (!e && hello_len > 0) {
+    r->hello = malloc((size_t)hello_len);
+    if (!r->hello) e = -ENOMEM;
+    else memcpy(r->hello, hello, (size_t)hello_len);
+    r->hello_len = hello_len;
   }
+  if (!e) {
+    int one = 1;
+    set_nonblock(r->fd[h]);
+    setsockopt(r->fd[h], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on unix */
+    int copy = flags & PH_FORCE_COPY;
+    /* The dirs' fds are set again once the dialed socket exists (dial_connect). */
+    if (flags & PH_FRAMED_B) {
+      /* pre are bytes read from fd_h: plain ones for b when fd_h is a, frames for a when it is b */
+      e = d == 1 ? framed_init(r, copy, pre, pre_len, NULL, 0) : framed_init(r, copy, NULL, 0, pre, pre_len);
+    } else {
+      e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, d == 1 ? pre : NULL, d == 1 ? pre_len : 0);
+      if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, d == 0 ? pre : NULL, d == 0 ? pre_len : 0);
+    }
+  }
+  if (!e) e = -dial_connect(r);
   r->dialing = 1;
   r->dial_deadline_ms = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 2000);
   return relay_register(r, e);

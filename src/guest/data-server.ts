@@ -7,10 +7,12 @@ import * as net from "node:net";
 import { noteDialError } from "./fd-pressure.ts";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { joinFramed, joinSockets } from "../transport/fast-relay.ts";
+import { dialAndJoin, joinFramed, joinSockets } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 
 const HEADER_TIMEOUT_MS = 5000;
+/** A native dial's deadline: longer than the kernel's own TCP connect timeout (~127 s), which decides as in JavaScript. */
+const NATIVE_DIAL_DEADLINE_MS = 135_000;
 /** At most one log line per this long about refused streams (anything may connect here). */
 const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
@@ -62,6 +64,25 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
       return resetSocket(stream);
     }
     const { target } = header;
+    const onBad = (why: string) => refuse(`data path: closed a stream from the host that broke its framing (${why})`);
+    // A framed stream: the relay thread dials the target, answers the status byte and relays,
+    // with no JavaScript between (a failed dial comes back here for its status and event).
+    const to = target.protocol === "unix" ? { path: target.address } : parseHostPort(target.address);
+    const shape = { framed: "handed" as const, hello: { bytes: Buffer.of(STATUS_CONNECTED), to: "handed" as const } };
+    const native =
+      header.framed &&
+      dialAndJoin(
+        stream,
+        to,
+        { timeoutMs: NATIVE_DIAL_DEADLINE_MS, keepAliveMs: 0, shape, initial: header.rest, onBad },
+        () => {},
+        (err, again) => {
+          noteDialError(err, target.address);
+          again.on("error", () => {});
+          again.end(Buffer.of(STATUS_FAILED));
+        },
+      );
+    if (native) return;
     const dial: net.NetConnectOpts =
       target.protocol === "unix" ? { path: target.address, allowHalfOpen: true } : { ...parseHostPort(target.address), allowHalfOpen: true, noDelay: true };
     const upstream = net.connect(dial);
@@ -81,7 +102,7 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
       stream.off("close", hostGone);
       stream.write(Buffer.of(STATUS_CONNECTED));
       if (header.framed) {
-        joinFramed(upstream, stream, header.rest, (why) => refuse(`data path: closed a stream from the host that broke its framing (${why})`));
+        joinFramed(upstream, stream, header.rest, onBad);
       } else {
         if (header.rest.length) upstream.write(header.rest);
         joinSockets(stream, upstream);

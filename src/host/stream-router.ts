@@ -19,7 +19,7 @@ import type { PlannedForward } from "../core/forward-plan.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { dialAndJoin, joinFramed, joinSockets, resetConnection, whenOver } from "../transport/fast-relay.ts";
+import { dialAndJoin, joinFramed, joinSockets, RefusedByPeer, resetConnection, whenOver } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { DirectPaths } from "./direct-paths.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
@@ -34,6 +34,8 @@ export type DataPath = "direct" | "fast" | "mux" | "grpc" | "ssh";
 export type RouterMode = "auto" | "fast" | "grpc" | "ssh";
 
 const DIAL_TIMEOUT_MS = 2000;
+/** The native data path's deadline for the guest's status byte: the guest's own connect decides first (~127 s for TCP). */
+const DATA_ANSWER_TIMEOUT_MS = 140_000;
 const RETRY = { minMs: 2000, maxMs: 60_000 };
 /** Keepalive on direct connections: a guest network that vanishes is noticed, not waited on forever. */
 const KEEPALIVE_MS = 10_000;
@@ -153,6 +155,7 @@ export class StreamRouter {
         return this.splice(socket, plan, "direct", key, () => this.dialDirect(target), target.host);
       }
       case "fast":
+        if (this.fastNatively(socket, plan)) return;
         return this.splice(socket, plan, "fast", "fast", () => this.openDataStream(plan));
       case "mux":
         return this.openMuxStream(socket, plan);
@@ -178,6 +181,32 @@ export class StreamRouter {
     const stream = await dialTransport({ kind: "tcp", ...target }, DIAL_TIMEOUT_MS, { allowHalfOpen: true });
     stream.setKeepAlive(true, KEEPALIVE_MS);
     return { stream };
+  }
+
+  /**
+   * The data path with no JavaScript per connection: the relay thread dials the guest's data
+   * endpoint (a unix socket), sends the header, reads the status byte and relays the framed
+   * stream. False where it cannot (vsock, an unframed guest, no native relay).
+   */
+  private fastNatively(socket: net.Socket, plan: PlannedForward): boolean {
+    const endpoint = this.dataEndpoint;
+    if (endpoint?.kind !== "unix" || !this.framed) return false;
+    let header: Buffer;
+    try {
+      header = Buffer.from(encodeDataHeader(this.secret, { protocol: plan.protocol === "unix" ? "unix" : "tcp", address: plan.guestAddr }, true));
+    } catch {
+      return false; // openDataStream says why
+    }
+    return dialAndJoin(
+      socket,
+      { path: endpoint.path },
+      { timeoutMs: DATA_ANSWER_TIMEOUT_MS, keepAliveMs: 0, shape: { framed: "dialed", hello: { bytes: header, to: "dialed" }, awaitStatus: true } },
+      () => {
+        this.succeeded("fast", plan);
+        this.counters.took("fast", plan.key, socket);
+      },
+      (err, again) => this.dialFailed(again, plan, "fast", "fast", err instanceof RefusedByPeer ? new RefusedByGuest() : err),
+    );
   }
 
   /** A data stream to the guest whose target is connected (rejects with RefusedByGuest if not). */

@@ -32,10 +32,11 @@ export interface NativeShim {
   /** Dup()s both fds and relays between them; toB/toA go out first. Returns the relay id. */
   relayAdd(fdA: number, fdB: number, toB: Uint8Array, toBLen: number, toA: Uint8Array, toALen: number, flags: number): number;
   /**
-   * Connects a TCP socket b to host:port (numeric address, NUL-terminated) in the relay thread
-   * and relays fdA <-> b once connected; fdA is dup()ed. Returns the relay id, or -errno.
+   * Connects a socket to host:port (numeric address) or a unix path (NUL-terminated) in the
+   * relay thread and relays fd <-> it once connected (and answered: see native/relay.c's
+   * ph_relay_dial for hello and the flags); fd is dup()ed. Returns the relay id, or -errno.
    */
-  relayDial(fdA: number, host: Uint8Array, port: number, toB: Uint8Array, toBLen: number, flags: number, timeoutMs: number, keepAliveS: number): number;
+  relayDial(fd: number, host: Uint8Array, port: number, pre: Uint8Array, preLen: number, flags: number, timeoutMs: number, keepAliveS: number, hello: Uint8Array, helloLen: number): number;
   /** out[0] = bytes a -> b, out[1] = bytes b -> a; -ENOENT once finished. */
   relayCounters(id: number, out: BigUint64Array): number;
   relayAbort(id: number): number;
@@ -90,7 +91,7 @@ export const SIGNATURES = {
   ph_peek: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_relay_start: { args: [], returns: "i32" },
   ph_relay_add: { args: ["i32", "i32", "ptr", "i32", "ptr", "i32", "i32"], returns: "i32" },
-  ph_relay_dial: { args: ["i32", "ptr", "i32", "ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
+  ph_relay_dial: { args: ["i32", "ptr", "i32", "ptr", "i32", "i32", "i32", "i32", "ptr", "i32"], returns: "i32" },
   ph_relay_counters: { args: ["u32", "ptr"], returns: "i32" },
   ph_relay_abort: { args: ["u32"], returns: "i32" },
   ph_relay_release: { args: ["u32"], returns: "i32" },
@@ -134,7 +135,8 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     peek: (fd, buf, cap) => num("ph_peek", fd, buf, cap),
     relayStart: () => num("ph_relay_start"),
     relayAdd: (a, b, toB, toBLen, toA, toALen, flags) => num("ph_relay_add", a, b, toB, toBLen, toA, toALen, flags),
-    relayDial: (a, host, port, toB, toBLen, flags, timeoutMs, keepAliveS) => num("ph_relay_dial", a, host, port, toB, toBLen, flags, timeoutMs, keepAliveS),
+    relayDial: (fd, host, port, pre, preLen, flags, timeoutMs, keepAliveS, hello, helloLen) =>
+      num("ph_relay_dial", fd, host, port, pre, preLen, flags, timeoutMs, keepAliveS, hello, helloLen),
     relayCounters: (id, out) => num("ph_relay_counters", id, out),
     relayAbort: (id) => num("ph_relay_abort", id),
     relayRelease: (id) => num("ph_relay_release", id),

@@ -21,10 +21,29 @@ export const RELAY_BAD_FRAME = 64;
 export const RELAY_LOST = 128;
 /** With RELAY_BAD_FRAME: bytes came after the end frame. */
 export const RELAY_AFTER_END = 256;
-/** dial(): b never connected (err says why); side a was left to the caller. */
+/** dial(): the dialed side never connected (err says why); the handed fd is the caller's again. */
 export const RELAY_DIAL_FAILED = 512;
+/** With RELAY_DIAL_FAILED: the dialed side answered a failure status byte. */
+export const RELAY_STATUS_REFUSED = 1024;
+/** With RELAY_DIAL_FAILED: the dialed side closed (or failed) before its status byte. */
+export const RELAY_NO_STATUS = 2048;
+/** With RELAY_DIAL_FAILED: the handed side's first bytes already went out (it cannot take another path). */
+export const RELAY_CONSUMED = 4096;
 const FORCE_COPY = 1;
 const FRAMED_B = 2;
+const DIAL_A = 4;
+const HELLO_HANDED = 8;
+const AWAIT_STATUS = 16;
+
+/** How dial() sets up its connection (all optional: a plain TCP dial relayed with fd as side a). */
+export interface DialShape {
+  /** The connection carries PHDATA2 frames: the dialed socket (host) or the handed fd (guest). */
+  framed?: "dialed" | "handed";
+  /** Bytes sent once connected: to the dialed socket (a data header), or to the handed fd. */
+  hello?: { bytes: Uint8Array; to: "dialed" | "handed" };
+  /** After hello, the dialed side answers one status byte (0: connected) before the relay starts. */
+  awaitStatus?: boolean;
+}
 export const EPOLLIN = 1;
 export const EPOLLOUT = 4;
 
@@ -102,17 +121,38 @@ export class NativeRelayLoop {
   }
 
   /**
-   * Connects to host:port (a numeric address) in the relay thread and relays fdA <-> that
-   * connection, with nothing of JavaScript between. `onDialed` runs once it is connected (the
-   * caller then lets go of its socket for fdA); `onEnd` as for add(), with RELAY_DIAL_FAILED
-   * (and the errno in err) when it never connected: fdA is then the caller's again. Throws
-   * (a NativeError with the errno's name as code) when the connect failed at once.
+   * Connects to host:port (a numeric address) or to a unix socket (host: its absolute path)
+   * in the relay thread and relays fd <-> that connection, with nothing of JavaScript between.
+   * fd is side a unless the handed side is the framed one (then b). `pre`: bytes already read
+   * from fd. `onDialed` runs once it is connected (and answered, with awaitStatus: the caller
+   * then lets go of its socket for fd); `onEnd` as for add(), with RELAY_DIAL_FAILED (and the
+   * errno in err) when it never got there: fd is then the caller's again. Throws (a
+   * NativeError with the errno's name as code) when the connect failed at once.
    */
-  dial(fdA: number, host: string, port: number, toB: Uint8Array, copy: boolean, timeoutMs: number, keepAliveS: number, onDialed: () => void, onEnd: (end: RelayEnd) => void): number {
+  dial(
+    fd: number,
+    host: string,
+    port: number,
+    pre: Uint8Array,
+    copy: boolean,
+    timeoutMs: number,
+    keepAliveS: number,
+    onDialed: () => void,
+    onEnd: (end: RelayEnd) => void,
+    shape: DialShape = {},
+  ): number {
+    const flags =
+      (copy ? FORCE_COPY : 0) |
+      (shape.framed ? FRAMED_B : 0) |
+      (shape.framed === "handed" ? DIAL_A : 0) |
+      (shape.hello?.to === "handed" ? HELLO_HANDED : 0) |
+      (shape.awaitStatus ? AWAIT_STATUS : 0);
+    const hello = shape.hello?.bytes ?? this.empty;
+    const helloLen = shape.hello?.bytes.length ?? 0;
     const id = check(
       this.shim,
-      this.shim.relayDial(fdA, Buffer.from(`${host}\0`), port, toB.length ? toB : this.empty, toB.length, copy ? FORCE_COPY : 0, timeoutMs, keepAliveS),
-      `connect to ${host.includes(":") ? `[${host}]` : host}:${port}`,
+      this.shim.relayDial(fd, Buffer.from(`${host}\0`), port, pre.length ? pre : this.empty, pre.length, flags, timeoutMs, keepAliveS, helloLen ? hello : this.empty, helloLen),
+      host.startsWith("/") ? `connect to ${host}` : `connect to ${host.includes(":") ? `[${host}]` : host}:${port}`,
     );
     this.dialed.set(id, onDialed);
     this.done.set(id, onEnd);

@@ -9,7 +9,21 @@
 import type * as net from "node:net";
 import type { RelayStatus } from "../core/status.ts";
 import { loadNative } from "../runtime/native.ts";
-import { fdsHidden, RELAY_AFTER_END, RELAY_BAD_FRAME, RELAY_DIAL_FAILED, RELAY_RESET, sharedRelayLoop, socketFd, type NativeRelayLoop, type RelayEnd } from "../runtime/native-relay.ts";
+import {
+  fdsHidden,
+  RELAY_AFTER_END,
+  RELAY_BAD_FRAME,
+  RELAY_CONSUMED,
+  RELAY_DIAL_FAILED,
+  RELAY_NO_STATUS,
+  RELAY_RESET,
+  RELAY_STATUS_REFUSED,
+  sharedRelayLoop,
+  socketFd,
+  type DialShape,
+  type NativeRelayLoop,
+  type RelayEnd,
+} from "../runtime/native-relay.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
 import { resetSocket, spliceFramed, spliceSockets } from "./tunnel-relay.ts";
 
@@ -95,6 +109,10 @@ function javascript(a: net.Socket, b: net.Socket, framed?: Framed): void {
   b.resume();
 }
 
+function badFrameReason(end: RelayEnd): string {
+  return end.flags & RELAY_AFTER_END ? "bytes after the end of the stream" : `invalid frame header 0x${end.err.toString(16)}`;
+}
+
 /** What either socket had already read and not yet delivered. */
 function drain(socket: net.Socket): Buffer {
   const parts: Buffer[] = [];
@@ -156,7 +174,7 @@ function join(a: net.Socket, b: net.Socket, framed?: Framed): void {
         copyMode,
         (end) => {
           if (end.flags & RELAY_RESET) resets++;
-          if (end.flags & RELAY_BAD_FRAME) framed?.onBad?.(end.flags & RELAY_AFTER_END ? "bytes after the end of the stream" : `invalid frame header 0x${end.err.toString(16)}`);
+          if (end.flags & RELAY_BAD_FRAME) framed?.onBad?.(badFrameReason(end));
           for (const [, h] of sides) {
             h.end = end;
             for (const w of h.waiters.splice(0)) w();
@@ -202,20 +220,29 @@ function join(a: net.Socket, b: net.Socket, framed?: Framed): void {
   }
 }
 
+/** The dialed side answered the data header with a failure status: its target refused. */
+export class RefusedByPeer extends Error {}
+
 /**
- * Connects to a TCP target (numeric address) from the native relay thread and joins `client`
- * to it there: no JavaScript runs between the client's accept and its first relayed byte.
+ * Connects to a target (a numeric TCP address, or a unix socket's path) from the native relay
+ * thread and joins `client` to it there: no JavaScript runs between the client's accept and its
+ * first relayed byte. With `shape`, the same for a data-path stream (native-relay.ts's
+ * DialShape): the host's stream gets its header and answers its status byte there, the guest's
+ * stream gets its status byte once the target connected. `initial`: bytes the caller already
+ * read from the client and not yet delivered (they go first).
  * The client's socket object closes at once (use `afterRelay` and `relayedBytes` as for a
- * join). `onConnected` runs once the target accepted; `onFailed` when it did not (refused,
- * reset, unreachable, or no answer within timeoutMs), with the client's connection untouched
- * as a new socket object (paused, what it had sent still to be read), for the caller to route
- * elsewhere or reset; the old object's afterRelay/relayedBytes follow the new one. Returns false
- * where the native relay cannot do it (the caller dials in JavaScript).
+ * join). `onConnected` runs once the target accepted (and answered); `onFailed` when it did
+ * not (refused, reset, unreachable, a RefusedByPeer status, or no answer within timeoutMs),
+ * with the client's connection untouched as a new socket object (reset already, when its first
+ * bytes went out with the data header before the dial failed) (paused, what it had sent
+ * still to be read), for the caller to route elsewhere or reset; the old object's
+ * afterRelay/relayedBytes follow the new one. Returns false where the native relay cannot do
+ * it (the caller dials in JavaScript).
  */
 export function dialAndJoin(
   client: net.Socket,
-  target: { host: string; port: number },
-  options: { timeoutMs: number; keepAliveMs: number },
+  target: { host: string; port: number } | { path: string },
+  options: { timeoutMs: number; keepAliveMs: number; shape?: DialShape; initial?: Buffer; onBad?: (reason: string) => void },
   onConnected: () => void,
   onFailed: (err: NodeJS.ErrnoException, client: net.Socket) => void,
 ): boolean {
@@ -223,11 +250,14 @@ export function dialAndJoin(
   const fd = socketFd(client);
   if (!native || fd === undefined || client.destroyed || client.writableLength > 0) return false;
   client.pause();
-  const toB = drain(client);
-  const h: Handed = { id: 0, sideA: true, baseRead: client.bytesRead - toB.length, baseWritten: client.bytesWritten, waiters: [] };
-  const name = `tcp://${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`;
+  const drained = drain(client);
+  const toB = options.initial?.length ? Buffer.concat([options.initial, drained]) : drained;
+  const sideA = options.shape?.framed !== "handed";
+  const h: Handed = { id: 0, sideA, baseRead: client.bytesRead - toB.length, baseWritten: client.bytesWritten, waiters: [] };
+  const [host, port] = "path" in target ? [target.path, 0] : [target.host, target.port];
+  const name = "path" in target ? `unix://${target.path}` : `tcp://${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`;
   try {
-    h.id = native.dial(fd, target.host, target.port, toB, copyMode, options.timeoutMs, Math.max(1, Math.round(options.keepAliveMs / 1000)), onConnected, (end) => {
+    h.id = native.dial(fd, host, port, toB, copyMode, options.timeoutMs, options.keepAliveMs > 0 ? Math.max(1, Math.round(options.keepAliveMs / 1000)) : 0, onConnected, (end) => {
       if (end.flags & RELAY_DIAL_FAILED) {
         // The relay hands the client's connection back (its fd in aToB): a new socket object.
         const again = socketFromFd(end.aToB, true);
@@ -238,13 +268,18 @@ export function dialAndJoin(
         h.end = { flags: end.flags, err: end.err, aToB: 0, bToA: 0 };
         for (const w of h.waiters.splice(0)) afterRelay(client, w);
         const { code, message } = native.errnoText(end.err);
-        const why = code === "ETIMEDOUT" ? `no answer in ${options.timeoutMs} ms` : `${message} (${code})`;
+        // What the client sent first already went towards the guest: it cannot take another path.
+        if (end.flags & RELAY_CONSUMED && !(end.flags & RELAY_STATUS_REFUSED)) resetSocket(again);
+        if (end.flags & RELAY_STATUS_REFUSED) return onFailed(new RefusedByPeer(`${name} answered that its target refused`), again);
+        const why =
+          code === "ETIMEDOUT" ? `no answer in ${options.timeoutMs} ms` : end.flags & RELAY_NO_STATUS ? `it closed without an answer (${code})` : `${message} (${code})`;
         return onFailed(Object.assign(new Error(`cannot connect to ${name}: ${why}`), { code }), again);
       }
       if (end.flags & RELAY_RESET) resets++;
+      if (end.flags & RELAY_BAD_FRAME) options.onBad?.(badFrameReason(end));
       h.end = end;
       for (const w of h.waiters.splice(0)) w();
-    });
+    }, options.shape);
   } catch (err) {
     // The connect failed at once: the client is as it was.
     if (toB.length) client.unshift(toB);

@@ -376,6 +376,103 @@ describe.each(modes.filter((m) => m.counter))("a native dial (the direct path: t
   });
 });
 
+/**
+ * A stand-in for the guest's data endpoint (a unix socket): it reads the data header line,
+ * hands what came with it and the stream to `then`.
+ */
+async function dataEndpoint(then: (stream: net.Socket, header: string, rest: Buffer) => void): Promise<{ path: string }> {
+  return (await serve((stream) => {
+    let got = Buffer.alloc(0);
+    const onData = (c: Buffer) => {
+      got = Buffer.concat([got, c]);
+      const nl = got.indexOf(10);
+      if (nl < 0) return;
+      stream.off("data", onData);
+      stream.pause();
+      then(stream, got.subarray(0, nl).toString(), got.subarray(nl + 1));
+    };
+    stream.on("data", onData);
+  }, true)) as { path: string };
+}
+
+/** A proxy that hands each accepted connection to the relay thread as the host's data path does. */
+async function dataProxyTo(endpoint: { path: string }, accepted: net.Socket[], failed: (err: NodeJS.ErrnoException, again: net.Socket) => void, settle = false): Promise<Where> {
+  const header = Buffer.from("PHDATA2 00112233445566778899aabbccddeeff tcp 127.0.0.1:9\n");
+  return serve((client) => {
+    accepted.push(client);
+    const dial = () => {
+      const shape = { framed: "dialed" as const, hello: { bytes: header, to: "dialed" as const }, awaitStatus: true };
+      expect(dialAndJoin(client, endpoint, { timeoutMs: 5000, keepAliveMs: 0, shape }, () => {}, failed)).toBe(true);
+    };
+    // settle: the client's first bytes are in the kernel (not read by the runtime) before the dial.
+    if (settle) setTimeout(dial, 100);
+    else dial();
+  });
+}
+
+describe.each(modes.filter((m) => m.counter))("a native data-stream dial (the host's data path: header, status byte, first bytes), $name", ({ env, mode }) => {
+  beforeAll(async () => {
+    const status = await prepareRelay(() => {}, { PORTHOLE_NATIVE_RELAY: env });
+    expect(status.mode).toBe(mode);
+  });
+
+  test("status 0: the stream carries every byte both ways as frames (echoed raw by the endpoint), half-close included, counted on the client's socket", async () => {
+    // Echoing the frames as they are is a framed echo: each payload frame and the end frame come back.
+    const endpoint = await dataEndpoint((stream, header, rest) => {
+      expect(header.startsWith("PHDATA2 ")).toBe(true);
+      stream.write(Buffer.of(0));
+      if (rest.length) stream.write(rest);
+      stream.pipe(stream);
+    });
+    const accepted: net.Socket[] = [];
+    const proxy = await dataProxyTo(endpoint, accepted, () => {});
+    const payload = randomBytes(256 << 10);
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.end(payload);
+    const { data, how } = await done;
+    expect(sha256(data)).toBe(sha256(payload));
+    expect(how).toBe("EOF");
+    await new Promise<void>((resolve) => afterRelay(accepted[0]!, resolve));
+    expect(relayedBytes(accepted[0]!)).toEqual({ read: payload.length, written: payload.length });
+  });
+
+  test("a failure status: the caller hears RefusedByPeer and gets the client back", async () => {
+    const endpoint = await dataEndpoint((stream) => stream.end(Buffer.of(1)));
+    const failures: string[] = [];
+    const proxy = await dataProxyTo(endpoint, [], (err, again) => {
+      failures.push(err.constructor.name);
+      again.resetAndDestroy();
+    });
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.write("hello");
+    expect((await done).how).toBe("ECONNRESET");
+    expect(failures).toEqual(["RefusedByPeer"]);
+  });
+
+  test("the client's first bytes go out behind the header as one frame; an endpoint that then closes without a status resets the client", async () => {
+    let seen: Buffer | undefined;
+    const endpoint = await dataEndpoint((stream, _header, rest) => {
+      const take = (c: Buffer) => {
+        seen = Buffer.concat([seen ?? Buffer.alloc(0), c]);
+        if (seen.length >= 9) stream.destroy();
+      };
+      stream.on("data", take);
+      take(rest);
+      stream.resume();
+    });
+    const failures: string[] = [];
+    const proxy = await dataProxyTo(endpoint, [], (err, again) => failures.push(`${err.code} ${again.destroyed}`), true);
+    const client = connect(proxy);
+    const done = outcome(client);
+    client.write("hello");
+    expect((await done).how).toBe("ECONNRESET");
+    expect(seen).toEqual(Buffer.concat([Buffer.of(0, 0, 0, 5), Buffer.from("hello")]));
+    expect(failures).toEqual(["ECONNRESET true"]); // reset before the caller heard it: no other path may take it
+  });
+});
+
 describe("readiness from the relay thread (what vsock accept and connect wait on)", () => {
   test("a readable fd wakes its watcher once data arrives, and a writable one at once", async () => {
     const { shim } = await loadNative();
