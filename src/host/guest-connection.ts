@@ -99,7 +99,7 @@ export class GuestConnection {
       ended = true;
       clearInterval(this.probeTimer);
       events.cancel();
-      this.handlers.onDisconnected(explainUnreachable(this.address, message), ports !== undefined);
+      this.handlers.onDisconnected(explainUnreachable(this.address, this.target.dialError?.() ?? message), ports !== undefined);
       this.scheduleRetry();
     };
     events.on("data", (e: GuestEvent) => {

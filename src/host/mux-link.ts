@@ -26,14 +26,19 @@ export interface MuxLinkEvents {
   failed(message: string): void;
 }
 
-/** Is the agent channel one stream? (TCP, and a unix socket without a porthole data endpoint beside it: a chardev.) */
-export function singleStream(address: TransportAddress, dataEndpointExists: (path: string) => boolean): boolean {
+/**
+ * Is the agent channel one stream? TCP, and a unix socket that is there without a porthole
+ * data endpoint beside it: a QEMU chardev (or an SSH-forwarded agent socket). A socket not
+ * there yet is left to plain gRPC: it may be a porthole guest agent's, which is not one stream.
+ */
+export function singleStream(address: TransportAddress, exists: (path: string) => boolean): boolean {
   if (address.kind === "tcp") return true;
-  return address.kind === "unix" && !dataEndpointExists(`${address.path}.data`);
+  return address.kind === "unix" && exists(address.path) && !exists(`${address.path}.data`);
 }
 
 export class MuxLink {
   private readonly relay: ClientTarget;
+  private lastDialError: string | undefined;
   private current: MuxSession | undefined;
   private readonly events: MuxLinkEvents;
   private usable: boolean | undefined;
@@ -71,6 +76,11 @@ export class MuxLink {
     return this.relay.target;
   }
 
+  /** Why the last dial of the agent channel failed (until one succeeds). */
+  dialError(): string | undefined {
+    return this.lastDialError;
+  }
+
   /** The live session, if a porthole guest took the multiplexer on the current connection. */
   get session(): MuxSession | undefined {
     return this.current && !this.current.isClosed ? this.current : undefined;
@@ -102,8 +112,11 @@ export class MuxLink {
     let raw: net.Socket;
     try {
       raw = await this.dial();
-    } catch {
-      // Nothing answers: grpc-js sees its connection fail, and the guest connection says so.
+      this.lastDialError = undefined;
+    } catch (err) {
+      // Nothing answers: grpc-js sees its connection fail, and the guest connection says so
+      // with this error (grpc-js itself only sees the private socket close).
+      this.lastDialError = (err as Error).message;
       return void local.destroy();
     }
     if (local.destroyed) return void raw.destroy();

@@ -17,6 +17,8 @@ export interface ClientTarget {
   /** For grpc-js: `unix:///…`. */
   target: string;
   close(): void;
+  /** Where grpc-js dials a relay: why the relay's own dial last failed, which grpc-js cannot see. */
+  dialError?(): string | undefined;
 }
 
 export function clientTarget(address: TransportAddress, options: { token?: string } = {}): ClientTarget {
