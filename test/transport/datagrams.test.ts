@@ -79,43 +79,6 @@ describe("DatagramBudget", () => {
     expect(budget.send(Buffer.alloc(1400), write)).toBe(false);
   });
 
-  test("credited beyond the steady share: more goes only while the oldest datagram in flight left less than staleMs ago", () => {
-    let now = 1000;
-    const budget = new DatagramBudget(true, 10_000, { steadyBytes: 3000, staleMs: 10, now: () => now });
-    const write = (done: () => void) => done();
-    const send = () => budget.send(Buffer.alloc(1400), write);
-    expect([send(), send(), send(), send()]).toEqual([true, true, true, true]); // 5,600 in flight: fresh, past the steady 3,000
-    now += 10; // the far end lags 10 ms behind the oldest: only the steady share may wait
-    expect(send()).toBe(false);
-    budget.delivered(1400 * 3); // the three oldest arrived; the fourth (sent at 1000) is still in flight, 1,400 bytes
-    expect(send()).toBe(true); // within the steady share, whatever its age
-    expect(send()).toBe(false); // 4,200 would pass the steady share, and the oldest is 10 ms old
-    budget.delivered(1400 * 2); // all delivered
-    now += 1;
-    expect([send(), send(), send()]).toEqual([true, true, true]); // fresh again
-    expect([...Array(5)].map(send)).toEqual([true, true, true, true, false]); // the hard limit: 10,000
-  });
-
-  test("credited by default: 128 KiB always, up to 1 MiB while fresh", () => {
-    let now = 0;
-    const budget = new DatagramBudget(true, undefined, { now: () => now });
-    const write = (done: () => void) => done();
-    let sent = 0;
-    while (budget.send(Buffer.alloc(1400), write)) sent += 1400;
-    expect(sent).toBeGreaterThan(1024 * 1024 - 1400);
-    expect(sent).toBeLessThanOrEqual(1024 * 1024);
-    budget.delivered(sent);
-    now += 50;
-    sent = 0;
-    let oldest = true;
-    while (budget.send(Buffer.alloc(1400), write)) {
-      sent += 1400;
-      if (oldest) (now += 20), (oldest = false); // the first datagram goes stale at once
-    }
-    expect(sent).toBeGreaterThan(128 * 1024 - 1400);
-    expect(sent).toBeLessThanOrEqual(128 * 1024);
-  });
-
   test("uncredited: a report changes nothing (a stock Lima peer never sends one)", () => {
     const budget = new DatagramBudget(false, 3000);
     const pending: (() => void)[] = [];
