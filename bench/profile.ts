@@ -4,7 +4,7 @@
 //   bun bench/profile.ts [--forwarder grpc|ssh|auto] [--duration S] [--reverse] [--udp RATE] [--out DIR] [--no-prof] [--conns] [--channel tcp]
 // --channel tcp: the agent channel is one TCP stream with a token (the single-stream case: the
 // lean multiplexer with --forwarder auto, gRPC tunnels with grpc).
-import { iperf, IperfServer } from "./iperf.ts";
+import { iperf, IperfServer } from "../test/iperf.ts";
 import { mkdirSync, readFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";

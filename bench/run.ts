@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
-import { iperf, IperfServer, type IperfResult } from "./iperf.ts";
+import { iperf, IperfServer, type IperfResult } from "../test/iperf.ts";
 import { e2eBlocker, fakeVirtioPort, freePort, freePortBase, Guest, pathsOf, PORTHOLE, Proc, rssMiB, runCleanups, startHostAgent, statusJSON, tryConnect, type Sshd } from "../test/lab.ts";
 
 const args = process.argv.slice(2);

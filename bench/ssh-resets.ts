@@ -1,9 +1,9 @@
 // Repeats iperf3 (3 forward runs, 3 with -R, …) through the SSH forwarder and prints what the host agent said when a run
 // failed. (Issue 16's "reset under load" was the harness: iperf3 run with spawnSync blocked the
 // event loop that drains sshd's DEBUG1 stderr, so sshd stopped; and a client that came before
-// iperf3's server opened its new listener was reset. bench/iperf.ts avoids both.)
+// iperf3's server opened its new listener was reset. test/iperf.ts avoids both.)
 //   bun bench/ssh-resets.ts [--runs N] [--duration S]
-import { iperf, IperfServer } from "./iperf.ts";
+import { iperf, IperfServer } from "../test/iperf.ts";
 import { freePort, Guest, runCleanups, startHostAgent } from "../test/lab.ts";
 
 const args = process.argv.slice(2);

@@ -26,7 +26,7 @@ function datagrams(count: number): Buffer[] {
 /** Sends each datagram to 127.0.0.1:port, in bursts (each waits for the one before to come back), and collects what comes back. */
 async function echoThrough(port: number, sent: Buffer[], burst: number): Promise<Buffer[]> {
   const client = dgram.createSocket("udp4");
-  defer(() => client.close());
+  defer(() => void client.close());
   const received: Buffer[] = [];
   client.on("message", (m) => received.push(m));
   await new Promise<void>((resolve) => client.bind(0, "127.0.0.1", resolve));

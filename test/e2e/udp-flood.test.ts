@@ -8,6 +8,7 @@
 import { describe, expect } from "bun:test";
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
+import { IperfServer } from "../iperf.ts";
 import { useHarness, e2eTest, exchange, freePort, Guest, startHostAgent } from "./harness.ts";
 
 useHarness();
@@ -38,6 +39,7 @@ describe("UDP flood beside TCP", () => {
     await guest.startAgent();
     const [iperfPort, digestPort, latePort] = [await freePort(), await freePort(), await freePort()];
     guest.spawn(["iperf3", "-s", "-p", String(iperfPort)], "iperf3 server");
+    const server = new IperfServer(iperfPort, guest.ns);
     await guest.startServer("digest", [["127.0.0.1", digestPort]]);
     // Static: iperf3 opens its UDP socket only when a UDP test starts. The late port is
     // forwarded only once the guest agent reports it, over the control stream.
@@ -56,7 +58,10 @@ describe("UDP flood beside TCP", () => {
     // The flood: each run starts as soon as the last ended, as `make bench` runs them.
     const flood = (async () => {
       const runs: { lost?: number; error?: string }[] = [];
-      for (let i = 0; i < 4; i++) runs.push(await iperfUdp(iperfPort, 2));
+      for (let i = 0; i < 4; i++) {
+        await server.waitFresh(); // iperf3 opens a new listener after each test: not before it
+        runs.push(await iperfUdp(iperfPort, 2));
+      }
       return runs;
     })();
     await Bun.sleep(500);

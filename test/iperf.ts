@@ -1,4 +1,4 @@
-// iperf3 as the benchmarks drive it: the client run without blocking the event loop (the lab
+// iperf3 as the benchmarks and tests drive it: the client run without blocking the event loop (the lab
 // drains its children's pipes on it: an sshd at LogLevel DEBUG1 whose stderr is not read stops
 // serving), and the server's listener, which it closes and opens again after every test.
 import { spawn, spawnSync } from "node:child_process";
