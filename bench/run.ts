@@ -183,6 +183,15 @@ async function main(): Promise<void> {
     failures: [],
   };
 
+  /** Which paths carried a column's connections (counted by the agent): a column measures its
+   * path, or says it did not (the readiness probe may still go another way: one is allowed). */
+  const checkPaths = (control: string, hostPort: number, path: Path, expected: string) => {
+    const paths = pathsOf(control, hostPort);
+    log(`${path}: connections by path ${JSON.stringify(paths)}`);
+    const total = Object.values(paths).reduce((a, b) => a + b, 0);
+    if (total - (paths[expected] ?? 0) > 1) results.failures.push(`${path}: connections went by ${JSON.stringify(paths)}, not ${expected}`);
+  };
+
   /** `relay`: PORTHOLE_NATIVE_RELAY for both agents (a guest agent of their own). */
   const porthole = (path: Path, forwarder: string, extra: (s: Sshd) => string[] = () => [], relay?: string): Mode => {
     const mode: Mode = {
@@ -219,12 +228,7 @@ async function main(): Promise<void> {
         // test at a time and takes it for a client.)
         mode.pids = { host: host.proc.child.pid, guest: (ownGuest ?? guestAgent).child.pid };
         return async () => {
-          // Which paths carried the connections (counted by the agent): a column measures its path.
-          const paths = pathsOf(control, hostPort);
-          log(`${path}: connections by path ${JSON.stringify(paths)}`);
-          // (The readiness probe may still go another way.)
-          const total = Object.values(paths).reduce((a, b) => a + b, 0);
-          if (total - (paths[expected] ?? 0) > 1) results.failures.push(`${path}: connections went by ${JSON.stringify(paths)}, not ${expected}`);
+          checkPaths(control, hostPort, path, expected);
           await host.proc.kill();
           await ownGuest?.kill();
         };
@@ -271,10 +275,7 @@ async function main(): Promise<void> {
         for (let i = 0; i < 200 && pathNow() !== expected; i++) await Bun.sleep(100);
         mode.pids = { host: host.proc.child.pid, guest: agent.child.pid };
         return async () => {
-          const paths = pathsOf(control, hostPort);
-          log(`${path}: connections by path ${JSON.stringify(paths)}`);
-          const total = Object.values(paths).reduce((a, b) => a + b, 0);
-          if (total - (paths[expected] ?? 0) > 1) results.failures.push(`${path}: connections went by ${JSON.stringify(paths)}, not ${expected}`);
+          checkPaths(control, hostPort, path, expected);
           await host.proc.kill();
           await agent.kill();
           await stand?.kill();

@@ -38,7 +38,8 @@ const H2_ACK = 0x1;
 /** Not an HTTP/2 frame type in use; only a porthole host that probed ever reads it. */
 const ACCEPT_TYPE = 0xf1;
 
-function h2Frame(type: number, flags: number, payload: Buffer): Buffer {
+/** An HTTP/2 frame on stream 0 (the probe's SETTINGS, and what tests build). */
+export function h2Frame(type: number, flags: number, payload: Buffer): Buffer {
   const b = Buffer.alloc(9 + payload.length);
   b.writeUIntBE(payload.length, 0, 3);
   b[3] = type;
