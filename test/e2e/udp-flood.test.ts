@@ -6,9 +6,10 @@
 // test, whose server took one for its client's hello and never answered the real one: the
 // client hung (bench: "UDP flood" failed in 3 of 4 runs).
 import { describe, expect } from "bun:test";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { IperfServer } from "../iperf.ts";
+import { waitUntil } from "../wait.ts";
 import { useHarness, e2eTest, exchange, freePort, Guest, startHostAgent } from "./harness.ts";
 
 useHarness();
@@ -64,7 +65,10 @@ describe("UDP flood beside TCP", () => {
       }
       return runs;
     })();
-    await Bun.sleep(500);
+    // The TCP transfer starts once the flood runs: iperf3's server connects its UDP socket to
+    // the client when the first test's datagrams arrive (ss in the guest's namespace).
+    const flooding = () => /\bESTAB\b/.test(spawnSync("ip", ["netns", "exec", guest.ns, "ss", "-Huan", `sport = :${iperfPort}`], { encoding: "utf8" }).stdout ?? "");
+    await waitUntil("iperf3's UDP test to run in the guest", flooding, 15_000);
     const data = randomBytes(32 << 20);
     const transfer = exchange(digestPort, data, "127.0.0.1", 60_000);
     await guest.startServer("echo", [["127.0.0.1", latePort]]);
