@@ -46,7 +46,13 @@ export function checkUnread(connection: UnreadConnection, native: NativeShim, na
     } catch (err) {
       return log(`${name}: a connection failed: ${(err as Error).message}`);
     }
-    then(socket);
+    // Later looks run from a timer, outside serve.ts's guard: a failure closes this connection only.
+    try {
+      then(socket);
+    } catch (err) {
+      socket.destroy();
+      log(`${name}: a connection failed: ${(err as Error).message}`);
+    }
   };
   const reject = (why: string) => adoptOr((socket) => {
     log(`${name}: closed a connection that ${why}`);
