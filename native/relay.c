@@ -826,15 +826,30 @@ static void status_check(struct relay *r, struct relay **ready) {
   }
 }
 
+/* Where a non-blocking connect stands: 1 connected, 0 still connecting, or -errno. A far end
+ * that accepted, sent data and reset (or closed) before this thread looked is connected: its
+ * data is still queued and goes to the client first, then the reset. SO_ERROR alone would
+ * say ECONNRESET and lose that data, so a peek comes first; it reads (and clears) a pending
+ * error itself only when no data is queued. */
+static int connect_state(int fd) {
+  char byte;
+  ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n >= 0) return 1;
+  if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTCONN) return -errno;
+  int err = ph_socket_error(fd); /* reading SO_ERROR clears it */
+  if (err) return err;
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  return getpeername(fd, (struct sockaddr *)&peer, &len) == 0 ? 1 : 0;
+}
+
 /* The dialed side became writable (or failed): connected, or not. */
 static void dial_check(struct relay *r, struct relay **ready) {
   if (r->awaiting) { status_check(r, ready); return; }
   int fd = r->fd[r->dside];
-  int err = -ph_socket_error(fd);
-  if (err) { dial_failed(r, err); return; }
-  struct sockaddr_storage peer;
-  socklen_t len = sizeof peer;
-  if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0) return; /* still connecting */
+  int state = connect_state(fd);
+  if (state < 0) { dial_failed(r, -state); return; }
+  if (state == 0) return; /* still connecting */
   if (!(r->dial_flags & PH_HELLO_HANDED)) {
     int e = send_hello(r, fd);
     if (e) { dial_failed(r, e); return; }
@@ -933,11 +948,9 @@ static int dial_connect(struct relay *r) {
   /* A unix listener whose backlog is full says EAGAIN (it has no "in progress"). */
   if (connect(fd, (struct sockaddr *)&r->dial_addr, r->dial_addr_len) != 0) {
     if (errno != EINPROGRESS) return errno;
-    struct sockaddr_storage peer;
-    socklen_t len = sizeof peer;
-    int err = -ph_socket_error(fd); /* reading SO_ERROR clears it: a refusal is said here, now */
-    if (err) return err;
-    if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0) return 0; /* the thread waits */
+    int state = connect_state(fd); /* a refusal is said here, now */
+    if (state < 0) return -state;
+    if (state == 0) return 0; /* the thread waits */
   }
   int e = (r->dial_flags & PH_HELLO_HANDED) ? 0 : send_hello(r, fd);
   if (e) return e;

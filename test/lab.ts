@@ -214,10 +214,12 @@ export class Guest {
 
   /**
    * CPython's reset server (test/fixtures/reset-server.py) inside the guest: every
-   * connection gets `bytes` bytes, then a TCP reset.
+   * connection gets `bytes` bytes, then a TCP reset. `gated`: its listener starts full (new
+   * connects wait for a SYN sent again) until a line is written to its stdin.
    */
-  async startResetServer(host: string, port: number, bytes: number): Promise<Proc> {
-    const server = this.spawn(["/usr/bin/python3", join(REPO, "test/fixtures/reset-server.py"), host, String(port), String(bytes)], `reset-server ${bytes}`);
+  async startResetServer(host: string, port: number, bytes: number, mode?: "gated"): Promise<Proc> {
+    const argv = ["/usr/bin/python3", join(REPO, "test/fixtures/reset-server.py"), host, String(port), String(bytes), ...(mode ? [mode] : [])];
+    const server = this.spawn(argv, `reset-server ${bytes}`, { stdin: mode === "gated" });
     await server.waitForLine(/^listening/);
     return server;
   }
