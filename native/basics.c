@@ -40,3 +40,9 @@ int ph_peek(int fd, uint8_t *buf, int cap) {
   ssize_t n = recv(fd, buf, (size_t)cap, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 ? NEG_ERRNO : (int)n;
 }
+
+/* Sets the backlog of a socket that already listens (listen() again changes only that; the
+ * kernel caps it at net.core.somaxconn). For runtimes whose listen() takes no backlog. */
+int ph_listen_backlog(int fd, int backlog) {
+  return listen(fd, backlog) == 0 ? 0 : NEG_ERRNO;
+}

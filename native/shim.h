@@ -1,7 +1,7 @@
 /*
  * porthole's native shim: what JavaScript runtimes cannot do themselves. One shared object
  * built from these files (see README.md):
- *   - basics.c: errno names, close, socketpair, a socket's pending error, peeking at queued bytes.
+ *   - basics.c: errno names, close, socketpair, a socket's pending error, peeking at queued bytes, a listener's backlog.
  *   - vsock.c: AF_VSOCK stream sockets: create, bind+listen, non-blocking accept with the peer
  *     CID, a non-blocking connect (its completion is watched by the relay thread), the local CID.
  *   - sock_diag.c: netlink dumps of listening TCP and unconnected UDP sockets (kernel-side state

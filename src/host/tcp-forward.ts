@@ -5,6 +5,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import type { HostTarget, PlannedForward } from "../core/forward-plan.ts";
 import { afterRelay, dropConnection, relayedBytes } from "../transport/fast-relay.ts";
+import { LISTEN_BACKLOG, widenBacklog } from "../runtime/listen-backlog.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
@@ -56,10 +57,10 @@ export class TcpForward extends HostForward {
         server.off("error", reject);
         // After listening, an error is one refused connection (Node reports EMFILE on accept so).
         server.on("error", (err) => this.trouble(err, `accepting on ${where}`));
-        resolve();
+        void widenBacklog(server, (message) => this.trouble(new Error(message), `listening on ${where}`)).then(() => resolve());
       });
-      if (host.kind === "tcp") server.listen({ host: host.ip, port: host.port });
-      else server.listen(host.path);
+      if (host.kind === "tcp") server.listen({ host: host.ip, port: host.port, backlog: LISTEN_BACKLOG });
+      else server.listen({ path: host.path, backlog: LISTEN_BACKLOG });
     });
     return {
       close: () => {

@@ -27,6 +27,8 @@ export interface NativeShim {
   socketError(fd: number): number;
   /** Copies queued bytes without taking them (MSG_PEEK): the count, 0 at EOF, -EAGAIN when none yet. */
   peek(fd: number, buf: Uint8Array, cap: number): number;
+  /** listen() again on a listening socket: its backlog becomes `backlog`. 0 or -errno. */
+  listenBacklog(fd: number, backlog: number): number;
   /** Starts the relay thread (once); the fd whose bytes are the relay's records. */
   relayStart(): number;
   /** Dup()s both fds and relays between them; toB/toA go out first. Returns the relay id. */
@@ -89,6 +91,7 @@ export const SIGNATURES = {
   ph_vsock_connect_start: { args: ["u32", "u32"], returns: "i32" },
   ph_socket_error: { args: ["i32"], returns: "i32" },
   ph_peek: { args: ["i32", "ptr", "i32"], returns: "i32" },
+  ph_listen_backlog: { args: ["i32", "i32"], returns: "i32" },
   ph_relay_start: { args: [], returns: "i32" },
   ph_relay_add: { args: ["i32", "i32", "ptr", "i32", "ptr", "i32", "i32"], returns: "i32" },
   ph_relay_dial: { args: ["i32", "ptr", "i32", "ptr", "i32", "i32", "i32", "i32", "ptr", "i32"], returns: "i32" },
@@ -133,6 +136,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     vsockConnectStart: (cid, port) => num("ph_vsock_connect_start", cid, port),
     socketError: (fd) => num("ph_socket_error", fd),
     peek: (fd, buf, cap) => num("ph_peek", fd, buf, cap),
+    listenBacklog: (fd, backlog) => num("ph_listen_backlog", fd, backlog),
     relayStart: () => num("ph_relay_start"),
     relayAdd: (a, b, toB, toBLen, toA, toALen, flags) => num("ph_relay_add", a, b, toB, toBLen, toA, toALen, flags),
     relayDial: (fd, host, port, pre, preLen, flags, timeoutMs, keepAliveS, hello, helloLen) =>

@@ -6,6 +6,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import type { TransportAddress } from "../core/transport-address.ts";
 import { formatTransportAddress } from "../core/transport-address.ts";
+import { LISTEN_BACKLOG, widenBacklog } from "../runtime/listen-backlog.ts";
 
 /**
  * `halfOpen`: accepted sockets keep writing after the peer's EOF (data streams, tunnels);
@@ -13,13 +14,13 @@ import { formatTransportAddress } from "../core/transport-address.ts";
  * `unread`: accepted sockets start paused, their bytes still in the kernel (to be peeked at).
  */
 export async function listenTransport(address: Extract<TransportAddress, { kind: "unix" | "tcp" }>, halfOpen = false, unread = false): Promise<net.Server> {
-  if (address.kind === "tcp") return listenServer((s) => s.listen(address.port, address.host), address, halfOpen, unread);
+  if (address.kind === "tcp") return listenServer((s) => s.listen({ port: address.port, host: address.host, backlog: LISTEN_BACKLOG }), address, halfOpen, unread);
   await removeStaleSocket(address.path);
   fs.mkdirSync(path.dirname(address.path), { recursive: true, mode: 0o755 });
   // umask instead of a chmod afterwards: there is no moment when the socket is open to all.
   const oldMask = process.umask(0o177);
   try {
-    return await listenServer((s) => s.listen(address.path), address, halfOpen, unread);
+    return await listenServer((s) => s.listen({ path: address.path, backlog: LISTEN_BACKLOG }), address, halfOpen, unread);
   } finally {
     process.umask(oldMask);
   }
@@ -31,7 +32,7 @@ function listenServer(start: (s: net.Server) => void, address: TransportAddress,
     server.once("error", (err) => reject(new Error(`cannot listen on ${formatTransportAddress(address)}: ${err.message}`, { cause: err })));
     server.once("listening", () => {
       server.removeAllListeners("error");
-      resolve(server);
+      void widenBacklog(server, (message) => console.error(message)).then(() => resolve(server));
     });
     start(server);
   });
