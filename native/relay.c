@@ -68,6 +68,7 @@ struct dir {
   int src_eof, shut, spliced;
   int lazy; /* 1: no pipe yet, copying small reads; 2: a read filled the buffer, splice next */
   int hold; /* the source failed: deliver what is queued, then no shutdown (a reset follows) */
+  int dst_device; /* dst is no socket (a serial port): write(), and no shutdown at EOF */
   uint64_t bytes;
 };
 
@@ -260,6 +261,7 @@ static void maybe_upgrade(struct dir *d) {
 static int write_queued(struct dir *d, int *progressed) {
   ssize_t m = d->pipe_r >= 0
     ? splice(d->pipe_r, NULL, d->dst, NULL, d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+    : d->dst_device ? write(d->dst, d->buf + d->off, d->queued)
     : send(d->dst, d->buf + d->off, d->queued, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (m > 0) {
     d->queued -= (size_t)m;
@@ -311,7 +313,8 @@ static int pump(struct dir *d, int *side) {
     }
     if (d->src_eof && d->queued == 0 && !d->shut && !d->hold) {
       d->shut = 1;
-      if (shutdown(d->dst, SHUT_WR) != 0 && errno != ENOTCONN) { *side = 1; return NEG_ERRNO; }
+      /* A device has no half-close: its side ends when the relay does. */
+      if (!d->dst_device && shutdown(d->dst, SHUT_WR) != 0 && errno != ENOTCONN) { *side = 1; return NEG_ERRNO; }
     }
     if (!progressed) return 0;
   }
@@ -417,7 +420,7 @@ static void run(struct relay *r, struct relay **ready) {
 static void check_errors(struct relay *r) {
   if (r->failing) return;
   for (int i = 0; i < 2; i++) {
-    if (!r->d[i].src_eof) continue;
+    if (!r->d[i].src_eof || r->d[1 - i].dst_device) continue; /* a device has no SO_ERROR */
     int e = -ph_socket_error(r->fd[i]);
     if (e <= 0) continue;
     /* What side i sent before failing (queued in d[i], or still in the other side's send
@@ -1216,6 +1219,9 @@ static int relay_register(struct relay *r, int e) {
   return slot + 1;
 }
 
+/* Relays fd_a <-> fd_b (both dup()ed). Either may be a character device (a virtio-serial
+ * port) instead of a socket: it is then read and written with read()/write(), its EOF ends
+ * that direction without a shutdown, and errors on it reset the other side. */
 int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
   if (notify_js < 0) return -ENOTCONN;
   struct relay *r = calloc(1, sizeof *r);
@@ -1227,11 +1233,21 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
   if (!e) {
     set_nonblock(r->fd[0]);
     set_nonblock(r->fd[1]);
-    int copy = flags & PH_FORCE_COPY;
-    if (flags & PH_FRAMED_B) e = framed_init(r, copy, to_b, to_b_len, to_a, to_a_len);
+    /* A side that is no socket (a serial port's character device) is read and written with
+     * read()/write(): no splice, send, shutdown or SO_ERROR there. */
+    int device[2];
+    for (int i = 0; i < 2; i++) {
+      struct stat st;
+      device[i] = fstat(r->fd[i], &st) == 0 && !S_ISSOCK(st.st_mode);
+    }
+    int copy = (flags & PH_FORCE_COPY) || device[0] || device[1];
+    if ((device[0] || device[1]) && (flags & PH_FRAMED_B)) e = -EINVAL;
+    else if (flags & PH_FRAMED_B) e = framed_init(r, copy, to_b, to_b_len, to_a, to_a_len);
     else {
       e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
       if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
+      r->d[0].dst_device = device[1];
+      r->d[1].dst_device = device[0];
     }
   }
   return relay_register(r, e);

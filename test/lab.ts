@@ -704,3 +704,26 @@ export function nativeMoved(before: RelayCounts, after: RelayCounts, counter: "b
   if (counter === "bytesSpliced" && bulk && spliced <= (spliced + copied) / 2) throw new Error(`a bulk transfer went mostly by copy (spliced ${spliced}, copied ${copied})`);
   return spliced + copied;
 }
+
+// ---- system calls --------------------------------------------------------------------------
+
+/** The thread ids of a process's relay thread (named by the shim). */
+export function relayThreads(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/task`).filter((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim() === "porthole-relay");
+}
+
+/**
+ * strace -f (not our code) on a running process: its connect, send, read and write calls,
+ * each line led by its thread id, until the returned function stops it.
+ */
+export async function traceCalls(pid: number, log: string): Promise<() => Promise<string[]>> {
+  const strace = new Proc(spawn("strace", ["-f", "-qq", "-s", "16", "-e", "trace=connect,sendto,write,read", "-o", log, "-p", String(pid)], { stdio: ["ignore", "pipe", "pipe"] }), "strace");
+  defer(() => strace.kill("SIGKILL"));
+  await strace.waitForLine(/attached/, "stderr").catch(() => {}); // -qq may keep it quiet
+  await Bun.sleep(300);
+  return async () => {
+    strace.child.kill("SIGINT");
+    await strace.exited;
+    return readFileSync(log, "utf8").split("\n");
+  };
+}

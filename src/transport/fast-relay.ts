@@ -121,6 +121,25 @@ function drain(socket: net.Socket): Buffer {
 }
 
 /**
+ * Relays a character device (a virtio-serial port's fd) and a socket in the relay thread:
+ * read() and write() on the device, nothing through the runtime's thread pool or JavaScript.
+ * The relay holds its own dup of both fds (the caller may close its own). `onEnd` runs once
+ * it ended: the device's EOF or error, the socket's, or abort(). Undefined where the native
+ * relay cannot run (the caller moves the bytes itself).
+ */
+export function joinDevice(deviceFd: number, socket: net.Socket, onEnd: () => void): { abort(): void } | undefined {
+  const native = usableLoop();
+  const fd = socketFd(socket);
+  if (!native || fd === undefined) return undefined;
+  try {
+    const id = native.add(deviceFd, fd, new Uint8Array(0), new Uint8Array(0), true, () => onEnd());
+    return { abort: () => native.abort(id) };
+  } catch {
+    return undefined; // the caller's own relay carries it
+  }
+}
+
+/**
  * Relays between two connected sockets until both directions ended (EOF each way, passed on
  * as a half-close) or one failed (both reset). Both sockets are paused until then; the
  * caller's own handlers on them see them close when the native relay takes over (use

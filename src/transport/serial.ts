@@ -1,12 +1,14 @@
 // The guest side of a virtio-serial port: one long-lived byte stream that carries a whole
-// agent connection. The device is opened once, read and written through file streams (a
-// write blocks in the thread pool while no host is attached; `net.Socket({fd})` does not
-// read from such a port under Bun), and joined to a socketpair whose other end is handed
-// over as an ordinary socket. EOF means the host went away: the connection is dropped and
-// the port opened again for the next one.
+// agent connection. The device is opened once and joined to a socketpair whose other end is
+// handed over as an ordinary socket (`net.Socket({fd})` does not read from such a port under
+// Bun). The shim's relay thread moves the bytes between the two (non-blocking read/write on
+// the port, woken by epoll); without it, file streams do, through the runtime's thread pool
+// (a write blocks there while no host is attached). EOF means the host went away: the
+// connection is dropped and the port opened again for the next one.
 import { openSync, closeSync, createReadStream, createWriteStream } from "node:fs";
 import type * as net from "node:net";
 import { loadNative } from "../runtime/native.ts";
+import { joinDevice } from "./fast-relay.ts";
 import { socketPair } from "./socketpair.ts";
 
 const REOPEN_MS = 200;
@@ -33,36 +35,13 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       return void log(`serial ${path}: ${(err as Error).message}; retrying`);
     }
     const [inner, outer] = (await socketPair())!; // the agent's side, and the side joined to the device
-    const reader = createReadStream("", { fd, autoClose: false, highWaterMark: 64 * 1024 });
-    const writer = createWriteStream("", { fd, autoClose: false });
-    reader.pipe(outer);
-    outer.pipe(writer);
     const session = { fd, inner, outer };
     current = session;
-    let ended = false;
-    const end = () => {
-      if (ended) return;
-      ended = true;
-      reader.destroy();
-      writer.destroy();
-      inner.destroy();
-      outer.destroy();
-      // The fd is closed only once both streams have closed: a stream closes after its last
-      // thread-pool read or write on the fd returned, so no read can land on a reused fd number.
-      void Promise.all([streamClosed(reader), streamClosed(writer)]).then(() => {
-        try {
-          closeSync(fd);
-        } catch {
-          // already closed
-        }
-        if (current === session) current = undefined;
-        reopen(REOPEN_MS);
-      });
+    const over = () => {
+      if (current === session) current = undefined;
+      reopen(REOPEN_MS);
     };
-    reader.once("end", end); // the host went away
-    reader.once("error", end);
-    writer.once("error", end);
-    inner.once("close", end);
+    if (!joinNatively(session, over)) joinWithStreams(session, over);
     onConnection(inner);
   };
   await open();
@@ -73,6 +52,65 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       current?.inner.destroy();
     },
   };
+}
+
+interface Session {
+  fd: number;
+  inner: net.Socket;
+  outer: net.Socket;
+}
+
+/** In the relay thread; `over` once the device is released. False where the relay cannot run. */
+function joinNatively(session: Session, over: () => void): boolean {
+  let ended = false;
+  const relay = joinDevice(session.fd, session.outer, () => {
+    if (ended) return;
+    ended = true;
+    session.inner.destroy();
+    over(); // the relay closed its copy of the fd: the port can be opened again
+  });
+  if (!relay) return false;
+  // The relay holds its own copies of both fds.
+  closeQuietly(session.fd);
+  session.outer.destroy();
+  session.inner.once("close", () => relay.abort());
+  return true;
+}
+
+/** Through file streams (reads and writes in the runtime's thread pool). */
+function joinWithStreams(session: Session, over: () => void): void {
+  const { fd, inner, outer } = session;
+  const reader = createReadStream("", { fd, autoClose: false, highWaterMark: 64 * 1024 });
+  const writer = createWriteStream("", { fd, autoClose: false });
+  reader.pipe(outer);
+  outer.pipe(writer);
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    reader.destroy();
+    writer.destroy();
+    inner.destroy();
+    outer.destroy();
+    // The fd is closed only once both streams have closed: a stream closes after its last
+    // thread-pool read or write on the fd returned, so no read can land on a reused fd number.
+    void Promise.all([streamClosed(reader), streamClosed(writer)]).then(() => {
+      closeQuietly(fd);
+      over();
+    });
+  };
+  reader.once("end", end); // the host went away
+  reader.once("error", end);
+  writer.once("error", end);
+  inner.once("close", end);
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
 }
 
 /** Resolves once a destroyed stream has closed (at once if it already has). */

@@ -6,13 +6,11 @@
 // status byte happens once per connection. The relay's own counters (`porthole status --json`)
 // show that the bytes went through it.
 import { describe, expect } from "bun:test";
-import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
-import { e2eTest, exchange, fdCount, freePort, Guest, runPorthole, startHostAgent, useHarness } from "./harness.ts";
-import { defer, Proc as Child } from "../lab.ts";
+import { defer, e2eTest, exchange, fdCount, freePort, Guest, relayThreads, runPorthole, startHostAgent, traceCalls, useHarness } from "./harness.ts";
 import { waitUntil } from "../wait.ts";
 
 useHarness();
@@ -23,24 +21,6 @@ function status(guest: Guest): { relay: { nativeRelays: number; javascriptRelays
   const r = runPorthole(["status", "--json", "--control", join(guest.dir, "state", "control.sock")]);
   if (r.code !== 0) throw new Error(`porthole status: ${r.stderr}`);
   return JSON.parse(r.stdout);
-}
-
-/** The thread ids of a process's relay thread (named by the shim). */
-function relayThreads(pid: number): string[] {
-  return readdirSync(`/proc/${pid}/task`).filter((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim() === "porthole-relay");
-}
-
-/** strace -f on a running process: its connect and send calls, by thread, until stopped. */
-async function traceCalls(pid: number, log: string): Promise<() => Promise<string[]>> {
-  const strace = new Child(spawn("strace", ["-f", "-qq", "-s", "16", "-e", "trace=connect,sendto,write,read", "-o", log, "-p", String(pid)], { stdio: ["ignore", "pipe", "pipe"] }), "strace");
-  defer(() => strace.kill("SIGKILL"));
-  await strace.waitForLine(/attached/, "stderr").catch(() => {}); // -qq may keep it quiet
-  await Bun.sleep(300);
-  return async () => {
-    strace.child.kill("SIGINT");
-    await strace.exited;
-    return readFileSync(log, "utf8").split("\n");
-  };
 }
 
 describe("the data path dialled by the relay threads", () => {

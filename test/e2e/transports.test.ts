@@ -2,9 +2,10 @@
 // device, socat standing in for QEMU's chardev socket), TCP with its token, and vsock as far
 // as this machine allows (listening; no vsock connect can complete here).
 import { describe, expect } from "bun:test";
-import { existsSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, readdirSync, readlinkSync, realpathSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, runPorthole, startHostAgent, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, relayThreads, runPorthole, startHostAgent, traceCalls, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -34,6 +35,39 @@ describe("virtio-serial (guest side)", () => {
     await host.waitForForwarding(echoPort);
     expect((await exchange(echoPort, Buffer.from("again"))).toString()).toBe("again");
     expect(agent.running).toBe(true);
+  });
+
+  e2eTest("the port's bytes are read and written by the shim's relay thread (strace), never through the runtime's thread pool", async () => {
+    const guest = Guest.create();
+    const port = await fakeVirtioPort(guest);
+    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
+    await agent.waitForLine(/serving on serial:/, "stderr");
+    await port.proc.waitFor(() => existsSync(port.chardev) || undefined, "the chardev socket");
+    const host = startHostAgent(guest, ["--guest", `unix://${port.chardev}`]);
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect over the port");
+    const echoPort = await freePort();
+    await guest.startEcho("127.0.0.1", echoPort);
+    await host.waitForForwarding(echoPort);
+    const pid = agent.child.pid!;
+    // The device's fds in the agent: the pty behind the port's link.
+    const pty = realpathSync(port.device);
+    const deviceFds = readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`) === pty;
+      } catch {
+        return false;
+      }
+    });
+    expect(deviceFds.length).toBe(1); // the relay's own copy; the agent closed its fd
+    const stop = await traceCalls(pid, join(guest.dir, "serial.strace"));
+    const payload = randomBytes(256 << 10);
+    expect((await exchange(echoPort, payload)).equals(payload)).toBe(true);
+    const calls = await stop();
+    const onDevice = calls.filter((l) => new RegExp(`^\\d+ +(read|write)\\(${deviceFds[0]},`).test(l));
+    const threads = new Set(onDevice.map((l) => l.split(" ")[0]));
+    expect(onDevice.some((l) => /^\d+ +read\(/.test(l))).toBe(true);
+    expect(onDevice.some((l) => /^\d+ +write\(/.test(l))).toBe(true);
+    expect([...threads]).toEqual(relayThreads(pid));
   });
 });
 
