@@ -490,7 +490,7 @@ static void frame_feed(struct framing *f, const uint8_t *p, size_t len, uint8_t 
     if (f->got_end) { frame_bad(f, 0, PH_AFTER_END); return; }
     if (f->remaining > 0) {
       size_t n = len - at < f->remaining ? len - at : f->remaining;
-      if (out) { memcpy(out + *out_len, p + at, n); *out_len += n; }
+      if (out) { memmove(out + *out_len, p + at, n); *out_len += n; } /* out may be p: never ahead of it */
       f->remaining -= (uint32_t)n;
       at += n;
       continue;
@@ -542,6 +542,23 @@ static void stream_lost(struct relay *r, int err) {
   }
 }
 
+/* A frame read into the buffer goes out as header and payload in one sendmsg() (one system
+ * call, not two: what a small exchange costs). What it could not send stays for enc_pump's
+ * usual path. -1 with errno on a real error. */
+static int send_frame(struct dir *d, struct framing *f) {
+  struct iovec iov[2] = { { f->ehdr, 4 }, { d->buf + d->off, d->queued } };
+  struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+  ssize_t m = sendmsg(d->dst, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (m < 0) return errno == EAGAIN || errno == EINTR ? 0 : -1;
+  size_t header = (size_t)m < 4 ? (size_t)m : 4, payload = (size_t)m - header;
+  f->ehdr_off = (int)header;
+  d->off += payload;
+  d->queued -= payload;
+  __atomic_fetch_add(&d->bytes, (uint64_t)payload, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&total_copied, (uint64_t)payload, __ATOMIC_RELAXED);
+  return 0;
+}
+
 /* Plain -> frames. Same returns as pump(); *side 0: reading a failed, 1: writing b failed. */
 static int enc_pump(struct relay *r, int *side) {
   struct framing *f = r->fr;
@@ -587,6 +604,7 @@ static int enc_pump(struct relay *r, int *side) {
           put_be32(f->ehdr, (uint32_t)n); /* n <= the pipe's or buffer's size < PH_MAX_FRAME */
           f->ehdr_off = 0;
           progressed = 1;
+          if (!pipe_mode && send_frame(d, f) < 0) { *side = 1; return NEG_ERRNO; }
         } else if (n == 0) {
           d->src_eof = 1;
           f->end_code = PH_END_EOF;
@@ -627,6 +645,18 @@ static int dec_pump(struct relay *r, int *side) {
         static uint8_t scratch[65536];
         n = recv(d->src, scratch, sizeof scratch, MSG_DONTWAIT);
         if (n > 0) frame_feed(f, scratch, (size_t)n, NULL, NULL);
+      } else if (d->lazy == 1 && d->queued == 0) {
+        /* Small exchanges (no pipe yet): one recv() takes headers and payload together and
+         * they are decoded in the buffer, instead of a recv() for each header and a read()
+         * for each payload. */
+        n = recv(d->src, d->buf, d->cap, MSG_DONTWAIT);
+        if (n > 0) {
+          size_t len = 0;
+          frame_feed(f, (const uint8_t *)d->buf, (size_t)n, (uint8_t *)d->buf, &len);
+          d->off = 0;
+          d->queued = len;
+          note_read(d, n);
+        }
       } else if (f->remaining == 0) {
         n = recv(d->src, f->dhdr + f->dhdr_have, (size_t)(4 - f->dhdr_have), MSG_DONTWAIT);
         if (n > 0) {
