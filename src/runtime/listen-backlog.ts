@@ -20,7 +20,7 @@ export async function widenBacklog(server: net.Server, say: (message: string) =>
   const why = await backlogProblem(server);
   if (!why || said) return;
   said = true;
-  say(`listeners keep the runtime's queue of 512 waiting connections (${why}): a burst of more connections at once may be reset by the kernel`);
+  say(`listeners keep the runtime's own queue of waiting connections (Bun's is 512) because ${why}: a burst of more connections at once may be reset by the kernel`);
 }
 
 async function backlogProblem(server: net.Server): Promise<string | undefined> {
