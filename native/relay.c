@@ -69,6 +69,7 @@ struct dir {
   int lazy; /* 1: no pipe yet, copying small reads; 2: a read filled the buffer, splice next */
   int hold; /* the source failed: deliver what is queued, then no shutdown (a reset follows) */
   int dst_device; /* dst is no socket (a serial port): write(), and no shutdown at EOF */
+  int src_device; /* src is no socket: its EOF (a serial port's host went away) ends the relay */
   uint64_t bytes;
 };
 
@@ -293,6 +294,11 @@ static int pump(struct dir *d, int *side) {
         d->queued += (size_t)n;
         if (!pipe_mode) { d->off = 0; note_read(d, n); }
         progressed = 1;
+      } else if (n == 0 && d->src_device) {
+        /* Not a half-close: the port's far end is gone, and the connection it carried with
+         * it. Ended as a failure (what was read still goes out first), so both sides close. */
+        *side = 0;
+        return -ECONNRESET;
       } else if (n == 0) {
         d->src_eof = 1;
         progressed = 1;
@@ -1250,8 +1256,8 @@ static int relay_register(struct relay *r, int e) {
 }
 
 /* Relays fd_a <-> fd_b (both dup()ed). Either may be a character device (a virtio-serial
- * port) instead of a socket: it is then read and written with read()/write(), its EOF ends
- * that direction without a shutdown, and errors on it reset the other side. */
+ * port) instead of a socket: it is then read and written with read()/write(), and its EOF
+ * (the port's host went away) ends the relay as an error does: the socket side is closed. */
 int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len, int flags) {
   if (notify_js < 0) return -ENOTCONN;
   struct relay *r = calloc(1, sizeof *r);
@@ -1276,8 +1282,8 @@ int ph_relay_add(int fd_a, int fd_b, const uint8_t *to_b, int to_b_len, const ui
     else {
       e = dir_init(&r->d[0], r->fd[0], r->fd[1], copy, to_b, to_b_len);
       if (!e) e = dir_init(&r->d[1], r->fd[1], r->fd[0], copy, to_a, to_a_len);
-      r->d[0].dst_device = device[1];
-      r->d[1].dst_device = device[0];
+      r->d[0].dst_device = r->d[1].src_device = device[1];
+      r->d[1].dst_device = r->d[0].src_device = device[0];
     }
   }
   return relay_register(r, e);
