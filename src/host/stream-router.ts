@@ -146,7 +146,9 @@ export class StreamRouter {
           throw err;
         },
       );
-      return new UdpDataTunnel(dial);
+      return new UdpDataTunnel(dial, (reason) =>
+        this.report({ type: "warning", message: `UDP ${plan.guestAddr}: the guest agent broke a flow's data stream (${reason}); that flow ended, the next datagram opens a new one` }),
+      );
     }
     return this.grpc.openUdpTunnel(plan, client);
   }

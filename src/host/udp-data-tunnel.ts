@@ -18,7 +18,8 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   private credit = 0;
   private over = false;
 
-  constructor(dial: Promise<{ stream: net.Socket; initial?: Buffer }>) {
+  /** `onBad`: the guest broke the stream's framing (said by the caller; the flow ends). */
+  constructor(dial: Promise<{ stream: net.Socket; initial?: Buffer }>, onBad: (reason: string) => void = () => {}) {
     super();
     this.on("error", () => {}); // a listener is always there: an unhandled "error" must not end the agent
     dial.then(
@@ -33,7 +34,10 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
             },
             onEnd: (bad) => {
               this.over = true;
-              if (bad) this.emit("error", new Error(`the guest broke the UDP stream's framing (${bad})`));
+              if (bad) {
+                onBad(bad);
+                this.emit("error", new Error(`the guest broke the UDP stream's framing (${bad})`));
+              }
               this.emit("end");
             },
           },
