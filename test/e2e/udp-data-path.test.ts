@@ -4,6 +4,7 @@
 // (not our code) echoing datagrams of 1 to 60,000 bytes byte for byte.
 import { describe, expect } from "bun:test";
 import * as dgram from "node:dgram";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { e2eTest, freePort, Guest, startHostAgent, statusJSON, useHarness } from "./harness.ts";
 import { defer } from "../lab.ts";
@@ -52,5 +53,35 @@ describe("UDP over the data path", () => {
     expect(row!.paths!.fast!.bytesOut).toBeGreaterThanOrEqual(bytes + 4 * sent.length);
     expect(row?.paths?.grpc).toBeUndefined();
     expect(row?.datagramsDropped).toBe(0);
+  });
+
+  e2eTest("a data stream that cannot be had: said as a path-changed event, and the next flow goes by gRPC and is answered", async () => {
+    const guest = Guest.create();
+    await guest.startAgent();
+    const host = startHostAgent(guest, []);
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+    const port = await freePort();
+    await guest.startServer("udp-echo", [["127.0.0.1", port]]);
+    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+    rmSync(`${guest.socket}.data`); // the guest's data endpoint is gone: its streams cannot be dialed
+
+    const client = dgram.createSocket("udp4");
+    defer(() => void client.close());
+    const received: Buffer[] = [];
+    client.on("message", (m) => received.push(m));
+    await new Promise<void>((resolve) => client.bind(0, "127.0.0.1", resolve));
+    client.send(Buffer.from("first"), port, "127.0.0.1"); // its flow's stream fails (the datagram is lost, as UDP may)
+    const event = await host.waitForEvent((e) => e.type === "path-changed" && e.path === "fast" && e.state === "unusable", "the data path's failure");
+    expect(String(event.reason)).toContain("using grpc meanwhile");
+    // The failed flow is gone; the next datagram opens a flow by gRPC.
+    await waitUntil("an echo by gRPC", () => {
+      if (received.length) return true;
+      client.send(Buffer.from("again"), port, "127.0.0.1");
+      return false;
+    }, 10_000);
+    expect(received[0]!.toString()).toBe("again");
+    const row = statusJSON(join(guest.dir, "state", "control.sock")).forwards.find((f) => f.protocol === "udp" && f.hostAddr === `127.0.0.1:${port}`);
+    expect(row?.paths?.fast?.fallbacks).toBeGreaterThanOrEqual(1);
+    expect(row?.paths?.fast?.connections ?? 0).toBe(0);
   });
 });
