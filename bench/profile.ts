@@ -5,6 +5,7 @@
 // --channel tcp: the agent channel is one TCP stream with a token (the single-stream case: the
 // lean multiplexer with --forwarder auto, gRPC tunnels with grpc).
 import { iperf, IperfServer } from "../test/iperf.ts";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
@@ -29,6 +30,19 @@ function stat(pid: number): { ticks: number; minflt: number } {
   const text = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = text.slice(text.lastIndexOf(")") + 2).split(" ");
   return { ticks: Number(f[11]) + Number(f[12]), minflt: Number(f[7]) };
+}
+
+/** The kernel's `Udp:` counters (/proc/net/snmp) in this namespace or in `netns`. */
+function udpCounters(netns?: string): Record<string, number> {
+  const text = netns ? spawnSync("ip", ["netns", "exec", netns, "cat", "/proc/net/snmp"], { encoding: "utf8" }).stdout : readFileSync("/proc/net/snmp", "utf8");
+  const [names, values] = text.split("\n").filter((l) => l.startsWith("Udp:"));
+  const keys = names!.split(/\s+/).slice(1);
+  const nums = values!.split(/\s+/).slice(1).map(Number);
+  return Object.fromEntries(keys.map((k, i) => [k, nums[i]!]));
+}
+
+function counterDelta(before: Record<string, number>, after: Record<string, number>): string {
+  return ["InDatagrams", "RcvbufErrors", "SndbufErrors", "InErrors", "OutDatagrams"].map((k) => `${k} +${after[k]! - before[k]!}`).join(", ");
 }
 
 async function main(): Promise<void> {
@@ -80,7 +94,25 @@ async function main(): Promise<void> {
       console.log(`  ${side} agent: ${cpu.toFixed(0)}% of a core, ${((cpu * 10) / (conns / seconds)).toFixed(2)} ms of CPU per connection`);
     }
   } else {
+  const snmpBefore = { host: udpCounters(), guest: udpCounters(guest.ns) };
+  // PROFILE_PERF=1: perf's view of both agents (kernel time included) for 4 s of the run.
+  if (process.env.PROFILE_PERF) {
+    for (const side of ["host", "guest"] as const) {
+      spawn("perf", ["record", "-F", "499", "-g", "-o", join(OUT, `perf-${side}.data`), "-p", String(pids[side]), "--", "sleep", "4"], { stdio: "ignore" });
+    }
+  }
   const { gbps, loss } = await iperf(new IperfServer(iperfPort, guest.ns), hostPort, "127.0.0.1", extra, Number(DURATION));
+  if (UDP) {
+    console.log(`  host namespace Udp: ${counterDelta(snmpBefore.host, udpCounters())} (shared with the machine's other work)`);
+    console.log(`  guest namespace Udp: ${counterDelta(snmpBefore.guest, udpCounters(guest.ns))}`);
+    const r = spawnSync(process.execPath, [MAIN, "status", "--control", join(guest.dir, "state", "control.sock"), "--json"], { encoding: "utf8" });
+    try {
+      const f = JSON.parse(r.stdout).forwards.find((x: { hostAddr: string; protocol: string }) => x.protocol === "udp" && x.hostAddr === `127.0.0.1:${hostPort}`);
+      console.log(`  host agent: ${f.bytesIn} bytes in, ${f.datagramsDropped} datagrams dropped over budget`);
+    } catch {
+      console.log(`  porthole status: ${r.stderr || r.stdout}`);
+    }
+  }
   const seconds = (performance.now() - started) / 1000;
   console.log(`${FORWARDER} ${extra.join(" ")}: ${gbps.toFixed(2)} Gbit/s${UDP ? `, loss ${loss!.toFixed(1)}%` : ""}`);
   for (const side of ["host", "guest"] as const) {

@@ -196,7 +196,7 @@ async function main(): Promise<void> {
   const porthole = (path: Path, forwarder: string, extra: (s: Sshd) => string[] = () => [], relay?: string): Mode => {
     const mode: Mode = {
       path,
-      udp: path === "grpc",
+      udp: path === "grpc" || path === "fast", // fast: UDP flows on data streams of their own
       async start(guestPort, hostPort, second) {
         // Static: iperf3 opens its UDP socket only when a UDP test starts, too late for detection,
         // and re-opens its TCP listener after each test. A static forward dials the guest's

@@ -21,7 +21,8 @@ export const MAX_HEADER = 4096;
 const MAX_SOCKET_PATH = 107;
 
 export interface DataTarget {
-  protocol: "tcp" | "unix";
+  /** `udp`: one UDP flow, its datagrams framed (core/datagram-frames.ts); only to a guest whose Hello lists "udp-data-path". */
+  protocol: "tcp" | "unix" | "udp";
   /** `ip:port` or an absolute socket path. */
   address: string;
 }
@@ -48,7 +49,7 @@ export function parseDataHeader(data: Buffer): HeaderResult {
   if (parts.length !== 4 || (parts[0] !== DATA_MAGIC && parts[0] !== FRAMED_MAGIC)) return { kind: "bad", reason: "not a porthole data stream" };
   const [magic, secret, protocol, address] = parts as [string, string, string, string];
   if (!/^[0-9a-f]{16,128}$/.test(secret)) return { kind: "bad", reason: "malformed secret" };
-  if (protocol !== "tcp" && protocol !== "unix") return { kind: "bad", reason: `protocol ${JSON.stringify(protocol)}` };
+  if (protocol !== "tcp" && protocol !== "unix" && protocol !== "udp") return { kind: "bad", reason: `protocol ${JSON.stringify(protocol)}` };
   const target: DataTarget = { protocol, address };
   const problem = targetProblem(target);
   if (problem) return { kind: "bad", reason: problem };
@@ -65,8 +66,8 @@ function targetProblem(target: DataTarget): string | undefined {
   }
   try {
     const { host, port } = parseHostPort(target.address);
-    if (!isIP(host)) return "a TCP target must be an IP address and port";
-    if (port < 1) return "a TCP target needs a port from 1 to 65535";
+    if (!isIP(host)) return `a ${target.protocol.toUpperCase()} target must be an IP address and port`;
+    if (port < 1) return `a ${target.protocol.toUpperCase()} target needs a port from 1 to 65535`;
   } catch (err) {
     return (err as Error).message;
   }

@@ -9,6 +9,7 @@ import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
 import { dialAndJoin, joinFramed, joinSockets } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
+import { handleUdpDataStream } from "./udp-stream-endpoint.ts";
 
 const HEADER_TIMEOUT_MS = 5000;
 /** A native dial's deadline: longer than the kernel's own TCP connect timeout (~127 s), which decides as in JavaScript. */
@@ -65,6 +66,7 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
     }
     const { target } = header;
     const onBad = (why: string) => refuse(`data path: closed a stream from the host that broke its framing (${why})`);
+    if (target.protocol === "udp") return handleUdpDataStream(stream, target.address, header.rest, onBad);
     // A framed stream: the relay thread dials the target, answers the status byte and relays,
     // with no JavaScript between (a failed dial comes back here for its status and event).
     const to = target.protocol === "unix" ? { path: target.address } : parseHostPort(target.address);

@@ -208,7 +208,7 @@ export class HostAgent {
       {
         forward: (plan) =>
           plan.protocol === "udp"
-            ? new UdpForward(plan, (p, client) => grpc.openUdpTunnel(p, client), report, warn, trouble, portOwner)
+            ? new UdpForward(plan, (p, client) => router.openUdpTunnel(p, client), report, warn, trouble, portOwner)
             : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble, portOwner),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report),
       },

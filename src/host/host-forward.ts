@@ -31,6 +31,8 @@ export interface Traffic {
   bytesIn: number;
   /** Guest to client. */
   bytesOut: number;
+  /** UDP: datagrams from clients dropped because their flow's budget was spent (the agent channel lagged). */
+  datagramsDropped?: number;
 }
 
 export interface ForwardStatus extends Traffic {
@@ -270,7 +272,12 @@ export abstract class HostForward {
 const ZERO: Traffic = { connections: 0, bytesIn: 0, bytesOut: 0 };
 
 function sumTraffic(list: Traffic[]): Traffic {
-  return list.reduce((a, t) => ({ connections: a.connections + t.connections, bytesIn: a.bytesIn + t.bytesIn, bytesOut: a.bytesOut + t.bytesOut }), ZERO);
+  return list.reduce((a, t) => {
+    const sum: Traffic = { connections: a.connections + t.connections, bytesIn: a.bytesIn + t.bytesIn, bytesOut: a.bytesOut + t.bytesOut };
+    const dropped = (a.datagramsDropped ?? 0) + (t.datagramsDropped ?? 0);
+    if (a.datagramsDropped !== undefined || t.datagramsDropped !== undefined) sum.datagramsDropped = dropped;
+    return sum;
+  }, ZERO);
 }
 
 function describeBindError(err: NodeJS.ErrnoException, host: HostTarget, owner?: string): string {

@@ -12,6 +12,7 @@ const empty = (): PathTraffic => ({ connections: 0, open: 0, bytesIn: 0, bytesOu
 export class PathCounters {
   private readonly closed = new Map<string, PathTraffic>();
   private readonly live = new Map<string, Set<net.Socket>>();
+  private readonly toGuest = new WeakSet<net.Socket>();
 
   private entry(key: string): PathTraffic {
     let t = this.closed.get(key);
@@ -19,21 +20,25 @@ export class PathCounters {
     return t;
   }
 
-  /** A client socket now carried by `path` (for the forward `forward`). */
-  took(path: string, forward: string, socket: net.Socket): void {
+  /**
+   * A client socket now carried by `path` (for the forward `forward`). `toGuest`: the socket
+   * is the stream to the guest (a UDP flow's), so what it wrote went in and what it read came out.
+   */
+  took(path: string, forward: string, socket: net.Socket, toGuest = false): void {
     for (const key of [path, `${forward}\0${path}`]) {
       this.entry(key).connections++;
       let set = this.live.get(key);
       if (!set) this.live.set(key, (set = new Set()));
       set.add(socket);
+      if (toGuest) this.toGuest.add(socket);
       // A connection handed to the native relay lives on after its socket object closes
       // (a natively dialed one's closed before it was counted).
       whenOver(socket, () => {
         set!.delete(socket);
         const t = this.entry(key);
         const { read, written } = relayedBytes(socket);
-        t.bytesIn += read;
-        t.bytesOut += written;
+        t.bytesIn += toGuest ? written : read;
+        t.bytesOut += toGuest ? read : written;
       });
     }
   }
@@ -53,8 +58,9 @@ export class PathCounters {
       let [bytesIn, bytesOut] = [t.bytesIn, t.bytesOut];
       for (const s of live) {
         const { read, written } = relayedBytes(s);
-        bytesIn += read;
-        bytesOut += written;
+        const swap = this.toGuest.has(s);
+        bytesIn += swap ? written : read;
+        bytesOut += swap ? read : written;
       }
       out[key.slice(prefix.length)] = { ...t, open: live.size, bytesIn, bytesOut };
     }

@@ -29,6 +29,8 @@ import type { SshForwarder } from "./ssh-forwarder.ts";
 import type { MuxLink } from "./mux-link.ts";
 import { formatMuxTarget } from "../core/mux-frames.ts";
 import { MuxRefused } from "../transport/lean-mux.ts";
+import { UdpDataTunnel } from "./udp-data-tunnel.ts";
+import type { UdpTunnel } from "./udp-forward.ts";
 
 export type DataPath = "direct" | "fast" | "mux" | "grpc" | "ssh";
 export type RouterMode = "auto" | "fast" | "grpc" | "ssh";
@@ -49,6 +51,8 @@ export class StreamRouter {
   private dataEndpoint: TransportAddress | undefined;
   private secret = "";
   private framed = false;
+  /** The guest carries UDP flows on data streams ("udp-data-path"). */
+  private udpStreams = false;
   private readonly direct: DirectPaths;
   /** Paths that failed to connect, by "fast" or "direct IP:PORT", until their retry time. */
   private readonly failures = new Map<string, Failure>();
@@ -94,6 +98,7 @@ export class StreamRouter {
   setGuest(hello: HelloResponse | undefined): void {
     this.secret = typeof hello?.data_secret === "string" ? hello.data_secret : "";
     this.framed = hello?.features?.includes("data-path-ends") ?? false;
+    this.udpStreams = hello?.features?.includes("udp-data-path") ?? false;
     this.dataEndpoint = hello ? this.reachableEndpoint(hello.data_endpoints ?? []) : undefined;
     this.failures.clear();
     this.direct.setGuest(
@@ -116,6 +121,36 @@ export class StreamRouter {
     if (this.mode === "auto" && this.directTarget(plan)) return "direct";
     if (this.fastUsable()) return "fast";
     return this.mux?.session && !this.blocked("mux") ? "mux" : "grpc";
+  }
+
+  /**
+   * A UDP client's flow: a data stream of its own where the guest offers one (a porthole guest
+   * with a data endpoint this host can dial), so a flood shares no HTTP/2 session with the TCP
+   * tunnels and the control stream; else the Tunnel (Lima's one datagram per message with a
+   * stock guest). A data stream that cannot be had ends the flow (its datagrams are lost, as
+   * UDP may lose them), is said once, and the next flows take gRPC until the path's retry time.
+   */
+  openUdpTunnel(plan: PlannedForward, client: string): UdpTunnel {
+    if ((this.mode === "auto" || this.mode === "fast") && this.udpStreams && this.fastUsable()) {
+      const dial = this.openDataStream(plan).then(
+        (opened) => {
+          this.succeeded("fast", plan);
+          this.counters.took("fast", plan.key, opened.stream, true);
+          return opened;
+        },
+        (err: Error) => {
+          if (!(err instanceof RefusedByGuest)) {
+            this.failed("fast", plan, "fast", err.message);
+            this.counters.fellBack("fast", plan.key);
+          }
+          throw err;
+        },
+      );
+      return new UdpDataTunnel(dial, (reason) =>
+        this.report({ type: "warning", message: `UDP ${plan.guestAddr}: the guest agent broke a flow's data stream (${reason}); that flow ended, the next datagram opens a new one` }),
+      );
+    }
+    return this.grpc.openUdpTunnel(plan, client);
   }
 
   /** Per path: connections and bytes, for the agent or for one forward (by its key). */
@@ -213,7 +248,7 @@ export class StreamRouter {
   private async openDataStream(plan: PlannedForward): Promise<{ stream: net.Socket; framed: boolean; initial?: Buffer }> {
     const framed = this.framed;
     const stream = await dialTransport(this.dataEndpoint!, DIAL_TIMEOUT_MS, { allowHalfOpen: true });
-    stream.write(encodeDataHeader(this.secret, { protocol: plan.protocol === "unix" ? "unix" : "tcp", address: plan.guestAddr }, framed));
+    stream.write(encodeDataHeader(this.secret, { protocol: plan.protocol === "unix" || plan.protocol === "udp" ? plan.protocol : "tcp", address: plan.guestAddr }, framed));
     const first = await new Promise<Buffer | undefined>((resolve) => {
       const onData = (chunk: Buffer) => {
         cleanup();

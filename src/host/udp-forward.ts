@@ -71,6 +71,7 @@ class UdpFlows implements Listener {
   private readonly sweeper: ReturnType<typeof setInterval>;
   private bytesIn = 0;
   private bytesOut = 0;
+  private dropped = 0;
   private open = true;
 
   constructor(
@@ -105,7 +106,7 @@ class UdpFlows implements Listener {
   }
 
   traffic(): Traffic {
-    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut };
+    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut, datagramsDropped: this.dropped };
   }
 
   fromClient(data: Buffer, client: UdpPeer): void {
@@ -114,7 +115,9 @@ class UdpFlows implements Listener {
     const flow = this.flows.get(key) ?? this.openFlow(key, client);
     flow.lastActive = Date.now();
     this.bytesIn += data.length;
-    if (flow.budget.send(data, (done) => flow.tunnel.write({ data }, done)) || flow.toldDropping) return;
+    if (flow.budget.send(data, (done) => flow.tunnel.write({ data }, done))) return;
+    this.dropped++;
+    if (flow.toldDropping) return;
     flow.toldDropping = true;
     this.warn(
       `UDP ${this.hostAddr}: datagrams from ${key} come faster than the agent channel carries them; ` +

@@ -17,6 +17,8 @@ describe("data header", () => {
     }
     expect(parseDataHeader(Buffer.from(encodeDataHeader(SECRET, { protocol: "unix", address: "/run/app.sock" })))).toMatchObject({ kind: "ok", target: { protocol: "unix", address: "/run/app.sock" } });
     expect(parseDataHeader(Buffer.from(encodeDataHeader(SECRET, { protocol: "tcp", address: "[::1]:22" })))).toMatchObject({ kind: "ok" });
+    // A UDP flow (only to a guest that lists "udp-data-path").
+    expect(parseDataHeader(Buffer.from(encodeDataHeader(SECRET, { protocol: "udp", address: "127.0.0.1:53" }, true)))).toMatchObject({ kind: "ok", target: { protocol: "udp", address: "127.0.0.1:53" } });
   });
 
   test("an incomplete header asks for more, up to the limit", () => {
@@ -27,7 +29,8 @@ describe("data header", () => {
   test.each([
     ["GET / HTTP/1.1\n", "not a porthole data stream"],
     [`PHDATA1 ${SECRET} tcp 127.0.0.1:80 extra\n`, "not a porthole data stream"],
-    [`PHDATA1 ${SECRET} udp 127.0.0.1:80\n`, 'protocol "udp"'],
+    [`PHDATA1 ${SECRET} sctp 127.0.0.1:80\n`, 'protocol "sctp"'],
+    [`PHDATA2 ${SECRET} udp localhost:53\n`, "a UDP target must be an IP address and port"],
     [`PHDATA1 not-hex tcp 127.0.0.1:80\n`, "malformed secret"],
     [`PHDATA1 ${SECRET} tcp example.com:80\n`, "a TCP target must be an IP address and port"],
     [`PHDATA1 ${SECRET} tcp 127.0.0.1:0\n`, "a TCP target needs a port from 1 to 65535"],

@@ -1,6 +1,7 @@
 // A UDP flood must not starve the rest of the agent channel: iperf3 offering 1 Gbit/s of UDP
-// through the gRPC forwarder, run after run, while a TCP transfer goes through the same
-// forwarder and the guest opens a new port (reported over the agent's control stream).
+// through the gRPC forwarder (and, by default, over data streams of their own), run after run,
+// while a TCP transfer goes through the same forwarder and the guest opens a new port
+// (reported over the agent's control stream).
 // Not timed: every part must finish, the bytes must arrive intact. Before UDP's credits a
 // flood's tail of stale datagrams (megabytes queued in HTTP/2's windows) reached iperf3's next
 // test, whose server took one for its client's hello and never answered the real one: the
@@ -10,7 +11,8 @@ import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { IperfServer } from "../iperf.ts";
 import { waitUntil } from "../wait.ts";
-import { useHarness, e2eTest, exchange, freePort, Guest, startHostAgent } from "./harness.ts";
+import { join } from "node:path";
+import { useHarness, e2eTest, exchange, freePort, Guest, startHostAgent, statusJSON } from "./harness.ts";
 
 useHarness();
 
@@ -35,7 +37,8 @@ function iperfUdp(port: number, seconds: number): Promise<{ lost?: number; error
 }
 
 describe("UDP flood beside TCP", () => {
-  e2eTest("four back-to-back iperf3 -u runs at 1 Gbit/s all finish while a 32 MiB TCP transfer arrives intact and a new guest port is forwarded", async () => {
+  // grpc: the flows are Tunnel streams on the agent's HTTP/2 session; auto: data streams of their own.
+  for (const forwarder of ["grpc", "auto"] as const) e2eTest(`${forwarder}: four back-to-back iperf3 -u runs at 1 Gbit/s all finish while a 32 MiB TCP transfer arrives intact and a new guest port is forwarded`, async () => {
     const guest = Guest.create();
     await guest.startAgent();
     const [iperfPort, digestPort, latePort] = [await freePort(), await freePort(), await freePort()];
@@ -52,7 +55,7 @@ describe("UDP flood beside TCP", () => {
       "- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}",
       "",
     ].join("\n"));
-    const host = startHostAgent(guest, ["--config", config, "--forwarder", "grpc"]);
+    const host = startHostAgent(guest, ["--config", config, "--forwarder", forwarder]);
     for (const port of [iperfPort, digestPort]) await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "tcp" && e.hostAddr === `127.0.0.1:${port}`, `the forward of ${port}`, 20_000);
     await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${iperfPort}`, "the UDP forward", 20_000);
 
@@ -80,5 +83,13 @@ describe("UDP flood beside TCP", () => {
     const runs = await flood;
     expect(runs.filter((r) => r.error)).toEqual([]);
     for (const r of runs) expect(r.lost).toBeLessThan(100); // each run carried datagrams
+    // The flood took the path this forwarder gives UDP (the host agent's counters).
+    const udp = statusJSON(join(guest.dir, "state", "control.sock")).forwards.find((f) => f.protocol === "udp" && f.hostAddr === `127.0.0.1:${iperfPort}`);
+    if (forwarder === "auto") {
+      expect(udp?.paths?.fast?.connections).toBeGreaterThanOrEqual(4); // a flow per run (each client has its own port)
+      expect(udp!.paths!.fast!.bytesIn).toBeGreaterThan(0);
+    } else {
+      expect(udp?.paths?.fast).toBeUndefined();
+    }
   }, 120_000);
 });

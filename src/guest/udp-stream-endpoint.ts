@@ -1,0 +1,55 @@
+// The guest end of a UDP flow over porthole's data stream (transport/datagram-stream.ts):
+// a UDP socket connected to the guest server, datagrams framed both ways, credits as on a
+// credited gRPC flow. Only a porthole host opens one (the header says `udp`); Lima's hosts
+// use the Tunnel (udp-endpoint.ts). An undeliverable datagram is lost, as UDP allows; the
+// stream's end closes the socket.
+import type * as net from "node:net";
+import { parseHostPort } from "../core/address.ts";
+import { STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
+import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
+import { connectDatagrams, type DatagramSocket } from "../transport/datagram-socket.ts";
+import { DatagramStream } from "../transport/datagram-stream.ts";
+
+export function handleUdpDataStream(stream: net.Socket, address: string, initial: Buffer, onBad: (why: string) => void): void {
+  const { host, port } = parseHostPort(address);
+  const target = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
+  let gone = false;
+  const early = () => (gone = true);
+  stream.once("close", early);
+  stream.on("error", () => {});
+  connectDatagrams(target, port).then(
+    (socket: DatagramSocket) => {
+      stream.off("close", early);
+      if (gone) return socket.close();
+      stream.write(Buffer.of(STATUS_CONNECTED));
+      const budget = new DatagramBudget(true);
+      let flow: DatagramStream | undefined;
+      const report = new DeliveryReport((bytes) => flow?.report(bytes));
+      flow = new DatagramStream(
+        stream,
+        {
+          onDatagrams: (datagrams, delivered) => {
+            if (delivered) budget.delivered(delivered);
+            if (!datagrams.length) return;
+            socket.send(datagrams);
+            let bytes = 0;
+            for (const d of datagrams) bytes += d.length;
+            if (bytes) report.add(bytes);
+          },
+          onEnd: (bad) => {
+            if (bad) onBad(bad);
+            socket.close();
+          },
+        },
+        initial,
+      );
+      socket.receive((datagrams) => {
+        for (const d of datagrams) budget.send(d, (done) => (flow!.send(d), done()));
+      });
+    },
+    () => {
+      stream.off("close", early);
+      if (!gone) stream.end(Buffer.of(STATUS_FAILED));
+    },
+  );
+}
