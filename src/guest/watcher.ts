@@ -12,6 +12,7 @@ import type { EventBatch } from "./kernel-events.ts";
 import { UdpSettler } from "../core/udp-settle.ts";
 import type { PortOwner, SocketId } from "../core/port-owner.ts";
 import type { OwnerResolver } from "./port-owners.ts";
+import { DiffBatch } from "../core/diff-batch.ts";
 
 const TABLES: { file: string; protocol: Protocol; optional: boolean }[] = [
   { file: "tcp", protocol: "tcp", optional: false },
@@ -44,6 +45,12 @@ const UDP_BIND_LOOK_MS = 3;
 /** Binding processes remembered (by port), and how many of the latest are looked at for any new port. */
 const MAX_BINDERS = 4096;
 const RECENT_BINDERS = 4;
+/**
+ * Changes found within this long of the first are told as one (one owner lookup, one message
+ * to each host): under a churn, one port's open and another's close often come together, and
+ * each message costs the agent more than finding the change did.
+ */
+export const BATCH_MS = 2;
 /** While a young UDP socket waits to count as a server, scans run at least this often. */
 const UDP_PENDING_SCAN_MS = 250;
 
@@ -71,6 +78,11 @@ export class PortWatcher {
   private owners = new Map<string, PortOwner>();
   /** Notifications in order: each waits for its new ports' owners, and for the one before. */
   private notified: Promise<void> = Promise.resolve();
+  /** Changes not yet told, sent BATCH_MS after the first of them (or before a change that names one of their ports again). */
+  private readonly batch = new DiffBatch();
+  private batchTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Settles once the batch under way has been told. */
+  private batchTold: { promise: Promise<void>; resolve: () => void } | undefined;
 
   constructor(
     private readonly intervalMs: number,
@@ -85,7 +97,9 @@ export class PortWatcher {
 
   /** Who owns a port now reported, where that could be found. */
   ownerOf(p: IPPort): PortOwner | undefined {
-    return this.owners.get(portKey(p));
+    const key = portKey(p);
+    // A port gone keeps its owner until its removal is told (a batch later): not asked for then.
+    return this.state.has(key) ? this.owners.get(key) : undefined;
   }
 
   async start(): Promise<void> {
@@ -101,6 +115,11 @@ export class PortWatcher {
     clearTimeout(this.followUp);
     clearTimeout(this.pendingTimer);
     clearTimeout(this.boundTimer);
+    // Stopped: what was not told yet never will be (nobody waits on it).
+    clearTimeout(this.batchTimer);
+    this.batch.take();
+    this.batchTold?.resolve();
+    this.batchTold = undefined;
     this.stopWatchingChanges?.();
   }
 
@@ -358,8 +377,33 @@ export class PortWatcher {
     return !isEmptyDiff(diff);
   }
 
-  /** Tells subscribers, in order, once the new ports' owners are known (a rule may match on them). */
+  /**
+   * Tells subscribers of a change: with the others found within BATCH_MS, in order (a change
+   * that names a port of the batch again sends the batch first). Settles once told.
+   */
   private notify(diff: PortDiff, errors: string[]): Promise<void> {
+    if (errors.length || !this.batch.accepts(diff)) this.sendBatch();
+    if (errors.length) return this.tell(diff, errors);
+    this.batch.add(diff);
+    if (!this.batchTold) {
+      let resolve = () => {};
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.batchTold = { promise, resolve };
+      this.batchTimer = setTimeout(() => this.sendBatch(), BATCH_MS);
+    }
+    return this.batchTold.promise;
+  }
+
+  private sendBatch(): void {
+    const told = this.batchTold;
+    if (!told) return;
+    clearTimeout(this.batchTimer);
+    this.batchTold = undefined;
+    void this.tell(this.batch.take(), []).then(told.resolve);
+  }
+
+  /** Tells subscribers, in order, once the new ports' owners are known (a rule may match on them). */
+  private tell(diff: PortDiff, errors: string[]): Promise<void> {
     return (this.notified = this.notified
       .then(() => this.resolveOwners(diff.added, diff.removed))
       .then(() => {
