@@ -45,12 +45,6 @@ const UDP_BIND_LOOK_MS = 3;
 /** Binding processes remembered (by port), and how many of the latest are looked at for any new port. */
 const MAX_BINDERS = 4096;
 const RECENT_BINDERS = 4;
-/**
- * Changes found within this long of the first are told as one (one owner lookup, one message
- * to each host): under a churn, one port's open and another's close often come together, and
- * each message costs the agent more than finding the change did.
- */
-export const BATCH_MS = 2;
 /** While a young UDP socket waits to count as a server, scans run at least this often. */
 const UDP_PENDING_SCAN_MS = 250;
 
@@ -78,9 +72,14 @@ export class PortWatcher {
   private owners = new Map<string, PortOwner>();
   /** Notifications in order: each waits for its new ports' owners, and for the one before. */
   private notified: Promise<void> = Promise.resolve();
-  /** Changes not yet told, sent BATCH_MS after the first of them (or before a change that names one of their ports again). */
+  /**
+   * Changes not yet told: those found in one turn of the event loop (the events of one wake-up,
+   * a ring buffer's records and a destroy event together) go out as one (one owner lookup, one
+   * message to each host), at no cost in latency; a change that names one of their ports again
+   * sends them first.
+   */
   private readonly batch = new DiffBatch();
-  private batchTimer: ReturnType<typeof setTimeout> | undefined;
+  private batchTimer: ReturnType<typeof setImmediate> | undefined;
   /** Settles once the batch under way has been told. */
   private batchTold: { promise: Promise<void>; resolve: () => void } | undefined;
 
@@ -116,7 +115,7 @@ export class PortWatcher {
     clearTimeout(this.pendingTimer);
     clearTimeout(this.boundTimer);
     // Stopped: what was not told yet never will be (nobody waits on it).
-    clearTimeout(this.batchTimer);
+    if (this.batchTimer) clearImmediate(this.batchTimer);
     this.batch.take();
     this.batchTold?.resolve();
     this.batchTold = undefined;
@@ -378,8 +377,8 @@ export class PortWatcher {
   }
 
   /**
-   * Tells subscribers of a change: with the others found within BATCH_MS, in order (a change
-   * that names a port of the batch again sends the batch first). Settles once told.
+   * Tells subscribers of a change: with the others found in this turn of the event loop, in
+   * order (a change that names a port of the batch again sends the batch first). Settles once told.
    */
   private notify(diff: PortDiff, errors: string[]): Promise<void> {
     if (errors.length || !this.batch.accepts(diff)) this.sendBatch();
@@ -389,7 +388,7 @@ export class PortWatcher {
       let resolve = () => {};
       const promise = new Promise<void>((r) => (resolve = r));
       this.batchTold = { promise, resolve };
-      this.batchTimer = setTimeout(() => this.sendBatch(), BATCH_MS);
+      this.batchTimer = setImmediate(() => this.sendBatch());
     }
     return this.batchTold.promise;
   }
@@ -397,7 +396,8 @@ export class PortWatcher {
   private sendBatch(): void {
     const told = this.batchTold;
     if (!told) return;
-    clearTimeout(this.batchTimer);
+    if (this.batchTimer) clearImmediate(this.batchTimer);
+    this.batchTimer = undefined;
     this.batchTold = undefined;
     void this.tell(this.batch.take(), []).then(told.resolve);
   }

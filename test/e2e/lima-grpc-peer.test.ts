@@ -173,8 +173,8 @@ describe("a C-core client behaving as Lima's host agent drives porthole's guest 
     await host.ask({ op: "events", stream: "a" });
     const events = () => host.replies().filter((r) => r.op === "event");
     await host.proc.waitFor(() => events()[0], "the first event");
-    // CPython (not our code): 20 listeners each closed right after listen(), within one batch
-    // window of the agent, then two kept open together.
+    // CPython (not our code): 20 listeners each closed right after listen() (often found in
+    // the same wake-up of the agent as their opening), then two kept open together.
     const ports = await Promise.all(Array.from({ length: 22 }, () => freePort()));
     const script = `import socket,sys\nports=[int(p) for p in sys.argv[1:]]\nkept=[]\nfor i,p in enumerate(ports):\n s=socket.socket()\n s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n s.bind(("127.0.0.1",p))\n s.listen()\n if i<20: s.close()\n else: kept.append(s)\nprint("ready",flush=True)\nsys.stdin.read()\n`;
     const py = guest.spawn([PYTHON, "-c", script, ...ports.map(String)], "CPython listeners", { stdin: true });

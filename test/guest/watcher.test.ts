@@ -172,7 +172,7 @@ test("ipBytes reads back what the port records print", () => {
   for (const bad of ["1.2.3", "1.2.3.256", "1::2::3", "fe80::1%eth0", "::ffff:1.2.3.4", "12345::"]) expect(ipBytes(bad)).toBeUndefined();
 });
 
-test("changes found within BATCH_MS are told as one; a port opened and closed within it is told added, then removed, never both in one diff", async () => {
+test("changes found in one turn of the event loop are told as one; a port opened and closed within it is told added, then removed, never both in one diff", async () => {
   let kernel: IPPort[] = [];
   let emit: (batch: EventBatch) => void = () => {};
   const scanner: Scanner = {
@@ -205,7 +205,7 @@ test("changes found within BATCH_MS are told as one; a port opened and closed wi
 
   open(8080);
   open(9090);
-  expect(seen).toEqual([]); // not yet: the batch waits BATCH_MS for more
+  expect(seen).toEqual([]); // not yet: the batch waits for the rest of this turn
   await waitUntil("the batch told", () => seen.length >= 1);
   expect(seen).toEqual([{ added: [tcp(8080), tcp(9090)], removed: [] }]);
 
