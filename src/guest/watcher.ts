@@ -12,6 +12,7 @@ import type { EventBatch } from "./kernel-events.ts";
 import { UdpSettler } from "../core/udp-settle.ts";
 import type { PortOwner, SocketId } from "../core/port-owner.ts";
 import type { OwnerResolver } from "./port-owners.ts";
+import { DiffBatch } from "../core/diff-batch.ts";
 
 const TABLES: { file: string; protocol: Protocol; optional: boolean }[] = [
   { file: "tcp", protocol: "tcp", optional: false },
@@ -71,6 +72,16 @@ export class PortWatcher {
   private owners = new Map<string, PortOwner>();
   /** Notifications in order: each waits for its new ports' owners, and for the one before. */
   private notified: Promise<void> = Promise.resolve();
+  /**
+   * Changes not yet told: those found in one turn of the event loop (the events of one wake-up,
+   * a ring buffer's records and a destroy event together) go out as one (one owner lookup, one
+   * message to each host), at no cost in latency; a change that names one of their ports again
+   * sends them first.
+   */
+  private readonly batch = new DiffBatch();
+  private batchTimer: ReturnType<typeof setImmediate> | undefined;
+  /** Settles once the batch under way has been told. */
+  private batchTold: { promise: Promise<void>; resolve: () => void } | undefined;
 
   constructor(
     private readonly intervalMs: number,
@@ -85,7 +96,9 @@ export class PortWatcher {
 
   /** Who owns a port now reported, where that could be found. */
   ownerOf(p: IPPort): PortOwner | undefined {
-    return this.owners.get(portKey(p));
+    const key = portKey(p);
+    // A port gone keeps its owner until its removal is told (a batch later): not asked for then.
+    return this.state.has(key) ? this.owners.get(key) : undefined;
   }
 
   async start(): Promise<void> {
@@ -101,6 +114,11 @@ export class PortWatcher {
     clearTimeout(this.followUp);
     clearTimeout(this.pendingTimer);
     clearTimeout(this.boundTimer);
+    // Stopped: what was not told yet never will be (nobody waits on it).
+    if (this.batchTimer) clearImmediate(this.batchTimer);
+    this.batch.take();
+    this.batchTold?.resolve();
+    this.batchTold = undefined;
     this.stopWatchingChanges?.();
   }
 
@@ -358,8 +376,34 @@ export class PortWatcher {
     return !isEmptyDiff(diff);
   }
 
-  /** Tells subscribers, in order, once the new ports' owners are known (a rule may match on them). */
+  /**
+   * Tells subscribers of a change: with the others found in this turn of the event loop, in
+   * order (a change that names a port of the batch again sends the batch first). Settles once told.
+   */
   private notify(diff: PortDiff, errors: string[]): Promise<void> {
+    if (errors.length || !this.batch.accepts(diff)) this.sendBatch();
+    if (errors.length) return this.tell(diff, errors);
+    this.batch.add(diff);
+    if (!this.batchTold) {
+      let resolve = () => {};
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.batchTold = { promise, resolve };
+      this.batchTimer = setImmediate(() => this.sendBatch());
+    }
+    return this.batchTold.promise;
+  }
+
+  private sendBatch(): void {
+    const told = this.batchTold;
+    if (!told) return;
+    if (this.batchTimer) clearImmediate(this.batchTimer);
+    this.batchTimer = undefined;
+    this.batchTold = undefined;
+    void this.tell(this.batch.take(), []).then(told.resolve);
+  }
+
+  /** Tells subscribers, in order, once the new ports' owners are known (a rule may match on them). */
+  private tell(diff: PortDiff, errors: string[]): Promise<void> {
     return (this.notified = this.notified
       .then(() => this.resolveOwners(diff.added, diff.removed))
       .then(() => {

@@ -171,3 +171,56 @@ test("ipBytes reads back what the port records print", () => {
   }
   for (const bad of ["1.2.3", "1.2.3.256", "1::2::3", "fe80::1%eth0", "::ffff:1.2.3.4", "12345::"]) expect(ipBytes(bad)).toBeUndefined();
 });
+
+test("changes found in one turn of the event loop are told as one; a port opened and closed within it is told added, then removed, never both in one diff", async () => {
+  let kernel: IPPort[] = [];
+  let emit: (batch: EventBatch) => void = () => {};
+  const scanner: Scanner = {
+    name: "fake",
+    scan: async () => ({ ports: [...kernel], errors: [] }),
+    scanPort: (protocol, port) => ({ ports: kernel.filter((p) => p.protocol === protocol && p.port === port), errors: [] }),
+    scanSocket(protocol, family, addr, port) {
+      const ip = family === 4 ? formatIPv4Bytes(addr) : formatIPv6Bytes(addr);
+      return { ports: kernel.filter((p) => p.protocol === protocol && p.port === port && p.ip === ip), errors: [] };
+    },
+    watchChanges(onChange) {
+      emit = onChange;
+      return () => {};
+    },
+  };
+  const watcher = new PortWatcher(60_000, scanner);
+  watchers.push(watcher);
+  await watcher.start();
+  const seen: PortDiff[] = [];
+  watcher.subscribe((diff) => seen.push(diff));
+  const open = (port: number) => {
+    kernel = [...kernel, { protocol: "tcp", ip: "127.0.0.1", port }];
+    emit({ ports: [{ protocol: "tcp", port, families: 1, ip: "127.0.0.1", addr: ipBytes("127.0.0.1")! }], whole: 0 });
+  };
+  const close = (port: number) => {
+    kernel = kernel.filter((p) => p.port !== port);
+    emit({ ports: [{ protocol: "tcp", port, families: 1, closeOnly: true }], whole: 0 });
+  };
+  const tcp = (port: number) => ({ protocol: "tcp", ip: "127.0.0.1", port });
+
+  open(8080);
+  open(9090);
+  expect(seen).toEqual([]); // not yet: the batch waits for the rest of this turn
+  await waitUntil("the batch told", () => seen.length >= 1);
+  expect(seen).toEqual([{ added: [tcp(8080), tcp(9090)], removed: [] }]);
+
+  // One port closes as another opens: one diff. Then a port opened and closed at once: its
+  // opening goes out first, on its own, and the closing after it.
+  seen.length = 0;
+  close(8080);
+  open(7070);
+  open(6060);
+  close(6060);
+  await waitUntil("both told", () => seen.length >= 2);
+  await Bun.sleep(20);
+  expect(seen).toEqual([
+    { added: [tcp(7070), tcp(6060)], removed: [tcp(8080)] },
+    { added: [], removed: [tcp(6060)] },
+  ]);
+  expect(watcher.ports.map((p) => p.port).sort()).toEqual([7070, 9090]);
+});
