@@ -13,6 +13,7 @@ const NO_BYTES = Buffer.alloc(0);
 
 export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   readonly credited = true;
+  readonly ownStream = true;
   private flow: DatagramStream | undefined;
   private waiting: Buffer[] = [];
   private credit = 0;

@@ -38,11 +38,18 @@ export class DatagramBudget {
   private readonly recent: { at: number; bytes: number }[] = [];
   private recentBytes = 0;
 
-  /** `credited`: bytes stay in flight until `delivered` reports them, not when written. */
+  /**
+   * `credited`: bytes stay in flight until `delivered` reports them, not when written.
+   * `ownStream`: the flow has a stream of its own (a data stream), so the credited window may
+   * grow with the delivered rate; a flow that shares the HTTP/2 session with every tunnel keeps
+   * the fixed part (more in flight there delays the others: a flood's queued datagrams made
+   * iperf3's control connection give up, test/e2e/udp-flood.test.ts).
+   */
   constructor(
     private readonly credited = false,
     private readonly limit = credited ? CREDITED_BUDGET_BYTES : DATAGRAM_BUDGET_BYTES,
     private readonly now: () => number = () => performance.now(),
+    private readonly ownStream = true,
   ) {}
 
   /**
@@ -74,7 +81,7 @@ export class DatagramBudget {
 
   /** Credited: the fixed part plus what was delivered lately, up to the maximum. */
   private window(): number {
-    if (!this.credited) return this.limit;
+    if (!this.credited || !this.ownStream) return this.limit;
     const cutoff = this.now() - RATE_WINDOW_MS;
     while (this.recent.length && this.recent[0]!.at < cutoff) this.recentBytes -= this.recent.shift()!.bytes;
     return Math.min(CREDITED_MAX_BYTES, this.limit + this.recentBytes);

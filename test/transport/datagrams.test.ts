@@ -105,6 +105,19 @@ describe("DatagramBudget", () => {
     expect(fill()).toBe(3);
   });
 
+  test("credited on the shared HTTP/2 session (no stream of its own): the budget stays the fixed part, however much was delivered", () => {
+    const budget = new DatagramBudget(true, 3000, () => 0, false);
+    const write = (done: () => void) => done();
+    const fill = () => {
+      let n = 0;
+      while (budget.send(Buffer.alloc(1000), write)) n++;
+      return n;
+    };
+    expect(fill()).toBe(3);
+    budget.delivered(3000);
+    expect(fill()).toBe(3);
+  });
+
   test("credited: a far end that reports more than was in flight widens the budget by no more, and never past the maximum", () => {
     let now = 0;
     const budget = new DatagramBudget(true, 3000, () => now);
