@@ -53,7 +53,7 @@ export function guestServiceHandlers(context: GuestServiceContext): grpc.Untyped
     GetInfo(call: grpc.ServerUnaryCall<unknown, Info>, callback: grpc.sendUnaryData<Info>) {
       const owned = withOwners(call);
       watcher.refresh().then(
-        () => callback(null, { local_ports: owned(watcher.ports) }),
+        () => callback(null, { local_ports: owned(watcher.toldPorts) }),
         (err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }),
       );
     },
@@ -69,9 +69,12 @@ export function guestServiceHandlers(context: GuestServiceContext): grpc.Untyped
         send(diff.added, diff.removed, errors);
         eventState.sentChange(diff.added, diff.removed);
       });
-      const first = eventState.firstEvent(watcher.ports);
+      // From what subscribers were told, not the newest scan: a change still on its way (its
+      // batch, its owners) comes to this stream once, with the others.
+      const now = watcher.toldPorts;
+      const first = eventState.firstEvent(now);
       if (first.added.length || first.removed.length) send(first.added, first.removed, []);
-      eventState.sent(watcher.ports);
+      eventState.sent(now);
       const stop = () => unsubscribe();
       call.once("cancelled", stop);
       call.once("close", stop);

@@ -50,6 +50,12 @@ const UDP_PENDING_SCAN_MS = 250;
 
 export class PortWatcher {
   private state: PortSet = new Map();
+  /**
+   * The ports as subscribers have been told them: the state lags behind it while a change waits
+   * for its batch and its owners. A new event stream starts from this, so that no change
+   * reaches it twice (in its first event, and again when told).
+   */
+  private told: PortSet = new Map();
   private listeners = new Set<WatchListener>();
   private timer: ReturnType<typeof setTimeout> | undefined;
   private inFlight: Promise<boolean> | undefined;
@@ -92,6 +98,11 @@ export class PortWatcher {
 
   get ports(): IPPort[] {
     return [...this.state.values()];
+  }
+
+  /** The ports subscribers have been told of so far (see `told`). */
+  get toldPorts(): IPPort[] {
+    return [...this.told.values()];
   }
 
   /** Who owns a port now reported, where that could be found. */
@@ -407,6 +418,8 @@ export class PortWatcher {
     return (this.notified = this.notified
       .then(() => this.resolveOwners(diff.added, diff.removed))
       .then(() => {
+        for (const p of diff.removed) this.told.delete(portKey(p));
+        for (const p of diff.added) this.told.set(portKey(p), p);
         for (const listener of this.listeners) {
           try {
             listener(diff, errors);

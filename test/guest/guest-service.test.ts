@@ -1,9 +1,15 @@
-// SyncTime as Lima's guest agent answers it (drift = guest now - host time, the clock set only
+// GetEvents' first event against changes still on their way, and SyncTime as Lima's guest agent answers it (drift = guest now - host time, the clock set only
 // beyond +-100 ms), with the clock setter replaced: tests never touch this machine's clock.
 import { describe, expect, test } from "bun:test";
+import * as grpc from "@grpc/grpc-js";
+import { portKey } from "../../src/core/ports.ts";
+import { UdpSettler } from "../../src/core/udp-settle.ts";
 import { EventState } from "../../src/guest/event-state.ts";
 import { guestServiceHandlers } from "../../src/guest/guest-service.ts";
-import type { PortWatcher } from "../../src/guest/watcher.ts";
+import type { OwnerResolver } from "../../src/guest/port-owners.ts";
+import type { Scanner } from "../../src/guest/scanners.ts";
+import { PortWatcher } from "../../src/guest/watcher.ts";
+import type { GuestEvent, IPPort } from "../../src/proto/guest-service.ts";
 
 function syncTime(hostMs: number | undefined, setClock: (ns: bigint) => void): Promise<{ adjusted: boolean; drift_ms: string; error: string }> {
   const handlers = guestServiceHandlers({ watcher: {} as PortWatcher, eventState: new EventState(undefined, () => {}), log: () => {}, setClock });
@@ -44,5 +50,39 @@ describe("SyncTime", () => {
     const set: bigint[] = [];
     expect((await syncTime(undefined, (ns) => set.push(ns))).adjusted).toBe(false);
     expect(set).toEqual([]);
+  });
+});
+
+describe("GetEvents", () => {
+  test("a stream opened while a change waits for its owner gets that change once (not in its first event and again when told)", async () => {
+    const a = { protocol: "tcp", ip: "127.0.0.1", port: 8080 };
+    const b = { protocol: "tcp", ip: "0.0.0.0", port: 3000 };
+    let kernel: IPPort[] = [a];
+    const sockets = (ports: IPPort[]) => new Map(ports.map((p, i) => [portKey(p), { inode: 100 + i, uid: 0 }]));
+    const scanner: Scanner = { name: "fake", scan: async () => ({ ports: [...kernel], sockets: sockets(kernel), errors: [] }) };
+    let gate: Promise<void> = Promise.resolve();
+    const resolver = {
+      resolve: async () => (await gate, new Map()),
+      keepOnly: () => {},
+      forget: () => {},
+      size: 0,
+    } as unknown as OwnerResolver;
+    const watcher = new PortWatcher(60_000, scanner, new UdpSettler(), resolver);
+    await watcher.start();
+    let release!: () => void;
+    gate = new Promise<void>((r) => (release = r));
+    kernel = [a, b];
+    const told = watcher.refresh(); // b is in the scan now; its owner lookup waits at the gate
+    while (!watcher.ports.some((p) => p.port === b.port)) await Bun.sleep(1);
+    await Bun.sleep(5); // its batch went to be told, and waits for the owner
+    const writes: GuestEvent[] = [];
+    const call = { metadata: new grpc.Metadata(), write: (e: GuestEvent) => writes.push(e), once: () => {} };
+    const handlers = guestServiceHandlers({ watcher, eventState: new EventState(undefined, () => {}), log: () => {} });
+    (handlers.GetEvents as Function)(call);
+    release();
+    await told;
+    watcher.stop();
+    const added = writes.flatMap((e) => e.added_local_ports ?? []).map((p) => `${p.ip}:${p.port}`);
+    expect(added.sort()).toEqual(["0.0.0.0:3000", "127.0.0.1:8080"]);
   });
 });
