@@ -9,6 +9,7 @@ import { guestServiceHandlers } from "../../src/guest/guest-service.ts";
 import type { OwnerResolver } from "../../src/guest/port-owners.ts";
 import type { Scanner } from "../../src/guest/scanners.ts";
 import { PortWatcher } from "../../src/guest/watcher.ts";
+import { waitUntil } from "../wait.ts";
 import type { GuestEvent, IPPort } from "../../src/proto/guest-service.ts";
 
 function syncTime(hostMs: number | undefined, setClock: (ns: bigint) => void): Promise<{ adjusted: boolean; drift_ms: string; error: string }> {
@@ -61,8 +62,13 @@ describe("GetEvents", () => {
     const sockets = (ports: IPPort[]) => new Map(ports.map((p, i) => [portKey(p), { inode: 100 + i, uid: 0 }]));
     const scanner: Scanner = { name: "fake", scan: async () => ({ ports: [...kernel], sockets: sockets(kernel), errors: [] }) };
     let gate: Promise<void> = Promise.resolve();
+    let waiting = false;
     const resolver = {
-      resolve: async () => (await gate, new Map()),
+      resolve: async () => {
+        waiting = true;
+        await gate;
+        return new Map();
+      },
       keepOnly: () => {},
       forget: () => {},
       size: 0,
@@ -72,9 +78,9 @@ describe("GetEvents", () => {
     let release!: () => void;
     gate = new Promise<void>((r) => (release = r));
     kernel = [a, b];
+    waiting = false;
     const told = watcher.refresh(); // b is in the scan now; its owner lookup waits at the gate
-    while (!watcher.ports.some((p) => p.port === b.port)) await Bun.sleep(1);
-    await Bun.sleep(5); // its batch went to be told, and waits for the owner
+    await waitUntil("b's batch waiting for its owner", () => waiting && watcher.ports.some((p) => p.port === b.port));
     const writes: GuestEvent[] = [];
     const call = { metadata: new grpc.Metadata(), write: (e: GuestEvent) => writes.push(e), once: () => {} };
     const handlers = guestServiceHandlers({ watcher, eventState: new EventState(undefined, () => {}), log: () => {} });
