@@ -136,6 +136,7 @@ static struct relay *dialing;   /* ph_relay_dial relays whose b is connecting, f
 static int abort_requested;
 static struct record *outq;     /* records the notify socket had no room for */
 static size_t outq_len, outq_cap, outq_sent_bytes;
+static int notify_wants_out; /* EPOLLOUT asked for on notify_fd: only while records wait */
 static uint64_t total_spliced, total_copied, total_relays;
 
 #define WATCH_TAG (1ULL << 63)
@@ -145,6 +146,16 @@ static void set_nonblock(int fd) {
   if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
+/*
+ * EPOLLOUT on the records socket only while records wait for room: asked for always, every
+ * read by the event loop would wake this thread for nothing (one wake per record).
+ */
+static void notify_want_out(int want) {
+  if (notify_wants_out == want) return;
+  struct epoll_event ev = { .events = EPOLLET | (want ? EPOLLOUT : 0), .data.ptr = &notify_fd };
+  if (epoll_ctl(epfd, EPOLL_CTL_MOD, notify_fd, &ev) == 0) notify_wants_out = want;
+}
+
 static void flush_records(void) {
   while (outq_len > 0) {
     const char *p = (const char *)outq + outq_sent_bytes;
@@ -152,9 +163,12 @@ static void flush_records(void) {
     ssize_t n = send(notify_fd, p, left, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN) return; /* EPOLLOUT on notify_fd brings us back */
+      if (errno == EAGAIN) {
+        notify_want_out(1); /* EPOLLOUT on notify_fd brings us back */
+        return;
+      }
       outq_len = outq_sent_bytes = 0; /* nobody listens any more */
-      return;
+      break;
     }
     outq_sent_bytes += (size_t)n;
     size_t whole = outq_sent_bytes / sizeof(struct record);
@@ -164,6 +178,7 @@ static void flush_records(void) {
       outq_sent_bytes -= whole * sizeof(struct record);
     }
   }
+  if (outq_len == 0) notify_want_out(0);
 }
 
 static void post(struct record r) {
@@ -1137,7 +1152,7 @@ int ph_relay_start(void) {
   int big = 1 << 20;
   setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
   struct epoll_event wake = { .events = EPOLLIN, .data.ptr = &wake_fd };
-  struct epoll_event out = { .events = EPOLLOUT | EPOLLET, .data.ptr = &notify_fd };
+  struct epoll_event out = { .events = EPOLLET, .data.ptr = &notify_fd }; /* EPOLLOUT when records wait */
   if (epoll_ctl(epfd, EPOLL_CTL_ADD, wake_fd, &wake) != 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, pair[0], &out) != 0) {
     result = NEG_ERRNO;
     goto fail;

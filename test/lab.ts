@@ -716,13 +716,14 @@ export function relayThreads(pid: number): string[] {
 }
 
 /**
- * strace -f (not our code) on a running process: its connect, send, read and write calls,
- * each line led by its thread id, until the returned function stops it.
+ * strace -f (not our code) on a running process (or one thread, threads false): its connect,
+ * send, read and write calls (or `calls`), each line led by its thread id, until the returned
+ * function stops it.
  */
-export async function traceCalls(pid: number, log: string): Promise<() => Promise<string[]>> {
-  const strace = new Proc(spawn("strace", ["-f", "-qq", "-s", "16", "-e", "trace=connect,sendto,write,read", "-o", log, "-p", String(pid)], { stdio: ["ignore", "pipe", "pipe"] }), "strace");
+export async function traceCalls(pid: number, log: string, calls = ["connect", "sendto", "write", "read"], threads = true): Promise<() => Promise<string[]>> {
+  const strace = new Proc(spawn("strace", [...(threads ? ["-f"] : []), "-s", "16", "-e", `trace=${calls.join(",")}`, "-o", log, "-p", String(pid)], { stdio: ["ignore", "pipe", "pipe"] }), "strace");
   defer(() => strace.kill("SIGKILL"));
-  await strace.waitForLine(/attached/, "stderr").catch(() => {}); // -qq may keep it quiet
+  await strace.waitForLine(/attached/, "stderr").catch(() => {});
   await Bun.sleep(300);
   return async () => {
     strace.child.kill("SIGINT");

@@ -13,7 +13,7 @@ import { loadNative } from "../../src/runtime/native.ts";
 import { EPOLLIN, EPOLLOUT, sharedRelayLoop } from "../../src/runtime/native-relay.ts";
 import { socketFromFd } from "../../src/runtime/fd-socket.ts";
 import { afterRelay, dialAndJoin, joinSockets, prepareRelay, relayedBytes, relayStatus } from "../../src/transport/fast-relay.ts";
-import { nativeMoved, socketOutcome as outcome } from "../lab.ts";
+import { nativeMoved, relayThreads, socketOutcome as outcome, traceCalls } from "../lab.ts";
 import { listenVsock, onAcceptable } from "../../src/transport/vsock.ts";
 
 const cleanups: (() => void)[] = [];
@@ -493,6 +493,27 @@ describe("readiness from the relay thread (what vsock accept and connect wait on
     writer.write("x");
     expect((await readable) & EPOLLIN).toBe(EPOLLIN);
   });
+
+  test("the relay thread wakes once per record it sends, not again each time the event loop reads one (strace)", async () => {
+    const { shim } = await loadNative();
+    const loop = sharedRelayLoop(shim!);
+    const fds = new Int32Array(2);
+    expect(shim!.socketpair(fds)).toBe(0);
+    cleanups.push(() => (shim!.close(fds[0]!), shim!.close(fds[1]!)));
+    await new Promise<number>((resolve) => loop.watchOnce(fds[0]!, EPOLLOUT, resolve)); // the thread is up
+    const [tid] = relayThreads(process.pid);
+    const log = join(tmpdir(), `porthole-relay-wakes-${process.pid}.log`);
+    cleanups.push(() => rmSync(log, { force: true }));
+    // strace (not our code) on the relay thread alone: each return from epoll_wait is a wake.
+    const stop = await traceCalls(Number(tid), log, ["epoll_wait"], false);
+    const rounds = 40;
+    // Each round: a writable fd watched (one wake, one record), the record read by the event loop.
+    for (let i = 0; i < rounds; i++) await new Promise<number>((resolve) => loop.watchOnce(fds[0]!, EPOLLOUT, resolve));
+    const wakes = (await stop()).filter((line) => line.includes("epoll_wait(") && !line.includes("unfinished")).length;
+    // Asking for EPOLLOUT on the records socket all the time doubled it: a wake for each read.
+    expect(wakes).toBeGreaterThanOrEqual(rounds);
+    expect(wakes).toBeLessThan(rounds * 1.25);
+  }, 30_000);
 
   test("a listening socket's watcher wakes for each wave of connections: it is re-armed after each", async () => {
     // The shim makes only vsock listening sockets, which nothing here may connect to: the
