@@ -124,18 +124,19 @@ function drain(socket: net.Socket): Buffer {
  * Relays a character device (a virtio-serial port's fd) and a socket in the relay thread:
  * read() and write() on the device, nothing through the runtime's thread pool or JavaScript.
  * The relay holds its own dup of both fds (the caller may close its own). `onEnd` runs once
- * it ended: the device's EOF or error, the socket's, or abort(). Undefined where the native
- * relay cannot run (the caller moves the bytes itself).
+ * it ended: the device's EOF or error, the socket's, or abort(). Where the native relay
+ * cannot run, why not (the caller moves the bytes itself, and says so).
  */
-export function joinDevice(deviceFd: number, socket: net.Socket, onEnd: () => void): { abort(): void } | undefined {
+export function joinDevice(deviceFd: number, socket: net.Socket, onEnd: () => void): { abort(): void } | { notJoined: string } {
   const native = usableLoop();
+  if (!native) return { notJoined: fallbackReason ?? "the native relay is not running" };
   const fd = socketFd(socket);
-  if (!native || fd === undefined) return undefined;
+  if (fd === undefined) return { notJoined: "the runtime does not show the socket's file descriptor" };
   try {
     const id = native.add(deviceFd, fd, new Uint8Array(0), new Uint8Array(0), true, () => onEnd());
     return { abort: () => native.abort(id) };
-  } catch {
-    return undefined; // the caller's own relay carries it
+  } catch (err) {
+    return { notJoined: `the relay thread refused the port (${(err as Error).message})` };
   }
 }
 

@@ -23,6 +23,7 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
   let closed = false;
   let current: { fd: number; inner: net.Socket; outer: net.Socket } | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let saidStreams = false;
 
   const reopen = (ms: number) => (timer = setTimeout(() => void open(), ms));
   const open = async () => {
@@ -41,7 +42,12 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       if (current === session) current = undefined;
       reopen(REOPEN_MS);
     };
-    if (!joinNatively(session, over)) joinWithStreams(session, over);
+    const notJoined = joinNatively(session, over);
+    if (notJoined !== undefined) {
+      if (!saidStreams) log(`degraded: serial ${path} is relayed through file streams in the runtime's thread pool, which costs more CPU per byte: ${notJoined}`);
+      saidStreams = true;
+      joinWithStreams(session, over);
+    }
     onConnection(inner);
   };
   await open();
@@ -60,8 +66,8 @@ interface Session {
   outer: net.Socket;
 }
 
-/** In the relay thread; `over` once the device is released. False where the relay cannot run. */
-function joinNatively(session: Session, over: () => void): boolean {
+/** In the relay thread; `over` once the device is released. Where the relay cannot run, why not. */
+function joinNatively(session: Session, over: () => void): string | undefined {
   let ended = false;
   const relay = joinDevice(session.fd, session.outer, () => {
     if (ended) return;
@@ -69,12 +75,12 @@ function joinNatively(session: Session, over: () => void): boolean {
     session.inner.destroy();
     over(); // the relay closed its copy of the fd: the port can be opened again
   });
-  if (!relay) return false;
+  if ("notJoined" in relay) return relay.notJoined;
   // The relay holds its own copies of both fds.
   closeQuietly(session.fd);
   session.outer.destroy();
   session.inner.once("close", () => relay.abort());
-  return true;
+  return undefined;
 }
 
 /** Through file streams (reads and writes in the runtime's thread pool). */

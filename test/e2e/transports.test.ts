@@ -69,6 +69,22 @@ describe("virtio-serial (guest side)", () => {
     expect(onDevice.some((l) => /^\d+ +write\(/.test(l))).toBe(true);
     expect([...threads]).toEqual(relayThreads(pid));
   });
+  e2eTest("without the relay thread (PORTHOLE_NATIVE_RELAY=0) file streams carry the port, and the agent says so once", async () => {
+    const guest = Guest.create();
+    const port = await fakeVirtioPort(guest);
+    const agent = guest.spawn(["env", "PORTHOLE_NATIVE_RELAY=0", ...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
+    await agent.waitForLine(/serving on serial:/, "stderr");
+    await port.proc.waitFor(() => existsSync(port.chardev) || undefined, "the chardev socket");
+    const host = startHostAgent(guest, ["--guest", `unix://${port.chardev}`]);
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect over the port");
+    const echoPort = await freePort();
+    await guest.startEcho("127.0.0.1", echoPort);
+    await host.waitForForwarding(echoPort);
+    const payload = randomBytes(64 << 10);
+    expect((await exchange(echoPort, payload)).equals(payload)).toBe(true);
+    const said = agent.stderr.filter((l) => l.includes("relayed through file streams"));
+    expect(said).toEqual([expect.stringContaining("PORTHOLE_NATIVE_RELAY=0")]);
+  });
 });
 
 describe("TCP agent channel", () => {

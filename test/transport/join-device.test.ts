@@ -45,7 +45,7 @@ test("the device's EOF (its far end went away) ends the relay: the socket side g
   let ended!: () => void;
   const relayEnded = new Promise<void>((r) => (ended = r));
   const relay = joinDevice(device, outer, () => ended());
-  expect(relay).toBeDefined();
+  expect("abort" in relay).toBe(true); // joined, not refused
   closeSync(device); // the relay holds its own copies
   outer.destroy();
   writeSync(writer, "from the port");
@@ -66,7 +66,8 @@ test("abort() ends a relay whose device never ends", async () => {
   const got = collect(inner);
   let ended!: () => void;
   const relayEnded = new Promise<void>((r) => (ended = r));
-  const relay = joinDevice(device, outer, () => ended())!;
+  const relay = joinDevice(device, outer, () => ended());
+  if (!("abort" in relay)) throw new Error(`not joined: ${relay.notJoined}`);
   closeSync(device);
   outer.destroy();
   relay.abort();
