@@ -18,7 +18,7 @@ export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): voi
   // Past the budget, datagrams are dropped rather than queued on the shared connection. A
   // porthole host that asked for credits counts what it delivered, and is told what we did.
   const credited = handshake.udp_credit;
-  const budget = new DatagramBudget(credited, undefined, undefined, false); // on the shared HTTP/2 session
+  const budget = new DatagramBudget(credited);
   const report = credited ? new DeliveryReport((bytes) => closed || call.write({ udp_delivered: bytes })) : undefined;
   const close = () => {
     if (closed) return;

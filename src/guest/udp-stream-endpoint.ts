@@ -22,7 +22,7 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
       stream.off("close", early);
       if (gone) return socket.close();
       stream.write(Buffer.of(STATUS_CONNECTED));
-      const budget = new DatagramBudget(true, undefined, undefined, false); // fixed, as the host's (host/udp-data-tunnel.ts)
+      const budget = new DatagramBudget(true);
       let flow: DatagramStream | undefined;
       const report = new DeliveryReport((bytes) => flow?.report(bytes));
       flow = new DatagramStream(

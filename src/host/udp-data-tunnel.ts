@@ -13,13 +13,6 @@ const NO_BYTES = Buffer.alloc(0);
 
 export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   readonly credited = true;
-  /**
-   * Not grown with the delivered rate (see transport/datagram-budget.ts): up to 4 MiB in
-   * flight left a tail of stale datagrams tens of ms long after a client stopped, and the next
-   * iperf3 test's server took one for its client's first datagram, answered the old flow, and
-   * its client waited forever (udp-flood.test.ts, twice in full CI runs; the bench once).
-   */
-  readonly ownStream = false;
   private flow: DatagramStream | undefined;
   private waiting: Buffer[] = [];
   private credit = 0;

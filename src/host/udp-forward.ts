@@ -14,8 +14,6 @@ import { HostForward, type FindOwner, type Listener, type Report, type Traffic, 
 export interface UdpTunnel {
   /** Both ends report what they delivered (`udp_delivered`) and count their budget by it. */
   credited?: boolean;
-  /** The flow has a stream of its own (not the shared HTTP/2 session). */
-  ownStream?: boolean;
   write(message: Partial<TunnelMessage>, written?: () => void): boolean;
   end(): void;
   cancel(): void;
@@ -131,7 +129,7 @@ class UdpFlows implements Listener {
     if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
     const tunnel = this.openTunnel(this.plan, key);
     const credited = tunnel.credited === true;
-    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited, undefined, undefined, tunnel.ownStream === true), toldDropping: false, ended: false };
+    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited), toldDropping: false, ended: false };
     this.flows.set(key, flow);
     const report = credited ? new DeliveryReport((bytes) => flow.ended || tunnel.write({ udp_delivered: bytes })) : undefined;
     tunnel.on("data", (msg: TunnelMessage) => {
