@@ -3,6 +3,7 @@
 // below a gigabit. Datagrams that arrive in one turn of the event loop (one poll of the
 // socket) leave together at its end, each with its own bounds (`datagrams`, field 102).
 import type { TunnelMessage } from "../proto/guest-service.ts";
+import { oncePerTurn } from "./once-per-turn.ts";
 
 /** A batch is sent once it holds this much, without waiting for the turn to end. */
 const BATCH_BYTES = 64 * 1024;
@@ -20,7 +21,7 @@ export class DatagramBatcher {
   private datagrams: Buffer[] = [];
   private written: (() => void)[] = [];
   private bytes = 0;
-  private scheduled = false;
+  private readonly flushSoon = oncePerTurn(() => this.flush());
 
   /** `send`: writes one message; calls `done` once it left for the connection. */
   constructor(private readonly send: (message: Partial<TunnelMessage>, done: () => void) => void) {}
@@ -30,12 +31,7 @@ export class DatagramBatcher {
     this.written.push(done);
     this.bytes += data.length;
     if (this.bytes >= BATCH_BYTES) return this.flush();
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      this.flush();
-    });
+    this.flushSoon();
   }
 
   private flush(): void {

@@ -10,6 +10,8 @@
 // server hundreds of milliseconds after the client stopped (iperf3's next test took such a
 // stale datagram for its own and hung).
 
+import { oncePerTurn } from "./once-per-turn.ts";
+
 /** About 4 ms at 1 Gbit/s: enough to ride out a busy turn, too little to delay other streams. */
 export const DATAGRAM_BUDGET_BYTES = 512 * 1024;
 /**
@@ -66,19 +68,16 @@ export class DatagramBudget {
  */
 export class DeliveryReport {
   private bytes = 0;
-  private scheduled = false;
+  private readonly reportSoon = oncePerTurn(() => {
+    const bytes = this.bytes;
+    this.bytes = 0;
+    if (bytes > 0) this.report(bytes);
+  });
 
   constructor(private readonly report: (bytes: number) => void) {}
 
   add(bytes: number): void {
     this.bytes += bytes;
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      const bytes = this.bytes;
-      this.bytes = 0;
-      if (bytes > 0) this.report(bytes);
-    });
+    this.reportSoon();
   }
 }

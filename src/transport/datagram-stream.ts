@@ -6,6 +6,7 @@
 // of the event loop leave in one write, and the stream is the flow's alone.
 import type * as net from "node:net";
 import { creditFrames, DatagramFrameDecoder, datagramFrameSize, writeDatagramFrame } from "../core/datagram-frames.ts";
+import { oncePerTurn } from "./once-per-turn.ts";
 
 /** A batch is written once it holds this much, without waiting for the turn to end. */
 const BATCH_BYTES = 256 * 1024;
@@ -21,7 +22,7 @@ export class DatagramStream {
   private batch: Buffer[] = [];
   private batchBytes = 0;
   private credit = 0;
-  private scheduled = false;
+  private readonly flushSoon = oncePerTurn(() => this.flush());
   private ended = false;
 
   constructor(
@@ -63,14 +64,14 @@ export class DatagramStream {
     this.batch.push(datagram);
     this.batchBytes += datagramFrameSize(datagram.length);
     if (this.batchBytes >= BATCH_BYTES) return this.flush();
-    this.schedule();
+    this.flushSoon();
   }
 
   /** Reports `bytes` delivered to the far end (with the turn's datagrams). */
   report(bytes: number): void {
     if (this.ended || bytes <= 0) return;
     this.credit += bytes;
-    this.schedule();
+    this.flushSoon();
   }
 
   /** Ends the flow: what is queued leaves, then the stream's end. */
@@ -86,14 +87,6 @@ export class DatagramStream {
     this.stream.destroy();
   }
 
-  private schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      this.flush();
-    });
-  }
 
   private flush(): void {
     if (this.ended || (!this.batch.length && !this.credit)) return;

@@ -9,6 +9,21 @@ import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, relayThre
 
 useHarness();
 
+/** A guest agent serving on a stand-in virtio-serial port (with `env`), a host agent through it, and an echo port forwarded. */
+async function forwardOverSerial(env: string[] = []) {
+  const guest = Guest.create();
+  const port = await fakeVirtioPort(guest);
+  const agent = guest.spawn(["env", ...env, ...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
+  await agent.waitForLine(/serving on serial:/, "stderr");
+  await port.proc.waitFor(() => existsSync(port.chardev) || undefined, "the chardev socket");
+  const host = startHostAgent(guest, ["--guest", `unix://${port.chardev}`]);
+  await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect over the port");
+  const echoPort = await freePort();
+  await guest.startEcho("127.0.0.1", echoPort);
+  await host.waitForForwarding(echoPort);
+  return { guest, port, agent, echoPort };
+}
+
 describe("virtio-serial (guest side)", () => {
   e2eTest("the whole agent connection runs over the port; the guest keeps serving when the host goes and comes back", async () => {
     const guest = Guest.create();
@@ -38,16 +53,7 @@ describe("virtio-serial (guest side)", () => {
   });
 
   e2eTest("the port's bytes are read and written by the shim's relay thread (strace), never through the runtime's thread pool", async () => {
-    const guest = Guest.create();
-    const port = await fakeVirtioPort(guest);
-    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
-    await agent.waitForLine(/serving on serial:/, "stderr");
-    await port.proc.waitFor(() => existsSync(port.chardev) || undefined, "the chardev socket");
-    const host = startHostAgent(guest, ["--guest", `unix://${port.chardev}`]);
-    await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect over the port");
-    const echoPort = await freePort();
-    await guest.startEcho("127.0.0.1", echoPort);
-    await host.waitForForwarding(echoPort);
+    const { guest, port, agent, echoPort } = await forwardOverSerial();
     const pid = agent.child.pid!;
     // The device's fds in the agent: the pty behind the port's link.
     const pty = realpathSync(port.device);
@@ -70,16 +76,7 @@ describe("virtio-serial (guest side)", () => {
     expect([...threads]).toEqual(relayThreads(pid));
   });
   e2eTest("without the relay thread (PORTHOLE_NATIVE_RELAY=0) file streams carry the port, and the agent says so once", async () => {
-    const guest = Guest.create();
-    const port = await fakeVirtioPort(guest);
-    const agent = guest.spawn(["env", "PORTHOLE_NATIVE_RELAY=0", ...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
-    await agent.waitForLine(/serving on serial:/, "stderr");
-    await port.proc.waitFor(() => existsSync(port.chardev) || undefined, "the chardev socket");
-    const host = startHostAgent(guest, ["--guest", `unix://${port.chardev}`]);
-    await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect over the port");
-    const echoPort = await freePort();
-    await guest.startEcho("127.0.0.1", echoPort);
-    await host.waitForForwarding(echoPort);
+    const { agent, echoPort } = await forwardOverSerial(["PORTHOLE_NATIVE_RELAY=0"]);
     const payload = randomBytes(64 << 10);
     expect((await exchange(echoPort, payload)).equals(payload)).toBe(true);
     const said = agent.stderr.filter((l) => l.includes("relayed through file streams"));
