@@ -90,6 +90,7 @@ export class GuestConnection {
     // Subscribe first and hold the diffs until the snapshot arrives, then replay them on
     // top of it: the result is right whichever way the snapshot and the diffs interleave.
     const pending: PortDiff[] = [];
+    let pendingCount = 0;
     let ports: PortSet | undefined;
     let ended = false;
     const events = this.client.GetEvents({}, ownersWanted());
@@ -105,7 +106,13 @@ export class GuestConnection {
     events.on("data", (e: GuestEvent) => {
       if (e.errors.length) this.handlers.onGuestErrors(e.errors.slice(0, 10).map((m) => m.slice(0, 500)));
       const diff = { added: this.checked(e.added_local_ports), removed: this.checked(e.removed_local_ports, false) };
-      if (!ports) return void pending.push(diff);
+      if (!ports) {
+        // Before the port list: kept, but no more than a guest could have ports (a guest that
+        // floods changes and holds back its list must not fill the host's memory).
+        pendingCount += diff.added.length + diff.removed.length;
+        if (pendingCount > 2 * MAX_GUEST_PORTS) return fail(`the guest agent sent more than ${2 * MAX_GUEST_PORTS} port changes before its port list; reconnecting`);
+        return void pending.push(diff);
+      }
       this.applyBounded(ports, diff);
       this.handlers.onChange(ports, diff);
     });
@@ -180,11 +187,19 @@ export class GuestConnection {
     });
   }
 
-  /** porthole's Hello; undefined when the guest agent does not have it (stock Lima). */
+  /**
+   * porthole's Hello; undefined when the guest agent does not have it (stock Lima answers
+   * UNIMPLEMENTED). Any other failure (a deadline, a reset) fails the attempt, which is retried:
+   * taken for a stock guest, a busy porthole guest would lose its extensions for the session.
+   */
   private hello(): Promise<HelloResponse | undefined> {
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + GET_INFO_DEADLINE_MS);
-      this.porthole.Hello({}, { deadline }, (err, res) => resolve(err ? undefined : res));
+      this.porthole.Hello({}, { deadline }, (err, res) => {
+        if (!err) resolve(res);
+        else if (err.code === grpc.status.UNIMPLEMENTED) resolve(undefined);
+        else reject(Object.assign(err, { details: `Hello: ${err.details || err.message}` }));
+      });
     });
   }
 

@@ -226,14 +226,14 @@ function firstHeaderBlock(bytes: Buffer): Record<string, string> | undefined {
 }
 
 describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc-go's keepalive policy)", () => {
-  async function stockGuest(options: { tracePings?: boolean } = {}): Promise<{ guest: Guest; port: number; socket: string; peer: Proc }> {
+  async function stockGuest(options: { tracePings?: boolean; helloFails?: number; floodEvents?: number } = {}): Promise<{ guest: Guest; port: number; socket: string; peer: Proc }> {
     requirePeer();
     const guest = Guest.create();
     const port = await freePort();
     await guest.startEcho("127.0.0.1", port);
     const socket = join(guest.dir, "lima-guestagent.sock");
     // C-core's `http` trace logs each ping it answers ("[PING_RESPONSE]") and any GOAWAY it sends.
-    const trace = options.tracePings ? ["env", "GRPC_VERBOSITY=DEBUG", "GRPC_TRACE=http"] : [];
+    const trace = ["env", ...(options.tracePings ? ["GRPC_VERBOSITY=DEBUG", "GRPC_TRACE=http"] : []), `PEER_HELLO_FAILS=${options.helloFails ?? 0}`, `PEER_FLOOD_EVENTS=${options.floodEvents ?? 0}`];
     const peer = guest.spawn([...trace, PYTHON, PEER, "guest", PROTO, socket, JSON.stringify([{ protocol: "tcp", ip: "127.0.0.1", port }])], "C-core Lima guest");
     await peer.waitForLine(/^listening/);
     return { guest, port, socket, peer };
@@ -251,6 +251,24 @@ describe("porthole's host agent with a C-core guest that behaves as Lima's (grpc
     expect(status.stdout).toContain("guest agent: stock Lima");
     expect(JSON.parse(runPorthole(["status", "--control", control, "--json"]).stdout).guest.lima).toBe(true);
     expect(host.events.filter((e) => e.type === "stock-guest")).toHaveLength(1);
+  });
+
+  e2eTest("a Hello that fails otherwise than UNIMPLEMENTED (a busy guest) is retried, not taken for a stock guest", async () => {
+    const { guest, port, socket } = await stockGuest({ helloFails: 1 });
+    const host = startHostAgent(guest, ["--guest", `unix://${socket}`]);
+    const dropped = await host.waitForEvent((e) => e.type === "guest-unreachable", "the failed attempt");
+    expect(String(dropped.error)).toContain("Hello: busy");
+    expect(host.events.some((e) => e.type === "stock-guest")).toBe(false); // not before the retry
+    await host.waitForEvent((e) => e.type === "stock-guest", "the retry, which hears UNIMPLEMENTED", 15_000);
+    await host.waitForForwarding(port);
+  });
+
+  e2eTest("a guest that floods port changes while holding back its port list is dropped, not buffered without end", async () => {
+    const { guest, socket } = await stockGuest({ floodEvents: 30_000 });
+    const host = startHostAgent(guest, ["--guest", `unix://${socket}`]);
+    const dropped = await host.waitForEvent((e) => e.type === "guest-unreachable", "the attempt given up");
+    expect(String(dropped.error)).toContain("port changes before its port list");
+    expect(host.proc.running).toBe(true);
   });
 
   e2eTest("the host's lean-mux probe (valid HTTP/2) gets a plain HTTP/2 answer: said once, and connections go by gRPC tunnels", async () => {
