@@ -1,6 +1,6 @@
 // Parses a config file's text (YAML) into rules, or into errors that each name the file,
 // line and column, the field and what is wrong.
-import { isMap, isScalar, LineCounter, parseDocument, type Node } from "yaml";
+import { isMap, isScalar, LineCounter, parseDocument, visit, type Document, type Node } from "yaml";
 import type { z } from "zod";
 import { configSchema } from "./config-schema.ts";
 import type { ForwarderKind } from "./forwarder-choice.ts";
@@ -54,6 +54,25 @@ export interface ConfigDefaults {
   hostIP?: string;
 }
 
+/** Aliases expanded at most this often (yaml's own default): a file of nested aliases cannot grow without end. */
+const MAX_ALIAS_COUNT = 100;
+
+/** Where the first alias that names no anchor is (else the first alias). */
+function aliasOffset(doc: Document): number {
+  let first: number | undefined;
+  let unresolved: number | undefined;
+  visit(doc, {
+    Alias(_, alias) {
+      first ??= alias.range?.[0];
+      if (!alias.resolve(doc)) {
+        unresolved = alias.range?.[0];
+        return visit.BREAK;
+      }
+    },
+  });
+  return unresolved ?? first ?? 0;
+}
+
 export function parseConfig(text: string, file: string, defaults: ConfigDefaults = {}): Config {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
@@ -65,7 +84,13 @@ export function parseConfig(text: string, file: string, defaults: ConfigDefaults
     throw new ConfigError(doc.errors.map((e) => `${at(e.pos[0])}: not valid YAML: ${e.message.split("\n")[0]}`));
   }
 
-  const data = doc.toJS() ?? {};
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) ?? {};
+  } catch (err) {
+    // An alias to no anchor, or too many (an alias bomb): said where the alias is.
+    throw new ConfigError([`${at(aliasOffset(doc))}: ${(err as Error).message.split("\n")[0]}`]);
+  }
   const result = configSchema.safeParse(data);
   if (!result.success) {
     const located = result.error.issues.flatMap((issue) => describeIssue(issue, doc.contents as Node | null));

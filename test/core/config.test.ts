@@ -12,6 +12,22 @@ function errorsOf(text: string): string[] {
   throw new Error("the config was accepted");
 }
 
+describe("aliases", () => {
+  test("an alias to no anchor is an error at the alias, not a crash", () => {
+    expect(errorsOf("cpus: 2\nportForwards: *nope\n")).toEqual([expect.stringMatching(/^lima\.yaml:2:15: .*nope/)]);
+  });
+  test("an alias bomb is an error, not a file that grows without end", () => {
+    const bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"];
+    for (let i = 1; i < 9; i++) bomb.push(`${"abcdefghij"[i]}: &${"abcdefghij"[i]} [${Array(9).fill(`*${"abcdefghij"[i - 1]}`).join(", ")}]`);
+    const problems = errorsOf(`${bomb.join("\n")}\n`);
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/^lima\.yaml:\d+:\d+: .*alias/i);
+  });
+  test("an anchor and its alias still work", () => {
+    expect(parseConfig("rule: &r {guestPort: 80}\nportForwards: [*r]\n", "c.yaml").rules[0]!.guestPortRange).toEqual([80, 80]);
+  });
+});
+
 describe("accepted configs", () => {
   test("an empty file, and a file without portForwards, mean the built-in rules only", () => {
     expect(parseConfig("", "c.yaml")).toEqual({
