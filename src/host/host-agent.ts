@@ -210,7 +210,7 @@ export class HostAgent {
           plan.protocol === "udp"
             ? new UdpForward(plan, (p, client) => router.openUdpTunnel(p, client), report, warn, trouble, portOwner)
             : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble, portOwner),
-        reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report),
+        reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report, warn),
       },
       report,
     );

@@ -10,6 +10,8 @@ import { bridgeSocket } from "./grpc-forwarder.ts";
 import type { ForwardStatus, Report } from "./host-forward.ts";
 
 const RETRY = { minMs: 500, maxMs: 10_000 };
+/** Connections the guest may have open at once through one reverse forward (each is a host socket). */
+export const MAX_REVERSE_CONNECTIONS = 1024;
 
 export class ReverseForward {
   private stream: ReturnType<PortholeClient["Reverse"]> | undefined;
@@ -20,11 +22,14 @@ export class ReverseForward {
   private readonly sockets = new Set<net.Socket>();
   private lastError: string | undefined;
   private since = new Date();
+  /** What was said already (each dial error once, the cap once): the guest may repeat them fast. */
+  private readonly said = new Set<string>();
 
   constructor(
     private readonly plan: PlannedReverse,
     private readonly client: PortholeClient,
     private readonly report: Report,
+    private readonly warn: (message: string) => void = () => {},
   ) {
     this.open();
   }
@@ -88,12 +93,30 @@ export class ReverseForward {
   }
 
   private connect(id: string): void {
+    if (this.sockets.size >= MAX_REVERSE_CONNECTIONS) {
+      // Not claimed: the guest agent drops its client after its claim timeout.
+      return this.sayOnce("cap", `reverse ${this.plan.guestSocket}: ${MAX_REVERSE_CONNECTIONS} connections are open, the limit; further ones are refused until some close`);
+    }
     const socket = net.connect({ path: this.plan.hostSocket, allowHalfOpen: true });
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
     const call = this.client.ReverseTunnel();
     call.write({ id, half_close: true });
     bridgeSocket(socket, call, id);
-    socket.once("error", () => resetSocket(socket));
+    socket.once("error", (err: NodeJS.ErrnoException) => {
+      resetSocket(socket);
+      if (!socket.connecting && socket.bytesWritten + socket.bytesRead > 0) return; // a connection's own end, not the dial
+      this.sayOnce(
+        `dial ${err.code ?? err.message}`,
+        `reverse ${this.plan.guestSocket}: cannot connect to the host socket ${this.plan.hostSocket} (${err.code ?? err.message}); ` +
+          "the guest's clients are reset until it accepts. Is the service behind it running?",
+      );
+    });
+  }
+
+  private sayOnce(key: string, message: string): void {
+    if (this.said.has(key)) return;
+    this.said.add(key);
+    this.warn(message);
   }
 }

@@ -37,6 +37,21 @@ describe("unix sockets", () => {
     expect(existsSync(hostSocket)).toBe(false);
   });
 
+  e2eTest("reverse: a host socket nobody listens on is said once (a warning naming it), and the guest's clients are reset", async () => {
+    const guest = Guest.create();
+    await guest.startAgent();
+    const hostSocket = join(guest.dir, "nobody-here.sock");
+    mkdirSync(join(guest.dir, "in-guest"));
+    const guestSocket = join(guest.dir, "in-guest", "from-host.sock");
+    const config = guest.writeFile("c.yaml", `portForwards:\n- {guestSocket: ${guestSocket}, hostSocket: ${hostSocket}, reverse: true}\n`);
+    const host = startHostAgent(guest, ["--config", config]);
+    await host.waitForEvent((e) => e.type === "forwarding" && e.reverse === true, "the reverse forward");
+    for (let i = 0; i < 3; i++) expect(await guest.runFixture(["http-get-unix", guestSocket]).exited).not.toBe(0);
+    const warned = await host.waitForEvent((e) => e.type === "warning" && String(e.message).includes(hostSocket), "the warning");
+    expect(String(warned.message)).toContain("ENOENT");
+    expect(host.events.filter((e) => e.type === "warning" && String(e.message).includes(hostSocket))).toHaveLength(1);
+  });
+
   e2eTest("reverse: a host socket appears in the guest (mode 0600) and carries an HTTP request back", async () => {
     const guest = Guest.create();
     await guest.startAgent();
