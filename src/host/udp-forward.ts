@@ -5,7 +5,7 @@
 import { formatHostPort } from "../core/address.ts";
 import { formatHostTarget, type HostTarget, type PlannedForward } from "../core/forward-plan.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
-import { datagramsOf } from "../transport/datagram-batch.ts";
+import { datagramsOf, MAX_DATAGRAMS_PER_MESSAGE, MAX_UDP_PAYLOAD } from "../transport/datagram-batch.ts";
 import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
 import { bindDatagrams, type DatagramSocket, type UdpPeer } from "../transport/datagram-socket.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
@@ -72,6 +72,7 @@ class UdpFlows implements Listener {
   private bytesIn = 0;
   private bytesOut = 0;
   private dropped = 0;
+  private toldUnsendable = false;
   private open = true;
 
   constructor(
@@ -135,7 +136,8 @@ class UdpFlows implements Listener {
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
       if (msg.udp_delivered) flow.budget.delivered(msg.udp_delivered);
-      const datagrams = datagramsOf(msg);
+      const { datagrams, refused } = datagramsOf(msg);
+      if (refused) this.guestSentUnsendable(refused);
       let bytes = 0;
       for (const datagram of datagrams) bytes += datagram.length;
       this.bytesOut += bytes;
@@ -149,6 +151,17 @@ class UdpFlows implements Listener {
     tunnel.on("end", forget);
     tunnel.on("error", forget);
     return flow;
+  }
+
+  /** The guest sent datagrams no UDP socket can send (or too many at once): dropped, said once per forward. */
+  private guestSentUnsendable(count: number): void {
+    this.dropped += count;
+    if (this.toldUnsendable) return;
+    this.toldUnsendable = true;
+    this.warn(
+      `UDP ${this.hostAddr}: the guest agent sent ${count} datagram(s) larger than ${MAX_UDP_PAYLOAD} bytes or more than ` +
+        `${MAX_DATAGRAMS_PER_MESSAGE} in one message; they are dropped. A stock or porthole guest agent never does: check what runs as the guest agent.`,
+    );
   }
 
   private evictOldest(): void {

@@ -5,16 +5,22 @@
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { oncePerTurn } from "./once-per-turn.ts";
 
-/** A batch is sent once it holds this much, without waiting for the turn to end. */
+/** A batch is sent once it holds this much, or this many datagrams, without waiting for the turn to end. */
 const BATCH_BYTES = 64 * 1024;
+export const MAX_DATAGRAMS_PER_MESSAGE = 4096;
+/** The largest payload a UDP datagram can have (IPv6; IPv4's is 65,507). */
+export const MAX_UDP_PAYLOAD = 65_527;
 
 /**
  * The datagrams a message carries: a batch, or Lima's one per message in `data`; none in a
- * porthole peer's report of what it delivered (`udp_delivered` alone).
+ * porthole peer's report of what it delivered (`udp_delivered` alone). A peer's message may
+ * hold anything a 16 MiB message can: datagrams no UDP socket could send, and more of them
+ * than a batch ever holds, are left out and counted in `refused` (the caller says so).
  */
-export function datagramsOf(message: TunnelMessage): Buffer[] {
-  if (message.datagrams?.length) return message.datagrams;
-  return message.udp_delivered && !message.data.length ? [] : [message.data];
+export function datagramsOf(message: TunnelMessage): { datagrams: Buffer[]; refused: number } {
+  const all = message.datagrams?.length ? message.datagrams : message.udp_delivered && !message.data.length ? [] : [message.data];
+  const datagrams = (all.length > MAX_DATAGRAMS_PER_MESSAGE ? all.slice(0, MAX_DATAGRAMS_PER_MESSAGE) : all).filter((d) => d.length <= MAX_UDP_PAYLOAD);
+  return { datagrams, refused: all.length - datagrams.length };
 }
 
 export class DatagramBatcher {
@@ -30,7 +36,7 @@ export class DatagramBatcher {
     this.datagrams.push(data);
     this.written.push(done);
     this.bytes += data.length;
-    if (this.bytes >= BATCH_BYTES) return this.flush();
+    if (this.bytes >= BATCH_BYTES || this.datagrams.length >= MAX_DATAGRAMS_PER_MESSAGE) return this.flush();
     this.flushSoon();
   }
 

@@ -2,7 +2,7 @@
 // turn (or once full); the budget drops, rather than queues, what the connection has not taken.
 import { describe, expect, test } from "bun:test";
 import type { TunnelMessage } from "../../src/proto/guest-service.ts";
-import { DatagramBatcher, datagramsOf } from "../../src/transport/datagram-batch.ts";
+import { DatagramBatcher, datagramsOf, MAX_DATAGRAMS_PER_MESSAGE, MAX_UDP_PAYLOAD } from "../../src/transport/datagram-batch.ts";
 import { DatagramBudget, DeliveryReport } from "../../src/transport/datagram-budget.ts";
 
 const turn = () => new Promise((r) => setImmediate(r));
@@ -36,10 +36,26 @@ describe("DatagramBatcher", () => {
 
   test("a message carries a batch, or Lima's one datagram in data (an empty one included)", () => {
     const m = (fields: Partial<TunnelMessage>) => ({ data: Buffer.alloc(0), datagrams: [], ...fields }) as TunnelMessage;
-    expect(datagramsOf(m({ datagrams: [Buffer.from("a"), Buffer.from("b")] }))).toEqual([Buffer.from("a"), Buffer.from("b")]);
-    expect(datagramsOf(m({ data: Buffer.from("x") }))).toEqual([Buffer.from("x")]);
-    expect(datagramsOf(m({}))).toEqual([Buffer.alloc(0)]);
-    expect(datagramsOf(m({ udp_delivered: 1400 }))).toEqual([]); // a porthole peer's report carries none
+    const of = (message: TunnelMessage) => datagramsOf(message).datagrams;
+    expect(of(m({ datagrams: [Buffer.from("a"), Buffer.from("b")] }))).toEqual([Buffer.from("a"), Buffer.from("b")]);
+    expect(of(m({ data: Buffer.from("x") }))).toEqual([Buffer.from("x")]);
+    expect(of(m({}))).toEqual([Buffer.alloc(0)]);
+    expect(of(m({ udp_delivered: 1400 }))).toEqual([]); // a porthole peer's report carries none
+  });
+
+  test("what no UDP socket can send is left out and counted: a datagram over 65,527 bytes, more than a batch ever holds", () => {
+    const m = (fields: Partial<TunnelMessage>) => ({ data: Buffer.alloc(0), datagrams: [], ...fields }) as TunnelMessage;
+    expect(datagramsOf(m({ data: Buffer.alloc(MAX_UDP_PAYLOAD) }))).toEqual({ datagrams: [Buffer.alloc(MAX_UDP_PAYLOAD)], refused: 0 });
+    expect(datagramsOf(m({ data: Buffer.alloc(16 << 20) }))).toEqual({ datagrams: [], refused: 1 });
+    const many = datagramsOf(m({ datagrams: Array.from({ length: MAX_DATAGRAMS_PER_MESSAGE + 10 }, () => Buffer.alloc(0)) }));
+    expect([many.datagrams.length, many.refused]).toEqual([MAX_DATAGRAMS_PER_MESSAGE, 10]);
+  });
+
+  test("a batch of empty datagrams goes out at MAX_DATAGRAMS_PER_MESSAGE, however few bytes it holds", () => {
+    const sent: Partial<TunnelMessage>[] = [];
+    const batcher = new DatagramBatcher((message) => sent.push(message));
+    for (let i = 0; i < MAX_DATAGRAMS_PER_MESSAGE; i++) batcher.add(Buffer.alloc(0), () => {});
+    expect(sent.map((s) => s.datagrams!.length)).toEqual([MAX_DATAGRAMS_PER_MESSAGE]);
   });
 });
 
