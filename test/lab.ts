@@ -292,7 +292,7 @@ export class Guest {
    * key (never the system's). Listens on port 22 of the guest's addresses; `unixSocket`
    * also serves it on a unix socket through `sshd -i` (a stand-in for vsock).
    */
-  async startSshd(options: { hostKey?: string } = {}): Promise<Sshd> {
+  async startSshd(options: { hostKey?: string; forwarding?: boolean } = {}): Promise<Sshd> {
     const dir = join(this.dir, "ssh");
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     mkdirSync("/run/sshd", { recursive: true, mode: 0o755 }); // sshd's privilege separation directory
@@ -317,8 +317,8 @@ export class Guest {
       "PasswordAuthentication no",
       "KbdInteractiveAuthentication no",
       "PermitRootLogin prohibit-password",
-      "AllowTcpForwarding yes",
-      "AllowStreamLocalForwarding yes",
+      `AllowTcpForwarding ${options.forwarding === false ? "no" : "yes"}`,
+      `AllowStreamLocalForwarding ${options.forwarding === false ? "no" : "yes"}`,
       "LogLevel DEBUG1",
       "",
     ].join("\n"));

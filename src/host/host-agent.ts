@@ -181,7 +181,7 @@ export class HostAgent {
       this.sshLink = new SshLink({ ...settings.link, emit: report });
       if (settings.overVsock.warning) warn(settings.overVsock.warning);
     }
-    this.router = new StreamRouter(this.forwarder.value, options.guest, grpc, this.sshLink ? new SshForwarder(this.sshLink) : undefined, report);
+    this.router = new StreamRouter(this.forwarder.value, options.guest, grpc, this.sshLink ? new SshForwarder(this.sshLink, warn) : undefined, report);
     if (this.muxLink) this.router.useMux(this.muxLink);
     const router = this.router;
     if (options.onForward) {

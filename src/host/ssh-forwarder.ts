@@ -12,8 +12,21 @@ import type { SshLink } from "./ssh-link.ts";
 /** How long a connection accepted while the SSH link is down waits for it. */
 export const SSH_WAIT_MS = 10_000;
 
+/** SSH_MSG_CHANNEL_OPEN_FAILURE reason codes (RFC 4254 5.1) other than a refused target, in words. */
+const REFUSALS: Record<number, string> = {
+  1: "administratively prohibited: the guest's sshd forbids forwarding (AllowTcpForwarding / AllowStreamLocalForwarding in its sshd_config, or the key's restrictions)",
+  3: "unknown channel type: the guest's sshd does not offer this kind of forwarding",
+  4: "resource shortage: the guest's sshd has too many channels open (MaxSessions, memory)",
+};
+
 export class SshForwarder {
-  constructor(private readonly link: SshLink) {}
+  /** Refusals said already, by reason code: every connection would repeat them. */
+  private readonly told = new Set<number>();
+
+  constructor(
+    private readonly link: SshLink,
+    private readonly warn: (message: string) => void = () => {},
+  ) {}
 
   forwardStream(socket: net.Socket, plan: PlannedForward): void {
     socket.pause();
@@ -22,8 +35,11 @@ export class SshForwarder {
     this.link.ready(SSH_WAIT_MS).then(
       (client) => {
         if (gone) return;
-        const opened = (err: Error | undefined, channel: ClientChannel) => {
-          if (err) return resetSocket(socket);
+        const opened = (err: (Error & { reason?: number }) | undefined, channel: ClientChannel) => {
+          if (err) {
+            this.refused(err, plan);
+            return resetSocket(socket);
+          }
           if (gone) return void channel.close();
           bridgeChannel(socket, channel);
         };
@@ -38,6 +54,17 @@ export class SshForwarder {
         }
       },
       () => resetSocket(socket),
+    );
+  }
+
+  /** A channel the guest's sshd would not open: a refused target is the client's to see (a reset); anything else is said once. */
+  private refused(err: Error & { reason?: number }, plan: PlannedForward): void {
+    const reason = err.reason ?? 0;
+    if (reason === 2 || this.told.has(reason)) return; // 2: the target refused the connection
+    this.told.add(reason);
+    this.warn(
+      `SSH forwarder: the guest's sshd refused a channel to ${plan.guestAddr} (${REFUSALS[reason] ?? err.message}); ` +
+        "connections through it are reset until that changes, or use --forwarder auto or grpc",
     );
   }
 }

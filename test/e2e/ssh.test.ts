@@ -3,9 +3,10 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
+import * as net from "node:net";
 import { join } from "node:path";
 import {
-  e2eTest, echoRoundTrip, exchange, freePort, Guest, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd, answerAfterEOF } from "./harness.ts";
+  e2eTest, echoRoundTrip, exchange, freePort, Guest, socketOutcome, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd, answerAfterEOF } from "./harness.ts";
 
 useHarness();
 
@@ -18,10 +19,10 @@ interface SshSetup {
   stateDir: string;
 }
 
-async function sshGuest(): Promise<SshSetup> {
+async function sshGuest(options: { forwarding?: boolean } = {}): Promise<SshSetup> {
   const guest = Guest.create();
   const { guestIP } = guest.linkToHost();
-  const sshd = await guest.startSshd();
+  const sshd = await guest.startSshd(options);
   await guest.startAgent();
   return { guest, sshd, guestIP, stateDir: join(guest.dir, "state") };
 }
@@ -54,6 +55,22 @@ describe("SSH forwarder", () => {
     await s.sshd.proc.waitFor(() => sshChannels(s.sshd.proc) >= 501 || undefined, "sshd to log every channel");
     // No OpenSSH client on the host: the agent has no child processes at all.
     expect(childrenOf(host.proc.child.pid!)).toEqual([]);
+  });
+
+  e2eTest("an sshd that forbids forwarding (AllowTcpForwarding no): every connection is reset, and why is said once", async () => {
+    const s = await sshGuest({ forwarding: false });
+    const host = await sshHost(s);
+    const port = await freePort();
+    await s.guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port);
+    for (let i = 0; i < 3; i++) {
+      const client = net.connect({ port, host: "127.0.0.1" }, () => client.write("hello"));
+      expect((await socketOutcome(client)).how).toBe("ECONNRESET");
+    }
+    await host.waitForEvent((e) => e.type === "warning" && String(e.message).includes("administratively prohibited"), "the refusal said");
+    const said = host.events.filter((e) => e.type === "warning" && String(e.message).includes("administratively prohibited"));
+    expect(said).toHaveLength(1);
+    expect(String(said[0]!.message)).toContain("AllowTcpForwarding");
   });
 
   e2eTest("half-close both ways over SSH", async () => {
