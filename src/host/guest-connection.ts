@@ -7,6 +7,7 @@ import { backoffDelay } from "../core/backoff.ts";
 import { applyDiff, invalidGuestPort, type GuestPort, MAX_GUEST_PORTS, portKey, type PortDiff, type PortSet } from "../core/ports.ts";
 import type { TransportAddress } from "../core/transport-address.ts";
 import { formatHostPort } from "../core/address.ts";
+import { checkedHello } from "../core/guest-hello.ts";
 import { checkedOwner } from "../core/port-owner.ts";
 import { clientTarget, type ClientTarget } from "../transport/client-target.ts";
 import {
@@ -196,7 +197,7 @@ export class GuestConnection {
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + GET_INFO_DEADLINE_MS);
       this.porthole.Hello({}, { deadline }, (err, res) => {
-        if (!err) resolve(res);
+        if (!err) resolve(res && checkedHello(res));
         else if (err.code === grpc.status.UNIMPLEMENTED) resolve(undefined);
         else reject(Object.assign(err, { details: `Hello: ${err.details || err.message}` }));
       });

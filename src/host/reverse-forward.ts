@@ -4,6 +4,7 @@
 import * as net from "node:net";
 import { backoffDelay } from "../core/backoff.ts";
 import type { PlannedReverse } from "../core/forward-plan.ts";
+import { boundedText } from "../core/port-owner.ts";
 import type { PortholeClient, ReverseEvent } from "../proto/guest-service.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { bridgeSocket } from "./grpc-forwarder.ts";
@@ -81,7 +82,7 @@ export class ReverseForward {
     stream.on("error", (err: Error & { details?: string; code?: number }) => {
       if (this.closed) return;
       const unimplemented = err.code === 12; // grpc status UNIMPLEMENTED: a stock Lima guest agent
-      const error = unimplemented ? "the guest agent does not support reverse forwards (a porthole extension)" : err.details || err.message;
+      const error = unimplemented ? "the guest agent does not support reverse forwards (a porthole extension)" : boundedText(err.details || err.message, 512);
       const retryInMs = backoffDelay(this.attempt++, RETRY);
       if (this.listening) this.report({ type: "stopping", ...this.describe() });
       if (this.listening || !this.lastError) this.since = new Date();
