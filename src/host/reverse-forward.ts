@@ -45,7 +45,7 @@ export class ReverseForward {
 
   destroy(): void {
     this.close();
-    for (const s of this.sockets) s.destroy();
+    for (const s of this.sockets) resetSocket(s); // cut off, not ended: the guest's client sees a reset
   }
 
   status(): ForwardStatus {

@@ -354,7 +354,7 @@ export function dropConnection(socket: net.Socket): void {
   const h = handed.get(socket);
   if (h?.successor) return dropConnection(h.successor);
   if (h && !h.end) loop?.abort(h.id);
-  socket.destroy();
+  resetSocket(socket); // not a FIN: a client cut off mid-transfer must not take it for the end
 }
 
 export type { RelayStatus };
