@@ -8,7 +8,7 @@
 // A path that cannot connect hands the connection to the next one, says so in an event, and
 // is not tried again until its backoff ends (so a blackholed path costs one timeout, not
 // one per connection). A target the guest refuses resets the client: that is its answer.
-import { existsSync } from "node:fs";
+import { realpathSync } from "node:fs";
 import type * as net from "node:net";
 import { isIPv4 } from "node:net";
 import { backoffDelay } from "../core/backoff.ts";
@@ -67,6 +67,8 @@ export class StreamRouter {
     private readonly ssh: SshForwarder | undefined,
     private readonly report: (e: HostEvent) => void = () => {},
     direct?: DirectPaths,
+    /** How long a data stream may wait for the guest's answer (shorter in tests). */
+    private readonly dataAnswerTimeoutMs = DATA_ANSWER_TIMEOUT_MS,
   ) {
     this.direct =
       direct ??
@@ -235,7 +237,7 @@ export class StreamRouter {
     return dialAndJoin(
       socket,
       { path: endpoint.path },
-      { timeoutMs: DATA_ANSWER_TIMEOUT_MS, keepAliveMs: 0, shape: { framed: "dialed", hello: { bytes: header, to: "dialed" }, awaitStatus: true } },
+      { timeoutMs: this.dataAnswerTimeoutMs, keepAliveMs: 0, shape: { framed: "dialed", hello: { bytes: header, to: "dialed" }, awaitStatus: true } },
       () => {
         this.succeeded("fast", plan);
         this.counters.took("fast", plan.key, socket);
@@ -250,6 +252,8 @@ export class StreamRouter {
     const stream = await dialTransport(this.dataEndpoint!, DIAL_TIMEOUT_MS, { allowHalfOpen: true });
     stream.write(encodeDataHeader(this.secret, { protocol: plan.protocol === "unix" || plan.protocol === "udp" ? plan.protocol : "tcp", address: plan.guestAddr }, framed));
     const first = await new Promise<Buffer | undefined>((resolve) => {
+      // A guest that accepts and stays silent must not hold the client and the stream forever.
+      const timer = setTimeout(() => stream.destroy(), this.dataAnswerTimeoutMs);
       const onData = (chunk: Buffer) => {
         cleanup();
         stream.pause();
@@ -260,6 +264,7 @@ export class StreamRouter {
         resolve(undefined);
       };
       const cleanup = () => {
+        clearTimeout(timer);
         stream.off("data", onData);
         stream.off("end", onEnd);
         stream.off("close", onEnd);
@@ -314,10 +319,10 @@ export class StreamRouter {
 
   /** The path could not connect: the client is reset (the far end's answer) or goes on by the next path. */
   private dialFailed(client: net.Socket, plan: PlannedForward, path: DataPath, failureKey: string, err: NodeJS.ErrnoException, directIP?: string): void {
-    if (client.destroyed) return;
     // The guest refused the target, or (direct) the target accepted and reset at once:
     // either way the far end answered, and its answer is a reset.
     if (err instanceof RefusedByGuest || (path === "direct" && err.code === "ECONNRESET")) {
+      if (client.destroyed) return;
       this.counters.took(path, plan.key, client);
       return resetSocket(client);
     }
@@ -325,7 +330,10 @@ export class StreamRouter {
     // bound IPv6-only, say); remember it for this forward and let a tunnel decide.
     const refusedDirect = path === "direct" && err.code === "ECONNREFUSED";
     if (path === "direct" && !refusedDirect && directIP) this.direct.fail(directIP, err.message);
+    // Said and backed off even when this client is gone already (reset because what it sent
+    // had gone towards the guest): the next connections must not try the failing path blind.
     this.failed(refusedDirect ? failureKey : path === "direct" ? `direct ${directIP}` : failureKey, plan, path, err.message);
+    if (client.destroyed) return;
     this.counters.fellBack(path, plan.key);
     const next = this.pathFor(plan) === path ? "grpc" : this.pathFor(plan);
     if (next === "grpc") client.resume(); // the splice paused it; gRPC reads as it goes
@@ -399,8 +407,10 @@ export class StreamRouter {
       }
       const agent = this.agentAddress;
       // A unix path means something on this host only when the host reached the agent by
-      // a path of the same file system (tests, containers); a VM's vsock port with its CID.
-      if (endpoint.kind === "unix" && agent.kind === "unix" && sameDirectory(endpoint.path, agent.path) && existsSync(endpoint.path)) {
+      // a path of the same file system (tests, containers), and only the one beside the
+      // agent's socket (never another socket there, Lima's ssh.sock say); a VM's vsock port
+      // with its CID.
+      if (endpoint.kind === "unix" && agent.kind === "unix" && sameFile(endpoint.path, dataEndpointBeside(agent.path))) {
         return endpoint;
       }
       if (endpoint.kind === "vsock" && agent.kind === "vsock" && agent.cid !== undefined) {
@@ -411,8 +421,18 @@ export class StreamRouter {
   }
 }
 
-function sameDirectory(a: string, b: string): boolean {
-  return a.slice(0, a.lastIndexOf("/")) === b.slice(0, b.lastIndexOf("/"));
+/** Both paths name one existing file (either may go through a symlink). */
+function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
+
+/** Where a porthole guest agent serving on `agentPath` keeps its data endpoint (guest/guest-agent.ts). */
+function dataEndpointBeside(agentPath: string): string {
+  return `${agentPath}.data`;
 }
 
 /** The guest reached the data path but not the target (nothing listens there). */

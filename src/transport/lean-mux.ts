@@ -53,6 +53,7 @@ export interface MuxTotals {
 }
 
 const MAX_STREAMS = 8192;
+const MUX_OPEN_TIMEOUT_MS = 140_000;
 
 export class MuxSession {
   private readonly streams = new Map<number, Stream>();
@@ -68,6 +69,8 @@ export class MuxSession {
     private readonly role: "host" | "guest",
     private readonly handlers: MuxHandlers = {},
     initial?: Buffer,
+    /** Host: how long an OPEN may wait for the guest's answer (a connect there may retry its SYN for ~2 min). */
+    private readonly openTimeoutMs = MUX_OPEN_TIMEOUT_MS,
   ) {
     raw.on("data", (chunk: Buffer) => this.receive(chunk));
     raw.on("drain", () => {
@@ -93,7 +96,17 @@ export class MuxSession {
     const id = this.nextId++;
     const stream = this.newStream(id);
     return new Promise((resolve, reject) => {
-      stream.opened = { resolve: () => resolve(id), reject };
+      // A guest that never answers must not hold the stream (and its client) forever.
+      const timer = setTimeout(() => {
+        if (!stream.opened) return;
+        stream.opened = undefined;
+        this.resetStream(stream, true);
+        reject(new Error(`no answer to the stream's open in ${this.openTimeoutMs} ms`));
+      }, this.openTimeoutMs);
+      stream.opened = {
+        resolve: () => (clearTimeout(timer), resolve(id)),
+        reject: (err) => (clearTimeout(timer), reject(err)),
+      };
       this.send(muxFrame(id, MuxKind.OPEN, Buffer.from(target)));
     });
   }

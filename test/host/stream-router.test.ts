@@ -72,6 +72,38 @@ describe("the stream router", () => {
     router.stop();
   });
 
+  test("a data endpoint is taken only where the agent keeps it (beside its socket): another socket in that directory is never dialled", () => {
+    const dir = mkdtempSync(join(tmpdir(), "porthole-router-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const agent = join(dir, "guest.sock");
+    writeFileSync(join(dir, "ssh.sock"), ""); // Lima's ssh.sock, say: exists, same directory
+    const router = new StreamRouter("fast", { kind: "unix", path: agent }, fakeGrpc().grpc, undefined, () => {});
+    router.setGuest(hello({ data_endpoints: [`unix://${join(dir, "ssh.sock")}`] }));
+    expect(router.pathFor(plan("127.0.0.1:80"))).toBe("grpc");
+    writeFileSync(`${agent}.data`, "");
+    router.setGuest(hello({ data_endpoints: [`unix://${agent}.data`] }));
+    expect(router.pathFor(plan("127.0.0.1:80"))).toBe("fast");
+    router.stop();
+  });
+
+  test("a guest that accepts a data stream and never answers does not hold the client forever", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "porthole-router-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const agent = join(dir, "guest.sock");
+    const silent: net.Socket[] = [];
+    const endpoint = net.createServer((s) => silent.push(s)); // accepts, reads, says nothing
+    await new Promise<void>((r) => endpoint.listen(`${agent}.data`, r));
+    cleanups.push(() => (silent.forEach((s) => s.destroy()), endpoint.close()));
+    const { grpc, handed } = fakeGrpc();
+    const router = new StreamRouter("fast", { kind: "unix", path: agent }, grpc, undefined, () => {}, undefined, 300);
+    router.setGuest(hello({ data_endpoints: [`unix://${agent}.data`] }));
+    await through(router, plan("127.0.0.1:80"));
+    expect(silent).toHaveLength(1);
+    expect(handed).toHaveLength(1); // given up after the timeout: the client went on by gRPC
+    await new Promise((r) => (silent[0]!.destroyed ? r(undefined) : silent[0]!.once("close", r).on("error", () => {}).resume())); // the stream was closed
+    router.stop();
+  });
+
   test("direct is planned only after the proof holds, only for the bind's family, and no longer once it fails", async () => {
     const ifs: InterfaceAddress[] = [{ address: "10.9.9.1", netmask: "255.255.255.0", family: "IPv4", internal: false }];
     let verdict: Error | undefined;

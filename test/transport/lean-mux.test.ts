@@ -92,6 +92,20 @@ describe("a far side the host cannot trust", () => {
     expect(session.isClosed).toBe(false);
   });
 
+  test("an open the guest never answers is given up after the timeout: rejected, and the stream reset towards the guest", async () => {
+    const [raw, guestSide] = await pair();
+    const session = new MuxSession(raw, "host", {}, undefined, 200);
+    const seen: Buffer[] = [];
+    guestSide.on("data", (c: Buffer) => seen.push(c));
+    const err = await session.open("tcp 127.0.0.1:1").catch((e: Error) => e);
+    expect((err as Error).message).toContain("no answer");
+    await Bun.sleep(20);
+    expect(Buffer.concat(seen).includes(muxFrame(1, MuxKind.RESET))).toBe(true);
+    guestSide.write(muxFrame(1, MuxKind.OPENED)); // a late answer changes nothing
+    await Bun.sleep(20);
+    expect(session.isClosed).toBe(false);
+  });
+
   test("the agent stream closing resets every open stream (never a clean EOF)", async () => {
     const { guestSide, client } = await hostWithFakeGuest();
     const end = ending(client);
