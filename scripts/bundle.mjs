@@ -23,7 +23,7 @@ await build({
   target: "node20",
   loader: { ".proto": "text", ".so": "file" },
   assetNames: "[name]",
-  external: ["koffi", "cpu-features", "*.node", "bun:ffi"],
+  external: ["koffi", "cpu-features", "*.node", "bun:ffi", "bun:jsc"],
   banner: { js: banner },
   logLevel: "warning",
 });

@@ -11,6 +11,7 @@ import { aboutLines } from "../runtime/about.ts";
 import { joinNegativeValues, UsageError } from "./options.ts";
 import { invokedName } from "../runtime/self.ts";
 import { tuneAllocator } from "../runtime/allocator.ts";
+import { collectAfterGrowth } from "../runtime/idle-gc.ts";
 
 async function main(argv: string[]): Promise<void> {
   // The demo's guest-side web server: started by the demo itself, not a user command.
@@ -19,7 +20,10 @@ async function main(argv: string[]): Promise<void> {
   // Started as `lima-guestagent daemon|install-systemd …` (Lima's command lines): the guest role.
   if (invokedName() === "lima-guestagent" && argv[2] !== "guest") argv = [...argv.slice(0, 2), "guest", ...argv.slice(2)];
   // The agents relay bytes for hours: keep freed buffers for reuse (may start the process anew).
-  if (argv[2] === "host" || argv[2] === "guest") tuneAllocator();
+  if (argv[2] === "host" || argv[2] === "guest") {
+    tuneAllocator();
+    collectAfterGrowth();
+  }
 
   const cli = cac("porthole");
   registerGuest(cli);
