@@ -36,11 +36,13 @@ export function parseChoiceFlag<T extends string>(flag: string, value: unknown, 
   return value as T;
 }
 
-/** Runs until SIGINT or SIGTERM, then calls stop and exits cleanly. */
-export function stopOnSignals(stop: () => void): void {
+/** Runs until SIGINT or SIGTERM, then calls stop (and waits for it) and exits cleanly. */
+export function stopOnSignals(stop: () => void | Promise<void>): void {
   const handler = () => {
-    stop();
-    process.exit(0);
+    void Promise.resolve()
+      .then(stop)
+      .catch(() => {})
+      .finally(() => process.exit(0));
   };
   process.once("SIGINT", handler);
   process.once("SIGTERM", handler);

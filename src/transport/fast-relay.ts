@@ -349,6 +349,16 @@ export function resetConnection(socket: net.Socket, other: net.Socket): void {
   resetSocket(other);
 }
 
+/**
+ * Resolves once the relay thread has ended every relay handed to it (an aborted one with its
+ * reset sent), or after `ms`: an agent that exits first would leave the kernel to close those
+ * sockets, with a FIN, as if their transfers were complete.
+ */
+export async function relaysSettled(ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (loop && loop.openRelays() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+}
+
 /** Ends a connection now (a reset), wherever its bytes move. */
 export function dropConnection(socket: net.Socket): void {
   const h = handed.get(socket);
