@@ -101,6 +101,12 @@ function usableLoop(): NativeRelayLoop | undefined {
   return fallbackReason ? undefined : loop;
 }
 
+/** The native relay loop where it carries connections (and whether in read/send mode). */
+export function nativeRelay(): { loop: NativeRelayLoop; copy: boolean } | undefined {
+  const native = usableLoop();
+  return native ? { loop: native, copy: copyMode } : undefined;
+}
+
 function javascript(a: net.Socket, b: net.Socket, framed?: Framed): void {
   javascriptRelays++;
   if (framed) return spliceFramed(a, b, framed.initial, framed.onBad);
