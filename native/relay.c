@@ -123,6 +123,7 @@ struct relay {
   struct relay *dial_prev, *dial_next;
   int greeting;            /* a data listener's connection whose header is awaited (see "data listeners") */
   int listener;            /* that listener's index + 1 (0: JavaScript made this relay) */
+  int forward;             /* ... a forward listener's (its records go to JavaScript as any relay's) */
   uint64_t drain_deadline_ms; /* a failing relay waits for a send queue until then */
   struct relay *next_pending, *next_ready, *next_resetting;
 };
@@ -213,11 +214,13 @@ static void finish(struct relay *r, uint32_t flags, int err) {
   if (flags & PH_DIAL_FAILED) rec.a_to_b = (uint64_t)r->handback_fd;
   /* A data listener's connection is nobody's in JavaScript: it ends here, unsaid, unless its
    * dial failed (then the host hears a failure status, and JavaScript the errno). */
-  int quiet = r->listener && !(flags & PH_DIAL_FAILED);
+  int quiet = r->listener && !r->forward && !(flags & PH_DIAL_FAILED);
   if (r->listener && (flags & PH_DIAL_FAILED)) {
-    refuse_stream(r->handback_fd);
+    if (!r->forward) {
+      refuse_stream(r->handback_fd);
+      rec.a_to_b = (uint64_t)-1;
+    }
     rec.flags |= PH_ACCEPTED;
-    rec.a_to_b = (uint64_t)-1;
     rec.b_to_a = (uint64_t)r->listener;
   }
   pthread_mutex_lock(&lock);
@@ -858,8 +861,9 @@ static void dial_done(struct relay *r, struct relay **ready, int in_set) {
     dial_failed(r, errno);
     return;
   }
-  if (!r->listener) {
-    struct record rec = { REC_DIALED, r->id, 0, 0, 0, 0 };
+  if (!r->listener || r->forward) {
+    /* a_to_b: a forward listener's id (JavaScript learns of its connection here) */
+    struct record rec = { REC_DIALED, r->id, 0, 0, r->forward ? (uint64_t)r->listener : 0, 0 };
     post(rec);
   }
   ready_push(ready, r);
@@ -1042,6 +1046,11 @@ static int dial_connect(struct relay *r) {
 
 struct listener {
   int used, closing, fd, allow_cid, copy, armed;
+  int forward;               /* a host forward's listener (see "forward listeners"), not a data endpoint */
+  int idle;                  /* a forward listener without a target: not watched (the runtime's own server accepts) */
+  uint8_t *fwd_hello;        /* its data-path header (NULL: every connection goes to JavaScript) */
+  int fwd_hello_len;
+  struct sockaddr_un fwd_addr; /* the guest's data endpoint */
   int header_ms, dial_ms;
   uint64_t rearm_ms;
   char secret[129];
@@ -1236,6 +1245,69 @@ static void greet_start(int li, int fd, struct relay **ready) {
   greet_check(r, ready, 0); /* the header may be there already */
 }
 
+/* ---- forward listeners ---------------------------------------------------------------------
+ *
+ * A host forward's listening socket, accepted here: while JavaScript has set a data-path
+ * target (ph_forward_target: the guest's data endpoint and the header for this forward), each
+ * client is dialled to it as ph_relay_dial does (header, early frame, status byte, framed
+ * relay), and JavaScript hears of it only by its records (REC_DIALED with the listener's id,
+ * then REC_RELAY_DONE; a failed dial hands the client back, PH_ACCEPTED). Without a target,
+ * or when the relay cannot take it, the client goes to JavaScript as an fd (REC_HANDOFF), to
+ * be routed as any connection.
+ */
+static void forward_start(int li, int fd, struct relay **ready) {
+  struct listener *l = &listeners[li];
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on unix */
+  struct relay *r = calloc(1, sizeof *r);
+  int e = r ? 0 : ENOMEM;
+  if (r) {
+    pthread_mutex_lock(&lock);
+    if (l->fwd_hello && (r->hello = malloc((size_t)l->fwd_hello_len)) != NULL) {
+      memcpy(r->hello, l->fwd_hello, (size_t)l->fwd_hello_len);
+      r->hello_len = l->fwd_hello_len;
+      memcpy(&r->dial_addr, &l->fwd_addr, sizeof l->fwd_addr);
+      r->dial_addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(l->fwd_addr.sun_path) + 1);
+    }
+    pthread_mutex_unlock(&lock);
+    if (!r->hello) e = ENOENT; /* no target: JavaScript routes it */
+  }
+  if (!e) {
+    r->fd[0] = fd;
+    r->fd[1] = -1;
+    r->dside = 1;
+    r->dial_flags = PH_AWAIT_STATUS;
+    r->listener = li + 1;
+    r->forward = 1;
+    e = -framed_init(r, l->copy, NULL, 0, NULL, 0);
+    if (!e) {
+      pthread_mutex_lock(&lock);
+      if (take_slot(r) < 0) e = EMFILE;
+      pthread_mutex_unlock(&lock);
+    }
+  }
+  if (e) {
+    struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
+    __atomic_fetch_add(&l->handed, 1, __ATOMIC_RELAXED);
+    post(rec);
+    if (r) {
+      dir_free(&r->d[0]);
+      dir_free(&r->d[1]);
+      free(r->fr);
+      free(r->hello);
+      free(r);
+    }
+    return;
+  }
+  __atomic_fetch_add(&l->carried, 1, __ATOMIC_RELAXED);
+  e = dial_connect(r);
+  if (e) { dial_failed(r, e); return; }
+  if (r->through) { dial_done(r, ready, 0); return; }
+  struct epoll_event ev = side_event(r, r->dside, r->awaiting ? EPOLLIN | EPOLLRDHUP | EPOLLET : EPOLLOUT | EPOLLET);
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &ev) != 0) { dial_failed(r, errno); return; }
+  dial_list_add(r, now_ms() + (uint64_t)l->dial_ms);
+}
+
 static void accept_all(int li, struct relay **ready) {
   struct listener *l = &listeners[li];
   if (!l->used || l->closing || !l->armed) return;
@@ -1262,7 +1334,8 @@ static void accept_all(int li, struct relay **ready) {
       post(rec);
       continue;
     }
-    greet_start(li, fd, ready);
+    if (l->forward) forward_start(li, fd, ready);
+    else greet_start(li, fd, ready);
   }
 }
 
@@ -1278,6 +1351,8 @@ static int listeners_tend(void) {
       epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL);
       close(l->fd);
       if (!l->armed) listeners_disarmed--;
+      free(l->fwd_hello);
+      l->fwd_hello = NULL;
       l->used = l->closing = 0;
     }
     pthread_mutex_unlock(&lock);
@@ -1288,7 +1363,7 @@ static int listeners_tend(void) {
     struct listener *l = &listeners[i];
     if (!l->used || l->armed) continue;
     if (l->rearm_ms <= now) {
-      struct epoll_event ev = { .events = EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
+      struct epoll_event ev = { .events = l->idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
       epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);
       l->armed = 1;
       listeners_disarmed--;
@@ -1744,10 +1819,12 @@ int ph_unwatch(int fd) {
  * flags: PH_FORCE_COPY; header_ms: how long a stream may take to send its header before it
  * goes to JavaScript; dial_ms: a target's connect deadline. Returns the listener's id (> 0).
  */
+#define PH_LISTEN_FORWARD 2 /* ph_data_listen's flags: a forward listener (secret unused) */
 int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int header_ms, int dial_ms) {
   if (notify_js < 0) return -ENOTCONN;
   size_t slen = strlen(secret);
-  if (slen < 16 || slen > 128) return -EINVAL;
+  if (!(flags & PH_LISTEN_FORWARD) && (slen < 16 || slen > 128)) return -EINVAL;
+  if (slen > 128) return -EINVAL;
   int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return NEG_ERRNO;
   set_nonblock(dup);
@@ -1762,6 +1839,8 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
     l->fd = dup;
     l->allow_cid = allow_cid;
     l->copy = flags & PH_FORCE_COPY;
+    l->forward = (flags & PH_LISTEN_FORWARD) != 0;
+    l->idle = l->forward; /* until a target is set */
     l->header_ms = header_ms > 0 ? header_ms : 1000;
     l->dial_ms = dial_ms > 0 ? dial_ms : 2000;
     memcpy(l->secret, secret, slen);
@@ -1769,7 +1848,7 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
   }
   pthread_mutex_unlock(&lock);
   if (i == PH_MAX_LISTENERS) { close(dup); return -EMFILE; }
-  struct epoll_event ev = { .events = EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
+  struct epoll_event ev = { .events = listeners[i].idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
   if (epoll_ctl(epfd, EPOLL_CTL_ADD, dup, &ev) != 0) {
     int e = NEG_ERRNO;
     close(dup);
@@ -1816,4 +1895,41 @@ int ph_unix_listen(const char *path, int backlog) {
     return e;
   }
   return fd;
+}
+
+/*
+ * A forward listener's data-path target: the guest's data endpoint (a unix socket path) and
+ * the header its connections open with; path NULL or empty: none (clients go to JavaScript).
+ * Connections accepted from now on take it.
+ */
+int ph_forward_target(int id, const char *path, const uint8_t *hello, int hello_len) {
+  if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
+  int none = !path || !path[0];
+  if (!none && (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path) || hello_len <= 0 || hello_len > 65536)) return -EINVAL;
+  uint8_t *copy = none ? NULL : malloc((size_t)hello_len);
+  if (!none && !copy) return -ENOMEM;
+  if (copy) memcpy(copy, hello, (size_t)hello_len);
+  pthread_mutex_lock(&lock);
+  struct listener *l = &listeners[id - 1];
+  int ok = l->used && l->forward;
+  uint8_t *old = NULL;
+  if (ok) {
+    old = l->fwd_hello;
+    l->fwd_hello = copy;
+    l->fwd_hello_len = copy ? hello_len : 0;
+    if (copy) {
+      memset(&l->fwd_addr, 0, sizeof l->fwd_addr);
+      l->fwd_addr.sun_family = AF_UNIX;
+      memcpy(l->fwd_addr.sun_path, path, strlen(path) + 1);
+    }
+    /* Watched only with a target: without one the runtime's own server takes every client. */
+    l->idle = copy == NULL;
+    if (l->armed) {
+      struct epoll_event ev = { .events = l->idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)(id - 1) };
+      epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);
+    }
+  }
+  pthread_mutex_unlock(&lock);
+  free(ok ? old : copy);
+  return ok ? 0 : -ENOENT;
 }

@@ -49,17 +49,22 @@ export interface DialShape {
   /** After hello, the dialed side answers one status byte (0: connected) before the relay starts. */
   awaitStatus?: boolean;
 }
-/** What a data listener (dataListen) tells the event loop. */
+/** What a data listener (dataListen) or a forward listener (forwardListen) tells the event loop. */
 export interface DataListenerHandlers {
-  /** A stream the relay thread did not take (not a well-formed PHDATA2 tcp/unix header with the secret, or slow): its fd, nothing read. */
+  /** A connection the relay thread did not take (data: not a well-formed PHDATA2 tcp/unix header with the secret, or slow; forward: no target set): its fd, nothing read. */
   handoff(fd: number): void;
-  /** A target's dial failed (the stream was answered the failure status): the errno. */
-  dialFailed(err: number): void;
+  /** Data listener: a target's dial failed (the stream was answered the failure status): the errno. */
+  dialFailed?(err: number): void;
+  /** Forward listener: a client's dial went through (relay id); returns what hears its end. */
+  dialed?(id: number): (end: RelayEnd) => void;
+  /** Forward listener: a client's dial failed; the client's fd is in end.aToB (RELAY_DIAL_FAILED and its reasons in flags). */
+  failed?(end: RelayEnd): void;
   /** A vsock peer other than the allowed CID connected (and was closed). */
-  rejected(cid: number): void;
+  rejected?(cid: number): void;
   /** accept() failed (out of fds, …); the listener rests 100 ms. */
   acceptFailed(err: number): void;
 }
+const LISTEN_FORWARD = 2;
 
 export const EPOLLIN = 1;
 export const EPOLLOUT = 4;
@@ -189,6 +194,23 @@ export class NativeRelayLoop {
     return id;
   }
 
+  /**
+   * Accepts a host forward's listening socket fd (dup()ed) in the relay thread: with a target
+   * set (forwardTarget), each client is dialled to the guest's data endpoint there (see
+   * native/relay.c, "forward listeners"); without one it comes to `handlers.handoff`.
+   */
+  forwardListen(fd: number, copy: boolean, dialMs: number, handlers: DataListenerHandlers): number {
+    const id = check(this.shim, this.shim.dataListen(fd, Buffer.from("\0"), -1, (copy ? FORCE_COPY : 0) | LISTEN_FORWARD, 0, dialMs), "forward listener");
+    this.listeners.set(id, handlers);
+    return id;
+  }
+
+  /** Sets (or with undefined clears) a forward listener's data-path target. */
+  forwardTarget(id: number, target: { path: string; header: Uint8Array } | undefined): void {
+    const path = Buffer.from(`${target?.path ?? ""}\0`);
+    check(this.shim, this.shim.forwardTarget(id, path, target?.header ?? this.empty, target?.header.length ?? 0), "forward target");
+  }
+
   /** Stops a data listener (its accepted streams carry on; handoffs already posted still come). */
   dataUnlisten(id: number): void {
     this.listeners.delete(id);
@@ -199,6 +221,11 @@ export class NativeRelayLoop {
   dataListenerStats(id: number): { carried: number; handed: number } {
     this.shim.dataListenerStats(id, this.counters);
     return { carried: Number(this.counters[0]), handed: Number(this.counters[1]) };
+  }
+
+  /** Closes an fd the relay handed over that nobody will adopt. */
+  closeFd(fd: number): void {
+    this.shim.close(fd);
   }
 
   /** The errno's name (ECONNREFUSED, …) and its words. */
@@ -261,19 +288,32 @@ export class NativeRelayLoop {
         this.shim.relayRelease(id);
         if (flags & RELAY_ACCEPTED) {
           const listener = this.listeners.get(Number(end.bToA));
-          safely(() => listener?.dialFailed(err));
+          if (listener?.failed) safely(() => listener.failed!(end));
+          else if (listener) safely(() => listener.dialFailed?.(err));
+          else if (end.aToB >= 0 && end.aToB < 2 ** 31) this.shim.close(end.aToB); // its listener is gone: so is the client
         } else {
           safely(() => onEnd?.(end));
         }
       } else if (kind === REC_DIALED) {
         const onDialed = this.dialed.get(id);
         this.dialed.delete(id);
-        safely(() => onDialed?.());
+        const listener = onDialed ? undefined : Number(buf.readBigUInt64LE(at + 16));
+        if (listener) {
+          // A forward listener's connection: JavaScript learns of it now.
+          const handlers = this.listeners.get(listener);
+          safely(() => {
+            const onEnd = handlers?.dialed?.(id);
+            if (onEnd) this.done.set(id, onEnd);
+            else this.shim.relayAbort(id);
+          });
+        } else {
+          safely(() => onDialed?.());
+        }
       } else if (kind === REC_HANDOFF || kind === REC_REJECTED || kind === REC_ACCEPT_FAILED) {
         const listener = this.listeners.get(id);
         if (kind === REC_HANDOFF && !listener) this.shim.close(err); // its listener is gone: so is the stream
         else if (kind === REC_HANDOFF) safely(() => listener!.handoff(err));
-        else if (kind === REC_REJECTED) safely(() => listener?.rejected(err));
+        else if (kind === REC_REJECTED) safely(() => listener?.rejected?.(err));
         else safely(() => listener?.acceptFailed(err));
       } else if (kind === REC_READY) {
         const onReady = this.ready.get(id);
