@@ -1039,7 +1039,7 @@ static int dial_connect(struct relay *r) {
  * has to recognise the well-formed case, strictly (the peer is untrusted). A dial that fails
  * answers the failure status here, and JavaScript hears the errno (PH_ACCEPTED).
  */
-#define PH_MAX_LISTENERS 16
+#define PH_MAX_LISTENERS 1024 /* one per host forward, and the guest's data endpoints */
 #define LISTEN_TAG (1ULL << 62)
 #define PH_HEADER_MAX 4096 /* core/data-header.ts's MAX_HEADER */
 #define PH_ACCEPT_RETRY_MS 100
