@@ -1048,6 +1048,7 @@ struct listener {
   int used, closing, fd, allow_cid, copy, armed;
   int forward;               /* a host forward's listener (see "forward listeners"), not a data endpoint */
   int idle;                  /* a forward listener without a target: not watched (the runtime's own server accepts) */
+  int borrowed;              /* fd is the runtime's own (a forward's: no dup, one fd less per listener) */
   uint8_t *fwd_hello;        /* its data-path header (NULL: every connection goes to JavaScript) */
   int fwd_hello_len;
   struct sockaddr_un fwd_addr; /* the guest's data endpoint */
@@ -1314,17 +1315,26 @@ static void accept_all(int li, struct relay **ready) {
   for (int k = 0; k < 64; k++) { /* then the others get their turn; the level-triggered watch brings us back */
     struct sockaddr_storage peer;
     socklen_t plen = sizeof peer;
+    /* Under the lock: a borrowed fd (a forward's) is the runtime's, which may close it once
+     * ph_data_unlisten returned; from then on this thread never touches it. */
+    pthread_mutex_lock(&lock);
+    if (l->closing) { pthread_mutex_unlock(&lock); return; }
     int fd = accept4(l->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      if (errno == EINTR || errno == ECONNABORTED) continue;
+    int e = errno;
+    int hard = fd < 0 && e != EAGAIN && e != EWOULDBLOCK && e != EINTR && e != ECONNABORTED;
+    if (hard) {
       /* Out of fds or the like: accepting again at once would spin. Later, and said once. */
       struct epoll_event none = { .events = 0, .data.u64 = LISTEN_TAG | (uint64_t)li };
       epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &none);
       l->armed = 0;
       l->rearm_ms = now_ms() + PH_ACCEPT_RETRY_MS;
       listeners_disarmed++;
-      struct record rec = { REC_ACCEPT_FAILED, (uint32_t)li + 1, 0, (uint32_t)errno, 0, 0 };
+    }
+    pthread_mutex_unlock(&lock);
+    if (fd < 0) {
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
+      if (!hard) continue;
+      struct record rec = { REC_ACCEPT_FAILED, (uint32_t)li + 1, 0, (uint32_t)e, 0, 0 };
       post(rec);
       return;
     }
@@ -1348,8 +1358,10 @@ static int listeners_tend(void) {
     for (int i = 0; i < PH_MAX_LISTENERS; i++) {
       struct listener *l = &listeners[i];
       if (!l->used || !l->closing) continue;
-      epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL);
-      close(l->fd);
+      if (!l->borrowed) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL);
+        close(l->fd);
+      } /* a borrowed fd left the epoll set in ph_data_unlisten, and is not ours to close */
       if (!l->armed) listeners_disarmed--;
       free(l->fwd_hello);
       l->fwd_hello = NULL;
@@ -1364,7 +1376,9 @@ static int listeners_tend(void) {
     if (!l->used || l->armed) continue;
     if (l->rearm_ms <= now) {
       struct epoll_event ev = { .events = l->idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
-      epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);
+      pthread_mutex_lock(&lock);
+      if (!l->closing) epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);
+      pthread_mutex_unlock(&lock);
       l->armed = 1;
       listeners_disarmed--;
     } else if (l->rearm_ms < next) {
@@ -1825,7 +1839,10 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
   size_t slen = strlen(secret);
   if (!(flags & PH_LISTEN_FORWARD) && (slen < 16 || slen > 128)) return -EINVAL;
   if (slen > 128) return -EINVAL;
-  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  /* A data endpoint's fd is dup()ed (JavaScript closes its own at once); a forward's is
+   * borrowed: its server keeps it open until ph_data_unlisten has returned. */
+  int borrowed = (flags & PH_LISTEN_FORWARD) != 0;
+  int dup = borrowed ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return NEG_ERRNO;
   set_nonblock(dup);
   pthread_mutex_lock(&lock);
@@ -1840,6 +1857,7 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
     l->allow_cid = allow_cid;
     l->copy = flags & PH_FORCE_COPY;
     l->forward = (flags & PH_LISTEN_FORWARD) != 0;
+    l->borrowed = borrowed;
     l->idle = l->forward; /* until a target is set */
     l->header_ms = header_ms > 0 ? header_ms : 1000;
     l->dial_ms = dial_ms > 0 ? dial_ms : 2000;
@@ -1847,11 +1865,11 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
     l->secret_len = slen;
   }
   pthread_mutex_unlock(&lock);
-  if (i == PH_MAX_LISTENERS) { close(dup); return -EMFILE; }
+  if (i == PH_MAX_LISTENERS) { if (!borrowed) close(dup); return -EMFILE; }
   struct epoll_event ev = { .events = listeners[i].idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
   if (epoll_ctl(epfd, EPOLL_CTL_ADD, dup, &ev) != 0) {
     int e = NEG_ERRNO;
-    close(dup);
+    if (!borrowed) close(dup);
     pthread_mutex_lock(&lock);
     listeners[i].used = 0;
     pthread_mutex_unlock(&lock);
@@ -1860,12 +1878,18 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
   return i + 1;
 }
 
-/* Stops accepting (the thread closes its dup); streams already accepted carry on. */
+/* Stops accepting (the thread closes its dup; a borrowed fd is the caller's again when this
+ * returns); streams already accepted carry on. */
 int ph_data_unlisten(int id) {
   if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
   pthread_mutex_lock(&lock);
-  int live = listeners[id - 1].used && !listeners[id - 1].closing;
-  if (live) { listeners[id - 1].closing = 1; listeners_closing = 1; }
+  struct listener *l = &listeners[id - 1];
+  int live = l->used && !l->closing;
+  if (live) {
+    l->closing = 1;
+    listeners_closing = 1;
+    if (l->borrowed) epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL); /* before the runtime closes it */
+  }
   pthread_mutex_unlock(&lock);
   if (live) wake();
   return live ? 0 : -ENOENT;
@@ -1911,7 +1935,7 @@ int ph_forward_target(int id, const char *path, const uint8_t *hello, int hello_
   if (copy) memcpy(copy, hello, (size_t)hello_len);
   pthread_mutex_lock(&lock);
   struct listener *l = &listeners[id - 1];
-  int ok = l->used && l->forward;
+  int ok = l->used && l->forward && !l->closing;
   uint8_t *old = NULL;
   if (ok) {
     old = l->fwd_hello;

@@ -66,7 +66,11 @@ export class TcpForward extends HostForward {
         this.trouble(err, `a connection to ${where}`);
       }
     };
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, route);
+    let native: (NativeAccept & { nudge(): void }) | undefined;
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+      route(socket);
+      native?.nudge();
+    });
     const where = host.kind === "tcp" ? `${host.ip.includes(":") ? `[${host.ip}]` : host.ip}:${host.port}` : host.path;
     if (host.kind === "unix") {
       await removeStaleSocket(host.path);
@@ -83,7 +87,7 @@ export class TcpForward extends HostForward {
       if (host.kind === "tcp") server.listen({ host: host.ip, port: host.port, backlog: LISTEN_BACKLOG });
       else server.listen({ path: host.path, backlog: LISTEN_BACKLOG });
     });
-    const native = host.kind === "tcp" && this.routing ? this.acceptInRelay(server, track, route, where) : undefined;
+    native = host.kind === "tcp" && this.routing ? this.acceptInRelay(server, track, route, where) : undefined;
     return {
       close: () => {
         native?.close();
@@ -107,15 +111,24 @@ export class TcpForward extends HostForward {
   }
 
   /** The listener's clients accepted in the relay thread (see NativeRouting); undefined where it cannot. */
-  private acceptInRelay(server: net.Server, track: (s: net.Socket) => void, route: (s: net.Socket) => void, where: string): NativeAccept | undefined {
+  private acceptInRelay(
+    server: net.Server,
+    track: (s: net.Socket) => void,
+    route: (s: net.Socket) => void,
+    where: string,
+  ): (NativeAccept & { nudge(): void }) | undefined {
     const routing = this.routing!;
     let native: NativeAccept | undefined;
     let unsubscribe = () => {};
+    let targeted = false;
     const refresh = () => {
       try {
-        native?.setTarget(routing.target(this.plan));
+        const target = routing.target(this.plan);
+        if (target || targeted) native?.setTarget(target); // none after none: nothing to tell the thread
+        targeted = target !== undefined;
       } catch (err) {
         native?.setTarget(undefined);
+        targeted = false;
         this.trouble(err, `choosing the data path of connections to ${where}`);
       }
     };
@@ -146,6 +159,11 @@ export class TcpForward extends HostForward {
         accept.close();
       },
       stats: () => accept.stats(),
+      // A client the runtime's server took: while no target is set, its path may have come
+      // back (a backoff that ended says nothing), so ask again.
+      nudge: () => {
+        if (!targeted) refresh();
+      },
     };
   }
 }
