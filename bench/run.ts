@@ -66,7 +66,7 @@ interface Results {
   udpLoss: Partial<Record<Path, number>>;
   /** Loss (%) per UDP row ("UDP", "UDP flood", "UDP beside TCP") and path. */
   udpLossByRow: Record<string, Partial<Record<Path, number>>>;
-  latency: Record<string, { rrPerSec: number; connPerSec: number }>;
+  latency: Record<string, { rrPerSec: number; connPerSec: number; cpuPerConnUs?: { host: number; guest: number } }>;
   /** The guest agent's "port detector: …" line (absent from older agents). */
   detector: string;
   detection: {
@@ -113,7 +113,7 @@ async function waitAccepting(port: number, host = "127.0.0.1", timeoutMs = 15_00
 
 
 /** Round trips per second over one connection, and new connections per second (each one round trip). */
-async function latency(port: number, host = "127.0.0.1"): Promise<{ rrPerSec: number; connPerSec: number }> {
+async function latency(port: number, host = "127.0.0.1", pids?: { host?: number; guest?: number }): Promise<{ rrPerSec: number; connPerSec: number; cpuPerConnUs?: { host: number; guest: number } }> {
   const seconds = Math.max(1, DURATION / 2);
   const oneByte = Buffer.from([1]);
   const s = net.connect({ port, host, noDelay: true });
@@ -129,6 +129,9 @@ async function latency(port: number, host = "127.0.0.1"): Promise<{ rrPerSec: nu
   }
   s.destroy();
   let conns = 0;
+  // Both agents' CPU over the new connections (ticks of 10 ms): per connection, less noisy than the rate.
+  const ticks = () => [pids?.host, pids?.guest].map((pid) => (pid ? cpuTicks(pid) : 0));
+  const ticksBefore = ticks();
   const until2 = Date.now() + seconds * 1000;
   while (Date.now() < until2) {
     await new Promise<void>((resolve, reject) => {
@@ -138,7 +141,8 @@ async function latency(port: number, host = "127.0.0.1"): Promise<{ rrPerSec: nu
     });
     conns++;
   }
-  return { rrPerSec: trips / seconds, connPerSec: conns / seconds };
+  const used = ticks().map((t, i) => ((t - ticksBefore[i]!) * 10_000) / Math.max(1, conns)); // µs per connection
+  return { rrPerSec: trips / seconds, connPerSec: conns / seconds, ...(pids ? { cpuPerConnUs: { host: used[0]!, guest: used[1]! } } : {}) };
 }
 
 interface Mode {
@@ -398,8 +402,9 @@ async function main(): Promise<void> {
     const echoHost = await freePort();
     const stopEcho = await mode.start(echoPort, echoHost);
     try {
-      results.latency[mode.path] = await latency(echoHost);
-      log(`latency ${mode.path}: ${results.latency[mode.path]!.rrPerSec.toFixed(0)} round trips/s, ${results.latency[mode.path]!.connPerSec.toFixed(0)} connections/s`);
+      const l = (results.latency[mode.path] = await latency(echoHost, "127.0.0.1", mode.pids));
+      const cpu = l.cpuPerConnUs ? `; agent CPU per new connection host ${l.cpuPerConnUs.host.toFixed(0)} µs / guest ${l.cpuPerConnUs.guest.toFixed(0)} µs` : "";
+      log(`latency ${mode.path}: ${l.rrPerSec.toFixed(0)} round trips/s, ${l.connPerSec.toFixed(0)} connections/s${cpu}`);
     } finally {
       await stopEcho();
     }

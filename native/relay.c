@@ -26,7 +26,7 @@
 #define PH_SMALL (16 * 1024) /* a direction copies through this much until a read fills it */
 #define PH_BUDGET 64 /* transfers per direction before the thread looks at other relays */
 
-enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3 };
+enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3, REC_HANDOFF = 4, REC_REJECTED = 5, REC_ACCEPT_FAILED = 6 };
 /* Record flags of REC_RELAY_DONE. */
 #define PH_RESET 1u        /* ended by an error: both sides were reset */
 #define PH_SPLICE_AB 2u    /* a -> b moved with splice() */
@@ -41,6 +41,7 @@ enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3 };
 #define PH_STATUS_REFUSED 1024u /* with PH_DIAL_FAILED: the dialed side answered with a failure status byte */
 #define PH_NO_STATUS 2048u /* with PH_DIAL_FAILED: the dialed side closed before its status byte */
 #define PH_CONSUMED 4096u  /* with PH_DIAL_FAILED: bytes of the handed side already went out (it cannot go elsewhere) */
+#define PH_ACCEPTED 8192u /* with PH_DIAL_FAILED: a data listener's connection (b_to_a: the listener's id) */
 #define PH_EARLY_MAX 4096  /* the most of the handed side's first bytes sent with the header */
 /* ph_relay_add flags. */
 #define PH_FORCE_COPY 1
@@ -120,6 +121,9 @@ struct relay {
   uint64_t dial_deadline_ms;
   int handback_fd;         /* a dial failed: the relay's fd for a, now the caller's (in the record) */
   struct relay *dial_prev, *dial_next;
+  int greeting;            /* a data listener's connection whose header is awaited (see "data listeners") */
+  int listener;            /* that listener's index + 1 (0: JavaScript made this relay) */
+  int forward;             /* ... a forward listener's (its records go to JavaScript as any relay's) */
   uint64_t drain_deadline_ms; /* a failing relay waits for a send queue until then */
   struct relay *next_pending, *next_ready, *next_resetting;
 };
@@ -207,6 +211,7 @@ static void dir_free(struct dir *d) {
 
 /* Ends a relay: both sides closed (reset when flags has PH_RESET), the record posted. */
 static void dial_unlink(struct relay *r);
+static void refuse_stream(int fd);
 static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->closed) return;
   r->closed = 1;
@@ -222,14 +227,26 @@ static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->d[1].spliced) flags |= PH_SPLICE_BA;
   struct record rec = { REC_RELAY_DONE, r->id, flags, (uint32_t)err, r->d[0].bytes, r->d[1].bytes };
   if (flags & PH_DIAL_FAILED) rec.a_to_b = (uint64_t)r->handback_fd;
+  /* A data listener's connection is nobody's in JavaScript: it ends here, unsaid, unless its
+   * dial failed (then the host hears a failure status, and JavaScript the errno). */
+  int quiet = r->listener && !r->forward && !(flags & PH_DIAL_FAILED);
+  if (r->listener && (flags & PH_DIAL_FAILED)) {
+    if (!r->forward) {
+      refuse_stream(r->handback_fd);
+      rec.a_to_b = (uint64_t)-1;
+    }
+    rec.flags |= PH_ACCEPTED;
+    rec.b_to_a = (uint64_t)r->listener;
+  }
   pthread_mutex_lock(&lock);
   slots[r->id - 1] = NULL; /* counters now come from the record; the id stays taken */
+  if (quiet) slot_taken[r->id - 1] = 0;
   pthread_mutex_unlock(&lock);
   dir_free(&r->d[0]);
   dir_free(&r->d[1]);
   r->next_pending = graveyard;
   graveyard = r;
-  post(rec);
+  if (!quiet) post(rec);
 }
 
 static int to_copy(struct dir *d) {
@@ -859,8 +876,11 @@ static void dial_done(struct relay *r, struct relay **ready, int in_set) {
     dial_failed(r, errno);
     return;
   }
-  struct record rec = { REC_DIALED, r->id, 0, 0, 0, 0 };
-  post(rec);
+  if (!r->listener || r->forward) {
+    /* a_to_b: a forward listener's id (JavaScript learns of its connection here) */
+    struct record rec = { REC_DIALED, r->id, 0, 0, r->forward ? (uint64_t)r->listener : 0, 0 };
+    post(rec);
+  }
   ready_push(ready, r);
 }
 
@@ -898,7 +918,10 @@ static int connect_state(int fd) {
 }
 
 /* The dialed side became writable (or failed): connected, or not. */
-static void dial_check(struct relay *r, struct relay **ready) {
+static void greet_check(struct relay *r, struct relay **ready, uint32_t events);
+static void greet_handoff(struct relay *r);
+static void dial_check(struct relay *r, struct relay **ready, uint32_t events) {
+  if (r->greeting) { greet_check(r, ready, events); return; }
   if (r->awaiting) { status_check(r, ready); return; }
   int fd = r->fd[r->dside];
   int state = connect_state(fd);
@@ -924,7 +947,8 @@ static int dial_deadlines(void) {
   uint64_t now = now_ms(), next = UINT64_MAX;
   for (struct relay *r = dialing, *n; r; r = n) {
     n = r->dial_next;
-    if (r->dial_deadline_ms <= now) dial_failed(r, ETIMEDOUT);
+    if (r->dial_deadline_ms <= now && r->greeting) greet_handoff(r);
+    else if (r->dial_deadline_ms <= now) dial_failed(r, ETIMEDOUT);
     else if (r->dial_deadline_ms < next) next = r->dial_deadline_ms;
   }
   return next == UINT64_MAX ? -1 : (int)(next - now);
@@ -1018,6 +1042,367 @@ static int dial_connect(struct relay *r) {
   return e;
 }
 
+/* ---- data listeners ----------------------------------------------------------------------
+ *
+ * The guest's data endpoint, accepted in this thread instead of in JavaScript: each accepted
+ * stream waits here for its data header (peeked at, not read, with MSG_PEEK), and when it is
+ * a PHDATA2 header with the session's secret naming a numeric TCP address or a unix socket
+ * path, the header is read, the target dialled, the status byte answered and the stream
+ * relayed, with no JavaScript at all. Anything else (a UDP flow, an unframed PHDATA1 stream,
+ * a bad or slow header, an EOF before it) is handed to JavaScript untouched (REC_HANDOFF, its
+ * fd in err), whose data server then reads, refuses and says it as before: this parser only
+ * has to recognise the well-formed case, strictly (the peer is untrusted). A dial that fails
+ * answers the failure status here, and JavaScript hears the errno (PH_ACCEPTED).
+ */
+#define PH_MAX_LISTENERS 1024 /* one per host forward, and the guest's data endpoints */
+#define LISTEN_TAG (1ULL << 62)
+#define PH_HEADER_MAX 4096 /* core/data-header.ts's MAX_HEADER */
+#define PH_ACCEPT_RETRY_MS 100
+
+struct listener {
+  int used, closing, fd, allow_cid, copy, armed;
+  int forward;               /* a host forward's listener (see "forward listeners"), not a data endpoint */
+  int idle;                  /* a forward listener without a target: not watched (the runtime's own server accepts) */
+  int borrowed;              /* fd is the runtime's own (a forward's: no dup, one fd less per listener) */
+  uint8_t *fwd_hello;        /* its data-path header (NULL: every connection goes to JavaScript) */
+  int fwd_hello_len;
+  struct sockaddr_un fwd_addr; /* the guest's data endpoint */
+  int header_ms, dial_ms;
+  uint64_t rearm_ms;
+  char secret[129];
+  size_t secret_len;
+  uint64_t carried, handed; /* streams dialled here; streams handed to JavaScript */
+};
+static struct listener listeners[PH_MAX_LISTENERS];
+static int listeners_closing, listeners_disarmed;
+
+static int take_slot(struct relay *r);
+static int framed_init(struct relay *r, int copy, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len);
+
+static void dial_list_add(struct relay *r, uint64_t deadline_ms) {
+  r->dialing = 1;
+  r->dial_deadline_ms = deadline_ms;
+  r->dial_prev = NULL;
+  r->dial_next = dialing;
+  if (dialing) dialing->dial_prev = r;
+  dialing = r;
+}
+
+/* A failed dial's stream: the failure status, then EOF (what the stream had sent after its
+ * header is read first: a unix socket closed with unread bytes would reset its peer before
+ * the peer read the status). */
+static void refuse_stream(int fd) {
+  if (fd < 0) return;
+  uint8_t failed = 1;
+  ssize_t n = send(fd, &failed, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  (void)n;
+  shutdown(fd, SHUT_WR);
+  char sink[4096];
+  for (int i = 0; i < 4 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {}
+  close(fd);
+}
+
+/* Hands a greeting stream to JavaScript as it is (nothing of it read). */
+static void greet_handoff(struct relay *r) {
+  struct listener *l = &listeners[r->listener - 1];
+  int fd = r->fd[1];
+  epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+  r->fd[1] = -1;
+  __atomic_fetch_add(&l->handed, 1, __ATOMIC_RELAXED);
+  struct record rec = { REC_HANDOFF, (uint32_t)r->listener, 0, (uint32_t)fd, 0, 0 };
+  post(rec);
+  finish(r, 0, 0); /* quiet: a listener's relay that did not fail a dial */
+}
+
+/* The target of a header line (without its newline) that this thread takes: 0 and the address,
+ * or -1 for anything else (JavaScript then decides). Mirrors core/data-header.ts, stricter. */
+static int parse_target(const struct listener *l, const uint8_t *p, size_t len, struct sockaddr_storage *ss, socklen_t *ss_len) {
+  if (len > PH_HEADER_MAX || len < 8 || memcmp(p, "PHDATA2 ", 8) != 0) return -1;
+  for (size_t i = 0; i < len; i++) if (p[i] < 0x20 || p[i] > 0x7e) return -1;
+  const uint8_t *end = p + len, *sec = p + 8;
+  const uint8_t *sp = memchr(sec, ' ', (size_t)(end - sec));
+  if (!sp) return -1;
+  size_t slen = (size_t)(sp - sec);
+  if (slen < 16 || slen > 128 || slen != l->secret_len) return -1;
+  unsigned diff = 0;
+  for (size_t i = 0; i < slen; i++) {
+    uint8_t c = sec[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return -1;
+    diff |= (unsigned)(c ^ (uint8_t)l->secret[i]); /* no early exit: constant time */
+  }
+  if (diff) return -1;
+  const uint8_t *proto = sp + 1;
+  sp = memchr(proto, ' ', (size_t)(end - proto));
+  if (!sp) return -1;
+  size_t plen = (size_t)(sp - proto);
+  const uint8_t *addr = sp + 1;
+  size_t alen = (size_t)(end - addr);
+  if (alen == 0 || memchr(addr, ' ', alen)) return -1;
+  char a[PH_HEADER_MAX + 1];
+  memcpy(a, addr, alen);
+  a[alen] = 0;
+  memset(ss, 0, sizeof *ss);
+  if (plen == 4 && memcmp(proto, "unix", 4) == 0) {
+    struct sockaddr_un *un = (struct sockaddr_un *)ss;
+    if (a[0] != '/' || alen > 107 || alen >= sizeof un->sun_path) return -1;
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, a, alen + 1);
+    *ss_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + alen + 1);
+    return 0;
+  }
+  if (plen != 3 || memcmp(proto, "tcp", 3) != 0) return -1; /* udp, or anything else */
+  char *colon = strrchr(a, ':');
+  if (!colon) return -1;
+  *colon = 0;
+  const char *ps = colon + 1;
+  size_t pl = strlen(ps);
+  if (pl < 1 || pl > 5 || ps[0] == '0') return -1;
+  int port = 0;
+  for (size_t i = 0; i < pl; i++) {
+    if (ps[i] < '0' || ps[i] > '9') return -1;
+    port = port * 10 + (ps[i] - '0');
+  }
+  if (port < 1 || port > 65535) return -1;
+  char canon[INET6_ADDRSTRLEN];
+  size_t hl = strlen(a);
+  if (a[0] == '[') {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (hl < 3 || a[hl - 1] != ']') return -1;
+    a[hl - 1] = 0;
+    /* Only the canonical spelling (what the host writes): any other goes JavaScript's way. */
+    if (inet_pton(AF_INET6, a + 1, &in6->sin6_addr) != 1 || !inet_ntop(AF_INET6, &in6->sin6_addr, canon, sizeof canon) || strcmp(canon, a + 1) != 0) return -1;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    *ss_len = sizeof *in6;
+    return 0;
+  }
+  struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+  if (inet_pton(AF_INET, a, &in4->sin_addr) != 1 || !inet_ntop(AF_INET, &in4->sin_addr, canon, sizeof canon) || strcmp(canon, a) != 0) return -1;
+  in4->sin_family = AF_INET;
+  in4->sin_port = htons((uint16_t)port);
+  *ss_len = sizeof *in4;
+  return 0;
+}
+
+/* A greeting stream is readable (or closed): a whole header yet? */
+static void greet_check(struct relay *r, struct relay **ready, uint32_t events) {
+  struct listener *l = &listeners[r->listener - 1];
+  int fd = r->fd[1];
+  uint8_t buf[PH_HEADER_MAX + 2];
+  ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) greet_handoff(r);
+    return;
+  }
+  if (n <= 0) { greet_handoff(r); return; } /* EOF or an error: JavaScript says what it was */
+  uint8_t *nl = memchr(buf, '\n', (size_t)n);
+  if (!nl) {
+    if (n > PH_HEADER_MAX || (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) greet_handoff(r);
+    return; /* the rest of the header comes with the next edge */
+  }
+  size_t len = (size_t)(nl - buf);
+  if (parse_target(l, buf, len, &r->dial_addr, &r->dial_addr_len) != 0) { greet_handoff(r); return; }
+  /* Ours: the header is taken off the stream (what follows it is the relay's). */
+  if (recv(fd, buf, len + 1, MSG_DONTWAIT) != (ssize_t)(len + 1)) { finish(r, PH_RESET, EIO); return; }
+  epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); /* dial_done adds it back with the dialed side */
+  dial_unlink(r);
+  r->greeting = 0;
+  __atomic_fetch_add(&l->carried, 1, __ATOMIC_RELAXED);
+  int e = dial_connect(r);
+  if (e) { dial_failed(r, e); return; }
+  if (r->through) { dial_done(r, ready, 0); return; }
+  struct epoll_event out = side_event(r, r->dside, EPOLLOUT | EPOLLET);
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &out) != 0) { dial_failed(r, errno); return; }
+  dial_list_add(r, now_ms() + (uint64_t)l->dial_ms);
+}
+
+/* A stream accepted on listener li: it waits for its header (see above). */
+static void greet_start(int li, int fd, struct relay **ready) {
+  struct listener *l = &listeners[li];
+  struct relay *r = calloc(1, sizeof *r);
+  int e = r ? 0 : ENOMEM;
+  if (r) {
+    r->fd[0] = -1;
+    r->fd[1] = fd;
+    r->dside = 0;                     /* the target is side a (plain), the stream side b (frames) */
+    r->dial_flags = PH_HELLO_HANDED;  /* the status byte goes to the stream once connected */
+    r->listener = li + 1;
+    r->hello = malloc(1);
+    if (!r->hello) e = ENOMEM;
+    else {
+      r->hello[0] = 0;
+      r->hello_len = 1;
+      e = -framed_init(r, l->copy, NULL, 0, NULL, 0);
+    }
+    if (!e) {
+      pthread_mutex_lock(&lock);
+      if (take_slot(r) < 0) e = EMFILE;
+      pthread_mutex_unlock(&lock);
+    }
+  }
+  if (e) {
+    /* Out of memory or relay slots: JavaScript's data server takes this one. */
+    struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
+    __atomic_fetch_add(&l->handed, 1, __ATOMIC_RELAXED);
+    post(rec);
+    if (r) {
+      dir_free(&r->d[0]);
+      dir_free(&r->d[1]);
+      free(r->fr);
+      free(r->hello);
+      free(r);
+    }
+    return;
+  }
+  r->greeting = 1;
+  struct epoll_event ev = side_event(r, 1, EPOLLIN | EPOLLRDHUP | EPOLLET);
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) { greet_handoff(r); return; }
+  dial_list_add(r, now_ms() + (uint64_t)l->header_ms);
+  greet_check(r, ready, 0); /* the header may be there already */
+}
+
+/* ---- forward listeners ---------------------------------------------------------------------
+ *
+ * A host forward's listening socket, accepted here: while JavaScript has set a data-path
+ * target (ph_forward_target: the guest's data endpoint and the header for this forward), each
+ * client is dialled to it as ph_relay_dial does (header, early frame, status byte, framed
+ * relay), and JavaScript hears of it only by its records (REC_DIALED with the listener's id,
+ * then REC_RELAY_DONE; a failed dial hands the client back, PH_ACCEPTED). Without a target,
+ * or when the relay cannot take it, the client goes to JavaScript as an fd (REC_HANDOFF), to
+ * be routed as any connection.
+ */
+static void forward_start(int li, int fd, struct relay **ready) {
+  struct listener *l = &listeners[li];
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on unix */
+  struct relay *r = calloc(1, sizeof *r);
+  int e = r ? 0 : ENOMEM;
+  if (r) {
+    pthread_mutex_lock(&lock);
+    if (l->fwd_hello && (r->hello = malloc((size_t)l->fwd_hello_len)) != NULL) {
+      memcpy(r->hello, l->fwd_hello, (size_t)l->fwd_hello_len);
+      r->hello_len = l->fwd_hello_len;
+      memcpy(&r->dial_addr, &l->fwd_addr, sizeof l->fwd_addr);
+      r->dial_addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(l->fwd_addr.sun_path) + 1);
+    }
+    pthread_mutex_unlock(&lock);
+    if (!r->hello) e = ENOENT; /* no target: JavaScript routes it */
+  }
+  if (!e) {
+    r->fd[0] = fd;
+    r->fd[1] = -1;
+    r->dside = 1;
+    r->dial_flags = PH_AWAIT_STATUS;
+    r->listener = li + 1;
+    r->forward = 1;
+    e = -framed_init(r, l->copy, NULL, 0, NULL, 0);
+    if (!e) {
+      pthread_mutex_lock(&lock);
+      if (take_slot(r) < 0) e = EMFILE;
+      pthread_mutex_unlock(&lock);
+    }
+  }
+  if (e) {
+    struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
+    __atomic_fetch_add(&l->handed, 1, __ATOMIC_RELAXED);
+    post(rec);
+    if (r) {
+      dir_free(&r->d[0]);
+      dir_free(&r->d[1]);
+      free(r->fr);
+      free(r->hello);
+      free(r);
+    }
+    return;
+  }
+  __atomic_fetch_add(&l->carried, 1, __ATOMIC_RELAXED);
+  e = dial_connect(r);
+  if (e) { dial_failed(r, e); return; }
+  if (r->through) { dial_done(r, ready, 0); return; }
+  struct epoll_event ev = side_event(r, r->dside, r->awaiting ? EPOLLIN | EPOLLRDHUP | EPOLLET : EPOLLOUT | EPOLLET);
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &ev) != 0) { dial_failed(r, errno); return; }
+  dial_list_add(r, now_ms() + (uint64_t)l->dial_ms);
+}
+
+static void accept_all(int li, struct relay **ready) {
+  struct listener *l = &listeners[li];
+  if (!l->used || l->closing || !l->armed) return;
+  for (int k = 0; k < 64; k++) { /* then the others get their turn; the level-triggered watch brings us back */
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    /* Under the lock: a borrowed fd (a forward's) is the runtime's, which may close it once
+     * ph_data_unlisten returned; from then on this thread never touches it. */
+    pthread_mutex_lock(&lock);
+    if (l->closing) { pthread_mutex_unlock(&lock); return; }
+    int fd = accept4(l->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int e = errno;
+    int hard = fd < 0 && e != EAGAIN && e != EWOULDBLOCK && e != EINTR && e != ECONNABORTED;
+    if (hard) {
+      /* Out of fds or the like: accepting again at once would spin. Later, and said once. */
+      struct epoll_event none = { .events = 0, .data.u64 = LISTEN_TAG | (uint64_t)li };
+      epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &none);
+      l->armed = 0;
+      l->rearm_ms = now_ms() + PH_ACCEPT_RETRY_MS;
+      listeners_disarmed++;
+    }
+    pthread_mutex_unlock(&lock);
+    if (fd < 0) {
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
+      if (!hard) continue;
+      struct record rec = { REC_ACCEPT_FAILED, (uint32_t)li + 1, 0, (uint32_t)e, 0, 0 };
+      post(rec);
+      return;
+    }
+    if (peer.ss_family == AF_VSOCK && l->allow_cid >= 0 && (int)((struct sockaddr_vm *)&peer)->svm_cid != l->allow_cid) {
+      struct record rec = { REC_REJECTED, (uint32_t)li + 1, 0, ((struct sockaddr_vm *)&peer)->svm_cid, 0, 0 };
+      close(fd);
+      post(rec);
+      continue;
+    }
+    if (l->forward) forward_start(li, fd, ready);
+    else greet_start(li, fd, ready);
+  }
+}
+
+/* Listeners closed by JavaScript go, and those resting after a failed accept listen again
+ * once due; returns the ms until the next one is due (-1: none). */
+static int listeners_tend(void) {
+  if (listeners_closing) {
+    pthread_mutex_lock(&lock);
+    listeners_closing = 0;
+    for (int i = 0; i < PH_MAX_LISTENERS; i++) {
+      struct listener *l = &listeners[i];
+      if (!l->used || !l->closing) continue;
+      if (!l->borrowed) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL);
+        close(l->fd);
+      } /* a borrowed fd left the epoll set in ph_data_unlisten, and is not ours to close */
+      if (!l->armed) listeners_disarmed--;
+      free(l->fwd_hello);
+      l->fwd_hello = NULL;
+      l->used = l->closing = 0;
+    }
+    pthread_mutex_unlock(&lock);
+  }
+  if (!listeners_disarmed) return -1;
+  uint64_t now = now_ms(), next = UINT64_MAX;
+  for (int i = 0; i < PH_MAX_LISTENERS; i++) {
+    struct listener *l = &listeners[i];
+    if (!l->used || l->armed) continue;
+    if (l->rearm_ms <= now) {
+      struct epoll_event ev = { .events = l->idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
+      pthread_mutex_lock(&lock);
+      if (!l->closing) epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);
+      pthread_mutex_unlock(&lock);
+      l->armed = 1;
+      listeners_disarmed--;
+    } else if (l->rearm_ms < next) {
+      next = l->rearm_ms;
+    }
+  }
+  return next == UINT64_MAX ? -1 : (int)(next - now);
+}
+
 static void take_pending(struct relay **ready) {
   pthread_mutex_lock(&lock);
   struct relay *list = pending;
@@ -1076,8 +1461,10 @@ static void *relay_thread(void *unused) {
   for (;;) {
     /* A plain side waiting for its send queue to drain is looked at every 10 ms. */
     int dial_ms = dial_deadlines();
+    int rearm_ms = listeners_tend();
     int timeout = ready ? 0 : resetting ? 10 : -1;
     if (dial_ms >= 0 && (timeout < 0 || dial_ms < timeout)) timeout = dial_ms;
+    if (rearm_ms >= 0 && (timeout < 0 || rearm_ms < timeout)) timeout = rearm_ms;
     int n = epoll_wait(epfd, events, 256, timeout);
     if (n < 0 && errno != EINTR) return NULL;
     for (int i = 0; i < n; i++) {
@@ -1091,12 +1478,14 @@ static void *relay_thread(void *unused) {
       } else if (tag & WATCH_TAG) {
         struct record rec = { REC_READY, (uint32_t)tag, events[i].events, (uint32_t)(tag >> 32) & 0x7fffffffu, 0, 0 };
         post(rec);
+      } else if (tag & LISTEN_TAG) {
+        accept_all((int)(tag & 0xffff), &ready);
       } else {
         struct relay *r = (struct relay *)(uintptr_t)(tag & ~1ULL);
         int side = (int)(tag & 1);
         uint32_t ev = events[i].events;
         if (r->closed) continue;
-        if (r->dialing) { dial_check(r, &ready); continue; }
+        if (r->dialing) { dial_check(r, &ready, ev); continue; }
         if ((ev & EPOLLERR) && !r->fr) check_errors(r); /* framed: framed_run looks */
         /* Readable side i: d[i] reads it; writable side i: d[1 - i] writes it; anything else
          * (EOF, hang-up, error): both. */
@@ -1235,24 +1624,31 @@ static int framed_init(struct relay *r, int copy, const uint8_t *to_b, int to_b_
   return e;
 }
 
+/* A free id for r (with the lock held): its slot index, or -1 when all are taken. */
+static int take_slot(struct relay *r) {
+  static int hint = 0;
+  for (int i = 0; i < PH_MAX_RELAYS; i++) {
+    int s = (hint + i) % PH_MAX_RELAYS;
+    if (slot_taken[s]) continue;
+    hint = s + 1;
+    slot_taken[s] = 1;
+    slots[s] = r;
+    r->id = (uint32_t)s + 1;
+    total_relays++;
+    return s;
+  }
+  return -1;
+}
+
 /* Gives r an id and hands it to the thread; on an error (e) frees it. Returns the id or -errno. */
 static int relay_register(struct relay *r, int e) {
   int slot = -1;
   if (!e) {
     pthread_mutex_lock(&lock);
-    static int hint = 0;
-    for (int i = 0; i < PH_MAX_RELAYS; i++) {
-      int s = (hint + i) % PH_MAX_RELAYS;
-      if (!slot_taken[s]) { slot = s; break; }
-    }
+    slot = take_slot(r);
     if (slot >= 0) {
-      hint = slot + 1;
-      slot_taken[slot] = 1;
-      slots[slot] = r;
-      r->id = (uint32_t)slot + 1;
       r->next_pending = pending;
       pending = r;
-      total_relays++;
     }
     pthread_mutex_unlock(&lock);
     if (slot < 0) e = -EMFILE;
@@ -1443,4 +1839,136 @@ int ph_watch(int fd, uint32_t events, uint32_t token) {
 int ph_unwatch(int fd) {
   if (epfd < 0) return -ENOTCONN;
   return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : NEG_ERRNO;
+}
+
+/*
+ * Accepts on listening socket fd (dup()ed; unix or vsock) in the relay thread as a data
+ * endpoint (see "data listeners"): secret is the session's (hex, NUL-terminated);
+ * allow_cid: the only vsock peer CID accepted (-1: any; others are closed, REC_REJECTED);
+ * flags: PH_FORCE_COPY; header_ms: how long a stream may take to send its header before it
+ * goes to JavaScript; dial_ms: a target's connect deadline. Returns the listener's id (> 0).
+ */
+#define PH_LISTEN_FORWARD 2 /* ph_data_listen's flags: a forward listener (secret unused) */
+int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int header_ms, int dial_ms) {
+  if (notify_js < 0) return -ENOTCONN;
+  size_t slen = strlen(secret);
+  if (!(flags & PH_LISTEN_FORWARD) && (slen < 16 || slen > 128)) return -EINVAL;
+  if (slen > 128) return -EINVAL;
+  /* A data endpoint's fd is dup()ed (JavaScript closes its own at once); a forward's is
+   * borrowed: its server keeps it open until ph_data_unlisten has returned. */
+  int borrowed = (flags & PH_LISTEN_FORWARD) != 0;
+  int dup = borrowed ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return NEG_ERRNO;
+  set_nonblock(dup);
+  pthread_mutex_lock(&lock);
+  int i = 0;
+  while (i < PH_MAX_LISTENERS && listeners[i].used) i++;
+  if (i < PH_MAX_LISTENERS) {
+    struct listener *l = &listeners[i];
+    memset(l, 0, sizeof *l);
+    l->used = 1;
+    l->armed = 1;
+    l->fd = dup;
+    l->allow_cid = allow_cid;
+    l->copy = flags & PH_FORCE_COPY;
+    l->forward = (flags & PH_LISTEN_FORWARD) != 0;
+    l->borrowed = borrowed;
+    l->idle = l->forward; /* until a target is set */
+    l->header_ms = header_ms > 0 ? header_ms : 1000;
+    l->dial_ms = dial_ms > 0 ? dial_ms : 2000;
+    memcpy(l->secret, secret, slen);
+    l->secret_len = slen;
+  }
+  pthread_mutex_unlock(&lock);
+  if (i == PH_MAX_LISTENERS) { if (!borrowed) close(dup); return -EMFILE; }
+  struct epoll_event ev = { .events = listeners[i].idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)i };
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, dup, &ev) != 0) {
+    int e = NEG_ERRNO;
+    if (!borrowed) close(dup);
+    pthread_mutex_lock(&lock);
+    listeners[i].used = 0;
+    pthread_mutex_unlock(&lock);
+    return e;
+  }
+  return i + 1;
+}
+
+/* Stops accepting (the thread closes its dup; a borrowed fd is the caller's again when this
+ * returns); streams already accepted carry on. */
+int ph_data_unlisten(int id) {
+  if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
+  pthread_mutex_lock(&lock);
+  struct listener *l = &listeners[id - 1];
+  int live = l->used && !l->closing;
+  if (live) {
+    l->closing = 1;
+    listeners_closing = 1;
+    if (l->borrowed) epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL); /* before the runtime closes it */
+  }
+  pthread_mutex_unlock(&lock);
+  if (live) wake();
+  return live ? 0 : -ENOENT;
+}
+
+/* out[0]: streams this listener dialled itself; out[1]: streams handed to JavaScript. */
+int ph_data_listener_stats(int id, uint64_t *out) {
+  if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
+  out[0] = __atomic_load_n(&listeners[id - 1].carried, __ATOMIC_RELAXED);
+  out[1] = __atomic_load_n(&listeners[id - 1].handed, __ATOMIC_RELAXED);
+  return 0;
+}
+
+/* A unix stream socket listening at path (which must not exist), non-blocking. The fd. */
+int ph_unix_listen(const char *path, int backlog) {
+  struct sockaddr_un un;
+  memset(&un, 0, sizeof un);
+  size_t len = strlen(path);
+  if (len >= sizeof un.sun_path) return -ENAMETOOLONG;
+  un.sun_family = AF_UNIX;
+  memcpy(un.sun_path, path, len + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return NEG_ERRNO;
+  if (bind(fd, (struct sockaddr *)&un, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1)) != 0 || listen(fd, backlog) != 0) {
+    int e = NEG_ERRNO;
+    close(fd);
+    return e;
+  }
+  return fd;
+}
+
+/*
+ * A forward listener's data-path target: the guest's data endpoint (a unix socket path) and
+ * the header its connections open with; path NULL or empty: none (clients go to JavaScript).
+ * Connections accepted from now on take it.
+ */
+int ph_forward_target(int id, const char *path, const uint8_t *hello, int hello_len) {
+  if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
+  int none = !path || !path[0];
+  if (!none && (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path) || hello_len <= 0 || hello_len > 65536)) return -EINVAL;
+  uint8_t *copy = none ? NULL : malloc((size_t)hello_len);
+  if (!none && !copy) return -ENOMEM;
+  if (copy) memcpy(copy, hello, (size_t)hello_len);
+  pthread_mutex_lock(&lock);
+  struct listener *l = &listeners[id - 1];
+  int ok = l->used && l->forward && !l->closing;
+  uint8_t *old = NULL;
+  if (ok) {
+    old = l->fwd_hello;
+    l->fwd_hello = copy;
+    l->fwd_hello_len = copy ? hello_len : 0;
+    if (copy) {
+      memset(&l->fwd_addr, 0, sizeof l->fwd_addr);
+      l->fwd_addr.sun_family = AF_UNIX;
+      memcpy(l->fwd_addr.sun_path, path, strlen(path) + 1);
+    }
+    /* Watched only with a target: without one the runtime's own server takes every client. */
+    l->idle = copy == NULL;
+    if (l->armed) {
+      struct epoll_event ev = { .events = l->idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)(id - 1) };
+      epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);
+    }
+  }
+  pthread_mutex_unlock(&lock);
+  free(ok ? old : copy);
+  return ok ? 0 : -ENOENT;
 }

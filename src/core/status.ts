@@ -47,6 +47,8 @@ export interface RelayStatus {
   open: number;
   bytesSpliced: number;
   bytesCopied: number;
+  /** Clients accepted and dialled in the relay thread (no JavaScript per connection: a forward's data path). */
+  acceptedNatively?: number;
   /** Connections the JavaScript relay carried. */
   javascriptRelays: number;
   /** Connections the native relay ended with a reset (an error on either side). */

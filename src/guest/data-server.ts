@@ -10,6 +10,9 @@ import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-h
 import { dialAndJoin, joinFramed, joinSockets } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { handleUdpDataStream } from "./udp-stream-endpoint.ts";
+import type { TransportAddress } from "../core/transport-address.ts";
+import { listenDataNatively } from "../transport/data-listen.ts";
+import { serveTransport, type Served, type ServeOptions } from "../transport/serve.ts";
 
 const HEADER_TIMEOUT_MS = 5000;
 /** A native dial's deadline: longer than the kernel's own TCP connect timeout (~127 s), which decides as in JavaScript. */
@@ -38,6 +41,24 @@ export function rateLimitedLog(log: (line: string) => void, intervalMs = REFUSAL
     last = now;
     skipped = 0;
   };
+}
+
+/**
+ * Serves the data endpoint: in the shim's relay thread where it runs (transport/data-listen.ts:
+ * well-formed TCP and unix streams never reach JavaScript; the rest come to handleDataStream),
+ * else in JavaScript. `refuse` hears why a stream was refused (rate-limit it: anything may connect).
+ */
+export async function serveDataEndpoint(address: TransportAddress, secret: string, refuse: (why: string) => void, options: ServeOptions): Promise<Served> {
+  const native = await listenDataNatively(address, {
+    secret,
+    dialMs: NATIVE_DIAL_DEADLINE_MS,
+    vsockAnyCid: options.vsockAnyCid,
+    onHandoff: (socket) => handleDataStream(socket, secret, refuse),
+    onDialFailed: (err) => noteDialError(err, "a target the host asked for"),
+    log: refuse,
+  });
+  if (native) return { address, close: () => native.close(), nativeStats: () => native.stats() };
+  return serveTransport(address, (socket) => handleDataStream(socket, secret, refuse), { ...options, halfOpen: true });
 }
 
 /** Handles one incoming data stream (any transport). `refuse` hears why one was refused. */

@@ -12,7 +12,7 @@ import type { UnreadConnection } from "../transport/unread.ts";
 import { prepareRelay } from "../transport/fast-relay.ts";
 import { prepareDatagrams } from "../transport/datagram-socket.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
-import { handleDataStream, newDataSecret, rateLimitedLog } from "./data-server.ts";
+import { newDataSecret, rateLimitedLog, serveDataEndpoint } from "./data-server.ts";
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
 import { EventState } from "./event-state.ts";
 import { checkPreface, checkUnread } from "./preface-check.ts";
@@ -113,8 +113,7 @@ export class GuestAgent {
         this.giveSocket(address);
         const data = dataEndpointFor(address);
         if (data) {
-          const dataOptions = { ...this.options, halfOpen: true };
-          this.served.push(await serveTransport(data, (socket) => handleDataStream(socket, this.dataSecret, refusals), dataOptions));
+          this.served.push(await serveDataEndpoint(data, this.dataSecret, refusals, this.options));
           this.giveSocket(data);
           dataEndpoints.push(formatTransportAddress(data));
         }

@@ -25,7 +25,7 @@ import { Reconciler } from "./reconciler.ts";
 import { ReverseForward } from "./reverse-forward.ts";
 import { SshForwarder } from "./ssh-forwarder.ts";
 import { SshLink } from "./ssh-link.ts";
-import { StreamRouter } from "./stream-router.ts";
+import { DATA_ANSWER_TIMEOUT_MS, StreamRouter } from "./stream-router.ts";
 import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
 import { TimeSync } from "./time-sync.ts";
@@ -209,7 +209,13 @@ export class HostAgent {
         forward: (plan) =>
           plan.protocol === "udp"
             ? new UdpForward(plan, (p, client) => router.openUdpTunnel(p, client), report, warn, trouble, portOwner)
-            : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble, portOwner),
+            : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble, portOwner, {
+                target: (p) => router.nativeTarget(p),
+                subscribe: (onChange) => router.onChange(onChange),
+                dialed: (connection, p) => router.nativeDialed(connection, p),
+                failed: (err, client, p) => router.nativeFailed(err, client, p),
+                timeoutMs: DATA_ANSWER_TIMEOUT_MS,
+              }),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report, warn),
       },
       report,

@@ -37,7 +37,7 @@ export type RouterMode = "auto" | "fast" | "grpc" | "ssh";
 
 const DIAL_TIMEOUT_MS = 2000;
 /** The native data path's deadline for the guest's status byte: the guest's own connect decides first (~127 s for TCP). */
-const DATA_ANSWER_TIMEOUT_MS = 140_000;
+export const DATA_ANSWER_TIMEOUT_MS = 140_000;
 const RETRY = { minMs: 2000, maxMs: 60_000 };
 /** Keepalive on direct connections: a guest network that vanishes is noticed, not waited on forever. */
 const KEEPALIVE_MS = 10_000;
@@ -60,16 +60,24 @@ export class StreamRouter {
   /** The lean multiplexer, where the agent channel is one stream. */
   private mux: MuxLink | undefined;
 
+  /** Who hears that a path changed (forwards accepting in the relay thread re-ask nativeTarget). */
+  private readonly watchers = new Set<() => void>();
+  private readonly report: (e: HostEvent) => void;
+
   constructor(
     private readonly mode: RouterMode,
     private readonly agentAddress: TransportAddress,
     private readonly grpc: GrpcForwarder,
     private readonly ssh: SshForwarder | undefined,
-    private readonly report: (e: HostEvent) => void = () => {},
+    report: (e: HostEvent) => void = () => {},
     direct?: DirectPaths,
     /** How long a data stream may wait for the guest's answer (shorter in tests). */
     private readonly dataAnswerTimeoutMs = DATA_ANSWER_TIMEOUT_MS,
   ) {
+    this.report = (e) => {
+      report(e);
+      if (e.type === "path-changed") this.changed();
+    };
     this.direct =
       direct ??
       new DirectPaths(
@@ -106,6 +114,50 @@ export class StreamRouter {
     this.direct.setGuest(
       hello && this.mode === "auto" ? { secret: this.secret, addresses: hello.addresses ?? [], proofPort: Number(hello.direct_proof_port ?? 0) } : undefined,
     );
+    this.changed();
+  }
+
+  /** Calls `onChange` whenever the paths changed (a guest, a failure, a proof); returns the stop. */
+  onChange(onChange: () => void): () => void {
+    this.watchers.add(onChange);
+    return () => this.watchers.delete(onChange);
+  }
+
+  private changed(): void {
+    for (const w of this.watchers) {
+      try {
+        w();
+      } catch {
+        // a forward's refresh failing must not keep the others from theirs
+      }
+    }
+  }
+
+  /**
+   * Where the relay thread may dial this forward's next clients itself (the data path to a
+   * unix data endpoint, framed, with its header), or undefined when they must come to
+   * forwardStream (another path is chosen now, or the data path is not natively possible).
+   */
+  nativeTarget(plan: PlannedForward): { path: string; header: Buffer } | undefined {
+    const endpoint = this.dataEndpoint;
+    if (plan.protocol !== "tcp" || this.pathFor(plan) !== "fast" || endpoint?.kind !== "unix" || !this.framed) return undefined;
+    try {
+      return { path: endpoint.path, header: Buffer.from(encodeDataHeader(this.secret, { protocol: "tcp", address: plan.guestAddr }, true)) };
+    } catch {
+      return undefined; // forwardStream says why
+    }
+  }
+
+  /** A client the relay thread dialled over the data path (see nativeTarget). */
+  nativeDialed(connection: net.Socket, plan: PlannedForward): void {
+    if (this.direct.interfacesChanged()) void this.direct.reprove(); // as forwardStream does (its result comes as a path change)
+    this.succeeded("fast", plan);
+    this.counters.took("fast", plan.key, connection);
+  }
+
+  /** A client whose dial in the relay thread failed: reset (refused) or on by the next path. */
+  nativeFailed(err: NodeJS.ErrnoException, client: net.Socket, plan: PlannedForward): void {
+    this.dialFailed(client, plan, "fast", "fast", err instanceof RefusedByPeer ? new RefusedByGuest() : err);
   }
 
   stop(): void {

@@ -4,12 +4,29 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import type { HostTarget, PlannedForward } from "../core/forward-plan.ts";
-import { afterRelay, dropConnection, relayedBytes } from "../transport/fast-relay.ts";
+import { acceptNatively, dropConnection, relayedBytes, whenOver, type NativeAccept } from "../transport/fast-relay.ts";
 import { LISTEN_BACKLOG, widenBacklog } from "../runtime/listen-backlog.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 export type ConnectionHandler = (socket: net.Socket, plan: PlannedForward) => void;
+
+/**
+ * Accepting in the relay thread (transport/fast-relay.ts acceptNatively): the router says
+ * where this forward's clients go natively (the data path's endpoint and header, or none),
+ * and again whenever its paths change (`subscribe`); the forward asks after each client that
+ * came to JavaScript too.
+ */
+export interface NativeRouting {
+  target(plan: PlannedForward): { path: string; header: Uint8Array } | undefined;
+  subscribe(onChange: () => void): () => void;
+  /** A client the relay thread dialled (a stand-in socket for counting). */
+  dialed(connection: net.Socket, plan: PlannedForward): void;
+  /** A client whose native dial failed, as a socket again: the router sends it on. */
+  failed(err: NodeJS.ErrnoException, client: net.Socket, plan: PlannedForward): void;
+  /** How long the relay thread waits for the guest's status byte. */
+  timeoutMs: number;
+}
 
 export class TcpForward extends HostForward {
   constructor(
@@ -19,6 +36,7 @@ export class TcpForward extends HostForward {
     pathOf?: (plan: PlannedForward) => string,
     trouble?: Trouble,
     findOwner?: FindOwner,
+    private readonly routing?: NativeRouting,
   ) {
     super(plan, report, pathOf, trouble, findOwner);
   }
@@ -28,23 +46,30 @@ export class TcpForward extends HostForward {
     /** Bytes of connections already closed (open ones are counted live). */
     let closedIn = 0;
     let closedOut = 0;
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+    /** Counts a client connection until it is over (a stand-in's is over when its relay ended). */
+    const track = (socket: net.Socket) => {
       sockets.add(socket);
       // A connection handed to the native relay lives on after its socket object closes.
-      socket.once("close", () =>
-        afterRelay(socket, () => {
-          sockets.delete(socket);
-          const { read, written } = relayedBytes(socket);
-          closedIn += read;
-          closedOut += written;
-        }),
-      );
+      whenOver(socket, () => {
+        sockets.delete(socket);
+        const { read, written } = relayedBytes(socket);
+        closedIn += read;
+        closedOut += written;
+      });
+    };
+    const route = (socket: net.Socket) => {
+      track(socket);
       try {
         this.onConnection(socket, this.plan);
       } catch (err) {
         socket.destroy(); // the client sees its connection closed; the forward goes on
         this.trouble(err, `a connection to ${where}`);
       }
+    };
+    let native: (NativeAccept & { nudge(): void }) | undefined;
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+      route(socket);
+      native?.nudge();
     });
     const where = host.kind === "tcp" ? `${host.ip.includes(":") ? `[${host.ip}]` : host.ip}:${host.port}` : host.path;
     if (host.kind === "unix") {
@@ -62,8 +87,10 @@ export class TcpForward extends HostForward {
       if (host.kind === "tcp") server.listen({ host: host.ip, port: host.port, backlog: LISTEN_BACKLOG });
       else server.listen({ path: host.path, backlog: LISTEN_BACKLOG });
     });
+    native = host.kind === "tcp" && this.routing ? this.acceptInRelay(server, track, route, where) : undefined;
     return {
       close: () => {
+        native?.close();
         server.close();
         if (host.kind === "unix") fs.rmSync(host.path, { force: true });
       },
@@ -79,6 +106,63 @@ export class TcpForward extends HostForward {
           bytesOut += written;
         }
         return { connections: sockets.size, bytesIn, bytesOut };
+      },
+    };
+  }
+
+  /** The listener's clients accepted in the relay thread (see NativeRouting); undefined where it cannot. */
+  private acceptInRelay(
+    server: net.Server,
+    track: (s: net.Socket) => void,
+    route: (s: net.Socket) => void,
+    where: string,
+  ): (NativeAccept & { nudge(): void }) | undefined {
+    const routing = this.routing!;
+    let native: NativeAccept | undefined;
+    let unsubscribe = () => {};
+    let targeted = false;
+    const refresh = () => {
+      try {
+        const target = routing.target(this.plan);
+        if (target || targeted) native?.setTarget(target); // none after none: nothing to tell the thread
+        targeted = target !== undefined;
+      } catch (err) {
+        native?.setTarget(undefined);
+        targeted = false;
+        this.trouble(err, `choosing the data path of connections to ${where}`);
+      }
+    };
+    native = acceptNatively(server, routing.timeoutMs, {
+      onHandoff: (socket) => {
+        route(socket);
+        refresh(); // its path may have changed (a backoff ended, say)
+      },
+      onDialed: (connection) => {
+        track(connection);
+        routing.dialed(connection, this.plan);
+      },
+      onFailed: (err, client) => {
+        track(client);
+        routing.failed(err, client, this.plan);
+        refresh();
+      },
+      onAcceptFailed: (err) => this.trouble(err, `accepting on ${where}`),
+    });
+    if (!native) return undefined;
+    const accept = native;
+    unsubscribe = routing.subscribe(refresh);
+    refresh();
+    return {
+      setTarget: (t) => accept.setTarget(t),
+      close: () => {
+        unsubscribe();
+        accept.close();
+      },
+      stats: () => accept.stats(),
+      // A client the runtime's server took: while no target is set, its path may have come
+      // back (a backoff that ended says nothing), so ask again.
+      nudge: () => {
+        if (!targeted) refresh();
       },
     };
   }

@@ -45,6 +45,18 @@ export interface NativeShim {
   relayRelease(id: number): number;
   /** out: relays started, bytes spliced, bytes copied. */
   relayTotals(out: BigUint64Array): number;
+  /**
+   * Accepts on a listening socket in the relay thread as the guest's data endpoint (native/relay.c's
+   * ph_data_listen): streams with a well-formed header are dialled there, others handed over.
+   */
+  dataListen(fd: number, secret: Uint8Array, allowCid: number, flags: number, headerMs: number, dialMs: number): number;
+  dataUnlisten(id: number): number;
+  /** A forward listener's data-path target: a unix endpoint path (NUL-terminated; empty: none) and its header. */
+  forwardTarget(id: number, path: Uint8Array, hello: Uint8Array, helloLen: number): number;
+  /** out[0]: streams dialled natively; out[1]: streams handed to JavaScript. */
+  dataListenerStats(id: number, out: BigUint64Array): number;
+  /** A non-blocking unix stream listener at path (NUL-terminated); the fd. */
+  unixListen(path: Uint8Array, backlog: number): number;
   /** One ready record (token) when fd is ready for events (1 in, 4 out). */
   watch(fd: number, events: number, token: number): number;
   unwatch(fd: number): number;
@@ -99,6 +111,11 @@ export const SIGNATURES = {
   ph_relay_abort: { args: ["u32"], returns: "i32" },
   ph_relay_release: { args: ["u32"], returns: "i32" },
   ph_relay_totals: { args: ["ptr"], returns: "i32" },
+  ph_data_listen: { args: ["i32", "ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
+  ph_data_unlisten: { args: ["i32"], returns: "i32" },
+  ph_forward_target: { args: ["i32", "ptr", "ptr", "i32"], returns: "i32" },
+  ph_data_listener_stats: { args: ["i32", "ptr"], returns: "i32" },
+  ph_unix_listen: { args: ["ptr", "i32"], returns: "i32" },
   ph_watch: { args: ["i32", "u32", "u32"], returns: "i32" },
   ph_unwatch: { args: ["i32"], returns: "i32" },
   ph_events_start: { args: ["ptr", "i32"], returns: "i32" },
@@ -145,6 +162,11 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     relayAbort: (id) => num("ph_relay_abort", id),
     relayRelease: (id) => num("ph_relay_release", id),
     relayTotals: (out) => num("ph_relay_totals", out),
+    dataListen: (fd, secret, allowCid, flags, headerMs, dialMs) => num("ph_data_listen", fd, secret, allowCid, flags, headerMs, dialMs),
+    dataUnlisten: (id) => num("ph_data_unlisten", id),
+    forwardTarget: (id, path, hello, helloLen) => num("ph_forward_target", id, path, hello, helloLen),
+    dataListenerStats: (id, out) => num("ph_data_listener_stats", id, out),
+    unixListen: (path, backlog) => num("ph_unix_listen", path, backlog),
     watch: (fd, events, token) => num("ph_watch", fd, events, token),
     unwatch: (fd) => num("ph_unwatch", fd),
     eventsStart: (msg, cap) => num("ph_events_start", msg, cap),

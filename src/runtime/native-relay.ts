@@ -10,6 +10,9 @@ const RECORD_BYTES = 32;
 const REC_RELAY_DONE = 1;
 const REC_READY = 2;
 const REC_DIALED = 3;
+const REC_HANDOFF = 4;
+const REC_REJECTED = 5;
+const REC_ACCEPT_FAILED = 6;
 /** Record flags (native/relay.c). */
 export const RELAY_RESET = 1;
 export const RELAY_SPLICE_AB = 2;
@@ -29,6 +32,8 @@ export const RELAY_STATUS_REFUSED = 1024;
 export const RELAY_NO_STATUS = 2048;
 /** With RELAY_DIAL_FAILED: the handed side's first bytes already went out (it cannot take another path). */
 export const RELAY_CONSUMED = 4096;
+/** With RELAY_DIAL_FAILED: a data listener's stream (it was answered the failure status natively). */
+export const RELAY_ACCEPTED = 8192;
 const FORCE_COPY = 1;
 const FRAMED_B = 2;
 const DIAL_A = 4;
@@ -44,6 +49,23 @@ export interface DialShape {
   /** After hello, the dialed side answers one status byte (0: connected) before the relay starts. */
   awaitStatus?: boolean;
 }
+/** What a data listener (dataListen) or a forward listener (forwardListen) tells the event loop. */
+export interface DataListenerHandlers {
+  /** A connection the relay thread did not take (data: not a well-formed PHDATA2 tcp/unix header with the secret, or slow; forward: no target set): its fd, nothing read. */
+  handoff(fd: number): void;
+  /** Data listener: a target's dial failed (the stream was answered the failure status): the errno. */
+  dialFailed?(err: number): void;
+  /** Forward listener: a client's dial went through (relay id); returns what hears its end. */
+  dialed?(id: number): (end: RelayEnd) => void;
+  /** Forward listener: a client's dial failed; the client's fd is in end.aToB (RELAY_DIAL_FAILED and its reasons in flags). */
+  failed?(end: RelayEnd): void;
+  /** A vsock peer other than the allowed CID connected (and was closed). */
+  rejected?(cid: number): void;
+  /** accept() failed (out of fds, …); the listener rests 100 ms. */
+  acceptFailed(err: number): void;
+}
+const LISTEN_FORWARD = 2;
+
 export const EPOLLIN = 1;
 export const EPOLLOUT = 4;
 
@@ -80,6 +102,7 @@ export class NativeRelayLoop {
   private readonly done = new Map<number, (end: RelayEnd) => void>();
   private readonly ready = new Map<number, (events: number) => void>();
   private readonly dialed = new Map<number, () => void>();
+  private readonly listeners = new Map<number, DataListenerHandlers>();
   private nextToken = 1;
   private pending: Buffer = Buffer.alloc(0);
   private readonly counters = new BigUint64Array(2);
@@ -159,6 +182,52 @@ export class NativeRelayLoop {
     return id;
   }
 
+  /**
+   * Accepts on listening socket fd (dup()ed) in the relay thread as the guest's data endpoint:
+   * streams whose header names a TCP or unix target with `secret` are dialled, answered and
+   * relayed there; the others come to `handlers.handoff` untouched. allowCid: the one vsock
+   * peer accepted (-1: any). Returns the listener id; throws where it cannot.
+   */
+  dataListen(fd: number, secret: string, allowCid: number, copy: boolean, headerMs: number, dialMs: number, handlers: DataListenerHandlers): number {
+    const id = check(this.shim, this.shim.dataListen(fd, Buffer.from(`${secret}\0`), allowCid, copy ? FORCE_COPY : 0, headerMs, dialMs), "data listener");
+    this.listeners.set(id, handlers);
+    return id;
+  }
+
+  /**
+   * Accepts a host forward's listening socket fd (dup()ed) in the relay thread: with a target
+   * set (forwardTarget), each client is dialled to the guest's data endpoint there (see
+   * native/relay.c, "forward listeners"); without one it comes to `handlers.handoff`.
+   */
+  forwardListen(fd: number, copy: boolean, dialMs: number, handlers: DataListenerHandlers): number {
+    const id = check(this.shim, this.shim.dataListen(fd, Buffer.from("\0"), -1, (copy ? FORCE_COPY : 0) | LISTEN_FORWARD, 0, dialMs), "forward listener");
+    this.listeners.set(id, handlers);
+    return id;
+  }
+
+  /** Sets (or with undefined clears) a forward listener's data-path target. */
+  forwardTarget(id: number, target: { path: string; header: Uint8Array } | undefined): void {
+    const path = Buffer.from(`${target?.path ?? ""}\0`);
+    check(this.shim, this.shim.forwardTarget(id, path, target?.header ?? this.empty, target?.header.length ?? 0), "forward target");
+  }
+
+  /** Stops a data listener (its accepted streams carry on; handoffs already posted still come). */
+  dataUnlisten(id: number): void {
+    this.listeners.delete(id);
+    this.shim.dataUnlisten(id);
+  }
+
+  /** Streams a data listener dialled itself, and those it handed to JavaScript. */
+  dataListenerStats(id: number): { carried: number; handed: number } {
+    this.shim.dataListenerStats(id, this.counters);
+    return { carried: Number(this.counters[0]), handed: Number(this.counters[1]) };
+  }
+
+  /** Closes an fd the relay handed over that nobody will adopt. */
+  closeFd(fd: number): void {
+    this.shim.close(fd);
+  }
+
   /** The errno's name (ECONNREFUSED, …) and its words. */
   errnoText(err: number): { code: string; message: string } {
     return { code: this.shim.errnoName(err), message: this.shim.strerror(err) };
@@ -217,11 +286,35 @@ export class NativeRelayLoop {
         this.done.delete(id);
         this.dialed.delete(id);
         this.shim.relayRelease(id);
-        safely(() => onEnd?.(end));
+        if (flags & RELAY_ACCEPTED) {
+          const listener = this.listeners.get(Number(end.bToA));
+          if (listener?.failed) safely(() => listener.failed!(end));
+          else if (listener) safely(() => listener.dialFailed?.(err));
+          else if (end.aToB >= 0 && end.aToB < 2 ** 31) this.shim.close(end.aToB); // its listener is gone: so is the client
+        } else {
+          safely(() => onEnd?.(end));
+        }
       } else if (kind === REC_DIALED) {
         const onDialed = this.dialed.get(id);
         this.dialed.delete(id);
-        safely(() => onDialed?.());
+        const listener = onDialed ? undefined : Number(buf.readBigUInt64LE(at + 16));
+        if (listener) {
+          // A forward listener's connection: JavaScript learns of it now.
+          const handlers = this.listeners.get(listener);
+          safely(() => {
+            const onEnd = handlers?.dialed?.(id);
+            if (onEnd) this.done.set(id, onEnd);
+            else this.shim.relayAbort(id);
+          });
+        } else {
+          safely(() => onDialed?.());
+        }
+      } else if (kind === REC_HANDOFF || kind === REC_REJECTED || kind === REC_ACCEPT_FAILED) {
+        const listener = this.listeners.get(id);
+        if (kind === REC_HANDOFF && !listener) this.shim.close(err); // its listener is gone: so is the stream
+        else if (kind === REC_HANDOFF) safely(() => listener!.handoff(err));
+        else if (kind === REC_REJECTED) safely(() => listener?.rejected?.(err));
+        else safely(() => listener?.acceptFailed(err));
       } else if (kind === REC_READY) {
         const onReady = this.ready.get(id);
         this.ready.delete(id);

@@ -53,6 +53,7 @@ let fallbackReason: string | undefined = "the relay was not prepared";
 let notice: (message: string) => void = () => {};
 let noticed = false;
 let javascriptRelays = 0;
+let acceptedNatively = 0;
 let resets = 0;
 const handed = new WeakMap<net.Socket, Handed>();
 
@@ -99,6 +100,12 @@ function usableLoop(): NativeRelayLoop | undefined {
     sayFallback(fallbackReason);
   }
   return fallbackReason ? undefined : loop;
+}
+
+/** The native relay loop where it carries connections (and whether in read/send mode). */
+export function nativeRelay(): { loop: NativeRelayLoop; copy: boolean } | undefined {
+  const native = usableLoop();
+  return native ? { loop: native, copy: copyMode } : undefined;
 }
 
 function javascript(a: net.Socket, b: net.Socket, framed?: Framed): void {
@@ -312,6 +319,99 @@ export function dialAndJoin(
   return true;
 }
 
+/** A failed native dial handed the client back (its fd in end.aToB): a socket again, with the reason. */
+function handedBack(end: RelayEnd, native: NativeRelayLoop, name: string, timeoutMs: number): { again: net.Socket; err: NodeJS.ErrnoException } {
+  const again = socketFromFd(end.aToB, true);
+  again.pause();
+  const { code, message } = native.errnoText(end.err);
+  // What the client sent first already went towards the guest: it cannot take another path.
+  if (end.flags & RELAY_CONSUMED && !(end.flags & RELAY_STATUS_REFUSED)) resetSocket(again);
+  if (end.flags & RELAY_STATUS_REFUSED) return { again, err: new RefusedByPeer(`${name} answered that its target refused`) };
+  const why = code === "ETIMEDOUT" ? `no answer in ${timeoutMs} ms` : end.flags & RELAY_NO_STATUS ? `it closed without an answer (${code})` : `${message} (${code})`;
+  return { again, err: Object.assign(new Error(`cannot connect to ${name}: ${why}`), { code }) };
+}
+
+export interface NativeAccept {
+  /** Sets where the forward's next clients are dialled in the relay thread (undefined: none, they come to onHandoff). */
+  setTarget(target: { path: string; header: Uint8Array } | undefined): void;
+  close(): void;
+  /** Clients dialled in the relay thread, and clients handed to JavaScript. */
+  stats(): { carried: number; handed: number };
+}
+
+/**
+ * Accepts on a listening server's socket in the relay thread too (through its own dup) while
+ * a target is set: its clients are dialled to the guest's data endpoint there, header, status
+ * byte and all, and JavaScript hears only `onDialed` (a stand-in socket whose relayedBytes/
+ * whenOver/dropConnection work as for any handed connection); on a failed dial (`onFailed`)
+ * or when the relay cannot take one (`onHandoff`) the client comes back as a socket.
+ * Undefined where the native relay cannot do it (the server alone accepts).
+ */
+export function acceptNatively(
+  server: net.Server,
+  timeoutMs: number,
+  on: {
+    onHandoff(socket: net.Socket): void;
+    onDialed(connection: net.Socket): void;
+    onFailed(err: NodeJS.ErrnoException, again: net.Socket): void;
+    onAcceptFailed(err: NodeJS.ErrnoException): void;
+  },
+): NativeAccept | undefined {
+  const native = usableLoop();
+  const fd = (server as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (!native || typeof fd !== "number" || fd < 0) return undefined;
+  let name = "the data endpoint";
+  let id: number;
+  try {
+    id = native.forwardListen(fd, copyMode, timeoutMs, {
+      handoff: (conn) => {
+        let socket: net.Socket;
+        try {
+          socket = socketFromFd(conn, true);
+        } catch {
+          native.closeFd(conn); // the runtime would not adopt it: this client is lost, the forward goes on
+          return;
+        }
+        on.onHandoff(socket);
+      },
+      dialed: (relay) => {
+        // A stand-in for the client's socket: the relay owns the connection.
+        const stand = { closed: true, destroyed: true, destroy() {} } as unknown as net.Socket;
+        const h: Handed = { id: relay, sideA: true, baseRead: 0, baseWritten: 0, waiters: [] };
+        handed.set(stand, h);
+        acceptedNatively++;
+        on.onDialed(stand);
+        return (end) => {
+          if (end.flags & RELAY_RESET) resets++;
+          h.end = end;
+          for (const w of h.waiters.splice(0)) w();
+        };
+      },
+      failed: (end) => {
+        const { again, err } = handedBack(end, native, name, timeoutMs);
+        on.onFailed(err, again);
+      },
+      acceptFailed: (err) => {
+        const { code, message } = native.errnoText(err);
+        on.onAcceptFailed(Object.assign(new Error(message), { code }));
+      },
+    });
+  } catch {
+    return undefined; // e.g. all listener slots taken: the server keeps accepting in JavaScript
+  }
+  // The server keeps accepting too: while a target is set both watch the socket and whichever
+  // takes a client first carries it (the relay thread, idle in epoll_wait, nearly always);
+  // without one only the server does (its sockets are the runtime's own, with every behaviour).
+  return {
+    setTarget(target) {
+      if (target) name = `unix://${target.path}`;
+      native.forwardTarget(id, target);
+    },
+    close: () => native.dataUnlisten(id),
+    stats: () => native.dataListenerStats(id),
+  };
+}
+
 /** Runs `fn` once the socket closed and the connection it carried is over (see afterRelay). */
 export function whenOver(socket: net.Socket, fn: () => void): void {
   if (socket.closed) return afterRelay(socket, fn);
@@ -378,6 +478,7 @@ export function relayStatus(): RelayStatus {
     open: loop?.openRelays() ?? 0,
     bytesSpliced: totals.spliced,
     bytesCopied: totals.copied,
+    acceptedNatively,
     javascriptRelays,
     resets,
   };

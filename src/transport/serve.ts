@@ -28,6 +28,8 @@ export interface ServeOptions {
 export interface Served {
   address: TransportAddress;
   close(): void;
+  /** A data endpoint served in the relay thread: streams dialled there, and handed to JavaScript. */
+  nativeStats?(): { carried: number; handed: number };
 }
 
 export async function serveTransport(address: TransportAddress, onConnection: (socket: net.Socket) => void, options: ServeOptions): Promise<Served> {
