@@ -26,7 +26,7 @@
 #define PH_SMALL (16 * 1024) /* a direction copies through this much until a read fills it */
 #define PH_BUDGET 64 /* transfers per direction before the thread looks at other relays */
 
-enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3, REC_HANDOFF = 4, REC_REJECTED = 5, REC_ACCEPT_FAILED = 6 };
+enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3, REC_HANDOFF = 4, REC_REJECTED = 5, REC_ACCEPT_FAILED = 6, REC_ALL_ABORTED = 7 };
 /* Record flags of REC_RELAY_DONE. */
 #define PH_RESET 1u        /* ended by an error: both sides were reset */
 #define PH_SPLICE_AB 2u    /* a -> b moved with splice() */
@@ -138,6 +138,7 @@ static struct relay *graveyard; /* finished, freed by the thread after its curre
 static struct relay *resetting; /* framed relays waiting for a plain side's send queue to drain */
 static struct relay *dialing;   /* ph_relay_dial relays whose b is connecting, for their deadline */
 static int abort_requested;
+static int abort_all_told; /* ph_relay_abort_all(): post REC_ALL_ABORTED once the aborts are done */
 static struct record *outq;     /* records the notify socket had no room for */
 static size_t outq_len, outq_cap, outq_sent_bytes;
 static int notify_wants_out; /* EPOLLOUT asked for on notify_fd: only while records wait */
@@ -1446,6 +1447,11 @@ static void take_pending(struct relay **ready) {
     pthread_mutex_unlock(&lock);
     if (r && !r->closed) finish(r, PH_RESET | PH_ABORTED, ECONNABORTED);
   }
+  pthread_mutex_lock(&lock);
+  int tell = abort_all_told;
+  abort_all_told = 0;
+  pthread_mutex_unlock(&lock);
+  if (tell) post((struct record){ REC_ALL_ABORTED, 0, 0, 0, 0, 0 });
 }
 
 static void *relay_thread(void *unused) {
@@ -1792,6 +1798,21 @@ int ph_relay_counters(uint32_t id, uint64_t *out) {
 }
 
 /* Resets both sides of a running relay (its record follows, with PH_ABORTED). */
+/*
+ * Every relay (connected, or still dialling for a listener) reset now, for an agent that
+ * exits: left to the kernel, its sockets would close with a FIN, as if complete. A
+ * REC_ALL_ABORTED record follows once they are.
+ */
+int ph_relay_abort_all(void) {
+  pthread_mutex_lock(&lock);
+  for (int i = 0; i < PH_MAX_RELAYS; i++) if (slots[i]) slot_abort[i] = 1;
+  abort_requested = 1;
+  abort_all_told = 1;
+  pthread_mutex_unlock(&lock);
+  wake();
+  return 0;
+}
+
 int ph_relay_abort(uint32_t id) {
   if (id < 1 || id > PH_MAX_RELAYS) return -EINVAL;
   pthread_mutex_lock(&lock);

@@ -3,7 +3,7 @@ import type { FSWatcher } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { AgentStatus } from "../core/status.ts";
-import { prepareRelay, relaysSettled, relayStatus } from "../transport/fast-relay.ts";
+import { prepareRelay, relayStatus, resetAllRelays } from "../transport/fast-relay.ts";
 import { prepareDatagrams } from "../transport/datagram-socket.ts";
 import { ControlServer } from "./control-server.ts";
 import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
@@ -271,7 +271,7 @@ export class HostAgent {
     this.connection.stop(); // closes the mux link too (its target)
     this.router.stop();
     this.reconciler.destroy();
-    return relaysSettled(1000);
+    return resetAllRelays(1000);
   }
 
   /** Re-reads the config file; a bad file is reported and the rules in force stay. */

@@ -42,6 +42,7 @@ export interface NativeShim {
   /** out[0] = bytes a -> b, out[1] = bytes b -> a; -ENOENT once finished. */
   relayCounters(id: number, out: BigUint64Array): number;
   relayAbort(id: number): number;
+  relayAbortAll(): number;
   relayRelease(id: number): number;
   /** out: relays started, bytes spliced, bytes copied. */
   relayTotals(out: BigUint64Array): number;
@@ -109,6 +110,7 @@ export const SIGNATURES = {
   ph_relay_dial: { args: ["i32", "ptr", "i32", "ptr", "i32", "i32", "i32", "i32", "ptr", "i32"], returns: "i32" },
   ph_relay_counters: { args: ["u32", "ptr"], returns: "i32" },
   ph_relay_abort: { args: ["u32"], returns: "i32" },
+  ph_relay_abort_all: { args: [], returns: "i32" },
   ph_relay_release: { args: ["u32"], returns: "i32" },
   ph_relay_totals: { args: ["ptr"], returns: "i32" },
   ph_data_listen: { args: ["i32", "ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
@@ -160,6 +162,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
       num("ph_relay_dial", fd, host, port, pre, preLen, flags, timeoutMs, keepAliveS, hello, helloLen),
     relayCounters: (id, out) => num("ph_relay_counters", id, out),
     relayAbort: (id) => num("ph_relay_abort", id),
+    relayAbortAll: () => num("ph_relay_abort_all"),
     relayRelease: (id) => num("ph_relay_release", id),
     relayTotals: (out) => num("ph_relay_totals", out),
     dataListen: (fd, secret, allowCid, flags, headerMs, dialMs) => num("ph_data_listen", fd, secret, allowCid, flags, headerMs, dialMs),

@@ -13,6 +13,7 @@ const REC_DIALED = 3;
 const REC_HANDOFF = 4;
 const REC_REJECTED = 5;
 const REC_ACCEPT_FAILED = 6;
+const REC_ALL_ABORTED = 7;
 /** Record flags (native/relay.c). */
 export const RELAY_RESET = 1;
 export const RELAY_SPLICE_AB = 2;
@@ -247,6 +248,16 @@ export class NativeRelayLoop {
     this.shim.relayAbort(id);
   }
 
+  private allAborted: (() => void)[] = [];
+
+  /** Resets every relay (an agent that exits); resolves once the relay thread did. */
+  abortAll(): Promise<void> {
+    return new Promise((resolve) => {
+      this.allAborted.push(resolve);
+      this.shim.relayAbortAll();
+    });
+  }
+
   totals(): { relays: number; spliced: number; copied: number } {
     const out = new BigUint64Array(3);
     this.shim.relayTotals(out);
@@ -315,6 +326,8 @@ export class NativeRelayLoop {
         else if (kind === REC_HANDOFF) safely(() => listener!.handoff(err));
         else if (kind === REC_REJECTED) safely(() => listener?.rejected?.(err));
         else safely(() => listener?.acceptFailed(err));
+      } else if (kind === REC_ALL_ABORTED) {
+        for (const resolve of this.allAborted.splice(0)) resolve();
       } else if (kind === REC_READY) {
         const onReady = this.ready.get(id);
         this.ready.delete(id);

@@ -450,13 +450,15 @@ export function resetConnection(socket: net.Socket, other: net.Socket): void {
 }
 
 /**
- * Resolves once the relay thread has ended every relay handed to it (an aborted one with its
- * reset sent), or after `ms`: an agent that exits first would leave the kernel to close those
- * sockets, with a FIN, as if their transfers were complete.
+ * Resets every connection the relay thread holds (relaying, or still dialling for a listener)
+ * and resolves once it did, or after `ms`: an agent that exits first would leave the kernel to
+ * close those sockets, with a FIN, as if their transfers were complete.
  */
-export async function relaysSettled(ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (loop && loop.openRelays() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+export async function resetAllRelays(ms: number): Promise<void> {
+  if (!loop || loop.broken) return;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([loop.abortAll(), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
 
 /** Ends a connection now (a reset), wherever its bytes move. */
