@@ -56,6 +56,16 @@ describe("SSH forwarder", () => {
     expect(childrenOf(host.proc.child.pid!)).toEqual([]);
   });
 
+  e2eTest("sshd agrees on aes128-gcm@openssh.com both ways with the agent (sshd's kex log), the cipher this runtime does fastest", async () => {
+    const s = await sshGuest();
+    await sshHost(s);
+    const kex = await s.sshd.proc.waitFor(() => {
+      const lines = s.sshd.proc.stderr.filter((l) => /kex: (client->server|server->client) cipher:/.test(l));
+      return lines.length >= 2 ? lines : undefined;
+    }, "sshd to log the negotiated ciphers");
+    for (const line of kex) expect(line).toMatch(/cipher: aes128-gcm@openssh\.com MAC: <implicit> compression: none/);
+  });
+
   e2eTest("half-close both ways over SSH", async () => {
     const s = await sshGuest();
     const host = await sshHost(s);
