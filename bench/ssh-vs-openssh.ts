@@ -21,21 +21,21 @@ const DURATION = Number(flag("duration", "5"));
 const EXTRA = args.includes("--reverse") ? ["-R"] : [];
 const BINARIES = flag("binary", "").split(",").filter(Boolean);
 
-/** utime + stime (ticks of 10 ms) and context switches of a process. */
-function usage(pid: number): { ticks: number; switches: number } {
+/** utime + stime (ticks of 10 ms), stime alone, and context switches of a process. */
+function usage(pid: number): { ticks: number; sys: number; switches: number } {
   try {
     return readUsage(pid);
   } catch {
-    return { ticks: 0, switches: 0 }; // exited
+    return { ticks: 0, sys: 0, switches: 0 }; // exited
   }
 }
 
-function readUsage(pid: number): { ticks: number; switches: number } {
+function readUsage(pid: number): { ticks: number; sys: number; switches: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const sw = [...status.matchAll(/(?:non)?voluntary_ctxt_switches:\s+(\d+)/g)].reduce((a, m) => a + Number(m[1]), 0);
-  return { ticks: Number(f[11]) + Number(f[12]), switches: sw };
+  return { ticks: Number(f[11]) + Number(f[12]), sys: Number(f[12]), switches: sw };
 }
 
 /** The guest's sshd session processes (not the listener), by pid. */
@@ -106,20 +106,22 @@ async function main(): Promise<void> {
       const before = new Set(sshdSessions(guest.ns));
       const { pid, stop } = await side.start(hostPort);
       try {
-        // The session's process (sshd's pre-authentication child has left by now).
-        const sessions = sshdSessions(guest.ns).filter((p) => !before.has(p) && usage(p).ticks > 0);
+        const sessions = sshdSessions(guest.ns).filter((p) => !before.has(p));
         const u0 = { host: usage(pid), sshd: sessions.map(usage) };
         const t0 = performance.now();
         const { gbps } = await iperf(server, hostPort, "127.0.0.1", EXTRA, DURATION);
         const seconds = (performance.now() - t0) / 1000;
-        const host = (usage(pid).ticks - u0.host.ticks) / seconds;
+        const hostAfter = usage(pid);
+        const host = (hostAfter.ticks - u0.host.ticks) / seconds;
+        const hostSwitches = hostAfter.switches - u0.host.switches;
+        const hostSys = (hostAfter.sys - u0.host.sys) / seconds;
         const after = sessions.map(usage);
-        const sshdCpu = after.reduce((a, u, i) => a + u.ticks - u0.sshd[i]!.ticks, 0) / seconds;
-        const switches = after.reduce((a, u, i) => a + u.switches - u0.sshd[i]!.switches, 0);
-        if (after.some((u) => u.ticks === 0 && u.switches === 0)) console.log("  (an sshd process left during the run)");
+        // (A process that left meanwhile, sshd's pre-authentication child, counts nothing.)
+        const sshdCpu = after.reduce((a, u, i) => a + Math.max(0, u.ticks - u0.sshd[i]!.ticks), 0) / seconds;
+        const switches = after.reduce((a, u, i) => a + Math.max(0, u.switches - u0.sshd[i]!.switches), 0);
         const gbit = gbps * seconds;
-        console.log(`${side.name.padEnd(14)} ${gbps.toFixed(2)} Gbit/s; host side ${host.toFixed(0)}% of a core (${(host / gbps).toFixed(1)}% per Gbit/s); ` +
-          `sshd ${sshdCpu.toFixed(0)}% (${(sshdCpu / gbps).toFixed(1)}% per Gbit/s), ${(switches / gbit).toFixed(0)} context switches per Gbit`);
+        console.log(`${side.name.padEnd(14)} ${gbps.toFixed(2)} Gbit/s; host side ${host.toFixed(0)}% of a core (${(host / gbps).toFixed(1)}% per Gbit/s, ${(hostSys / gbps).toFixed(1)} of it in the kernel, ` +
+          `${(hostSwitches / gbit).toFixed(0)} context switches per Gbit); sshd ${sshdCpu.toFixed(0)}% (${(sshdCpu / gbps).toFixed(1)}% per Gbit/s, ${(switches / gbit).toFixed(0)} switches per Gbit)`);
       } finally {
         await stop();
       }
