@@ -3,9 +3,10 @@
 import { describe, expect } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
+import * as net from "node:net";
 import { join } from "node:path";
 import {
-  e2eTest, echoRoundTrip, exchange, freePort, Guest, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd, answerAfterEOF } from "./harness.ts";
+  e2eTest, echoRoundTrip, exchange, freePort, Guest, rssMiB, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd, answerAfterEOF } from "./harness.ts";
 
 useHarness();
 
@@ -64,6 +65,33 @@ describe("SSH forwarder", () => {
       return lines.length >= 2 ? lines : undefined;
     }, "sshd to log the negotiated ciphers");
     for (const line of kex) expect(line).toMatch(/cipher: aes128-gcm@openssh\.com MAC: <implicit> compression: none/);
+  });
+
+  e2eTest("a host client that stops reading holds the guest back by the SSH window (the agent does not buffer the flood), and gets the rest once it reads again", async () => {
+    const s = await sshGuest();
+    const host = await sshHost(s);
+    const port = await freePort();
+    await s.guest.startServer("source", [["127.0.0.1", port]]); // writes as fast as it is read, forever
+    await host.waitForForwarding(port);
+
+    const socket = net.connect({ host: "127.0.0.1", port });
+    socket.pause();
+    await new Promise((r) => socket.once("connect", r));
+    // Long enough for sshd to send far more than the 2 MiB window if nothing held it back.
+    await Bun.sleep(3000);
+    expect(rssMiB(host.proc.child.pid!)).toBeLessThan(200);
+    // Reading again, the window opens again (ssh2's drain hook): 64 MiB more arrive.
+    let received = 0;
+    await new Promise<void>((resolve, reject) => {
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.length;
+        if (received >= 64 << 20) resolve();
+      });
+      socket.once("error", reject);
+      socket.once("end", () => reject(new Error(`EOF after ${received} bytes`)));
+      socket.resume();
+    });
+    socket.destroy();
   });
 
   e2eTest("half-close both ways over SSH", async () => {
