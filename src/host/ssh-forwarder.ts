@@ -1,6 +1,7 @@
 // The SSH data path: each accepted host connection becomes one `direct-tcpip` channel (or
 // `direct-streamlocal` for a guest unix socket) of the one SSH connection. SSH channels have
-// EOF of their own, so half-close works both ways; pipe() gives backpressure both ways.
+// EOF of their own, so half-close works both ways. Backpressure both ways: pipe() host to
+// guest, the SSH window held by a full socket guest to host (deliverStraight below).
 import type * as net from "node:net";
 import type { ClientChannel } from "ssh2";
 import { parseHostPort } from "../core/address.ts";
