@@ -7,6 +7,7 @@
 import { mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { e2eBlocker, Guest, PORTHOLE, runCleanups, startHostAgent } from "../test/lab.ts";
+import { missingSettings } from "../src/runtime/allocator.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -21,7 +22,9 @@ const PROF = args.includes("--prof");
 /** A command run on the agent during each churn window ({pid} replaced), stopped with SIGINT: `strace -c -f -p {pid}`, `perf record -g -p {pid}`. */
 const EXEC = flag("exec", "");
 const FIXTURES = join(import.meta.dir, "../test/fixtures/servers.ts");
-process.env.MIMALLOC_PURGE_DELAY ??= "2000";
+// The agents' start-up settings, set here so that they need not restart themselves for them
+// (runtime/allocator.ts), which the profiler does not survive.
+Object.assign(process.env, missingSettings(process.env));
 
 /** Each thread's ticks, by "tid name". */
 function threadTicks(pid: number): Map<string, number> {

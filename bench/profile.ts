@@ -10,6 +10,7 @@ import { mkdirSync, readFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
 import { e2eBlocker, freePort, Guest, runCleanups, startHostAgent } from "../test/lab.ts";
+import { missingSettings } from "../src/runtime/allocator.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -21,15 +22,31 @@ const DURATION = flag("duration", "8");
 const OUT = flag("out", "/tmp/porthole-profile");
 const UDP = flag("udp", "");
 const MAIN = join(import.meta.dir, "../src/cli/main.ts");
-// Set here, the agents need not restart themselves for it (runtime/allocator.ts), which the
-// profiler does not survive.
-process.env.MIMALLOC_PURGE_DELAY ??= "2000";
+// The agents' start-up settings (runtime/allocator.ts), given to them here so that they need
+// not restart themselves for them, which the profiler does not survive; only to the agents:
+// glibc's memcpy choice would change sshd's and iperf3's CPU as well.
+const AGENT_ENV = missingSettings(process.env);
+const envCommand = Object.entries(AGENT_ENV).map(([k, v]) => `${k}=${v}`);
 
 /** utime + stime (clock ticks, 100 per second) and minor page faults of a process. */
 function stat(pid: number): { ticks: number; minflt: number } {
   const text = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = text.slice(text.lastIndexOf(")") + 2).split(" ");
   return { ticks: Number(f[11]) + Number(f[12]), minflt: Number(f[7]) };
+}
+
+/** CPU ticks of the guest's sshd processes, by pid (the SSH forwarder's peer: is it the ceiling?). */
+function sshdTicks(netns: string): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const pid of (spawnSync("ip", ["netns", "pids", netns], { encoding: "utf8" }).stdout ?? "").split("\n").filter(Boolean)) {
+    try {
+      if (!readFileSync(`/proc/${pid}/comm`, "utf8").startsWith("sshd")) continue;
+      out.set(Number(pid), stat(Number(pid)).ticks);
+    } catch {
+      // exited
+    }
+  }
+  return out;
 }
 
 /** The kernel's `Udp:` counters (/proc/net/snmp) in this namespace or in `netns`. */
@@ -50,8 +67,11 @@ async function main(): Promise<void> {
   if (blocker) throw new Error(blocker);
   mkdirSync(OUT, { recursive: true });
   // --no-prof: the same run without the profiler (its own cost), for CPU and page-fault figures.
-  const profiled = (name: string) =>
-    args.includes("--no-prof") ? [process.execPath, MAIN] : [process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${OUT}`, `--cpu-prof-name=${name}.md`, MAIN];
+  const profiled = (name: string) => [
+    "env",
+    ...envCommand,
+    ...(args.includes("--no-prof") ? [process.execPath, MAIN] : [process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${OUT}`, `--cpu-prof-name=${name}.md`, MAIN]),
+  ];
   const guest = Guest.create();
   const { guestIP } = guest.linkToHost();
   const sshd = FORWARDER === "ssh" ? await guest.startSshd() : undefined;
@@ -76,6 +96,7 @@ async function main(): Promise<void> {
   const extra = UDP ? ["-u", "-b", UDP, "-l", "1400", "-w", "4M"] : args.includes("--reverse") ? ["-R"] : [];
   const pids = { host: host.proc.child.pid!, guest: guestAgent.child.pid! };
   const before = { host: stat(pids.host), guest: stat(pids.guest) };
+  const sshdBefore = sshd ? sshdTicks(guest.ns) : new Map<number, number>();
   const started = performance.now();
   if (CONNS) {
     let conns = 0;
@@ -120,6 +141,11 @@ async function main(): Promise<void> {
     const cpu = (after.ticks - before[side].ticks) / seconds; // % of a core
     const faults = after.minflt - before[side].minflt;
     console.log(`  ${side} agent: ${cpu.toFixed(0)}% of a core, ${(cpu / gbps).toFixed(1)}% per Gbit/s, ${(faults / ((gbps * seconds * 1e9) / 8 / 4096)).toFixed(2)} page faults per 4 KiB carried`);
+  }
+  if (sshd) {
+    let ticks = 0;
+    for (const [pid, after] of sshdTicks(guest.ns)) ticks += after - (sshdBefore.get(pid) ?? 0);
+    console.log(`  guest sshd: ${(ticks / seconds).toFixed(0)}% of a core, ${(ticks / seconds / gbps).toFixed(1)}% per Gbit/s`);
   }
   }
   // SIGINT: the agents exit through their own handlers, and the profiler writes at exit.

@@ -1,6 +1,7 @@
 // The SSH data path: each accepted host connection becomes one `direct-tcpip` channel (or
 // `direct-streamlocal` for a guest unix socket) of the one SSH connection. SSH channels have
-// EOF of their own, so half-close works both ways; pipe() gives backpressure both ways.
+// EOF of their own, so half-close works both ways. Backpressure both ways: pipe() host to
+// guest, the SSH window held by a full socket guest to host (deliverStraight below).
 import type * as net from "node:net";
 import type { ClientChannel } from "ssh2";
 import { parseHostPort } from "../core/address.ts";
@@ -72,7 +73,7 @@ export class SshForwarder {
 function bridgeChannel(socket: net.Socket, channel: ClientChannel): void {
   batchWrites(socket); // the channel delivers packet by packet
   socket.pipe(channel);
-  channel.pipe(socket);
+  deliverStraight(channel, socket);
   socket.resume();
   channel.on("error", () => resetSocket(socket));
   socket.once("error", () => channel.close());
@@ -84,4 +85,28 @@ function bridgeChannel(socket: net.Socket, channel: ClientChannel): void {
     socket.unpipe(channel);
     socket.on("data", () => resetSocket(socket));
   });
+}
+
+/** ssh2's channel, as far as its receive hook is used here. */
+interface ChannelInternals {
+  push(chunk: Buffer | null): boolean;
+  _read(n: number): void;
+}
+
+// Guest to client without the channel's Readable stream: ssh2 hands every CHANNEL_DATA payload
+// to channel.push(), which here writes it to the socket. A full socket answers false, and ssh2
+// then holds the guest's window until its _read() hook runs, on the socket's drain: the same
+// backpressure as pipe(), without a stream buffer, 'data' events and pause/resume between.
+// EOF (push(null)) still goes through the stream, so 'end' follows the last byte.
+function deliverStraight(channel: ClientChannel, socket: net.Socket): void {
+  const inner = channel as unknown as ChannelInternals;
+  const push = inner.push.bind(channel);
+  inner.push = (chunk) => {
+    if (chunk === null) return push(null);
+    if (socket.destroyed || socket.writableEnded) return true;
+    return socket.write(chunk);
+  };
+  socket.on("drain", () => inner._read(0));
+  channel.once("end", () => socket.end());
+  channel.resume(); // flowing, so that 'end' comes once EOF is pushed
 }

@@ -10,6 +10,7 @@ import { supportedSshCiphers } from "../runtime/ssh-ciphers.ts";
 import { dialTransport } from "../transport/dial.ts";
 import { batchWrites } from "../transport/write-batching.ts";
 import { checkHostKey, HostKeyMismatch } from "./known-hosts.ts";
+import { sendChannelDataInPlace } from "./ssh-gcm-send.ts";
 
 export interface SshCandidate {
   address: TransportAddress;
@@ -135,6 +136,7 @@ export class SshLink {
         reject(mismatch ?? err);
       });
       client.connect(config);
+      sendChannelDataInPlace(client); // ssh2 is pinned; its own path stays behind as the fallback
     });
   }
 }

@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
 import {
-  e2eTest, echoRoundTrip, exchange, freePort, Guest, socketOutcome, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd, answerAfterEOF } from "./harness.ts";
+  e2eTest, echoRoundTrip, exchange, freePort, Guest, rssMiB, socketOutcome, sshChannels, startHostAgent, useHarness, type HostAgentProc, type Sshd, answerAfterEOF } from "./harness.ts";
 
 useHarness();
 
@@ -71,6 +71,43 @@ describe("SSH forwarder", () => {
     const said = host.events.filter((e) => e.type === "warning" && String(e.message).includes("administratively prohibited"));
     expect(said).toHaveLength(1);
     expect(String(said[0]!.message)).toContain("AllowTcpForwarding");
+  });
+
+  e2eTest("sshd agrees on aes128-gcm@openssh.com both ways with the agent (sshd's kex log), the cipher this runtime does fastest", async () => {
+    const s = await sshGuest();
+    await sshHost(s);
+    const kex = await s.sshd.proc.waitFor(() => {
+      const lines = s.sshd.proc.stderr.filter((l) => /kex: (client->server|server->client) cipher:/.test(l));
+      return lines.length >= 2 ? lines : undefined;
+    }, "sshd to log the negotiated ciphers");
+    for (const line of kex) expect(line).toMatch(/cipher: aes128-gcm@openssh\.com MAC: <implicit> compression: none/);
+  });
+
+  e2eTest("a host client that stops reading holds the guest back by the SSH window (the agent does not buffer the flood), and gets the rest once it reads again", async () => {
+    const s = await sshGuest();
+    const host = await sshHost(s);
+    const port = await freePort();
+    await s.guest.startServer("source", [["127.0.0.1", port]]); // writes as fast as it is read, forever
+    await host.waitForForwarding(port);
+
+    const socket = net.connect({ host: "127.0.0.1", port });
+    socket.pause();
+    await new Promise((r) => socket.once("connect", r));
+    // Long enough for sshd to send far more than the 2 MiB window if nothing held it back.
+    await Bun.sleep(3000);
+    expect(rssMiB(host.proc.child.pid!)).toBeLessThan(200);
+    // Reading again, the window opens again (ssh2's drain hook): 64 MiB more arrive.
+    let received = 0;
+    await new Promise<void>((resolve, reject) => {
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.length;
+        if (received >= 64 << 20) resolve();
+      });
+      socket.once("error", reject);
+      socket.once("end", () => reject(new Error(`EOF after ${received} bytes`)));
+      socket.resume();
+    });
+    socket.destroy();
   });
 
   e2eTest("half-close both ways over SSH", async () => {
