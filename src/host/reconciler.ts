@@ -59,6 +59,9 @@ export class Reconciler {
   }
 
   reconcile(ports: PortSet): void {
+    // Destroyed (the agent stopping while it waits for its relays to reset): a late guest
+    // event must not open listeners again (a unix forward would leave its socket file behind).
+    if (this.destroyed) return;
     this.ports = ports;
     const plan = planForwards(ports.values(), this.rules, this.options);
     for (const [key, forward] of this.active) {
@@ -129,7 +132,10 @@ export class Reconciler {
   }
 
   /** Closes every forward and what it carries (agent shutdown). */
+  private destroyed = false;
+
   destroy(): void {
+    this.destroyed = true;
     for (const forward of [...this.active.values(), ...this.closing]) forward.destroy();
     this.closing.clear();
     for (const reverse of [...this.reverses.values(), ...this.closingReverses]) reverse.destroy();
