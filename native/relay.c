@@ -1218,6 +1218,19 @@ static void greet_check(struct relay *r, struct relay **ready, uint32_t events) 
 }
 
 /* A stream accepted on listener li: it waits for its header (see above). */
+/* A listener's new connection goes to JavaScript as its fd (REC_HANDOFF); `r`, not started, is freed. */
+static void hand_to_js(int li, int fd, struct relay *r) {
+  struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
+  __atomic_fetch_add(&listeners[li].handed, 1, __ATOMIC_RELAXED);
+  post(rec);
+  if (!r) return;
+  dir_free(&r->d[0]);
+  dir_free(&r->d[1]);
+  free(r->fr);
+  free(r->hello);
+  free(r);
+}
+
 static void greet_start(int li, int fd, struct relay **ready) {
   struct listener *l = &listeners[li];
   struct relay *r = calloc(1, sizeof *r);
@@ -1241,20 +1254,7 @@ static void greet_start(int li, int fd, struct relay **ready) {
       pthread_mutex_unlock(&lock);
     }
   }
-  if (e) {
-    /* Out of memory or relay slots: JavaScript's data server takes this one. */
-    struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
-    __atomic_fetch_add(&l->handed, 1, __ATOMIC_RELAXED);
-    post(rec);
-    if (r) {
-      dir_free(&r->d[0]);
-      dir_free(&r->d[1]);
-      free(r->fr);
-      free(r->hello);
-      free(r);
-    }
-    return;
-  }
+  if (e) { hand_to_js(li, fd, r); return; } /* out of memory or relay slots: JavaScript's data server takes this one */
   r->greeting = 1;
   struct epoll_event ev = side_event(r, 1, EPOLLIN | EPOLLRDHUP | EPOLLET);
   if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) { greet_handoff(r); return; }
@@ -1303,19 +1303,7 @@ static void forward_start(int li, int fd, struct relay **ready) {
       pthread_mutex_unlock(&lock);
     }
   }
-  if (e) {
-    struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
-    __atomic_fetch_add(&l->handed, 1, __ATOMIC_RELAXED);
-    post(rec);
-    if (r) {
-      dir_free(&r->d[0]);
-      dir_free(&r->d[1]);
-      free(r->fr);
-      free(r->hello);
-      free(r);
-    }
-    return;
-  }
+  if (e) { hand_to_js(li, fd, r); return; } /* no target, or no memory or slot: JavaScript routes it */
   __atomic_fetch_add(&l->carried, 1, __ATOMIC_RELAXED);
   e = dial_connect(r);
   if (e) { dial_failed(r, e); return; }

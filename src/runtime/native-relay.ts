@@ -225,6 +225,18 @@ export class NativeRelayLoop {
   }
 
   /** Closes an fd the relay handed over that nobody will adopt. */
+  /** A listener's connection handed to JavaScript, as a socket (closed, so lost, where the runtime will not adopt it). */
+  adopt(fd: number, onSocket: (socket: net.Socket) => void): void {
+    let socket: net.Socket;
+    try {
+      socket = socketFromFd(fd, true);
+    } catch {
+      this.shim.close(fd);
+      return;
+    }
+    onSocket(socket);
+  }
+
   closeFd(fd: number): void {
     this.shim.close(fd);
   }

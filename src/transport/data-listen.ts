@@ -8,7 +8,6 @@ import * as fs from "node:fs";
 import type * as net from "node:net";
 import * as path from "node:path";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
-import { socketFromFd } from "../runtime/fd-socket.ts";
 import { LISTEN_BACKLOG } from "../runtime/listen-backlog.ts";
 import { check } from "../runtime/native-api.ts";
 import { loadNative } from "../runtime/native.ts";
@@ -66,16 +65,7 @@ export async function listenDataNatively(address: TransportAddress, options: Nat
   let id: number;
   try {
     id = native.loop.dataListen(fd, options.secret, options.vsockAnyCid ? -1 : VMADDR_CID_HOST, native.copy, HEADER_MS, options.dialMs, {
-      handoff: (conn) => {
-        let socket: net.Socket;
-        try {
-          socket = socketFromFd(conn, true);
-        } catch {
-          shim.close(conn); // the runtime would not adopt it: this stream is lost, the endpoint goes on
-          return;
-        }
-        options.onHandoff(socket);
-      },
+      handoff: (conn) => native.loop.adopt(conn, options.onHandoff),
       dialFailed: (err) => {
         const { code, message } = native.loop.errnoText(err);
         options.onDialFailed(Object.assign(new Error(message), { code, errno: -err }));

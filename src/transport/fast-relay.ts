@@ -364,16 +364,7 @@ export function acceptNatively(
   let id: number;
   try {
     id = native.forwardListen(fd, copyMode, timeoutMs, {
-      handoff: (conn) => {
-        let socket: net.Socket;
-        try {
-          socket = socketFromFd(conn, true);
-        } catch {
-          native.closeFd(conn); // the runtime would not adopt it: this client is lost, the forward goes on
-          return;
-        }
-        on.onHandoff(socket);
-      },
+      handoff: (conn) => native.adopt(conn, on.onHandoff),
       dialed: (relay) => {
         // A stand-in for the client's socket: the relay owns the connection.
         const stand = { closed: true, destroyed: true, destroy() {} } as unknown as net.Socket;
