@@ -33,8 +33,9 @@ describe("UDP over the data path", () => {
     const host = startHostAgent(guest, []);
     await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
     const port = await freePort();
-    // One child per datagram echoes it with cat; -b lets a 60,000-byte datagram through whole.
-    guest.spawn(["socat", "-b", "65536", `UDP4-RECVFROM:${port},bind=127.0.0.1,fork`, "EXEC:cat"], "socat");
+    // One child per datagram echoes it through a pipe of its own; -b lets a 60,000-byte datagram through whole.
+    // (Not EXEC:cat: cat may read a large datagram from its pipe in two parts and socat then sends two datagrams.)
+    guest.spawn(["socat", "-b", "65536", `UDP4-RECVFROM:${port},bind=127.0.0.1,fork`, "PIPE"], "socat");
     await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
     const sent = [1, 2, 3, 100, 1399, 1400, 1401, 8192, 9000, 16_384, 30_000, 60_000].map((n, i) => {
       const d = Buffer.alloc(n, i + 65);
