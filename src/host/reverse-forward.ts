@@ -31,6 +31,7 @@ export class ReverseForward {
     private readonly client: PortholeClient,
     private readonly report: Report,
     private readonly warn: (message: string) => void = () => {},
+    private readonly maxConnections = MAX_REVERSE_CONNECTIONS,
   ) {
     this.open();
   }
@@ -94,11 +95,13 @@ export class ReverseForward {
   }
 
   private connect(id: string): void {
-    if (this.sockets.size >= MAX_REVERSE_CONNECTIONS) {
+    if (this.sockets.size >= this.maxConnections) {
       // Not claimed: the guest agent drops its client after its claim timeout.
-      return this.sayOnce("cap", `reverse ${this.plan.guestSocket}: ${MAX_REVERSE_CONNECTIONS} connections are open, the limit; further ones are refused until some close`);
+      return this.sayOnce("cap", `reverse ${this.plan.guestSocket}: ${this.maxConnections} connections are open, the limit; further ones are refused until some close`);
     }
     const socket = net.connect({ path: this.plan.hostSocket, allowHalfOpen: true });
+    let connected = false;
+    socket.once("connect", () => (connected = true));
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
     const call = this.client.ReverseTunnel();
@@ -106,7 +109,7 @@ export class ReverseForward {
     bridgeSocket(socket, call, id);
     socket.once("error", (err: NodeJS.ErrnoException) => {
       resetSocket(socket);
-      if (!socket.connecting && socket.bytesWritten + socket.bytesRead > 0) return; // a connection's own end, not the dial
+      if (connected) return; // a connection's own end, not the dial
       this.sayOnce(
         `dial ${err.code ?? err.message}`,
         `reverse ${this.plan.guestSocket}: cannot connect to the host socket ${this.plan.hostSocket} (${err.code ?? err.message}); ` +
