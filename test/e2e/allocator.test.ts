@@ -1,7 +1,7 @@
 // The agents run with mimalloc's purge delay raised (runtime/allocator.ts): without it, every
 // freed relay buffer went back to the kernel and was faulted in again on the next chunk. On
 // x86-64 they also raise glibc's rep-movsb threshold (slow copies on AMD at some alignments).
-import { describe, expect } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { arch } from "node:process";
@@ -24,8 +24,10 @@ describe("allocator", () => {
     expect(environ(host.proc.child.pid!)).toContain("BUN_GC_TIMER_DISABLE=1");
   });
 
-  e2eTest("on x86-64 both agents run with a GLIBC_TUNABLES that the system's glibc takes (ld.so --list-tunables shows the threshold)", async () => {
-    if (arch !== "x64") return; // the tunable is x86's; aarch64 agents are checked to run without it (test/runtime)
+  // The tunable is x86's (aarch64 agents are checked to run without it in test/runtime): elsewhere
+  // this test is skipped by name, not passed.
+  const onX64 = arch === "x64" ? e2eTest : test.skip;
+  onX64("on x86-64 both agents run with a GLIBC_TUNABLES that the system's glibc takes (ld.so --list-tunables shows the threshold)", async () => {
     const guest = Guest.create();
     const guestAgent = await guest.startAgent();
     const host = startHostAgent(guest);
