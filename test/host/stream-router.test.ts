@@ -13,6 +13,7 @@ import { DirectPaths, type GuestOffer } from "../../src/host/direct-paths.ts";
 import type { GrpcForwarder } from "../../src/host/grpc-forwarder.ts";
 import { StreamRouter } from "../../src/host/stream-router.ts";
 import type { HelloResponse } from "../../src/proto/guest-service.ts";
+import { waitUntil } from "../wait.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -69,6 +70,30 @@ describe("the stream router", () => {
     expect(changes[0]).toMatchObject({ path: "fast", state: "unusable" });
     expect(router.pathFor(p)).toBe("grpc");
     expect(router.traffic()).toMatchObject({ fast: { fallbacks: 1, connections: 0 }, grpc: { connections: 3 } });
+    router.stop();
+  });
+
+  test("a path that fails after its client is gone (reset already) is still said once and backed off", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "porthole-router-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const agent = join(dir, "guest.sock");
+    writeFileSync(`${agent}.data`, ""); // exists, but nothing listens: the dial fails
+    const events: HostEvent[] = [];
+    const { grpc, handed } = fakeGrpc();
+    const router = new StreamRouter("fast", { kind: "unix", path: agent }, grpc, undefined, (e) => events.push(e));
+    router.setGuest(hello({ data_endpoints: [`unix://${agent}.data`] }));
+    const p = plan("127.0.0.1:80");
+    const server = net.createServer((s) => {
+      router.forwardStream(s, p);
+      s.destroy(); // gone before the dial's answer
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    cleanups.push(() => server.close());
+    net.connect((server.address() as net.AddressInfo).port, "127.0.0.1").on("error", () => {});
+    await waitUntil("the failure to be said", () => events.some((e) => e.type === "path-changed"));
+    expect(events.filter((e) => e.type === "path-changed")).toHaveLength(1);
+    expect(router.pathFor(p)).toBe("grpc"); // backed off: the next connection does not try it blind
+    expect(handed).toHaveLength(0); // nothing left to hand on
     router.stop();
   });
 
