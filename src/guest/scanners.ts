@@ -46,6 +46,9 @@ const MAX_RECORDS = 65536;
 const UDP_EVERY = 5;
 /** Where the runtime cannot watch the netlink socket: how often to look for destroy events. */
 const EVENT_POLL_MS = 10;
+/** A destroy-event subscription the runtime drops more often than this is polled instead. */
+const MAX_RENEWALS = 10;
+const RENEWAL_WINDOW_MS = 1000;
 
 export function procNetScanner(dir = "/proc/net"): Scanner {
   return { name: `/proc/net (${dir})`, scan: () => scanProcNet(dir) };
@@ -135,39 +138,57 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
  * watched by the event loop (or polled where it cannot): a closed listener or unconnected UDP
  * socket names its port (looked at alone, if the state has a socket there); connected
  * sockets closing (every forwarded connection) are skipped; anything unreadable means scan
- * that protocol whole.
+ * that protocol whole, and so does an overrun (after which a fresh subscription is watched).
  */
 function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void): () => void {
   const stops = (["tcp", "udp"] as const).map((protocol) => {
     const whole = protocol === "tcp" ? EVENT_TCP : EVENT_UDP;
     const onClose = () => onBatch({ ports: [], whole });
-    // 4: connected sockets' closes (every connection the guest closes) are dropped in the kernel.
-    const fd = shim.diagSubscribeTo(whole | 4);
-    if (fd < 0) return () => {};
-    // The runtime's event loop watches the netlink socket like any socket. Where the runtime
-    // will not adopt the fd, poll it instead.
-    let socket: import("node:net").Socket;
-    try {
-      socket = socketFromFd(fd);
-    } catch {
-      return pollEvents(shim, fd, onClose);
-    }
-    let stopPolling: (() => void) | undefined;
-    socket.on("data", (chunk: Buffer) => {
-      const closed = closedListeners(chunk);
-      if (!closed) return onClose();
-      if (!closed.length) return;
-      onBatch({ ports: closed.map((c) => ({ protocol, port: c.port, families: c.family === 4 ? 1 : 2, closeOnly: true })), whole: 0 });
-    });
-    socket.once("error", () => {
-      // The runtime closed that fd (a burst overran the socket, ENOBUFS): something did
-      // close, so re-scan, and go on with a fresh subscription, polled. Never touch the old
-      // fd number again: it may already belong to another socket.
-      onClose();
-      const fresh = shim.diagSubscribeTo(whole | 4);
-      if (fresh >= 0) stopPolling = pollEvents(shim, fresh, onClose);
-    });
-    return () => (stopPolling ? stopPolling() : socket.destroy());
+    let stopped = false;
+    let stopCurrent = () => {};
+    const renewals: number[] = [];
+    const subscribe = (): void => {
+      // 4: connected sockets' closes (every connection the guest closes) are dropped in the kernel.
+      const fd = shim.diagSubscribeTo(whole | 4);
+      if (fd < 0) return;
+      // The runtime's event loop watches the netlink socket like any socket. Where the runtime
+      // will not adopt the fd (or keeps dropping it), poll it instead.
+      let socket: import("node:net").Socket;
+      try {
+        socket = socketFromFd(fd);
+      } catch {
+        stopCurrent = pollEvents(shim, fd, onClose);
+        return;
+      }
+      socket.on("data", (chunk: Buffer) => {
+        const closed = closedListeners(chunk);
+        if (!closed) return onClose();
+        if (!closed.length) return;
+        onBatch({ ports: closed.map((c) => ({ protocol, port: c.port, families: c.family === 4 ? 1 : 2, closeOnly: true })), whole: 0 });
+      });
+      socket.once("error", () => {});
+      socket.once("close", () => {
+        if (stopped) return;
+        // The runtime closed that fd: a burst of closes overran the socket (ENOBUFS). Something
+        // closed, so scan this protocol whole once, and go on with a fresh subscription, still
+        // watched by the event loop (never the old fd number again: it may be another socket's
+        // by now). A poll in its place would cost a wake-up every 10 ms and a whole scan per
+        // close from then on: a tenth of a core under a churn of binds.
+        onClose();
+        const now = Date.now();
+        while (renewals.length && now - renewals[0]! > RENEWAL_WINDOW_MS) renewals.shift();
+        renewals.push(now);
+        if (renewals.length <= MAX_RENEWALS) return subscribe();
+        const fresh = shim.diagSubscribeTo(whole | 4);
+        if (fresh >= 0) stopCurrent = pollEvents(shim, fresh, onClose);
+      });
+      stopCurrent = () => socket.destroy();
+    };
+    subscribe();
+    return () => {
+      stopped = true;
+      stopCurrent();
+    };
   });
   return () => stops.forEach((stop) => stop());
 }

@@ -6,7 +6,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { e2eTest, freePort, Guest, refusedSoon, runPorthole, startHostAgent, tryConnect, useHarness, type Proc } from "./harness.ts";
-import { defer, Proc as Child } from "../lab.ts";
+import { defer, Proc as Child, traceCalls } from "../lab.ts";
 import { waitUntil } from "../wait.ts";
 
 useHarness();
@@ -77,6 +77,29 @@ describe("port detector", () => {
     // A listener closing (the tracepoint's LISTEN -> CLOSE, and the destroy event) ends the forward.
     await tcp.kill();
     expect(await refusedSoon(tcpPort, "127.0.0.1", 5000)).toBe("ECONNREFUSED");
+  });
+
+  e2eTest("a burst of closes that overruns the destroy-event socket leaves the agent event-driven: no 10 ms poll after it (strace), and a UDP close is still noticed", async () => {
+    const { guest, agent, host } = await eventOnlyPair();
+    // 3,000 listeners, closed at once when their process ends: ~3,000 destroy events at once,
+    // more than the netlink socket's buffer holds (the runtime then drops that fd).
+    const script = "import socket,sys\ns=[socket.socket() for _ in range(3000)]\nfor x in s: x.bind(('127.0.0.1',0)); x.listen()\nprint('bound',flush=True)\nsys.stdin.read()";
+    const many = guest.spawn(["sh", "-c", `ulimit -n 8192 && exec /usr/bin/python3 -c "${script}"`], "3,000 listeners", { stdin: true });
+    await many.waitForLine(/^bound/);
+    await many.kill();
+    await Bun.sleep(1000); // the agent takes in the burst
+    // Polling the destroy events would read the socket every 10 ms (~200 recvfrom in 2 s).
+    const stop = await traceCalls(agent.child.pid!, join(guest.dir, "agent.strace"), ["recvfrom"]);
+    await Bun.sleep(2000);
+    const reads = (await stop()).filter((l) => l.includes("recvfrom(")).length;
+    expect(reads).toBeLessThan(40);
+
+    const udpPort = await freePort();
+    const udp = await guest.startServer("udp-bind", [["127.0.0.1", udpPort]]);
+    const isUdp = (type: string) => (e: { type: string; protocol?: unknown; hostAddr?: unknown }) => e.type === type && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${udpPort}`;
+    await host.waitForEvent(isUdp("forwarding"), "the UDP forward", 5000);
+    await udp.kill();
+    await host.waitForEvent(isUdp("stopping"), "the UDP forward to stop (the agent's re-scan is a minute away)", 5000);
   });
 
   e2eTest("--detector poll: the agent says it polls and why, and still forwards a new port", async () => {
