@@ -6,7 +6,7 @@
 import type * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
+import { DatagramBudget, DeliveryReport, STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
 import { connectDatagrams, type DatagramSocket } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 
@@ -22,7 +22,7 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
       stream.off("close", early);
       if (gone) return socket.close();
       stream.write(Buffer.of(STATUS_CONNECTED));
-      const budget = new DatagramBudget(true);
+      const budget = new DatagramBudget(true, STREAM_BUDGET_BYTES);
       let flow: DatagramStream | undefined;
       const report = new DeliveryReport((bytes) => flow?.report(bytes));
       flow = new DatagramStream(

@@ -14,6 +14,8 @@ import { HostForward, type FindOwner, type Listener, type Report, type Traffic, 
 export interface UdpTunnel {
   /** Both ends report what they delivered (`udp_delivered`) and count their budget by it. */
   credited?: boolean;
+  /** The flow's budget in bytes, where not the default for `credited` (a data stream of its own). */
+  budgetBytes?: number;
   write(message: Partial<TunnelMessage>, written?: () => void): boolean;
   end(): void;
   cancel(): void;
@@ -130,7 +132,7 @@ class UdpFlows implements Listener {
     if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
     const tunnel = this.openTunnel(this.plan, key);
     const credited = tunnel.credited === true;
-    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited), toldDropping: false, ended: false };
+    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited, tunnel.budgetBytes), toldDropping: false, ended: false };
     this.flows.set(key, flow);
     const report = credited ? new DeliveryReport((bytes) => flow.ended || tunnel.write({ udp_delivered: bytes })) : undefined;
     tunnel.on("data", (msg: TunnelMessage) => {
