@@ -6,7 +6,7 @@
 import type * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { DatagramBudget, DeliveryReport, STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
+import { DatagramBudget, STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
 import { connectDatagrams, type DatagramSocket } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 
@@ -23,18 +23,19 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
       if (gone) return socket.close();
       stream.write(Buffer.of(STATUS_CONNECTED));
       const budget = new DatagramBudget(true, STREAM_BUDGET_BYTES);
-      let flow: DatagramStream | undefined;
-      const report = new DeliveryReport((bytes) => flow?.report(bytes));
-      flow = new DatagramStream(
+      const flow: DatagramStream = new DatagramStream(
         stream,
         {
           onDatagrams: (datagrams, delivered) => {
             if (delivered) budget.delivered(delivered);
             if (!datagrams.length) return;
-            socket.send(datagrams);
             let bytes = 0;
             for (const d of datagrams) bytes += d.length;
-            if (bytes) report.add(bytes);
+            // Credited as they are handed over, before the send: the host's budget is freed by
+            // the time sendmmsg() has delivered them (on loopback, the server's wake-up too),
+            // not a turn of this loop later (alternating runs: 30-44% lost against 44-52%).
+            if (bytes) flow.report(bytes);
+            socket.send(datagrams);
           },
           onEnd: (bad) => {
             if (bad) onBad(bad);
@@ -44,7 +45,7 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
         initial,
       );
       socket.receive((datagrams) => {
-        for (const d of datagrams) budget.send(d, (done) => (flow!.send(d), done()));
+        for (const d of datagrams) budget.send(d, (done) => (flow.send(d), done()));
       });
     },
     () => {
