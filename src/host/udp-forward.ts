@@ -75,6 +75,7 @@ class UdpFlows implements Listener {
   private bytesOut = 0;
   private dropped = 0;
   private toldUnsendable = false;
+  private toldKernelDrops = false;
   private open = true;
 
   constructor(
@@ -88,6 +89,7 @@ class UdpFlows implements Listener {
     this.sweeper = setInterval(() => {
       try {
         this.expireIdle();
+        this.checkKernelDrops();
       } catch {
         // a flow that cannot be ended now is tried again on the next sweep
       }
@@ -109,7 +111,21 @@ class UdpFlows implements Listener {
   }
 
   traffic(): Traffic {
-    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut, datagramsDropped: this.dropped };
+    const kernel = this.open ? this.socket.kernelDrops() : 0;
+    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut, datagramsDropped: this.dropped + kernel };
+  }
+
+  /** Datagrams lost before the agent read them (its socket's buffer full) count as well, and are said once per forward. */
+  private checkKernelDrops(): void {
+    if (this.toldKernelDrops || !this.open) return;
+    const drops = this.socket.kernelDrops();
+    if (drops === 0) return;
+    this.toldKernelDrops = true;
+    this.warn(
+      `UDP ${this.hostAddr}: the kernel dropped ${drops} datagram(s) at the host socket before the host agent read them ` +
+        "(they came faster than it read: the agent was busy or waited for a CPU). They count in datagramsDropped; " +
+        "lower the sender's rate, or give the host agent more CPU, to lose none.",
+    );
   }
 
   fromClient(data: Buffer, client: UdpPeer): void {

@@ -87,6 +87,12 @@ export class NativeUdpSocket {
     return { receive: out[0]! / 2, send: out[1]! / 2 };
   }
 
+  /** Datagrams the kernel dropped at this socket before they were read (0 where it cannot tell). */
+  kernelDrops(): number {
+    if (this.closed) return 0;
+    return Math.max(0, this.shim.udpDrops(this.fd));
+  }
+
   /** Starts reading: `listener` gets the datagrams of each read, each with its sender (one object per sender in a row). */
   receive(listener: (datagrams: Buffer[], from: UdpPeer[]) => void): void {
     this.onDatagrams = listener;

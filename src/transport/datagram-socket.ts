@@ -24,6 +24,8 @@ export interface DatagramSocket {
   receive(listener: (datagrams: Buffer[], from: UdpPeer[]) => void): void;
   /** To `to` (a sender this socket received from) or, on a connected socket, to its peer. Undeliverable ones are lost. */
   send(datagrams: Buffer[], to?: UdpPeer): void;
+  /** Datagrams the kernel dropped at this socket before they were read (the runtime's sockets cannot tell: 0). */
+  kernelDrops(): number;
   close(): void;
 }
 
@@ -128,6 +130,7 @@ function nativeSocket(socket: NativeUdpSocket): DatagramSocket {
   return {
     receive: (listener) => socket.receive(listener),
     send: (datagrams, to) => socket.send(datagrams, to),
+    kernelDrops: () => socket.kernelDrops(),
     close: () => socket.close(),
   };
 }
@@ -147,6 +150,7 @@ function runtimeSocket(socket: dgram.Socket, connected: boolean): DatagramSocket
         else if (to) socket.send(d, to.port, to.address);
       }
     },
+    kernelDrops: () => 0,
     close: () => {
       if (!open) return;
       open = false;
