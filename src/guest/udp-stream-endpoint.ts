@@ -10,7 +10,8 @@ import { DatagramBudget, STREAM_BUDGET_BYTES } from "../transport/datagram-budge
 import { connectDatagrams, type DatagramSocket } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 
-export function handleUdpDataStream(stream: net.Socket, address: string, initial: Buffer, onBad: (why: string) => void): void {
+/** `warn`: the flow's drops over budget, said at the first and counted at its end. */
+export function handleUdpDataStream(stream: net.Socket, address: string, initial: Buffer, onBad: (why: string) => void, warn: (line: string) => void = () => {}): void {
   const { host, port } = parseHostPort(address);
   const target = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
   let gone = false;
@@ -23,6 +24,9 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
       if (gone) return socket.close();
       stream.write(Buffer.of(STATUS_CONNECTED));
       const budget = new DatagramBudget(true, STREAM_BUDGET_BYTES);
+      // Past the budget (the host agent has not reported the last MiB delivered) a datagram is
+      // dropped, as UDP may: said at the first, counted, and the count said when the flow ends.
+      let dropped = 0;
       const flow: DatagramStream = new DatagramStream(
         stream,
         {
@@ -40,12 +44,21 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
           onEnd: (bad) => {
             if (bad) onBad(bad);
             socket.close();
+            if (dropped) warn(`UDP flow to ${address} ended; ${dropped} datagram(s) from the guest's server were dropped over its budget in all.`);
           },
         },
         initial,
       );
       socket.receive((datagrams) => {
-        for (const d of datagrams) budget.send(d, (done) => (flow.send(d), done()));
+        for (const d of datagrams) {
+          if (budget.send(d, (done) => (flow.send(d), done()))) continue;
+          if (dropped++ === 0) {
+            warn(
+              `UDP flow to ${address}: the guest's server sends faster than the host agent takes its datagrams; ` +
+                "the excess is dropped (as UDP may) rather than queued. Lower the server's rate to lose none.",
+            );
+          }
+        }
       });
     },
     () => {
