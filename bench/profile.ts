@@ -58,6 +58,19 @@ function udpCounters(netns?: string): Record<string, number> {
   return Object.fromEntries(keys.map((k, i) => [k, nums[i]!]));
 }
 
+/** The kernel's drop count of the UDP sockets bound to `port` (/proc/net/udp's last column): per socket, so other work on the machine does not count. */
+function socketDrops(port: number, netns?: string): number {
+  let drops = 0;
+  for (const file of ["/proc/net/udp", "/proc/net/udp6"]) {
+    const text = netns ? spawnSync("ip", ["netns", "exec", netns, "cat", file], { encoding: "utf8" }).stdout : readFileSync(file, "utf8");
+    for (const line of text.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length > 12 && parseInt(f[1]!.split(":")[1]!, 16) === port) drops += Number(f[f.length - 1]);
+    }
+  }
+  return drops;
+}
+
 function counterDelta(before: Record<string, number>, after: Record<string, number>): string {
   return ["InDatagrams", "RcvbufErrors", "SndbufErrors", "InErrors", "OutDatagrams"].map((k) => `${k} +${after[k]! - before[k]!}`).join(", ");
 }
@@ -116,6 +129,7 @@ async function main(): Promise<void> {
     }
   } else {
   const snmpBefore = { host: udpCounters(), guest: udpCounters(guest.ns) };
+  const hostSocketDropsBefore = socketDrops(hostPort);
   // PROFILE_PERF=1: perf's view of both agents (kernel time included) for 4 s of the run.
   if (process.env.PROFILE_PERF) {
     for (const side of ["host", "guest"] as const) {
@@ -126,6 +140,7 @@ async function main(): Promise<void> {
   if (UDP) {
     console.log(`  host namespace Udp: ${counterDelta(snmpBefore.host, udpCounters())} (shared with the machine's other work)`);
     console.log(`  guest namespace Udp: ${counterDelta(snmpBefore.guest, udpCounters(guest.ns))}`);
+    console.log(`  host agent's UDP socket: ${socketDrops(hostPort) - hostSocketDropsBefore} datagrams dropped by the kernel (its receive buffer full)`);
     const r = spawnSync(process.execPath, [MAIN, "status", "--control", join(guest.dir, "state", "control.sock"), "--json"], { encoding: "utf8" });
     try {
       const f = JSON.parse(r.stdout).forwards.find((x: { hostAddr: string; protocol: string }) => x.protocol === "udp" && x.hostAddr === `127.0.0.1:${hostPort}`);

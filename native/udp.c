@@ -110,6 +110,33 @@ int ph_udp_local(int fd, uint8_t *out) {
 }
 
 /*
+ * The socket's receive and send buffers as the kernel set them, in out[0] and out[1] (Linux
+ * reports twice what was granted: it counts its own bookkeeping in). Where a process may not
+ * pass the system's maximum (not root, no CAP_NET_ADMIN), set_buffer() got less than it asked.
+ */
+int ph_udp_buffers(int fd, int32_t *out) {
+  socklen_t len = sizeof out[0];
+  if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &out[0], &len) != 0) return NEG_ERRNO;
+  len = sizeof out[1];
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &out[1], &len) != 0) return NEG_ERRNO;
+  return 0;
+}
+
+/*
+ * How many datagrams the kernel dropped at this socket (its receive buffer full, say): the
+ * socket's own count (SO_MEMINFO's SK_MEMINFO_DROPS, what /proc/net/udp shows as "drops"), so
+ * an agent can count and say the losses that happen before it reads. Returns it or -errno.
+ */
+int ph_udp_drops(int fd) {
+  uint32_t mem[SK_MEMINFO_VARS];
+  socklen_t len = sizeof mem;
+  memset(mem, 0, sizeof mem);
+  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0) return NEG_ERRNO;
+  if (len < sizeof(uint32_t) * (SK_MEMINFO_DROPS + 1)) return -EINVAL;
+  return (int)(mem[SK_MEMINFO_DROPS] & 0x7fffffff);
+}
+
+/*
  * Reads the datagrams waiting (up to `max` and what `cap` bytes hold at 64 KiB each) with one
  * recvmmsg(). They land in buf one after another, without gaps; meta gets 6 u32 per datagram
  * (length, then the sender's 20-byte address). Returns the count, 0 when none is waiting, or

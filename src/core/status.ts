@@ -117,7 +117,7 @@ export function formatStatusTable(status: AgentStatus, now = Date.now()): string
     f.bytesIn === undefined ? "" : bytes(f.bytesIn),
     f.bytesOut === undefined ? "" : bytes(f.bytesOut),
     since(f.since, now),
-    f.lastError ?? f.reason ?? (f.requestedHostAddr ? `${f.requestedHostAddr} was taken` : f.reverse ? "reverse" : f.datagramsDropped ? `${f.datagramsDropped} datagrams dropped (agent channel lagged)` : ""),
+    f.lastError ?? f.reason ?? (f.requestedHostAddr ? `${f.requestedHostAddr} was taken` : f.reverse ? "reverse" : f.datagramsDropped ? `${f.datagramsDropped} datagrams dropped (agent channel or agent lagged)` : ""),
   ]);
   if (!rows.length) return [...lines, "no forwards"].join("\n");
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -149,7 +149,7 @@ export function formatMetrics(status: AgentStatus): string {
     [{ ...id(f), direction: "in" }, f.bytesIn ?? 0] as [Record<string, string | undefined>, number],
     [{ ...id(f), direction: "out" }, f.bytesOut ?? 0] as [Record<string, string | undefined>, number],
   ]));
-  metric("porthole_udp_datagrams_dropped_total", "counter", "UDP datagrams from clients dropped because the agent channel lagged (the flow's budget was spent).", status.forwards.filter((f) => f.datagramsDropped !== undefined).map((f) => [id(f), f.datagramsDropped!]));
+  metric("porthole_udp_datagrams_dropped_total", "counter", "UDP datagrams from clients dropped because the agent channel lagged (the flow's budget was spent) or the host agent read its socket too late (the kernel dropped them).", status.forwards.filter((f) => f.datagramsDropped !== undefined).map((f) => [id(f), f.datagramsDropped!]));
   metric("porthole_path_connections_total", "counter", "Connections by the data path they really took (direct, fast, grpc, ssh).", Object.entries(status.paths ?? {}).map(([path, t]) => [{ path }, t.connections]));
   metric("porthole_path_fallbacks_total", "counter", "Connections that could not take a data path and went by another.", Object.entries(status.paths ?? {}).map(([path, t]) => [{ path }, t.fallbacks]));
   metric("porthole_path_bytes_total", "counter", "Bytes by data path; in = client to guest, out = guest to client.", Object.entries(status.paths ?? {}).flatMap(([path, t]) => [

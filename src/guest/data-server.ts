@@ -53,16 +53,16 @@ export async function serveDataEndpoint(address: TransportAddress, secret: strin
     secret,
     dialMs: NATIVE_DIAL_DEADLINE_MS,
     vsockAnyCid: options.vsockAnyCid,
-    onHandoff: (socket) => handleDataStream(socket, secret, refuse),
+    onHandoff: (socket) => handleDataStream(socket, secret, refuse, options.log),
     onDialFailed: (err) => noteDialError(err, "a target the host asked for"),
     log: refuse,
   });
   if (native) return { address, close: () => native.close(), nativeStats: () => native.stats() };
-  return serveTransport(address, (socket) => handleDataStream(socket, secret, refuse), { ...options, halfOpen: true });
+  return serveTransport(address, (socket) => handleDataStream(socket, secret, refuse, options.log), { ...options, halfOpen: true });
 }
 
-/** Handles one incoming data stream (any transport). `refuse` hears why one was refused. */
-export function handleDataStream(stream: net.Socket, secret: string, refuse: (why: string) => void = () => {}): void {
+/** Handles one incoming data stream (any transport). `refuse` hears why one was refused; `log`, what a UDP flow drops. */
+export function handleDataStream(stream: net.Socket, secret: string, refuse: (why: string) => void = () => {}, log: (line: string) => void = () => {}): void {
   let got: Buffer = Buffer.alloc(0);
   let headerDone = false;
   const timer = setTimeout(() => {
@@ -87,7 +87,7 @@ export function handleDataStream(stream: net.Socket, secret: string, refuse: (wh
     }
     const { target } = header;
     const onBad = (why: string) => refuse(`data path: closed a stream from the host that broke its framing (${why})`);
-    if (target.protocol === "udp") return handleUdpDataStream(stream, target.address, header.rest, onBad);
+    if (target.protocol === "udp") return handleUdpDataStream(stream, target.address, header.rest, onBad, log);
     // A framed stream: the relay thread dials the target, answers the status byte and relays,
     // with no JavaScript between (a failed dial comes back here for its status and event).
     const to = target.protocol === "unix" ? { path: target.address } : parseHostPort(target.address);

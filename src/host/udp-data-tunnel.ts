@@ -6,6 +6,7 @@
 import { EventEmitter } from "node:events";
 import type * as net from "node:net";
 import type { TunnelMessage } from "../proto/guest-service.ts";
+import { STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 import type { UdpTunnel } from "./udp-forward.ts";
 
@@ -13,6 +14,7 @@ const NO_BYTES = Buffer.alloc(0);
 
 export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   readonly credited = true;
+  readonly budgetBytes = STREAM_BUDGET_BYTES;
   private flow: DatagramStream | undefined;
   private waiting: Buffer[] = [];
   private credit = 0;

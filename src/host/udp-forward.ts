@@ -14,6 +14,8 @@ import { HostForward, type FindOwner, type Listener, type Report, type Traffic, 
 export interface UdpTunnel {
   /** Both ends report what they delivered (`udp_delivered`) and count their budget by it. */
   credited?: boolean;
+  /** The flow's budget in bytes, where not the default for `credited` (a data stream of its own). */
+  budgetBytes?: number;
   write(message: Partial<TunnelMessage>, written?: () => void): boolean;
   end(): void;
   cancel(): void;
@@ -73,6 +75,7 @@ class UdpFlows implements Listener {
   private bytesOut = 0;
   private dropped = 0;
   private toldUnsendable = false;
+  private toldKernelDrops = false;
   private open = true;
 
   constructor(
@@ -86,6 +89,7 @@ class UdpFlows implements Listener {
     this.sweeper = setInterval(() => {
       try {
         this.expireIdle();
+        this.checkKernelDrops();
       } catch {
         // a flow that cannot be ended now is tried again on the next sweep
       }
@@ -107,7 +111,21 @@ class UdpFlows implements Listener {
   }
 
   traffic(): Traffic {
-    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut, datagramsDropped: this.dropped };
+    const kernel = this.open ? this.socket.kernelDrops() : 0;
+    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut, datagramsDropped: this.dropped + kernel };
+  }
+
+  /** Datagrams lost before the agent read them (its socket's buffer full) count as well, and are said once per forward. */
+  private checkKernelDrops(): void {
+    if (this.toldKernelDrops || !this.open) return;
+    const drops = this.socket.kernelDrops();
+    if (drops === 0) return;
+    this.toldKernelDrops = true;
+    this.warn(
+      `UDP ${this.hostAddr}: the kernel dropped ${drops} datagram(s) at the host socket before the host agent read them ` +
+        "(they came faster than it read: the agent was busy or waited for a CPU). They count in datagramsDropped; " +
+        "lower the sender's rate, or give the host agent more CPU, to lose none.",
+    );
   }
 
   fromClient(data: Buffer, client: UdpPeer): void {
@@ -130,7 +148,7 @@ class UdpFlows implements Listener {
     if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
     const tunnel = this.openTunnel(this.plan, key);
     const credited = tunnel.credited === true;
-    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited), toldDropping: false, ended: false };
+    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited, tunnel.budgetBytes), toldDropping: false, ended: false };
     this.flows.set(key, flow);
     const report = credited ? new DeliveryReport((bytes) => flow.ended || tunnel.write({ udp_delivered: bytes })) : undefined;
     tunnel.on("data", (msg: TunnelMessage) => {

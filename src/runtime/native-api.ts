@@ -78,6 +78,10 @@ export interface NativeShim {
   udpOpen(local: Uint8Array, peer: Uint8Array, v6only: number, bufferBytes: number): number;
   /** The socket's bound address (20 bytes). */
   udpLocal(fd: number, out: Uint8Array): number;
+  /** SO_RCVBUF and SO_SNDBUF as the kernel reports them (twice what it granted). */
+  udpBuffers(fd: number, out: Int32Array): number;
+  /** Datagrams the kernel dropped at the socket (SO_MEMINFO), or -errno. */
+  udpDrops(fd: number): number;
   /** recvmmsg(): datagrams packed into buf, 6 u32 of meta each (length, sender's address); the count, 0 if none. */
   udpRecv(fd: number, buf: Uint8Array, cap: number, meta: Uint32Array, max: number): number;
   /** sendmmsg(): count datagrams packed in buf (lens), to `to` (family 0: the connected peer); how many were dealt with. */
@@ -127,6 +131,8 @@ export const SIGNATURES = {
   ph_udp_address: { args: ["ptr", "i32", "ptr"], returns: "i32" },
   ph_udp_open: { args: ["ptr", "ptr", "i32", "i32"], returns: "i32" },
   ph_udp_local: { args: ["i32", "ptr"], returns: "i32" },
+  ph_udp_buffers: { args: ["i32", "ptr"], returns: "i32" },
+  ph_udp_drops: { args: ["i32"], returns: "i32" },
   ph_udp_recv: { args: ["i32", "ptr", "i32", "ptr", "i32"], returns: "i32" },
   ph_udp_send: { args: ["i32", "ptr", "ptr", "i32", "ptr"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
@@ -179,6 +185,8 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     udpAddress: (host, port, out) => num("ph_udp_address", host, port, out),
     udpOpen: (local, peer, v6only, bufferBytes) => num("ph_udp_open", local, peer, v6only, bufferBytes),
     udpLocal: (fd, out) => num("ph_udp_local", fd, out),
+    udpBuffers: (fd, out) => num("ph_udp_buffers", fd, out),
+    udpDrops: (fd) => num("ph_udp_drops", fd),
     udpRecv: (fd, buf, cap, meta, max) => num("ph_udp_recv", fd, buf, cap, meta, max),
     udpSend: (fd, buf, lens, count, to) => num("ph_udp_send", fd, buf, lens, count, to),
     errnoName: (err) => String(call("ph_errno_name", err)),

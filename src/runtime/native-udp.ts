@@ -80,6 +80,19 @@ export class NativeUdpSocket {
     return out[2]! | (out[3]! << 8);
   }
 
+  /** The receive and send buffers the kernel granted (it reports twice that: its bookkeeping counts in). */
+  buffers(): { receive: number; send: number } {
+    const out = new Int32Array(2);
+    check(this.shim, this.shim.udpBuffers(this.fd, out), "getsockopt SO_RCVBUF");
+    return { receive: out[0]! / 2, send: out[1]! / 2 };
+  }
+
+  /** Datagrams the kernel dropped at this socket before they were read (0 where it cannot tell). */
+  kernelDrops(): number {
+    if (this.closed) return 0;
+    return Math.max(0, this.shim.udpDrops(this.fd));
+  }
+
   /** Starts reading: `listener` gets the datagrams of each read, each with its sender (one object per sender in a row). */
   receive(listener: (datagrams: Buffer[], from: UdpPeer[]) => void): void {
     this.onDatagrams = listener;

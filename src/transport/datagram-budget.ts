@@ -21,6 +21,16 @@ export const DATAGRAM_BUDGET_BYTES = 512 * 1024;
  * beside TCP").
  */
 export const CREDITED_BUDGET_BYTES = 128 * 1024;
+/**
+ * Credited, on a data stream of the flow's own (transport/datagram-stream.ts): nothing else
+ * waits behind its bytes, so the budget is sized for the credit's round trip, not for other
+ * streams. 128 KiB carries 1 Gbit/s only if the credits come back within 1 ms; through both
+ * agents' event loops on a busy 2-core machine they took ~4 ms, and ~70% of a 1 Gbit/s flood
+ * was dropped over budget while neither agent used half a core (bench/profile.ts --udp 1G,
+ * 2026-11-30). 1 MiB is ~8 ms at a gigabit: the tail a stopped client leaves stays far
+ * shorter than the 4 MiB grown budget's (below), which reached iperf3's next test.
+ */
+export const STREAM_BUDGET_BYTES = 1024 * 1024;
 /*
  * A budget grown by what the far end delivered lately (a bandwidth-delay product, up to
  * 4 MiB) carried more of a 1 Gbit/s flood over a data stream (0.72-0.76 Gbit/s against 0.47),

@@ -24,6 +24,8 @@ export interface DatagramSocket {
   receive(listener: (datagrams: Buffer[], from: UdpPeer[]) => void): void;
   /** To `to` (a sender this socket received from) or, on a connected socket, to its peer. Undeliverable ones are lost. */
   send(datagrams: Buffer[], to?: UdpPeer): void;
+  /** Datagrams the kernel dropped at this socket before they were read (the runtime's sockets cannot tell: 0). */
+  kernelDrops(): number;
   close(): void;
 }
 
@@ -31,11 +33,13 @@ let native: { shim: NativeShim; loop: NativeRelayLoop } | undefined;
 let fallbackReason: string | undefined = "UDP sockets were not prepared";
 let notice: (message: string) => void = () => {};
 let noticed = false;
+let toldBuffers = false;
 
 /** Decides once which sockets carry UDP forwards, and says so through `say` (and later if the native ones give way). */
 export async function prepareDatagrams(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<void> {
   notice = say;
   noticed = false;
+  toldBuffers = false;
   const setting = env.PORTHOLE_NATIVE_UDP ?? "";
   if (setting === "0" || setting === "false") fallbackReason = `PORTHOLE_NATIVE_UDP=${setting}`;
   else {
@@ -98,10 +102,35 @@ export async function connectDatagrams(ip: string, port: number): Promise<Datagr
   return runtimeSocket(socket, true);
 }
 
+/**
+ * Says once when the kernel granted a socket less buffer than asked: a process that may not pass
+ * the system's maximum (not root) gets net.core.rmem_max / wmem_max, often 208 KiB, ~2 ms of a
+ * gigabit flood, which then overflows in the kernel whenever the agent is busy for longer.
+ */
+function checkBuffers(socket: NativeUdpSocket): void {
+  if (toldBuffers) return;
+  let got: { receive: number; send: number };
+  try {
+    got = socket.buffers();
+  } catch {
+    return; // the sizes are advice; a socket that cannot tell still carries datagrams
+  }
+  if (got.receive >= UDP_BUFFER_BYTES && got.send >= UDP_BUFFER_BYTES) return;
+  toldBuffers = true;
+  const kib = (n: number) => `${Math.round(n / 1024)} KiB`;
+  notice(
+    `UDP sockets got ${kib(got.receive)} receive and ${kib(got.send)} send buffers, not the ${kib(UDP_BUFFER_BYTES)} asked ` +
+      "(the system's maximum; only root may pass it): a flood above a few hundred Mbit/s loses datagrams in the kernel whenever the agent is busy. " +
+      `Raise net.core.rmem_max and net.core.wmem_max to ${UDP_BUFFER_BYTES} or more (sysctl), or run the agent as root.`,
+  );
+}
+
 function nativeSocket(socket: NativeUdpSocket): DatagramSocket {
+  checkBuffers(socket);
   return {
     receive: (listener) => socket.receive(listener),
     send: (datagrams, to) => socket.send(datagrams, to),
+    kernelDrops: () => socket.kernelDrops(),
     close: () => socket.close(),
   };
 }
@@ -121,6 +150,7 @@ function runtimeSocket(socket: dgram.Socket, connected: boolean): DatagramSocket
         else if (to) socket.send(d, to.port, to.address);
       }
     },
+    kernelDrops: () => 0,
     close: () => {
       if (!open) return;
       open = false;

@@ -67,11 +67,15 @@ export class DatagramStream {
     this.flushSoon();
   }
 
-  /** Reports `bytes` delivered to the far end (with the turn's datagrams). */
+  /**
+   * Reports `bytes` delivered to the far end now, with whatever datagrams are batched. Callers
+   * already gather a turn's deliveries (DeliveryReport); deferring again cost the far end's
+   * budget a whole extra turn of this loop before it could send more.
+   */
   report(bytes: number): void {
     if (this.ended || bytes <= 0) return;
     this.credit += bytes;
-    this.flushSoon();
+    this.flush();
   }
 
   /** Ends the flow: what is queued leaves, then the stream's end. */

@@ -4,7 +4,7 @@
 // (not our code) echoing datagrams of 1 to 60,000 bytes byte for byte.
 import { describe, expect } from "bun:test";
 import * as dgram from "node:dgram";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { e2eTest, freePort, Guest, startHostAgent, statusJSON, useHarness } from "./harness.ts";
 import { defer } from "../lab.ts";
@@ -85,4 +85,49 @@ describe("UDP over the data path", () => {
     expect(row?.paths?.fast?.fallbacks).toBeGreaterThanOrEqual(1);
     expect(row?.paths?.fast?.connections ?? 0).toBe(0);
   });
+
+  e2eTest("datagrams the kernel drops at the host socket before the agent reads them count in datagramsDropped (as /proc/net/udp counts them) and are said once", async () => {
+    const guest = Guest.create();
+    await guest.startAgent();
+    const host = startHostAgent(guest, []);
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+    const port = await freePort();
+    await guest.startServer("udp-echo", [["127.0.0.1", port]]);
+    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+    const control = join(guest.dir, "state", "control.sock");
+    const dropped = () => statusJSON(control).forwards.find((f) => f.protocol === "udp" && f.hostAddr === `127.0.0.1:${port}`)?.datagramsDropped ?? -1;
+    const pid = host.proc.child.pid!;
+    const client = dgram.createSocket("udp4");
+    defer(() => void client.close());
+    await new Promise<void>((resolve) => client.bind(0, "127.0.0.1", resolve));
+    const told = () => host.events.filter((e) => e.type === "warning" && String(e.message).includes("the kernel dropped")).length;
+
+    // The host agent stopped (not scheduled, as on a starved machine): what does not fit in its
+    // socket's buffer is dropped by the kernel, before any porthole code sees it.
+    for (let round = 1; round <= 2; round++) {
+      process.kill(pid, "SIGSTOP");
+      defer(() => void process.kill(pid, "SIGCONT"));
+      let sent = 0;
+      for (let i = 0; i < 8000; i++) client.send(Buffer.alloc(100, round), port, "127.0.0.1", () => sent++);
+      await waitUntil("the client to send them all", () => sent === 8000, 20_000);
+      const kernel = procNetUdpDrops(port);
+      process.kill(pid, "SIGCONT");
+      expect(kernel).toBeGreaterThan(0); // the set-up works: the buffer overflowed
+      // The ~1,000 that fit (100 KiB-odd) stay far under the flow's budget: every drop is the kernel's.
+      await waitUntil(`datagramsDropped to reach the kernel's ${kernel}`, () => dropped() >= kernel, 10_000);
+      expect(dropped()).toBe(kernel);
+      await waitUntil("the warning", () => told() >= 1, 10_000);
+    }
+    expect(told()).toBe(1); // said once per forward, however often it happens
+  });
 });
+
+/** The kernel's drop count of the IPv4 UDP sockets bound to `port` (/proc/net/udp's last column). */
+function procNetUdpDrops(port: number): number {
+  let drops = 0;
+  for (const line of readFileSync("/proc/net/udp", "utf8").split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length > 12 && parseInt(f[1]!.split(":")[1]!, 16) === port) drops += Number(f[f.length - 1]);
+  }
+  return drops;
+}

@@ -2,7 +2,10 @@
 // runtime's own node:dgram sockets as the far end: datagram bounds, senders, IPv6-only binds,
 // the errno of a taken port, many datagrams handed over at once.
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
 import * as dgram from "node:dgram";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { NativeError, type NativeShim } from "../../src/runtime/native-api.ts";
 import { loadNative } from "../../src/runtime/native.ts";
 import { sharedRelayLoop, type NativeRelayLoop } from "../../src/runtime/native-relay.ts";
@@ -100,5 +103,28 @@ describe("native UDP sockets", () => {
     await waitUntil("all of them", () => count === datagrams.length, 10_000);
     expect(inOrder).toBe(true);
     expect(sender.dropped).toBe(0);
+  });
+
+  test("the buffers reported are the kernel's (as ss shows them); without CAP_NET_ADMIN a socket gets no more than rmem_max", async () => {
+    const asked = 300_000;
+    const socket = open({ local: { host: "127.0.0.1", port: 0 }, bufferBytes: asked });
+    expect(socket.buffers()).toEqual({ receive: asked, send: asked });
+    // ss prints the kernel's own figures (twice what it granted): rb and tb in skmem.
+    const ss = spawnSync("ss", ["-Huam", `sport = :${socket.localPort()}`], { encoding: "utf8" }).stdout;
+    expect(ss).toContain(`rb${2 * asked},`);
+    expect(ss).toContain(`tb${2 * asked},`);
+    // A child without CAP_NET_ADMIN (SO_RCVBUFFORCE refused) asking twice the system's maximum.
+    const max = Number(readFileSync("/proc/sys/net/core/rmem_max", "utf8"));
+    const script = `
+      const { loadNative } = await import(${JSON.stringify(join(import.meta.dir, "../../src/runtime/native.ts"))});
+      const { sharedRelayLoop } = await import(${JSON.stringify(join(import.meta.dir, "../../src/runtime/native-relay.ts"))});
+      const { NativeUdpSocket } = await import(${JSON.stringify(join(import.meta.dir, "../../src/runtime/native-udp.ts"))});
+      const { shim } = await loadNative();
+      const s = NativeUdpSocket.open(shim, sharedRelayLoop(shim), { local: { host: "127.0.0.1", port: 0 }, bufferBytes: ${2 * max} });
+      console.log(JSON.stringify(s.buffers()));
+      process.exit(0);`;
+    const child = spawnSync("setpriv", ["--inh-caps", "-net_admin", "--bounding-set", "-net_admin", process.execPath, "-e", script], { encoding: "utf8" });
+    expect(child.stderr).toBe("");
+    expect(JSON.parse(child.stdout).receive).toBe(max);
   });
 });

@@ -47,6 +47,20 @@ describe("DatagramStream", () => {
     b.destroy();
   });
 
+  test("a credit report is written at once, not a turn later (the far end's budget waits on it)", async () => {
+    const [a, b] = await pair();
+    const writes: number[] = [];
+    const write = a.write.bind(a);
+    a.write = ((chunk: Buffer, ...rest: never[]) => (writes.push(chunk.length), write(chunk, ...rest))) as typeof a.write;
+    const sender = new DatagramStream(a, { onDatagrams: () => {}, onEnd: () => {} });
+    const { got } = receiver(b);
+    sender.report(4321);
+    expect(writes).toEqual([4]); // one credit frame, before this turn ends
+    await waitUntil("the credit", () => got.delivered === 4321, 5000);
+    a.destroy();
+    b.destroy();
+  });
+
   test("one end's EOF ends the flow on both, once each", async () => {
     const [a, b] = await pair();
     const left = receiver(a);
