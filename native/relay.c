@@ -1066,6 +1066,7 @@ struct listener {
   int forward;               /* a host forward's listener (see "forward listeners"), not a data endpoint */
   int idle;                  /* a forward listener without a target: not watched (the runtime's own server accepts) */
   int borrowed;              /* fd is the runtime's own (a forward's: no dup, one fd less per listener) */
+  int own;                   /* a forward's listener the runtime stopped accepting on: always watched (no target: every client to JavaScript) */
   int fwd_set;               /* a target is set (else every connection goes to JavaScript) */
   int fwd_direct;            /* ... the guest's own TCP address (plain relay), not the data path */
   uint8_t *fwd_hello;        /* the data path's header (direct: none) */
@@ -1226,6 +1227,14 @@ static void greet_check(struct relay *r, struct relay **ready, uint32_t events) 
 
 /* A stream accepted on listener li: it waits for its header (see above). */
 /* A listener's new connection goes to JavaScript as its fd (REC_HANDOFF); `r`, not started, is freed. */
+/* A listener's relay before its directions are set up: no pipes (hand_to_js may free it as it
+ * is; calloc's zeros would have it close fd 0, twice, a socket of the runtime's by then). */
+static struct relay *listener_relay(void) {
+  struct relay *r = calloc(1, sizeof *r);
+  if (r) r->d[0].pipe_r = r->d[0].pipe_w = r->d[1].pipe_r = r->d[1].pipe_w = -1;
+  return r;
+}
+
 static void hand_to_js(int li, int fd, struct relay *r) {
   struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
   __atomic_fetch_add(&listeners[li].handed, 1, __ATOMIC_RELAXED);
@@ -1240,7 +1249,7 @@ static void hand_to_js(int li, int fd, struct relay *r) {
 
 static void greet_start(int li, int fd, struct relay **ready) {
   struct listener *l = &listeners[li];
-  struct relay *r = calloc(1, sizeof *r);
+  struct relay *r = listener_relay();
   int e = r ? 0 : ENOMEM;
   if (r) {
     r->fd[0] = -1;
@@ -1283,7 +1292,7 @@ static void forward_start(int li, int fd, struct relay **ready) {
   struct listener *l = &listeners[li];
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on unix */
-  struct relay *r = calloc(1, sizeof *r);
+  struct relay *r = listener_relay();
   int e = r ? 0 : ENOMEM, direct = 0, dial_ms = l->dial_ms;
   if (r) {
     pthread_mutex_lock(&lock);
@@ -1879,14 +1888,17 @@ int ph_unwatch(int fd) {
  * goes to JavaScript; dial_ms: a target's connect deadline. Returns the listener's id (> 0).
  */
 #define PH_LISTEN_FORWARD 2 /* ph_data_listen's flags: a forward listener (secret unused) */
+#define PH_LISTEN_OWN 4     /* ... that this thread alone accepts on (its own dup; the runtime stops accepting) */
 int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int header_ms, int dial_ms) {
   if (notify_js < 0) return -ENOTCONN;
   size_t slen = strlen(secret);
   if (!(flags & PH_LISTEN_FORWARD) && (slen < 16 || slen > 128)) return -EINVAL;
   if (slen > 128) return -EINVAL;
   /* A data endpoint's fd is dup()ed (JavaScript closes its own at once); a forward's is
-   * borrowed: its server keeps it open until ph_data_unlisten has returned. */
-  int borrowed = (flags & PH_LISTEN_FORWARD) != 0;
+   * borrowed (its server keeps it open until ph_data_unlisten has returned), unless this
+   * thread is to accept on it alone: then dup()ed too, and the runtime closes its own. */
+  int own = (flags & PH_LISTEN_FORWARD) && (flags & PH_LISTEN_OWN);
+  int borrowed = (flags & PH_LISTEN_FORWARD) && !own;
   int dup = borrowed ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return NEG_ERRNO;
   set_nonblock(dup);
@@ -1903,7 +1915,8 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
     l->copy = flags & PH_FORCE_COPY;
     l->forward = (flags & PH_LISTEN_FORWARD) != 0;
     l->borrowed = borrowed;
-    l->idle = l->forward; /* until a target is set */
+    l->own = own;
+    l->idle = l->forward && !own; /* until a target is set (one it owns is always watched) */
     l->header_ms = header_ms > 0 ? header_ms : 1000;
     l->dial_ms = dial_ms > 0 ? dial_ms : 2000;
     memcpy(l->secret, secret, slen);
@@ -1924,7 +1937,7 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
 }
 
 /* Stops accepting (the thread closes its dup; a borrowed fd is the caller's again when this
- * returns); streams already accepted carry on. */
+ * returns, an owned forward's is closed by then); streams already accepted carry on. */
 int ph_data_unlisten(int id) {
   if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
   pthread_mutex_lock(&lock);
@@ -1933,7 +1946,12 @@ int ph_data_unlisten(int id) {
   if (live) {
     l->closing = 1;
     listeners_closing = 1;
-    if (l->borrowed) epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL); /* before the runtime closes it */
+    if (l->borrowed || l->own) epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL); /* before the runtime closes it */
+    if (l->own) {
+      /* The port is free once this returns (the forward may be bound again at once). */
+      close(l->fd);
+      l->borrowed = 1; /* nothing left for the thread to close */
+    }
   }
   pthread_mutex_unlock(&lock);
   if (live) wake();
@@ -2030,7 +2048,7 @@ int ph_forward_target(int id, const char *host, int port, const uint8_t *hello, 
     l->fwd_dial_ms = dial_ms > 0 ? dial_ms : 0;
     l->fwd_keepalive_s = keepalive_s > 0 ? keepalive_s : 0;
     /* Watched only with a target: without one the runtime's own server takes every client. */
-    l->idle = none;
+    l->idle = none && !l->own;
     if (l->armed) {
       struct epoll_event ev = { .events = l->idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)(id - 1) };
       epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);

@@ -76,6 +76,8 @@ export interface DataListenerHandlers {
   acceptFailed(err: number): void;
 }
 const LISTEN_FORWARD = 2;
+/** With LISTEN_FORWARD: the relay thread accepts on its own dup, always (no target: every client comes to handoff). */
+const LISTEN_OWN = 4;
 
 export const EPOLLIN = 1;
 export const EPOLLOUT = 4;
@@ -206,12 +208,15 @@ export class NativeRelayLoop {
   }
 
   /**
-   * Accepts a host forward's listening socket fd (dup()ed) in the relay thread: with a target
-   * set (forwardTarget), each client is dialled to the guest's data endpoint there (see
-   * native/relay.c, "forward listeners"); without one it comes to `handlers.handoff`.
+   * Accepts a host forward's listening socket fd in the relay thread: with a target set
+   * (forwardTarget), each client is dialled there (see native/relay.c, "forward listeners");
+   * without one it comes to `handlers.handoff`. The fd is borrowed (the runtime's server
+   * accepts beside the thread, which watches it only while a target is set), or with `own`
+   * dup()ed and always watched: the caller then stops the runtime's own accepting.
    */
-  forwardListen(fd: number, copy: boolean, dialMs: number, handlers: DataListenerHandlers): number {
-    const id = check(this.shim, this.shim.dataListen(fd, Buffer.from("\0"), -1, (copy ? FORCE_COPY : 0) | LISTEN_FORWARD, 0, dialMs), "forward listener");
+  forwardListen(fd: number, copy: boolean, dialMs: number, handlers: DataListenerHandlers, own = false): number {
+    const flags = (copy ? FORCE_COPY : 0) | LISTEN_FORWARD | (own ? LISTEN_OWN : 0);
+    const id = check(this.shim, this.shim.dataListen(fd, Buffer.from("\0"), -1, flags, 0, dialMs), "forward listener");
     this.listeners.set(id, handlers);
     return id;
   }

@@ -26,6 +26,7 @@ import {
   type RelayEnd,
 } from "../runtime/native-relay.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
+import { canStopAccepting, listenerFd, stopAccepting } from "../runtime/server-handle.ts";
 import { resetSocket, spliceFramed, spliceSockets } from "./tunnel-relay.ts";
 
 /** A framed data-path stream's side of a join (PHDATA2, core/data-frames.ts). */
@@ -364,8 +365,12 @@ export function acceptNatively(
   },
 ): NativeAccept | undefined {
   const native = usableLoop();
-  const fd = (server as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  if (!native || typeof fd !== "number" || fd < 0) return undefined;
+  const fd = listenerFd(server);
+  if (!native || fd === undefined) return undefined;
+  // Where the runtime can stop accepting (Bun), the relay thread alone accepts: its server,
+  // woken by the same client, would otherwise take the ones it reaches first (the runtime's
+  // thread gets there first whenever it is awake for other work: a third of them and more).
+  const alone = canStopAccepting(server);
   /** The targets set, by the number the relay thread gave each (its records name it). */
   const targets = new Map<number, ForwardTarget>();
   let id: number;
@@ -396,13 +401,14 @@ export function acceptNatively(
         const { code, message } = native.errnoText(err);
         on.onAcceptFailed(Object.assign(new Error(message), { code }));
       },
-    });
+    }, alone);
   } catch {
     return undefined; // e.g. all listener slots taken: the server keeps accepting in JavaScript
   }
-  // The server keeps accepting too: while a target is set both watch the socket and whichever
-  // takes a client first carries it (the relay thread, idle in epoll_wait, nearly always);
-  // without one only the server does (its sockets are the runtime's own, with every behaviour).
+  // Alone: the thread holds its own dup of the socket, so the runtime's fd can go; clients it
+  // does not dial (no target set) come to onHandoff as sockets. Otherwise (Node) the server
+  // keeps accepting too, and while a target is set whichever takes a client first carries it.
+  if (alone) stopAccepting(server);
   return {
     setTarget(target) {
       const number = native.forwardTarget(id, target);
