@@ -124,6 +124,7 @@ struct relay {
   int greeting;            /* a data listener's connection whose header is awaited (see "data listeners") */
   int listener;            /* that listener's index + 1 (0: JavaScript made this relay) */
   int forward;             /* ... a forward listener's (its records go to JavaScript as any relay's) */
+  uint32_t target_gen;       /* ... and the target it was dialled to (ph_forward_target's number) */
   uint64_t drain_deadline_ms; /* a failing relay waits for a send queue until then */
   struct relay *next_pending, *next_ready, *next_resetting;
 };
@@ -237,7 +238,7 @@ static void finish(struct relay *r, uint32_t flags, int err) {
       rec.a_to_b = (uint64_t)-1;
     }
     rec.flags |= PH_ACCEPTED;
-    rec.b_to_a = (uint64_t)r->listener;
+    rec.b_to_a = (uint64_t)r->listener | ((uint64_t)r->target_gen << 32);
   }
   pthread_mutex_lock(&lock);
   slots[r->id - 1] = NULL; /* counters now come from the record; the id stays taken */
@@ -878,8 +879,8 @@ static void dial_done(struct relay *r, struct relay **ready, int in_set) {
     return;
   }
   if (!r->listener || r->forward) {
-    /* a_to_b: a forward listener's id (JavaScript learns of its connection here) */
-    struct record rec = { REC_DIALED, r->id, 0, 0, r->forward ? (uint64_t)r->listener : 0, 0 };
+    /* a_to_b: a forward listener's id (JavaScript learns of its connection here), b_to_a: its target's number */
+    struct record rec = { REC_DIALED, r->id, 0, 0, r->forward ? (uint64_t)r->listener : 0, r->forward ? (uint64_t)r->target_gen : 0 };
     post(rec);
   }
   ready_push(ready, r);
@@ -1065,9 +1066,15 @@ struct listener {
   int forward;               /* a host forward's listener (see "forward listeners"), not a data endpoint */
   int idle;                  /* a forward listener without a target: not watched (the runtime's own server accepts) */
   int borrowed;              /* fd is the runtime's own (a forward's: no dup, one fd less per listener) */
-  uint8_t *fwd_hello;        /* its data-path header (NULL: every connection goes to JavaScript) */
+  int own;                   /* a forward's listener the runtime stopped accepting on: always watched (no target: every client to JavaScript) */
+  int fwd_set;               /* a target is set (else every connection goes to JavaScript) */
+  int fwd_direct;            /* ... the guest's own TCP address (plain relay), not the data path */
+  uint8_t *fwd_hello;        /* the data path's header (direct: none) */
   int fwd_hello_len;
-  struct sockaddr_un fwd_addr; /* the guest's data endpoint */
+  struct sockaddr_storage fwd_addr; /* the guest's data endpoint (unix), or its proven address (direct) */
+  socklen_t fwd_addr_len;
+  int fwd_dial_ms, fwd_keepalive_s;
+  uint32_t fwd_gen;          /* counts ph_forward_target calls: records name the target their client took */
   int header_ms, dial_ms;
   uint64_t rearm_ms;
   char secret[129];
@@ -1079,6 +1086,7 @@ static int listeners_closing, listeners_disarmed;
 
 static int take_slot(struct relay *r);
 static int framed_init(struct relay *r, int copy, const uint8_t *to_b, int to_b_len, const uint8_t *to_a, int to_a_len);
+static int dir_init(struct dir *d, int src, int dst, int copy, const uint8_t *first, int first_len);
 
 static void dial_list_add(struct relay *r, uint64_t deadline_ms) {
   r->dialing = 1;
@@ -1219,6 +1227,14 @@ static void greet_check(struct relay *r, struct relay **ready, uint32_t events) 
 
 /* A stream accepted on listener li: it waits for its header (see above). */
 /* A listener's new connection goes to JavaScript as its fd (REC_HANDOFF); `r`, not started, is freed. */
+/* A listener's relay before its directions are set up: no pipes (hand_to_js may free it as it
+ * is; calloc's zeros would have it close fd 0, twice, a socket of the runtime's by then). */
+static struct relay *listener_relay(void) {
+  struct relay *r = calloc(1, sizeof *r);
+  if (r) r->d[0].pipe_r = r->d[0].pipe_w = r->d[1].pipe_r = r->d[1].pipe_w = -1;
+  return r;
+}
+
 static void hand_to_js(int li, int fd, struct relay *r) {
   struct record rec = { REC_HANDOFF, (uint32_t)li + 1, 0, (uint32_t)fd, 0, 0 };
   __atomic_fetch_add(&listeners[li].handed, 1, __ATOMIC_RELAXED);
@@ -1233,7 +1249,7 @@ static void hand_to_js(int li, int fd, struct relay *r) {
 
 static void greet_start(int li, int fd, struct relay **ready) {
   struct listener *l = &listeners[li];
-  struct relay *r = calloc(1, sizeof *r);
+  struct relay *r = listener_relay();
   int e = r ? 0 : ENOMEM;
   if (r) {
     r->fd[0] = -1;
@@ -1276,27 +1292,41 @@ static void forward_start(int li, int fd, struct relay **ready) {
   struct listener *l = &listeners[li];
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on unix */
-  struct relay *r = calloc(1, sizeof *r);
-  int e = r ? 0 : ENOMEM;
+  struct relay *r = listener_relay();
+  int e = r ? 0 : ENOMEM, direct = 0, dial_ms = l->dial_ms;
   if (r) {
     pthread_mutex_lock(&lock);
-    if (l->fwd_hello && (r->hello = malloc((size_t)l->fwd_hello_len)) != NULL) {
-      memcpy(r->hello, l->fwd_hello, (size_t)l->fwd_hello_len);
-      r->hello_len = l->fwd_hello_len;
+    if (l->fwd_set && (l->fwd_direct || (r->hello = malloc((size_t)l->fwd_hello_len)) != NULL)) {
+      direct = l->fwd_direct;
+      if (!direct) {
+        memcpy(r->hello, l->fwd_hello, (size_t)l->fwd_hello_len);
+        r->hello_len = l->fwd_hello_len;
+      }
       memcpy(&r->dial_addr, &l->fwd_addr, sizeof l->fwd_addr);
-      r->dial_addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(l->fwd_addr.sun_path) + 1);
+      r->dial_addr_len = l->fwd_addr_len;
+      r->keepalive_s = l->fwd_keepalive_s;
+      r->target_gen = l->fwd_gen;
+      if (l->fwd_dial_ms > 0) dial_ms = l->fwd_dial_ms;
+    } else {
+      e = ENOENT; /* no target (or no memory for its header): JavaScript routes it */
     }
     pthread_mutex_unlock(&lock);
-    if (!r->hello) e = ENOENT; /* no target: JavaScript routes it */
   }
   if (!e) {
     r->fd[0] = fd;
     r->fd[1] = -1;
     r->dside = 1;
-    r->dial_flags = PH_AWAIT_STATUS;
     r->listener = li + 1;
     r->forward = 1;
-    e = -framed_init(r, l->copy, NULL, 0, NULL, 0);
+    if (direct) {
+      /* The guest's own address: a plain relay, as ph_relay_dial's (its fds are set once dialled). */
+      r->dial_flags = 0;
+      e = -dir_init(&r->d[0], r->fd[0], -1, l->copy, NULL, 0);
+      if (!e) e = -dir_init(&r->d[1], -1, r->fd[0], l->copy, NULL, 0);
+    } else {
+      r->dial_flags = PH_AWAIT_STATUS;
+      e = -framed_init(r, l->copy, NULL, 0, NULL, 0);
+    }
     if (!e) {
       pthread_mutex_lock(&lock);
       if (take_slot(r) < 0) e = EMFILE;
@@ -1310,7 +1340,7 @@ static void forward_start(int li, int fd, struct relay **ready) {
   if (r->through) { dial_done(r, ready, 0); return; }
   struct epoll_event ev = side_event(r, r->dside, r->awaiting ? EPOLLIN | EPOLLRDHUP | EPOLLET : EPOLLOUT | EPOLLET);
   if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &ev) != 0) { dial_failed(r, errno); return; }
-  dial_list_add(r, now_ms() + (uint64_t)l->dial_ms);
+  dial_list_add(r, now_ms() + (uint64_t)dial_ms);
 }
 
 static void accept_all(int li, struct relay **ready) {
@@ -1858,14 +1888,17 @@ int ph_unwatch(int fd) {
  * goes to JavaScript; dial_ms: a target's connect deadline. Returns the listener's id (> 0).
  */
 #define PH_LISTEN_FORWARD 2 /* ph_data_listen's flags: a forward listener (secret unused) */
+#define PH_LISTEN_OWN 4     /* ... that this thread alone accepts on (its own dup; the runtime stops accepting) */
 int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int header_ms, int dial_ms) {
   if (notify_js < 0) return -ENOTCONN;
   size_t slen = strlen(secret);
   if (!(flags & PH_LISTEN_FORWARD) && (slen < 16 || slen > 128)) return -EINVAL;
   if (slen > 128) return -EINVAL;
   /* A data endpoint's fd is dup()ed (JavaScript closes its own at once); a forward's is
-   * borrowed: its server keeps it open until ph_data_unlisten has returned. */
-  int borrowed = (flags & PH_LISTEN_FORWARD) != 0;
+   * borrowed (its server keeps it open until ph_data_unlisten has returned), unless this
+   * thread is to accept on it alone: then dup()ed too, and the runtime closes its own. */
+  int own = (flags & PH_LISTEN_FORWARD) && (flags & PH_LISTEN_OWN);
+  int borrowed = (flags & PH_LISTEN_FORWARD) && !own;
   int dup = borrowed ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return NEG_ERRNO;
   set_nonblock(dup);
@@ -1882,7 +1915,8 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
     l->copy = flags & PH_FORCE_COPY;
     l->forward = (flags & PH_LISTEN_FORWARD) != 0;
     l->borrowed = borrowed;
-    l->idle = l->forward; /* until a target is set */
+    l->own = own;
+    l->idle = l->forward && !own; /* until a target is set (one it owns is always watched) */
     l->header_ms = header_ms > 0 ? header_ms : 1000;
     l->dial_ms = dial_ms > 0 ? dial_ms : 2000;
     memcpy(l->secret, secret, slen);
@@ -1903,7 +1937,7 @@ int ph_data_listen(int fd, const char *secret, int allow_cid, int flags, int hea
 }
 
 /* Stops accepting (the thread closes its dup; a borrowed fd is the caller's again when this
- * returns); streams already accepted carry on. */
+ * returns, an owned forward's is closed by then); streams already accepted carry on. */
 int ph_data_unlisten(int id) {
   if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
   pthread_mutex_lock(&lock);
@@ -1912,7 +1946,12 @@ int ph_data_unlisten(int id) {
   if (live) {
     l->closing = 1;
     listeners_closing = 1;
-    if (l->borrowed) epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL); /* before the runtime closes it */
+    if (l->borrowed || l->own) epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL); /* before the runtime closes it */
+    if (l->own) {
+      /* The port is free once this returns (the forward may be bound again at once). */
+      close(l->fd);
+      l->borrowed = 1; /* nothing left for the thread to close */
+    }
   }
   pthread_mutex_unlock(&lock);
   if (live) wake();
@@ -1946,32 +1985,70 @@ int ph_unix_listen(const char *path, int backlog) {
 }
 
 /*
- * A forward listener's data-path target: the guest's data endpoint (a unix socket path) and
- * the header its connections open with; path NULL or empty: none (clients go to JavaScript).
- * Connections accepted from now on take it.
+ * A forward listener's target: the guest's data endpoint (host a unix socket path, with hello
+ * the header its connections open with: the data path), or the guest's proven TCP address
+ * (host a numeric IPv4/IPv6 address with port, no hello: the direct path, relayed plain with
+ * TCP keepalive every keepalive_s). host NULL or empty: none (clients go to JavaScript).
+ * dial_ms: how long a dial (and the data path's status byte) may take (0: the listener's).
+ * Connections accepted from now on take it. Returns the target's number (> 0: the records
+ * of the connections dialled to it carry it), or -errno.
  */
-int ph_forward_target(int id, const char *path, const uint8_t *hello, int hello_len) {
+int ph_forward_target(int id, const char *host, int port, const uint8_t *hello, int hello_len, int dial_ms, int keepalive_s) {
   if (id < 1 || id > PH_MAX_LISTENERS) return -EINVAL;
-  int none = !path || !path[0];
-  if (!none && (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path) || hello_len <= 0 || hello_len > 65536)) return -EINVAL;
-  uint8_t *copy = none ? NULL : malloc((size_t)hello_len);
-  if (!none && !copy) return -ENOMEM;
+  int none = !host || !host[0];
+  struct sockaddr_storage ss;
+  socklen_t ss_len = 0;
+  int direct = 0;
+  memset(&ss, 0, sizeof ss);
+  if (!none) {
+    struct sockaddr_un *un = (struct sockaddr_un *)&ss;
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    if (host[0] == '/') {
+      size_t len = strlen(host);
+      if (len >= sizeof un->sun_path || hello_len <= 0 || hello_len > 65536) return -EINVAL;
+      un->sun_family = AF_UNIX;
+      memcpy(un->sun_path, host, len + 1);
+      ss_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+    } else {
+      if (hello_len != 0 || port < 1 || port > 65535) return -EINVAL;
+      direct = 1;
+      if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        ss_len = sizeof *in4;
+      } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        ss_len = sizeof *in6;
+      } else {
+        return -EINVAL;
+      }
+    }
+  }
+  uint8_t *copy = none || direct ? NULL : malloc((size_t)hello_len);
+  if (!none && !direct && !copy) return -ENOMEM;
   if (copy) memcpy(copy, hello, (size_t)hello_len);
   pthread_mutex_lock(&lock);
   struct listener *l = &listeners[id - 1];
   int ok = l->used && l->forward && !l->closing;
   uint8_t *old = NULL;
+  int gen = 0;
   if (ok) {
     old = l->fwd_hello;
+    l->fwd_gen = (l->fwd_gen + 1) & 0x7fffffff;
+    if (!l->fwd_gen) l->fwd_gen = 1;
+    gen = (int)l->fwd_gen;
+    l->fwd_set = !none;
+    l->fwd_direct = direct;
     l->fwd_hello = copy;
     l->fwd_hello_len = copy ? hello_len : 0;
-    if (copy) {
-      memset(&l->fwd_addr, 0, sizeof l->fwd_addr);
-      l->fwd_addr.sun_family = AF_UNIX;
-      memcpy(l->fwd_addr.sun_path, path, strlen(path) + 1);
-    }
+    l->fwd_addr = ss;
+    l->fwd_addr_len = ss_len;
+    l->fwd_dial_ms = dial_ms > 0 ? dial_ms : 0;
+    l->fwd_keepalive_s = keepalive_s > 0 ? keepalive_s : 0;
     /* Watched only with a target: without one the runtime's own server takes every client. */
-    l->idle = copy == NULL;
+    l->idle = none && !l->own;
     if (l->armed) {
       struct epoll_event ev = { .events = l->idle ? 0 : EPOLLIN, .data.u64 = LISTEN_TAG | (uint64_t)(id - 1) };
       epoll_ctl(epfd, EPOLL_CTL_MOD, l->fd, &ev);
@@ -1979,5 +2056,5 @@ int ph_forward_target(int id, const char *path, const uint8_t *hello, int hello_
   }
   pthread_mutex_unlock(&lock);
   free(ok ? old : copy);
-  return ok ? 0 : -ENOENT;
+  return ok ? gen : -ENOENT;
 }

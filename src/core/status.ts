@@ -47,8 +47,10 @@ export interface RelayStatus {
   open: number;
   bytesSpliced: number;
   bytesCopied: number;
-  /** Clients accepted and dialled in the relay thread (no JavaScript per connection: a forward's data path). */
+  /** Clients accepted and dialled in the relay thread (no JavaScript per connection: a forward's data path or direct path). */
   acceptedNatively?: number;
+  /** Clients accepted in the relay thread whose dial there failed (refused, unreachable…): handed back to JavaScript, which reset them or sent them on by another path. */
+  acceptHandedBack?: number;
   /** Connections the JavaScript relay carried. */
   javascriptRelays: number;
   /** Connections the native relay ended with a reset (an error on either side). */

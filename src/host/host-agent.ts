@@ -212,8 +212,8 @@ export class HostAgent {
             : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble, portOwner, {
                 target: (p) => router.nativeTarget(p),
                 subscribe: (onChange) => router.onChange(onChange),
-                dialed: (connection, p) => router.nativeDialed(connection, p),
-                failed: (err, client, p) => router.nativeFailed(err, client, p),
+                dialed: (connection, p, target) => router.nativeDialed(connection, p, target),
+                failed: (err, client, p, target) => router.nativeFailed(err, client, p, target),
                 timeoutMs: DATA_ANSWER_TIMEOUT_MS,
               }),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report, warn),

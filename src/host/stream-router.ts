@@ -19,7 +19,7 @@ import type { PlannedForward } from "../core/forward-plan.ts";
 import { parseTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import type { HelloResponse } from "../proto/guest-service.ts";
 import { dialTransport } from "../transport/dial.ts";
-import { dialAndJoin, joinFramed, joinSockets, RefusedByPeer, resetConnection, whenOver } from "../transport/fast-relay.ts";
+import { dialAndJoin, joinFramed, joinSockets, RefusedByPeer, resetConnection, whenOver, type ForwardTarget } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { DirectPaths } from "./direct-paths.ts";
 import type { GrpcForwarder } from "./grpc-forwarder.ts";
@@ -56,6 +56,8 @@ export class StreamRouter {
   private readonly direct: DirectPaths;
   /** Paths that failed to connect, by "fast" or "direct IP:PORT", until their retry time. */
   private readonly failures = new Map<string, Failure>();
+  /** Ends of backoffs: the forwards accepting in the relay thread re-ask their target then. */
+  private readonly retryTimers = new Set<ReturnType<typeof setTimeout>>();
   readonly counters = new PathCounters();
   /** The lean multiplexer, where the agent channel is one stream. */
   private mux: MuxLink | undefined;
@@ -134,13 +136,21 @@ export class StreamRouter {
   }
 
   /**
-   * Where the relay thread may dial this forward's next clients itself (the data path to a
-   * unix data endpoint, framed, with its header), or undefined when they must come to
-   * forwardStream (another path is chosen now, or the data path is not natively possible).
+   * Where the relay thread may dial this forward's next clients itself: the guest's proven
+   * address while the direct path is chosen (the proof and the choice stay here: a lapsed
+   * proof or a failure changes the path, and the forward asks again), or the data path to a
+   * unix data endpoint, framed, with its header; undefined when they must come to
+   * forwardStream (another path is chosen now, or it is not natively possible).
    */
-  nativeTarget(plan: PlannedForward): { path: string; header: Buffer } | undefined {
+  nativeTarget(plan: PlannedForward): ForwardTarget | undefined {
+    if (plan.protocol !== "tcp") return undefined;
+    const path = this.pathFor(plan);
+    if (path === "direct") {
+      const target = this.directTarget(plan);
+      return target && { ...target, timeoutMs: DIAL_TIMEOUT_MS, keepAliveMs: KEEPALIVE_MS };
+    }
     const endpoint = this.dataEndpoint;
-    if (plan.protocol !== "tcp" || this.pathFor(plan) !== "fast" || endpoint?.kind !== "unix" || !this.framed) return undefined;
+    if (path !== "fast" || endpoint?.kind !== "unix" || !this.framed) return undefined;
     try {
       return { path: endpoint.path, header: Buffer.from(encodeDataHeader(this.secret, { protocol: "tcp", address: plan.guestAddr }, true)) };
     } catch {
@@ -148,20 +158,29 @@ export class StreamRouter {
     }
   }
 
-  /** A client the relay thread dialled over the data path (see nativeTarget). */
-  nativeDialed(connection: net.Socket, plan: PlannedForward): void {
+  /** A client the relay thread dialled to `target` (see nativeTarget). */
+  nativeDialed(connection: net.Socket, plan: PlannedForward, target: ForwardTarget | undefined): void {
     if (this.direct.interfacesChanged()) void this.direct.reprove(); // as forwardStream does (its result comes as a path change)
+    if (target && "host" in target) {
+      this.succeeded(`direct ${target.host}:${target.port}`, plan);
+      this.counters.took("direct", plan.key, connection);
+      this.trackDirect(target.host, connection, connection);
+      return;
+    }
     this.succeeded("fast", plan);
     this.counters.took("fast", plan.key, connection);
   }
 
-  /** A client whose dial in the relay thread failed: reset (refused) or on by the next path. */
-  nativeFailed(err: NodeJS.ErrnoException, client: net.Socket, plan: PlannedForward): void {
+  /** A client whose dial to `target` in the relay thread failed: reset (refused) or on by the next path, as in route(). */
+  nativeFailed(err: NodeJS.ErrnoException, client: net.Socket, plan: PlannedForward, target: ForwardTarget | undefined): void {
+    if (target && "host" in target) return this.dialFailed(client, plan, "direct", `direct ${target.host}:${target.port}`, err, target.host);
     this.dialFailed(client, plan, "fast", "fast", err instanceof RefusedByPeer ? new RefusedByGuest() : err);
   }
 
   stop(): void {
     this.direct.stop();
+    for (const t of this.retryTimers) clearTimeout(t);
+    this.retryTimers.clear();
   }
 
   useMux(link: MuxLink): void {
@@ -409,6 +428,14 @@ export class StreamRouter {
     const attempt = previous ? previous.attempt + 1 : 0;
     const retryInMs = backoffDelay(attempt, RETRY);
     this.failures.set(key, { until: Date.now() + retryInMs, attempt });
+    // The path may be tried again then: a forward whose clients the relay thread dials (to
+    // the next path meanwhile) must hear it, or it would never go back.
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(timer);
+      this.changed();
+    }, retryInMs + 1);
+    (timer as { unref?: () => void }).unref?.();
+    this.retryTimers.add(timer);
     const next = this.pathFor(plan);
     this.report({ type: "path-changed", address: plan.guestAddr, path, state: "unusable", reason: `${error}; using ${next} meanwhile`, retryInMs });
   }

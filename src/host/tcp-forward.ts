@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import type { HostTarget, PlannedForward } from "../core/forward-plan.ts";
-import { acceptNatively, dropConnection, relayedBytes, whenOver, type NativeAccept } from "../transport/fast-relay.ts";
+import { acceptNatively, dropConnection, relayedBytes, whenOver, type ForwardTarget, type NativeAccept } from "../transport/fast-relay.ts";
 import { LISTEN_BACKLOG, widenBacklog } from "../runtime/listen-backlog.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
@@ -13,18 +13,18 @@ export type ConnectionHandler = (socket: net.Socket, plan: PlannedForward) => vo
 
 /**
  * Accepting in the relay thread (transport/fast-relay.ts acceptNatively): the router says
- * where this forward's clients go natively (the data path's endpoint and header, or none),
- * and again whenever its paths change (`subscribe`); the forward asks after each client that
- * came to JavaScript too.
+ * where this forward's clients go natively (the data path's endpoint and header, the guest's
+ * proven address for the direct path, or none), and again whenever its paths change
+ * (`subscribe`); the forward asks after each client that came to JavaScript too.
  */
 export interface NativeRouting {
-  target(plan: PlannedForward): { path: string; header: Uint8Array } | undefined;
+  target(plan: PlannedForward): ForwardTarget | undefined;
   subscribe(onChange: () => void): () => void;
-  /** A client the relay thread dialled (a stand-in socket for counting). */
-  dialed(connection: net.Socket, plan: PlannedForward): void;
-  /** A client whose native dial failed, as a socket again: the router sends it on. */
-  failed(err: NodeJS.ErrnoException, client: net.Socket, plan: PlannedForward): void;
-  /** How long the relay thread waits for the guest's status byte. */
+  /** A client the relay thread dialled (a stand-in socket for counting) to `target`. */
+  dialed(connection: net.Socket, plan: PlannedForward, target: ForwardTarget | undefined): void;
+  /** A client whose native dial to `target` failed, as a socket again: the router sends it on. */
+  failed(err: NodeJS.ErrnoException, client: net.Socket, plan: PlannedForward, target: ForwardTarget | undefined): void;
+  /** How long the relay thread waits for the guest's status byte (a target's own timeoutMs first). */
   timeoutMs: number;
 }
 
@@ -137,13 +137,13 @@ export class TcpForward extends HostForward {
         route(socket);
         refresh(); // its path may have changed (a backoff ended, say)
       },
-      onDialed: (connection) => {
+      onDialed: (connection, target) => {
         track(connection);
-        routing.dialed(connection, this.plan);
+        routing.dialed(connection, this.plan, target);
       },
-      onFailed: (err, client) => {
+      onFailed: (err, client, target) => {
         track(client);
-        routing.failed(err, client, this.plan);
+        routing.failed(err, client, this.plan, target);
         refresh();
       },
       onAcceptFailed: (err) => this.trouble(err, `accepting on ${where}`),

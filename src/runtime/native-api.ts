@@ -53,7 +53,8 @@ export interface NativeShim {
   dataListen(fd: number, secret: Uint8Array, allowCid: number, flags: number, headerMs: number, dialMs: number): number;
   dataUnlisten(id: number): number;
   /** A forward listener's data-path target: a unix endpoint path (NUL-terminated; empty: none) and its header. */
-  forwardTarget(id: number, path: Uint8Array, hello: Uint8Array, helloLen: number): number;
+  /** host: a unix path (the data path, with hello) or a numeric IP (direct, with port); empty: none. */
+  forwardTarget(id: number, host: Uint8Array, port: number, hello: Uint8Array, helloLen: number, dialMs: number, keepAliveS: number): number;
   /** out[0]: streams dialled natively; out[1]: streams handed to JavaScript. */
   dataListenerStats(id: number, out: BigUint64Array): number;
   /** A non-blocking unix stream listener at path (NUL-terminated); the fd. */
@@ -119,7 +120,7 @@ export const SIGNATURES = {
   ph_relay_totals: { args: ["ptr"], returns: "i32" },
   ph_data_listen: { args: ["i32", "ptr", "i32", "i32", "i32", "i32"], returns: "i32" },
   ph_data_unlisten: { args: ["i32"], returns: "i32" },
-  ph_forward_target: { args: ["i32", "ptr", "ptr", "i32"], returns: "i32" },
+  ph_forward_target: { args: ["i32", "ptr", "i32", "ptr", "i32", "i32", "i32"], returns: "i32" },
   ph_data_listener_stats: { args: ["i32", "ptr"], returns: "i32" },
   ph_unix_listen: { args: ["ptr", "i32"], returns: "i32" },
   ph_watch: { args: ["i32", "u32", "u32"], returns: "i32" },
@@ -173,7 +174,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     relayTotals: (out) => num("ph_relay_totals", out),
     dataListen: (fd, secret, allowCid, flags, headerMs, dialMs) => num("ph_data_listen", fd, secret, allowCid, flags, headerMs, dialMs),
     dataUnlisten: (id) => num("ph_data_unlisten", id),
-    forwardTarget: (id, path, hello, helloLen) => num("ph_forward_target", id, path, hello, helloLen),
+    forwardTarget: (id, host, port, hello, helloLen, dialMs, keepAliveS) => num("ph_forward_target", id, host, port, hello, helloLen, dialMs, keepAliveS),
     dataListenerStats: (id, out) => num("ph_data_listener_stats", id, out),
     unixListen: (path, backlog) => num("ph_unix_listen", path, backlog),
     watch: (fd, events, token) => num("ph_watch", fd, events, token),

@@ -50,22 +50,34 @@ export interface DialShape {
   /** After hello, the dialed side answers one status byte (0: connected) before the relay starts. */
   awaitStatus?: boolean;
 }
+/**
+ * Where a forward listener's clients are dialled in the relay thread: the data path (the
+ * guest's data endpoint, a unix socket, with the header they open with) or direct (the guest's
+ * proven TCP address, relayed plain, with keepalive). timeoutMs: the dial's (and status
+ * byte's) deadline.
+ */
+export type ForwardTarget =
+  | { path: string; header: Uint8Array; timeoutMs?: number }
+  | { host: string; port: number; timeoutMs: number; keepAliveMs: number };
+
 /** What a data listener (dataListen) or a forward listener (forwardListen) tells the event loop. */
 export interface DataListenerHandlers {
   /** A connection the relay thread did not take (data: not a well-formed PHDATA2 tcp/unix header with the secret, or slow; forward: no target set): its fd, nothing read. */
   handoff(fd: number): void;
   /** Data listener: a target's dial failed (the stream was answered the failure status): the errno. */
   dialFailed?(err: number): void;
-  /** Forward listener: a client's dial went through (relay id); returns what hears its end. */
-  dialed?(id: number): (end: RelayEnd) => void;
-  /** Forward listener: a client's dial failed; the client's fd is in end.aToB (RELAY_DIAL_FAILED and its reasons in flags). */
-  failed?(end: RelayEnd): void;
+  /** Forward listener: a client's dial went through (relay id, and the number forwardTarget gave its target); returns what hears its end. */
+  dialed?(id: number, target: number): (end: RelayEnd) => void;
+  /** Forward listener: a client's dial failed; the client's fd is in end.aToB (RELAY_DIAL_FAILED and its reasons in flags), its target's number in target. */
+  failed?(end: RelayEnd, target: number): void;
   /** A vsock peer other than the allowed CID connected (and was closed). */
   rejected?(cid: number): void;
   /** accept() failed (out of fds, …); the listener rests 100 ms. */
   acceptFailed(err: number): void;
 }
 const LISTEN_FORWARD = 2;
+/** With LISTEN_FORWARD: the relay thread accepts on its own dup, always (no target: every client comes to handoff). */
+const LISTEN_OWN = 4;
 
 export const EPOLLIN = 1;
 export const EPOLLOUT = 4;
@@ -196,20 +208,27 @@ export class NativeRelayLoop {
   }
 
   /**
-   * Accepts a host forward's listening socket fd (dup()ed) in the relay thread: with a target
-   * set (forwardTarget), each client is dialled to the guest's data endpoint there (see
-   * native/relay.c, "forward listeners"); without one it comes to `handlers.handoff`.
+   * Accepts a host forward's listening socket fd in the relay thread: with a target set
+   * (forwardTarget), each client is dialled there (see native/relay.c, "forward listeners");
+   * without one it comes to `handlers.handoff`. The fd is borrowed (the runtime's server
+   * accepts beside the thread, which watches it only while a target is set), or with `own`
+   * dup()ed and always watched: the caller then stops the runtime's own accepting.
    */
-  forwardListen(fd: number, copy: boolean, dialMs: number, handlers: DataListenerHandlers): number {
-    const id = check(this.shim, this.shim.dataListen(fd, Buffer.from("\0"), -1, (copy ? FORCE_COPY : 0) | LISTEN_FORWARD, 0, dialMs), "forward listener");
+  forwardListen(fd: number, copy: boolean, dialMs: number, handlers: DataListenerHandlers, own = false): number {
+    const flags = (copy ? FORCE_COPY : 0) | LISTEN_FORWARD | (own ? LISTEN_OWN : 0);
+    const id = check(this.shim, this.shim.dataListen(fd, Buffer.from("\0"), -1, flags, 0, dialMs), "forward listener");
     this.listeners.set(id, handlers);
     return id;
   }
 
-  /** Sets (or with undefined clears) a forward listener's data-path target. */
-  forwardTarget(id: number, target: { path: string; header: Uint8Array } | undefined): void {
+  /** Sets (or with undefined clears) a forward listener's target; returns its number (records name it). */
+  forwardTarget(id: number, target: ForwardTarget | undefined): number {
+    if (target && "host" in target) {
+      const host = Buffer.from(`${target.host}\0`);
+      return check(this.shim, this.shim.forwardTarget(id, host, target.port, this.empty, 0, target.timeoutMs, Math.max(1, Math.round(target.keepAliveMs / 1000))), "forward target");
+    }
     const path = Buffer.from(`${target?.path ?? ""}\0`);
-    check(this.shim, this.shim.forwardTarget(id, path, target?.header ?? this.empty, target?.header.length ?? 0), "forward target");
+    return check(this.shim, this.shim.forwardTarget(id, path, 0, target?.header ?? this.empty, target?.header.length ?? 0, target?.timeoutMs ?? 0, 0), "forward target");
   }
 
   /** Stops a data listener (its accepted streams carry on; handoffs already posted still come). */
@@ -310,8 +329,9 @@ export class NativeRelayLoop {
         this.dialed.delete(id);
         this.shim.relayRelease(id);
         if (flags & RELAY_ACCEPTED) {
-          const listener = this.listeners.get(Number(end.bToA));
-          if (listener?.failed) safely(() => listener.failed!(end));
+          // b_to_a: the listener's id, and (a forward's) its target's number above bit 32
+          const listener = this.listeners.get(end.bToA % 2 ** 32);
+          if (listener?.failed) safely(() => listener.failed!(end, Math.floor(end.bToA / 2 ** 32)));
           else if (listener) safely(() => listener.dialFailed?.(err));
           else if (end.aToB >= 0 && end.aToB < 2 ** 31) this.shim.close(end.aToB); // its listener is gone: so is the client
         } else {
@@ -325,7 +345,7 @@ export class NativeRelayLoop {
           // A forward listener's connection: JavaScript learns of it now.
           const handlers = this.listeners.get(listener);
           safely(() => {
-            const onEnd = handlers?.dialed?.(id);
+            const onEnd = handlers?.dialed?.(id, Number(buf.readBigUInt64LE(at + 24)));
             if (onEnd) this.done.set(id, onEnd);
             else this.shim.relayAbort(id);
           });

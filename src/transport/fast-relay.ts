@@ -21,10 +21,12 @@ import {
   sharedRelayLoop,
   socketFd,
   type DialShape,
+  type ForwardTarget,
   type NativeRelayLoop,
   type RelayEnd,
 } from "../runtime/native-relay.ts";
 import { socketFromFd } from "../runtime/fd-socket.ts";
+import { canStopAccepting, listenerFd, stopAccepting } from "../runtime/server-handle.ts";
 import { resetSocket, spliceFramed, spliceSockets } from "./tunnel-relay.ts";
 
 /** A framed data-path stream's side of a join (PHDATA2, core/data-frames.ts). */
@@ -54,6 +56,7 @@ let notice: (message: string) => void = () => {};
 let noticed = false;
 let javascriptRelays = 0;
 let acceptedNatively = 0;
+let acceptHandedBack = 0;
 let resets = 0;
 const handed = new WeakMap<net.Socket, Handed>();
 
@@ -333,18 +336,22 @@ function handedBack(end: RelayEnd, native: NativeRelayLoop, name: string, timeou
 
 export interface NativeAccept {
   /** Sets where the forward's next clients are dialled in the relay thread (undefined: none, they come to onHandoff). */
-  setTarget(target: { path: string; header: Uint8Array } | undefined): void;
+  setTarget(target: ForwardTarget | undefined): void;
   close(): void;
   /** Clients dialled in the relay thread, and clients handed to JavaScript. */
   stats(): { carried: number; handed: number };
 }
 
+/** How many targets of one listener are remembered for the records of clients still dialling. */
+const TARGETS_KEPT = 64;
+
 /**
  * Accepts on a listening server's socket in the relay thread too (through its own dup) while
- * a target is set: its clients are dialled to the guest's data endpoint there, header, status
- * byte and all, and JavaScript hears only `onDialed` (a stand-in socket whose relayedBytes/
- * whenOver/dropConnection work as for any handed connection); on a failed dial (`onFailed`)
- * or when the relay cannot take one (`onHandoff`) the client comes back as a socket.
+ * a target is set: its clients are dialled there, to the guest's data endpoint (header, status
+ * byte and all) or directly to the guest's address, and JavaScript hears only `onDialed` (a
+ * stand-in socket whose relayedBytes/whenOver/dropConnection work as for any handed
+ * connection, and the target it was dialled to); on a failed dial (`onFailed`) or when the
+ * relay cannot take one (`onHandoff`) the client comes back as a socket.
  * Undefined where the native relay cannot do it (the server alone accepts).
  */
 export function acceptNatively(
@@ -352,51 +359,62 @@ export function acceptNatively(
   timeoutMs: number,
   on: {
     onHandoff(socket: net.Socket): void;
-    onDialed(connection: net.Socket): void;
-    onFailed(err: NodeJS.ErrnoException, again: net.Socket): void;
+    onDialed(connection: net.Socket, target: ForwardTarget | undefined): void;
+    onFailed(err: NodeJS.ErrnoException, again: net.Socket, target: ForwardTarget | undefined): void;
     onAcceptFailed(err: NodeJS.ErrnoException): void;
   },
 ): NativeAccept | undefined {
   const native = usableLoop();
-  const fd = (server as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  if (!native || typeof fd !== "number" || fd < 0) return undefined;
-  let name = "the data endpoint";
+  const fd = listenerFd(server);
+  if (!native || fd === undefined) return undefined;
+  // Where the runtime can stop accepting (Bun), the relay thread alone accepts: its server,
+  // woken by the same client, would otherwise take the ones it reaches first (the runtime's
+  // thread gets there first whenever it is awake for other work: a third of them and more).
+  const alone = canStopAccepting(server);
+  /** The targets set, by the number the relay thread gave each (its records name it). */
+  const targets = new Map<number, ForwardTarget>();
   let id: number;
   try {
     id = native.forwardListen(fd, copyMode, timeoutMs, {
       handoff: (conn) => native.adopt(conn, on.onHandoff),
-      dialed: (relay) => {
+      dialed: (relay, number) => {
         // A stand-in for the client's socket: the relay owns the connection.
         const stand = { closed: true, destroyed: true, destroy() {} } as unknown as net.Socket;
         const h: Handed = { id: relay, sideA: true, baseRead: 0, baseWritten: 0, waiters: [] };
         handed.set(stand, h);
         acceptedNatively++;
-        on.onDialed(stand);
+        on.onDialed(stand, targets.get(number));
         return (end) => {
           if (end.flags & RELAY_RESET) resets++;
           h.end = end;
           for (const w of h.waiters.splice(0)) w();
         };
       },
-      failed: (end) => {
-        const { again, err } = handedBack(end, native, name, timeoutMs);
-        on.onFailed(err, again);
+      failed: (end, number) => {
+        const target = targets.get(number);
+        const name = !target ? "the guest" : "path" in target ? `unix://${target.path}` : `tcp://${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`;
+        const { again, err } = handedBack(end, native, name, target?.timeoutMs ?? timeoutMs);
+        acceptHandedBack++;
+        on.onFailed(err, again, target);
       },
       acceptFailed: (err) => {
         const { code, message } = native.errnoText(err);
         on.onAcceptFailed(Object.assign(new Error(message), { code }));
       },
-    });
+    }, alone);
   } catch {
     return undefined; // e.g. all listener slots taken: the server keeps accepting in JavaScript
   }
-  // The server keeps accepting too: while a target is set both watch the socket and whichever
-  // takes a client first carries it (the relay thread, idle in epoll_wait, nearly always);
-  // without one only the server does (its sockets are the runtime's own, with every behaviour).
+  // Alone: the thread holds its own dup of the socket, so the runtime's fd can go; clients it
+  // does not dial (no target set) come to onHandoff as sockets. Otherwise (Node) the server
+  // keeps accepting too, and while a target is set whichever takes a client first carries it.
+  if (alone) stopAccepting(server);
   return {
     setTarget(target) {
-      if (target) name = `unix://${target.path}`;
-      native.forwardTarget(id, target);
+      const number = native.forwardTarget(id, target);
+      if (!target) return;
+      targets.set(number, target);
+      if (targets.size > TARGETS_KEPT) targets.delete(targets.keys().next().value!);
     },
     close: () => native.dataUnlisten(id),
     stats: () => native.dataListenerStats(id),
@@ -460,7 +478,7 @@ export function dropConnection(socket: net.Socket): void {
   resetSocket(socket); // not a FIN: a client cut off mid-transfer must not take it for the end
 }
 
-export type { RelayStatus };
+export type { ForwardTarget, RelayStatus };
 
 export function relayStatus(): RelayStatus {
   const totals = loop?.totals() ?? { relays: 0, spliced: 0, copied: 0 };
@@ -472,6 +490,7 @@ export function relayStatus(): RelayStatus {
     bytesSpliced: totals.spliced,
     bytesCopied: totals.copied,
     acceptedNatively,
+    acceptHandedBack,
     javascriptRelays,
     resets,
   };

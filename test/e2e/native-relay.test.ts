@@ -85,12 +85,8 @@ describe.each(relays)("data path with $name", ({ env, mode, counter }) => {
     await host.proc.waitFor(() => status(guest).relay.open === 0 || undefined, "the relays to finish");
     const s = status(guest) as ReturnType<typeof status> & { relay: { acceptedNatively?: number }; paths: Record<string, { connections: number; bytesIn: number }> };
     const accepted = (s.relay.acceptedNatively ?? 0) - (before.acceptedNatively ?? 0);
-    if (counter) {
-      // The runtime's own server watches the listener too and may take a client first; the relay thread takes most.
-      expect(accepted).toBeGreaterThan(0);
-    } else {
-      expect(accepted).toBe(0); // the JavaScript fallback: no relay thread to accept in
-    }
+    // The relay thread alone accepts (the runtime's server stopped accepting): every client.
+    expect(accepted).toBe(counter ? 50 : 0); // the JavaScript fallback: no relay thread to accept in
     const fwd = s.forwards.find((f) => f.hostAddr === `127.0.0.1:${port}`)!;
     expect(fwd.connections).toBe(0);
     expect(s.paths.fast!.bytesIn).toBe(fwd.bytesIn);
@@ -173,6 +169,138 @@ while True:
     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()
 `;
+
+/** Both agents, the guest linked to the host by a veth, once the direct path is proved. */
+async function directAgents(env: string, hostFlags: string[] = [], linked?: Guest): Promise<{ guest: Guest; guestAgent: Proc; host: HostAgentProc }> {
+  const agents = linked ? await startLinked(env, hostFlags, linked) : await startAgents(env, hostFlags, true);
+  await agents.host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct" && e.state === "usable", "the direct path proved");
+  return agents;
+}
+
+/** startAgents for a guest linked beforehand (its address goes into the host's config). */
+async function startLinked(env: string, hostFlags: string[], guest: Guest): Promise<{ guest: Guest; guestAgent: Proc; host: HostAgentProc }> {
+  const saved = process.env.PORTHOLE_NATIVE_RELAY;
+  if (env) process.env.PORTHOLE_NATIVE_RELAY = env;
+  else delete process.env.PORTHOLE_NATIVE_RELAY;
+  let guestAgent: Proc;
+  try {
+    guestAgent = await guest.startAgent();
+  } finally {
+    if (saved === undefined) delete process.env.PORTHOLE_NATIVE_RELAY;
+    else process.env.PORTHOLE_NATIVE_RELAY = saved;
+  }
+  const host = startHostAgent(guest, hostFlags, { env: env ? { PORTHOLE_NATIVE_RELAY: env } : {} });
+  await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+  return { guest, guestAgent, host };
+}
+
+type AcceptCounts = { acceptedNatively?: number; acceptHandedBack?: number };
+const acceptCounts = (guest: Guest) => status(guest).relay as AcceptCounts;
+
+/** The relay thread's count of clients it accepted and dialled, once every relay ended (its records come in order). */
+async function acceptedWhenDone(guest: Guest, host: HostAgentProc): Promise<number> {
+  await host.proc.waitFor(() => status(guest).relay.open === 0 || undefined, "the relays to finish");
+  return acceptCounts(guest).acceptedNatively ?? 0;
+}
+
+describe.each(relays)("direct path accepted in the relay thread, with $name", ({ env, counter }) => {
+  e2eTest("clients accepted in the host agent's relay thread are dialled to the guest's proven address there, counted on the direct path with their bytes", async () => {
+    const { guest, host } = await directAgents(env);
+    const port = await freePort();
+    await guest.startEcho("0.0.0.0", port);
+    expect((await host.waitForForwarding(port)).path).toBe("direct");
+    const before = await acceptedWhenDone(guest, host);
+    for (let i = 0; i < 50; i++) expect((await exchange(port, Buffer.from(`client ${i}`))).toString()).toBe(`client ${i}`);
+    const accepted = (await acceptedWhenDone(guest, host)) - before;
+    const s = status(guest) as ReturnType<typeof status> & { paths: Record<string, { connections: number; bytesIn: number; bytesOut: number }> };
+    // The relay thread alone accepts (the runtime's server stopped accepting): every client.
+    expect(accepted).toBe(counter ? 50 : 0); // the JavaScript fallback: no relay thread to accept in
+    if (counter) expect(s.relay.javascriptRelays).toBe(0);
+    const sent = Array.from({ length: 50 }, (_, i) => `client ${i}`).join("").length;
+    const fwd = s.forwards.find((f) => f.hostAddr === `127.0.0.1:${port}`)!;
+    expect(fwd).toMatchObject({ path: "direct", connections: 0, bytesIn: sent, bytesOut: sent });
+    expect(Object.keys(s.paths)).toEqual(["direct"]);
+    expect(s.paths.direct).toMatchObject({ connections: 50, bytesIn: sent, bytesOut: sent });
+  });
+
+  e2eTest("half-close both ways on the direct path, on clients the relay thread accepted: the client's EOF reaches the guest server with its reply still coming, the server's EOF reaches the client that still sends", async () => {
+    const { guest, host } = await directAgents(env);
+    const [digestPort, sendPort] = [await freePort(), await freePort()];
+    await guest.startServer("digest", [["0.0.0.0", digestPort]]);
+    const sender = await guest.startFixture(["send-then-digest", "0.0.0.0", String(sendPort), String(256 << 10)]);
+    expect((await host.waitForForwarding(digestPort)).path).toBe("direct");
+    expect((await host.waitForForwarding(sendPort)).path).toBe("direct");
+    // Three tries each way, every one accepted in the relay thread where it runs.
+    const native = [0, 0];
+    for (let i = 0; i < 3; i++) {
+      let before = await acceptedWhenDone(guest, host);
+      const request = randomBytes(1 << 20);
+      expect((await exchange(digestPort, request)).toString()).toBe(sha256(request));
+      if ((await acceptedWhenDone(guest, host)) > before) native[0]!++;
+      before = await acceptedWhenDone(guest, host);
+      const reply = randomBytes(512 << 10);
+      const fromServer = await answerAfterEOF(sendPort, reply);
+      expect(fromServer.length).toBe(256 << 10);
+      const got = await sender.waitFor(() => { const l = sender.stdout.filter((x) => x.startsWith("got ")); return l.length > i ? l[i] : undefined; }, "the server's digest");
+      expect(got).toBe(`got ${sha256(reply)}`);
+      if ((await acceptedWhenDone(guest, host)) > before) native[1]!++;
+    }
+    expect(native).toEqual(counter ? [3, 3] : [0, 0]);
+    expect(Object.keys((status(guest) as unknown as { paths: Record<string, unknown> }).paths)).toEqual(["direct"]);
+  });
+
+  e2eTest("a direct dial the guest refuses: every client is reset (by the data path's answer), the event is said once per backoff, and the relay thread handed its refused clients back", async () => {
+    const guest = Guest.create();
+    const { guestIP } = guest.linkToHost();
+    const [guestPort, hostPort] = [await freePort(), await freePort()]; // nothing listens on guestPort
+    const config = guest.writeFile("c.yaml", `portForwards:\n- {guestIP: ${guestIP}, guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n`);
+    const { host } = await directAgents(env, ["--config", config], guest);
+    // The static forward listened before the guest came; its path is direct once proved.
+    await host.proc.waitFor(() => status(guest).forwards.find((f) => f.hostAddr === `127.0.0.1:${hostPort}`)?.path === "direct" || undefined, "the forward to show direct");
+    const unusable = () => host.events.filter((e) => e.type === "path-changed" && e.path === "direct" && e.state === "unusable").length;
+    let handedBack = 0;
+    for (let round = 0; round < 4 && (round === 0 || (counter && handedBack === 0)); round++) {
+      // A backoff ends before the next round (2 s, then 4, 8): the forward goes back to direct.
+      if (round > 0) await Bun.sleep(2000 * 2 ** (round - 1) + 300);
+      const [saidBefore, countsBefore] = [unusable(), acceptCounts(guest)];
+      const outcomes = await Promise.all(Array.from({ length: 5 }, () => exchange(hostPort, Buffer.from("x"), "127.0.0.1", 5000).then(() => "data", (e: Error) => e.message)));
+      for (const o of outcomes) expect(o).toContain("ECONNRESET");
+      await host.proc.waitFor(() => unusable() > saidBefore || undefined, "the direct path's failure said");
+      await Bun.sleep(200);
+      expect(unusable()).toBe(saidBefore + 1);
+      handedBack += (acceptCounts(guest).acceptHandedBack ?? 0) - (countsBefore.acceptHandedBack ?? 0);
+    }
+    const said = host.events.filter((e) => e.type === "path-changed" && e.path === "direct" && e.state === "unusable");
+    expect(said[0]!.reason).toContain("ECONNREFUSED");
+    if (counter) expect(handedBack).toBeGreaterThan(0);
+    else expect(handedBack).toBe(0);
+  });
+
+  e2eTest("500 short direct connections, all accepted in the relay thread, leave the host agent's file descriptors at their baseline", async () => {
+    const { guest, host } = await directAgents(env);
+    const port = await freePort();
+    await guest.startEcho("0.0.0.0", port);
+    expect((await host.waitForForwarding(port)).path).toBe("direct");
+    await exchange(port, Buffer.from("warm up"));
+    const hostPid = host.proc.child.pid!;
+    const before = await acceptedWhenDone(guest, host);
+    const baseline = fdCount(hostPid);
+    for (let batch = 0; batch < 10; batch++) {
+      await Promise.all(Array.from({ length: 50 }, (_, i) => exchange(port, Buffer.from(`c${batch}-${i}`))));
+    }
+    await host.proc.waitFor(() => fdCount(hostPid) <= baseline || undefined, `fd count back to ${baseline} (now ${fdCount(hostPid)})`);
+    const accepted = (await acceptedWhenDone(guest, host)) - before;
+    const s = status(guest);
+    expect(s.relay.open).toBe(0);
+    if (counter) {
+      expect(accepted).toBe(500);
+      expect(s.relay.nativeRelays).toBe(501);
+    } else {
+      expect(accepted).toBe(0);
+      expect(s.relay.javascriptRelays).toBe(501);
+    }
+  });
+});
 
 describe.each(relays)("direct path with $name", ({ env, counter }) => {
   e2eTest("a guest server's reset reaches the host client as a reset, after the bytes it sent", async () => {
