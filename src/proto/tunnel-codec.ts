@@ -43,6 +43,14 @@ function writeVarint(buf: Buffer, at: number, n: number): number {
 }
 
 export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
+  const frame = encodeTunnelFrame(message);
+  const serialized = frame.subarray(GRPC_HEADER_BYTES);
+  frames.set(serialized, frame);
+  return serialized;
+}
+
+/** A message as gRPC sends it on HTTP/2: the 5-byte header (uncompressed, the length), then the fields. */
+export function encodeTunnelFrame(message: Partial<TunnelMessage>): Buffer {
   let size = 0;
   const strings: [number, string, number][] = [];
   for (const [field, name] of STRING_FIELDS) {
@@ -90,9 +98,7 @@ export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
   if (message.udp_batch) at = writeVarint(frame, writeVarint(frame, at, UDP_BATCH_FIELD << 3), 1);
   if (message.udp_delivered) at = writeVarint(frame, writeVarint(frame, at, UDP_DELIVERED_FIELD << 3), message.udp_delivered);
   if (message.udp_credit) at = writeVarint(frame, writeVarint(frame, at, UDP_CREDIT_FIELD << 3), 1);
-  const serialized = frame.subarray(GRPC_HEADER_BYTES);
-  frames.set(serialized, frame);
-  return serialized;
+  return frame;
 }
 
 const EMPTY = Buffer.alloc(0);
