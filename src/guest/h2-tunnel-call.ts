@@ -9,8 +9,8 @@ import { EventEmitter } from "node:events";
 import type * as http2 from "node:http2";
 import { MessageDecoder, percentEncode } from "../core/grpc-messages.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
-import { decodeTunnelMessage, encodeTunnelFrame } from "../proto/tunnel-codec.ts";
-import { MAX_MESSAGE_BYTES } from "../transport/grpc-tuning.ts";
+import { decodeTunnelMessage, tunnelFrameParts } from "../proto/tunnel-codec.ts";
+import { MAX_MESSAGE_BYTES, writeParts } from "../transport/grpc-tuning.ts";
 
 const OK = 0;
 const INTERNAL = 13;
@@ -61,7 +61,7 @@ export class H2TunnelCall extends EventEmitter {
       return false;
     }
     this.respond();
-    return this.stream.write(encodeTunnelFrame(message), written);
+    return writeParts(this.stream, tunnelFrameParts(message), written);
   }
 
   end(): void {

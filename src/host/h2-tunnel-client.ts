@@ -11,8 +11,8 @@ import { EventEmitter } from "node:events";
 import * as http2 from "node:http2";
 import { MessageDecoder, percentDecode } from "../core/grpc-messages.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
-import { decodeTunnelMessage, encodeTunnelFrame } from "../proto/tunnel-codec.ts";
-import { MAX_MESSAGE_BYTES } from "../transport/grpc-tuning.ts";
+import { decodeTunnelMessage, tunnelFrameParts } from "../proto/tunnel-codec.ts";
+import { MAX_MESSAGE_BYTES, writeParts } from "../transport/grpc-tuning.ts";
 
 /** grpc-js's PickResultType.COMPLETE: a connected subchannel was picked. */
 const PICK_COMPLETE = 0;
@@ -86,7 +86,7 @@ export class H2TunnelClientCall extends EventEmitter {
       if (written) queueMicrotask(() => written(new Error("the Tunnel call has ended")));
       return false;
     }
-    return this.stream.write(encodeTunnelFrame(message), written);
+    return writeParts(this.stream, tunnelFrameParts(message), written);
   }
 
   /** Half-closes the request (END_STREAM); the answer goes on. */

@@ -154,3 +154,9 @@ function plainGrpc(headers: http2.IncomingHttpHeaders): boolean {
   const encoding = headers["grpc-encoding"];
   return headers[":method"] === "POST" && (type === "application/grpc" || type.startsWith("application/grpc+proto") || type.startsWith("application/grpc;")) && (encoding === undefined || encoding === "identity");
 }
+
+/** A message's parts (proto/tunnel-codec.ts's tunnelFrameParts) written in order; the last write's answer. */
+export function writeParts(stream: NodeJS.WritableStream & { write(chunk: Buffer, cb?: (err?: Error | null) => void): boolean }, parts: Buffer[], written?: (err?: Error | null) => void): boolean {
+  for (let i = 0; i < parts.length - 1; i++) stream.write(parts[i]!);
+  return stream.write(parts[parts.length - 1]!, written);
+}
