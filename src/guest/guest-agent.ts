@@ -5,7 +5,9 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { formatTransportAddress, type TransportAddress } from "../core/transport-address.ts";
 import { guestServiceDefinition, portholeServiceDefinition } from "../proto/guest-service.ts";
-import { createTunedServer } from "../transport/grpc-tuning.ts";
+import { createTunedServer, serveOnHttp2 } from "../transport/grpc-tuning.ts";
+import { H2TunnelCall } from "./h2-tunnel-call.ts";
+import { handleTunnel } from "./tunnel-endpoint.ts";
 import { loadNative } from "../runtime/native.ts";
 import { serveTransport, type Served } from "../transport/serve.ts";
 import type { UnreadConnection } from "../transport/unread.ts";
@@ -79,6 +81,8 @@ export class GuestAgent {
       eventState: new EventState(this.options.runtimeDir, this.options.log),
       log: this.options.log,
     }));
+    // Tunnel streams skip grpc-js's call machinery (one per forwarded connection, every byte).
+    serveOnHttp2(this.grpcServer, guestServiceDefinition.Tunnel.path, (stream) => handleTunnel(new H2TunnelCall(stream)));
     const dataEndpoints: string[] = [];
     this.grpcServer.addService(
       portholeServiceDefinition,

@@ -98,6 +98,7 @@ export function guestServiceHandlers(context: GuestServiceContext): grpc.Untyped
       call.once("error", () => {});
     },
 
+    // Served by grpc-js only where guest-agent.ts's HTTP/2 hand-over does not take the stream.
     Tunnel(call: grpc.ServerDuplexStream<TunnelMessage, Partial<TunnelMessage>>) {
       handleTunnel(call);
     },

@@ -5,6 +5,7 @@
 // extension), so the host client can still send; the RPC ends once both sides reached EOF.
 // With a stock Lima host the guest server's EOF ends the RPC, as Lima does.
 import * as grpc from "@grpc/grpc-js";
+import type { EventEmitter } from "node:events";
 import * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
@@ -12,7 +13,15 @@ import { relayTunnel, resetSocket } from "../transport/tunnel-relay.ts";
 import { noteDialError } from "./fd-pressure.ts";
 import { handleUdpTunnel } from "./udp-endpoint.ts";
 
-export type TunnelCall = grpc.ServerDuplexStream<TunnelMessage, Partial<TunnelMessage>>;
+/** What a Tunnel handler uses of its call: grpc-js's server duplex, or guest/h2-tunnel-call.ts's. */
+export interface TunnelCall extends EventEmitter {
+  write(message: Partial<TunnelMessage>, written?: (err?: Error | null) => void): boolean;
+  end(): void;
+  pause(): unknown;
+  resume(): unknown;
+  readonly writableEnded: boolean;
+  readonly destroyed: boolean;
+}
 
 export function handleTunnel(call: TunnelCall): void {
   call.once("data", (handshake: TunnelMessage) => {

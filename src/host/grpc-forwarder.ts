@@ -2,7 +2,9 @@
 // handshake {id, protocol, guest_addr}, then data), and each UDP client one stream too.
 import type * as net from "node:net";
 import type { PlannedForward } from "../core/forward-plan.ts";
-import type { GuestServiceClient, TunnelMessage } from "../proto/guest-service.ts";
+import type * as grpc from "@grpc/grpc-js";
+import { guestServiceDefinition, type GuestServiceClient, type TunnelMessage } from "../proto/guest-service.ts";
+import { grpcSession, H2TunnelClientCall } from "./h2-tunnel-client.ts";
 import { relayTunnel, resetAfterFlush, resetSocket, type TunnelStream } from "../transport/tunnel-relay.ts";
 import { DatagramBatcher } from "../transport/datagram-batch.ts";
 import type { UdpTunnel } from "./udp-forward.ts";
@@ -28,11 +30,28 @@ export class GrpcForwarder {
     private readonly creditUdp: () => boolean = () => false,
   ) {}
 
+  /**
+   * A Tunnel call: straight on grpc-js's connected HTTP/2 session where it has one (one stream,
+   * no call machinery: h2-tunnel-client.ts), else grpc-js's own call (it waits for the
+   * connection, and reports a guest that cannot be reached).
+   */
+  private tunnel(): HostTunnelCall & UdpTunnel {
+    const ready = grpcSession(this.client as unknown as grpc.Client);
+    if (ready) {
+      try {
+        return new H2TunnelClientCall(ready.session, ready.authority, guestServiceDefinition.Tunnel.path);
+      } catch {
+        // the session is closing (GOAWAY) or gone: grpc-js's call finds the next one
+      }
+    }
+    return this.client.Tunnel();
+  }
+
   /** A TCP connection (or a unix socket connection) to a guest port or guest socket. */
   forwardStream(socket: net.Socket, plan: PlannedForward): void {
     const protocol = plan.protocol === "unix" ? "unix" : "tcp";
     const id = `${protocol}-${plan.key.split(" ")[1]}-${this.nextId++}`;
-    const call = this.client.Tunnel();
+    const call = this.tunnel();
     call.write({ id, protocol, guest_addr: plan.guestAddr, half_close: true });
     bridgeSocket(socket, call, id);
   }
@@ -43,7 +62,7 @@ export class GrpcForwarder {
    */
   openUdpTunnel(plan: PlannedForward, client: string): UdpTunnel {
     const id = `udp-${plan.key.split(" ")[1]}-${client}`;
-    const call = this.client.Tunnel();
+    const call = this.tunnel();
     const batch = this.batchUdp();
     const credited = batch && this.creditUdp();
     call.write({ id, protocol: "udp", guest_addr: plan.guestAddr, ...(batch ? { udp_batch: true } : {}), ...(credited ? { udp_credit: true } : {}) });

@@ -43,6 +43,45 @@ function writeVarint(buf: Buffer, at: number, n: number): number {
 }
 
 export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
+  const frame = encodeTunnelFrame(message);
+  const serialized = frame.subarray(GRPC_HEADER_BYTES);
+  frames.set(serialized, frame);
+  return serialized;
+}
+
+/** From this size a data message's bytes are written as they are, after a small head (no copy). */
+const OWN_BUFFER_BYTES = 4096;
+
+/**
+ * A message as gRPC sends it on HTTP/2, in the buffers to write one after the other: for a data
+ * message (id and data only, as relays send them) a head (the 5-byte header, the id, the data
+ * field's tag and length) and then the data buffer itself, not copied; otherwise one frame.
+ */
+export function tunnelFrameParts(message: Partial<TunnelMessage>): Buffer[] {
+  const data = message.data;
+  if (!data || data.length < OWN_BUFFER_BYTES || message.protocol || message.guest_addr || message.udp_target_addr || message.half_close || message.eof || message.datagrams?.length || message.udp_batch || message.udp_delivered || message.udp_credit) {
+    return [encodeTunnelFrame(message)];
+  }
+  const id = message.id ?? "";
+  const idLength = Buffer.byteLength(id);
+  const idBytes = idLength ? 1 + varintBytes(idLength) + idLength : 0;
+  const headBytes = GRPC_HEADER_BYTES + idBytes + 1 + varintBytes(data.length);
+  const head = Buffer.allocUnsafe(headBytes);
+  head[0] = 0;
+  head.writeUInt32BE(headBytes - GRPC_HEADER_BYTES + data.length, 1);
+  let at = GRPC_HEADER_BYTES;
+  if (idLength) {
+    head[at++] = (1 << 3) | 2;
+    at = writeVarint(head, at, idLength);
+    at += head.write(id, at, idLength, "utf8");
+  }
+  head[at++] = (DATA_FIELD << 3) | 2;
+  writeVarint(head, at, data.length);
+  return [head, data];
+}
+
+/** A message as gRPC sends it on HTTP/2: the 5-byte header (uncompressed, the length), then the fields. */
+export function encodeTunnelFrame(message: Partial<TunnelMessage>): Buffer {
   let size = 0;
   const strings: [number, string, number][] = [];
   for (const [field, name] of STRING_FIELDS) {
@@ -90,9 +129,7 @@ export function encodeTunnelMessage(message: Partial<TunnelMessage>): Buffer {
   if (message.udp_batch) at = writeVarint(frame, writeVarint(frame, at, UDP_BATCH_FIELD << 3), 1);
   if (message.udp_delivered) at = writeVarint(frame, writeVarint(frame, at, UDP_DELIVERED_FIELD << 3), message.udp_delivered);
   if (message.udp_credit) at = writeVarint(frame, writeVarint(frame, at, UDP_CREDIT_FIELD << 3), 1);
-  const serialized = frame.subarray(GRPC_HEADER_BYTES);
-  frames.set(serialized, frame);
-  return serialized;
+  return frame;
 }
 
 const EMPTY = Buffer.alloc(0);

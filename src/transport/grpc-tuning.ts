@@ -9,7 +9,7 @@ import { PORTHOLE_CLIENT_WINDOW } from "../core/h2-client-preface.ts";
 import { framedMessage } from "../proto/tunnel-codec.ts";
 
 export const STREAM_WINDOW_BYTES = 16 << 20;
-const MAX_MESSAGE_BYTES = 16 << 20;
+export const MAX_MESSAGE_BYTES = 16 << 20;
 /** grpc-go's default keepalive.EnforcementPolicy.MinTime is 5 minutes; half a minute of margin. */
 export const KEEPALIVE_TIME_MS = 330_000;
 
@@ -29,6 +29,8 @@ export const CLIENT_OPTIONS: grpc.ChannelOptions = {
   "grpc.keepalive_time_ms": KEEPALIVE_TIME_MS,
   "grpc.keepalive_timeout_ms": 20_000,
   "grpc.keepalive_permit_without_calls": 0,
+  // channelz (on by default) counts every call and message; nothing here reads it.
+  "grpc.enable_channelz": 0,
 };
 
 export const SERVER_OPTIONS: grpc.ServerOptions = {
@@ -38,6 +40,7 @@ export const SERVER_OPTIONS: grpc.ServerOptions = {
   // Accept the client's keepalive pings as often as it sends them.
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+  "grpc.enable_channelz": 0,
 };
 
 /**
@@ -49,6 +52,7 @@ export const SERVER_OPTIONS: grpc.ServerOptions = {
  */
 export function createTunedServer(): grpc.Server {
   sendFramedAsIs();
+  handOverStreams();
   const server = new grpc.Server(SERVER_OPTIONS);
   const internals = server as unknown as { commonServerOptions?: http2.ServerOptions };
   if (!internals.commonServerOptions) {
@@ -102,4 +106,57 @@ export function sendFramedAsIs(): void {
     serialized.copy(output, 5);
     return output;
   };
+}
+
+type StreamHandler = (stream: http2.ServerHttp2Stream) => void;
+const handedOver = new WeakMap<grpc.Server, Map<string, StreamHandler>>();
+
+/**
+ * Streams of `path` (a bidi method of `server`) go to `handler` as plain HTTP/2 streams instead
+ * of through grpc-js's call machinery: for Tunnel, which carries every forwarded byte and opens
+ * once per forwarded connection. Only plain gRPC requests (no message compression) are handed
+ * over; anything else stays with grpc-js. Set before the server serves its first connection.
+ */
+export function serveOnHttp2(server: grpc.Server, path: string, handler: StreamHandler): void {
+  handOverStreams();
+  const handlers = handedOver.get(server) ?? new Map<string, StreamHandler>();
+  handedOver.set(server, handlers);
+  handlers.set(path, handler);
+}
+
+let streamsHandedOver = false;
+
+/**
+ * Patches grpc-js's stream dispatch (both of its handlers, with and without channelz) so that a
+ * stream of a handed-over path skips it. Checked by test/transport/grpc-tuning.test.ts.
+ */
+function handOverStreams(): void {
+  if (streamsHandedOver) return;
+  streamsHandedOver = true;
+  type Dispatch = (this: grpc.Server, extra: unknown, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => void;
+  const proto = grpc.Server.prototype as unknown as Record<"_streamHandler" | "_channelzHandler", Dispatch> & { onStreamOpened?: unknown };
+  for (const name of ["_streamHandler", "_channelzHandler"] as const) {
+    const original = proto[name];
+    if (typeof original !== "function" || typeof proto.onStreamOpened !== "function") throw new Error(`grpc-js internals changed: no Server.${name} to patch`);
+    proto[name] = function (extra, stream, headers) {
+      const handler = handedOver.get(this)?.get(headers[":path"] ?? "");
+      if (!handler || !plainGrpc(headers)) return original.call(this, extra, stream, headers);
+      stream.once("error", () => {}); // as grpc-js: "close" follows any error
+      (this as unknown as { onStreamOpened(s: http2.ServerHttp2Stream): void }).onStreamOpened(stream); // its idle timer
+      handler(stream);
+    };
+  }
+}
+
+/** A request grpc-js would serve with identity messages: gRPC's content type, no compression. */
+function plainGrpc(headers: http2.IncomingHttpHeaders): boolean {
+  const type = headers["content-type"] ?? "";
+  const encoding = headers["grpc-encoding"];
+  return headers[":method"] === "POST" && (type === "application/grpc" || type.startsWith("application/grpc+proto") || type.startsWith("application/grpc;")) && (encoding === undefined || encoding === "identity");
+}
+
+/** A message's parts (proto/tunnel-codec.ts's tunnelFrameParts) written in order; the last write's answer. */
+export function writeParts(stream: NodeJS.WritableStream & { write(chunk: Buffer, cb?: (err?: Error | null) => void): boolean }, parts: Buffer[], written?: (err?: Error | null) => void): boolean {
+  for (let i = 0; i < parts.length - 1; i++) stream.write(parts[i]!);
+  return stream.write(parts[parts.length - 1]!, written);
 }

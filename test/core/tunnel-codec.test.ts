@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { loadRoot, type TunnelMessage } from "../../src/proto/guest-service.ts";
-import { decodeTunnelMessage, encodeTunnelMessage, framedMessage } from "../../src/proto/tunnel-codec.ts";
+import { decodeTunnelMessage, encodeTunnelFrame, encodeTunnelMessage, framedMessage, tunnelFrameParts } from "../../src/proto/tunnel-codec.ts";
 
 const root = loadRoot();
 const Extended = root.lookupType("porthole.ExtendedTunnelMessage");
@@ -67,4 +67,13 @@ describe("Tunnel codec", () => {
     expect(() => decodeTunnelMessage(Buffer.from("39" + "0102", "hex"))).toThrow("runs past its end");
     expect(() => decodeTunnelMessage(Buffer.from("08" + "ffffffffffffffffffff01", "hex"))).toThrow("longer than 10 bytes");
   });
+});
+
+test("a data message's parts (a head, then the data buffer itself) join to the same frame as one buffer would be", () => {
+  for (const m of [...samples, { id: "tcp-1-2", data: randomBytes(70_000) }, { data: randomBytes(5000) }, { id: "ünï", data: randomBytes(4096) }]) {
+    const parts = tunnelFrameParts(m);
+    expect(Buffer.concat(parts).equals(encodeTunnelFrame(m))).toBe(true);
+    if (parts.length > 1) expect(parts[parts.length - 1]).toBe(m.data as Buffer); // not copied
+  }
+  expect(tunnelFrameParts({ id: "x", data: randomBytes(70_000) }).length).toBe(2);
 });
