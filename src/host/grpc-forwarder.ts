@@ -19,6 +19,7 @@ export interface HostTunnelCall extends TunnelStream {
 
 export class GrpcForwarder {
   private nextId = 0;
+  private saidChanged = false;
 
   /**
    * `batchUdp`: the guest reads several datagrams per message (its Hello lists "udp-batch");
@@ -28,6 +29,7 @@ export class GrpcForwarder {
     private readonly client: GuestServiceClient,
     private readonly batchUdp: () => boolean = () => false,
     private readonly creditUdp: () => boolean = () => false,
+    private readonly warn: (message: string) => void = () => {},
   ) {}
 
   /**
@@ -37,7 +39,14 @@ export class GrpcForwarder {
    */
   private tunnel(): HostTunnelCall & UdpTunnel {
     const ready = grpcSession(this.client as unknown as grpc.Client);
-    if (ready) {
+    if (ready === "changed" && !this.saidChanged) {
+      this.saidChanged = true;
+      this.warn(
+        "gRPC tunnels go through grpc-js's own calls: its HTTP/2 session is not where porthole looks for it (a grpc-js other than " +
+          "the version porthole pins?). They work, at about twice the CPU per connection; use the porthole binary as released.",
+      );
+    }
+    if (ready && ready !== "changed") {
       try {
         return new H2TunnelClientCall(ready.session, ready.authority, guestServiceDefinition.Tunnel.path);
       } catch {

@@ -24,17 +24,25 @@ interface ChannelInternals {
   };
 }
 
-/** The connected HTTP/2 session grpc-js would put a call on now, and its authority; else undefined. */
-export function grpcSession(client: grpc.Client): { session: http2.ClientHttp2Session; authority: string } | undefined {
+/**
+ * The connected HTTP/2 session grpc-js would put a call on now, and its authority; `changed`
+ * where grpc-js's internals are not where this expects them (another grpc-js than the one
+ * pinned); else undefined (not connected now: grpc-js's own call waits for it).
+ */
+export function grpcSession(client: grpc.Client): { session: http2.ClientHttp2Session; authority: string } | "changed" | undefined {
   try {
     const internal = (client.getChannel() as unknown as ChannelInternals).internalChannel;
-    const pick = internal?.doPick?.(new grpc.Metadata(), {});
+    if (typeof internal?.doPick !== "function") return "changed";
+    const pick = internal.doPick(new grpc.Metadata(), {});
     if (pick?.pickResultType !== PICK_COMPLETE) return undefined;
-    const session = pick.subchannel?.getRealSubchannel?.()?.transport?.session;
+    const real = pick.subchannel?.getRealSubchannel?.();
+    if (!real || !("transport" in real)) return "changed";
+    if (real.transport && !("session" in real.transport)) return "changed";
+    const session = real.transport?.session;
     if (!session || session.closed || session.destroyed) return undefined;
-    return { session, authority: internal?.defaultAuthority ?? "localhost" };
+    return { session, authority: internal.defaultAuthority ?? "localhost" };
   } catch {
-    return undefined;
+    return "changed";
   }
 }
 

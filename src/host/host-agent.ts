@@ -168,6 +168,7 @@ export class HostAgent {
       this.connection.client,
       () => this.guestFeatures.includes("udp-batch"),
       () => this.guestFeatures.includes("udp-credit"),
+      (message) => this.emit({ type: "warning", message }),
     );
     if (options.syncTime) {
       this.timeSync = new TimeSync(this.connection.client, (m) => this.log(m), (message) => this.emit({ type: "warning", message }));
