@@ -256,6 +256,23 @@ export class NativeRelayLoop {
     onSocket(socket);
   }
 
+  /**
+   * Cuts off a client whose listener closed while it was on its way to JavaScript (an agent
+   * stopping): a reset, as every connection the agent cuts off, never a FIN that would make a
+   * truncated transfer look complete.
+   */
+  private resetFd(fd: number): void {
+    this.adopt(fd, (socket) => {
+      socket.on("error", () => {});
+      try {
+        if (typeof socket.resetAndDestroy === "function") return void socket.resetAndDestroy();
+      } catch {
+        // not connected after all: a plain close will do
+      }
+      socket.destroy();
+    });
+  }
+
   closeFd(fd: number): void {
     this.shim.close(fd);
   }
@@ -354,7 +371,7 @@ export class NativeRelayLoop {
         }
       } else if (kind === REC_HANDOFF || kind === REC_REJECTED || kind === REC_ACCEPT_FAILED) {
         const listener = this.listeners.get(id);
-        if (kind === REC_HANDOFF && !listener) this.shim.close(err); // its listener is gone: so is the stream
+        if (kind === REC_HANDOFF && !listener) this.resetFd(err); // its listener is gone: so is the stream
         else if (kind === REC_HANDOFF) safely(() => listener!.handoff(err));
         else if (kind === REC_REJECTED) safely(() => listener?.rejected?.(err));
         else safely(() => listener?.acceptFailed(err));
