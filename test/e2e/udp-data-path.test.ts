@@ -26,6 +26,18 @@ async function echoEach(port: number, sent: Buffer[]): Promise<Buffer[]> {
   return received;
 }
 
+/** A guest agent, a host agent connected to it, and a UDP echo server in the guest that the host forwards. */
+async function forwardedUdpEcho() {
+  const guest = Guest.create();
+  await guest.startAgent();
+  const host = startHostAgent(guest, []);
+  await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+  const port = await freePort();
+  await guest.startServer("udp-echo", [["127.0.0.1", port]]);
+  await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+  return { guest, host, port };
+}
+
 describe("UDP over the data path", () => {
   e2eTest("datagrams of 1 to 60,000 bytes come back byte for byte from socat, over a data stream of the flow's own (status: path fast, no gRPC)", async () => {
     const guest = Guest.create();
@@ -57,13 +69,7 @@ describe("UDP over the data path", () => {
   });
 
   e2eTest("a data stream that cannot be had: said as a path-changed event, and the next flow goes by gRPC and is answered", async () => {
-    const guest = Guest.create();
-    await guest.startAgent();
-    const host = startHostAgent(guest, []);
-    await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
-    const port = await freePort();
-    await guest.startServer("udp-echo", [["127.0.0.1", port]]);
-    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+    const { guest, host, port } = await forwardedUdpEcho();
     rmSync(`${guest.socket}.data`); // the guest's data endpoint is gone: its streams cannot be dialed
 
     const client = dgram.createSocket("udp4");
@@ -87,13 +93,7 @@ describe("UDP over the data path", () => {
   });
 
   e2eTest("datagrams the kernel drops at the host socket before the agent reads them count in datagramsDropped (as /proc/net/udp counts them) and are said once", async () => {
-    const guest = Guest.create();
-    await guest.startAgent();
-    const host = startHostAgent(guest, []);
-    await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
-    const port = await freePort();
-    await guest.startServer("udp-echo", [["127.0.0.1", port]]);
-    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+    const { guest, host, port } = await forwardedUdpEcho();
     const control = join(guest.dir, "state", "control.sock");
     const dropped = () => statusJSON(control).forwards.find((f) => f.protocol === "udp" && f.hostAddr === `127.0.0.1:${port}`)?.datagramsDropped ?? -1;
     const pid = host.proc.child.pid!;

@@ -28,12 +28,18 @@ function receiver(stream: net.Socket) {
   return { got, flow };
 }
 
+/** The length of each write made to `socket`, as it is made. */
+function countWrites(socket: net.Socket): number[] {
+  const writes: number[] = [];
+  const write = socket.write.bind(socket);
+  socket.write = ((chunk: Buffer, ...rest: never[]) => (writes.push(chunk.length), write(chunk, ...rest))) as typeof socket.write;
+  return writes;
+}
+
 describe("DatagramStream", () => {
   test("the datagrams of one turn leave in one write, whole, with the turn's credits", async () => {
     const [a, b] = await pair();
-    const writes: number[] = [];
-    const write = a.write.bind(a);
-    a.write = ((chunk: Buffer, ...rest: never[]) => (writes.push(chunk.length), write(chunk, ...rest))) as typeof a.write;
+    const writes = countWrites(a);
     const sender = new DatagramStream(a, { onDatagrams: () => {}, onEnd: () => {} });
     const { got } = receiver(b);
     const sent = [Buffer.from("one"), Buffer.alloc(0), Buffer.alloc(60_000, 1), Buffer.from("last")];
@@ -49,9 +55,7 @@ describe("DatagramStream", () => {
 
   test("a credit report is written at once, not a turn later (the far end's budget waits on it)", async () => {
     const [a, b] = await pair();
-    const writes: number[] = [];
-    const write = a.write.bind(a);
-    a.write = ((chunk: Buffer, ...rest: never[]) => (writes.push(chunk.length), write(chunk, ...rest))) as typeof a.write;
+    const writes = countWrites(a);
     const sender = new DatagramStream(a, { onDatagrams: () => {}, onEnd: () => {} });
     const { got } = receiver(b);
     sender.report(4321);
