@@ -41,7 +41,7 @@ deps: node_modules/.installed
 # Debian's golang-google-grpc-dev: the stack Lima's agents run on), the independent gRPC peers,
 # and bpftool (which lists the BPF programs the agent attaches).
 system-deps:
-	@missing=""; for tool in cc:gcc $(CROSS_DEPS) ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static cpio:cpio protoc:protobuf-compiler go:golang-go bpftool:bpftool /usr/bin/python3:python3 curl:curl pgrep:procps strace:strace; do \
+	@missing=""; for tool in cc:gcc $(CROSS_DEPS) ip:iproute2 unshare:util-linux nsenter:util-linux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client socat:socat iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static cpio:cpio protoc:protobuf-compiler go:golang-go bpftool:bpftool /usr/bin/python3:python3 curl:curl pgrep:procps strace:strace /usr/sbin/haproxy:haproxy; do \
 	  { command -v $${tool%%:*} || [ -e $${tool%%:*} ]; } >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	/usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null || missing="$$missing python3-grpcio python3-protobuf"; \
 	[ -d /usr/share/gocode/src/google.golang.org/grpc ] || missing="$$missing golang-google-grpc-dev"; \

@@ -40,7 +40,7 @@ const DETECTOR = flag("detector", "");
 const BURST = SMOKE ? 100 : 1000;
 const CHURN_RATE = 100;
 
-type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "fast-copy" | "fast-js" | "porthole-direct" | "serial-grpc" | "serial-mux" | "tcp-grpc" | "tcp-mux";
+type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "fast-copy" | "fast-js" | "porthole-direct" | "serial-grpc" | "serial-mux" | "tcp-grpc" | "tcp-mux" | "haproxy";
 const COLUMNS: [Path, string][] = [
   ["direct", "direct loopback"],
   ["byIP", "by IP (veth)"],
@@ -51,6 +51,7 @@ const COLUMNS: [Path, string][] = [
   ["fast-copy", "data path, read/send (vsock-shaped)"],
   ["fast-js", "data path, JavaScript relay"],
   ["porthole-direct", "porthole direct"],
+  ["haproxy", "HAProxy to the guest's IP (splice)"],
   ["tcp-grpc", "single stream (tcp://): gRPC"],
   ["tcp-mux", "single stream (tcp://): lean mux"],
   ["serial-grpc", "single stream (virtio-serial stand-in): gRPC"],
@@ -300,6 +301,25 @@ async function main(): Promise<void> {
     singleStream("tcp-mux"),
     singleStream("serial-grpc"),
     singleStream("serial-mux"),
+    {
+      // The same job as porthole direct (one relay in front of the guest's IP) done by a relay
+      // we did not write: HAProxy in TCP mode, one thread, splice() both ways. What any one
+      // relay costs on this machine, beside what porthole's costs.
+      path: "haproxy",
+      udp: false,
+      async start(guestPort, hostPort) {
+        const haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].find((p) => existsSync(p));
+        if (!haproxy) throw new Error("haproxy is missing: make bench installs it (make system-deps)");
+        const config = guest.writeFile(`haproxy-${hostPort}.cfg`, [
+          "global", "  nbthread 1", "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 60s", "  timeout server 60s", "  option splice-auto",
+          `listen fwd`, `  bind 127.0.0.1:${hostPort}`, `  server guest ${guestIP}:${guestPort}`, "",
+        ].join("\n"));
+        const proc = new Proc(spawn(haproxy, ["-db", "-f", config], { stdio: "ignore" }), "haproxy");
+        await waitAccepting(hostPort);
+        await Bun.sleep(1000); // as for ssh -L: the probe's connection must be gone before iperf3 starts
+        return () => proc.kill();
+      },
+    },
     {
       path: "sshL",
       udp: false,

@@ -143,6 +143,7 @@ static int abort_all_told; /* ph_relay_abort_all(): post REC_ALL_ABORTED once th
 static struct record *outq;     /* records the notify socket had no room for */
 static size_t outq_len, outq_cap, outq_sent_bytes;
 static int notify_wants_out; /* EPOLLOUT asked for on notify_fd: only while records wait */
+static uint64_t tell_deadline_ms; /* records waiting to be told later (post_later): when; 0: none */
 static uint64_t total_spliced, total_copied, total_relays;
 
 #define WATCH_TAG (1ULL << 63)
@@ -160,6 +161,13 @@ static void notify_want_out(int want) {
   if (notify_wants_out == want) return;
   struct epoll_event ev = { .events = EPOLLET | (want ? EPOLLOUT : 0), .data.ptr = &notify_fd };
   if (epoll_ctl(epfd, EPOLL_CTL_MOD, notify_fd, &ev) == 0) notify_wants_out = want;
+}
+
+static void flush_records(void);
+/* Sends every waiting record now. */
+static void post_now(void) {
+  tell_deadline_ms = 0;
+  flush_records();
 }
 
 static void flush_records(void) {
@@ -187,16 +195,46 @@ static void flush_records(void) {
   if (outq_len == 0) notify_want_out(0);
 }
 
-static void post(struct record r) {
+static int queue_record(struct record r) {
   if (outq_len == outq_cap) {
     size_t cap = outq_cap ? outq_cap * 2 : 256;
     struct record *q = realloc(outq, cap * sizeof *q);
-    if (!q) return; /* out of memory: the record is lost, the relay is still closed */
+    if (!q) return 0; /* out of memory: the record is lost, the relay is still closed */
     outq = q;
     outq_cap = cap;
   }
   outq[outq_len++] = r;
-  flush_records();
+  return 1;
+}
+
+/*
+ * Records that only tell JavaScript what already happened (a forward's client dialled and
+ * relayed here, that relay's end) wait up to PH_TELL_LATER_MS, so that a burst of short
+ * connections wakes the event loop once per batch instead of twice per connection: each wake
+ * of a runtime's loop costs about as much CPU as the relay's own work for the connection.
+ * Any other record goes at once and takes the waiting ones with it, in order.
+ */
+#define PH_TELL_LATER_MS 5
+#define PH_TELL_LATER_MAX 128
+
+static void post(struct record r) {
+  if (queue_record(r)) post_now();
+}
+
+static uint64_t now_ms(void);
+static void post_later(struct record r) {
+  if (!queue_record(r)) return;
+  if (outq_len >= PH_TELL_LATER_MAX) return post_now();
+  if (!tell_deadline_ms) tell_deadline_ms = now_ms() + PH_TELL_LATER_MS;
+}
+
+/* Flushes what waits, once its time came; returns ms until then (-1: nothing waits). */
+static int tell_waiting(void) {
+  if (!tell_deadline_ms) return -1;
+  uint64_t now = now_ms();
+  if (now < tell_deadline_ms) return (int)(tell_deadline_ms - now);
+  post_now();
+  return -1;
 }
 
 static void reset_fd(int fd) {
@@ -248,7 +286,9 @@ static void finish(struct relay *r, uint32_t flags, int err) {
   dir_free(&r->d[1]);
   r->next_pending = graveyard;
   graveyard = r;
-  if (!quiet) post(rec);
+  /* A forward's relay that ended as relays end: JavaScript only counts it (later, batched). */
+  if (r->forward && !(flags & PH_DIAL_FAILED)) post_later(rec);
+  else if (!quiet) post(rec);
 }
 
 static int to_copy(struct dir *d) {
@@ -881,7 +921,8 @@ static void dial_done(struct relay *r, struct relay **ready, int in_set) {
   if (!r->listener || r->forward) {
     /* a_to_b: a forward listener's id (JavaScript learns of its connection here), b_to_a: its target's number */
     struct record rec = { REC_DIALED, r->id, 0, 0, r->forward ? (uint64_t)r->listener : 0, r->forward ? (uint64_t)r->target_gen : 0 };
-    post(rec);
+    if (r->forward) post_later(rec); /* JavaScript learns of it after the fact */
+    else post(rec); /* JavaScript dialled it and waits */
   }
   ready_push(ready, r);
 }
@@ -1489,6 +1530,8 @@ static void *relay_thread(void *unused) {
     int timeout = ready ? 0 : resetting ? 10 : -1;
     if (dial_ms >= 0 && (timeout < 0 || dial_ms < timeout)) timeout = dial_ms;
     if (rearm_ms >= 0 && (timeout < 0 || rearm_ms < timeout)) timeout = rearm_ms;
+    int tell_ms = tell_waiting();
+    if (tell_ms >= 0 && (timeout < 0 || tell_ms < timeout)) timeout = tell_ms;
     int n = epoll_wait(epfd, events, 256, timeout);
     if (n < 0 && errno != EINTR) return NULL;
     for (int i = 0; i < n; i++) {

@@ -47,10 +47,16 @@ export interface RelayStatus {
   open: number;
   bytesSpliced: number;
   bytesCopied: number;
-  /** Clients accepted and dialled in the relay thread (no JavaScript per connection: a forward's data path or direct path). */
+  /**
+   * Clients accepted and dialled in the relay thread (no JavaScript per connection: a forward's
+   * data path or direct path). The thread tells of them, and of their ends, in batches at most
+   * 5 ms late: these counts (and `open`) may lag that much.
+   */
   acceptedNatively?: number;
   /** Clients accepted in the relay thread whose dial there failed (refused, unreachable…): handed back to JavaScript, which reset them or sent them on by another path. */
   acceptHandedBack?: number;
+  /** How often the relay thread woke the event loop with records (a batch of them each). */
+  recordReads?: number;
   /** Connections the JavaScript relay carried. */
   javascriptRelays: number;
   /** Connections the native relay ended with a reset (an error on either side). */

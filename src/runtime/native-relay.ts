@@ -118,6 +118,8 @@ export class NativeRelayLoop {
   private readonly listeners = new Map<number, DataListenerHandlers>();
   private nextToken = 1;
   private pending: Buffer = Buffer.alloc(0);
+  /** Reads of records (each a wake of the event loop by the relay thread). */
+  recordReads = 0;
   private readonly counters = new BigUint64Array(2);
   private readonly empty = new Uint8Array(1);
 
@@ -332,6 +334,7 @@ export class NativeRelayLoop {
   }
 
   private onRecords(chunk: Buffer): void {
+    this.recordReads++;
     const buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
     const whole = buf.length - (buf.length % RECORD_BYTES);
     for (let at = 0; at < whole; at += RECORD_BYTES) {

@@ -491,6 +491,7 @@ export function relayStatus(): RelayStatus {
     bytesCopied: totals.copied,
     acceptedNatively,
     acceptHandedBack,
+    recordReads: loop?.recordReads ?? 0,
     javascriptRelays,
     resets,
   };

@@ -203,6 +203,30 @@ async function acceptedWhenDone(guest: Guest, host: HostAgentProc): Promise<numb
   return acceptCounts(guest).acceptedNatively ?? 0;
 }
 
+describe.each(relays.filter((r) => r.counter))("records of connections accepted in the relay thread, with $name", ({ env }) => {
+  e2eTest("the relay thread tells the event loop of the connections it accepted in batches, not with a wake-up or two per connection", async () => {
+    const { guest, host } = await startAgents(env, ["--forwarder", "fast"]);
+    const port = await freePort();
+    await guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port);
+    type Reads = { acceptedNatively?: number; recordReads?: number };
+    const reads = () => status(guest).relay as Reads;
+    const before = (await acceptedWhenDone(guest, host), reads());
+    // Back to back, as a client opening many short connections does.
+    const clients = 300;
+    for (let i = 0; i < clients; i++) await exchange(port, Buffer.from("x"));
+    // Told at most 5 ms late: every one of them, then.
+    const after = await host.proc.waitFor(() => {
+      const r = reads();
+      return (r.acceptedNatively ?? 0) - (before.acceptedNatively ?? 0) === clients && status(guest).relay.open === 0 ? r : undefined;
+    }, "every connection told");
+    // Each connection has two records (dialled, ended): told one by one they took 600 reads.
+    const told = (after.recordReads ?? 0) - (before.recordReads ?? 0);
+    expect(told).toBeGreaterThan(0);
+    expect(told).toBeLessThan(clients / 2);
+  });
+});
+
 describe.each(relays)("direct path accepted in the relay thread, with $name", ({ env, counter }) => {
   e2eTest("clients accepted in the host agent's relay thread are dialled to the guest's proven address there, counted on the direct path with their bytes", async () => {
     const { guest, host } = await directAgents(env);
