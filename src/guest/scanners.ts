@@ -54,7 +54,8 @@ export function procNetScanner(dir = "/proc/net"): Scanner {
   return { name: `/proc/net (${dir})`, scan: () => scanProcNet(dir) };
 }
 
-export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner {
+/** `log`: where an overrun of the destroy events is said (once, and again if it turns to polling). */
+export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (line: string) => void = () => {}): Scanner {
   // Small to start (a large buffer costs on every call) and grown when a dump overflows it.
   let buf = new Uint8Array(1024 * DIAG_RECORD_BYTES);
   const last: { tcp: Buffer; udp: Buffer } = { tcp: Buffer.alloc(0), udp: Buffer.alloc(0) };
@@ -124,7 +125,7 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
         notify(batch);
       };
       const stopEvents = events?.watch(onBatch);
-      const stopCloses = watchDestroyEvents(shim, onBatch);
+      const stopCloses = watchDestroyEvents(shim, onBatch, log);
       return () => {
         stopCloses();
         stopEvents?.();
@@ -140,25 +141,36 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents): Scanner
  * sockets closing (every forwarded connection) are skipped; anything unreadable means scan
  * that protocol whole, and so does an overrun (after which a fresh subscription is watched).
  */
-function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void): () => void {
+function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void, log: (line: string) => void): () => void {
+  let overrunSaid = false;
   const stops = (["tcp", "udp"] as const).map((protocol) => {
     const whole = protocol === "tcp" ? EVENT_TCP : EVENT_UDP;
     const onClose = () => onBatch({ ports: [], whole });
     let stopped = false;
     let stopCurrent = () => {};
     const renewals: number[] = [];
+    const unsubscribed = (err: number) =>
+      log(
+        `degraded: the kernel refused a subscription to ${protocol.toUpperCase()} socket-destroy events ` +
+          `(${shim.errnoName(err)}: ${shim.strerror(err)}), so a closed ${protocol.toUpperCase()} port is noticed by the ` +
+          `next re-scan instead of at once${protocol === "tcp" ? " (or by the eBPF close event, where that runs)" : ""}; ` +
+          "check that the agent runs as root with the inet_diag module loaded",
+      );
     const subscribe = (): void => {
       // 4: connected sockets' closes (every connection the guest closes) are dropped in the kernel.
       const fd = shim.diagSubscribeTo(whole | 4);
-      if (fd < 0) return;
+      if (fd < 0) return unsubscribed(fd);
       // The runtime's event loop watches the netlink socket like any socket. Where the runtime
       // will not adopt the fd (or keeps dropping it), poll it instead.
       let socket: import("node:net").Socket;
       try {
         socket = socketFromFd(fd);
-      } catch {
+      } catch (err) {
         stopCurrent = pollEvents(shim, fd, onClose);
-        return;
+        return log(
+          `degraded: this runtime cannot watch the ${protocol.toUpperCase()} socket-destroy events (${(err as Error).message}), ` +
+            `so the agent reads them every ${EVENT_POLL_MS} ms (more CPU while idle); the porthole binary (Bun) watches them by events`,
+        );
       }
       socket.on("data", (chunk: Buffer) => {
         const closed = closedListeners(chunk);
@@ -178,9 +190,24 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
         const now = Date.now();
         while (renewals.length && now - renewals[0]! > RENEWAL_WINDOW_MS) renewals.shift();
         renewals.push(now);
-        if (renewals.length <= MAX_RENEWALS) return subscribe();
+        if (renewals.length <= MAX_RENEWALS) {
+          if (!overrunSaid) {
+            overrunSaid = true;
+            log(
+              `port detector: a burst of ${protocol.toUpperCase()} socket closes overran the kernel's destroy events; the agent ` +
+                "scanned for them whole and watches a fresh subscription (said once; nothing to do)",
+            );
+          }
+          return subscribe();
+        }
         const fresh = shim.diagSubscribeTo(whole | 4);
-        if (fresh >= 0) stopCurrent = pollEvents(shim, fresh, onClose);
+        if (fresh < 0) return unsubscribed(fresh);
+        stopCurrent = pollEvents(shim, fresh, onClose);
+        log(
+          `degraded: ${protocol.toUpperCase()} socket closes overran the kernel's destroy events more than ${MAX_RENEWALS} times ` +
+            `in a second, so the agent now reads them every ${EVENT_POLL_MS} ms and scans ${protocol.toUpperCase()} whole on ` +
+            "every close (more CPU under a churn of ports); restart the agent to watch them by events again",
+        );
       });
       stopCurrent = () => socket.destroy();
     };
@@ -215,11 +242,11 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
   if (shim) {
     const probe = await netlinkScanner(shim).scan();
     if (!probe.errors.length) {
-      if (choice === "poll") return { scanner: netlinkScanner(shim), detector: polling(NETLINK_POLL_MS, "--detector poll was given") };
+      if (choice === "poll") return { scanner: netlinkScanner(shim, undefined, log), detector: polling(NETLINK_POLL_MS, "--detector poll was given") };
       const started = startKernelEvents(shim);
       if (started.events) {
         return {
-          scanner: netlinkScanner(shim, started.events), // a fresh one: no "unchanged" from the probe
+          scanner: netlinkScanner(shim, started.events, log), // a fresh one: no "unchanged" from the probe
           detector: {
             name: "ebpf",
             intervalMs: SAFETY_RESCAN_MS,
@@ -233,7 +260,7 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
       if (verifier) log(`eBPF verifier log: ${verifier}`);
       if (choice === "ebpf") throw new Error(`--detector ebpf: the eBPF programs could not load here (${reason}); use --detector auto or poll`);
       return {
-        scanner: netlinkScanner(shim),
+        scanner: netlinkScanner(shim, undefined, log),
         detector: polling(
           NETLINK_POLL_MS,
           `the eBPF programs could not load (${reason}); run the agent as root (or with CAP_BPF and CAP_NET_ADMIN) on a ` +
