@@ -5,7 +5,7 @@
 // re-scan, or polling where those cannot run.
 import { closedListeners, DIAG_RECORD_BYTES, diagRecordsToPorts, diagRecordsToSockets, parseDiagRecords } from "../core/diag-record.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
-import { socketFromFd } from "../runtime/fd-socket.ts";
+import { readFd, type FdReader } from "../runtime/fd-socket.ts";
 import { loadNative } from "../runtime/native.ts";
 import { scanProcNet, type ScanResult } from "./watcher.ts";
 import { EVENT_TCP, EVENT_UDP, startKernelEvents, type EventBatch, type KernelEvents } from "./kernel-events.ts";
@@ -162,9 +162,17 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
       if (fd < 0) return unsubscribed(fd);
       // The runtime's event loop watches the netlink socket like any socket. Where the runtime
       // will not adopt the fd (or keeps dropping it), poll it instead.
-      let socket: import("node:net").Socket;
+      let reader: FdReader;
       try {
-        socket = socketFromFd(fd);
+        reader = readFd(fd, {
+          data: (chunk) => {
+            const closed = closedListeners(chunk);
+            if (!closed) return onClose();
+            if (!closed.length) return;
+            onBatch({ ports: closed.map((c) => ({ protocol, port: c.port, families: c.family === 4 ? 1 : 2, closeOnly: true })), whole: 0 });
+          },
+          end: () => overrun(),
+        });
       } catch (err) {
         stopCurrent = pollEvents(shim, fd, onClose);
         return log(
@@ -172,44 +180,37 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
             `so the agent reads them every ${EVENT_POLL_MS} ms (more CPU while idle); the porthole binary (Bun) watches them by events`,
         );
       }
-      socket.on("data", (chunk: Buffer) => {
-        const closed = closedListeners(chunk);
-        if (!closed) return onClose();
-        if (!closed.length) return;
-        onBatch({ ports: closed.map((c) => ({ protocol, port: c.port, families: c.family === 4 ? 1 : 2, closeOnly: true })), whole: 0 });
-      });
-      socket.once("error", () => {});
-      socket.once("close", () => {
-        if (stopped) return;
-        // The runtime closed that fd: a burst of closes overran the socket (ENOBUFS). Something
-        // closed, so scan this protocol whole once, and go on with a fresh subscription, still
-        // watched by the event loop (never the old fd number again: it may be another socket's
-        // by now). A poll in its place would cost a wake-up every 10 ms and a whole scan per
-        // close from then on: a tenth of a core under a churn of binds.
-        onClose();
-        const now = Date.now();
-        while (renewals.length && now - renewals[0]! > RENEWAL_WINDOW_MS) renewals.shift();
-        renewals.push(now);
-        if (renewals.length <= MAX_RENEWALS) {
-          if (!overrunSaid) {
-            overrunSaid = true;
-            log(
-              `port detector: a burst of ${protocol.toUpperCase()} socket closes overran the kernel's destroy events; the agent ` +
-                "scanned for them whole and watches a fresh subscription (said once; nothing to do)",
-            );
-          }
-          return subscribe();
+      stopCurrent = () => reader.close();
+    };
+    const overrun = (): void => {
+      if (stopped) return;
+      // The runtime closed that fd: a burst of closes overran the socket (ENOBUFS). Something
+      // closed, so scan this protocol whole once, and go on with a fresh subscription, still
+      // watched by the event loop (never the old fd number again: it may be another socket's
+      // by now). A poll in its place would cost a wake-up every 10 ms and a whole scan per
+      // close from then on: a tenth of a core under a churn of binds.
+      onClose();
+      const now = Date.now();
+      while (renewals.length && now - renewals[0]! > RENEWAL_WINDOW_MS) renewals.shift();
+      renewals.push(now);
+      if (renewals.length <= MAX_RENEWALS) {
+        if (!overrunSaid) {
+          overrunSaid = true;
+          log(
+            `port detector: a burst of ${protocol.toUpperCase()} socket closes overran the kernel's destroy events; the agent ` +
+              "scanned for them whole and watches a fresh subscription (said once; nothing to do)",
+          );
         }
-        const fresh = shim.diagSubscribeTo(whole | 4);
-        if (fresh < 0) return unsubscribed(fresh);
-        stopCurrent = pollEvents(shim, fresh, onClose);
-        log(
-          `degraded: ${protocol.toUpperCase()} socket closes overran the kernel's destroy events more than ${MAX_RENEWALS} times ` +
-            `in a second, so the agent now reads them every ${EVENT_POLL_MS} ms and scans ${protocol.toUpperCase()} whole on ` +
-            "every close (more CPU under a churn of ports); restart the agent to watch them by events again",
-        );
-      });
-      stopCurrent = () => socket.destroy();
+        return subscribe();
+      }
+      const fresh = shim.diagSubscribeTo(whole | 4);
+      if (fresh < 0) return unsubscribed(fresh);
+      stopCurrent = pollEvents(shim, fresh, onClose);
+      log(
+        `degraded: ${protocol.toUpperCase()} socket closes overran the kernel's destroy events more than ${MAX_RENEWALS} times ` +
+          `in a second, so the agent now reads them every ${EVENT_POLL_MS} ms and scans ${protocol.toUpperCase()} whole on ` +
+          "every close (more CPU under a churn of ports); restart the agent to watch them by events again",
+      );
     };
     subscribe();
     return () => {

@@ -3,7 +3,7 @@
 // one socket the runtime adopts (like the netlink watcher's), so nothing here polls.
 import type * as net from "node:net";
 import { check, type NativeShim } from "./native-api.ts";
-import { socketFromFd } from "./fd-socket.ts";
+import { readFd, socketFromFd, type FdReader } from "./fd-socket.ts";
 import { runtimeName } from "./self.ts";
 
 const RECORD_BYTES = 32;
@@ -123,16 +123,20 @@ export class NativeRelayLoop {
   private readonly counters = new BigUint64Array(2);
   private readonly empty = new Uint8Array(1);
 
+  private readonly records: FdReader;
+
   private constructor(
     private readonly shim: NativeShim,
-    private readonly records: net.Socket,
+    recordsFd: number,
   ) {
-    records.on("data", (chunk: Buffer) => this.onRecords(chunk));
+    // Every record read is a wake-up of the event loop: read with the runtime's cheapest reader.
     // The thread lives as long as the process: a lost records socket cannot be replaced, so
     // the loop is no longer usable (callers fall back; see `broken`).
-    records.once("error", (err) => (this.broken = err.message));
-    records.once("close", () => (this.broken ??= "the relay's records socket closed"));
-    records.unref();
+    this.records = readFd(recordsFd, {
+      data: (chunk) => this.onRecords(chunk),
+      end: (err) => (this.broken ??= err?.message ?? "the relay's records socket closed"),
+    });
+    this.records.unref();
   }
 
   broken: string | undefined;
@@ -140,7 +144,7 @@ export class NativeRelayLoop {
   /** Starts the shim's relay thread; throws where it cannot (the caller falls back). */
   static start(shim: NativeShim): NativeRelayLoop {
     const fd = check(shim, shim.relayStart(), "relay thread");
-    return new NativeRelayLoop(shim, socketFromFd(fd));
+    return new NativeRelayLoop(shim, fd);
   }
 
   /**
