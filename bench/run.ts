@@ -113,37 +113,50 @@ async function waitAccepting(port: number, host = "127.0.0.1", timeoutMs = 15_00
 }
 
 
-/** Round trips per second over one connection, and new connections per second (each one round trip). */
+/**
+ * Round trips per second over one connection, and new connections per second (each one round
+ * trip): the medians of RUNS rounds (a burst of other work on this small machine moves one
+ * round, not the median), with both agents' CPU per new connection over all of them.
+ */
 async function latency(port: number, host = "127.0.0.1", pids?: { host?: number; guest?: number }): Promise<{ rrPerSec: number; connPerSec: number; cpuPerConnUs?: { host: number; guest: number } }> {
-  const seconds = Math.max(1, DURATION / 2);
+  const seconds = Math.max(1, DURATION / 2 / RUNS);
   const oneByte = Buffer.from([1]);
-  const s = net.connect({ port, host, noDelay: true });
-  await new Promise((r) => s.once("connect", r));
-  let trips = 0;
-  const until = Date.now() + seconds * 1000;
-  while (Date.now() < until) {
-    await new Promise<void>((resolve) => {
-      s.once("data", () => resolve());
-      s.write(oneByte);
-    });
-    trips++;
-  }
-  s.destroy();
-  let conns = 0;
+  const trips: number[] = [];
+  const conns: number[] = [];
   // Both agents' CPU over the new connections (ticks of 10 ms): per connection, less noisy than the rate.
   const ticks = () => [pids?.host, pids?.guest].map((pid) => (pid ? cpuTicks(pid) : 0));
-  const ticksBefore = ticks();
-  const until2 = Date.now() + seconds * 1000;
-  while (Date.now() < until2) {
-    await new Promise<void>((resolve, reject) => {
-      const c = net.connect({ port, host, noDelay: true }, () => c.write(oneByte));
-      c.once("data", () => (c.destroy(), resolve()));
-      c.once("error", reject);
-    });
-    conns++;
+  const used = [0, 0];
+  for (let round = 0; round < RUNS; round++) {
+    const s = net.connect({ port, host, noDelay: true });
+    await new Promise((r) => s.once("connect", r));
+    let n = 0;
+    const until = Date.now() + seconds * 1000;
+    while (Date.now() < until) {
+      await new Promise<void>((resolve) => {
+        s.once("data", () => resolve());
+        s.write(oneByte);
+      });
+      n++;
+    }
+    s.destroy();
+    trips.push(n / seconds);
+    const ticksBefore = ticks();
+    let c = 0;
+    const until2 = Date.now() + seconds * 1000;
+    while (Date.now() < until2) {
+      await new Promise<void>((resolve, reject) => {
+        const conn = net.connect({ port, host, noDelay: true }, () => conn.write(oneByte));
+        conn.once("data", () => (conn.destroy(), resolve()));
+        conn.once("error", reject);
+      });
+      c++;
+    }
+    ticks().forEach((t, i) => (used[i]! += t - ticksBefore[i]!));
+    conns.push(c / seconds);
   }
-  const used = ticks().map((t, i) => ((t - ticksBefore[i]!) * 10_000) / Math.max(1, conns)); // µs per connection
-  return { rrPerSec: trips / seconds, connPerSec: conns / seconds, ...(pids ? { cpuPerConnUs: { host: used[0]!, guest: used[1]! } } : {}) };
+  const total = conns.reduce((a, b) => a + b, 0) * seconds;
+  const perConn = used.map((t) => (t * 10_000) / Math.max(1, total)); // µs per connection
+  return { rrPerSec: median(trips), connPerSec: median(conns), ...(pids ? { cpuPerConnUs: { host: perConn[0]!, guest: perConn[1]! } } : {}) };
 }
 
 interface Mode {
