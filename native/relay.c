@@ -26,7 +26,7 @@
 #define PH_SMALL (16 * 1024) /* a direction copies through this much until a read fills it */
 #define PH_BUDGET 64 /* transfers per direction before the thread looks at other relays */
 
-enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3, REC_HANDOFF = 4, REC_REJECTED = 5, REC_ACCEPT_FAILED = 6, REC_ALL_ABORTED = 7 };
+enum { REC_RELAY_DONE = 1, REC_READY = 2, REC_DIALED = 3, REC_HANDOFF = 4, REC_REJECTED = 5, REC_ACCEPT_FAILED = 6, REC_ALL_ABORTED = 7, REC_UNLISTENED = 8 };
 /* Record flags of REC_RELAY_DONE. */
 #define PH_RESET 1u        /* ended by an error: both sides were reset */
 #define PH_SPLICE_AB 2u    /* a -> b moved with splice() */
@@ -1428,11 +1428,16 @@ static void accept_all(int li, struct relay **ready) {
  * once due; returns the ms until the next one is due (-1: none). */
 static int listeners_tend(void) {
   if (listeners_closing) {
+    int gone[PH_MAX_LISTENERS], n_gone = 0;
     pthread_mutex_lock(&lock);
     listeners_closing = 0;
     for (int i = 0; i < PH_MAX_LISTENERS; i++) {
       struct listener *l = &listeners[i];
       if (!l->used || !l->closing) continue;
+      /* A forward's: REC_UNLISTENED tells JavaScript once every record its clients had
+       * waiting (REC_DIALED comes late) went before it; until then JavaScript keeps the
+       * forward's handlers for them, even if this id is given to a new listener meanwhile. */
+      if (l->forward) gone[n_gone++] = i + 1;
       if (!l->borrowed) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL);
         close(l->fd);
@@ -1443,6 +1448,7 @@ static int listeners_tend(void) {
       l->used = l->closing = 0;
     }
     pthread_mutex_unlock(&lock);
+    for (int k = 0; k < n_gone; k++) post((struct record){ REC_UNLISTENED, (uint32_t)gone[k], 0, 0, 0, 0 });
   }
   if (!listeners_disarmed) return -1;
   uint64_t now = now_ms(), next = UINT64_MAX;

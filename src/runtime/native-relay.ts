@@ -14,6 +14,7 @@ const REC_HANDOFF = 4;
 const REC_REJECTED = 5;
 const REC_ACCEPT_FAILED = 6;
 const REC_ALL_ABORTED = 7;
+const REC_UNLISTENED = 8;
 /** Record flags (native/relay.c). */
 export const RELAY_RESET = 1;
 export const RELAY_SPLICE_AB = 2;
@@ -116,6 +117,8 @@ export class NativeRelayLoop {
   private readonly ready = new Map<number, (events: number) => void>();
   private readonly dialed = new Map<number, () => void>();
   private readonly listeners = new Map<number, DataListenerHandlers>();
+  /** Forward listeners closed whose late records (REC_DIALED) may still come, until REC_UNLISTENED. */
+  private readonly closedForwards = new Map<number, DataListenerHandlers>();
   private nextToken = 1;
   private pending: Buffer = Buffer.alloc(0);
   /** Reads of records (each a wake of the event loop by the relay thread). */
@@ -239,7 +242,11 @@ export class NativeRelayLoop {
 
   /** Stops a data listener (its accepted streams carry on; handoffs already posted still come). */
   dataUnlisten(id: number): void {
+    const handlers = this.listeners.get(id);
     this.listeners.delete(id);
+    // A forward's clients dialled just before are told late (REC_DIALED): its handlers stay
+    // for them until REC_UNLISTENED, which comes after their records.
+    if (handlers?.dialed) this.closedForwards.set(id, handlers);
     this.shim.dataUnlisten(id);
   }
 
@@ -366,8 +373,9 @@ export class NativeRelayLoop {
         this.dialed.delete(id);
         const listener = onDialed ? undefined : Number(buf.readBigUInt64LE(at + 16));
         if (listener) {
-          // A forward listener's connection: JavaScript learns of it now.
-          const handlers = this.listeners.get(listener);
+          // A forward listener's connection: JavaScript learns of it now (its listener may
+          // have closed meanwhile, and its id gone to a new one: the closed one's first).
+          const handlers = this.closedForwards.get(listener) ?? this.listeners.get(listener);
           safely(() => {
             const onEnd = handlers?.dialed?.(id, Number(buf.readBigUInt64LE(at + 24)));
             if (onEnd) this.done.set(id, onEnd);
@@ -382,6 +390,8 @@ export class NativeRelayLoop {
         else if (kind === REC_HANDOFF) safely(() => listener!.handoff(err));
         else if (kind === REC_REJECTED) safely(() => listener?.rejected?.(err));
         else safely(() => listener?.acceptFailed(err));
+      } else if (kind === REC_UNLISTENED) {
+        this.closedForwards.delete(id);
       } else if (kind === REC_ALL_ABORTED) {
         for (const resolve of this.allAborted.splice(0)) resolve();
       } else if (kind === REC_READY) {
