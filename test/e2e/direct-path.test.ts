@@ -11,6 +11,25 @@ import { closeWaitOf, e2eTest, exchange, freePort, Guest, pathsOf, startHostAgen
 
 useHarness();
 
+/** A guest linked to the host (IPv4) whose agent the host proved reachable by IP. */
+async function provedGuest() {
+  const guest = Guest.create();
+  const { hostIP } = guest.linkToHost();
+  await guest.startAgent();
+  const host = startHostAgent(guest);
+  await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
+  return { guest, hostIP, host };
+}
+
+/** provedGuest with an echo server on 0.0.0.0, forwarded by the direct path. */
+async function directEcho() {
+  const proved = await provedGuest();
+  const port = await freePort();
+  await proved.guest.startEcho("0.0.0.0", port);
+  expect((await proved.host.waitForForwarding(port)).path).toBe("direct");
+  return { ...proved, port };
+}
+
 describe("the direct path", () => {
   e2eTest("an impostor with the guest's address on a host network never gets the client's bytes; the guest does, through the data path", async () => {
     // The issue's case: the guest's only address is 10.215.N.7/24 (on a link of its own);
@@ -40,11 +59,7 @@ describe("the direct path", () => {
   });
 
   e2eTest("a guest reachable by IP: a wildcard listener's bytes go direct (counted), a loopback-only one's through the data path", async () => {
-    const guest = Guest.create();
-    guest.linkToHost();
-    await guest.startAgent();
-    const host = startHostAgent(guest);
-    await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
+    const { guest, host } = await provedGuest();
     const [wild, local] = [await freePort(), await freePort()];
     await guest.startServer("echo", [["0.0.0.0", wild], ["127.0.0.1", local]]);
     expect((await host.waitForForwarding(wild)).path).toBe("direct");
@@ -57,11 +72,7 @@ describe("the direct path", () => {
   });
 
   e2eTest("a guest socket on [::] that is IPv6-only: the connection is carried by the data path, and the forward stops showing direct", async () => {
-    const guest = Guest.create();
-    guest.linkToHost(); // IPv4 only: the direct path would dial the guest's IPv4 address
-    await guest.startAgent();
-    const host = startHostAgent(guest);
-    await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
+    const { guest, host } = await provedGuest(); // IPv4 only: the direct path would dial the guest's IPv4 address
     const port = await freePort();
     await guest.startEcho("::", port); // the fixture binds "::" with IPV6_V6ONLY
     await host.waitForForwarding(port);
@@ -76,14 +87,7 @@ describe("the direct path", () => {
   });
 
   e2eTest("a blackholed direct path falls back once, is remembered, and later connections go straight to the data path", async () => {
-    const guest = Guest.create();
-    const { hostIP } = guest.linkToHost();
-    await guest.startAgent();
-    const host = startHostAgent(guest);
-    await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
-    const port = await freePort();
-    await guest.startEcho("0.0.0.0", port);
-    expect((await host.waitForForwarding(port)).path).toBe("direct");
+    const { guest, hostIP, host, port } = await directEcho();
     // From now on the guest's answers to the host vanish without a word (the proof's too):
     // a connection attempt hears nothing and times out, as behind a dead link or firewall.
     expect(spawnSync("ip", ["netns", "exec", guest.ns, "ip", "route", "add", "blackhole", `${hostIP}/32`]).status).toBe(0);
@@ -98,14 +102,7 @@ describe("the direct path", () => {
   });
 
   e2eTest("a direct connection whose guest network goes silent is reset within two proof rounds, leaving nothing in CLOSE-WAIT", async () => {
-    const guest = Guest.create();
-    const { hostIP } = guest.linkToHost();
-    await guest.startAgent();
-    const host = startHostAgent(guest);
-    await host.waitForEvent((e) => e.type === "path-changed" && e.state === "usable", "the direct path proved");
-    const port = await freePort();
-    await guest.startEcho("0.0.0.0", port);
-    expect((await host.waitForForwarding(port)).path).toBe("direct");
+    const { guest, hostIP, host, port } = await directEcho();
     const client = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true });
     const ended = new Promise<string>((resolve) => {
       client.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
