@@ -378,6 +378,9 @@ int ph_udp_pump_add(int udp, int stream, const uint8_t *to_stream, int to_stream
   if (!p->out || !p->in || p->udp < 0 || p->stream < 0) goto fail;
   fcntl(p->udp, F_SETFL, fcntl(p->udp, F_GETFL) | O_NONBLOCK);
   fcntl(p->stream, F_SETFL, fcntl(p->stream, F_GETFL) | O_NONBLOCK);
+  /* A credit is 4 bytes: Nagle would hold it until the last segment's ACK (a delayed one: ms). */
+  int one = 1;
+  setsockopt(p->stream, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* not TCP (unix, vsock): nothing to do */
   if (to_stream_len) memcpy(p->out, to_stream, (size_t)to_stream_len);
   p->out_len = (size_t)to_stream_len;
   p->group = group;

@@ -86,7 +86,7 @@ class UdpFlows implements Listener {
   private toldPumpDrops = false;
   private open = true;
   /** What pumps of ended flows carried and dropped. */
-  private readonly pumpedEnded = { bytesIn: 0, bytesOut: 0, dropped: 0, kernel: 0 };
+  private readonly pumpedEnded = { bytesIn: 0, bytesOut: 0, dropped: 0, kernel: 0, datagrams: 0 };
 
   constructor(
     private readonly socket: DatagramSocket,
@@ -128,11 +128,12 @@ class UdpFlows implements Listener {
       bytesIn: this.bytesIn + p.bytesIn,
       bytesOut: this.bytesOut + p.bytesOut,
       datagramsDropped: this.dropped + kernel + p.dropped + p.kernel,
+      datagramsPumped: p.datagrams,
     };
   }
 
   /** What the native pumps of this forward's flows carried and dropped (over budget or unsendable; the kernel's at their sockets). */
-  private pumpedTotals(): { bytesIn: number; bytesOut: number; dropped: number; kernel: number } {
+  private pumpedTotals(): { bytesIn: number; bytesOut: number; dropped: number; kernel: number; datagrams: number } {
     const t = { ...this.pumpedEnded };
     for (const flow of this.flows.values()) {
       const s = flow.tunnel.pumped?.();
@@ -141,6 +142,7 @@ class UdpFlows implements Listener {
       t.bytesOut += s.toUdpBytes;
       t.dropped += s.overBudget + s.unsent;
       t.kernel += s.kernelDrops;
+      t.datagrams += s.toStream + s.toUdp;
     }
     return t;
   }
@@ -218,6 +220,7 @@ class UdpFlows implements Listener {
       this.pumpedEnded.bytesOut += s.toUdpBytes;
       this.pumpedEnded.dropped += s.overBudget + s.unsent;
       this.pumpedEnded.kernel += s.kernelDrops;
+      this.pumpedEnded.datagrams += s.toStream + s.toUdp;
     };
     tunnel.on("end", forget);
     tunnel.on("error", forget);
