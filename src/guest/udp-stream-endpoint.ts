@@ -7,7 +7,7 @@ import type * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
 import { DatagramBudget, STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
-import { connectDatagrams, connectedDatagramFd, datagramPumps, PUMP_BUDGET_BYTES, type DatagramSocket } from "../transport/datagram-socket.ts";
+import { connectDatagrams, connectedDatagramFd, datagramPumps, type DatagramSocket } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 import { unreadBytes } from "../transport/fast-relay.ts";
 import { socketFd } from "../runtime/native-relay.ts";
@@ -91,7 +91,7 @@ function pumpNatively(stream: net.Socket, address: string, target: string, port:
     native.pumps.add(
       udpFd,
       fd,
-      { toStream: Buffer.of(STATUS_CONNECTED), fromStream, budget: PUMP_BUDGET_BYTES },
+      { toStream: Buffer.of(STATUS_CONNECTED), fromStream, budget: STREAM_BUDGET_BYTES },
       (stats) => {
         if (stats.end === PUMP_END_BAD) onBad(`a frame head of ${stats.err >>> 0}`);
         if (stats.overBudget) warn(droppedInAll(address, stats.overBudget));

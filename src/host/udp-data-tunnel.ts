@@ -11,7 +11,7 @@ import type * as net from "node:net";
 import { creditFrames, datagramFrameSize, writeDatagramFrame } from "../core/datagram-frames.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
-import { datagramPumps, PUMP_BUDGET_BYTES, PUMP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
+import { datagramPumps, UDP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 import { handedElsewhere, unreadBytes } from "../transport/fast-relay.ts";
 import { socketFd } from "../runtime/native-relay.ts";
@@ -87,7 +87,7 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
     if (!native) return false;
     let flowFd: number;
     try {
-      flowFd = native.pumps.flowSocket(at.listenFd, at.client.raw!, PUMP_BUFFER_BYTES);
+      flowFd = native.pumps.flowSocket(at.listenFd, at.client.raw!, UDP_BUFFER_BYTES);
     } catch {
       return false; // the port cannot be shared here: the event loop carries the flow
     }
@@ -105,7 +105,7 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
     credit.copy(toStream, put);
     let ended: () => void = () => {};
     try {
-      this.pump = native.pumps.add(flowFd, fd, { toStream, queued, fromStream, budget: PUMP_BUDGET_BYTES, group: at.listenFd }, (stats) => {
+      this.pump = native.pumps.add(flowFd, fd, { toStream, queued, fromStream, budget: this.budgetBytes, group: at.listenFd }, (stats) => {
         ended();
         this.over = true;
         if (stats.end === PUMP_END_BAD) {

@@ -19,8 +19,6 @@ export type { UdpPeer } from "../runtime/native-udp.ts";
  * after its client stopped (see transport/datagram-budget.ts).
  */
 export const UDP_BUFFER_BYTES = 1 << 20;
-export const PUMP_BUFFER_BYTES = Number(process.env.PORTHOLE_EXP_PUMP_BUF ?? 1 << 20);
-export const PUMP_BUDGET_BYTES = Number(process.env.PORTHOLE_EXP_PUMP_BUDGET ?? 1 << 20);
 
 export interface DatagramSocket {
   /** Starts reading: the datagrams of one read, each with its sender (the same object for the same sender in a row). */
@@ -92,7 +90,7 @@ export function datagramPumps(): { pumps: UdpPumps; shim: NativeShim } | undefin
 export function connectedDatagramFd(ip: string, port: number): number | undefined {
   const n = isIP(ip) ? usable() : undefined;
   if (!n) return undefined;
-  const socket = NativeUdpSocket.open(n.shim, n.loop, { peer: { host: ip, port }, bufferBytes: PUMP_BUFFER_BYTES });
+  const socket = NativeUdpSocket.open(n.shim, n.loop, { peer: { host: ip, port }, bufferBytes: UDP_BUFFER_BYTES });
   checkBuffers(socket);
   return socket.fd;
 }
