@@ -96,7 +96,10 @@ static void wake_js(void) {
 /* The pump is over: its fds close (reset: the stream with RST), the event loop hears of it. */
 static void finish_pump(struct pump *p, int how, int err) {
   if (p->ended) return;
-  if (p->udp >= 0) p->st[ST_KERNEL_DROPS] = (uint64_t)(ph_udp_drops(p->udp) > 0 ? ph_udp_drops(p->udp) : 0);
+  if (p->udp >= 0) {
+    int d = ph_udp_drops(p->udp);
+    if (d > 0) p->st[ST_KERNEL_DROPS] = (uint64_t)d;
+  }
   p->ended = how;
   p->st[ST_END] = (uint64_t)how;
   p->st[ST_ERR] = (uint64_t)(uint32_t)err;
@@ -104,7 +107,7 @@ static void finish_pump(struct pump *p, int how, int err) {
     struct linger lg = { 1, 0 };
     setsockopt(p->stream, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   }
-  close(p->udp); /* closing removes both from the epoll set (we hold the only fds) */
+  if (p->udp >= 0) close(p->udp); /* closing removes both from the epoll set (we hold the only fds) */
   close(p->stream);
   p->udp = p->stream = -1;
   free(p->out);
@@ -451,7 +454,7 @@ int ph_udp_pump_stats(int id, uint64_t *out) {
   struct pump *p = &pumps[id];
   int ret = -ENOENT;
   if (p->used) {
-    if (!p->ended) {
+    if (!p->ended && p->udp >= 0) {
       int d = ph_udp_drops(p->udp);
       if (d > 0) p->st[ST_KERNEL_DROPS] = (uint64_t)d;
     }
@@ -473,7 +476,11 @@ int ph_udp_pump_close(int id) {
     if (!p->closing) {
       p->closing = 1;
       p->deadline = mono_ms() + PUMP_CLOSE_MS;
-      epoll_ctl(epfd, EPOLL_CTL_DEL, p->udp, NULL);
+      /* The UDP socket goes now: a host flow's holds the forward's port, which a new listener may want at once. */
+      int d = ph_udp_drops(p->udp);
+      if (d > 0) p->st[ST_KERNEL_DROPS] = (uint64_t)d;
+      close(p->udp); /* leaves the epoll set with it */
+      p->udp = -1;
       add_credit_frames(p);
       /* A stream that cannot take the rest now loses it: the end must not wait on it. */
       flush_out(p);
@@ -579,12 +586,12 @@ int ph_udp_flow_socket(int listen_fd, const uint8_t *peer, int buffer_bytes) {
   pthread_mutex_lock(&lock);
   setsockopt(listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   for (int i = 0; i < PUMP_MAX; i++)
-    if (pumps[i].used && !pumps[i].ended && pumps[i].group == listen_fd) setsockopt(pumps[i].udp, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (pumps[i].used && !pumps[i].ended && pumps[i].udp >= 0 && pumps[i].group == listen_fd) setsockopt(pumps[i].udp, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   int ok = bind(fd, (struct sockaddr *)&local, local_len) == 0;
   int err = ok ? 0 : errno;
   setsockopt(listen_fd, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero);
   for (int i = 0; i < PUMP_MAX; i++)
-    if (pumps[i].used && !pumps[i].ended && pumps[i].group == listen_fd) setsockopt(pumps[i].udp, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero);
+    if (pumps[i].used && !pumps[i].ended && pumps[i].udp >= 0 && pumps[i].group == listen_fd) setsockopt(pumps[i].udp, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero);
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero);
   pthread_mutex_unlock(&lock);
   if (ok && connect(fd, (struct sockaddr *)&to, to_len) != 0) {

@@ -48,10 +48,10 @@ async function streamPair(): Promise<[net.Socket, net.Socket]> {
   return [client, other];
 }
 
-/** The shim's 20-byte address of a node:dgram socket on 127.0.0.1. */
-function raw(port: number): Uint8Array {
+/** The shim's 20-byte address of a node:dgram socket on 127.0.0.1 (or `host`). */
+function raw(port: number, host = "127.0.0.1"): Uint8Array {
   const out = new Uint8Array(20);
-  expect(shim.udpAddress(Buffer.from("127.0.0.1\0"), port, out)).toBe(0);
+  expect(shim.udpAddress(Buffer.from(`${host}\0`), port, out)).toBe(0);
   return out;
 }
 
@@ -140,5 +140,65 @@ describe("native UDP pump", () => {
     far.write(Buffer.from([0x00, 0x01, 0x00, 0x00]));
     await waitUntil("the pump ended", () => ends.length === 1);
     expect(ends[0]).toMatchObject({ end: PUMP_END_BAD, err: 0x10000, toUdp: 1 });
+  });
+
+  test("IPv6: a flow socket on an IPv6-only listener's port answers its client from that port; the frames come back to it whole", async () => {
+    const listener = NativeUdpSocket.open(shim, loop, { local: { host: "::1", port: 0 }, v6only: true, bufferBytes: 1 << 20 });
+    cleanups.push(() => listener.close());
+    const atListener: Buffer[] = [];
+    listener.receive((d) => atListener.push(...d));
+    const client = dgram.createSocket({ type: "udp6", ipv6Only: true });
+    await new Promise<void>((resolve) => client.bind(0, "::1", resolve));
+    cleanups.push(() => client.close());
+    const replies: { data: Buffer; from: dgram.RemoteInfo }[] = [];
+    client.on("message", (data, from) => replies.push({ data, from }));
+    const [pumped, far] = await streamPair();
+    const flowFd = pumps.flowSocket(listener.fd, raw(client.address().port, "::1"), 1 << 20);
+    const pump = pumps.add(flowFd, socketFd(pumped)!, { budget: 1 << 20 }, () => {});
+    shim.close(flowFd);
+    pumped.destroy();
+    // The far end sends every datagram back as it came (frames as they are, credits dropped).
+    const decoder = new DatagramFrameDecoder();
+    far.on("data", (chunk: Buffer) => {
+      for (const d of decoder.push(chunk).datagrams) {
+        const frame = Buffer.alloc(4 + d.length);
+        writeDatagramFrame(frame, 0, d);
+        far.write(frame);
+      }
+    });
+    far.resume();
+    for (const n of [5, 1400, 20_000]) client.send(Buffer.alloc(n, n & 0xff), listener.localPort(), "::1");
+    await waitUntil("three replies", () => replies.length === 3);
+    expect(replies.map((r) => r.data.length)).toEqual([5, 1400, 20_000]);
+    expect(replies.every((r) => r.from.port === listener.localPort() && r.from.address === "::1")).toBe(true);
+    expect(atListener.length).toBe(0);
+    expect(pump.stats()).toMatchObject({ toStream: 3, toUdp: 3, toUdpBytes: 21_405 });
+    pump.abort();
+  });
+
+  test("a flow ended here lets go of the forward's port at once (a new listener binds it) and ends its stream with EOF; the far end's EOF finishes it", async () => {
+    const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
+    const port = listener.localPort();
+    const client = await bound();
+    const [pumped, far] = await streamPair();
+    const flowFd = pumps.flowSocket(listener.fd, raw(client.address().port), 1 << 20);
+    const ends: PumpStats[] = [];
+    const pump = pumps.add(flowFd, socketFd(pumped)!, { budget: 1 << 20 }, (s) => ends.push(s));
+    shim.close(flowFd);
+    pumped.destroy();
+    let farEnded = false;
+    far.on("end", () => (farEnded = true));
+    far.resume();
+
+    listener.close();
+    pump.close();
+    const again = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port }, bufferBytes: 0 });
+    cleanups.push(() => again.close());
+    expect(again.localPort()).toBe(port);
+    await waitUntil("the far end's EOF", () => farEnded);
+    expect(ends.length).toBe(0); // it waits for the far end's end
+    far.end();
+    await waitUntil("the pump ended", () => ends.length === 1);
+    expect(ends[0]!.end).toBe(2); // ended here, answered by the far end
   });
 });
