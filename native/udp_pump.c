@@ -57,7 +57,10 @@ struct pump {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pump pumps[PUMP_MAX];
-static int epfd = -1, notify_fd = -1;
+static int epfd = -1, notify_fd = -1, wake_fd = -1; /* wake_fd: the thread's own (a deadline to watch) */
+#define WAKE_TAG UINT64_MAX
+static int closing_count; /* pumps waiting for the far end's end (their deadlines are checked) */
+static int high; /* ids below this may be in use */
 static uint8_t slots[PUMP_BATCH][PUMP_SLOT];
 
 static uint64_t mono_ms(void) {
@@ -96,6 +99,7 @@ static void wake_js(void) {
 /* The pump is over: its fds close (reset: the stream with RST), the event loop hears of it. */
 static void finish_pump(struct pump *p, int how, int err) {
   if (p->ended) return;
+  if (p->closing) closing_count--;
   if (p->udp >= 0) {
     int d = ph_udp_drops(p->udp);
     if (d > 0) p->st[ST_KERNEL_DROPS] = (uint64_t)d;
@@ -305,17 +309,27 @@ static void *pump_thread(void *unused) {
   prctl(PR_SET_NAME, "ph-udp-pump");
   struct epoll_event evs[64];
   for (;;) {
-    int n = epoll_wait(epfd, evs, 64, 500);
+    /* Racy read of closing_count: at worst one wait of 500 ms too long or too short. */
+    int n = epoll_wait(epfd, evs, 64, __atomic_load_n(&closing_count, __ATOMIC_RELAXED) ? 500 : -1);
     pthread_mutex_lock(&lock);
     for (int i = 0; i < n; i++) {
+      if (evs[i].data.u64 == WAKE_TAG) {
+        uint64_t v;
+        ssize_t r = read(wake_fd, &v, sizeof v);
+        (void)r;
+        continue;
+      }
       int id = (int)(uint32_t)evs[i].data.u64;
       int side = (int)(evs[i].data.u64 >> 32);
       if (id >= 0 && id < PUMP_MAX) run_pump(id, side, evs[i].events);
     }
-    uint64_t now = mono_ms();
-    for (int id = 0; id < PUMP_MAX; id++) {
-      struct pump *p = &pumps[id];
-      if (p->used && p->closing && !p->ended && now >= p->deadline) finish_pump(p, END_CLOSED, ETIMEDOUT);
+    /* Deadlines only while some pump waits for one (a scan of the table on every wake-up cost ~7% of the thread). */
+    if (closing_count) {
+      uint64_t now = mono_ms();
+      for (int id = 0; id < high; id++) {
+        struct pump *p = &pumps[id];
+        if (p->used && p->closing && !p->ended && now >= p->deadline) finish_pump(p, END_CLOSED, ETIMEDOUT);
+      }
     }
     pthread_mutex_unlock(&lock);
   }
@@ -329,12 +343,15 @@ int ph_udp_pump_start(void) {
   if (ret < 0) {
     epfd = epoll_create1(EPOLL_CLOEXEC);
     notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = WAKE_TAG };
     pthread_t t;
-    if (epfd < 0 || notify_fd < 0 || pthread_create(&t, NULL, pump_thread, NULL) != 0) {
+    if (epfd < 0 || notify_fd < 0 || wake_fd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, wake_fd, &ev) != 0 || pthread_create(&t, NULL, pump_thread, NULL) != 0) {
       ret = -EAGAIN;
       if (epfd >= 0) close(epfd);
       if (notify_fd >= 0) close(notify_fd);
-      epfd = notify_fd = -1;
+      if (wake_fd >= 0) close(wake_fd);
+      epfd = notify_fd = wake_fd = -1;
     } else {
       pthread_detach(t);
       ret = notify_fd;
@@ -388,6 +405,7 @@ int ph_udp_pump_add(int udp, int stream, const uint8_t *to_stream, int to_stream
   p->out_len = (size_t)to_stream_len;
   p->group = group;
   p->used = 1;
+  if (id >= high) high = id + 1;
   struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag(id, 0) };
   struct epoll_event es = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP, .data.u64 = tag(id, 1) };
   p->want_stream = es.events;
@@ -475,6 +493,10 @@ int ph_udp_pump_close(int id) {
     ret = 0;
     if (!p->closing) {
       p->closing = 1;
+      closing_count++;
+      uint64_t one = 1;
+      ssize_t w = write(wake_fd, &one, sizeof one); /* its deadline is watched from now */
+      (void)w;
       p->deadline = mono_ms() + PUMP_CLOSE_MS;
       /* The UDP socket goes now: a host flow's holds the forward's port, which a new listener may want at once. */
       int d = ph_udp_drops(p->udp);
@@ -515,7 +537,7 @@ int ph_udp_pump_reap(int32_t *ids, int cap) {
   (void)r;
   pthread_mutex_lock(&lock);
   int n = 0;
-  for (int id = 0; id < PUMP_MAX && n < cap; id++)
+  for (int id = 0; id < high && n < cap; id++)
     if (pumps[id].used && pumps[id].ended && !pumps[id].reaped) {
       pumps[id].reaped = 1;
       ids[n++] = id;
@@ -585,12 +607,12 @@ int ph_udp_flow_socket(int listen_fd, const uint8_t *peer, int buffer_bytes) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   pthread_mutex_lock(&lock);
   setsockopt(listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  for (int i = 0; i < PUMP_MAX; i++)
+  for (int i = 0; i < high; i++)
     if (pumps[i].used && !pumps[i].ended && pumps[i].udp >= 0 && pumps[i].group == listen_fd) setsockopt(pumps[i].udp, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   int ok = bind(fd, (struct sockaddr *)&local, local_len) == 0;
   int err = ok ? 0 : errno;
   setsockopt(listen_fd, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero);
-  for (int i = 0; i < PUMP_MAX; i++)
+  for (int i = 0; i < high; i++)
     if (pumps[i].used && !pumps[i].ended && pumps[i].udp >= 0 && pumps[i].group == listen_fd) setsockopt(pumps[i].udp, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero);
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero);
   pthread_mutex_unlock(&lock);

@@ -37,7 +37,7 @@ async function bound(): Promise<dgram.Socket> {
 
 /** A connected TCP pair on loopback: [client, accepted]. */
 async function streamPair(): Promise<[net.Socket, net.Socket]> {
-  const server = net.createServer({ pauseOnConnect: true });
+  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }); // the far end answers an end itself (or not)
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
   const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
@@ -201,4 +201,20 @@ describe("native UDP pump", () => {
     await waitUntil("the pump ended", () => ends.length === 1);
     expect(ends[0]!.end).toBe(2); // ended here, answered by the far end
   });
+
+  test("a flow ended here whose far end never ends its stream is finished after 5 s (ETIMEDOUT), without any other event to wake the pump", async () => {
+    const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
+    cleanups.push(() => listener.close());
+    const client = await bound();
+    const [pumped, far] = await streamPair();
+    const flowFd = pumps.flowSocket(listener.fd, raw(client.address().port), 1 << 20);
+    const ends: PumpStats[] = [];
+    const pump = pumps.add(flowFd, socketFd(pumped)!, { budget: 1 << 20 }, (s) => ends.push(s));
+    shim.close(flowFd);
+    pumped.destroy();
+    far.resume(); // reads, never ends
+    pump.close();
+    await waitUntil("the pump ended by its deadline", () => ends.length === 1, 10_000);
+    expect(ends[0]).toMatchObject({ end: 2, err: 110 }); // ETIMEDOUT
+  }, 15_000);
 });
