@@ -13,6 +13,8 @@
  *     finished relays and ready fds through one socket the loop watches.
  *   - udp.c: UDP sockets read with recvmmsg() and written with sendmmsg(), many datagrams per
  *     call, with large buffers (a gigabit of datagrams one call each overflowed the socket).
+ *   - udp_pump.c: a thread of its own that carries UDP flows between a connected UDP socket and
+ *     a data stream of datagram frames (budget and credits included), no JavaScript between.
  * Every function returns >= 0 on success and -errno on failure; ph_errno_name() and
  * ph_strerror() turn that into words. Nothing here aborts or prints.
  */

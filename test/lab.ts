@@ -582,7 +582,7 @@ export function readToEnd(port: number, options: { host?: string; data?: Buffer;
 /** `porthole status --json` of a host agent's control socket. */
 export function statusJSON(control: string): {
   paths?: Record<string, PathCount>;
-  forwards: { hostAddr: string; protocol: string; path: string; paths?: Record<string, PathCount>; bytesIn?: number; datagramsDropped?: number }[];
+  forwards: { hostAddr: string; protocol: string; path: string; paths?: Record<string, PathCount>; bytesIn?: number; datagramsDropped?: number; datagramsPumped?: number }[];
 } {
   const r = runPorthole(["status", "--control", control, "--json"]);
   if (r.code !== 0) throw new Error(`porthole status: ${r.stderr}`);

@@ -18,6 +18,8 @@ export interface ForwardRow {
   bytesOut?: number;
   /** UDP: datagrams from clients dropped because the agent channel lagged (their flow's budget was spent). */
   datagramsDropped?: number;
+  /** UDP: datagrams the native pump carried (both ways) on this forward's flows, none of them through JavaScript. */
+  datagramsPumped?: number;
   reverse?: boolean;
   /** Who holds the guest socket (pid, command, user, container), where the guest agent says. */
   owner?: PortOwner;

@@ -7,13 +7,17 @@ import type * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
 import { DatagramBudget, STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
-import { connectDatagrams, type DatagramSocket } from "../transport/datagram-socket.ts";
+import { connectDatagrams, connectedDatagramFd, datagramPumps, type DatagramSocket } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
+import { unreadBytes } from "../transport/fast-relay.ts";
+import { socketFd } from "../runtime/native-relay.ts";
+import { PUMP_END_BAD } from "../runtime/native-udp-pump.ts";
 
 /** `warn`: the flow's drops over budget, said at the first and counted at its end. */
 export function handleUdpDataStream(stream: net.Socket, address: string, initial: Buffer, onBad: (why: string) => void, warn: (line: string) => void = () => {}): void {
   const { host, port } = parseHostPort(address);
   const target = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
+  if (pumpNatively(stream, address, target, port, initial, onBad, warn)) return;
   let gone = false;
   const early = () => (gone = true);
   stream.once("close", early);
@@ -44,7 +48,7 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
           onEnd: (bad) => {
             if (bad) onBad(bad);
             socket.close();
-            if (dropped) warn(`UDP flow to ${address} ended; ${dropped} datagram(s) from the guest's server were dropped over its budget in all.`);
+            if (dropped) warn(droppedInAll(address, dropped));
           },
         },
         initial,
@@ -52,12 +56,7 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
       socket.receive((datagrams) => {
         for (const d of datagrams) {
           if (budget.send(d, (done) => (flow.send(d), done()))) continue;
-          if (dropped++ === 0) {
-            warn(
-              `UDP flow to ${address}: the guest's server sends faster than the host agent takes its datagrams; ` +
-                "the excess is dropped (as UDP may) rather than queued. Lower the server's rate to lose none.",
-            );
-          }
+          if (dropped++ === 0) warn(firstDrop(address));
         }
       });
     },
@@ -66,4 +65,56 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
       if (!gone) stream.end(Buffer.of(STATUS_FAILED));
     },
   );
+}
+
+/**
+ * Where the shim's pump runs: the flow's connected UDP socket and the stream are pumped there
+ * (runtime/native-udp-pump.ts), the status byte first; the flow's drops over budget are said
+ * and counted when it ends. False: the event loop carries the flow (above).
+ */
+function pumpNatively(stream: net.Socket, address: string, target: string, port: number, initial: Buffer, onBad: (why: string) => void, warn: (line: string) => void): boolean {
+  const fd = socketFd(stream);
+  if (fd === undefined || stream.writableLength > 0 || stream.destroyed) return false;
+  const native = datagramPumps();
+  if (!native) return false;
+  let udpFd: number | undefined;
+  try {
+    udpFd = connectedDatagramFd(target, port);
+  } catch {
+    return false; // the event loop's way answers the failure (the status byte) as before
+  }
+  if (udpFd === undefined) return false;
+  stream.pause();
+  const rest = unreadBytes(stream);
+  const fromStream = initial.length ? Buffer.concat([initial, rest]) : rest;
+  try {
+    native.pumps.add(
+      udpFd,
+      fd,
+      { toStream: Buffer.of(STATUS_CONNECTED), fromStream, budget: STREAM_BUDGET_BYTES },
+      (stats) => {
+        if (stats.end === PUMP_END_BAD) onBad(`a frame head of ${stats.err >>> 0}`);
+        if (stats.overBudget) warn(droppedInAll(address, stats.overBudget));
+      },
+      () => warn(firstDrop(address)),
+    );
+  } catch {
+    if (fromStream.length) stream.unshift(fromStream);
+    return false;
+  } finally {
+    native.shim.close(udpFd); // the pump holds its own dup()
+  }
+  stream.destroy(); // closes only the runtime's fd: the pump holds its own dup()
+  return true;
+}
+
+function firstDrop(address: string): string {
+  return (
+    `UDP flow to ${address}: the guest's server sends faster than the host agent takes its datagrams; ` +
+    "the excess is dropped (as UDP may) rather than queued. Lower the server's rate to lose none."
+  );
+}
+
+function droppedInAll(address: string, dropped: number): string {
+  return `UDP flow to ${address} ended; ${dropped} datagram(s) from the guest's server were dropped over its budget in all.`;
 }

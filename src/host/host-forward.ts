@@ -33,6 +33,8 @@ export interface Traffic {
   bytesOut: number;
   /** UDP: datagrams from clients dropped because their flow's budget was spent (the agent channel lagged). */
   datagramsDropped?: number;
+  /** UDP: datagrams the shim's pump carried (both ways) on this forward's flows, none of them through JavaScript. */
+  datagramsPumped?: number;
 }
 
 export interface ForwardStatus extends Traffic {
@@ -276,6 +278,7 @@ function sumTraffic(list: Traffic[]): Traffic {
     const sum: Traffic = { connections: a.connections + t.connections, bytesIn: a.bytesIn + t.bytesIn, bytesOut: a.bytesOut + t.bytesOut };
     const dropped = (a.datagramsDropped ?? 0) + (t.datagramsDropped ?? 0);
     if (a.datagramsDropped !== undefined || t.datagramsDropped !== undefined) sum.datagramsDropped = dropped;
+    if (a.datagramsPumped !== undefined || t.datagramsPumped !== undefined) sum.datagramsPumped = (a.datagramsPumped ?? 0) + (t.datagramsPumped ?? 0);
     return sum;
   }, ZERO);
 }

@@ -3,11 +3,19 @@
 // The stream is dialed in the background; datagrams written before it is up wait in its batch
 // (the flow's credited budget bounds them). A stream that cannot be had ends the flow with an
 // error: the next datagram opens a new flow, by the path the router picks then.
+// Where the shim's pump runs (runtime/native-udp-pump.ts), the flow gets a UDP socket of its
+// own on the forward's port, connected to its client, and the pump carries its datagrams and
+// credits both ways once the stream is up: no JavaScript between the client and the stream.
 import { EventEmitter } from "node:events";
 import type * as net from "node:net";
+import { creditFrames, datagramFrameSize, writeDatagramFrame } from "../core/datagram-frames.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
+import { datagramPumps, UDP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
+import { handedElsewhere, unreadBytes } from "../transport/fast-relay.ts";
+import { socketFd } from "../runtime/native-relay.ts";
+import { PUMP_END_BAD, type PumpStats, type UdpPump } from "../runtime/native-udp-pump.ts";
 import type { UdpTunnel } from "./udp-forward.ts";
 
 const NO_BYTES = Buffer.alloc(0);
@@ -19,6 +27,8 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   private waiting: Buffer[] = [];
   private credit = 0;
   private over = false;
+  private pump: UdpPump | undefined;
+  private pumpAt: { listenFd: number; client: UdpPeer } | undefined;
 
   /** `onBad`: the guest broke the stream's framing (said by the caller; the flow ends). */
   constructor(dial: Promise<{ stream: net.Socket; initial?: Buffer }>, onBad: (reason: string) => void = () => {}) {
@@ -27,6 +37,7 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
     dial.then(
       ({ stream, initial }) => {
         if (this.over) return void stream.destroy();
+        if (this.pumpNatively(stream, initial, onBad)) return;
         this.flow = new DatagramStream(
           stream,
           {
@@ -57,8 +68,83 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
     );
   }
 
+  /** Where the pump may take the flow: the forward's listening socket (the shim's) and the client. */
+  pumpFrom(listenFd: number, client: UdpPeer): void {
+    if (client.raw) this.pumpAt = { listenFd, client };
+  }
+
+  /** The pump's counters while it carries the flow (undefined: the event loop carries it). */
+  pumped(): PumpStats | undefined {
+    return this.pump?.stats();
+  }
+
+  /** Hands the flow to the pump if it can run here; false: the event loop carries it. */
+  private pumpNatively(stream: net.Socket, initial: Buffer | undefined, onBad: (reason: string) => void): boolean {
+    const at = this.pumpAt;
+    const fd = socketFd(stream);
+    if (!at || fd === undefined || stream.writableLength > 0) return false;
+    const native = datagramPumps();
+    if (!native) return false;
+    let flowFd: number;
+    try {
+      flowFd = native.pumps.flowSocket(at.listenFd, at.client.raw!, UDP_BUFFER_BYTES);
+    } catch {
+      return false; // the port cannot be shared here: the event loop carries the flow
+    }
+    stream.pause();
+    const rest = unreadBytes(stream);
+    const fromStream = initial?.length ? Buffer.concat([initial, rest]) : rest;
+    // The datagrams that waited for the stream, then the credit owed, go first.
+    let size = 0;
+    let queued = 0;
+    for (const d of this.waiting) (size += datagramFrameSize(d.length)), (queued += d.length);
+    const credit = this.credit ? creditFrames(this.credit) : Buffer.alloc(0);
+    const toStream = Buffer.allocUnsafe(size + credit.length);
+    let put = 0;
+    for (const d of this.waiting) put = writeDatagramFrame(toStream, put, d);
+    credit.copy(toStream, put);
+    let ended: () => void = () => {};
+    try {
+      this.pump = native.pumps.add(flowFd, fd, { toStream, queued, fromStream, budget: this.budgetBytes, group: at.listenFd }, (stats) => {
+        ended();
+        this.over = true;
+        if (stats.end === PUMP_END_BAD) {
+          const reason = `a frame head of ${stats.err >>> 0}`;
+          onBad(reason);
+          this.emit("error", new Error(`the guest broke the UDP stream's framing (${reason})`));
+        }
+        this.emit("end");
+      });
+    } catch {
+      if (fromStream.length) stream.unshift(fromStream);
+      return false;
+    } finally {
+      native.shim.close(flowFd); // the pump holds its own dup()
+    }
+    this.waiting = [];
+    this.credit = 0;
+    // The stream's bytes are the pump's now: the path's counters follow the pump's.
+    const pump = this.pump;
+    ended = handedElsewhere(stream, () => {
+      const s = pump.stats();
+      return { read: s.toUdpBytes + 4 * s.toUdp, written: s.toStreamBytes + 4 * s.toStream };
+    });
+    stream.destroy(); // closes only the runtime's fd: the pump holds its own dup()
+    return true;
+  }
+
   write(message: Partial<TunnelMessage>, written?: () => void): boolean {
     if (this.over) return false;
+    if (this.pump) {
+      // A datagram that came to the forward's socket before the flow's own took over.
+      if (message.data) {
+        const frame = Buffer.allocUnsafe(datagramFrameSize(message.data.length));
+        writeDatagramFrame(frame, 0, message.data);
+        this.pump.write(frame, message.data.length);
+      }
+      written?.();
+      return true;
+    }
     if (message.udp_delivered) {
       if (this.flow) this.flow.report(message.udp_delivered);
       else this.credit += message.udp_delivered;
@@ -74,11 +160,13 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   end(): void {
     if (this.over) return;
     this.over = true;
+    this.pump?.close();
     this.flow?.end();
   }
 
   cancel(): void {
     this.over = true;
+    this.pump?.abort();
     this.flow?.destroy();
   }
 }

@@ -8,6 +8,7 @@ import type { TunnelMessage } from "../proto/guest-service.ts";
 import { datagramsOf, MAX_DATAGRAMS_PER_MESSAGE, MAX_UDP_PAYLOAD } from "../transport/datagram-batch.ts";
 import { DatagramBudget, DeliveryReport } from "../transport/datagram-budget.ts";
 import { bindDatagrams, type DatagramSocket, type UdpPeer } from "../transport/datagram-socket.ts";
+import type { PumpStats } from "../runtime/native-udp-pump.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
 
 /** What a flow needs of a tunnel: the grpc-js client duplex call, handshake already sent. */
@@ -17,6 +18,10 @@ export interface UdpTunnel {
   /** The flow's budget in bytes, where not the default for `credited` (a data stream of its own). */
   budgetBytes?: number;
   write(message: Partial<TunnelMessage>, written?: () => void): boolean;
+  /** The flow may be carried natively by a socket of its own on the forward's port (the shim's listening socket `listenFd`). */
+  pumpFrom?(listenFd: number, client: UdpPeer): void;
+  /** The native pump's counters while it carries the flow (its datagrams never reach JavaScript). */
+  pumped?(): PumpStats | undefined;
   end(): void;
   cancel(): void;
   on(event: "data", listener: (message: TunnelMessage) => void): unknown;
@@ -35,6 +40,8 @@ interface Flow {
   toldDropping: boolean;
   /** Its stream ended (or is ending): nothing more is written to it. */
   ended: boolean;
+  /** Datagrams the pump had carried at the last sweep (a pumped flow is idle when it stays). */
+  pumpedSeen: number;
 }
 
 export class UdpForward extends HostForward {
@@ -76,7 +83,10 @@ class UdpFlows implements Listener {
   private dropped = 0;
   private toldUnsendable = false;
   private toldKernelDrops = false;
+  private toldPumpDrops = false;
   private open = true;
+  /** What pumps of ended flows carried and dropped. */
+  private readonly pumpedEnded = { bytesIn: 0, bytesOut: 0, dropped: 0, kernel: 0, datagrams: 0 };
 
   constructor(
     private readonly socket: DatagramSocket,
@@ -112,19 +122,55 @@ class UdpFlows implements Listener {
 
   traffic(): Traffic {
     const kernel = this.open ? this.socket.kernelDrops() : 0;
-    return { connections: this.flows.size, bytesIn: this.bytesIn, bytesOut: this.bytesOut, datagramsDropped: this.dropped + kernel };
+    const p = this.pumpedTotals();
+    return {
+      connections: this.flows.size,
+      bytesIn: this.bytesIn + p.bytesIn,
+      bytesOut: this.bytesOut + p.bytesOut,
+      datagramsDropped: this.dropped + kernel + p.dropped + p.kernel,
+      datagramsPumped: p.datagrams,
+    };
+  }
+
+  /** What the native pumps of this forward's flows carried and dropped (over budget or unsendable; the kernel's at their sockets). */
+  private pumpedTotals(): { bytesIn: number; bytesOut: number; dropped: number; kernel: number; datagrams: number } {
+    const t = { ...this.pumpedEnded };
+    for (const flow of this.flows.values()) {
+      const s = flow.tunnel.pumped?.();
+      if (!s || s.end) continue; // an ended pump is in pumpedEnded
+      t.bytesIn += s.toStreamBytes;
+      t.bytesOut += s.toUdpBytes;
+      t.dropped += s.overBudget + s.unsent;
+      t.kernel += s.kernelDrops;
+      t.datagrams += s.toStream + s.toUdp;
+    }
+    return t;
   }
 
   /** Datagrams lost before the agent read them (its socket's buffer full) count as well, and are said once per forward. */
   private checkKernelDrops(): void {
-    if (this.toldKernelDrops || !this.open) return;
-    const drops = this.socket.kernelDrops();
+    if (!this.open) return;
+    this.checkPumpDrops();
+    if (this.toldKernelDrops) return;
+    const drops = this.socket.kernelDrops() + this.pumpedTotals().kernel;
     if (drops === 0) return;
     this.toldKernelDrops = true;
     this.warn(
       `UDP ${this.hostAddr}: the kernel dropped ${drops} datagram(s) at the host socket before the host agent read them ` +
         "(they came faster than it read: the agent was busy or waited for a CPU). They count in datagramsDropped; " +
         "lower the sender's rate, or give the host agent more CPU, to lose none.",
+    );
+  }
+
+  /** A pumped flow's drops over budget are said as the event loop's are: once per forward. */
+  private checkPumpDrops(): void {
+    if (this.toldPumpDrops) return;
+    const dropped = this.pumpedTotals().dropped;
+    if (!dropped) return;
+    this.toldPumpDrops = true;
+    this.warn(
+      `UDP ${this.hostAddr}: ${dropped} datagram(s) came faster than the agent channel carries them; ` +
+        "the excess is dropped (as UDP may) rather than delaying other connections. Lower the sender's rate to lose none.",
     );
   }
 
@@ -148,8 +194,9 @@ class UdpFlows implements Listener {
     if (this.flows.size >= this.plan.udp.maxFlows) this.evictOldest();
     const tunnel = this.openTunnel(this.plan, key);
     const credited = tunnel.credited === true;
-    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited, tunnel.budgetBytes), toldDropping: false, ended: false };
+    const flow: Flow = { tunnel, lastActive: Date.now(), budget: new DatagramBudget(credited, tunnel.budgetBytes), toldDropping: false, ended: false, pumpedSeen: 0 };
     this.flows.set(key, flow);
+    if (this.socket.fd !== undefined) tunnel.pumpFrom?.(this.socket.fd, client);
     const report = credited ? new DeliveryReport((bytes) => flow.ended || tunnel.write({ udp_delivered: bytes })) : undefined;
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
@@ -162,9 +209,18 @@ class UdpFlows implements Listener {
       if (this.open) this.socket.send(datagrams, client);
       if (bytes) report?.add(bytes);
     });
+    let counted = false;
     const forget = () => {
       flow.ended = true;
       if (this.flows.get(key) === flow) this.flows.delete(key);
+      const s = tunnel.pumped?.();
+      if (!s || counted) return;
+      counted = true;
+      this.pumpedEnded.bytesIn += s.toStreamBytes;
+      this.pumpedEnded.bytesOut += s.toUdpBytes;
+      this.pumpedEnded.dropped += s.overBudget + s.unsent;
+      this.pumpedEnded.kernel += s.kernelDrops;
+      this.pumpedEnded.datagrams += s.toStream + s.toUdp;
     };
     tunnel.on("end", forget);
     tunnel.on("error", forget);
@@ -191,8 +247,16 @@ class UdpFlows implements Listener {
   }
 
   private expireIdle(): void {
-    const cutoff = Date.now() - this.plan.udp.idleTimeoutMs;
-    for (const [key, flow] of this.flows) if (flow.lastActive < cutoff) this.endFlow(key);
+    const now = Date.now();
+    const cutoff = now - this.plan.udp.idleTimeoutMs;
+    for (const [key, flow] of this.flows) {
+      const s = flow.tunnel.pumped?.();
+      if (s && s.toStream + s.toUdp !== flow.pumpedSeen) {
+        flow.pumpedSeen = s.toStream + s.toUdp;
+        flow.lastActive = now;
+      }
+      if (flow.lastActive < cutoff) this.endFlow(key);
+    }
   }
 
   /** Ends the flow's stream on both ends: the guest closes its socket when it reads the end. */

@@ -87,6 +87,21 @@ export interface NativeShim {
   udpRecv(fd: number, buf: Uint8Array, cap: number, meta: Uint32Array, max: number): number;
   /** sendmmsg(): count datagrams packed in buf (lens), to `to` (family 0: the connected peer); how many were dealt with. */
   udpSend(fd: number, buf: Uint8Array, lens: Uint32Array, count: number, to: Uint8Array): number;
+  /** Starts the UDP pump thread (native/udp_pump.c) once; the eventfd readable when pumps ended. */
+  udpPumpStart(): number;
+  /** Pumps a connected UDP socket <-> a data stream of datagram frames (both dup()ed); the pump's id. */
+  udpPumpAdd(udp: number, stream: number, toStream: Uint8Array, toStreamLen: number, queued: number, fromStream: Uint8Array, fromStreamLen: number, budget: number, group: number): number;
+  /** Frames for the pump's stream; `payload` bytes count against its budget. 1 written, 0 dropped over budget. */
+  udpPumpWrite(id: number, frames: Uint8Array, len: number, payload: number): number;
+  /** out: 9 u64 (see native/udp_pump.c's ST_ names). */
+  udpPumpStats(id: number, out: BigUint64Array): number;
+  udpPumpClose(id: number): number;
+  udpPumpAbort(id: number): number;
+  /** Ids of pumps that ended since the last call. */
+  udpPumpReap(ids: Int32Array, cap: number): number;
+  udpPumpFree(id: number): number;
+  /** A UDP socket sharing the listening socket's address, connected to `peer` (20-byte form); the fd. */
+  udpFlowSocket(listenFd: number, peer: Uint8Array, bufferBytes: number): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -136,6 +151,15 @@ export const SIGNATURES = {
   ph_udp_drops: { args: ["i32"], returns: "i32" },
   ph_udp_recv: { args: ["i32", "ptr", "i32", "ptr", "i32"], returns: "i32" },
   ph_udp_send: { args: ["i32", "ptr", "ptr", "i32", "ptr"], returns: "i32" },
+  ph_udp_pump_start: { args: [], returns: "i32" },
+  ph_udp_pump_add: { args: ["i32", "i32", "ptr", "i32", "i32", "ptr", "i32", "i32", "i32"], returns: "i32" },
+  ph_udp_pump_write: { args: ["i32", "ptr", "i32", "i32"], returns: "i32" },
+  ph_udp_pump_stats: { args: ["i32", "ptr"], returns: "i32" },
+  ph_udp_pump_close: { args: ["i32"], returns: "i32" },
+  ph_udp_pump_abort: { args: ["i32"], returns: "i32" },
+  ph_udp_pump_reap: { args: ["ptr", "i32"], returns: "i32" },
+  ph_udp_pump_free: { args: ["i32"], returns: "i32" },
+  ph_udp_flow_socket: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -190,6 +214,16 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     udpDrops: (fd) => num("ph_udp_drops", fd),
     udpRecv: (fd, buf, cap, meta, max) => num("ph_udp_recv", fd, buf, cap, meta, max),
     udpSend: (fd, buf, lens, count, to) => num("ph_udp_send", fd, buf, lens, count, to),
+    udpPumpStart: () => num("ph_udp_pump_start"),
+    udpPumpAdd: (udp, stream, toStream, toStreamLen, queued, fromStream, fromStreamLen, budget, group) =>
+      num("ph_udp_pump_add", udp, stream, toStream, toStreamLen, queued, fromStream, fromStreamLen, budget, group),
+    udpPumpWrite: (id, frames, len, payload) => num("ph_udp_pump_write", id, frames, len, payload),
+    udpPumpStats: (id, out) => num("ph_udp_pump_stats", id, out),
+    udpPumpClose: (id) => num("ph_udp_pump_close", id),
+    udpPumpAbort: (id) => num("ph_udp_pump_abort", id),
+    udpPumpReap: (ids, cap) => num("ph_udp_pump_reap", ids, cap),
+    udpPumpFree: (id) => num("ph_udp_pump_free", id),
+    udpFlowSocket: (listenFd, peer, bufferBytes) => num("ph_udp_flow_socket", listenFd, peer, bufferBytes),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

@@ -9,6 +9,7 @@ import { loadNative } from "../runtime/native.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { sharedRelayLoop, type NativeRelayLoop } from "../runtime/native-relay.ts";
 import { NativeUdpSocket, type UdpPeer } from "../runtime/native-udp.ts";
+import { sharedUdpPumps, type UdpPumps } from "../runtime/native-udp-pump.ts";
 
 export type { UdpPeer } from "../runtime/native-udp.ts";
 
@@ -27,6 +28,8 @@ export interface DatagramSocket {
   /** Datagrams the kernel dropped at this socket before they were read (the runtime's sockets cannot tell: 0). */
   kernelDrops(): number;
   close(): void;
+  /** The shim's socket under it (a pumped flow's socket shares its port); undefined for the runtime's. */
+  fd?: number;
 }
 
 let native: { shim: NativeShim; loop: NativeRelayLoop } | undefined;
@@ -34,6 +37,8 @@ let fallbackReason: string | undefined = "UDP sockets were not prepared";
 let notice: (message: string) => void = () => {};
 let noticed = false;
 let toldBuffers = false;
+let pumpReason: string | undefined = "UDP sockets were not prepared";
+let toldPump = false;
 
 /** Decides once which sockets carry UDP forwards, and says so through `say` (and later if the native ones give way). */
 export async function prepareDatagrams(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<void> {
@@ -53,6 +58,41 @@ export async function prepareDatagrams(say: (message: string) => void, env: Node
     }
   }
   if (fallbackReason) sayFallback(fallbackReason);
+  toldPump = false;
+  const pumpSetting = env.PORTHOLE_NATIVE_UDP_PUMP ?? "";
+  pumpReason = fallbackReason ?? (pumpSetting === "0" || pumpSetting === "false" ? `PORTHOLE_NATIVE_UDP_PUMP=${pumpSetting}` : undefined);
+}
+
+/**
+ * The shim's pump thread for UDP flows on data streams (runtime/native-udp-pump.ts), or
+ * undefined where it cannot run: the flows then go through the event loop, said once.
+ */
+export function datagramPumps(): { pumps: UdpPumps; shim: NativeShim } | undefined {
+  const n = usable();
+  if (n && !pumpReason) {
+    try {
+      return { pumps: sharedUdpPumps(n.shim, n.loop), shim: n.shim };
+    } catch (err) {
+      pumpReason = (err as Error).message;
+    }
+  }
+  if (!toldPump && !fallbackReason) {
+    toldPump = true;
+    notice(
+      `UDP flows on data streams go through the agents' event loops, which lose datagrams of a flood whenever an agent waits for a CPU: ${pumpReason ?? fallbackReason}. ` +
+        "The native UDP pump needs the porthole shim (built by make); unset PORTHOLE_NATIVE_UDP_PUMP to use it.",
+    );
+  }
+  return undefined;
+}
+
+/** A shim UDP socket connected to ip:port, as a bare fd for a pump (the caller closes it); undefined without the shim. */
+export function connectedDatagramFd(ip: string, port: number): number | undefined {
+  const n = isIP(ip) ? usable() : undefined;
+  if (!n) return undefined;
+  const socket = NativeUdpSocket.open(n.shim, n.loop, { peer: { host: ip, port }, bufferBytes: UDP_BUFFER_BYTES });
+  checkBuffers(socket);
+  return socket.fd;
 }
 
 /** Which sockets carry UDP now: "native", or the reason for the runtime's. */
@@ -132,6 +172,7 @@ function nativeSocket(socket: NativeUdpSocket): DatagramSocket {
     send: (datagrams, to) => socket.send(datagrams, to),
     kernelDrops: () => socket.kernelDrops(),
     close: () => socket.close(),
+    fd: socket.fd,
   };
 }
 

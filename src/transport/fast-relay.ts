@@ -39,6 +39,8 @@ interface Framed {
 
 interface Handed {
   id: number;
+  /** Moved by another native mover (a UDP flow's pump, handedElsewhere()): its bytes since. */
+  moved?: () => { read: number; written: number };
   /** This socket is side a (its reads are the a -> b direction). */
   sideA: boolean;
   baseRead: number;
@@ -435,9 +437,31 @@ export function relayedBytes(socket: net.Socket): { read: number; written: numbe
     const next = relayedBytes(h.successor);
     return { read: h.baseRead + next.read, written: h.baseWritten + next.written };
   }
-  const moved = h.end ?? loop?.progress(h.id) ?? { aToB: 0, bToA: 0 };
+  const elsewhere = h.moved?.();
+  const moved = h.end ?? (elsewhere ? { aToB: elsewhere.read, bToA: elsewhere.written } : loop?.progress(h.id)) ?? { aToB: 0, bToA: 0 };
   const [read, written] = h.sideA ? [moved.aToB, moved.bToA] : [moved.bToA, moved.aToB];
   return { read: h.baseRead + read, written: h.baseWritten + written };
+}
+
+/**
+ * A socket whose fd a native mover other than the relay thread took (a UDP flow's pump): its
+ * counts (relayedBytes, whenOver) follow `moved` (bytes read and written since) until the
+ * returned function is called at its end.
+ */
+export function handedElsewhere(socket: net.Socket, moved: () => { read: number; written: number }): () => void {
+  const h: Handed = { id: -1, sideA: true, baseRead: socket.bytesRead, baseWritten: socket.bytesWritten, waiters: [], moved };
+  handed.set(socket, h);
+  return () => {
+    if (h.end) return;
+    const m = moved();
+    h.end = { flags: 0, err: 0, aToB: m.read, bToA: m.written };
+    for (const w of h.waiters.splice(0)) w();
+  };
+}
+
+/** Bytes the runtime read for a paused socket and did not deliver yet (they go to whoever takes its fd). */
+export function unreadBytes(socket: net.Socket): Buffer {
+  return drain(socket);
 }
 
 /** Runs `fn` once the connection is over: at once for a socket the native relay never took. */

@@ -6,7 +6,7 @@ import { describe, expect } from "bun:test";
 import * as dgram from "node:dgram";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { e2eTest, freePort, Guest, startHostAgent, statusJSON, useHarness } from "./harness.ts";
+import { e2eTest, freePort, Guest, PORTHOLE, startHostAgent, statusJSON, useHarness } from "./harness.ts";
 import { defer } from "../lab.ts";
 import { waitUntil } from "../wait.ts";
 
@@ -66,6 +66,27 @@ describe("UDP over the data path", () => {
     expect(row!.paths!.fast!.bytesOut).toBeGreaterThanOrEqual(bytes + 4 * sent.length);
     expect(row?.paths?.grpc).toBeUndefined();
     expect(row?.datagramsDropped).toBe(0);
+    // The shim's pump carried them (native/udp_pump.c): every datagram each way but the first,
+    // which waited in JavaScript for the stream and went ahead of the pump's own.
+    expect(row?.datagramsPumped).toBeGreaterThanOrEqual(2 * sent.length - 1);
+  });
+
+  e2eTest("PORTHOLE_NATIVE_UDP_PUMP=0 on both agents: their event loops carry the flow (nothing pumped), every datagram comes back whole, and a warning says why, once", async () => {
+    const guest = Guest.create();
+    await guest.startAgent([], ["env", "PORTHOLE_NATIVE_UDP_PUMP=0", ...PORTHOLE]);
+    const host = startHostAgent(guest, [], { env: { PORTHOLE_NATIVE_UDP_PUMP: "0" } });
+    await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
+    const port = await freePort();
+    guest.spawn(["socat", "-b", "65536", `UDP4-RECVFROM:${port},bind=127.0.0.1,fork`, "PIPE"], "socat");
+    await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${port}`, "the UDP forward");
+    const sent = [1, 1400, 9000, 60_000].map((n, i) => Buffer.alloc(n, i + 97));
+    expect(await echoEach(port, sent)).toEqual(sent);
+    const row = statusJSON(join(guest.dir, "state", "control.sock")).forwards.find((f) => f.protocol === "udp" && f.hostAddr === `127.0.0.1:${port}`);
+    expect(row?.paths?.fast?.connections).toBe(1);
+    expect(row?.datagramsPumped ?? 0).toBe(0);
+    const said = host.events.filter((e) => e.type === "warning" && String(e.message).includes("PORTHOLE_NATIVE_UDP_PUMP=0"));
+    expect(said.length).toBe(1);
+    expect(String(said[0]!.message)).toContain("event loops");
   });
 
   e2eTest("a data stream that cannot be had: said as a path-changed event, and the next flow goes by gRPC and is answered", async () => {

@@ -23,9 +23,14 @@ function recvQueue(port: number): number {
   return Number(out.split(/\s+/)[1] ?? -1);
 }
 
-describe("UDP data stream, guest end", () => {
+// Both ways the guest agent carries a flow: the shim's pump (native/udp_pump.c), and its event
+// loop where the pump cannot run (PORTHOLE_NATIVE_UDP_PUMP=0 stands in for that).
+describe.each([
+  ["the native pump", {}],
+  ["the event loop", { PORTHOLE_NATIVE_UDP_PUMP: "0" }],
+] as const)("UDP data stream, guest end, through %s", (_name, env) => {
   test("datagrams over the 1 MiB budget are dropped, said once, and all counted when the flow ends", async () => {
-    await prepareDatagrams(() => {}); // the shim's sockets, as the agent has them
+    await prepareDatagrams(() => {}, env as NodeJS.ProcessEnv); // the shim's sockets, as the agent has them
     const pair = await socketPair();
     if (!pair) throw new Error("the native shim did not load (make builds it)");
     const [guestSide, hostSide] = pair;
@@ -51,6 +56,8 @@ describe("UDP data stream, guest end", () => {
     });
     await waitUntil("the status byte", () => status !== undefined, 5000);
     expect(status).toBe(STATUS_CONNECTED);
+    // The pump holds its own dup of the stream: the runtime's socket object is let go.
+    expect(guestSide.destroyed).toBe(!("PORTHOLE_NATIVE_UDP_PUMP" in env));
     const hello = Buffer.allocUnsafe(4 + 5);
     writeDatagramFrame(hello, 0, Buffer.from("hello"));
     hostSide.write(hello);
