@@ -7,7 +7,7 @@ import type * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
 import { DatagramBudget, STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
-import { connectDatagrams, connectedDatagramFd, datagramPumps, type DatagramSocket } from "../transport/datagram-socket.ts";
+import { connectDatagrams, connectedDatagramFd, datagramPumps, pumpRefusedFlow, type DatagramSocket } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 import { unreadBytes } from "../transport/fast-relay.ts";
 import { socketFd } from "../runtime/native-relay.ts";
@@ -98,7 +98,8 @@ function pumpNatively(stream: net.Socket, address: string, target: string, port:
       },
       () => warn(firstDrop(address)),
     );
-  } catch {
+  } catch (err) {
+    pumpRefusedFlow((err as Error).message);
     if (fromStream.length) stream.unshift(fromStream);
     return false;
   } finally {

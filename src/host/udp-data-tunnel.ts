@@ -11,7 +11,7 @@ import type * as net from "node:net";
 import { creditFrames, datagramFrameSize, writeDatagramFrame } from "../core/datagram-frames.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
-import { datagramPumps, UDP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
+import { datagramPumps, pumpRefusedFlow, UDP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 import { handedElsewhere, unreadBytes } from "../transport/fast-relay.ts";
 import { socketFd } from "../runtime/native-relay.ts";
@@ -88,8 +88,9 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
     let flowFd: number;
     try {
       flowFd = native.pumps.flowSocket(at.listenFd, at.client.raw!, UDP_BUFFER_BYTES);
-    } catch {
-      return false; // the port cannot be shared here: the event loop carries the flow
+    } catch (err) {
+      pumpRefusedFlow(`its own socket on the forward's port: ${(err as Error).message}`);
+      return false; // the event loop carries the flow
     }
     stream.pause();
     const rest = unreadBytes(stream);
@@ -115,7 +116,8 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
         }
         this.emit("end");
       });
-    } catch {
+    } catch (err) {
+      pumpRefusedFlow((err as Error).message);
       if (fromStream.length) stream.unshift(fromStream);
       return false;
     } finally {

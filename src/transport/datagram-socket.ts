@@ -44,6 +44,7 @@ let toldPump = false;
 export async function prepareDatagrams(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<void> {
   notice = say;
   noticed = false;
+  toldFlowRefused = false;
   toldBuffers = false;
   const setting = env.PORTHOLE_NATIVE_UDP ?? "";
   if (setting === "0" || setting === "false") fallbackReason = `PORTHOLE_NATIVE_UDP=${setting}`;
@@ -84,6 +85,20 @@ export function datagramPumps(): { pumps: UdpPumps; shim: NativeShim } | undefin
     );
   }
   return undefined;
+}
+
+let toldFlowRefused = false;
+/**
+ * A flow the pump could not take (its port could not be shared, the pump is full): the event
+ * loops carry it, said once (the first reason) since floods lose more datagrams that way.
+ */
+export function pumpRefusedFlow(why: string): void {
+  if (toldFlowRefused) return;
+  toldFlowRefused = true;
+  notice(
+    `a UDP flow goes through the agents' event loops instead of the native pump (${why}); such flows lose more of a flood. ` +
+      "Said once; other flows still take the pump where they can.",
+  );
 }
 
 /** A shim UDP socket connected to ip:port, as a bare fd for a pump (the caller closes it); undefined without the shim. */

@@ -4,6 +4,7 @@ import { describe, expect, test } from "bun:test";
 import type { TunnelMessage } from "../../src/proto/guest-service.ts";
 import { DatagramBatcher, datagramsOf, MAX_DATAGRAMS_PER_MESSAGE, MAX_UDP_PAYLOAD } from "../../src/transport/datagram-batch.ts";
 import { DatagramBudget, DeliveryReport } from "../../src/transport/datagram-budget.ts";
+import { prepareDatagrams, pumpRefusedFlow } from "../../src/transport/datagram-socket.ts";
 
 const turn = () => new Promise((r) => setImmediate(r));
 
@@ -119,5 +120,18 @@ describe("DeliveryReport", () => {
     report.add(0);
     await turn();
     expect(reports).toEqual([2000]);
+  });
+});
+
+describe("flows the native UDP pump refuses", () => {
+  test("are said once, with the first reason, however many there are", async () => {
+    const said: string[] = [];
+    await prepareDatagrams((line) => said.push(line), {});
+    const before = said.length;
+    pumpRefusedFlow("the pump is full (4,096 flows)");
+    pumpRefusedFlow("another reason");
+    const told = said.slice(before);
+    expect(told.length).toBe(1);
+    expect(told[0]).toContain("instead of the native pump (the pump is full (4,096 flows))");
   });
 });
