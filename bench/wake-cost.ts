@@ -1,7 +1,8 @@
 // What one wake-up of the event loop costs the agent, by how it reads a connected fd: a
 // net.Socket (node:net) against Bun's own socket API (runtime/fd-socket.ts readFd). A python3
 // writer holds one end of a socketpair and sends 64 bytes every 4 ms; this process, as a
-// child of it, reads the other end and prints its CPU per read (utime + stime).
+// child of it, reads the other end and prints its CPU per read (utime + stime). Then a timer
+// that fires every 4 ms, for the cost of a wake-up with no I/O at all.
 //   bun bench/wake-cost.ts [--reads N]
 import * as net from "node:net";
 import { spawnSync } from "node:child_process";
@@ -9,7 +10,17 @@ import { spawnSync } from "node:child_process";
 const args = process.argv.slice(2);
 const READS = Number(args.includes("--reads") ? args[args.indexOf("--reads") + 1] : "2000");
 
-if (args[0] === "--read") {
+if (args[0] === "--timer") {
+  const wakes = Number(args[1]);
+  let n = 0;
+  const start = process.cpuUsage();
+  const timer = setInterval(() => {
+    if (++n < wakes) return;
+    clearInterval(timer);
+    const used = process.cpuUsage(start);
+    console.log(`timer: ${n} wake-ups, ${((used.user + used.system) / n).toFixed(1)} µs CPU per wake-up`);
+  }, 4);
+} else if (args[0] === "--read") {
   const [, mode, fdText] = args;
   const fd = Number(fdText);
   let reads = 0;
@@ -43,4 +54,5 @@ p.wait()
   for (const mode of ["net.Socket", "Bun.connect", "net.Socket", "Bun.connect"]) {
     spawnSync("/usr/bin/python3", ["-c", writer, process.execPath, import.meta.path, mode, String(READS)], { stdio: "inherit", env: { ...process.env, BUN_GC_TIMER_DISABLE: "1" } });
   }
+  spawnSync(process.execPath, [import.meta.path, "--timer", String(READS)], { stdio: "inherit", env: { ...process.env, BUN_GC_TIMER_DISABLE: "1" } });
 }
