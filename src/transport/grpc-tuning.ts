@@ -62,7 +62,39 @@ export function createTunedServer(): grpc.Server {
     ...internals.commonServerOptions.settings,
     initialWindowSize: STREAM_WINDOW_BYTES,
   };
+  widenConnectionWindow(server);
   return server;
+}
+
+type SessionHandler = (this: grpc.Server, http2Server: http2.Http2Server) => (session: http2.ServerHttp2Session) => void;
+
+/**
+ * The connection (session) window: HTTP/2 starts it at 64 KiB whatever SETTINGS say, and grpc-js
+ * never raises it on a server, so a client could send only 64 KiB before waiting for the
+ * guest's WINDOW_UPDATE: host and guest took turns, each waiting for the other, and a tunnel
+ * ran at half the speed of the other direction (whose window the host's client raises). Raised
+ * here to the stream window as each connection opens (after the server's SETTINGS, which Bun
+ * and Node send first). Exactly the stream window, not more: Bun's setLocalWindowSize also sets
+ * every stream's local window to it and sends a stream's WINDOW_UPDATE only once half of that
+ * is used, so a value above twice the advertised stream window would stall every stream.
+ */
+function widenConnectionWindow(server: grpc.Server): void {
+  const instance = server as unknown as Record<"_sessionHandler" | "_channelzSessionHandler", SessionHandler>;
+  for (const name of ["_sessionHandler", "_channelzSessionHandler"] as const) {
+    const original = instance[name];
+    if (typeof original !== "function") throw new Error(`grpc-js internals changed: no Server.${name} to wrap`);
+    instance[name] = function (http2Server) {
+      const handle = original.call(this, http2Server);
+      return (session) => {
+        try {
+          session.setLocalWindowSize(STREAM_WINDOW_BYTES);
+        } catch {
+          // A session already closing: nothing to widen.
+        }
+        handle(session);
+      };
+    };
+  }
 }
 
 let framedAsIs = false;
