@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { CompressionFilter } from "@grpc/grpc-js/build/src/compression-filter.js";
 import { BaseServerInterceptingCall } from "@grpc/grpc-js/build/src/server-interceptors.js";
 import type * as http2 from "node:http2";
+import * as net from "node:net";
 import { PORTHOLE_CLIENT_WINDOW } from "../core/h2-client-preface.ts";
 import { framedMessage } from "../proto/tunnel-codec.ts";
 
@@ -77,6 +78,9 @@ type SessionHandler = (this: grpc.Server, http2Server: http2.Http2Server) => (se
  * and Node send first). Exactly the stream window, not more: Bun's setLocalWindowSize also sets
  * every stream's local window to it and sends a stream's WINDOW_UPDATE only once half of that
  * is used, so a value above twice the advertised stream window would stall every stream.
+ * Only on a connection that is a socket of the runtime's (porthole's host handed over as it
+ * is): through an in-process stream (the relay for other clients, a lean-mux stream) the
+ * larger window measured slower forward, so those keep HTTP/2's 64 KiB (see the README).
  */
 function widenConnectionWindow(server: grpc.Server): void {
   const instance = server as unknown as Record<"_sessionHandler" | "_channelzSessionHandler", SessionHandler>;
@@ -87,7 +91,7 @@ function widenConnectionWindow(server: grpc.Server): void {
       const handle = original.call(this, http2Server);
       return (session) => {
         try {
-          session.setLocalWindowSize(STREAM_WINDOW_BYTES);
+          if (session.socket instanceof net.Socket) session.setLocalWindowSize(STREAM_WINDOW_BYTES);
         } catch {
           // A session already closing: nothing to widen.
         }
