@@ -107,6 +107,7 @@ struct relay {
   uint32_t fail_flags, fail_err;
   int in_resetting;
   int dialing;               /* ph_relay_dial: the dialed side is still connecting (only it is in the epoll set) */
+  int pending_dial;          /* a forward's client still dialling: its listener's slot waits for its record */
   int dside;                 /* the dialed side's index (1 unless PH_DIAL_A) */
   int dial_flags;            /* PH_HELLO_HANDED, PH_AWAIT_STATUS */
   int awaiting;              /* connected, hello sent, its status byte not yet read */
@@ -252,6 +253,7 @@ static void dir_free(struct dir *d) {
 /* Ends a relay: both sides closed (reset when flags has PH_RESET), the record posted. */
 static void dial_unlink(struct relay *r);
 static void refuse_stream(int fd);
+static void dial_settled(struct relay *r);
 static void finish(struct relay *r, uint32_t flags, int err) {
   if (r->closed) return;
   r->closed = 1;
@@ -289,6 +291,7 @@ static void finish(struct relay *r, uint32_t flags, int err) {
   /* A forward's relay that ended as relays end: JavaScript only counts it (later, batched). */
   if (r->forward && !(flags & PH_DIAL_FAILED)) post_later(rec);
   else if (!quiet) post(rec);
+  dial_settled(r); /* after its record */
 }
 
 static int to_copy(struct dir *d) {
@@ -924,6 +927,7 @@ static void dial_done(struct relay *r, struct relay **ready, int in_set) {
     if (r->forward) post_later(rec); /* JavaScript learns of it after the fact */
     else post(rec); /* JavaScript dialled it and waits */
   }
+  dial_settled(r); /* after its record */
   ready_push(ready, r);
 }
 
@@ -1105,6 +1109,8 @@ static int dial_connect(struct relay *r) {
 struct listener {
   int used, closing, fd, allow_cid, copy, armed;
   int forward;               /* a host forward's listener (see "forward listeners"), not a data endpoint */
+  int pending_dials;         /* its clients still dialling (relay thread only) */
+  int draining;              /* closed, its slot kept until those dials are told (then REC_UNLISTENED) */
   int idle;                  /* a forward listener without a target: not watched (the runtime's own server accepts) */
   int borrowed;              /* fd is the runtime's own (a forward's: no dup, one fd less per listener) */
   int own;                   /* a forward's listener the runtime stopped accepting on: always watched (no target: every client to JavaScript) */
@@ -1382,6 +1388,8 @@ static void forward_start(int li, int fd, struct relay **ready) {
   struct epoll_event ev = side_event(r, r->dside, r->awaiting ? EPOLLIN | EPOLLRDHUP | EPOLLET : EPOLLOUT | EPOLLET);
   if (epoll_ctl(epfd, EPOLL_CTL_ADD, r->fd[r->dside], &ev) != 0) { dial_failed(r, errno); return; }
   dial_list_add(r, now_ms() + (uint64_t)dial_ms);
+  r->pending_dial = 1;
+  l->pending_dials++;
 }
 
 static void accept_all(int li, struct relay **ready) {
@@ -1433,18 +1441,24 @@ static int listeners_tend(void) {
     listeners_closing = 0;
     for (int i = 0; i < PH_MAX_LISTENERS; i++) {
       struct listener *l = &listeners[i];
-      if (!l->used || !l->closing) continue;
-      /* A forward's: REC_UNLISTENED tells JavaScript once every record its clients had
-       * waiting (REC_DIALED comes late) went before it; until then JavaScript keeps the
-       * forward's handlers for them, even if this id is given to a new listener meanwhile. */
-      if (l->forward) gone[n_gone++] = i + 1;
+      if (!l->used || !l->closing || l->draining) continue;
       if (!l->borrowed) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL);
         close(l->fd);
       } /* a borrowed fd left the epoll set in ph_data_unlisten, and is not ours to close */
       if (!l->armed) listeners_disarmed--;
+      l->armed = 1; /* (counted out of the disarmed ones once) */
       free(l->fwd_hello);
       l->fwd_hello = NULL;
+      /* A forward's: REC_UNLISTENED tells JavaScript once every record of its clients went
+       * before it (REC_DIALED comes late, and a client still dialling tells later still), so
+       * JavaScript keeps the forward's handlers for them until then; the slot (its id) is not
+       * given again before. */
+      if (l->forward && l->pending_dials > 0) {
+        l->draining = 1;
+        continue;
+      }
+      if (l->forward) gone[n_gone++] = i + 1;
       l->used = l->closing = 0;
     }
     pthread_mutex_unlock(&lock);
@@ -1467,6 +1481,19 @@ static int listeners_tend(void) {
     }
   }
   return next == UINT64_MAX ? -1 : (int)(next - now);
+}
+
+/* A forward's client that was still dialling is told (its record queued): a listener closed
+ * meanwhile, waiting for its last such client, is released now (REC_UNLISTENED after it). */
+static void dial_settled(struct relay *r) {
+  if (!r->pending_dial) return;
+  r->pending_dial = 0;
+  struct listener *l = &listeners[r->listener - 1];
+  if (--l->pending_dials > 0 || !l->draining) return;
+  pthread_mutex_lock(&lock);
+  l->used = l->closing = l->draining = 0;
+  pthread_mutex_unlock(&lock);
+  post((struct record){ REC_UNLISTENED, (uint32_t)r->listener, 0, 0, 0, 0 });
 }
 
 static void take_pending(struct relay **ready) {

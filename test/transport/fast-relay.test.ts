@@ -620,4 +620,54 @@ describe("a forward's clients accepted in the relay thread (told to JavaScript a
     }
     throw new Error("in 20 tries, the forward never closed before its client's record came");
   });
+
+  test("a client still dialling when its forward closed (its data endpoint answers late) is still told, carried and counted, and the forward's id is not given again before", async () => {
+    await prepareRelay(() => {});
+    let answer = () => {};
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    // A data endpoint that answers its status byte only when told, then echoes the frames as they are.
+    const endpoint = await dataEndpoint((stream, _header, rest) => {
+      void answered.then(() => {
+        stream.write(Buffer.of(0));
+        if (rest.length) stream.write(rest);
+        stream.pipe(stream);
+        stream.resume();
+      });
+    });
+    const server = net.createServer({ allowHalfOpen: true }, (s) => s.destroy());
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => server.close());
+    const port = (server.address() as net.AddressInfo).port;
+    const dialed: net.Socket[] = [];
+    const native = acceptNatively(server, 5000, {
+      onHandoff: (s) => s.destroy(),
+      onDialed: (connection) => dialed.push(connection),
+      onFailed: (_err, again) => again.destroy(),
+      onAcceptFailed: () => {},
+    })!;
+    native.setTarget({ path: endpoint.path, header: Buffer.from("PHDATA2 00112233445566778899aabbccddeeff tcp 127.0.0.1:9\n"), timeoutMs: 5000 });
+    const client = net.connect(port, "127.0.0.1");
+    const done = outcome(client);
+    client.write("while dialling");
+    while (native.stats().carried === 0) await new Promise((resolve) => setImmediate(resolve));
+    native.close(); // the dial is still waiting for the endpoint's status byte
+    // A new forward listener now, which could have been given the closed one's id.
+    const other = net.createServer(() => {});
+    await new Promise<void>((resolve) => other.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => other.close());
+    const otherDialed: net.Socket[] = [];
+    const second = acceptNatively(other, 5000, { onHandoff: (s) => s.destroy(), onDialed: (c) => otherDialed.push(c), onFailed: (_e, a) => a.destroy(), onAcceptFailed: () => {} })!;
+    cleanups.push(() => second.close());
+    await Bun.sleep(20);
+    answer();
+    await new Promise((resolve) => client.once("data", resolve));
+    client.end();
+    const { data, how } = await done;
+    expect(data.toString()).toBe("while dialling");
+    expect(how).toBe("EOF");
+    expect(dialed.length).toBe(1);
+    expect(otherDialed.length).toBe(0);
+    await new Promise<void>((resolve) => afterRelay(dialed[0]!, resolve));
+    expect(relayedBytes(dialed[0]!)).toEqual({ read: "while dialling".length, written: "while dialling".length });
+  });
 });
