@@ -111,7 +111,10 @@ static void finish_pump(struct pump *p, int how, int err) {
     struct linger lg = { 1, 0 };
     setsockopt(p->stream, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   }
-  if (p->udp >= 0) close(p->udp); /* closing removes both from the epoll set (we hold the only fds) */
+  /* Out of the epoll set first: a registration lives as long as any fd of the socket, and the
+   * runtime may still hold one. */
+  if (p->udp >= 0) { epoll_ctl(epfd, EPOLL_CTL_DEL, p->udp, NULL); close(p->udp); }
+  epoll_ctl(epfd, EPOLL_CTL_DEL, p->stream, NULL);
   close(p->stream);
   p->udp = p->stream = -1;
   free(p->out);
@@ -383,7 +386,7 @@ int ph_udp_pump_add(int udp, int stream, const uint8_t *to_stream, int to_stream
       id = i;
       break;
     }
-  int ret = -EMFILE;
+  int ret = -ENOSPC; /* every pump slot taken (not an fd limit) */
   if (id < 0) goto out;
   struct pump *p = &pumps[id];
   memset(p, 0, sizeof *p);
@@ -429,8 +432,8 @@ int ph_udp_pump_add(int udp, int stream, const uint8_t *to_stream, int to_stream
   ret = id;
   goto out;
 fail:
-  if (p->udp >= 0) close(p->udp);
-  if (p->stream >= 0) close(p->stream);
+  if (p->udp >= 0) { epoll_ctl(epfd, EPOLL_CTL_DEL, p->udp, NULL); close(p->udp); }
+  if (p->stream >= 0) { epoll_ctl(epfd, EPOLL_CTL_DEL, p->stream, NULL); close(p->stream); }
   free(p->out);
   free(p->in);
   memset(p, 0, sizeof *p);
@@ -501,7 +504,8 @@ int ph_udp_pump_close(int id) {
       /* The UDP socket goes now: a host flow's holds the forward's port, which a new listener may want at once. */
       int d = ph_udp_drops(p->udp);
       if (d > 0) p->st[ST_KERNEL_DROPS] = (uint64_t)d;
-      close(p->udp); /* leaves the epoll set with it */
+      epoll_ctl(epfd, EPOLL_CTL_DEL, p->udp, NULL);
+      close(p->udp);
       p->udp = -1;
       add_credit_frames(p);
       /* A stream that cannot take the rest now loses it: the end must not wait on it. */

@@ -74,9 +74,13 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
  */
 function pumpNatively(stream: net.Socket, address: string, target: string, port: number, initial: Buffer, onBad: (why: string) => void, warn: (line: string) => void): boolean {
   const fd = socketFd(stream);
-  if (fd === undefined || stream.writableLength > 0 || stream.destroyed) return false;
+  if (stream.destroyed) return false;
   const native = datagramPumps();
-  if (!native) return false;
+  if (!native) return false; // said once there
+  if (fd === undefined || stream.writableLength > 0) {
+    pumpRefusedFlow(fd === undefined ? "the runtime does not show the stream's fd" : "the stream had writes queued");
+    return false;
+  }
   let udpFd: number | undefined;
   try {
     udpFd = connectedDatagramFd(target, port);
@@ -100,7 +104,7 @@ function pumpNatively(stream: net.Socket, address: string, target: string, port:
     );
   } catch (err) {
     pumpRefusedFlow((err as Error).message);
-    if (fromStream.length) stream.unshift(fromStream);
+    if (rest.length) stream.unshift(rest); // the unread bytes only: the caller still holds `initial`
     return false;
   } finally {
     native.shim.close(udpFd); // the pump holds its own dup()

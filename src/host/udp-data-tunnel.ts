@@ -82,9 +82,13 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   private pumpNatively(stream: net.Socket, initial: Buffer | undefined, onBad: (reason: string) => void): boolean {
     const at = this.pumpAt;
     const fd = socketFd(stream);
-    if (!at || fd === undefined || stream.writableLength > 0) return false;
+    if (!at) return false; // a client the runtime's socket answers (no shim): the event loop's, said at start
     const native = datagramPumps();
-    if (!native) return false;
+    if (!native) return false; // said once there
+    if (fd === undefined || stream.writableLength > 0) {
+      pumpRefusedFlow(fd === undefined ? "the runtime does not show the stream's fd" : "the stream had writes queued");
+      return false;
+    }
     let flowFd: number;
     try {
       flowFd = native.pumps.flowSocket(at.listenFd, at.client.raw!, UDP_BUFFER_BYTES);
@@ -118,7 +122,7 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
       });
     } catch (err) {
       pumpRefusedFlow((err as Error).message);
-      if (fromStream.length) stream.unshift(fromStream);
+      if (rest.length) stream.unshift(rest); // the unread bytes only: the caller still holds `initial`
       return false;
     } finally {
       native.shim.close(flowFd); // the pump holds its own dup()

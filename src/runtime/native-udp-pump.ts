@@ -32,6 +32,8 @@ export const PUMP_END_RESET = 3;
 export const PUMP_END_BAD = 4;
 
 const FIELDS = 9;
+/** The shim's pump slots (native/udp_pump.c PUMP_MAX). */
+const PUMP_SLOTS = 4096;
 /** In a reaped id: the pump runs on, and dropped over its budget for the first time. */
 const FIRST_DROP = 1 << 30;
 
@@ -102,11 +104,10 @@ export class UdpPumps {
   ): UdpPump {
     const to = options.toStream ?? this.empty;
     const from = options.fromStream ?? this.empty;
-    const id = check(
-      this.shim,
-      this.shim.udpPumpAdd(udpFd, streamFd, to, options.toStream?.length ?? 0, options.queued ?? 0, from, options.fromStream?.length ?? 0, options.budget, options.group ?? -1),
-      "UDP pump",
-    );
+    const added = this.shim.udpPumpAdd(udpFd, streamFd, to, options.toStream?.length ?? 0, options.queued ?? 0, from, options.fromStream?.length ?? 0, options.budget, options.group ?? -1);
+    // ENOSPC from the shim: every one of its pump slots is taken (not a disk, not an fd limit).
+    if (added < 0 && this.shim.errnoName(added) === "ENOSPC") throw new Error(`the pump carries ${PUMP_SLOTS} flows already`);
+    const id = check(this.shim, added, "UDP pump");
     const pump = new UdpPump(this, id);
     this.live.set(id, { pump, onEnd, onFirstDrop });
     return pump;
