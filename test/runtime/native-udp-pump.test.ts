@@ -176,9 +176,8 @@ describe("native UDP pump", () => {
     pump.abort();
   });
 
-  test("a flow ended here lets go of the forward's port at once (a new listener binds it) and ends its stream with EOF; the far end's EOF finishes it", async () => {
-    const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
-    const port = listener.localPort();
+  /** A client's flow on `listener`'s port, pumped to one end of a stream pair (the other end: `far`). */
+  async function flowOn(listener: NativeUdpSocket) {
     const client = await bound();
     const [pumped, far] = await streamPair();
     const flowFd = pumps.flowSocket(listener.fd, raw(client.address().port), 1 << 20);
@@ -186,6 +185,13 @@ describe("native UDP pump", () => {
     const pump = pumps.add(flowFd, socketFd(pumped)!, { budget: 1 << 20 }, (s) => ends.push(s));
     shim.close(flowFd);
     pumped.destroy();
+    return { far, pump, ends };
+  }
+
+  test("a flow ended here lets go of the forward's port at once (a new listener binds it) and ends its stream with EOF; the far end's EOF finishes it", async () => {
+    const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
+    const port = listener.localPort();
+    const { far, pump, ends } = await flowOn(listener);
     let farEnded = false;
     far.on("end", () => (farEnded = true));
     far.resume();
@@ -205,13 +211,7 @@ describe("native UDP pump", () => {
   test("a flow ended here whose far end never ends its stream is finished after 5 s (ETIMEDOUT), without any other event to wake the pump", async () => {
     const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
     cleanups.push(() => listener.close());
-    const client = await bound();
-    const [pumped, far] = await streamPair();
-    const flowFd = pumps.flowSocket(listener.fd, raw(client.address().port), 1 << 20);
-    const ends: PumpStats[] = [];
-    const pump = pumps.add(flowFd, socketFd(pumped)!, { budget: 1 << 20 }, (s) => ends.push(s));
-    shim.close(flowFd);
-    pumped.destroy();
+    const { far, pump, ends } = await flowOn(listener);
     far.resume(); // reads, never ends
     pump.close();
     await waitUntil("the pump ended by its deadline", () => ends.length === 1, 10_000);

@@ -579,26 +579,32 @@ describe("readiness from the relay thread (what vsock accept and connect wait on
 });
 
 describe("a forward's clients accepted in the relay thread (told to JavaScript after the fact)", () => {
-  /** One client through a forward accepted natively, the forward closed as soon as the relay thread dialled it. */
-  async function closeRightAfterDial(targetPort: number) {
+  /** A forward listener on 127.0.0.1 accepted in the relay thread, with the connections it tells of (no target yet). */
+  async function nativeForward() {
     const server = net.createServer({ allowHalfOpen: true }, (s) => s.destroy());
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     cleanups.push(() => server.close());
     const port = (server.address() as net.AddressInfo).port; // (the runtime stops showing it once the relay thread accepts alone)
     const dialed: net.Socket[] = [];
-    const native = acceptNatively(server, 2000, {
+    const native = acceptNatively(server, 5000, {
       onHandoff: (s) => s.destroy(),
       onDialed: (connection) => dialed.push(connection),
       onFailed: (_err, again) => again.destroy(),
       onAcceptFailed: () => {},
     });
     expect(native).toBeDefined();
-    native!.setTarget({ host: "127.0.0.1", port: targetPort, timeoutMs: 2000, keepAliveMs: 60_000 });
+    return { port, dialed, native: native! };
+  }
+
+  /** One client through a forward accepted natively, the forward closed as soon as the relay thread dialled it. */
+  async function closeRightAfterDial(targetPort: number) {
+    const { port, dialed, native } = await nativeForward();
+    native.setTarget({ host: "127.0.0.1", port: targetPort, timeoutMs: 2000, keepAliveMs: 60_000 });
     const client = net.connect(port, "127.0.0.1");
     const done = outcome(client);
     client.write("before");
-    while (native!.stats().carried === 0) await new Promise((resolve) => setImmediate(resolve));
-    native!.close();
+    while (native.stats().carried === 0) await new Promise((resolve) => setImmediate(resolve));
+    native.close();
     const toldBeforeClose = dialed.length;
     client.end("after");
     return { toldBeforeClose, dialed, ...(await done) };
@@ -634,17 +640,7 @@ describe("a forward's clients accepted in the relay thread (told to JavaScript a
         stream.resume();
       });
     });
-    const server = net.createServer({ allowHalfOpen: true }, (s) => s.destroy());
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    cleanups.push(() => server.close());
-    const port = (server.address() as net.AddressInfo).port;
-    const dialed: net.Socket[] = [];
-    const native = acceptNatively(server, 5000, {
-      onHandoff: (s) => s.destroy(),
-      onDialed: (connection) => dialed.push(connection),
-      onFailed: (_err, again) => again.destroy(),
-      onAcceptFailed: () => {},
-    })!;
+    const { port, dialed, native } = await nativeForward();
     native.setTarget({ path: endpoint.path, header: Buffer.from("PHDATA2 00112233445566778899aabbccddeeff tcp 127.0.0.1:9\n"), timeoutMs: 5000 });
     const client = net.connect(port, "127.0.0.1");
     const done = outcome(client);
@@ -652,11 +648,7 @@ describe("a forward's clients accepted in the relay thread (told to JavaScript a
     while (native.stats().carried === 0) await new Promise((resolve) => setImmediate(resolve));
     native.close(); // the dial is still waiting for the endpoint's status byte
     // A new forward listener now, which could have been given the closed one's id.
-    const other = net.createServer(() => {});
-    await new Promise<void>((resolve) => other.listen(0, "127.0.0.1", resolve));
-    cleanups.push(() => other.close());
-    const otherDialed: net.Socket[] = [];
-    const second = acceptNatively(other, 5000, { onHandoff: (s) => s.destroy(), onDialed: (c) => otherDialed.push(c), onFailed: (_e, a) => a.destroy(), onAcceptFailed: () => {} })!;
+    const { dialed: otherDialed, native: second } = await nativeForward();
     cleanups.push(() => second.close());
     await Bun.sleep(20);
     answer();
