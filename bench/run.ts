@@ -38,6 +38,8 @@ const wanted = (name: string) => ONLY.length === 0 || ONLY.includes(name);
 /** --detector: passed to the guest agent (unset: its default, and nothing passed, so older binaries run too). */
 const DETECTOR = flag("detector", "");
 const BURST = SMOKE ? 100 : 1000;
+/** Listeners added for the second idle measurement (issue 17's "beside 5,000"). */
+const MORE_LISTENERS = SMOKE ? 100 : 4000;
 const CHURN_RATE = 100;
 
 type Path = "direct" | "byIP" | "sshL" | "grpc" | "ssh" | "fast" | "fast-copy" | "fast-js" | "porthole-direct" | "serial-grpc" | "serial-mux" | "tcp-grpc" | "tcp-mux" | "haproxy";
@@ -93,6 +95,9 @@ interface Results {
     /** Guest agent CPU while CHURN_RATE sockets a second are bound and closed (beside the same load). */
     churnCpuPercent?: number;
     churnRate?: number;
+    /** Guest agent CPU while idle once MORE_LISTENERS more listeners joined the load. */
+    guestIdleManyCpuPercent?: number;
+    manyListeners?: number;
   };
   /** Measurements that failed (left out of the table). */
   failures: string[];
@@ -524,7 +529,8 @@ async function measureCost(guest: Guest, agent: Proc, echoPort: number, results:
   const load = guest.spawn(["sh", "-c", `ulimit -n "$(ulimit -Hn)" && exec ${process.execPath} ${import.meta.dir}/../test/fixtures/servers.ts load ${base} ${listeners} ${pairs}`], "load");
   await load.waitForLine(/^loaded /, "stdout", 120_000);
   // The host follows the guest but forwards none of the load's listeners (only the echo port).
-  const config = guest.writeFile("bench-cost.yaml", `portForwards:\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, guestPortRange: [${base}, ${base + listeners + 51}], ignore: true}\n`);
+  const moreBase = base + listeners + 100; // after the churn's ports
+  const config = guest.writeFile("bench-cost.yaml", `portForwards:\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, guestPortRange: [${base}, ${moreBase + MORE_LISTENERS}], ignore: true}\n`);
   const host = startHostAgent(guest, ["--config", config, "--forwarder", "grpc"]);
   await host.waitForForwarding(echoPort, 30_000);
   const seconds = SMOKE ? 2 : 10;
@@ -546,6 +552,16 @@ async function measureCost(guest: Guest, agent: Proc, echoPort: number, results:
   results.cost.churnRate = CHURN_RATE;
   log(`cost: guest agent ${results.cost.churnCpuPercent.toFixed(2)}% of a core under a churn of ${CHURN_RATE} binds/s`);
   await churn.kill();
+  // Idle again with MORE_LISTENERS more listeners (issue 17: <= 0.5% beside 5,000).
+  const more = guest.spawn(["sh", "-c", `ulimit -n "$(ulimit -Hn)" && exec ${process.execPath} ${import.meta.dir}/../test/fixtures/servers.ts load ${moreBase} ${MORE_LISTENERS} 0`], "more listeners");
+  await more.waitForLine(/^loaded /, "stdout", 120_000);
+  await Bun.sleep(2000); // their events told
+  const manyBefore = cpuTicks(agent.child.pid!);
+  await Bun.sleep(idleSeconds * 1000);
+  results.cost.guestIdleManyCpuPercent = (cpuTicks(agent.child.pid!) - manyBefore) / idleSeconds;
+  results.cost.manyListeners = listeners + MORE_LISTENERS;
+  log(`cost: guest agent ${results.cost.guestIdleManyCpuPercent.toFixed(2)}% of a core idle beside ${listeners + MORE_LISTENERS} listeners`);
+  await more.kill();
   const sockets: net.Socket[] = [];
   for (let i = 0; i < connections; i += 50) {
     await Promise.all(Array.from({ length: Math.min(50, connections - i) }, () => new Promise<void>((resolve, reject) => {
@@ -594,6 +610,7 @@ function report(r: Results): void {
   lines.push(`Port detector: ${r.detector}`);
   if (d.udpOpenP50 !== undefined) lines.push(`UDP detection over ${d.tries} tries: bind() -> host forwards p50 ${d.udpOpenP50.toFixed(0)} ms, p95 ${d.udpOpenP95!.toFixed(0)} ms; close() -> host stops p95 ${d.udpCloseP95!.toFixed(0)} ms`);
   if (d.burstMs !== undefined) lines.push(`Burst: ${d.burst} listeners opened at once, all forwarded after ${d.burstMs} ms`);
+  if (r.cost.guestIdleManyCpuPercent !== undefined) lines.push(`Idle beside ${r.cost.manyListeners} listeners: guest agent ${r.cost.guestIdleManyCpuPercent.toFixed(2)}% of a core`);
   if (r.cost.churnCpuPercent !== undefined) lines.push(`Churn: guest agent ${r.cost.churnCpuPercent.toFixed(2)}% of a core under ${r.cost.churnRate} binds/s (beside the same load)`);
   lines.push(`Cost: guest agent ${r.cost.guestIdleCpuPercent.toFixed(2)}% of a core idle beside ${r.cost.listeners} listeners and ${r.cost.established} established sockets; host agent RSS ${r.cost.hostRssMiB.toFixed(0)} MiB with ${r.cost.connections} open connections`);
   const best = (row: string) => Math.max(...(["grpc", "fast", "porthole-direct"] as Path[]).map((p) => r.throughput[row]![p] ?? 0));
@@ -611,6 +628,7 @@ function report(r: Results): void {
   if (d.tries) target(d.openP50 <= 50 && d.openP95 <= 100 && d.closeP95 <= 20, "detection: open p50 <= 50 ms, p95 <= 100 ms; close p95 <= 20 ms");
   if (d.tries) target(d.openP95 <= 10 && d.closeP95 <= 10, `detection (issue 17): open p95 <= 10 ms (${d.openP95.toFixed(1)}), close p95 <= 10 ms (${d.closeP95.toFixed(1)})`);
   if (d.burstMs !== undefined) target(d.burstMs <= 1000, `burst: ${d.burst} listeners all forwarded within 1 s (${d.burstMs} ms)`);
+  if (r.cost.guestIdleManyCpuPercent !== undefined) target(r.cost.guestIdleManyCpuPercent <= 0.5, `idle (issue 17): guest agent <= 0.5% of a core beside ${r.cost.manyListeners} listeners (${r.cost.guestIdleManyCpuPercent.toFixed(2)}%)`);
   if (r.cost.churnCpuPercent !== undefined) target(r.cost.churnCpuPercent <= 2, `churn: ${r.cost.churnRate} binds/s cost the guest agent <= 2% of a core (${r.cost.churnCpuPercent.toFixed(2)}%)`);
   if (r.cost.connections) target(r.cost.guestIdleCpuPercent <= 0.2, `idle (issue 17): guest agent <= 0.2% of a core beside ${r.cost.listeners} listeners (${r.cost.guestIdleCpuPercent.toFixed(2)}%)`);
   if (r.cost.connections) target(r.cost.guestIdleCpuPercent <= 1 && r.cost.hostRssMiB <= 150, `cost: guest idle CPU <= 1% of a core (${r.cost.guestIdleCpuPercent.toFixed(2)}%); host RSS <= 150 MB (${r.cost.hostRssMiB.toFixed(0)} MiB)`);
