@@ -29,6 +29,18 @@ function listen(host: string): Promise<net.Server> {
 }
 const portOf = (s: net.Server) => (s.address() as net.AddressInfo).port;
 
+/** A listener on 127.0.0.1, and one connection to it that its server closed (the listener stays). */
+async function closedConnection(): Promise<{ server: net.Server; port: number; clientPort: number }> {
+  const server = await listen("127.0.0.1");
+  const port = portOf(server);
+  server.on("connection", (s) => s.destroy());
+  const client = net.connect(port, "127.0.0.1");
+  await new Promise((r) => client.once("connect", r));
+  const clientPort = client.localPort!;
+  await new Promise((r) => client.once("close", r));
+  return { server, port, clientPort };
+}
+
 function dump(): string[] {
   const buf = new Uint8Array(65536 * DIAG_RECORD_BYTES);
   const n = check(shim, shim.diagListeners(buf, buf.length, 3), "sock_diag dump");
@@ -148,13 +160,7 @@ describe("netlink sock_diag", () => {
       while (!messages.some(ours) && Date.now() < deadline) await Bun.sleep(5);
       return messages.filter(ours);
     };
-    const server = await listen("127.0.0.1");
-    const port = portOf(server);
-    server.on("connection", (s) => s.destroy());
-    const client = net.connect(port, "127.0.0.1");
-    await new Promise((r) => client.once("connect", r));
-    const clientPort = client.localPort!;
-    await new Promise((r) => client.once("close", r));
+    const { server, port, clientPort } = await closedConnection();
     const clientCloses = await waitFor(clientPort);
     expect(clientCloses.length).toBeGreaterThan(0);
     for (const m of clientCloses) expect(closedListeners(m.bytes)).toEqual([]); // connected: no look needed
@@ -169,13 +175,7 @@ describe("netlink sock_diag", () => {
   test("with the listeners-only filter, a closed connection sends no destroy event at all, a closed listener still does", async () => {
     const sub = check(shim, shim.diagSubscribeTo(1 | 4), "subscribe");
     cleanups.push(() => shim.close(sub));
-    const server = await listen("127.0.0.1");
-    const port = portOf(server);
-    server.on("connection", (s) => s.destroy());
-    const client = net.connect(port, "127.0.0.1");
-    await new Promise((r) => client.once("connect", r));
-    const clientPort = client.localPort!;
-    await new Promise((r) => client.once("close", r));
+    const { server, port, clientPort } = await closedConnection();
     await new Promise((r) => server.close(r));
     const buf = new Uint8Array(256 * DIAG_RECORD_BYTES);
     const read = async (fd: number, until: (r: ReturnType<typeof parseDiagRecords>) => boolean) => {

@@ -100,6 +100,18 @@ async function answersAfterClientEOF(makeProxy: (target: Where) => Promise<Where
   expect(how).toBe("EOF");
 }
 
+/** 50 connections at once through proxy, each echoing its own text back. */
+async function echoBatch(proxy: Where, batch: number): Promise<void> {
+  await Promise.all(
+    Array.from({ length: 50 }, async (_, i) => {
+      const c = connect(proxy);
+      const done = outcome(c);
+      c.end(`c${batch}-${i}`);
+      expect((await done).data.toString()).toBe(`c${batch}-${i}`);
+    }),
+  );
+}
+
 function connect(where: Where): net.Socket {
   return "path" in where
     ? net.connect({ path: where.path, allowHalfOpen: true })
@@ -240,16 +252,7 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
     for (let i = 0; i < 500 && counter && relayStatus().open > 0; i++) await Bun.sleep(10);
     const before = openFds();
     const baseline = fdCount(); // (counts the fd that lists the directory, as every fdCount() does)
-    for (let batch = 0; batch < 6; batch++) {
-      await Promise.all(
-        Array.from({ length: 50 }, async (_, i) => {
-          const c = connect(proxy);
-          const done = outcome(c);
-          c.end(`c${batch}-${i}`);
-          expect((await done).data.toString()).toBe(`c${batch}-${i}`);
-        }),
-      );
-    }
+    for (let batch = 0; batch < 6; batch++) await echoBatch(proxy, batch);
     // Closes finish asynchronously (the relay thread, the runtime's sockets): bounded wait.
     for (let i = 0; i < 500 && (fdCount() > baseline || (counter && relayStatus().open > 0)); i++) await Bun.sleep(10);
     if (counter) expect(relayStatus().open).toBe(0);
@@ -352,14 +355,7 @@ describe.each(modes.filter((m) => m.counter))("a native dial (the direct path: t
     const before = openFds();
     const baseline = fdCount();
     for (let batch = 0; batch < 6; batch++) {
-      await Promise.all(
-        Array.from({ length: 50 }, async (_, i) => {
-          const c = connect(proxy);
-          const done = outcome(c);
-          c.end(`c${batch}-${i}`);
-          expect((await done).data.toString()).toBe(`c${batch}-${i}`);
-        }),
-      );
+      await echoBatch(proxy, batch);
       await Promise.all(
         Array.from({ length: 17 }, async () => {
           const c = connect(refused);
