@@ -11,7 +11,7 @@ import type { NativeShim } from "../../src/runtime/native-api.ts";
 import { loadNative } from "../../src/runtime/native.ts";
 import { sharedRelayLoop, socketFd, type NativeRelayLoop } from "../../src/runtime/native-relay.ts";
 import { NativeUdpSocket } from "../../src/runtime/native-udp.ts";
-import { PUMP_END_BAD, PUMP_END_EOF, sharedUdpPumps, type PumpStats, type UdpPumps } from "../../src/runtime/native-udp-pump.ts";
+import { PUMP_END_BAD, PUMP_END_EOF, PUMP_END_RESET, sharedUdpPumps, type PumpStats, type UdpPumps } from "../../src/runtime/native-udp-pump.ts";
 import { waitUntil } from "../wait.ts";
 
 let shim: NativeShim;
@@ -206,6 +206,30 @@ describe("native UDP pump", () => {
     far.end();
     await waitUntil("the pump ended", () => ends.length === 1);
     expect(ends[0]!.end).toBe(2); // ended here, answered by the far end
+  });
+
+  test("the far end's reset of the stream ends the flow as reset (ECONNRESET), not as an EOF", async () => {
+    const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
+    cleanups.push(() => listener.close());
+    const { far, ends } = await flowOn(listener);
+    far.resetAndDestroy();
+    await waitUntil("the pump ended", () => ends.length === 1);
+    expect(ends[0]).toMatchObject({ end: PUMP_END_RESET, err: 104 }); // ECONNRESET
+  });
+
+  test("a flow aborted here resets its stream: the far end gets ECONNRESET, not an EOF", async () => {
+    const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
+    cleanups.push(() => listener.close());
+    const { far, pump, ends } = await flowOn(listener);
+    const farEnd = new Promise<string>((resolve) => {
+      far.once("end", () => resolve("EOF"));
+      far.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    });
+    far.resume();
+    pump.abort();
+    expect(await farEnd).toBe("ECONNRESET");
+    await waitUntil("the pump ended", () => ends.length === 1);
+    expect(ends[0]!.end).toBe(PUMP_END_RESET);
   });
 
   test("a flow ended here whose far end never ends its stream is finished after 5 s (ETIMEDOUT), without any other event to wake the pump", async () => {
