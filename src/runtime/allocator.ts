@@ -1,6 +1,6 @@
-// The memory libraries' start-up settings, which they read from the environment only when
-// the process starts; an agent that lacks one starts itself again (same process, execve)
-// with it set.
+// The runtime's start-up settings (its memory libraries', its JIT's), which are read from the
+// environment only when the process starts; an agent that lacks one starts itself again
+// (same process, execve) with it set.
 // - Bun allocates buffers with mimalloc, which by default gives freed memory back to the
 //   kernel 10 ms after it is freed. A relay that allocates a fresh buffer per chunk (grpc-js
 //   frames every message into a new one, the HTTP/2 layer and the sockets make theirs) then
