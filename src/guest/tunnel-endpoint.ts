@@ -9,6 +9,7 @@ import type { EventEmitter } from "node:events";
 import * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
+import { connectClient, type ClientTarget } from "../runtime/client-socket.ts";
 import { relayTunnel, resetSocket } from "../transport/tunnel-relay.ts";
 import { noteDialError } from "./fd-pressure.ts";
 import { handleUdpTunnel } from "./udp-endpoint.ts";
@@ -26,7 +27,7 @@ export interface TunnelCall extends EventEmitter {
 export function handleTunnel(call: TunnelCall): void {
   call.once("data", (handshake: TunnelMessage) => {
     call.pause();
-    let dial: net.NetConnectOpts;
+    let dial: ClientTarget;
     try {
       dial = dialOptions(handshake);
     } catch (err) {
@@ -35,7 +36,8 @@ export function handleTunnel(call: TunnelCall): void {
     }
     try {
       if (handshake.protocol === "udp") return handleUdpTunnel(call, handshake);
-      relayStream(call, net.connect(dial), handshake.id, handshake.guest_addr, handshake.half_close);
+      // (a ClientSocket has all of net.Socket that relayStream uses)
+      relayStream(call, connectClient(dial) as unknown as net.Socket, handshake.id, handshake.guest_addr, handshake.half_close);
     } catch (err) {
       // e.g. no fd for a socket: this tunnel fails, the agent goes on
       noteDialError(err, handshake.guest_addr);
@@ -44,15 +46,15 @@ export function handleTunnel(call: TunnelCall): void {
   });
 }
 
-function dialOptions(handshake: TunnelMessage): net.NetConnectOpts {
-  const base = { allowHalfOpen: true, noDelay: true } as const;
+/** Where to dial (half-close allowed, TCP_NODELAY: runtime/client-socket.ts). */
+function dialOptions(handshake: TunnelMessage): ClientTarget {
   switch (handshake.protocol) {
     case "tcp":
     case "udp":
-      return { ...base, ...parseHostPort(handshake.guest_addr) };
+      return parseHostPort(handshake.guest_addr);
     case "unix":
       if (!handshake.guest_addr.startsWith("/")) throw new Error(`"${handshake.guest_addr}" is not an absolute socket path`);
-      return { path: handshake.guest_addr, allowHalfOpen: true };
+      return { path: handshake.guest_addr };
     default:
       throw new Error(`protocol "${handshake.protocol}" is not supported (tcp, udp, unix)`);
   }

@@ -210,13 +210,13 @@ export class HostAgent {
         forward: (plan) =>
           plan.protocol === "udp"
             ? new UdpForward(plan, (p, client) => router.openUdpTunnel(p, client), report, warn, trouble, portOwner)
-            : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble, portOwner, {
+            : new TcpForward(plan, (socket, p) => this.forwardStream(socket, p, grpc), report, (p) => router.pathFor(p), trouble, portOwner, router.dialsNatively ? {
                 target: (p) => router.nativeTarget(p),
                 subscribe: (onChange) => router.onChange(onChange),
                 dialed: (connection, p, target) => router.nativeDialed(connection, p, target),
                 failed: (err, client, p, target) => router.nativeFailed(err, client, p, target),
                 timeoutMs: DATA_ANSWER_TIMEOUT_MS,
-              }),
+              } : undefined),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report, warn),
       },
       report,

@@ -158,6 +158,16 @@ export class StreamRouter {
     }
   }
 
+  /**
+   * Whether nativeTarget can ever name a target: never with `--forwarder grpc` or `ssh`, whose
+   * connections all come to forwardStream. Their forwards then accept in the runtime's own
+   * thread: accepting in the relay thread only to hand every client over costs that thread a
+   * wake-up, a record and the socket's re-adoption per connection.
+   */
+  get dialsNatively(): boolean {
+    return this.mode === "auto" || this.mode === "fast";
+  }
+
   /** A client the relay thread dialled to `target` (see nativeTarget). */
   nativeDialed(connection: net.Socket, plan: PlannedForward, target: ForwardTarget | undefined): void {
     if (this.direct.interfacesChanged()) void this.direct.reprove(); // as forwardStream does (its result comes as a path change)
