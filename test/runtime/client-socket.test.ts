@@ -84,12 +84,13 @@ describe("client socket (Bun's socket API on Bun)", () => {
   });
 
   test("resetAndDestroy resets the server's side", async () => {
-    let ended!: Promise<string>;
-    const port = await serve((c) => (ended = serverEnd(c)));
+    let accepted!: (server: { ended: Promise<string> }) => void;
+    const serverSide = new Promise<{ ended: Promise<string> }>((resolve) => (accepted = resolve));
+    const port = await serve((c) => accepted({ ended: serverEnd(c) }));
     const s = connectClient({ host: "127.0.0.1", port });
     const r = record(s);
     await new Promise<void>((resolve) => s.once("connect", () => resolve()));
-    await Bun.sleep(20); // the server accepted
+    const { ended } = await serverSide; // the server accepted
     s.resetAndDestroy();
     await r.closed;
     expect(await ended).toBe("ECONNRESET");
@@ -98,8 +99,7 @@ describe("client socket (Bun's socket API on Bun)", () => {
 
   test("a refused dial is an error with its code, then close", async () => {
     const port = await serve(() => {});
-    servers.splice(0).forEach((s) => s.close());
-    await Bun.sleep(20);
+    await Promise.all(servers.splice(0).map((s) => new Promise((closed) => s.close(closed))));
     const r = record(connectClient({ host: "127.0.0.1", port }));
     await r.closed;
     expect(r.events).toEqual(["error ECONNREFUSED", "close"]);
