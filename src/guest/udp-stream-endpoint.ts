@@ -7,10 +7,9 @@ import type * as net from "node:net";
 import { parseHostPort } from "../core/address.ts";
 import { STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
 import { DatagramBudget, STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
-import { connectDatagrams, connectedDatagramFd, datagramPumps, pumpRefusedFlow, type DatagramSocket } from "../transport/datagram-socket.ts";
+import { connectDatagrams, connectedDatagramFd, datagramPumps, pumpableStreamFd, pumpRefusedFlow, type DatagramSocket } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 import { unreadBytes } from "../transport/fast-relay.ts";
-import { socketFd } from "../runtime/native-relay.ts";
 import { PUMP_END_BAD } from "../runtime/native-udp-pump.ts";
 
 /** `warn`: the flow's drops over budget, said at the first and counted at its end. */
@@ -73,14 +72,11 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
  * and counted when it ends. False: the event loop carries the flow (above).
  */
 function pumpNatively(stream: net.Socket, address: string, target: string, port: number, initial: Buffer, onBad: (why: string) => void, warn: (line: string) => void): boolean {
-  const fd = socketFd(stream);
   if (stream.destroyed) return false;
   const native = datagramPumps();
   if (!native) return false; // said once there
-  if (fd === undefined || stream.writableLength > 0) {
-    pumpRefusedFlow(fd === undefined ? "the runtime does not show the stream's fd" : "the stream had writes queued");
-    return false;
-  }
+  const fd = pumpableStreamFd(stream);
+  if (fd === undefined) return false;
   let udpFd: number | undefined;
   try {
     udpFd = connectedDatagramFd(target, port);

@@ -11,10 +11,9 @@ import type * as net from "node:net";
 import { creditFrames, datagramFrameSize, writeDatagramFrame } from "../core/datagram-frames.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
 import { STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
-import { datagramPumps, pumpRefusedFlow, UDP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
+import { datagramPumps, pumpableStreamFd, pumpRefusedFlow, UDP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
 import { handedElsewhere, unreadBytes } from "../transport/fast-relay.ts";
-import { socketFd } from "../runtime/native-relay.ts";
 import { PUMP_END_BAD, type PumpStats, type UdpPump } from "../runtime/native-udp-pump.ts";
 import type { UdpTunnel } from "./udp-forward.ts";
 
@@ -81,14 +80,11 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   /** Hands the flow to the pump if it can run here; false: the event loop carries it. */
   private pumpNatively(stream: net.Socket, initial: Buffer | undefined, onBad: (reason: string) => void): boolean {
     const at = this.pumpAt;
-    const fd = socketFd(stream);
     if (!at) return false; // a client the runtime's socket answers (no shim): the event loop's, said at start
     const native = datagramPumps();
     if (!native) return false; // said once there
-    if (fd === undefined || stream.writableLength > 0) {
-      pumpRefusedFlow(fd === undefined ? "the runtime does not show the stream's fd" : "the stream had writes queued");
-      return false;
-    }
+    const fd = pumpableStreamFd(stream);
+    if (fd === undefined) return false;
     let flowFd: number;
     try {
       flowFd = native.pumps.flowSocket(at.listenFd, at.client.raw!, UDP_BUFFER_BYTES);

@@ -4,10 +4,10 @@
 // sockets, one datagram per call and event, as before, and that is said once.
 //   PORTHOLE_NATIVE_UDP=0   the runtime's sockets (for tests and the benchmark)
 import * as dgram from "node:dgram";
-import { isIP, isIPv6 } from "node:net";
+import { isIP, isIPv6, type Socket } from "node:net";
 import { loadNative } from "../runtime/native.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
-import { sharedRelayLoop, type NativeRelayLoop } from "../runtime/native-relay.ts";
+import { sharedRelayLoop, socketFd, type NativeRelayLoop } from "../runtime/native-relay.ts";
 import { NativeUdpSocket, type UdpPeer } from "../runtime/native-udp.ts";
 import { sharedUdpPumps, type UdpPumps } from "../runtime/native-udp-pump.ts";
 
@@ -99,6 +99,17 @@ export function pumpRefusedFlow(why: string): void {
     `a UDP flow goes through the agents' event loops instead of the native pump (${why}); such flows lose more of a flood. ` +
       "Said once; other flows still take the pump where they can.",
   );
+}
+
+/**
+ * The fd a pump can take over from this stream, or undefined (said once, as pumpRefusedFlow):
+ * the runtime must show it, and nothing may wait in the runtime's own write queue.
+ */
+export function pumpableStreamFd(stream: Socket): number | undefined {
+  const fd = socketFd(stream);
+  if (fd !== undefined && stream.writableLength === 0) return fd;
+  pumpRefusedFlow(fd === undefined ? "the runtime does not show the stream's fd" : "the stream had writes queued");
+  return undefined;
 }
 
 /** A shim UDP socket connected to ip:port, as a bare fd for a pump (the caller closes it); undefined without the shim. */
