@@ -10,7 +10,9 @@
  * bytes in flight) waited on both loops. Here a thread of its own moves a flow's datagrams
  * between its connected UDP socket and its data stream (recvmmsg()/sendmmsg() one side,
  * read()/write() of frames the other), drops over the flow's budget as the JavaScript path
- * does, and writes the credit of the datagrams it handed to the UDP socket at once.
+ * does, and writes the credit of the datagrams it handed to the UDP socket at once. Datagrams
+ * of one size in a row go to the kernel as one message (UDP_SEGMENT), and the budget grows
+ * with the rate the far end delivers (grown_budget).
  *
  * Self-contained: its own thread, epoll and table (not the relay thread's: a flood must not
  * delay TCP relays, and relay.c stays as it is). The event loop learns of ended pumps
@@ -30,11 +32,14 @@ int ph_udp_drops(int fd); /* udp.c */
 #define PUMP_IN_CAP (512 * 1024)  /* bytes read from the stream at once (holds the largest frame) */
 #define PUMP_SLACK (256 * 1024)   /* the out buffer: budget + this (credit frames, a datagram over) */
 #define PUMP_CLOSE_MS 5000        /* an ended flow waits this long for the far end's end */
+#define PUMP_GROWTH 4             /* a flow's budget grows up to this many times the one it was given */
+#define PUMP_TAIL_MS 40           /* ... to what the far end delivered in this long */
+#define PUMP_RATE_MS 16           /* the delivered rate is taken over at least this long */
 #define CREDIT_BIT 0x80000000u
 #define MAX_DATAGRAM 65535u
 
 /* ph_udp_pump_stats(): out[] */
-enum { ST_TO_STREAM, ST_TO_STREAM_BYTES, ST_TO_UDP, ST_TO_UDP_BYTES, ST_OVER_BUDGET, ST_UNSENT, ST_KERNEL_DROPS, ST_END, ST_ERR, ST_COUNT };
+enum { ST_TO_STREAM, ST_TO_STREAM_BYTES, ST_TO_UDP, ST_TO_UDP_BYTES, ST_OVER_BUDGET, ST_UNSENT, ST_KERNEL_DROPS, ST_END, ST_ERR, ST_UDP_SENDS, ST_BUDGET, ST_COUNT };
 /* ST_END's values (0 while running) */
 #define END_EOF 1     /* the far end ended the stream */
 #define END_CLOSED 2  /* ph_udp_pump_close(): ended here, the far end answered or timed out */
@@ -44,9 +49,11 @@ enum { ST_TO_STREAM, ST_TO_STREAM_BYTES, ST_TO_UDP, ST_TO_UDP_BYTES, ST_OVER_BUD
 struct pump {
   int used, udp, stream, group;
   int closing, ended, reaped;
+  int no_gso; /* the kernel refused UDP_SEGMENT here: one datagram per message */
   int drop_told; /* 1: the first drop over budget is to be told (ph_udp_pump_reap), 2: told */
   uint64_t deadline;
   uint64_t budget, inflight, credit;
+  uint64_t floor, rate_since, rate_bytes; /* the budget given; what the far end credited since rate_since (ms) */
   uint8_t *out;
   size_t out_cap, out_off, out_len;
   uint8_t *in;
@@ -159,42 +166,142 @@ static int flush_out(struct pump *p) {
   return 0;
 }
 
-/* Hands the datagrams to the UDP socket; the ones the kernel will not take now are lost (as UDP may), all are credited. */
-static void send_udp(struct pump *p, struct mmsghdr *msgs, int count) {
-  uint64_t bytes = 0;
-  for (int i = 0; i < count; i++) bytes += msgs[i].msg_hdr.msg_iov->iov_len;
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGS 64        /* the kernel's UDP_MAX_SEGMENTS (older kernels) */
+#define GSO_MAX_BYTES 65000    /* one IP packet's payload, headers aside */
+
+struct dgram {
+  uint8_t *data;
+  uint32_t len;
+};
+
+/*
+ * Sends the datagrams, those of one size in a row as one message the kernel cuts into them
+ * (UDP_SEGMENT): the stack is walked once for up to 64 datagrams, not once each, and that walk
+ * (the guest server's loopback delivery included) was most of the guest pump's CPU under a
+ * flood. Where the kernel refuses that (EIO: no checksum offload on the route; EINVAL), the
+ * pump sends one by one from then on.
+ */
+static void send_batch(struct pump *p, struct dgram *d, int count) {
+  struct mmsghdr msgs[PUMP_BATCH];
+  struct iovec iov[PUMP_BATCH];
+  union {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+  } ctl[PUMP_BATCH];
+  int first[PUMP_BATCH + 1], m = 0;
+  for (int i = 0; i < count;) {
+    int k = 1;
+    size_t total = d[i].len;
+    if (!p->no_gso && d[i].len) {
+      while (i + k < count && k < GSO_MAX_SEGS && total + d[i + k].len <= GSO_MAX_BYTES && d[i + k].len && d[i + k].len <= d[i].len) {
+        total += d[i + k].len;
+        k++;
+        if (d[i + k - 1].len < d[i].len) break; /* a shorter one ends the message */
+      }
+    }
+    memset(&msgs[m], 0, sizeof msgs[m]);
+    for (int j = 0; j < k; j++) iov[i + j] = (struct iovec){ .iov_base = d[i + j].data, .iov_len = d[i + j].len };
+    msgs[m].msg_hdr.msg_iov = &iov[i];
+    msgs[m].msg_hdr.msg_iovlen = (size_t)k;
+    if (k > 1) {
+      msgs[m].msg_hdr.msg_control = ctl[m].buf;
+      msgs[m].msg_hdr.msg_controllen = sizeof ctl[m].buf;
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[m].msg_hdr);
+      c->cmsg_level = IPPROTO_UDP;
+      c->cmsg_type = UDP_SEGMENT;
+      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      uint16_t size = (uint16_t)d[i].len;
+      memcpy(CMSG_DATA(c), &size, sizeof size);
+    }
+    first[m++] = i;
+    i += k;
+  }
+  first[m] = count;
   int done = 0;
-  while (done < count) {
-    int n = sendmmsg(p->udp, msgs + done, (unsigned)(count - done), MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (done < m) {
+    int n = sendmmsg(p->udp, msgs + done, (unsigned)(m - done), MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-        p->st[ST_UNSENT] += (uint64_t)(count - done);
-        break;
+        p->st[ST_UNSENT] += (uint64_t)(count - first[done]);
+        return;
       }
-      /* one datagram refused (ECONNREFUSED from an earlier ICMP, say): lost, go on */
-      p->st[ST_UNSENT]++;
+      int segs = first[done + 1] - first[done];
+      if (segs > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
+        p->no_gso = 1;
+        return send_batch(p, d + first[done], count - first[done]);
+      }
+      /* refused (ECONNREFUSED from an earlier ICMP, say): those are lost, go on */
+      p->st[ST_UNSENT] += (uint64_t)segs;
       done++;
       continue;
     }
-    for (int i = 0; i < n; i++) p->st[ST_TO_UDP_BYTES] += msgs[done + i].msg_hdr.msg_iov->iov_len;
-    p->st[ST_TO_UDP] += (uint64_t)n;
+    for (int i = first[done]; i < first[done + n]; i++) p->st[ST_TO_UDP_BYTES] += d[i].len;
+    p->st[ST_TO_UDP] += (uint64_t)(first[done + n] - first[done]);
+    p->st[ST_UDP_SENDS] += (uint64_t)n;
     done += n;
   }
-  p->credit += bytes;
+}
+
+/* Hands the datagrams to the UDP socket; the ones the kernel will not take now are lost (as UDP may), all are credited. */
+static void send_udp(struct pump *p, struct dgram *d, int count) {
+  for (int i = 0; i < count; i++) p->credit += d[i].len;
+  send_batch(p, d, count);
+}
+
+/*
+ * The budget for a far end that delivered `bytes` in `ms`: what it delivers in PUMP_TAIL_MS, at
+ * least the budget given (`floor`), at most PUMP_GROWTH times that. A fixed budget small enough
+ * to keep a slow flow's queue short dropped a sixth of a 1 Gbit/s flood whenever a pump thread
+ * waited a few ms for a CPU (bench/profile.ts --udp 1G); grown by the rate, a queue still holds
+ * no more than ~PUMP_TAIL_MS of what the far end takes.
+ */
+static uint64_t grown_budget(uint64_t floor, uint64_t bytes, uint64_t ms) {
+  uint64_t want = ms ? bytes * PUMP_TAIL_MS / ms : floor;
+  if (want < floor) return floor;
+  return want > floor * PUMP_GROWTH ? floor * PUMP_GROWTH : want;
+}
+/* For tests: the same, in 32 bits. */
+int ph_udp_pump_grown_budget(int floor, int bytes, int ms) {
+  if (floor <= 0 || bytes < 0 || ms < 0) return -EINVAL;
+  return (int)grown_budget((uint64_t)floor, (uint64_t)bytes, (uint64_t)ms);
+}
+
+/* The far end reports `c` bytes delivered: they leave the flight, and count for its rate. */
+static void credited(struct pump *p, uint64_t c) {
+  if (c > p->inflight) c = p->inflight; /* a peer's larger credit frees no more than it had */
+  p->inflight -= c;
+  p->rate_bytes += c;
+  uint64_t now = mono_ms();
+  if (now - p->rate_since < PUMP_RATE_MS) return;
+  uint64_t budget = grown_budget(p->floor, p->rate_bytes, now - p->rate_since);
+  /* A window with a stall in it (a pump thread waiting for a CPU) measures a low rate just when
+   * the queue is longest: the budget comes down by a sixteenth a window, not at once. */
+  if (budget < p->budget - p->budget / 16) budget = p->budget - p->budget / 16;
+  if (budget < p->floor) budget = p->floor;
+  p->rate_since = now;
+  p->rate_bytes = 0;
+  if (budget + PUMP_SLACK > p->out_cap) { /* the out buffer holds what the stream will not take yet: up to the budget */
+    uint8_t *out = realloc(p->out, (size_t)budget + PUMP_SLACK);
+    if (!out) return; /* the budget stays */
+    p->out = out;
+    p->out_cap = (size_t)budget + PUMP_SLACK;
+  }
+  p->budget = budget;
 }
 
 /* Hands over the whole datagrams read from the stream and takes its credits; returns 0, or END_BAD. */
 static int parse_in(struct pump *p, int *err) {
-  struct mmsghdr msgs[PUMP_BATCH];
-  struct iovec iov[PUMP_BATCH];
+  struct dgram d[PUMP_BATCH];
   int count = 0, end = 0;
   size_t at = 0;
   while (p->in_len - at >= 4) {
     uint32_t head = get32(p->in + at);
     if (head & CREDIT_BIT) {
-      uint64_t c = head & ~CREDIT_BIT;
-      p->inflight -= c < p->inflight ? c : p->inflight;
+      credited(p, head & ~CREDIT_BIT);
       at += 4;
       continue;
     }
@@ -204,19 +311,14 @@ static int parse_in(struct pump *p, int *err) {
       break;
     }
     if (p->in_len - at < 4 + (size_t)head) break;
-    memset(&msgs[count], 0, sizeof msgs[count]);
-    iov[count].iov_base = p->in + at + 4;
-    iov[count].iov_len = head;
-    msgs[count].msg_hdr.msg_iov = &iov[count];
-    msgs[count].msg_hdr.msg_iovlen = 1;
-    count++;
+    d[count++] = (struct dgram){ .data = p->in + at + 4, .len = head };
     at += 4 + head;
     if (count == PUMP_BATCH) {
-      send_udp(p, msgs, count);
+      send_udp(p, d, count);
       count = 0;
     }
   }
-  if (count) send_udp(p, msgs, count);
+  if (count) send_udp(p, d, count);
   memmove(p->in, p->in + at, p->in_len - at);
   p->in_len -= at;
   return end;
@@ -390,7 +492,8 @@ int ph_udp_pump_add(int udp, int stream, const uint8_t *to_stream, int to_stream
   if (id < 0) goto out;
   struct pump *p = &pumps[id];
   memset(p, 0, sizeof *p);
-  p->budget = (uint64_t)budget;
+  p->budget = p->floor = (uint64_t)budget;
+  p->rate_since = mono_ms();
   p->inflight = queued > 0 ? (uint64_t)queued : 0;
   p->out_cap = (size_t)budget + PUMP_SLACK + (size_t)to_stream_len;
   p->out = malloc(p->out_cap);
@@ -479,6 +582,7 @@ int ph_udp_pump_stats(int id, uint64_t *out) {
       int d = ph_udp_drops(p->udp);
       if (d > 0) p->st[ST_KERNEL_DROPS] = (uint64_t)d;
     }
+    p->st[ST_BUDGET] = p->budget;
     memcpy(out, p->st, sizeof p->st);
     ret = 0;
   }

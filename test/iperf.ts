@@ -30,6 +30,32 @@ export class IperfServer {
     return /\bino:(\d+)/.exec(r.stdout ?? "")?.[1];
   }
 
+  /** Datagrams received in the server's network namespace so far (/proc/net/snmp's Udp InDatagrams). */
+  private udpIn(): number {
+    const r = spawnSync("ip", ["netns", "exec", this.netns!, "cat", "/proc/net/snmp"], { encoding: "utf8" });
+    const [names, values] = (r.stdout ?? "").split("\n").filter((l) => l.startsWith("Udp:"));
+    const at = names?.split(/\s+/).indexOf("InDatagrams") ?? -1;
+    return at > 0 ? Number(values?.split(/\s+/)[at]) : NaN;
+  }
+
+  /**
+   * Resolves once no datagram reached the server's namespace for 100 ms (at most 10 s; at once
+   * for a server in this namespace, whose counters the machine's other work moves). iperf3's
+   * server takes the first datagram its new listener gets for the next client's hello: the tail
+   * of the last UDP run, still queued in a forwarder, would hang that client.
+   */
+  async udpQuiet(): Promise<void> {
+    if (!this.netns) return;
+    const deadline = Date.now() + 10_000;
+    let last = this.udpIn();
+    while (Date.now() < deadline) {
+      await Bun.sleep(100);
+      const now = this.udpIn();
+      if (now === last) return;
+      last = now;
+    }
+  }
+
   /** Resolves once the server listens on a socket no earlier run used, and claims it. */
   async waitFresh(timeoutMs = 10_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
@@ -49,6 +75,7 @@ export class IperfServer {
 export async function iperf(server: IperfServer, port: number, host: string, extra: string[], durationS: number): Promise<IperfResult> {
   let out: { error?: string; end?: any } = {};
   for (let attempt = 0; attempt < 10; attempt++) {
+    if (extra.includes("-u")) await server.udpQuiet();
     await server.waitFresh();
     out = await runClient(["-c", host, "-p", String(port), "-t", String(durationS), "-J", ...extra], (durationS + 20) * 1000);
     // The server runs one test at a time (another client may still hold it).

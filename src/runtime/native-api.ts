@@ -93,13 +93,15 @@ export interface NativeShim {
   udpPumpAdd(udp: number, stream: number, toStream: Uint8Array, toStreamLen: number, queued: number, fromStream: Uint8Array, fromStreamLen: number, budget: number, group: number): number;
   /** Frames for the pump's stream; `payload` bytes count against its budget. 1 written, 0 dropped over budget. */
   udpPumpWrite(id: number, frames: Uint8Array, len: number, payload: number): number;
-  /** out: 9 u64 (see native/udp_pump.c's ST_ names). */
+  /** out: 11 u64 (see native/udp_pump.c's ST_ names). */
   udpPumpStats(id: number, out: BigUint64Array): number;
   udpPumpClose(id: number): number;
   udpPumpAbort(id: number): number;
   /** Ids of pumps that ended since the last call. */
   udpPumpReap(ids: Int32Array, cap: number): number;
   udpPumpFree(id: number): number;
+  /** The budget a pump given `floor` grows to for a far end that delivered `bytes` in `ms` (for tests). */
+  udpPumpGrownBudget(floor: number, bytes: number, ms: number): number;
   /** A UDP socket sharing the listening socket's address, connected to `peer` (20-byte form); the fd. */
   udpFlowSocket(listenFd: number, peer: Uint8Array, bufferBytes: number): number;
   errnoName(err: number): string;
@@ -159,6 +161,7 @@ export const SIGNATURES = {
   ph_udp_pump_abort: { args: ["i32"], returns: "i32" },
   ph_udp_pump_reap: { args: ["ptr", "i32"], returns: "i32" },
   ph_udp_pump_free: { args: ["i32"], returns: "i32" },
+  ph_udp_pump_grown_budget: { args: ["i32", "i32", "i32"], returns: "i32" },
   ph_udp_flow_socket: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
@@ -223,6 +226,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     udpPumpAbort: (id) => num("ph_udp_pump_abort", id),
     udpPumpReap: (ids, cap) => num("ph_udp_pump_reap", ids, cap),
     udpPumpFree: (id) => num("ph_udp_pump_free", id),
+    udpPumpGrownBudget: (floor, bytes, ms) => num("ph_udp_pump_grown_budget", floor, bytes, ms),
     udpFlowSocket: (listenFd, peer, bufferBytes) => num("ph_udp_flow_socket", listenFd, peer, bufferBytes),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),

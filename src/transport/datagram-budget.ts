@@ -32,12 +32,13 @@ export const CREDITED_BUDGET_BYTES = 128 * 1024;
  */
 export const STREAM_BUDGET_BYTES = 1024 * 1024;
 /*
- * A budget grown by what the far end delivered lately (a bandwidth-delay product, up to
- * 4 MiB) carried more of a 1 Gbit/s flood over a data stream (0.72-0.76 Gbit/s against 0.47),
- * but was taken out: on the shared HTTP/2 session its bytes queued ahead of every tunnel, and
- * on a data stream it left a tail of stale datagrams tens of ms long after a client stopped,
- * which the next iperf3 test's server took for its new client's first datagram (it answered
- * the old flow; the new client waited forever). It can come back once that tail is short.
+ * The native pump (native/udp_pump.c) grows a data stream's budget from this one to what the
+ * far end delivers in 40 ms, at most 4 MiB: a pump thread that waits a few ms for a CPU then
+ * no longer drops. Not here: on the shared HTTP/2 session a grown budget's bytes queued ahead
+ * of every tunnel. A grown budget's tail (up to ~40 ms of datagrams after a client stops) is
+ * no news to a UDP application, but iperf3's server takes the first datagram its new listener
+ * gets for the next client's hello: back-to-back iperf3 runs wait for the last one's datagrams
+ * to stop arriving (test/iperf.ts).
  */
 
 export class DatagramBudget {

@@ -36,26 +36,6 @@ function iperfUdp(port: number, seconds: number): Promise<{ lost?: number; error
   });
 }
 
-/** The guest namespace's UDP input count (/proc/net/snmp, Udp InDatagrams). */
-function udpIn(ns: string): number {
-  const text = spawnSync("ip", ["netns", "exec", ns, "cat", "/proc/net/snmp"], { encoding: "utf8" }).stdout ?? "";
-  const [names, values] = text.split("\n").filter((l) => l.startsWith("Udp:"));
-  const at = names?.split(/\s+/).indexOf("InDatagrams") ?? -1;
-  return at > 0 ? Number(values?.split(/\s+/)[at]) : NaN;
-}
-
-/** Until no datagram arrived in the guest's namespace over 100 ms (at most 10 s). */
-async function udpQuiet(ns: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  let last = udpIn(ns);
-  while (Date.now() < deadline) {
-    await Bun.sleep(100);
-    const now = udpIn(ns);
-    if (now === last) return;
-    last = now;
-  }
-}
-
 describe("UDP flood beside TCP", () => {
   // grpc: the flows are Tunnel streams on the agent's HTTP/2 session; auto: data streams of their own.
   for (const forwarder of ["grpc", "auto"] as const) e2eTest(`${forwarder}: four back-to-back iperf3 -u runs at 1 Gbit/s all finish while a 32 MiB TCP transfer arrives intact and a new guest port is forwarded`, async () => {
@@ -88,7 +68,7 @@ describe("UDP flood beside TCP", () => {
     const flood = (async () => {
       const runs: { lost?: number; error?: string }[] = [];
       for (let i = 0; i < 4; i++) {
-        if (i > 0) await udpQuiet(guest.ns);
+        await server.udpQuiet();
         await server.waitFresh(); // iperf3 opens a new listener after each test: not before it
         runs.push(await iperfUdp(iperfPort, 2));
       }

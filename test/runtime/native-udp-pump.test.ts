@@ -101,6 +101,31 @@ describe("native UDP pump", () => {
     expect(ends.map((e) => e.end).sort()).toEqual([PUMP_END_EOF, 2].sort());
   });
 
+  test("datagrams of one size in a row go to the UDP socket as a few messages (UDP_SEGMENT), and each arrives whole and in order, shorter and empty ones among them", async () => {
+    const server = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
+    cleanups.push(() => server.close());
+    const got: Buffer[] = [];
+    server.receive((d) => got.push(...d));
+    const toServer = NativeUdpSocket.open(shim, loop, { peer: { host: "127.0.0.1", port: server.localPort() }, bufferBytes: 1 << 20 }).fd;
+    const [pumped, far] = await streamPair();
+    const pump = pumps.add(toServer, socketFd(pumped)!, { budget: 1 << 20 }, () => {});
+    shim.close(toServer);
+    pumped.destroy();
+
+    const sizes = [...Array(40).fill(1400), 700, 0, ...Array(20).fill(1400), 3, 60_000, 60_000];
+    const datagrams = sizes.map((n, i) => Buffer.alloc(n, i));
+    const frames = Buffer.alloc(sizes.reduce((a, n) => a + 4 + n, 0));
+    let at = 0;
+    for (const d of datagrams) at = writeDatagramFrame(frames, at, d);
+    far.write(frames);
+    await waitUntil("every datagram at the server", () => got.length === sizes.length);
+    expect(got.map((d) => d.length)).toEqual(sizes);
+    got.forEach((d, i) => expect(d.equals(datagrams[i]!)).toBe(true));
+    const stats = pump.stats();
+    expect(stats).toMatchObject({ toUdp: sizes.length, toUdpBytes: sizes.reduce((a, n) => a + n, 0), unsent: 0 });
+    expect(stats.udpSends).toBeLessThanOrEqual(sizes.length / 4);
+  });
+
   test("over its budget the pump drops (counted), and a credit from the far end lets more through; a broken frame ends it as bad", async () => {
     const listener = NativeUdpSocket.open(shim, loop, { local: { host: "127.0.0.1", port: 0 }, bufferBytes: 1 << 20 });
     cleanups.push(() => listener.close());
@@ -140,6 +165,17 @@ describe("native UDP pump", () => {
     far.write(Buffer.from([0x00, 0x01, 0x00, 0x00]));
     await waitUntil("the pump ended", () => ends.length === 1);
     expect(ends[0]).toMatchObject({ end: PUMP_END_BAD, err: 0x10000, toUdp: 1 });
+  });
+
+  test("a flow's budget grows with what the far end delivers: to 40 ms of its rate, never below the budget given nor above 4 times it", () => {
+    const MiB = 1 << 20;
+    // 500 Mbit/s is 62,500 bytes a ms: 40 ms of it is 2.5 MB.
+    expect(shim.udpPumpGrownBudget(MiB, 62_500 * 16, 16)).toBe(2_500_000);
+    expect(shim.udpPumpGrownBudget(MiB, 12_500 * 20, 20)).toBe(MiB); // 100 Mbit/s: the budget given
+    expect(shim.udpPumpGrownBudget(MiB, 1_000_000_000, 16)).toBe(4 * MiB); // a flood, or a lying peer: 4 times at most
+    expect(shim.udpPumpGrownBudget(MiB, 0, 10_000)).toBe(MiB); // idle
+    expect(shim.udpPumpGrownBudget(100_000, 5_000_000, 0)).toBe(100_000);
+    expect(shim.udpPumpGrownBudget(0, 1, 1)).toBeLessThan(0);
   });
 
   test("IPv6: a flow socket on an IPv6-only listener's port answers its client from that port; the frames come back to it whole", async () => {
