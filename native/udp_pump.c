@@ -49,7 +49,7 @@ enum { ST_TO_STREAM, ST_TO_STREAM_BYTES, ST_TO_UDP, ST_TO_UDP_BYTES, ST_OVER_BUD
 struct pump {
   int used, udp, stream, group;
   int closing, ended, reaped;
-  int no_gso; /* the kernel refused UDP_SEGMENT here: one datagram per message */
+  uint32_t gso_over; /* datagrams this long or longer go one per message (0: none; the kernel refused UDP_SEGMENT) */
   int drop_told; /* 1: the first drop over budget is to be told (ph_udp_pump_reap), 2: told */
   uint64_t deadline;
   uint64_t budget, inflight, credit;
@@ -181,8 +181,8 @@ struct dgram {
  * Sends the datagrams, those of one size in a row as one message the kernel cuts into them
  * (UDP_SEGMENT): the stack is walked once for up to 64 datagrams, not once each, and that walk
  * (the guest server's loopback delivery included) was most of the guest pump's CPU under a
- * flood. Where the kernel refuses that (EIO: no checksum offload on the route; EINVAL), the
- * pump sends one by one from then on.
+ * flood. Where the kernel refuses that (EIO: no checksum offload on the route; EMSGSIZE: a
+ * size over the route's MTU), the pump sends those one by one from then on.
  */
 static void send_batch(struct pump *p, struct dgram *d, int count) {
   struct mmsghdr msgs[PUMP_BATCH];
@@ -195,7 +195,7 @@ static void send_batch(struct pump *p, struct dgram *d, int count) {
   for (int i = 0; i < count;) {
     int k = 1;
     size_t total = d[i].len;
-    if (!p->no_gso && d[i].len) {
+    if (d[i].len && (!p->gso_over || d[i].len < p->gso_over)) {
       while (i + k < count && k < GSO_MAX_SEGS && total + d[i + k].len <= GSO_MAX_BYTES && d[i + k].len && d[i + k].len <= d[i].len) {
         total += d[i + k].len;
         k++;
@@ -230,8 +230,9 @@ static void send_batch(struct pump *p, struct dgram *d, int count) {
         return;
       }
       int segs = first[done + 1] - first[done];
-      if (segs > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
-        p->no_gso = 1;
+      if (segs > 1 && (errno == EMSGSIZE || errno == EINVAL || errno == EIO || errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
+        /* EMSGSIZE, EINVAL: this size is over the route's MTU (sent alone, the kernel fragments it); else none at all */
+        p->gso_over = errno == EMSGSIZE || errno == EINVAL ? d[first[done]].len : 1;
         return send_batch(p, d + first[done], count - first[done]);
       }
       /* refused (ECONNREFUSED from an earlier ICMP, say): those are lost, go on */
