@@ -57,4 +57,16 @@
 const char *ph_errno_name(int err);
 int ph_socket_error(int fd);
 
+/* udp.c, used by udp_pump.c too. */
+struct ph_dgram {
+  const uint8_t *data;
+  uint32_t len;
+};
+struct ph_sent {
+  uint32_t messages, lost;
+  uint64_t bytes;
+};
+int ph_udp_sendv(int fd, const struct ph_dgram *d, int count, const struct sockaddr *to, socklen_t tolen, uint32_t *gso_over, struct ph_sent *r);
+int ph_udp_drops(int fd);
+
 #endif

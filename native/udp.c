@@ -7,7 +7,8 @@
  * sockets each one is a system call and an event of its own, and between two events the
  * socket's receive buffer (~200 KiB, ~2 ms at that rate) overflowed: most of a flood was lost
  * in the kernel while the agents were not even busy. Here a socket is read with recvmmsg()
- * and written with sendmmsg(), many datagrams per call, and gets large buffers. The event
+ * and written with sendmmsg(), many datagrams per call (those of one size in a row as one
+ * message, UDP_SEGMENT), and gets large buffers. The event
  * loop learns that it is readable through the relay thread's ph_watch() (relay.c).
  *
  * An address is 20 bytes: family (4 or 6, u16), port (u16, host order), then the address (4
@@ -22,6 +23,10 @@ struct ph_udp_addr {
   uint16_t family, port;
   uint8_t addr[16];
 };
+
+/* Sizes the kernel would not send as one message, by socket (ph_udp_sendv's gso_over), for ph_udp_send. */
+#define GSO_FDS 65536
+static uint32_t gso_over_by_fd[GSO_FDS];
 
 static socklen_t to_sockaddr(const struct ph_udp_addr *a, struct sockaddr_storage *ss) {
   memset(ss, 0, sizeof *ss);
@@ -91,6 +96,7 @@ int ph_udp_open(const uint8_t *local, const uint8_t *peer, int v6only, int buffe
   struct sockaddr_storage ss;
   if (l.family && bind(fd, (struct sockaddr *)&ss, to_sockaddr(&l, &ss)) != 0) goto fail;
   if (p.family && connect(fd, (struct sockaddr *)&ss, to_sockaddr(&p, &ss)) != 0) goto fail;
+  if (fd < GSO_FDS) gso_over_by_fd[fd] = 0; /* a new socket: whatever the fd's last one learnt is not its */
   return fd;
 fail:;
   int err = NEG_ERRNO;
@@ -183,46 +189,113 @@ static int lost_datagram(int err) {
          err == EACCES || err == EADDRNOTAVAIL || err == ENOTCONN || err == EDESTADDRREQ;
 }
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGS 64     /* the kernel's UDP_MAX_SEGMENTS (older kernels) */
+#define GSO_MAX_BYTES 65000 /* one IP packet's payload, headers aside */
+
 /*
- * Sends `count` datagrams, packed one after another in buf (lens[i] bytes each), with
- * sendmmsg(): to `to` if its family is set, else to the connected peer. A datagram the kernel
- * refuses on its own (ECONNREFUSED from an earlier ICMP, a size too large) is passed over as
- * lost. Returns how many were dealt with: fewer than count when the socket's buffer is full
- * (EAGAIN, ENOBUFS: the rest may be sent once it is writable), or -errno for a failed socket.
+ * Sends datagrams with sendmmsg(), those of one size in a row (a shorter one may end the run)
+ * as one message the kernel cuts into them (UDP_SEGMENT): the stack is walked once for up to
+ * 64 datagrams instead of once each, and that walk (a loopback receiver's delivery included)
+ * was most of a guest agent's CPU under a flood. `*gso_over`: datagrams this long or longer go
+ * one per message (0: none); where the kernel refuses a run (EMSGSIZE: that size is over the
+ * route's MTU, sent alone the kernel fragments it; EIO: no checksum offload on the route) it is
+ * set and the run goes again one by one. A datagram refused on its own (ECONNREFUSED from an
+ * earlier ICMP, say) is passed over as lost. Returns how many were dealt with (sent or lost):
+ * fewer than count when the socket's buffer is full (EAGAIN, ENOBUFS), or -errno for a failed
+ * socket with none dealt with. `r` (optional) gets the messages sent, the datagrams lost and
+ * the bytes sent.
+ */
+int ph_udp_sendv(int fd, const struct ph_dgram *d, int count, const struct sockaddr *to, socklen_t tolen, uint32_t *gso_over, struct ph_sent *r) {
+  struct mmsghdr msgs[PH_UDP_BATCH];
+  struct iovec iov[PH_UDP_BATCH];
+  union {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+  } ctl[PH_UDP_BATCH];
+  int dealt = 0;
+  while (dealt < count) {
+    /* Up to PH_UDP_BATCH datagrams from `dealt` on, grouped into messages. */
+    int first[PH_UDP_BATCH + 1], m = 0, n = count - dealt < PH_UDP_BATCH ? count - dealt : PH_UDP_BATCH;
+    const struct ph_dgram *b = d + dealt;
+    for (int i = 0; i < n;) {
+      int k = 1;
+      size_t total = b[i].len;
+      if (b[i].len && (!*gso_over || b[i].len < *gso_over)) {
+        while (i + k < n && k < GSO_MAX_SEGS && b[i + k].len && b[i + k].len <= b[i].len && total + b[i + k].len <= GSO_MAX_BYTES) {
+          total += b[i + k].len;
+          if (b[i + k++].len < b[i].len) break; /* a shorter one ends the message */
+        }
+      }
+      memset(&msgs[m], 0, sizeof msgs[m]);
+      for (int j = 0; j < k; j++) iov[i + j] = (struct iovec){ .iov_base = (void *)b[i + j].data, .iov_len = b[i + j].len };
+      msgs[m].msg_hdr.msg_iov = &iov[i];
+      msgs[m].msg_hdr.msg_iovlen = (size_t)k;
+      msgs[m].msg_hdr.msg_name = (void *)to;
+      msgs[m].msg_hdr.msg_namelen = to ? tolen : 0;
+      if (k > 1) {
+        msgs[m].msg_hdr.msg_control = ctl[m].buf;
+        msgs[m].msg_hdr.msg_controllen = sizeof ctl[m].buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[m].msg_hdr);
+        c->cmsg_level = IPPROTO_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t size = (uint16_t)b[i].len;
+        memcpy(CMSG_DATA(c), &size, sizeof size);
+      }
+      first[m++] = i;
+      i += k;
+    }
+    first[m] = n;
+    int sent = sendmmsg(fd, msgs, (unsigned)m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0) {
+      int segs = first[1];
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) return dealt;
+      if (segs > 1 && (errno == EMSGSIZE || errno == EINVAL || errno == EIO || errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
+        *gso_over = errno == EMSGSIZE || errno == EINVAL ? b[0].len : 1;
+        continue; /* the same datagrams again, that run one by one */
+      }
+      if (!lost_datagram(errno)) return dealt ? dealt : NEG_ERRNO;
+      if (r) r->lost += (uint32_t)segs; /* those are lost; go on with the next */
+      dealt += segs;
+      continue;
+    }
+    if (r) {
+      r->messages += (uint32_t)sent;
+      for (int i = 0; i < first[sent]; i++) r->bytes += b[i].len;
+    }
+    dealt += first[sent];
+  }
+  return dealt;
+}
+
+/*
+ * Sends `count` datagrams, packed one after another in buf (lens[i] bytes each), to `to` if
+ * its family is set, else to the connected peer (ph_udp_sendv). Returns how many were dealt
+ * with, or -errno for a failed socket.
  */
 int ph_udp_send(int fd, const uint8_t *buf, const uint32_t *lens, int count, const uint8_t *to) {
   struct ph_udp_addr t;
   memcpy(&t, to, sizeof t);
   struct sockaddr_storage ss;
   socklen_t sslen = t.family ? to_sockaddr(&t, &ss) : 0;
-  struct mmsghdr msgs[PH_UDP_BATCH];
-  struct iovec iov[PH_UDP_BATCH];
+  struct ph_dgram d[PH_UDP_BATCH];
+  uint32_t one_by_one = 1, *gso_over = fd >= 0 && fd < GSO_FDS ? &gso_over_by_fd[fd] : &one_by_one;
   size_t offset = 0;
   int done = 0;
   while (done < count) {
     int n = count - done < PH_UDP_BATCH ? count - done : PH_UDP_BATCH;
-    size_t at = offset;
-    memset(msgs, 0, sizeof msgs[0] * (size_t)n);
     for (int i = 0; i < n; i++) {
-      iov[i].iov_base = (void *)(buf + at);
-      iov[i].iov_len = lens[done + i];
-      at += lens[done + i];
-      msgs[i].msg_hdr.msg_iov = &iov[i];
-      msgs[i].msg_hdr.msg_iovlen = 1;
-      if (sslen) {
-        msgs[i].msg_hdr.msg_name = &ss;
-        msgs[i].msg_hdr.msg_namelen = sslen;
-      }
+      d[i] = (struct ph_dgram){ .data = buf + offset, .len = lens[done + i] };
+      offset += lens[done + i];
     }
-    int sent = sendmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (sent < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) return done;
-      if (!lost_datagram(errno)) return done ? done : NEG_ERRNO;
-      sent = 1; /* this one is lost; go on with the next */
-    }
-    for (int i = 0; i < sent; i++) offset += lens[done + i];
-    done += sent;
+    int dealt = ph_udp_sendv(fd, d, n, sslen ? (struct sockaddr *)&ss : NULL, sslen, gso_over, NULL);
+    if (dealt < 0) return done ? done : dealt;
+    done += dealt;
+    if (dealt < n) return done;
   }
   return done;
 }

@@ -11,8 +11,8 @@
  * between its connected UDP socket and its data stream (recvmmsg()/sendmmsg() one side,
  * read()/write() of frames the other), drops over the flow's budget as the JavaScript path
  * does, and writes the credit of the datagrams it handed to the UDP socket at once. Datagrams
- * of one size in a row go to the kernel as one message (UDP_SEGMENT), and the budget grows
- * with the rate the far end delivers (grown_budget).
+ * of one size in a row go to the kernel as one message (UDP_SEGMENT, udp.c's ph_udp_sendv),
+ * and the budget grows with the rate the far end delivers (grown_budget).
  *
  * Self-contained: its own thread, epoll and table (not the relay thread's: a flood must not
  * delay TCP relays, and relay.c stays as it is). The event loop learns of ended pumps
@@ -23,7 +23,6 @@
  * socket), the listening socket the others'.
  */
 
-int ph_udp_drops(int fd); /* udp.c */
 
 #define PUMP_MAX 4096
 #define PUMP_SLOT 65536
@@ -166,91 +165,16 @@ static int flush_out(struct pump *p) {
   return 0;
 }
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#define GSO_MAX_SEGS 64        /* the kernel's UDP_MAX_SEGMENTS (older kernels) */
-#define GSO_MAX_BYTES 65000    /* one IP packet's payload, headers aside */
-
-struct dgram {
-  uint8_t *data;
-  uint32_t len;
-};
-
-/*
- * Sends the datagrams, those of one size in a row as one message the kernel cuts into them
- * (UDP_SEGMENT): the stack is walked once for up to 64 datagrams, not once each, and that walk
- * (the guest server's loopback delivery included) was most of the guest pump's CPU under a
- * flood. Where the kernel refuses that (EIO: no checksum offload on the route; EMSGSIZE: a
- * size over the route's MTU), the pump sends those one by one from then on.
- */
-static void send_batch(struct pump *p, struct dgram *d, int count) {
-  struct mmsghdr msgs[PUMP_BATCH];
-  struct iovec iov[PUMP_BATCH];
-  union {
-    char buf[CMSG_SPACE(sizeof(uint16_t))];
-    struct cmsghdr align;
-  } ctl[PUMP_BATCH];
-  int first[PUMP_BATCH + 1], m = 0;
-  for (int i = 0; i < count;) {
-    int k = 1;
-    size_t total = d[i].len;
-    if (d[i].len && (!p->gso_over || d[i].len < p->gso_over)) {
-      while (i + k < count && k < GSO_MAX_SEGS && total + d[i + k].len <= GSO_MAX_BYTES && d[i + k].len && d[i + k].len <= d[i].len) {
-        total += d[i + k].len;
-        k++;
-        if (d[i + k - 1].len < d[i].len) break; /* a shorter one ends the message */
-      }
-    }
-    memset(&msgs[m], 0, sizeof msgs[m]);
-    for (int j = 0; j < k; j++) iov[i + j] = (struct iovec){ .iov_base = d[i + j].data, .iov_len = d[i + j].len };
-    msgs[m].msg_hdr.msg_iov = &iov[i];
-    msgs[m].msg_hdr.msg_iovlen = (size_t)k;
-    if (k > 1) {
-      msgs[m].msg_hdr.msg_control = ctl[m].buf;
-      msgs[m].msg_hdr.msg_controllen = sizeof ctl[m].buf;
-      struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[m].msg_hdr);
-      c->cmsg_level = IPPROTO_UDP;
-      c->cmsg_type = UDP_SEGMENT;
-      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-      uint16_t size = (uint16_t)d[i].len;
-      memcpy(CMSG_DATA(c), &size, sizeof size);
-    }
-    first[m++] = i;
-    i += k;
-  }
-  first[m] = count;
-  int done = 0;
-  while (done < m) {
-    int n = sendmmsg(p->udp, msgs + done, (unsigned)(m - done), MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-        p->st[ST_UNSENT] += (uint64_t)(count - first[done]);
-        return;
-      }
-      int segs = first[done + 1] - first[done];
-      if (segs > 1 && (errno == EMSGSIZE || errno == EINVAL || errno == EIO || errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
-        /* EMSGSIZE, EINVAL: this size is over the route's MTU (sent alone, the kernel fragments it); else none at all */
-        p->gso_over = errno == EMSGSIZE || errno == EINVAL ? d[first[done]].len : 1;
-        return send_batch(p, d + first[done], count - first[done]);
-      }
-      /* refused (ECONNREFUSED from an earlier ICMP, say): those are lost, go on */
-      p->st[ST_UNSENT] += (uint64_t)segs;
-      done++;
-      continue;
-    }
-    for (int i = first[done]; i < first[done + n]; i++) p->st[ST_TO_UDP_BYTES] += d[i].len;
-    p->st[ST_TO_UDP] += (uint64_t)(first[done + n] - first[done]);
-    p->st[ST_UDP_SENDS] += (uint64_t)n;
-    done += n;
-  }
-}
-
 /* Hands the datagrams to the UDP socket; the ones the kernel will not take now are lost (as UDP may), all are credited. */
-static void send_udp(struct pump *p, struct dgram *d, int count) {
+static void send_udp(struct pump *p, struct ph_dgram *d, int count) {
+  struct ph_sent r = { 0 };
   for (int i = 0; i < count; i++) p->credit += d[i].len;
-  send_batch(p, d, count);
+  int dealt = ph_udp_sendv(p->udp, d, count, NULL, 0, &p->gso_over, &r);
+  if (dealt < 0) dealt = 0;
+  p->st[ST_UNSENT] += (uint64_t)(count - dealt) + r.lost; /* the socket's buffer full, or refused */
+  p->st[ST_TO_UDP] += (uint64_t)(dealt - (int)r.lost);
+  p->st[ST_TO_UDP_BYTES] += r.bytes;
+  p->st[ST_UDP_SENDS] += r.messages;
 }
 
 /*
@@ -296,7 +220,7 @@ static void credited(struct pump *p, uint64_t c) {
 
 /* Hands over the whole datagrams read from the stream and takes its credits; returns 0, or END_BAD. */
 static int parse_in(struct pump *p, int *err) {
-  struct dgram d[PUMP_BATCH];
+  struct ph_dgram d[PUMP_BATCH];
   int count = 0, end = 0;
   size_t at = 0;
   while (p->in_len - at >= 4) {
@@ -312,7 +236,7 @@ static int parse_in(struct pump *p, int *err) {
       break;
     }
     if (p->in_len - at < 4 + (size_t)head) break;
-    d[count++] = (struct dgram){ .data = p->in + at + 4, .len = head };
+    d[count++] = (struct ph_dgram){ .data = p->in + at + 4, .len = head };
     at += 4 + head;
     if (count == PUMP_BATCH) {
       send_udp(p, d, count);
