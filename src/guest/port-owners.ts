@@ -33,6 +33,8 @@ const DEFAULT_PATHS: OwnerPaths = {
   pods: "/var/log/pods",
   nerdctl: "/var/lib/nerdctl",
 };
+/** A kept description is taken without a look at the process for this long. */
+const RECHECK_MS = 1000;
 /** Processes whose description is kept (cleared when full). */
 const MAX_DESCRIBED = 1024;
 /** Sockets whose fd is remembered, and freed fds kept per process (cleared when full). */
@@ -47,7 +49,10 @@ export class OwnerResolver {
   private users: { mtimeMs: number; names: Map<number, string> } | undefined;
   private readonly paths: OwnerPaths;
 
-  constructor(paths: Partial<OwnerPaths> = {}) {
+  constructor(
+    paths: Partial<OwnerPaths> = {},
+    private readonly recheckMs = RECHECK_MS,
+  ) {
     this.paths = { ...DEFAULT_PATHS, ...paths };
   }
 
@@ -199,16 +204,26 @@ export class OwnerResolver {
     return found;
   }
 
-  /** A process's description by pid, kept while /proc/PID/stat shows the same start time (a pid reused is another process). */
-  private readonly described = new Map<number, { started: string; owner: PortOwner | null }>();
+  /**
+   * A process's description by pid, kept while /proc/PID/stat shows the same start time (a pid
+   * reused is another process). Checked at most once in recheckMs: the kernel hands out a pid
+   * again only after going through the rest of pid_max, which no machine does that fast, and a
+   * process binding port after port (a churn) cost a read of its stat file for every port.
+   */
+  private readonly described = new Map<number, { started: string; checkedAt: number; owner: PortOwner | null }>();
 
   private describe(pid: number): PortOwner | null {
-    const started = startTime(readText(`${this.paths.proc}/${pid}/stat`));
     const known = this.described.get(pid);
-    if (started && known?.started === started) return known.owner;
+    const now = performance.now();
+    if (known && now - known.checkedAt < this.recheckMs) return known.owner;
+    const started = startTime(readText(`${this.paths.proc}/${pid}/stat`));
+    if (started && known?.started === started) {
+      known.checkedAt = now;
+      return known.owner;
+    }
     const owner = this.describeNow(pid);
     if (this.described.size >= MAX_DESCRIBED) this.described.clear();
-    if (started) this.described.set(pid, { started, owner });
+    if (started) this.described.set(pid, { started, checkedAt: now, owner });
     return owner;
   }
 

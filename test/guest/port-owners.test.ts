@@ -27,7 +27,7 @@ function processAt(pid: number, comm: string, started: number, sockets: Record<n
   for (const [fd, inode] of Object.entries(sockets)) symlinkSync(`socket:[${inode}]`, join(dir, "fd", fd));
 }
 
-const resolver = () => new OwnerResolver({ proc, passwd: join(root, "passwd"), docker: root, podman: root, pods: root, nerdctl: root });
+const resolver = (recheckMs?: number) => new OwnerResolver({ proc, passwd: join(root, "passwd"), docker: root, podman: root, pods: root, nerdctl: root }, recheckMs);
 
 describe("owner lookup", () => {
   // Two processes claim inode 99 (fd passing makes that real): which one is reported shows
@@ -46,12 +46,29 @@ describe("owner lookup", () => {
   });
 
   test("a process's description is kept while its start time is the same, read again once a pid is reused", async () => {
-    const r = resolver();
+    const r = resolver(0); // the start time looked at every time
     expect((await r.resolve([{ inode: 77, uid: 0 }], [555])).get(77)?.command).toBe("bystander");
     processAt(555, "renamed", 9, { 4: 78 });
     expect((await r.resolve([{ inode: 78, uid: 0 }], [555])).get(78)?.command).toBe("bystander");
     processAt(555, "newcomer", 11, { 4: 79 });
     expect((await r.resolve([{ inode: 79, uid: 0 }], [555])).get(79)?.command).toBe("newcomer");
+  });
+
+  test("a process binding port after port is described once: its stat file is read at most once a second", async () => {
+    processAt(650, "binder", 5, { 4: 601 });
+    const r = resolver();
+    const read = spyOn(fs, "readFileSync");
+    try {
+      for (const inode of [601, 602, 603]) {
+        rmSync(join(proc, "650", "fd", "4"));
+        symlinkSync(`socket:[${inode}]`, join(proc, "650", "fd", "4"));
+        expect((await r.resolve([{ inode, uid: 0 }], [650])).get(inode)?.command).toBe("binder");
+        r.forget([inode]);
+      }
+      expect(read.mock.calls.filter(([file]) => String(file) === join(proc, "650", "stat"))).toHaveLength(1);
+    } finally {
+      read.mockRestore();
+    }
   });
 
   test("a process that binds again in the fd a gone socket freed is found by a readlink of that fd, without listing its fds", async () => {
