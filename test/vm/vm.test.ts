@@ -92,7 +92,9 @@ for (const { arch, name, slow } of GUESTS) {
       await host!.waitForForwarding(port, 30_000 * slow);
       await host!.proc.kill();
       host = startHostAgent(scratch, ["--guest", `unix://${vm!.chardev}`, "--forwarder", "grpc", "--state-dir", join(scratch.dir, "state2")]);
-      await host.waitForForwarding(port, 60_000 * slow);
+      await host.waitForForwarding(port, 60_000 * slow).catch(async (err: Error) => {
+        throw new Error(`${err.message}\n--- the guest agent's log\n${await vm!.sh("cat /tmp/agent.log")}`);
+      });
       expect((await exchange(port, Buffer.from("after the reconnect"))).toString()).toBe("after the reconnect");
       expect(await vm!.sh("pgrep -f 'porthole guest' >/dev/null && echo agent-alive")).toContain("agent-alive");
     });
