@@ -38,7 +38,7 @@
 #define MAX_DATAGRAM 65535u
 
 /* ph_udp_pump_stats(): out[] */
-enum { ST_TO_STREAM, ST_TO_STREAM_BYTES, ST_TO_UDP, ST_TO_UDP_BYTES, ST_OVER_BUDGET, ST_UNSENT, ST_KERNEL_DROPS, ST_END, ST_ERR, ST_UDP_SENDS, ST_BUDGET, ST_COUNT };
+enum { ST_TO_STREAM, ST_TO_STREAM_BYTES, ST_TO_UDP, ST_TO_UDP_BYTES, ST_OVER_BUDGET, ST_UNSENT, ST_KERNEL_DROPS, ST_END, ST_ERR, ST_UDP_SENDS, ST_COUNT };
 /* ST_END's values (0 while running) */
 #define END_EOF 1     /* the far end ended the stream */
 #define END_CLOSED 2  /* ph_udp_pump_close(): ended here, the far end answered or timed out */
@@ -507,7 +507,6 @@ int ph_udp_pump_stats(int id, uint64_t *out) {
       int d = ph_udp_drops(p->udp);
       if (d > 0) p->st[ST_KERNEL_DROPS] = (uint64_t)d;
     }
-    p->st[ST_BUDGET] = p->budget;
     memcpy(out, p->st, sizeof p->st);
     ret = 0;
   }

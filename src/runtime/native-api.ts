@@ -93,7 +93,7 @@ export interface NativeShim {
   udpPumpAdd(udp: number, stream: number, toStream: Uint8Array, toStreamLen: number, queued: number, fromStream: Uint8Array, fromStreamLen: number, budget: number, group: number): number;
   /** Frames for the pump's stream; `payload` bytes count against its budget. 1 written, 0 dropped over budget. */
   udpPumpWrite(id: number, frames: Uint8Array, len: number, payload: number): number;
-  /** out: 11 u64 (see native/udp_pump.c's ST_ names). */
+  /** out: 10 u64 (see native/udp_pump.c's ST_ names). */
   udpPumpStats(id: number, out: BigUint64Array): number;
   udpPumpClose(id: number): number;
   udpPumpAbort(id: number): number;

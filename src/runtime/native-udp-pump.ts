@@ -26,8 +26,6 @@ export interface PumpStats {
   err: number;
   /** Messages that handed those datagrams to the kernel: fewer where datagrams of one size went as one (UDP_SEGMENT). */
   udpSends: number;
-  /** The bytes the flow may have in flight now: the budget given, grown while the far end delivers fast. */
-  budget: number;
 }
 
 export const PUMP_END_EOF = 1;
@@ -35,7 +33,7 @@ export const PUMP_END_CLOSED = 2;
 export const PUMP_END_RESET = 3;
 export const PUMP_END_BAD = 4;
 
-const FIELDS = 11;
+const FIELDS = 10;
 /** The shim's pump slots (native/udp_pump.c PUMP_MAX). */
 const PUMP_SLOTS = 4096;
 /** In a reaped id: the pump runs on, and dropped over its budget for the first time. */
@@ -125,7 +123,7 @@ export class UdpPumps {
   read(id: number): PumpStats | undefined {
     if (this.shim.udpPumpStats(id, this.out) < 0) return undefined;
     const n = Array.from(this.out, Number);
-    return { toStream: n[0]!, toStreamBytes: n[1]!, toUdp: n[2]!, toUdpBytes: n[3]!, overBudget: n[4]!, unsent: n[5]!, kernelDrops: n[6]!, end: n[7]!, err: n[8]!, udpSends: n[9]!, budget: n[10]! };
+    return { toStream: n[0]!, toStreamBytes: n[1]!, toUdp: n[2]!, toUdpBytes: n[3]!, overBudget: n[4]!, unsent: n[5]!, kernelDrops: n[6]!, end: n[7]!, err: n[8]!, udpSends: n[9]! };
   }
 
   private arm(): void {
@@ -169,7 +167,7 @@ export class UdpPumps {
 }
 
 function zeroStats(): PumpStats {
-  return { toStream: 0, toStreamBytes: 0, toUdp: 0, toUdpBytes: 0, overBudget: 0, unsent: 0, kernelDrops: 0, end: 0, err: 0, udpSends: 0, budget: 0 };
+  return { toStream: 0, toStreamBytes: 0, toUdp: 0, toUdpBytes: 0, overBudget: 0, unsent: 0, kernelDrops: 0, end: 0, err: 0, udpSends: 0 };
 }
 
 let shared: UdpPumps | undefined;

@@ -86,7 +86,7 @@ describe("native UDP sockets", () => {
     expect(() => open({ local: { host: "localhost", port: 0 }, bufferBytes: 0 })).toThrow(/EINVAL/);
   });
 
-  test("2,000 datagrams handed over at once all arrive whole, in order, each with its own length: runs of one size (sent as UDP_SEGMENT messages) ended by shorter and empty ones", async () => {
+  test("2,000 datagrams handed over at once all arrive whole, in order, each with its own length: runs of one size ended by shorter and empty ones", async () => {
     const receiver = open({ local: { host: "127.0.0.1", port: 0 }, bufferBytes: 8 << 20 });
     // Runs of 1,400 bytes, each ended by a shorter datagram (which ends a message), an empty one now and then.
     const length = (i: number) => (i % 100 === 99 ? 700 : i % 250 === 0 ? 0 : 1400);
