@@ -379,6 +379,20 @@ export async function fakeVirtioPort(guest: Guest): Promise<{ device: string; ch
   return { device, chardev, proc };
 }
 
+/**
+ * A stand-in virtio-serial port that takes one host connection after another while the guest's
+ * device stays open, so the guest never sees a hang-up between two hosts (test/fixtures/sticky-chardev.py).
+ */
+export async function stickyVirtioPort(guest: Guest): Promise<{ device: string; chardev: string; proc: Proc }> {
+  const device = join(guest.dir, "vport");
+  const chardev = join(guest.dir, "chardev.sock");
+  const child = spawn("/usr/bin/python3", [join(REPO, "test/fixtures/sticky-chardev.py"), device, chardev], { stdio: ["ignore", "pipe", "pipe"] });
+  const proc = new Proc(child, "sticky chardev");
+  defer(() => proc.kill("SIGKILL"));
+  await proc.waitForLine(/^ready/);
+  return { device, chardev, proc };
+}
+
 // ---- the host agent ----------------------------------------------------------------------
 
 export interface Event {

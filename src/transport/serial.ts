@@ -10,6 +10,7 @@ import type * as net from "node:net";
 import { loadNative } from "../runtime/native.ts";
 import { joinDevice } from "./fast-relay.ts";
 import { socketPair } from "./socketpair.ts";
+import { serveSessions } from "./serial-sessions.ts";
 
 const REOPEN_MS = 200;
 
@@ -48,7 +49,7 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       saidStreams = true;
       joinWithStreams(session, over);
     }
-    onConnection(inner);
+    serveSessions(inner, onConnection, `serial ${path}`, log);
   };
   await open();
   return {

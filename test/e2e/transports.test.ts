@@ -5,7 +5,7 @@ import { describe, expect } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readlinkSync, realpathSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, relayThreads, runPorthole, startHostAgent, traceCalls, useHarness } from "./harness.ts";
+import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, relayThreads, runPorthole, startHostAgent, stickyVirtioPort, traceCalls, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -82,6 +82,33 @@ describe("virtio-serial (guest side)", () => {
     const said = agent.stderr.filter((l) => l.includes("relayed through file streams"));
     expect(said).toEqual([expect.stringContaining("PORTHOLE_NATIVE_RELAY=0")]);
   });
+});
+
+describe("virtio-serial: a new host on a port whose guest saw no hang-up", () => {
+  // QEMU's port flag for "a host is connected" can drop and rise again before the guest reads,
+  // so the next host's first bytes may follow the last host's on the same open device.
+  for (const forwarder of ["auto", "grpc"]) {
+    e2eTest(`--forwarder ${forwarder}: a host agent killed and restarted at once is answered, twice`, async () => {
+      const guest = Guest.create();
+      const port = await stickyVirtioPort(guest);
+      const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
+      await agent.waitForLine(/serving on serial:/, "stderr");
+      const echoPort = await freePort();
+      await guest.startEcho("127.0.0.1", echoPort);
+      for (let round = 1; round <= 3; round++) {
+        const host = startHostAgent(guest, ["--guest", `unix://${port.chardev}`, "--forwarder", forwarder]);
+        await port.proc.waitForLine(new RegExp(`^host ${round}$`));
+        await host.waitForEvent((e) => e.type === "guest-connected", `host ${round} to connect`, 20_000);
+        await host.waitForForwarding(echoPort);
+        expect((await exchange(echoPort, Buffer.from(`round ${round}`))).toString()).toBe(`round ${round}`);
+        // Answered at its first try: no probe or handshake ran out of time first.
+        expect(host.events.filter((e) => e.type === "guest-unreachable")).toEqual([]);
+        await host.proc.kill("SIGKILL");
+      }
+      expect(agent.running).toBe(true);
+      expect(agent.stderr.filter((l) => l.includes("a new host connection began on the port"))).toHaveLength(1);
+    });
+  }
 });
 
 describe("TCP agent channel", () => {

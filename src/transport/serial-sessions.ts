@@ -1,0 +1,81 @@
+// One host connection after another on a virtio-serial port that stays open. The port gives
+// no sign when one host goes and the next comes faster than the guest reads (QEMU's "host
+// connected" flag drops and rises again), so the next host's preface can follow the last
+// host's frames on the same stream. Each host connection gets its own in-process stream, cut
+// where core/session-starts.ts finds a new host's preface: the old session is closed, the new
+// one starts with every byte of its host, and nothing the old one writes later reaches it.
+import type * as net from "node:net";
+import type { Duplex } from "node:stream";
+import { NEW_SESSION, SessionStarts } from "../core/session-starts.ts";
+import { memoryPair } from "./memory-pair.ts";
+
+let saidReplaced = false;
+
+/**
+ * Serves host connections from `port` (the port's stream, open until the host side hangs up)
+ * with `onConnection`, one at a time. A session starts with the first bytes of the port and
+ * with each new host's preface; one that closes leaves the port open for the next host.
+ */
+export function serveSessions(port: net.Socket, onConnection: (socket: net.Socket) => void, name: string, log: (line: string) => void): void {
+  const starts = new SessionStarts();
+  let current: Duplex | undefined;
+  let fresh = true;
+
+  const begin = () => {
+    const [inner, outer] = memoryPair(port);
+    current = outer;
+    outer.pipe(port, { end: false }); // a port has no half-close: it outlives its sessions
+    outer.on("drain", () => port.resume());
+    const ended = () => {
+      if (current !== outer) return;
+      // The session is over (its host went, or its reader gave up on the bytes): the next
+      // preface on the port starts the next one.
+      current = undefined;
+      starts.lose();
+      port.resume();
+    };
+    outer.once("end", ended);
+    outer.once("close", ended);
+    outer.on("error", () => {});
+    try {
+      onConnection(inner as net.Socket);
+    } catch (err) {
+      inner.destroy();
+      log(`${name}: a connection failed: ${(err as Error).message}`);
+    }
+  };
+
+  const close = (outer: Duplex) => {
+    outer.unpipe(port);
+    outer.destroy();
+  };
+
+  port.on("data", (chunk: Buffer) => {
+    if (fresh) {
+      fresh = false;
+      begin();
+    }
+    for (const segment of starts.push(chunk)) {
+      if (segment === NEW_SESSION) {
+        if (current) {
+          if (!saidReplaced) {
+            log(
+              `${name}: a new host connection began on the port before the last one was seen to end (the port gave no ` +
+                "hang-up between them); the last one's session was closed and the new one served (said once; nothing to do)",
+            );
+          }
+          saidReplaced = true;
+          const old = current;
+          current = undefined;
+          close(old);
+        }
+        begin();
+        continue;
+      }
+      // Bytes of a session that is over are nobody's: dropped until the next preface.
+      if (current && !current.write(segment)) port.pause();
+    }
+  });
+  port.once("close", () => current && close(current));
+  port.on("error", () => {});
+}
