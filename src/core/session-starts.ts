@@ -20,10 +20,21 @@ const MAX_MUX_KIND = Math.max(...Object.values(MuxKind));
 type State =
   /** At a connection's start: the bytes so far (up to the mux probe's length) say which framing follows. */
   | { at: "start"; seen: Buffer }
-  /** Following frames; `skip` payload bytes still to pass; `header` a header's first bytes, held back. */
-  | { at: "frames"; mux: boolean; skip: number; header: Buffer }
+  /**
+   * Following frames; `skip` payload bytes still to pass; `header` a header's first bytes, held
+   * back. `tail`: the frame's last bytes so far (a preface may begin there); `since`: a copy of
+   * the frame's bytes from a preface found in it on (see stalled()).
+   */
+  | { at: "frames"; mux: boolean; skip: number; header: Buffer; tail: Buffer; since?: Buffer[]; sinceBytes: number }
   /** Lost: looking for the next preface; `held` the bytes that may be its beginning. */
   | { at: "lost"; held: Buffer };
+
+/** The most kept after a preface inside an unfinished frame (a new host's first flight is far less). */
+const MAX_CUT_BYTES = 64 * 1024;
+
+function frames(mux: boolean): State {
+  return { at: "frames", mux, skip: 0, header: Buffer.alloc(0), tail: Buffer.alloc(0), sinceBytes: 0 };
+}
 
 export class SessionStarts {
   private state: State = { at: "start", seen: Buffer.alloc(0) };
@@ -66,12 +77,12 @@ export class SessionStarts {
       if (seen.length >= HTTP2_PREFACE.length && !seen.subarray(0, m).equals(MUX_PROBE.subarray(0, m))) {
         // Plain HTTP/2: its frames begin right after the preface.
         out.push(seen.subarray(0, HTTP2_PREFACE.length));
-        this.state = { at: "frames", mux: false, skip: 0, header: Buffer.alloc(0) };
+        this.state = frames(false);
         return Buffer.concat([seen.subarray(HTTP2_PREFACE.length), rest]);
       }
       if (m === MUX_PROBE.length) {
         out.push(seen);
-        this.state = { at: "frames", mux: true, skip: 0, header: Buffer.alloc(0) };
+        this.state = frames(true);
         return rest;
       }
       this.state = { at: "start", seen };
@@ -85,7 +96,10 @@ export class SessionStarts {
     if (s.skip) {
       const n = Math.min(s.skip, bytes.length);
       s.skip -= n;
-      out.push(bytes.subarray(0, n));
+      const piece = bytes.subarray(0, n);
+      out.push(piece);
+      if (s.skip) this.watchCut(s, piece);
+      else this.state = frames(s.mux); // the frame is whole: whatever it carried was its payload
       return bytes.subarray(n);
     }
     const header = Buffer.concat([s.header, bytes.subarray(0, HEADER_BYTES - s.header.length)]);
@@ -107,7 +121,49 @@ export class SessionStarts {
       return bytes.subarray(used);
     }
     s.skip = length;
+    if (length) this.watchCut(s, header);
     return bytes.subarray(used);
+  }
+
+  /**
+   * Whether a preface was found inside a frame that has not ended: the bytes from it on are
+   * kept, in case the frame's sender is gone (see stalled()).
+   */
+  get waiting(): boolean {
+    return this.state.at === "frames" && this.state.since !== undefined;
+  }
+
+  /**
+   * Nothing came for a while inside an unfinished frame that carries a preface: the last host
+   * was killed mid-frame and the next one's first bytes were read as the rest of that frame
+   * (a sender still there finishes its frame at once; the new host waits for an answer). The
+   * bytes from that preface on start a new session. Called by the reader's timer.
+   */
+  stalled(): Segment[] {
+    const s = this.state;
+    if (s.at !== "frames" || !s.since) return [];
+    const bytes = Buffer.concat(s.since);
+    this.state = { at: "start", seen: Buffer.alloc(0) };
+    return [NEW_SESSION, ...this.push(bytes)];
+  }
+
+  /** Looks for a preface in a frame's bytes (with the frame's last few before them), and keeps what follows one. */
+  private watchCut(s: Extract<State, { at: "frames" }>, piece: Buffer): void {
+    if (s.since) {
+      s.since.push(Buffer.from(piece));
+      s.sinceBytes += piece.length;
+      // A new host sends a few hundred bytes and waits: this much more is a frame's own payload.
+      if (s.sinceBytes > MAX_CUT_BYTES) s.since = undefined;
+      return;
+    }
+    const all = s.tail.length ? Buffer.concat([s.tail, piece]) : piece;
+    const at = all.indexOf(HTTP2_PREFACE);
+    if (at >= 0 && all.length - at <= MAX_CUT_BYTES) {
+      s.since = [Buffer.from(all.subarray(at))];
+      s.sinceBytes = all.length - at;
+      return;
+    }
+    s.tail = Buffer.from(all.subarray(Math.max(0, all.length - (HTTP2_PREFACE.length - 1))));
   }
 
   private lost(s: Extract<State, { at: "lost" }>, bytes: Buffer, out: Segment[]): Buffer {

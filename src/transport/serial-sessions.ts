@@ -6,9 +6,15 @@
 // one starts with every byte of its host, and nothing the old one writes later reaches it.
 import type * as net from "node:net";
 import type { Duplex } from "node:stream";
-import { NEW_SESSION, SessionStarts } from "../core/session-starts.ts";
+import { NEW_SESSION, SessionStarts, type Segment } from "../core/session-starts.ts";
 import { memoryPair } from "./memory-pair.ts";
 
+/**
+ * How long a frame that carries a preface may stay unfinished before the preface counts as a
+ * new host's (whose last host was killed mid-frame): a sender still there finishes a frame at
+ * once, and a new host's probe waits 5 s for its answer.
+ */
+const STALL_MS = 1000;
 let saidReplaced = false;
 
 /**
@@ -50,12 +56,9 @@ export function serveSessions(port: net.Socket, onConnection: (socket: net.Socke
     outer.destroy();
   };
 
-  port.on("data", (chunk: Buffer) => {
-    if (fresh) {
-      fresh = false;
-      begin();
-    }
-    for (const segment of starts.push(chunk)) {
+  let stall: ReturnType<typeof setTimeout> | undefined;
+  const take = (segments: Segment[]) => {
+    for (const segment of segments) {
       if (segment === NEW_SESSION) {
         if (current) {
           if (!saidReplaced) {
@@ -75,7 +78,20 @@ export function serveSessions(port: net.Socket, onConnection: (socket: net.Socke
       // Bytes of a session that is over are nobody's: dropped until the next preface.
       if (current && !current.write(segment)) port.pause();
     }
+    // A preface inside a frame that has not ended: if nothing more comes, its sender is gone.
+    clearTimeout(stall);
+    stall = starts.waiting ? setTimeout(() => take(starts.stalled()), STALL_MS) : undefined;
+  };
+  port.on("data", (chunk: Buffer) => {
+    if (fresh) {
+      fresh = false;
+      begin();
+    }
+    take(starts.push(chunk));
   });
-  port.once("close", () => current && close(current));
+  port.once("close", () => {
+    clearTimeout(stall);
+    if (current) close(current);
+  });
   port.on("error", () => {});
 }

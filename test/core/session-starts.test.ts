@@ -78,4 +78,42 @@ describe("SessionStarts: where a new host connection begins on a port that outli
     expect(sessions(t.push(HTTP2_PREFACE.subarray(0, 10)))).toEqual([Buffer.alloc(0)]);
     expect(sessions(t.push(Buffer.concat([HTTP2_PREFACE.subarray(10), grpcStart.subarray(24)])))).toEqual([grpcStart]);
   });
+
+  test("a frame cut short by a killed host, its rest read from the next host's first bytes: once the stream stalls, those bytes from the preface on start a new session", () => {
+    for (const mux of [false, true]) {
+      const start = mux ? MUX_PROBE : grpcStart;
+      // A 1,000-byte frame of which 100 bytes came before the host died.
+      const cut = mux ? Buffer.concat([muxFrame(1, MuxKind.DATA, Buffer.alloc(1000, 3)).subarray(0, 109)]) : Buffer.concat([Buffer.from([0, 3, 0xe8, 0, 0, 0, 0, 0, 1]), Buffer.alloc(100, 3)]);
+      const next = Buffer.concat([start, mux ? muxFrame(1, MuxKind.OPEN, Buffer.from("agent")) : grpcRequest]);
+      for (const size of [next.length, 1, 7]) {
+        const t = new SessionStarts();
+        const segs: Segment[] = [...t.push(Buffer.concat([start, cut]))];
+        expect(t.waiting).toBe(false);
+        for (let i = 0; i < next.length; i += size) segs.push(...t.push(next.subarray(i, i + size)));
+        expect(t.waiting).toBe(true);
+        segs.push(...t.stalled());
+        expect(t.waiting).toBe(false);
+        const got = sessions(segs);
+        expect(got).toHaveLength(2);
+        expect(got[0]).toEqual(Buffer.concat([start, cut, next])); // the old session read them as its frame's rest
+        expect(got[1]).toEqual(next);
+      }
+    }
+  });
+
+  test("a whole frame that carries a preface leaves nothing waiting: data is data", () => {
+    const t = new SessionStarts();
+    t.push(Buffer.concat([grpcStart, grpcRequest]));
+    expect(t.waiting).toBe(false);
+    expect(t.stalled()).toEqual([]);
+  });
+
+  test("past 64 KiB after a preface inside one frame, the frame is taken for its sender's own payload", () => {
+    const t = new SessionStarts();
+    t.push(Buffer.concat([MUX_PROBE, muxFrame(1, MuxKind.DATA, Buffer.alloc(200_000)).subarray(0, 100), HTTP2_PREFACE]));
+    expect(t.waiting).toBe(true);
+    t.push(Buffer.alloc(70_000));
+    expect(t.waiting).toBe(false);
+  });
 });
+

@@ -4,6 +4,7 @@
 import { describe, expect } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readlinkSync, realpathSync, writeFileSync } from "node:fs";
+import * as net from "node:net";
 import { join } from "node:path";
 import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, relayThreads, runPorthole, startHostAgent, stickyVirtioPort, traceCalls, useHarness } from "./harness.ts";
 
@@ -107,6 +108,45 @@ describe("virtio-serial: a new host on a port whose guest saw no hang-up", () =>
       }
       expect(agent.running).toBe(true);
       expect(agent.stderr.filter((l) => l.includes("a new host connection began on the port"))).toHaveLength(1);
+    });
+  }
+});
+
+describe("virtio-serial: a host killed in the middle of a transfer", () => {
+  // The killed host may leave half a frame on the port; the next host's first bytes then
+  // read as the rest of it, and the guest cannot tell until the framing breaks.
+  for (const forwarder of ["auto", "grpc"]) {
+    e2eTest(`--forwarder ${forwarder}: the next host agent is answered`, async () => {
+      const guest = Guest.create();
+      const port = await stickyVirtioPort(guest);
+      const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
+      await agent.waitForLine(/serving on serial:/, "stderr");
+      const sinkPort = await freePort();
+      await guest.startServer("stall", [["127.0.0.1", sinkPort]]);
+      const first = startHostAgent(guest, ["--guest", `unix://${port.chardev}`, "--forwarder", forwarder]);
+      await first.waitForForwarding(sinkPort);
+      // A client that writes as fast as the port takes it: frames are in flight when the host dies.
+      const client = net.connect(sinkPort, "127.0.0.1");
+      client.on("error", () => {});
+      const chunk = randomBytes(256 << 10);
+      let sent = 0;
+      const pump = () => {
+        while (!client.destroyed && client.write(chunk)) sent += chunk.length;
+      };
+      client.on("connect", pump);
+      client.on("drain", pump);
+      await first.proc.waitFor(() => sent >= 1 << 20 || undefined, "1 MiB on its way");
+      await first.proc.kill("SIGKILL");
+      client.destroy();
+      const echoPort = await freePort();
+      await guest.startEcho("127.0.0.1", echoPort);
+      const next = startHostAgent(guest, ["--guest", `unix://${port.chardev}`, "--forwarder", forwarder]);
+      await next.waitForEvent((e) => e.type === "guest-connected", "the next host to connect", 20_000);
+      await next.waitForForwarding(echoPort);
+      expect((await exchange(echoPort, Buffer.from("after"))).toString()).toBe("after");
+      // Answered on its first connection (the port stand-in counts them: host 2 is the next host's first).
+      expect(port.proc.stdout.filter((l) => l.startsWith("host "))).toEqual(["host 1", "host 2"]);
+      expect(agent.running).toBe(true);
     });
   }
 });
