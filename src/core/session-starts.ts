@@ -156,14 +156,22 @@ export class SessionStarts {
       if (s.sinceBytes > MAX_CUT_BYTES) s.since = undefined;
       return;
     }
-    const all = s.tail.length ? Buffer.concat([s.tail, piece]) : piece;
-    const at = all.indexOf(HTTP2_PREFACE);
-    if (at >= 0 && all.length - at <= MAX_CUT_BYTES) {
-      s.since = [Buffer.from(all.subarray(at))];
-      s.sinceBytes = all.length - at;
-      return;
+    // A preface that begins in the tail is looked for in a small copy; the piece itself is
+    // searched in place (no copy of the payload).
+    const joint = s.tail.length ? Buffer.concat([s.tail, piece.subarray(0, HTTP2_PREFACE.length - 1)]) : undefined;
+    const inJoint = joint ? joint.indexOf(HTTP2_PREFACE) : -1;
+    const inPiece = inJoint >= 0 ? -1 : piece.indexOf(HTTP2_PREFACE);
+    if (inJoint >= 0 || inPiece >= 0) {
+      const from = inJoint >= 0 ? [joint!.subarray(inJoint, s.tail.length), piece] : [piece.subarray(inPiece)];
+      const bytes = Buffer.concat(from);
+      if (bytes.length <= MAX_CUT_BYTES) {
+        s.since = [bytes];
+        s.sinceBytes = bytes.length;
+        return;
+      }
     }
-    s.tail = Buffer.from(all.subarray(Math.max(0, all.length - (HTTP2_PREFACE.length - 1))));
+    const keep = HTTP2_PREFACE.length - 1;
+    s.tail = piece.length >= keep ? Buffer.from(piece.subarray(piece.length - keep)) : Buffer.concat([s.tail, piece]).subarray(-keep);
   }
 
   private lost(s: Extract<State, { at: "lost" }>, bytes: Buffer, out: Segment[]): Buffer {
