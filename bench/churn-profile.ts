@@ -1,7 +1,7 @@
 // The guest agent's CPU under a churn of binds, as `make bench --only cost` measures it (1,000
 // listeners and 5,000 connection pairs beside it, a host agent that ignores the churn's ports),
 // optionally under Bun's sampling profiler (the agent from source, `--cpu-prof-md`).
-//   bun bench/churn-profile.ts [--prof] [--seconds S] [--rate N] [--out DIR] [--runs N] [--no-host] [--exec CMD]
+//   bun bench/churn-profile.ts [--prof] [--seconds S] [--settle S] [--rate N] [--out DIR] [--runs N] [--no-host] [--exec CMD] [--agent "ARGS"]
 // Prints CPU seconds per 1,000 binds (from utime + stime), which a shared machine disturbs less
 // than a percentage of a core.
 import { mkdirSync, readdirSync, readFileSync } from "node:fs";
@@ -19,6 +19,10 @@ const RATE = Number(flag("rate", "100"));
 const RUNS = Number(flag("runs", "1"));
 const OUT = flag("out", "/tmp/porthole-churn-profile");
 const PROF = args.includes("--prof");
+/** Seconds between the host's connection and the idle window (the load's aftermath settles). */
+const SETTLE = Number(flag("settle", "2"));
+/** More arguments for the guest agent (e.g. "--scan-interval 10000"). */
+const AGENT_ARGS = flag("agent", "").split(" ").filter(Boolean);
 /** A command run on the agent during each churn window ({pid} replaced), stopped with SIGINT: `strace -c -f -p {pid}`, `perf record -g -p {pid}`. */
 const EXEC = flag("exec", "");
 const FIXTURES = join(import.meta.dir, "../test/fixtures/servers.ts");
@@ -60,14 +64,14 @@ async function main(): Promise<void> {
   };
   // Under the profiler, the load comes first: its thousand listen() events are not the churn's.
   if (PROF) await startLoad();
-  const agent = await guest.startAgent([], command);
+  const agent = await guest.startAgent(AGENT_ARGS, command);
   const pid = agent.child.pid!;
   if (!PROF) await startLoad();
   const config = guest.writeFile("churn.yaml", `portForwards:\n- {guestIP: 0.0.0.0, guestIPMustBeZero: false, ignore: true}\n`);
   // --no-host: no GetEvents stream (what the watcher costs alone).
   const host = args.includes("--no-host") ? undefined : startHostAgent(guest, ["--config", config, "--forwarder", "grpc"]);
   await host?.waitForEvent((e) => e.type === "guest-connected", "connect", 30_000);
-  await Bun.sleep(2000);
+  await Bun.sleep(SETTLE * 1000);
   let t = ticks(pid);
   await Bun.sleep(SECONDS * 1000);
   console.log(`idle: ${(ticks(pid) - t) / SECONDS}% of a core`);
