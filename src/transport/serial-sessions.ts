@@ -73,6 +73,7 @@ export function serveSessions(port: net.Socket, onConnection: (socket: net.Socke
           close(old);
         }
         begin();
+        port.resume(); // the old session may have held the port back; the new one reads
         continue;
       }
       // Bytes of a session that is over are nobody's: dropped until the next preface.
