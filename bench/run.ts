@@ -547,7 +547,10 @@ async function settled(pid: number, what: string): Promise<void> {
     const before = cpuTicks(pid);
     await Bun.sleep(5000);
     const used = cpuTicks(pid) - before;
-    if (used <= 1) return log(`cost: the guest agent settled beside ${what} after ${((Date.now() - started) / 1000).toFixed(0)} s`);
+    if (used <= 1) {
+      log(`cost: the guest agent settled beside ${what} after ${((Date.now() - started) / 1000).toFixed(0)} s`);
+      return;
+    }
   }
   log(`cost: the guest agent did not settle beside ${what} within 30 s: the idle figure that follows includes its work`);
 }
