@@ -68,5 +68,6 @@ struct ph_sent {
 };
 int ph_udp_sendv(int fd, const struct ph_dgram *d, int count, const struct sockaddr *to, socklen_t tolen, uint32_t *gso_over, struct ph_sent *r);
 int ph_udp_drops(int fd);
+int ph_udp_send_messages(void);
 
 #endif

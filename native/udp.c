@@ -277,6 +277,11 @@ int ph_udp_sendv(int fd, const struct ph_dgram *d, int count, const struct socka
  * its family is set, else to the connected peer (ph_udp_sendv). Returns how many were dealt
  * with, or -errno for a failed socket.
  */
+/* Messages ph_udp_send() handed to the kernel, all sockets (wraps): tests count its grouping. */
+static uint32_t send_messages;
+
+int ph_udp_send_messages(void) { return (int)(__atomic_load_n(&send_messages, __ATOMIC_RELAXED) & 0x7fffffff); }
+
 int ph_udp_send(int fd, const uint8_t *buf, const uint32_t *lens, int count, const uint8_t *to) {
   struct ph_udp_addr t;
   memcpy(&t, to, sizeof t);
@@ -292,7 +297,9 @@ int ph_udp_send(int fd, const uint8_t *buf, const uint32_t *lens, int count, con
       d[i] = (struct ph_dgram){ .data = buf + offset, .len = lens[done + i] };
       offset += lens[done + i];
     }
-    int dealt = ph_udp_sendv(fd, d, n, sslen ? (struct sockaddr *)&ss : NULL, sslen, gso_over, NULL);
+    struct ph_sent sent = { 0 };
+    int dealt = ph_udp_sendv(fd, d, n, sslen ? (struct sockaddr *)&ss : NULL, sslen, gso_over, &sent);
+    __atomic_add_fetch(&send_messages, sent.messages, __ATOMIC_RELAXED);
     if (dealt < 0) return done ? done : dealt;
     done += dealt;
     if (dealt < n) return done;

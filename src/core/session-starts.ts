@@ -13,7 +13,7 @@ import { HTTP2_PREFACE, MUX_HEADER_BYTES, MUX_MAX_FRAME, MUX_PROBE, MuxKind } fr
 export const NEW_SESSION = Symbol("new session");
 export type Segment = Buffer | typeof NEW_SESSION;
 
-const HEADER_BYTES = 9; // HTTP/2's frame header, and the mux's (core/mux-frames.ts)
+const HEADER_BYTES = MUX_HEADER_BYTES; // the mux's frame header, and HTTP/2's: 9 bytes each
 const PREFACE_HEAD = HTTP2_PREFACE.subarray(0, HEADER_BYTES);
 const MAX_MUX_KIND = Math.max(...Object.values(MuxKind));
 

@@ -87,6 +87,8 @@ export interface NativeShim {
   udpRecv(fd: number, buf: Uint8Array, cap: number, meta: Uint32Array, max: number): number;
   /** sendmmsg(): count datagrams packed in buf (lens), to `to` (family 0: the connected peer); how many were dealt with. */
   udpSend(fd: number, buf: Uint8Array, lens: Uint32Array, count: number, to: Uint8Array): number;
+  /** Messages udpSend has handed to the kernel so far, all sockets (31 bits, wrapping): a run of one size goes as one. */
+  udpSendMessages(): number;
   /** Starts the UDP pump thread (native/udp_pump.c) once; the eventfd readable when pumps ended. */
   udpPumpStart(): number;
   /** Pumps a connected UDP socket <-> a data stream of datagram frames (both dup()ed); the pump's id. */
@@ -153,6 +155,7 @@ export const SIGNATURES = {
   ph_udp_drops: { args: ["i32"], returns: "i32" },
   ph_udp_recv: { args: ["i32", "ptr", "i32", "ptr", "i32"], returns: "i32" },
   ph_udp_send: { args: ["i32", "ptr", "ptr", "i32", "ptr"], returns: "i32" },
+  ph_udp_send_messages: { args: [], returns: "i32" },
   ph_udp_pump_start: { args: [], returns: "i32" },
   ph_udp_pump_add: { args: ["i32", "i32", "ptr", "i32", "i32", "ptr", "i32", "i32", "i32"], returns: "i32" },
   ph_udp_pump_write: { args: ["i32", "ptr", "i32", "i32"], returns: "i32" },
@@ -217,6 +220,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     udpDrops: (fd) => num("ph_udp_drops", fd),
     udpRecv: (fd, buf, cap, meta, max) => num("ph_udp_recv", fd, buf, cap, meta, max),
     udpSend: (fd, buf, lens, count, to) => num("ph_udp_send", fd, buf, lens, count, to),
+    udpSendMessages: () => num("ph_udp_send_messages"),
     udpPumpStart: () => num("ph_udp_pump_start"),
     udpPumpAdd: (udp, stream, toStream, toStreamLen, queued, fromStream, fromStreamLen, budget, group) =>
       num("ph_udp_pump_add", udp, stream, toStream, toStreamLen, queued, fromStream, fromStreamLen, budget, group),

@@ -86,7 +86,7 @@ describe("native UDP sockets", () => {
     expect(() => open({ local: { host: "localhost", port: 0 }, bufferBytes: 0 })).toThrow(/EINVAL/);
   });
 
-  test("2,000 datagrams handed over at once all arrive whole, in order, each with its own length: runs of one size ended by shorter and empty ones", async () => {
+  test("2,000 datagrams handed over at once all arrive whole, in order, each with its own length: runs of one size ended by shorter and empty ones, sent as far fewer messages (UDP_SEGMENT)", async () => {
     const receiver = open({ local: { host: "127.0.0.1", port: 0 }, bufferBytes: 8 << 20 });
     // Runs of 1,400 bytes, each ended by a shorter datagram (which ends a message), an empty one now and then.
     const length = (i: number) => (i % 100 === 99 ? 700 : i % 250 === 0 ? 0 : 1400);
@@ -104,10 +104,16 @@ describe("native UDP sockets", () => {
       if (d.length) d.writeUInt32BE(i, 0);
       return d;
     });
+    const messagesBefore = shim.udpSendMessages();
     sender.send(datagrams);
     await waitUntil("all of them", () => count === datagrams.length, 10_000);
     expect(whole).toBe(true);
     expect(sender.dropped).toBe(0);
+    // Each run of 1,400-byte datagrams goes as messages of up to 46 (65,000 bytes), one by one
+    // only the empty ones: about 100 messages, where one per datagram would be 2,000.
+    const messages = (shim.udpSendMessages() - messagesBefore) & 0x7fffffff;
+    expect(messages).toBeGreaterThan(40);
+    expect(messages).toBeLessThan(200);
   });
 
   test("the buffers reported are the kernel's (as ss shows them); without CAP_NET_ADMIN a socket gets no more than rmem_max", async () => {
