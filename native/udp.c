@@ -272,16 +272,16 @@ int ph_udp_sendv(int fd, const struct ph_dgram *d, int count, const struct socka
   return dealt;
 }
 
-/*
- * Sends `count` datagrams, packed one after another in buf (lens[i] bytes each), to `to` if
- * its family is set, else to the connected peer (ph_udp_sendv). Returns how many were dealt
- * with, or -errno for a failed socket.
- */
 /* Messages ph_udp_send() handed to the kernel, all sockets (wraps): tests count its grouping. */
 static uint32_t send_messages;
 
 int ph_udp_send_messages(void) { return (int)(__atomic_load_n(&send_messages, __ATOMIC_RELAXED) & 0x7fffffff); }
 
+/*
+ * Sends `count` datagrams, packed one after another in buf (lens[i] bytes each), to `to` if
+ * its family is set, else to the connected peer (ph_udp_sendv). Returns how many were dealt
+ * with, or -errno for a failed socket.
+ */
 int ph_udp_send(int fd, const uint8_t *buf, const uint32_t *lens, int count, const uint8_t *to) {
   struct ph_udp_addr t;
   memcpy(&t, to, sizeof t);

@@ -44,7 +44,7 @@ export class SessionStarts {
     const s = this.state;
     // Bytes held back are looked through too: a preface may begin among them.
     if (s.at === "start") this.state = { at: "lost", held: s.seen };
-    else if (s.at === "frames") this.state = { at: "lost", held: s.header };
+    else if (s.at === "frames") this.state = { at: "lost", held: s.since ? Buffer.concat(s.since) : s.header };
   }
 
   /**
@@ -114,12 +114,13 @@ export class SessionStarts {
       this.state = { at: "start", seen: Buffer.alloc(0) };
       return Buffer.concat([header, bytes.subarray(used)]);
     }
-    out.push(header);
     const length = s.mux ? header.readUInt32BE(5) : header.readUIntBE(0, 3);
     if (s.mux && (header[4]! < 1 || header[4]! > MAX_MUX_KIND || length > MUX_MAX_FRAME)) {
-      this.state = { at: "lost", held: Buffer.alloc(0) }; // its reader ends the session on this
-      return bytes.subarray(used);
+      // Its reader ends the session on this; a preface may begin inside the bad header.
+      this.state = { at: "lost", held: Buffer.alloc(0) };
+      return Buffer.concat([header, bytes.subarray(used)]);
     }
+    out.push(header);
     s.skip = length;
     if (length) this.watchCut(s, header);
     return bytes.subarray(used);
@@ -153,7 +154,10 @@ export class SessionStarts {
       s.since.push(Buffer.from(piece));
       s.sinceBytes += piece.length;
       // A new host sends a few hundred bytes and waits: this much more is a frame's own payload.
-      if (s.sinceBytes > MAX_CUT_BYTES) s.since = undefined;
+      if (s.sinceBytes > MAX_CUT_BYTES) {
+        s.since = undefined;
+        s.tail = Buffer.from(piece.subarray(Math.max(0, piece.length - (HTTP2_PREFACE.length - 1))));
+      }
       return;
     }
     // A preface that begins in the tail is looked for in a small copy; the piece itself is

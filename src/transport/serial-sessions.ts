@@ -15,6 +15,8 @@ import { memoryPair } from "./memory-pair.ts";
  * once, and a new host's probe waits 5 s for its answer.
  */
 const STALL_MS = 1000;
+/** What may wait for a session that reads slowly before the port itself is held back. */
+const MAX_QUEUED = 1 << 20;
 let saidReplaced = false;
 
 /**
@@ -27,18 +29,34 @@ export function serveSessions(port: net.Socket, onConnection: (socket: net.Socke
   let current: Duplex | undefined;
   let fresh = true;
 
+  let stall: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * A preface inside a frame that has not ended: if nothing more comes for STALL_MS, its
+   * sender is gone. Only while the port flows: bytes held back by this side's own
+   * backpressure are no stall of the host's.
+   */
+  const armStall = () => {
+    clearTimeout(stall);
+    stall = starts.waiting && !port.isPaused() ? setTimeout(() => take(starts.stalled()), STALL_MS) : undefined;
+  };
+  const flow = () => {
+    port.resume();
+    armStall();
+  };
+
   const begin = () => {
     const [inner, outer] = memoryPair(port);
     current = outer;
     outer.pipe(port, { end: false }); // a port has no half-close: it outlives its sessions
-    outer.on("drain", () => port.resume());
+    outer.on("drain", flow);
     const ended = () => {
+      outer.unpipe(port); // its listeners leave the port, which outlives it
       if (current !== outer) return;
       // The session is over (its host went, or its reader gave up on the bytes): the next
       // preface on the port starts the next one.
       current = undefined;
       starts.lose();
-      port.resume();
+      flow();
     };
     outer.once("end", ended);
     outer.once("close", ended);
@@ -56,8 +74,7 @@ export function serveSessions(port: net.Socket, onConnection: (socket: net.Socke
     outer.destroy();
   };
 
-  let stall: ReturnType<typeof setTimeout> | undefined;
-  const take = (segments: Segment[]) => {
+  const take = (segments: Segment[]): void => {
     for (const segment of segments) {
       if (segment === NEW_SESSION) {
         if (current) {
@@ -76,12 +93,12 @@ export function serveSessions(port: net.Socket, onConnection: (socket: net.Socke
         port.resume(); // the old session may have held the port back; the new one reads
         continue;
       }
-      // Bytes of a session that is over are nobody's: dropped until the next preface.
-      if (current && !current.write(segment)) port.pause();
+      // Bytes of a session that is over are nobody's: dropped until the next preface. A
+      // session that reads slowly gets a queue before the port is held back, so that the port
+      // is still read (and a new host still seen) while an old session has stopped reading.
+      if (current && !current.write(segment) && current.writableLength > MAX_QUEUED) port.pause();
     }
-    // A preface inside a frame that has not ended: if nothing more comes, its sender is gone.
-    clearTimeout(stall);
-    stall = starts.waiting ? setTimeout(() => take(starts.stalled()), STALL_MS) : undefined;
+    armStall();
   };
   port.on("data", (chunk: Buffer) => {
     if (fresh) {

@@ -89,7 +89,7 @@ describe("virtio-serial: a new host on a port whose guest saw no hang-up", () =>
   // QEMU's port flag for "a host is connected" can drop and rise again before the guest reads,
   // so the next host's first bytes may follow the last host's on the same open device.
   for (const forwarder of ["auto", "grpc"]) {
-    e2eTest(`--forwarder ${forwarder}: a host agent killed and restarted at once is answered, twice`, async () => {
+    e2eTest(`--forwarder ${forwarder}: three host agents in a row, each killed and the next started at once, each answered`, async () => {
       const guest = Guest.create();
       const port = await stickyVirtioPort(guest);
       const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
@@ -116,7 +116,7 @@ describe("virtio-serial: a host killed in the middle of a transfer", () => {
   // The killed host may leave half a frame on the port; the next host's first bytes then
   // read as the rest of it, and the guest cannot tell until the framing breaks.
   for (const forwarder of ["auto", "grpc"]) {
-    e2eTest(`--forwarder ${forwarder}: the next host agent is answered`, async () => {
+    e2eTest(`--forwarder ${forwarder}: the next host agent is answered on its first connection`, async () => {
       const guest = Guest.create();
       const port = await stickyVirtioPort(guest);
       const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");

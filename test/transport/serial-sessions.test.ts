@@ -50,16 +50,36 @@ describe("serial sessions: one host connection after another on one open port", 
     expect(p.log).toEqual([expect.stringContaining("a new host connection began on the port")]);
   });
 
-  test("an old session that stopped reading does not keep the new host from being served", async () => {
+  test("an old session that stopped reading does not keep the new host from being served, whether its preface comes in the same write or later", async () => {
     const p = port({ read: false });
-    // One write: the old host's start and a 1 MiB frame (more than the old session takes), then the new host's preface.
-    p.host.write(Buffer.concat([MUX_PROBE, muxFrame(1, MuxKind.DATA, Buffer.alloc(1 << 20)), grpcStart]));
+    // One write: the old host's start and a 2 MiB frame (more than the old session takes and its queue holds), then the new host's preface.
+    p.host.write(Buffer.concat([MUX_PROBE, muxFrame(1, MuxKind.DATA, Buffer.alloc(2 << 20)), grpcStart]));
     await tick();
     expect(p.sessions).toHaveLength(2);
     expect(Buffer.concat(p.sessions[1]!.got)).toEqual(grpcStart);
     p.host.write(h2Frame(0x4, 0x1, Buffer.alloc(0)));
     await tick();
     expect(Buffer.concat(p.sessions[1]!.got)).toEqual(Buffer.concat([grpcStart, h2Frame(0x4, 0x1, Buffer.alloc(0))]));
+  });
+
+  test("the old host's last frame, then the new host's preface in a later write, while the old session reads nothing", async () => {
+    const p = port({ read: false });
+    p.host.write(Buffer.concat([MUX_PROBE, muxFrame(1, MuxKind.DATA, Buffer.alloc(256 << 10))]));
+    await tick();
+    p.host.write(grpcStart);
+    await tick();
+    expect(p.sessions).toHaveLength(2);
+    expect(Buffer.concat(p.sessions[1]!.got)).toEqual(grpcStart);
+  });
+
+  test("bytes this side holds back (a session that reads slowly) are no stall: a frame carrying a preface is not cut while the port waits", async () => {
+    const p = port({ read: false });
+    // A whole 1 MiB frame (more than the session's queue: the port is held back), then most of
+    // a frame whose payload begins with a client preface (a forwarded h2c connection's first bytes).
+    const frame = muxFrame(1, MuxKind.DATA, Buffer.concat([grpcStart, Buffer.alloc((1 << 20) - grpcStart.length)]));
+    p.host.write(Buffer.concat([MUX_PROBE, muxFrame(1, MuxKind.DATA, Buffer.alloc(1 << 20)), frame.subarray(0, 10 << 10)]));
+    await new Promise((r) => setTimeout(r, 1300));
+    expect(p.sessions).toHaveLength(1);
   });
 
   test("a session that ends leaves the port open: bytes until the next preface are dropped, then a new session starts", async () => {
