@@ -41,6 +41,14 @@ int ph_peek(int fd, uint8_t *buf, int cap) {
   return n < 0 ? NEG_ERRNO : (int)n;
 }
 
+/* The fd's poll() events right now (POLLIN 1, POLLOUT 4, POLLERR 8, POLLHUP 16), or -errno.
+ * A virtio-serial port reports POLLHUP while no host is attached to it. */
+int ph_poll_now(int fd) {
+  struct pollfd p = { .fd = fd, .events = POLLIN | POLLOUT };
+  int n = poll(&p, 1, 0);
+  return n < 0 ? NEG_ERRNO : n == 0 ? 0 : p.revents;
+}
+
 /* Sets the backlog of a socket that already listens (listen() again changes only that; the
  * kernel caps it at net.core.somaxconn). For runtimes whose listen() takes no backlog. */
 int ph_listen_backlog(int fd, int backlog) {

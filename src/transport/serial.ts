@@ -1,47 +1,83 @@
 // The guest side of a virtio-serial port: one long-lived byte stream that carries a whole
-// agent connection. The device is opened once and joined to a socketpair whose other end is
-// handed over as an ordinary socket (`net.Socket({fd})` does not read from such a port under
-// Bun). The shim's relay thread moves the bytes between the two (non-blocking read/write on
-// the port, woken by epoll); without it, file streams do, through the runtime's thread pool
-// (a write blocks there while no host is attached). EOF means the host went away: the
-// connection is dropped and the port opened again for the next one.
-import { openSync, closeSync, createReadStream, createWriteStream } from "node:fs";
+// agent connection. The device is joined to a socketpair whose other end is handed over as an
+// ordinary socket (`net.Socket({fd})` does not read from such a port under Bun). The shim's
+// relay thread moves the bytes between the two (non-blocking read/write on the port, woken by
+// epoll); without it, file streams do, through the runtime's thread pool (a write blocks there
+// while no host is attached). EOF means the host went away: its connection is dropped and the
+// next host's is served on the same open device.
+//
+// The device stays open across hosts: closing a virtio-serial port throws away what the
+// kernel has queued on it (virtio_console's release discards the port's data), and a host
+// that reconnects at once may already have sent its first bytes. Only a device that died (a
+// pty whose far end closed, an unplugged port) or a path that now names another device is
+// opened again by path.
+import { openSync, closeSync, createReadStream, createWriteStream, fstatSync, statSync } from "node:fs";
 import type * as net from "node:net";
 import { loadNative } from "../runtime/native.ts";
+import type { NativeShim } from "../runtime/native-api.ts";
 import { joinDevice } from "./fast-relay.ts";
 import { socketPair } from "./socketpair.ts";
 import { serveSessions } from "./serial-sessions.ts";
 
-const REOPEN_MS = 200;
+/** How often a port with no host attached is looked at again (only while none is). */
+const NO_HOST_MS = 200;
+/** How often a device that cannot be opened is tried again. */
+const REOPEN_MS = 1000;
+const POLLIN = 1;
+const POLLERR = 8;
+const POLLHUP = 16;
+const POLLNVAL = 32;
 
 export interface SerialPort {
   close(): void;
+}
+
+interface OpenDevice {
+  fd: number;
+  dev: number;
+  ino: number;
+  rdev: number;
 }
 
 export async function serveSerial(path: string, onConnection: (socket: net.Socket) => void, log: (line: string) => void): Promise<SerialPort> {
   const { shim, error } = await loadNative();
   if (!shim) throw new Error(`a serial port needs the native shim (for a socketpair), which did not load: ${error}`);
   let closed = false;
-  let current: { fd: number; inner: net.Socket; outer: net.Socket } | undefined;
+  let device: OpenDevice | undefined;
+  let current: Session | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let saidStreams = false;
 
-  const reopen = (ms: number) => (timer = setTimeout(() => void open(), ms));
-  const open = async () => {
+  const later = (ms: number) => (timer = setTimeout(() => void serveNext(), ms));
+  const release = () => {
+    if (device) closeQuietly(device.fd);
+    device = undefined;
+  };
+  /** Serves the next host on the device once one is attached, opening the device if need be. */
+  const serveNext = async () => {
     if (closed) return;
-    let fd: number;
-    try {
-      fd = openSync(path, "r+");
-    } catch (err) {
-      reopen(REOPEN_MS * 5); // the device may appear later (or the host re-attach)
-      return void log(`serial ${path}: ${(err as Error).message}; retrying`);
+    const gone = device && whyNotServing(shim, device, path);
+    if (gone) {
+      log(`serial ${path}: ${gone}; opening it again`);
+      release();
     }
+    if (!device) {
+      try {
+        device = openDevice(path);
+      } catch (err) {
+        later(REOPEN_MS); // the device may appear later (or the host re-attach)
+        return void log(`serial ${path}: ${(err as Error).message}; retrying`);
+      }
+    }
+    const events = shim.pollNow(device.fd);
+    if (events >= 0 && events & POLLHUP) return void later(NO_HOST_MS); // no host attached yet
     const [inner, outer] = (await socketPair())!; // the agent's side, and the side joined to the device
-    const session = { fd, inner, outer };
+    if (closed) return void (inner.destroy(), outer.destroy());
+    const session = { fd: device.fd, inner, outer };
     current = session;
     const over = () => {
       if (current === session) current = undefined;
-      reopen(REOPEN_MS);
+      void serveNext();
     };
     const notJoined = joinNatively(session, over);
     if (notJoined !== undefined) {
@@ -51,14 +87,37 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
     }
     serveSessions(inner, onConnection, `serial ${path}`, log);
   };
-  await open();
+  await serveNext();
   return {
     close() {
       closed = true;
       clearTimeout(timer);
       current?.inner.destroy();
+      release();
     },
   };
+}
+
+function openDevice(path: string): OpenDevice {
+  const fd = openSync(path, "r+");
+  const { dev, ino, rdev } = fstatSync(fd);
+  return { fd, dev, ino, rdev };
+}
+
+/**
+ * Why the open device cannot serve another host, if it cannot: it died (a hung-up pty reports
+ * an error, an unplugged port a hang-up with nothing to read) or the path names another one.
+ */
+function whyNotServing(shim: NativeShim, device: OpenDevice, path: string): string | undefined {
+  const events = shim.pollNow(device.fd);
+  if (events < 0 || events & (POLLERR | POLLNVAL) || (events & POLLHUP && !(events & POLLIN))) return "the device went away";
+  try {
+    const now = statSync(path);
+    if (now.dev !== device.dev || now.ino !== device.ino || now.rdev !== device.rdev) return "the path now names another device";
+  } catch (err) {
+    return `the path is gone (${(err as Error).message})`;
+  }
+  return undefined;
 }
 
 interface Session {
@@ -67,18 +126,17 @@ interface Session {
   outer: net.Socket;
 }
 
-/** In the relay thread; `over` once the device is released. Where the relay cannot run, why not. */
+/** In the relay thread; `over` once the relay let go of the device. Where the relay cannot run, why not. */
 function joinNatively(session: Session, over: () => void): string | undefined {
   let ended = false;
   const relay = joinDevice(session.fd, session.outer, () => {
     if (ended) return;
     ended = true;
     session.inner.destroy();
-    over(); // the relay closed its copy of the fd: the port can be opened again
+    over(); // the relay closed its copy of the fd; the device itself stays open
   });
   if ("notJoined" in relay) return relay.notJoined;
-  // The relay holds its own copies of both fds.
-  closeQuietly(session.fd);
+  // The relay holds its own copies of both fds (the device's own stays open for the next host).
   session.outer.destroy();
   session.inner.once("close", () => relay.abort());
   return undefined;
@@ -99,12 +157,9 @@ function joinWithStreams(session: Session, over: () => void): void {
     writer.destroy();
     inner.destroy();
     outer.destroy();
-    // The fd is closed only once both streams have closed: a stream closes after its last
-    // thread-pool read or write on the fd returned, so no read can land on a reused fd number.
-    void Promise.all([streamClosed(reader), streamClosed(writer)]).then(() => {
-      closeQuietly(fd);
-      over();
-    });
+    // The next host is served only once both streams have closed: a stream closes after its
+    // last thread-pool read or write on the fd returned, so no read of this one takes its bytes.
+    void Promise.all([streamClosed(reader), streamClosed(writer)]).then(over);
   };
   reader.once("end", end); // the host went away
   reader.once("error", end);
