@@ -51,6 +51,8 @@ describe("virtio-serial (guest side)", () => {
     await host.waitForForwarding(echoPort);
     expect((await exchange(echoPort, Buffer.from("again"))).toString()).toBe("again");
     expect(agent.running).toBe(true);
+    // The old pty died with its far end: the device is opened again by path, and said once.
+    expect(agent.stderr.filter((l) => l.includes("opening it again"))).toEqual([expect.stringContaining("the device went away")]);
   });
 
   e2eTest("the port's bytes are read and written by the shim's relay thread (strace), never through the runtime's thread pool", async () => {
