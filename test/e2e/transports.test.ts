@@ -5,7 +5,7 @@ import { describe, expect } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readlinkSync, realpathSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, relayThreads, runPorthole, startHostAgent, stickyVirtioPort, traceCalls, useHarness } from "./harness.ts";
 
 useHarness();
@@ -112,6 +112,36 @@ describe("virtio-serial: a new host on a port whose guest saw no hang-up", () =>
       expect(agent.stderr.filter((l) => l.includes("a new host connection began on the port"))).toHaveLength(1);
     });
   }
+});
+
+describe("virtio-serial: Lima's own host stack (grpc-go) after another host, on a port whose guest saw no hang-up", () => {
+  e2eTest("a porthole host killed, then two grpc-go hosts one after the other: each runs GetInfo, GetEvents and both Tunnels to the end", async () => {
+    const peerBin = resolve(import.meta.dir, "../../dist/lima-go-peer");
+    if (!existsSync(peerBin)) throw new Error(`${peerBin} is missing: \`make dist/lima-go-peer\` builds it`);
+    const guest = Guest.create();
+    const port = await stickyVirtioPort(guest);
+    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
+    await agent.waitForLine(/serving on serial:/, "stderr");
+    const [tcp, udp] = [await freePort(), await freePort()];
+    await guest.startEcho("127.0.0.1", tcp);
+    await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
+    const first = startHostAgent(guest, ["--guest", `unix://${port.chardev}`, "--forwarder", "grpc"]);
+    await first.waitForForwarding(tcp);
+    await first.proc.kill("SIGKILL");
+    for (const round of [2, 3]) {
+      const peer = guest.spawn([peerBin, "host", port.chardev, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], `grpc-go host ${round}`);
+      const steps = () => peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { step?: string; error?: string; echo?: string });
+      await peer.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), `grpc-go host ${round}'s last step`, 30_000);
+      expect(steps().find((s) => s.error)).toBeUndefined();
+      expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
+      expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
+      expect(await peer.exited).toBe(0);
+    }
+    // Each host was answered on its first connection: the stand-in took exactly three.
+    expect(port.proc.stdout.filter((l) => l.startsWith("host "))).toEqual(["host 1", "host 2", "host 3"]);
+    expect(agent.stderr.filter((l) => l.includes("a new host connection began on the port"))).toHaveLength(1); // said once
+    expect(agent.running).toBe(true);
+  });
 });
 
 describe("virtio-serial: a host killed in the middle of a transfer", () => {

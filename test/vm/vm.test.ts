@@ -6,7 +6,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as dgram from "node:dgram";
 import { join } from "node:path";
-import { echoRoundTrip, exchange, freePort, Guest, pathsOf, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { defer, echoRoundTrip, exchange, freePort, Guest, pathsOf, Proc, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
 import { prepareImage, vmBlocker, type VmArch } from "./image.ts";
 import { Vm } from "./vm.ts";
 
@@ -106,6 +108,26 @@ for (const { arch, name, slow } of GUESTS) {
       const stats = await vm!.sh("grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs none /sys/kernel/debug; cat /sys/kernel/debug/virtio-ports/vport*p1");
       console.log(stats);
       expect(stats).toMatch(/bytes_discarded: 0\n/);
+    });
+
+    vmTest("Lima's own host stack (grpc-go) after a porthole host, twice: GetInfo, GetEvents and a TCP and a UDP Tunnel to the end over the real port", async () => {
+      const peerBin = join(import.meta.dir, "../../dist/lima-go-peer");
+      if (!existsSync(peerBin)) throw new Error(`${peerBin} is missing: \`make dist/lima-go-peer\` builds it`);
+      const [tcp, udp] = [await freePort(), await freePort()];
+      await vm!.startFixture(`echo 127.0.0.1 ${tcp}`, undefined, 60_000 * slow);
+      await vm!.startFixture(`udp-echo 127.0.0.1 ${udp}`, undefined, 60_000 * slow);
+      await host!.waitForForwarding(tcp, 30_000 * slow);
+      await host!.proc.kill();
+      for (const round of [1, 2]) {
+        const peer = new Proc(spawn(peerBin, ["host", vm!.chardev, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], { stdio: ["ignore", "pipe", "pipe"] }), `grpc-go host ${round}`);
+        defer(() => peer.kill("SIGKILL"));
+        const steps = () => peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { step?: string; error?: string; echo?: string });
+        await peer.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), `grpc-go host ${round}'s last step`, 60_000 * slow);
+        expect(steps().find((s) => s.error)).toBeUndefined();
+        expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
+        expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
+        expect(await peer.exited).toBe(0);
+      }
     });
 
     vmTest("with the default forwarder the two agents share QEMU's virtio-serial port through the lean multiplexer: 4 MiB both ways, counted on the mux path", async () => {
