@@ -119,11 +119,16 @@ test-e2e: build dist/porthole.mjs dist/lima-go-peer system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) test test/e2e
 
 # Benchmarks (never timed tests): the full run, and the short smoke run CI does.
-bench: build system-deps
+bench: build dist/rr system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) bench/run.ts $(BENCH_ARGS)
 
-bench-smoke: build system-deps
+bench-smoke: build dist/rr system-deps
 	PORTHOLE_BIN=$(CURDIR)/dist/porthole $(BUN) bench/run.ts --smoke --json dist/bench-smoke.json
+
+# The benchmark's native round-trip client (bench/rr.c).
+dist/rr: bench/rr.c | system-deps
+	@mkdir -p dist
+	cc -O2 -pthread -o $@ $<
 
 # Lima's side on grpc-go, for the tests (test/fixtures/lima-go-peer): built offline against
 # Debian's Go packages (GOPATH mode, no module download).

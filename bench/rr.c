@@ -1,5 +1,12 @@
-// rr: a native 1-byte ping-pong (profiling aid for bench/lab-up.ts; not part of make bench).
-//   cc -O2 -pthread -o /tmp/rr bench/rr.c; /tmp/rr serve PORT | /tmp/rr rr HOST PORT SECS | /tmp/rr crr HOST PORT SECS
+// rr: a native 1-byte ping-pong client (and echo server), so that what a forwarder costs per
+// round trip or per new connection is not hidden behind the client's own cost. `make bench`
+// uses it for its latency row (built as dist/rr); bench/lab-up.ts for profiling.
+//   rr serve PORT [ADDR]          an echo server, a thread per connection
+//   rr rr HOST PORT SECS          round trips/s over one connection
+//   rr crr HOST PORT SECS [MAX]   new connections/s, one round trip each, at most MAX of them
+//                                 (each leaves a TIME_WAIT socket: MAX keeps a run within the
+//                                 ephemeral ports)
+// Prints "<rate> rt/s <count>" or "<rate> conn/s <count>"; exits 1 with the failing call on an error.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -11,14 +18,96 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec/1e9;}
-static void *echo(void *p){int fd=(int)(long)p;char b[4096];ssize_t n;while((n=read(fd,b,sizeof b))>0){if(write(fd,b,n)!=n)break;}close(fd);return 0;}
-static struct sockaddr_in addr(const char*h,int port){struct sockaddr_in a={0};a.sin_family=AF_INET;a.sin_port=htons(port);inet_pton(AF_INET,h,&a.sin_addr);return a;}
-static int dial(struct sockaddr_in*a){int fd=socket(AF_INET,SOCK_STREAM,0);int one=1;setsockopt(fd,IPPROTO_TCP,TCP_NODELAY,&one,sizeof one);if(connect(fd,(void*)a,sizeof*a)){perror("connect");exit(1);}return fd;}
-int main(int c,char**v){
-  if(!strcmp(v[1],"serve")){int l=socket(AF_INET,SOCK_STREAM,0);int one=1;setsockopt(l,SOL_SOCKET,SO_REUSEADDR,&one,sizeof one);struct sockaddr_in a=addr(c>3?v[3]:"0.0.0.0",atoi(v[2]));if(bind(l,(void*)&a,sizeof a)||listen(l,512)){perror("bind");return 1;}
-    for(;;){int fd=accept(l,0,0);if(fd<0)continue;setsockopt(fd,IPPROTO_TCP,TCP_NODELAY,&one,sizeof one);pthread_t t;pthread_create(&t,0,echo,(void*)(long)fd);pthread_detach(t);}}
-  struct sockaddr_in a=addr(v[2],atoi(v[3]));double secs=atof(v[4]);long k=0;char b=1;double end=now()+secs;
-  if(!strcmp(v[1],"rr")){int fd=dial(&a);while(now()<end){if(write(fd,&b,1)!=1||read(fd,&b,1)!=1){perror("rr");return 1;}k++;}printf("%.0f rt/s\n",k/secs);}
-  else {while(now()<end){int fd=dial(&a);if(write(fd,&b,1)!=1||read(fd,&b,1)!=1){perror("crr");return 1;}close(fd);k++;}printf("%.0f conn/s\n",k/secs);}
-  return 0;}
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void *echo(void *p) {
+  int fd = (int)(long)p;
+  char b[4096];
+  ssize_t n;
+  while ((n = read(fd, b, sizeof b)) > 0)
+    if (write(fd, b, n) != n) break;
+  close(fd);
+  return 0;
+}
+
+static struct sockaddr_in addr(const char *h, int port) {
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  if (inet_pton(AF_INET, h, &a.sin_addr) != 1) {
+    fprintf(stderr, "rr: not an IPv4 address: %s\n", h);
+    exit(2);
+  }
+  return a;
+}
+
+static int dial(struct sockaddr_in *a) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(fd, (void *)a, sizeof *a)) {
+    perror("rr: connect");
+    exit(1);
+  }
+  return fd;
+}
+
+/* One byte out and the same byte back. */
+static void round_trip(int fd, const char *what) {
+  char b = 1;
+  if (write(fd, &b, 1) != 1 || read(fd, &b, 1) != 1) {
+    perror(what);
+    exit(1);
+  }
+}
+
+int main(int c, char **v) {
+  if (c >= 3 && !strcmp(v[1], "serve")) {
+    int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = addr(c > 3 ? v[3] : "0.0.0.0", atoi(v[2]));
+    if (bind(l, (void *)&a, sizeof a) || listen(l, 512)) {
+      perror("rr: bind");
+      return 1;
+    }
+    printf("listening\n");
+    fflush(stdout);
+    for (;;) {
+      int fd = accept(l, 0, 0);
+      if (fd < 0) continue;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      pthread_t t;
+      pthread_create(&t, 0, echo, (void *)(long)fd);
+      pthread_detach(t);
+    }
+  }
+  if (c < 5 || (strcmp(v[1], "rr") && strcmp(v[1], "crr"))) {
+    fprintf(stderr, "usage: rr serve PORT [ADDR] | rr rr HOST PORT SECS | rr crr HOST PORT SECS [MAX]\n");
+    return 2;
+  }
+  struct sockaddr_in a = addr(v[2], atoi(v[3]));
+  double secs = atof(v[4]), start = now(), end = start + secs;
+  long k = 0, max = c > 5 ? atol(v[5]) : -1;
+  if (!strcmp(v[1], "rr")) {
+    int fd = dial(&a);
+    while (now() < end) {
+      round_trip(fd, "rr: rr");
+      k++;
+    }
+    printf("%.0f rt/s %ld\n", k / (now() - start), k);
+  } else {
+    while (now() < end && k != max) {
+      int fd = dial(&a);
+      round_trip(fd, "rr: crr");
+      close(fd);
+      k++;
+    }
+    printf("%.0f conn/s %ld\n", k / (now() - start), k);
+  }
+  return 0;
+}

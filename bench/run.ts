@@ -7,7 +7,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { cpus, totalmem } from "node:os";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import { iperf, IperfServer, type IperfResult } from "../test/iperf.ts";
 import type { NativeShim } from "../src/runtime/native-api.ts";
 import { loadNative } from "../src/runtime/native.ts";
@@ -120,48 +120,58 @@ async function waitAccepting(port: number, host = "127.0.0.1", timeoutMs = 15_00
 }
 
 
+/** The native client (bench/rr.c, built by `make bench` as dist/rr). */
+const RR = flag("rr", join(import.meta.dir, "../dist/rr"));
+/** New connections per round at most: each leaves a TIME_WAIT socket on a port of the ephemeral range. */
+const CRR_MAX = 4000;
+
+/** Runs the native client once: its rate, and how many round trips or connections it made. */
+async function rrClient(mode: "rr" | "crr", host: string, port: number, seconds: number): Promise<{ rate: number; count: number }> {
+  const child = spawn(RR, [mode, host, String(port), String(seconds), ...(mode === "crr" ? [String(CRR_MAX)] : [])], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+  const [rate, count] = out.trim().split(/ \S+ /).map(Number) as [number, number];
+  if (code !== 0 || !Number.isFinite(rate) || !Number.isFinite(count)) throw new Error(`${RR} ${mode} ${host}:${port} failed (exit ${code}): ${err.trim() || out.trim()}`);
+  return { rate, count };
+}
+
+/**
+ * A native echo server in the guest (rr serve) on a port of its own: a JavaScript one would
+ * cost more per connection than the forwarders measured, and each measurement's connections
+ * leave TIME_WAIT sockets to its port that would slow the next one's connect() to the same.
+ */
+async function nativeEcho(guest: Guest): Promise<number> {
+  const port = await freePort();
+  await guest.spawn([RR, "serve", String(port), "0.0.0.0"], `rr echo ${port}`).waitForLine(/^listening/);
+  return port;
+}
+
 /**
  * Round trips per second over one connection, and new connections per second (each one round
- * trip): the medians of RUNS rounds (a burst of other work on this small machine moves one
- * round, not the median), with both agents' CPU per new connection over all of them.
+ * trip), by the native client, so that the client's own cost per connection (some 500 µs in
+ * a JavaScript client here) does not hide the forwarder's: the medians of RUNS rounds (a
+ * burst of other work on this small machine moves one round, not the median), with both
+ * agents' CPU per new connection over all of them.
  */
 async function latency(port: number, host = "127.0.0.1", pids?: { host?: number; guest?: number }): Promise<{ rrPerSec: number; connPerSec: number; cpuPerConnUs?: { host: number; guest: number } }> {
   const seconds = Math.max(1, DURATION / 2 / RUNS);
-  const oneByte = Buffer.from([1]);
   const trips: number[] = [];
   const conns: number[] = [];
   // Both agents' CPU over the new connections (ticks of 10 ms): per connection, less noisy than the rate.
   const ticks = () => [pids?.host, pids?.guest].map((pid) => (pid ? cpuTicks(pid) : 0));
   const used = [0, 0];
+  let total = 0;
   for (let round = 0; round < RUNS; round++) {
-    const s = net.connect({ port, host, noDelay: true });
-    await new Promise((r) => s.once("connect", r));
-    let n = 0;
-    const until = Date.now() + seconds * 1000;
-    while (Date.now() < until) {
-      await new Promise<void>((resolve) => {
-        s.once("data", () => resolve());
-        s.write(oneByte);
-      });
-      n++;
-    }
-    s.destroy();
-    trips.push(n / seconds);
+    trips.push((await rrClient("rr", host, port, seconds)).rate);
     const ticksBefore = ticks();
-    let c = 0;
-    const until2 = Date.now() + seconds * 1000;
-    while (Date.now() < until2) {
-      await new Promise<void>((resolve, reject) => {
-        const conn = net.connect({ port, host, noDelay: true }, () => conn.write(oneByte));
-        conn.once("data", () => (conn.destroy(), resolve()));
-        conn.once("error", reject);
-      });
-      c++;
-    }
+    const { rate, count } = await rrClient("crr", host, port, seconds);
+    total += count;
     ticks().forEach((t, i) => (used[i]! += t - ticksBefore[i]!));
-    conns.push(c / seconds);
+    conns.push(rate);
   }
-  const total = conns.reduce((a, b) => a + b, 0) * seconds;
   const perConn = used.map((t) => (t * 10_000) / Math.max(1, total)); // µs per connection
   return { rrPerSec: median(trips), connPerSec: median(conns), ...(pids ? { cpuPerConnUs: { host: perConn[0]!, guest: perConn[1]! } } : {}) };
 }
@@ -440,7 +450,7 @@ async function main(): Promise<void> {
       await stop();
     }
     const echoHost = await freePort();
-    const stopEcho = await mode.start(echoPort, echoHost);
+    const stopEcho = await mode.start(await nativeEcho(guest), echoHost);
     try {
       const l = (results.latency[mode.path] = await latency(echoHost, "127.0.0.1", mode.pids));
       const cpu = l.cpuPerConnUs ? `; agent CPU per new connection host ${l.cpuPerConnUs.host.toFixed(0)} µs / guest ${l.cpuPerConnUs.guest.toFixed(0)} µs` : "";
@@ -449,7 +459,7 @@ async function main(): Promise<void> {
       await stopEcho();
     }
   }
-  results.latency.direct = await latency(echoPort, guestIP);
+  results.latency.byIP = await latency(await nativeEcho(guest), guestIP); // an echo server by the guest's IP, no forwarder
 
   if (wanted("detection")) await measureDetection(guest, results);
   if (wanted("cost")) await measureCost(guest, guestAgent, echoPort, results);
