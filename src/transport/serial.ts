@@ -47,6 +47,8 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
   let current: Session | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let saidStreams = false;
+  /** The last reason the device could not be opened, said once until it opens. */
+  let openFailure: string | undefined;
 
   const later = (ms: number) => (timer = setTimeout(() => void serveNext(), ms));
   const release = () => {
@@ -66,8 +68,13 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
         device = openDevice(path);
       } catch (err) {
         later(REOPEN_MS); // the device may appear later (or the host re-attach)
-        return void log(`serial ${path}: ${(err as Error).message}; retrying`);
+        const reason = (err as Error).message;
+        if (reason !== openFailure) log(`serial ${path}: ${reason}; trying again every ${REOPEN_MS / 1000} s`);
+        openFailure = reason;
+        return;
       }
+      if (openFailure !== undefined) log(`serial ${path}: opened`);
+      openFailure = undefined;
     }
     const events = shim.pollNow(device.fd);
     if (events >= 0 && events & POLLHUP) return void later(NO_HOST_MS); // no host attached yet
