@@ -6,12 +6,15 @@
 //   rr crr HOST PORT SECS [MAX]   new connections/s, one round trip each, at most MAX of them
 //                                 (each leaves a TIME_WAIT socket: MAX keeps a run within the
 //                                 ephemeral ports)
-// Prints "<rate> rt/s <count>" or "<rate> conn/s <count>"; exits 1 with the failing call on an error.
+// Prints "<rate> rt/s <count>" or "<rate> conn/s <count>"; exits 1 with the failing call on an
+// error, 2 on bad arguments.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +51,10 @@ static struct sockaddr_in addr(const char *h, int port) {
 
 static int dial(struct sockaddr_in *a) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    perror("rr: socket");
+    exit(1);
+  }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (connect(fd, (void *)a, sizeof *a)) {
@@ -60,29 +67,41 @@ static int dial(struct sockaddr_in *a) {
 /* One byte out and the same byte back. */
 static void round_trip(int fd, const char *what) {
   char b = 1;
-  if (write(fd, &b, 1) != 1 || read(fd, &b, 1) != 1) {
+  if (write(fd, &b, 1) != 1) {
     perror(what);
     exit(1);
   }
+  ssize_t n = read(fd, &b, 1);
+  if (n == 1) return;
+  if (n == 0) fprintf(stderr, "%s: the connection ended before its echo\n", what);
+  else perror(what);
+  exit(1);
 }
 
 int main(int c, char **v) {
+  signal(SIGPIPE, SIG_IGN); /* a reset is an error to report, not a silent death */
   if (c >= 3 && !strcmp(v[1], "serve")) {
     int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a = addr(c > 3 ? v[3] : "0.0.0.0", atoi(v[2]));
     if (bind(l, (void *)&a, sizeof a) || listen(l, 512)) {
-      perror("rr: bind");
+      perror("rr: bind or listen");
       return 1;
     }
     printf("listening\n");
     fflush(stdout);
     for (;;) {
       int fd = accept(l, 0, 0);
-      if (fd < 0) continue;
+      if (fd < 0) {
+        if (errno != EINTR && errno != ECONNABORTED) usleep(10000); /* out of fds: let some close */
+        continue;
+      }
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       pthread_t t;
-      pthread_create(&t, 0, echo, (void *)(long)fd);
+      if (pthread_create(&t, 0, echo, (void *)(long)fd) != 0) {
+        close(fd);
+        continue;
+      }
       pthread_detach(t);
     }
   }
@@ -92,7 +111,15 @@ int main(int c, char **v) {
   }
   struct sockaddr_in a = addr(v[2], atoi(v[3]));
   double secs = atof(v[4]), start = now(), end = start + secs;
-  long k = 0, max = c > 5 ? atol(v[5]) : -1;
+  long k = 0, max = -1;
+  if (c > 5 && (max = atol(v[5])) <= 0) {
+    fprintf(stderr, "rr: MAX must be a positive count: %s\n", v[5]);
+    return 2;
+  }
+  if (secs <= 0) {
+    fprintf(stderr, "rr: SECS must be positive: %s\n", v[4]);
+    return 2;
+  }
   if (!strcmp(v[1], "rr")) {
     int fd = dial(&a);
     while (now() < end) {

@@ -127,12 +127,16 @@ const CRR_MAX = 4000;
 
 /** Runs the native client once: its rate, and how many round trips or connections it made. */
 async function rrClient(mode: "rr" | "crr", host: string, port: number, seconds: number): Promise<{ rate: number; count: number }> {
+  if (!existsSync(RR)) throw new Error(`${RR} is missing: \`make dist/rr\` builds it (make bench does)`);
   const child = spawn(RR, [mode, host, String(port), String(seconds), ...(mode === "crr" ? [String(CRR_MAX)] : [])], { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   let err = "";
   child.stdout.on("data", (d: Buffer) => (out += d.toString()));
   child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+  const code = await new Promise<number | null>((resolve) => {
+    child.once("error", (e) => ((err += e.message), resolve(null)));
+    child.once("close", resolve);
+  });
   const [rate, count] = out.trim().split(/ \S+ /).map(Number) as [number, number];
   if (code !== 0 || !Number.isFinite(rate) || !Number.isFinite(count)) throw new Error(`${RR} ${mode} ${host}:${port} failed (exit ${code}): ${err.trim() || out.trim()}`);
   return { rate, count };
@@ -143,10 +147,11 @@ async function rrClient(mode: "rr" | "crr", host: string, port: number, seconds:
  * cost more per connection than the forwarders measured, and each measurement's connections
  * leave TIME_WAIT sockets to its port that would slow the next one's connect() to the same.
  */
-async function nativeEcho(guest: Guest): Promise<number> {
+async function nativeEcho(guest: Guest): Promise<{ port: number; stop(): Promise<void> }> {
   const port = await freePort();
-  await guest.spawn([RR, "serve", String(port), "0.0.0.0"], `rr echo ${port}`).waitForLine(/^listening/);
-  return port;
+  const server = guest.spawn([RR, "serve", String(port), "0.0.0.0"], `rr echo ${port}`);
+  await server.waitForLine(/^listening/);
+  return { port, stop: () => server.kill() };
 }
 
 /**
@@ -450,7 +455,9 @@ async function main(): Promise<void> {
       await stop();
     }
     const echoHost = await freePort();
-    const stopEcho = await mode.start(await nativeEcho(guest), echoHost);
+    const echo = await nativeEcho(guest);
+    const stopForward = await mode.start(echo.port, echoHost);
+    const stopEcho = async () => (await stopForward(), await echo.stop());
     try {
       const l = (results.latency[mode.path] = await latency(echoHost, "127.0.0.1", mode.pids));
       const cpu = l.cpuPerConnUs ? `; agent CPU per new connection host ${l.cpuPerConnUs.host.toFixed(0)} µs / guest ${l.cpuPerConnUs.guest.toFixed(0)} µs` : "";
@@ -459,7 +466,9 @@ async function main(): Promise<void> {
       await stopEcho();
     }
   }
-  results.latency.byIP = await latency(await nativeEcho(guest), guestIP); // an echo server by the guest's IP, no forwarder
+  const echo = await nativeEcho(guest);
+  results.latency.byIP = await latency(echo.port, guestIP); // an echo server by the guest's IP, no forwarder
+  await echo.stop();
 
   if (wanted("detection")) await measureDetection(guest, results);
   if (wanted("cost")) await measureCost(guest, guestAgent, echoPort, results);

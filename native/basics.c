@@ -41,12 +41,19 @@ int ph_peek(int fd, uint8_t *buf, int cap) {
   return n < 0 ? NEG_ERRNO : (int)n;
 }
 
-/* The fd's poll() events right now (POLLIN 1, POLLOUT 4, POLLERR 8, POLLHUP 16), or -errno.
+/* The fd's poll() events right now (POLLIN 1, POLLOUT 4, POLLERR 8, POLLHUP 16, POLLNVAL 32), or -errno.
  * A virtio-serial port reports POLLHUP while no host is attached to it. */
 int ph_poll_now(int fd) {
   struct pollfd p = { .fd = fd, .events = POLLIN | POLLOUT };
   int n = poll(&p, 1, 0);
   return n < 0 ? NEG_ERRNO : n == 0 ? 0 : p.revents;
+}
+
+/* Clears O_NONBLOCK on the open file (shared by all its dups): 0 or -errno. */
+int ph_set_blocking(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return NEG_ERRNO;
+  return !(fl & O_NONBLOCK) || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0 ? 0 : NEG_ERRNO;
 }
 
 /* Sets the backlog of a socket that already listens (listen() again changes only that; the

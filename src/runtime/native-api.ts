@@ -27,8 +27,10 @@ export interface NativeShim {
   socketError(fd: number): number;
   /** Copies queued bytes without taking them (MSG_PEEK): the count, 0 at EOF, -EAGAIN when none yet. */
   peek(fd: number, buf: Uint8Array, cap: number): number;
-  /** poll()'s events on fd right now (1 in, 4 out, 8 error, 16 hang-up), or -errno. */
+  /** poll()'s events on fd right now (1 in, 4 out, 8 error, 16 hang-up, 32 not open), or -errno. */
   pollNow(fd: number): number;
+  /** Clears O_NONBLOCK on fd's open file (its dups share it). 0 or -errno. */
+  setBlocking(fd: number): number;
   /** listen() again on a listening socket: its backlog becomes `backlog`. 0 or -errno. */
   listenBacklog(fd: number, backlog: number): number;
   /** Starts the relay thread (once); the fd whose bytes are the relay's records. */
@@ -132,6 +134,7 @@ export const SIGNATURES = {
   ph_peek: { args: ["i32", "ptr", "i32"], returns: "i32" },
   ph_listen_backlog: { args: ["i32", "i32"], returns: "i32" },
   ph_poll_now: { args: ["i32"], returns: "i32" },
+  ph_set_blocking: { args: ["i32"], returns: "i32" },
   ph_relay_start: { args: [], returns: "i32" },
   ph_relay_add: { args: ["i32", "i32", "ptr", "i32", "ptr", "i32", "i32"], returns: "i32" },
   ph_relay_dial: { args: ["i32", "ptr", "i32", "ptr", "i32", "i32", "i32", "i32", "ptr", "i32"], returns: "i32" },
@@ -197,6 +200,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     peek: (fd, buf, cap) => num("ph_peek", fd, buf, cap),
     listenBacklog: (fd, backlog) => num("ph_listen_backlog", fd, backlog),
     pollNow: (fd) => num("ph_poll_now", fd),
+    setBlocking: (fd) => num("ph_set_blocking", fd),
     relayStart: () => num("ph_relay_start"),
     relayAdd: (a, b, toB, toBLen, toA, toALen, flags) => num("ph_relay_add", a, b, toB, toBLen, toA, toALen, flags),
     relayDial: (fd, host, port, pre, preLen, flags, timeoutMs, keepAliveS, hello, helloLen) =>

@@ -50,24 +50,24 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
   /** The last reason the device could not be opened, said once until it opens. */
   let openFailure: string | undefined;
 
-  const later = (ms: number) => (timer = setTimeout(() => void serveNext(), ms));
-  const release = () => {
+  const serveAgainIn = (ms: number) => (timer = setTimeout(() => void serveNext(), ms));
+  const closeDevice = () => {
     if (device) closeQuietly(device.fd);
     device = undefined;
   };
   /** Serves the next host on the device once one is attached, opening the device if need be. */
   const serveNext = async () => {
     if (closed) return;
-    const gone = device && whyNotServing(shim, device, path);
-    if (gone) {
-      log(`serial ${path}: ${gone}; opening it again`);
-      release();
+    const whyReopen = device && whyNotServing(shim, device, path);
+    if (whyReopen) {
+      log(`serial ${path}: ${whyReopen}; opening it again`);
+      closeDevice();
     }
     if (!device) {
       try {
         device = openDevice(path);
       } catch (err) {
-        later(REOPEN_MS); // the device may appear later (or the host re-attach)
+        serveAgainIn(REOPEN_MS); // the device may appear later (or the host re-attach)
         const reason = (err as Error).message;
         if (reason !== openFailure) log(`serial ${path}: ${reason}; trying again every ${REOPEN_MS / 1000} s`);
         openFailure = reason;
@@ -77,19 +77,34 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       openFailure = undefined;
     }
     const events = shim.pollNow(device.fd);
-    if (events >= 0 && events & POLLHUP) return void later(NO_HOST_MS); // no host attached yet
-    const [inner, outer] = (await socketPair())!; // the agent's side, and the side joined to the device
+    if (events >= 0 && events & POLLHUP) return void serveAgainIn(NO_HOST_MS); // no host attached yet
+    let pair: [net.Socket, net.Socket];
+    try {
+      pair = (await socketPair())!; // the agent's side, and the side joined to the device
+    } catch (err) {
+      log(`serial ${path}: cannot serve the next host: ${(err as Error).message}; trying again in ${REOPEN_MS / 1000} s`);
+      return void serveAgainIn(REOPEN_MS);
+    }
+    const [inner, outer] = pair;
     if (closed) return void (inner.destroy(), outer.destroy());
     const session = { fd: device.fd, inner, outer };
     current = session;
+    const started = Date.now();
     const over = () => {
       if (current === session) current = undefined;
-      void serveNext();
+      if (closed) return closeDevice(); // only now: no read or write of the session's is left on it
+      // A session over at once (a device that reads EOF without saying why, such as a plain
+      // file) waits before the next: it would otherwise start again in a tight loop.
+      if (Date.now() - started < NO_HOST_MS) serveAgainIn(NO_HOST_MS);
+      else void serveNext();
     };
     const notJoined = joinNatively(session, over);
     if (notJoined !== undefined) {
       if (!saidStreams) log(`degraded: serial ${path} is relayed through file streams in the runtime's thread pool, which costs more CPU per byte: ${notJoined}`);
       saidStreams = true;
+      // The relay thread may have served earlier hosts on this file and left it non-blocking
+      // (the flag belongs to the open file, shared with its dups); file streams need it blocking.
+      shim.setBlocking(session.fd);
       joinWithStreams(session, over);
     }
     serveSessions(inner, onConnection, `serial ${path}`, log);
@@ -99,16 +114,21 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
     close() {
       closed = true;
       clearTimeout(timer);
-      current?.inner.destroy();
-      release();
+      if (current) current.inner.destroy(); // its end closes the device
+      else closeDevice();
     },
   };
 }
 
 function openDevice(path: string): OpenDevice {
   const fd = openSync(path, "r+");
-  const { dev, ino, rdev } = fstatSync(fd);
-  return { fd, dev, ino, rdev };
+  try {
+    const { dev, ino, rdev } = fstatSync(fd);
+    return { fd, dev, ino, rdev };
+  } catch (err) {
+    closeQuietly(fd);
+    throw err;
+  }
 }
 
 /**

@@ -55,6 +55,21 @@ describe("virtio-serial (guest side)", () => {
     expect(agent.stderr.filter((l) => l.includes("opening it again"))).toEqual([expect.stringContaining("the device went away")]);
   });
 
+  e2eTest("a device that reads EOF at once without a hang-up (a plain file) is tried again every 200 ms, not in a tight loop", async () => {
+    const guest = Guest.create();
+    const file = join(guest.dir, "not-a-port");
+    writeFileSync(file, "");
+    const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${file}`], "guest agent");
+    await agent.waitForLine(/serving on serial:/, "stderr");
+    // Each try of a host session makes one socketpair: count them over two seconds.
+    const stop = await traceCalls(agent.child.pid!, join(guest.dir, "tries.strace"), ["socketpair"]);
+    await Bun.sleep(2000);
+    const tries = (await stop()).filter((l) => /socketpair\(/.test(l)).length;
+    expect(tries).toBeGreaterThan(0);
+    expect(tries).toBeLessThanOrEqual(15); // 10 at 200 ms; a tight loop makes thousands
+    expect(agent.running).toBe(true);
+  });
+
   e2eTest("the port's bytes are read and written by the shim's relay thread (strace), never through the runtime's thread pool", async () => {
     const { guest, port, agent, echoPort } = await forwardOverSerial();
     const pid = agent.child.pid!;
