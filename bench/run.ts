@@ -682,9 +682,33 @@ function report(r: Results): void {
   const target = (ok: boolean, text: string) => lines.push(`  [${ok ? "met" : "MISSED"}] ${text}`);
   if (t.TCP!.sshL) {
     target(def("TCP") >= 1.3 * t.TCP!.sshL && def("TCP Reverse") >= 1.3 * t["TCP Reverse"]!.sshL!, `default forwarder (auto) >= 1.3x ssh -L: ${(def("TCP") / t.TCP!.sshL).toFixed(2)}x / ${(def("TCP Reverse") / t["TCP Reverse"]!.sshL!).toFixed(2)}x`);
-    target((t.TCP!.ssh ?? 0) >= 0.9 * t.TCP!.sshL, `porthole SSH >= 0.9x ssh -L: ${((t.TCP!.ssh ?? 0) / t.TCP!.sshL).toFixed(2)}x`);
   }
   if (t.TCP!.direct) target(best("TCP") >= 0.6 * t.TCP!.direct, `a fast path >= 0.6x direct loopback: ${(best("TCP") / t.TCP!.direct).toFixed(2)}x`);
+  // Issues 15 and 16: each goal both ways where it has two (forward / reverse).
+  const both = (p: Path, over: Path, k: number, what: string) => {
+    const f = [t.TCP![p], t.TCP![over]];
+    const b = [t["TCP Reverse"]?.[p], t["TCP Reverse"]?.[over]];
+    if (f.some((x) => !x) || b.some((x) => !x)) return;
+    const [rf, rb] = [f[0]! / f[1]!, b[0]! / b[1]!];
+    target(rf >= k && rb >= k, `${what} >= ${k}x: ${rf.toFixed(2)}x / ${rb.toFixed(2)}x`);
+  };
+  both("fast", "direct", 0.5, "data path ÷ direct loopback (issue 15)");
+  both("porthole-direct", "byIP", 0.9, "porthole direct ÷ by IP (issue 15)");
+  both("grpc", "sshL", 1.0, "gRPC ÷ ssh -L (issue 16)");
+  both("ssh", "sshL", 0.9, "porthole SSH ÷ ssh -L, both ways (issue 16)");
+  const lat = r.latency;
+  const versus = (p: Path, key: "rrPerSec" | "connPerSec", k: number, what: string) => {
+    if (lat[p] && lat.sshL) target(lat[p]![key] >= k * lat.sshL[key], `${what} >= ${k}x ssh -L: ${(lat[p]![key] / lat.sshL[key]).toFixed(2)}x`);
+  };
+  versus("fast", "rrPerSec", 1.0, "data path round trips (issue 15)");
+  versus("porthole-direct", "rrPerSec", 1.0, "porthole direct round trips (issue 15)");
+  versus("fast", "connPerSec", 1.5, "data path new connections (issue 15)");
+  versus("porthole-direct", "connPerSec", 1.5, "porthole direct new connections (issue 15)");
+  versus("grpc", "connPerSec", 0.8, "gRPC new connections (issue 16)");
+  const flood = r.udpLossByRow["UDP flood"] ?? {}; // the goal is at 1 Gbit/s: not the smoke run's rate
+  for (const p of ["fast", "grpc"] as Path[]) {
+    if (flood[p] !== undefined && !SMOKE) target(flood[p]! <= 1, `UDP at ${UDP_FLOOD_RATE}bit/s offered over ${p}: loss <= 1% (issue 16): ${flood[p]!.toFixed(1)}%`);
+  }
   if (d.tries) target(d.openP50 <= 50 && d.openP95 <= 100 && d.closeP95 <= 20, "detection: open p50 <= 50 ms, p95 <= 100 ms; close p95 <= 20 ms");
   if (d.tries) target(d.openP95 <= 10 && d.closeP95 <= 10, `detection (issue 17): open p95 <= 10 ms (${d.openP95.toFixed(1)}), close p95 <= 10 ms (${d.closeP95.toFixed(1)})`);
   if (d.burstMs !== undefined) target(d.burstMs <= 1000, `burst: ${d.burst} listeners all forwarded within 1 s (${d.burstMs} ms)`);
