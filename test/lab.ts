@@ -393,6 +393,35 @@ export async function stickyVirtioPort(guest: Guest): Promise<{ device: string; 
   return { device, chardev, proc };
 }
 
+// ---- Lima's side on grpc-go (test/fixtures/lima-go-peer) ----------------------------------
+
+/** The grpc-go peer's binary (`make dist/lima-go-peer`; PORTHOLE_LIMA_GO_PEER overrides); a clear error where it is missing. */
+export function limaGoPeer(): string {
+  const bin = process.env.PORTHOLE_LIMA_GO_PEER ?? join(REPO, "dist/lima-go-peer");
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: \`make dist/lima-go-peer\` builds it (Go and golang-google-grpc-dev from Debian)`);
+  return bin;
+}
+
+/** One step a `lima-go-peer host` run printed (a JSON line on its stdout). */
+export interface LimaGoStep {
+  step?: string;
+  error?: string;
+  ports?: { protocol: string; ip: string; port: number; unknown: number }[];
+  added?: { protocol: string; ip: string; port: number; unknown: number }[];
+  echo?: string;
+}
+
+/** The steps a `lima-go-peer host` run has printed so far. */
+export function limaGoSteps(peer: Proc): LimaGoStep[] {
+  return peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as LimaGoStep);
+}
+
+/** Waits for a `lima-go-peer host` run's last step (or its first error); its steps. */
+export async function limaGoHostRun(peer: Proc, timeoutMs: number): Promise<LimaGoStep[]> {
+  await peer.waitFor(() => limaGoSteps(peer).find((s) => s.error || s.step === "Tunnel udp"), `${peer.label}'s last step`, timeoutMs);
+  return limaGoSteps(peer);
+}
+
 // ---- the host agent ----------------------------------------------------------------------
 
 export interface Event {

@@ -1,5 +1,8 @@
 // The native shim's functions, as every runtime adapter presents them (see native/).
 // Each returns >= 0 on success and -errno on failure.
+
+/** poll()'s event bits on Linux, as pollNow returns them. */
+export const POLL = { IN: 1, OUT: 4, ERR: 8, HUP: 16, NVAL: 32 } as const;
 export interface NativeShim {
   vsockSocket(): number;
   vsockBindListen(fd: number, cid: number, port: number, backlog: number): number;

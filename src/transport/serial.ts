@@ -14,7 +14,7 @@
 import { openSync, closeSync, createReadStream, createWriteStream, fstatSync, statSync } from "node:fs";
 import type * as net from "node:net";
 import { loadNative } from "../runtime/native.ts";
-import type { NativeShim } from "../runtime/native-api.ts";
+import { POLL, type NativeShim } from "../runtime/native-api.ts";
 import { joinDevice } from "./fast-relay.ts";
 import { socketPair } from "./socketpair.ts";
 import { serveSessions } from "./serial-sessions.ts";
@@ -23,10 +23,6 @@ import { serveSessions } from "./serial-sessions.ts";
 const NO_HOST_MS = 200;
 /** How often a device that cannot be opened is tried again. */
 const REOPEN_MS = 1000;
-const POLLIN = 1;
-const POLLERR = 8;
-const POLLHUP = 16;
-const POLLNVAL = 32;
 
 export interface SerialPort {
   close(): void;
@@ -50,7 +46,13 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
   /** The last reason the device could not be opened, said once until it opens. */
   let openFailure: string | undefined;
 
-  const serveAgainIn = (ms: number) => (timer = setTimeout(() => void serveNext(), ms));
+  const serveAgainIn = (ms: number) => (timer = setTimeout(serveNextOrRetry, ms));
+  /** serveNext, from a timer or a session's end: whatever it throws is said and tried again, never left to end the agent. */
+  const serveNextOrRetry = () =>
+    void serveNext().catch((err: Error) => {
+      log(`serial ${path}: ${err.message}; trying again in ${REOPEN_MS / 1000} s`);
+      serveAgainIn(REOPEN_MS);
+    });
   const closeDevice = () => {
     if (device) closeQuietly(device.fd);
     device = undefined;
@@ -77,7 +79,7 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       openFailure = undefined;
     }
     const events = shim.pollNow(device.fd);
-    if (events >= 0 && events & POLLHUP) return void serveAgainIn(NO_HOST_MS); // no host attached yet
+    if (events >= 0 && events & POLL.HUP) return void serveAgainIn(NO_HOST_MS); // no host attached yet
     let pair: [net.Socket, net.Socket];
     try {
       pair = (await socketPair())!; // the agent's side, and the side joined to the device
@@ -96,7 +98,7 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       // A session over at once (a device that reads EOF without saying why, such as a plain
       // file) waits before the next: it would otherwise start again in a tight loop.
       if (Date.now() - started < NO_HOST_MS) serveAgainIn(NO_HOST_MS);
-      else void serveNext();
+      else serveNextOrRetry();
     };
     const notJoined = joinNatively(session, over);
     if (notJoined !== undefined) {
@@ -137,7 +139,7 @@ function openDevice(path: string): OpenDevice {
  */
 function whyNotServing(shim: NativeShim, device: OpenDevice, path: string): string | undefined {
   const events = shim.pollNow(device.fd);
-  if (events < 0 || events & (POLLERR | POLLNVAL) || (events & POLLHUP && !(events & POLLIN))) return "the device went away";
+  if (events < 0 || events & (POLL.ERR | POLL.NVAL) || (events & POLL.HUP && !(events & POLL.IN))) return "the device went away";
   try {
     const now = statSync(path);
     if (now.dev !== device.dev || now.ino !== device.ino || now.rdev !== device.rdev) return "the path now names another device";

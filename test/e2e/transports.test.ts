@@ -5,8 +5,8 @@ import { describe, expect } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readlinkSync, realpathSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
-import { join, resolve } from "node:path";
-import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, PORTHOLE, relayThreads, runPorthole, startHostAgent, stickyVirtioPort, traceCalls, useHarness } from "./harness.ts";
+import { join } from "node:path";
+import { e2eTest, exchange, fakeVirtioPort, freePort, Guest, limaGoHostRun, limaGoPeer, PORTHOLE, relayThreads, runPorthole, startHostAgent, stickyVirtioPort, traceCalls, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -131,8 +131,7 @@ describe("virtio-serial: a new host on a port whose guest saw no hang-up", () =>
 
 describe("virtio-serial: Lima's own host stack (grpc-go) after another host, on a port whose guest saw no hang-up", () => {
   e2eTest("a porthole host killed, then two grpc-go hosts one after the other: each runs GetInfo, GetEvents and both Tunnels to the end", async () => {
-    const peerBin = resolve(import.meta.dir, "../../dist/lima-go-peer");
-    if (!existsSync(peerBin)) throw new Error(`${peerBin} is missing: \`make dist/lima-go-peer\` builds it`);
+    const peerBin = limaGoPeer();
     const guest = Guest.create();
     const port = await stickyVirtioPort(guest);
     const agent = guest.spawn([...PORTHOLE, "guest", "--listen", `serial://${port.device}`], "guest agent");
@@ -145,11 +144,10 @@ describe("virtio-serial: Lima's own host stack (grpc-go) after another host, on 
     await first.proc.kill("SIGKILL");
     for (const round of [2, 3]) {
       const peer = guest.spawn([peerBin, "host", port.chardev, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], `grpc-go host ${round}`);
-      const steps = () => peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { step?: string; error?: string; echo?: string });
-      await peer.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), `grpc-go host ${round}'s last step`, 30_000);
-      expect(steps().find((s) => s.error)).toBeUndefined();
-      expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
-      expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
+      const steps = await limaGoHostRun(peer, 30_000);
+      expect(steps.find((s) => s.error)).toBeUndefined();
+      expect(steps.find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
+      expect(steps.find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
       expect(await peer.exited).toBe(0);
     }
     // Each host was answered on its first connection: the stand-in took exactly three.

@@ -10,11 +10,11 @@ import { waitUntil } from "../wait.ts";
 
 const grpcStart = Buffer.concat([HTTP2_PREFACE, h2Frame(0x4, 0, Buffer.from([0, 4, 0, 0x10, 0, 0]))]);
 
-/** A port stand-in: what the test writes as "the host", the sessions each seen, and what reached the host. */
 /** Each test's port stand-ins: closed after it (the sessions and any stall timer with them). */
 const ports: Duplex[] = [];
 afterEach(() => ports.splice(0).forEach((end) => end.destroy()));
 
+/** A port stand-in: what the test writes as "the host", the sessions each seen, and what reached the host. */
 function port(options: { read?: boolean } = {}) {
   const [guestEnd, hostEnd] = memoryPair();
   ports.push(hostEnd);
@@ -37,6 +37,13 @@ function port(options: { read?: boolean } = {}) {
 const sessionsSeen = (p: ReturnType<typeof port>, n: number) => waitUntil(`${n} session(s)`, () => p.sessions.length >= n);
 /** Until a session has read `bytes` bytes. */
 const read = (s: { got: Buffer[] }, bytes: number) => waitUntil(`${bytes} bytes read`, () => Buffer.concat(s.got).length >= bytes);
+/** Until a second session has read `first`: then exactly two sessions, the second with exactly those bytes. */
+async function expectSecondSessionGot(p: ReturnType<typeof port>, first: Buffer): Promise<void> {
+  await sessionsSeen(p, 2);
+  await read(p.sessions[1]!, first.length);
+  expect(p.sessions).toHaveLength(2);
+  expect(Buffer.concat(p.sessions[1]!.got)).toEqual(Buffer.from(first));
+}
 
 describe("serial sessions: one host connection after another on one open port", () => {
   test("a new host's preface closes the old session and starts a new one with exactly its bytes; only the live session's writes reach the port", async () => {
@@ -66,10 +73,7 @@ describe("serial sessions: one host connection after another on one open port", 
     const p = port({ read: false });
     // One write: the old host's start and a 2 MiB frame (more than the old session takes and its queue holds), then the new host's preface.
     p.host.write(Buffer.concat([MUX_PROBE, muxFrame(1, MuxKind.DATA, Buffer.alloc(2 << 20)), grpcStart]));
-    await sessionsSeen(p, 2);
-    await read(p.sessions[1]!, grpcStart.length);
-    expect(p.sessions).toHaveLength(2);
-    expect(Buffer.concat(p.sessions[1]!.got)).toEqual(grpcStart);
+    await expectSecondSessionGot(p, grpcStart);
     p.host.write(h2Frame(0x4, 0x1, Buffer.alloc(0)));
     await read(p.sessions[1]!, grpcStart.length + 9);
     expect(Buffer.concat(p.sessions[1]!.got)).toEqual(Buffer.concat([grpcStart, h2Frame(0x4, 0x1, Buffer.alloc(0))]));
@@ -80,10 +84,7 @@ describe("serial sessions: one host connection after another on one open port", 
     p.host.write(Buffer.concat([MUX_PROBE, muxFrame(1, MuxKind.DATA, Buffer.alloc(256 << 10))]));
     await sessionsSeen(p, 1);
     p.host.write(grpcStart);
-    await sessionsSeen(p, 2);
-    await read(p.sessions[1]!, grpcStart.length);
-    expect(p.sessions).toHaveLength(2);
-    expect(Buffer.concat(p.sessions[1]!.got)).toEqual(grpcStart);
+    await expectSecondSessionGot(p, grpcStart);
   });
 
   test("bytes this side holds back (a session that reads slowly) are no stall: a frame carrying a preface is not cut while the port waits", async () => {
@@ -104,10 +105,7 @@ describe("serial sessions: one host connection after another on one open port", 
     await waitUntil("the session closed", () => p.sessions[0]!.closed);
     p.host.write(Buffer.from("stray bytes of the old host"));
     p.host.write(MUX_PROBE);
-    await sessionsSeen(p, 2);
-    await read(p.sessions[1]!, MUX_PROBE.length);
-    expect(p.sessions).toHaveLength(2);
-    expect(Buffer.concat(p.sessions[1]!.got)).toEqual(MUX_PROBE);
+    await expectSecondSessionGot(p, MUX_PROBE);
   });
 
   test("a host killed mid-frame: the next host's bytes, read as that frame's rest, start a new session once the stream stalls for a second", async () => {

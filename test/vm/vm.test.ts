@@ -7,8 +7,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import * as dgram from "node:dgram";
 import { join } from "node:path";
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { defer, echoRoundTrip, exchange, freePort, Guest, pathsOf, Proc, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
+import { defer, echoRoundTrip, exchange, freePort, Guest, limaGoHostRun, limaGoPeer, pathsOf, Proc, runCleanups, startHostAgent, refusedSoon, type HostAgentProc } from "../lab.ts";
 import { prepareImage, vmBlocker, type VmArch } from "./image.ts";
 import { Vm } from "./vm.ts";
 
@@ -110,8 +109,7 @@ for (const { arch, name, slow } of GUESTS) {
     });
 
     vmTest("Lima's own host stack (grpc-go) after a porthole host, twice: GetInfo, GetEvents and a TCP and a UDP Tunnel to the end over the real port", async () => {
-      const peerBin = join(import.meta.dir, "../../dist/lima-go-peer");
-      if (!existsSync(peerBin)) throw new Error(`${peerBin} is missing: \`make dist/lima-go-peer\` builds it`);
+      const peerBin = limaGoPeer();
       const [tcp, udp] = [await freePort(), await freePort()];
       await vm!.startFixture(`echo 127.0.0.1 ${tcp}`, undefined, 60_000 * slow);
       await vm!.startFixture(`udp-echo 127.0.0.1 ${udp}`, undefined, 60_000 * slow);
@@ -120,11 +118,10 @@ for (const { arch, name, slow } of GUESTS) {
       for (const round of [1, 2]) {
         const peer = new Proc(spawn(peerBin, ["host", vm!.chardev, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], { stdio: ["ignore", "pipe", "pipe"] }), `grpc-go host ${round}`);
         defer(() => peer.kill("SIGKILL"));
-        const steps = () => peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { step?: string; error?: string; echo?: string });
-        await peer.waitFor(() => steps().find((s) => s.error || s.step === "Tunnel udp"), `grpc-go host ${round}'s last step`, 60_000 * slow);
-        expect(steps().find((s) => s.error)).toBeUndefined();
-        expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
-        expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
+        const steps = await limaGoHostRun(peer, 60_000 * slow);
+        expect(steps.find((s) => s.error)).toBeUndefined();
+        expect(steps.find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
+        expect(steps.find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
         expect(await peer.exited).toBe(0);
       }
       host = undefined; // killed above; the next test starts its own
