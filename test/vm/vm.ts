@@ -92,6 +92,21 @@ export class Vm {
     return m[1]!.replace(/\r/g, "");
   }
 
+  /** The guest kernel's own view of the agent's virtio-serial port (debugfs: host_connected, bytes_discarded, ...). */
+  async portStats(): Promise<string> {
+    return this.sh("grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs none /sys/kernel/debug; cat /sys/kernel/debug/virtio-ports/vport*p1");
+  }
+
+  /** Waits until the guest's kernel shows no host attached to the agent's port (the last one seen to go). */
+  async waitForPortWithoutHost(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let stats = "";
+    while (!/host_connected: 0\n/.test((stats = await this.portStats()))) {
+      if (Date.now() > deadline) throw new Error(`the guest's port still shows a host after ${timeoutMs} ms:\n${stats}`);
+      await Bun.sleep(100);
+    }
+  }
+
   /** Starts a fixture server (test/fixtures/servers.ts) in the guest; returns how to stop it. */
   async startFixture(args: string, ready = /listening/, timeoutMs = 60_000): Promise<{ stop(): Promise<void> }> {
     const name = `/tmp/fixture-${Math.random().toString(36).slice(2, 8)}`;
