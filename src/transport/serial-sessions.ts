@@ -81,7 +81,9 @@ export function serveSessions(port: net.Socket, onConnection: (socket: net.Socke
           if (!saidReplaced) {
             log(
               `${name}: a new host connection began on the port before the last one was seen to end (the port gave no ` +
-                "hang-up between them); the last one's session was closed and the new one served (said once; nothing to do)",
+                "hang-up between them); the last one's session was closed and the new one served. Its last words may have reached " +
+                "the new host first: a host that then drops its first connection dials again, as Lima's host agent does within 10 s " +
+                "(said once)",
             );
           }
           saidReplaced = true;
