@@ -412,7 +412,7 @@ export interface LimaGoStep {
 }
 
 /** The steps a `lima-go-peer host` run has printed so far. */
-export function limaGoSteps(peer: Proc): LimaGoStep[] {
+function limaGoSteps(peer: Proc): LimaGoStep[] {
   return peer.stdout.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as LimaGoStep);
 }
 

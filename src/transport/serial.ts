@@ -106,7 +106,8 @@ export async function serveSerial(path: string, onConnection: (socket: net.Socke
       saidStreams = true;
       // The relay thread may have served earlier hosts on this file and left it non-blocking
       // (the flag belongs to the open file, shared with its dups); file streams need it blocking.
-      shim.setBlocking(session.fd);
+      const blocking = shim.setBlocking(session.fd);
+      if (blocking < 0) log(`serial ${path}: the port could not be made blocking for file streams (${shim.strerror(blocking)}); its reads may fail and end each host's session`);
       joinWithStreams(session, over);
     }
     serveSessions(inner, onConnection, `serial ${path}`, log);

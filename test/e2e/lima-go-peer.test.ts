@@ -8,7 +8,7 @@
 import { describe, expect } from "bun:test";
 import * as net from "node:net";
 import { join, resolve } from "node:path";
-import { defer, e2eTest, freePort, Guest, limaGoHostRun, limaGoPeer, limaGoSteps, PORTHOLE, startHostAgent, useHarness } from "./harness.ts";
+import { defer, e2eTest, freePort, Guest, limaGoHostRun, limaGoPeer, PORTHOLE, startHostAgent, useHarness } from "./harness.ts";
 
 useHarness();
 
@@ -28,21 +28,20 @@ describe("grpc-go as Lima's host agent, driving porthole's guest agent", () => {
       await guest.startServer("udp-echo", [["127.0.0.1", udp]]);
 
       const peer = guest.spawn([peerBin, "host", guest.socket, `127.0.0.1:${tcp}`, `127.0.0.1:${udp}`], "grpc-go Lima host");
-      await limaGoHostRun(peer, 30_000);
-      const steps = () => limaGoSteps(peer);
-      expect(steps().find((s) => s.error)).toBeUndefined();
+      const steps = await limaGoHostRun(peer, 30_000);
+      expect(steps.find((s) => s.error)).toBeUndefined();
       expect(await peer.exited).toBe(0);
 
-      const info = steps().find((s) => s.step === "GetInfo")!;
+      const info = steps.find((s) => s.step === "GetInfo")!;
       expect(info.ports).toContainEqual({ protocol: "tcp", ip: "127.0.0.1", port: tcp, unknown: 0 });
       expect(info.ports).toContainEqual({ protocol: "udp", ip: "127.0.0.1", port: udp, unknown: 0 });
       // The agent knows the owners, but a Lima host did not ask for them: Lima's three fields only.
       expect(info.ports!.every((p) => p.unknown === 0)).toBe(true);
-      const first = steps().find((s) => s.step === "GetEvents")!;
+      const first = steps.find((s) => s.step === "GetEvents")!;
       expect(first.added).toContainEqual({ protocol: "tcp", ip: "127.0.0.1", port: tcp, unknown: 0 });
-      expect(steps().find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
-      expect(steps().some((s) => s.step === "Tunnel tcp closed")).toBe(true);
-      expect(steps().find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
+      expect(steps.find((s) => s.step === "Tunnel tcp")?.echo).toBe("hello from grpc-go");
+      expect(steps.some((s) => s.step === "Tunnel tcp closed")).toBe(true);
+      expect(steps.find((s) => s.step === "Tunnel udp")?.echo).toBe("one datagram");
       // grpc-go's passthrough target sends an empty :authority; the agent serves it and says so once.
       expect(agent.stderr.filter((l) => l.includes("a client sends an empty :authority"))).toHaveLength(1);
     });
