@@ -8,12 +8,14 @@
  * record (u8 protocol, then the port where the hook tells it) to one ring buffer whenever a
  * port may have appeared or gone:
  *   - sock_ops, BPF_SOCK_OPS_TCP_LISTEN_CB: listen() succeeded (the listener is hashed, so a
- *     dump finds it); the program then asks for that listener's state changes, so its close
- *     comes as BPF_SOCK_OPS_STATE_CB (from LISTEN), with the port;
+ *     dump finds it); with `closes`, the program then asks for that listener's state changes,
+ *     so its close comes as BPF_SOCK_OPS_STATE_CB (from LISTEN), with the port;
  *   - cgroup post-bind (IPv4, IPv6): a UDP socket was bound (also after the hash), its port.
- * A listener's close is reported as it begins, before the kernel unhashes it (the caller dumps
- * again shortly when the first dump still shows it). Every close, UDP's included, also comes
- * as a socket-destroy multicast event (after an RCU grace period), with its port.
+ * Every close, UDP's included, comes as a socket-destroy multicast event (after an RCU grace
+ * period), with its port, which the caller watches itself: a second record of the same close
+ * would wake it twice. Only where it cannot subscribe to those does it ask for `closes`; a
+ * listener's close is then reported as it begins, before the kernel unhashes it (the caller
+ * dumps again shortly when the first dump still shows it).
  * Each program first compares bpf_get_netns_cookie(ctx) with this process's network namespace
  * and ignores sockets of every other one (a container's, another VM tool's): those cost
  * nothing. Where the kernel lacks that helper for a hook, the program goes without the check
@@ -146,7 +148,7 @@ static const struct {
 };
 
 /* The program of one hook. Exposed (ph_events_program) so tests can look at it. */
-static void assemble(int hook, int ring, uint64_t cookie, int pid, struct prog *p) {
+static void assemble(int hook, int ring, uint64_t cookie, int pid, int closes, struct prog *p) {
   memset(p, 0, sizeof *p);
   switch (hook) {
   case PH_HOOK_LISTEN: { /* ctx: struct bpf_sock_ops */
@@ -158,10 +160,12 @@ static void assemble(int hook, int ring, uint64_t cookie, int pid, struct prog *
     emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
     int to_state = p->n;
     emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 0));
-    /* listen(): ask for this listener's state changes (its close comes as STATE_CB). */
-    emit(p, MOV_IMM(BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
-    emit(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
-    emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+    if (closes) {
+      /* listen(): ask for this listener's state changes (its close comes as STATE_CB). */
+      emit(p, MOV_IMM(BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
+      emit(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
+      emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+    }
     store_addr(p, hook);
     emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
     emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
@@ -191,10 +195,10 @@ static void assemble(int hook, int ring, uint64_t cookie, int pid, struct prog *
   prog_end(p, 1);
 }
 /* For tests: hook's instructions (8 bytes each) into out; returns their count. */
-int ph_events_program(int hook, int ring, uint32_t cookie_lo, uint32_t cookie_hi, int pid, uint8_t *out, int cap) {
+int ph_events_program(int hook, int ring, uint32_t cookie_lo, uint32_t cookie_hi, int pid, int closes, uint8_t *out, int cap) {
   if (hook < 0 || hook >= PH_HOOKS) return -EINVAL;
   struct prog p;
-  assemble(hook, ring, ((uint64_t)cookie_hi << 32) | cookie_lo, pid, &p);
+  assemble(hook, ring, ((uint64_t)cookie_hi << 32) | cookie_lo, pid, closes, &p);
   if (cap < p.n * (int)sizeof(struct bpf_insn)) return -ENOBUFS;
   memcpy(out, p.insn, (size_t)p.n * sizeof(struct bpf_insn));
   return p.n;
@@ -305,11 +309,12 @@ int ph_events_stop(void) {
 /*
  * Loads and attaches every program; returns the ring buffer's fd (readable when records
  * wait: watch it with ph_watch, then ph_events_drain), or -errno with the reason (and the
- * verifier's log where it refused a program) in msg. On success msg says what this kernel
+ * verifier's log where it refused a program) in msg. closes: listeners' closes are recorded
+ * too (for a caller without socket-destroy events). On success msg says what this kernel
  * could not do (no per-namespace filter), or is empty. Started once; a second call returns
  * the same fd.
  */
-int ph_events_start(char *msg, int cap) {
+int ph_events_start(char *msg, int cap, int closes) {
   if (msg && cap > 0) msg[0] = 0;
   if (ev.ring >= 0) return ev.ring;
   union bpf_attr a;
@@ -338,7 +343,7 @@ int ph_events_start(char *msg, int cap) {
       uint64_t c = v & 2 ? 0 : cookie;
       int pid = !(v & 1);
       if (v & 2 && !cookie) break;
-      assemble(i, ev.ring, c, pid, &prog);
+      assemble(i, ev.ring, c, pid, closes, &prog);
       ev.prog[i] = load(i, &prog, msg, cap);
       if (ev.prog[i] >= 0) {
         if (cookie && !c) unfiltered = 1;

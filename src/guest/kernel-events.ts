@@ -1,8 +1,9 @@
-// Kernel port events: the shim's BPF programs on the cgroup2 root (listen(), a UDP bind, a
-// listener or UDP socket closed; sockets of other network namespaces filtered out in the
-// kernel) write to a ring buffer whose fd the relay thread watches for the event loop, so the
-// watcher dumps sock_diag right after a change instead of polling. An event only says "look
-// now": what is forwarded always comes from the dump of this namespace.
+// Kernel port events: the shim's BPF programs on the cgroup2 root (listen(), a UDP bind, and a
+// listener's close where the agent has no socket-destroy events; sockets of other network
+// namespaces filtered out in the kernel) write to a ring buffer whose fd the relay thread
+// watches for the event loop, so the watcher dumps sock_diag right after a change instead of
+// polling. An event only says "look now": what is forwarded always comes from the dump of
+// this namespace.
 import { formatIPv4Bytes, formatIPv6Bytes } from "../core/address.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { EPOLLIN, sharedRelayLoop } from "../runtime/native-relay.ts";
@@ -50,10 +51,14 @@ const MESSAGE_BYTES = 16384;
 export const EVENT_WORDS = 6;
 const EV_ADDR = 4;
 
-/** Loads and attaches the programs, or says why they cannot run here (with the verifier's log if it refused them). */
-export function startKernelEvents(shim: NativeShim): { events?: KernelEvents; error?: string; note?: string } {
+/**
+ * Loads and attaches the programs, or says why they cannot run here (with the verifier's log
+ * if it refused them). `closes`: listeners' closes come as events too (for an agent without
+ * socket-destroy events, which report every close already: a second report wakes it twice).
+ */
+export function startKernelEvents(shim: NativeShim, closes: boolean): { events?: KernelEvents; error?: string; note?: string } {
   const msg = new Uint8Array(MESSAGE_BYTES);
-  const fd = shim.eventsStart(msg, msg.length);
+  const fd = shim.eventsStart(msg, msg.length, closes ? 1 : 0);
   const text = Buffer.from(msg.subarray(0, Math.max(0, msg.indexOf(0)))).toString("utf8");
   if (fd < 0) return { error: text || `${shim.errnoName(fd)} (${shim.strerror(fd)})` };
   let loop: ReturnType<typeof sharedRelayLoop>;

@@ -54,8 +54,11 @@ export function procNetScanner(dir = "/proc/net"): Scanner {
   return { name: `/proc/net (${dir})`, scan: () => scanProcNet(dir) };
 }
 
-/** `log`: where an overrun of the destroy events is said (once, and again if it turns to polling). */
-export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (line: string) => void = () => {}): Scanner {
+/**
+ * `log`: where an overrun of the destroy events is said (once, and again if it turns to
+ * polling). `destroyEvents`: false where they are not to be watched (they cannot be here).
+ */
+export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (line: string) => void = () => {}, destroyEvents = true): Scanner {
   // Small to start (a large buffer costs on every call) and grown when a dump overflows it.
   let buf = new Uint8Array(1024 * DIAG_RECORD_BYTES);
   const last: { tcp: Buffer; udp: Buffer } = { tcp: Buffer.alloc(0), udp: Buffer.alloc(0) };
@@ -125,7 +128,7 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (li
         notify(batch);
       };
       const stopEvents = events?.watch(onBatch);
-      const stopCloses = watchDestroyEvents(shim, onBatch, log);
+      const stopCloses = destroyEvents ? watchDestroyEvents(shim, onBatch, log) : () => {};
       return () => {
         stopCloses();
         stopEvents?.();
@@ -153,7 +156,7 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
       log(
         `degraded: the kernel refused a subscription to ${protocol.toUpperCase()} socket-destroy events ` +
           `(${shim.errnoName(err)}: ${shim.strerror(err)}), so a closed ${protocol.toUpperCase()} port is noticed by the ` +
-          `next re-scan instead of at once${protocol === "tcp" ? " (or by the eBPF close event, where that runs)" : ""}; ` +
+          `next re-scan instead of at once; ` +
           "check that the agent runs as root with the inet_diag module loaded",
       );
     const subscribe = (): void => {
@@ -244,16 +247,23 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
     const probe = await netlinkScanner(shim).scan();
     if (!probe.errors.length) {
       if (choice === "poll") return { scanner: netlinkScanner(shim, undefined, log), detector: polling(NETLINK_POLL_MS, "--detector poll was given") };
-      const started = startKernelEvents(shim);
+      // Closes come as socket-destroy events where those can be had; the BPF programs report
+      // listeners' closes only where they cannot (two reports of one close cost two wake-ups).
+      const noDestroyEvents = whyNoDestroyEvents(shim);
+      const started = startKernelEvents(shim, noDestroyEvents !== undefined);
       if (started.events) {
+        const closes = noDestroyEvents
+          ? `listeners' closes through BPF as well; no socket-destroy events (${noDestroyEvents}), so a closed UDP port waits for the re-scan`
+          : "closes through socket-destroy events";
         return {
-          scanner: netlinkScanner(shim, started.events, log), // a fresh one: no "unchanged" from the probe
+          // a fresh scanner: no "unchanged" from the probe
+          scanner: netlinkScanner(shim, started.events, log, noDestroyEvents === undefined),
           detector: {
             name: "ebpf",
             intervalMs: SAFETY_RESCAN_MS,
             description:
-              "port detector: ebpf (kernel events: listen(), UDP binds and closes through BPF programs on the cgroup2 root, " +
-              `socket-destroy events; a safety re-scan every ${SAFETY_RESCAN_MS / 1000} s${started.note ? `; ${started.note}` : ""})`,
+              `port detector: ebpf (kernel events: listen() and UDP binds through BPF programs on the cgroup2 root, ${closes}; ` +
+              `a safety re-scan every ${SAFETY_RESCAN_MS / 1000} s${started.note ? `; ${started.note}` : ""})`,
           },
         };
       }
@@ -283,6 +293,18 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
     );
   }
   return { scanner: procNetScanner(), detector: polling(PROC_POLL_MS, shim ? "netlink sock_diag is refused here" : "the native shim did not load") };
+}
+
+/**
+ * Why this agent cannot watch socket-destroy events (a trial subscription to TCP's is refused),
+ * or undefined when it can. PORTHOLE_DESTROY_EVENTS=0 goes without them (for tests of that case).
+ */
+function whyNoDestroyEvents(shim: NativeShim): string | undefined {
+  if (process.env.PORTHOLE_DESTROY_EVENTS === "0") return "PORTHOLE_DESTROY_EVENTS=0";
+  const fd = shim.diagSubscribeTo(EVENT_TCP | 4);
+  if (fd < 0) return `the kernel refused the subscription: ${shim.errnoName(fd)}`;
+  shim.close(fd);
+  return undefined;
 }
 
 function polling(intervalMs: number, why: string): Detector {

@@ -28,7 +28,7 @@ export async function aboutLines(version: string): Promise<string[]> {
 function detectorHere(shim: NativeShim | undefined): string {
   if (!shim) return "poll (no native shim)";
   const msg = new Uint8Array(16384);
-  const fd = shim.eventsStart(msg, msg.length);
+  const fd = shim.eventsStart(msg, msg.length, 1);
   if (fd >= 0) {
     shim.eventsStop();
     return "ebpf (kernel events load here)";

@@ -69,8 +69,11 @@ export interface NativeShim {
   /** One ready record (token) when fd is ready for events (1 in, 4 out). */
   watch(fd: number, events: number, token: number): number;
   unwatch(fd: number): number;
-  /** Loads and attaches the kernel port-event programs; the ring buffer's fd, or -errno with the reason (and any verifier log) in msg as a C string. */
-  eventsStart(msg: Uint8Array, cap: number): number;
+  /**
+   * Loads and attaches the kernel port-event programs (with `closes` 1, listeners' closes are
+   * recorded too); the ring buffer's fd, or -errno with the reason (and any verifier log) in msg as a C string.
+   */
+  eventsStart(msg: Uint8Array, cap: number, closes: number): number;
   /**
    * out[0] = records consumed, out[1] = protocols seen (1 TCP, 2 UDP; 4/8: scan TCP/UDP whole),
    * out[2..3] = total (low, high), then per record protocol | flags << 8 (1 closing, 2 IPv6) | port << 16.
@@ -79,7 +82,7 @@ export interface NativeShim {
   /** Detaches the programs and frees the ring buffer. */
   eventsStop(): number;
   /** A hook's BPF instructions (8 bytes each) as ph_events_start would load them, for tests; the count. */
-  eventsProgram(hook: number, ring: number, cookieLo: number, cookieHi: number, pid: number, out: Uint8Array, cap: number): number;
+  eventsProgram(hook: number, ring: number, cookieLo: number, cookieHi: number, pid: number, closes: number, out: Uint8Array, cap: number): number;
   /** A numeric host and port as the 20-byte UDP address (family u16, port u16, address); -EINVAL if not numeric. */
   udpAddress(host: Uint8Array, port: number, out: Uint8Array): number;
   /** A non-blocking UDP socket bound to `local` and/or connected to `peer` (20-byte addresses, family 0: none); the fd. */
@@ -153,10 +156,10 @@ export const SIGNATURES = {
   ph_unix_listen: { args: ["ptr", "i32"], returns: "i32" },
   ph_watch: { args: ["i32", "u32", "u32"], returns: "i32" },
   ph_unwatch: { args: ["i32"], returns: "i32" },
-  ph_events_start: { args: ["ptr", "i32"], returns: "i32" },
+  ph_events_start: { args: ["ptr", "i32", "i32"], returns: "i32" },
   ph_events_drain: { args: ["ptr", "i32"], returns: "i32" },
   ph_events_stop: { args: [], returns: "i32" },
-  ph_events_program: { args: ["i32", "i32", "u32", "u32", "i32", "ptr", "i32"], returns: "i32" },
+  ph_events_program: { args: ["i32", "i32", "u32", "u32", "i32", "i32", "ptr", "i32"], returns: "i32" },
   ph_udp_address: { args: ["ptr", "i32", "ptr"], returns: "i32" },
   ph_udp_open: { args: ["ptr", "ptr", "i32", "i32"], returns: "i32" },
   ph_udp_local: { args: ["i32", "ptr"], returns: "i32" },
@@ -220,10 +223,10 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     unixListen: (path, backlog) => num("ph_unix_listen", path, backlog),
     watch: (fd, events, token) => num("ph_watch", fd, events, token),
     unwatch: (fd) => num("ph_unwatch", fd),
-    eventsStart: (msg, cap) => num("ph_events_start", msg, cap),
+    eventsStart: (msg, cap, closes) => num("ph_events_start", msg, cap, closes),
     eventsDrain: (out, cap) => num("ph_events_drain", out, cap),
     eventsStop: () => num("ph_events_stop"),
-    eventsProgram: (hook, ring, lo, hi, pid, out, cap) => num("ph_events_program", hook, ring, lo, hi, pid, out, cap),
+    eventsProgram: (hook, ring, lo, hi, pid, closes, out, cap) => num("ph_events_program", hook, ring, lo, hi, pid, closes, out, cap),
     udpAddress: (host, port, out) => num("ph_udp_address", host, port, out),
     udpOpen: (local, peer, v6only, bufferBytes) => num("ph_udp_open", local, peer, v6only, bufferBytes),
     udpLocal: (fd, out) => num("ph_udp_local", fd, out),

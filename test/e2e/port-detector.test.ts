@@ -6,7 +6,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { e2eTest, freePort, Guest, refusedSoon, runPorthole, startHostAgent, tryConnect, useHarness, type Proc } from "./harness.ts";
-import { defer, Proc as Child, traceCalls } from "../lab.ts";
+import { defer, PORTHOLE, Proc as Child, traceCalls } from "../lab.ts";
 import { waitUntil } from "../wait.ts";
 
 useHarness();
@@ -51,10 +51,21 @@ function attachedToRoot(): number[] {
   return (JSON.parse(r.stdout.trim() || "[]") as { id: number }[]).map((p) => p.id);
 }
 
+/** The helpers the agent's sock_ops (listen) program calls, as bpftool (not our code) prints its instructions. */
+function listenProgramCalls(pid: number): string {
+  const links = linksOf(pid);
+  const name = (id: number) => (JSON.parse(spawnSync("bpftool", ["-j", "prog", "show", "id", String(id)], { encoding: "utf8" }).stdout || "{}") as { name?: string }).name;
+  const listen = links.filter((l) => name(l.prog) === "ph_listen");
+  if (listen.length !== 1) throw new Error(`no single ph_listen program among the agent's links: ${JSON.stringify(links)}`);
+  const dump = spawnSync("bpftool", ["prog", "dump", "xlated", "id", String(listen[0]!.prog)], { encoding: "utf8" });
+  if (dump.status !== 0 || !dump.stdout.includes("call ")) throw new Error(`bpftool prog dump xlated: ${dump.stderr || dump.stdout}`);
+  return dump.stdout;
+}
+
 /** A guest agent whose full scans are a minute apart: only kernel events can find a port in time. */
-async function eventOnlyPair(extra: string[] = []): Promise<{ guest: Guest; agent: Proc; host: ReturnType<typeof startHostAgent> }> {
+async function eventOnlyPair(extra: string[] = [], command = PORTHOLE): Promise<{ guest: Guest; agent: Proc; host: ReturnType<typeof startHostAgent> }> {
   const guest = Guest.create();
-  const agent = await guest.startAgent(["--scan-interval", "60000", ...extra]);
+  const agent = await guest.startAgent(["--scan-interval", "60000", ...extra], command);
   const host = startHostAgent(guest);
   await host.waitForEvent((e) => e.type === "guest-connected", "the host agent to connect");
   return { guest, agent, host };
@@ -74,9 +85,24 @@ describe("port detector", () => {
     await guest.startServer("udp-echo", [["127.0.0.1", udpPort]]);
     await host.waitForEvent((e) => e.type === "forwarding" && e.protocol === "udp" && e.hostAddr === `127.0.0.1:${udpPort}`, "the UDP forward", 5000);
 
-    // A listener closing (the tracepoint's LISTEN -> CLOSE, and the destroy event) ends the forward.
+    // A listener closing (its socket-destroy event) ends the forward. The BPF program does not
+    // report closes as well: it never asks for the listener's state changes.
+    expect(agent.stderr.join("\n")).toContain("closes through socket-destroy events");
+    expect(listenProgramCalls(agent.child.pid!)).not.toContain("cb_flags_set");
     await tcp.kill();
     expect(await refusedSoon(tcpPort, "127.0.0.1", 5000)).toBe("ECONNREFUSED");
+  });
+
+  e2eTest("without socket-destroy events (PORTHOLE_DESTROY_EVENTS=0) the agent says so, and the BPF program's close event alone ends a listener's forward", async () => {
+    const { guest, agent, host } = await eventOnlyPair([], ["env", "PORTHOLE_DESTROY_EVENTS=0", ...PORTHOLE]);
+    expect(agent.stderr.join("\n")).toContain("listeners' closes through BPF as well; no socket-destroy events (PORTHOLE_DESTROY_EVENTS=0)");
+    expect(listenProgramCalls(agent.child.pid!)).toContain("cb_flags_set");
+    const port = await freePort();
+    const tcp = await guest.startEcho("127.0.0.1", port);
+    await host.waitForForwarding(port, 5000);
+    // Full scans are a minute apart and no destroy event is watched: only the close event is left.
+    await tcp.kill();
+    expect(await refusedSoon(port, "127.0.0.1", 5000)).toBe("ECONNREFUSED");
   });
 
   e2eTest("a burst of closes that overruns the destroy-event socket leaves the agent event-driven: no 10 ms poll after it (strace), and a UDP close is still noticed", async () => {

@@ -30,9 +30,9 @@ const FN_SOCK_OPS_CB_FLAGS_SET = 59;
 const FN_RINGBUF_OUTPUT = 130;
 const FN_GET_CURRENT_PID_TGID = 14;
 
-function program(hook: number, cookie: bigint, ring = 42, pid = 1): Insn[] {
+function program(hook: number, cookie: bigint, ring = 42, pid = 1, closes = 1): Insn[] {
   const out = new Uint8Array(128 * 8);
-  const n = shim.eventsProgram(hook, ring, Number(cookie & 0xffffffffn), Number(cookie >> 32n), pid, out, out.length);
+  const n = shim.eventsProgram(hook, ring, Number(cookie & 0xffffffffn), Number(cookie >> 32n), pid, closes, out, out.length);
   expect(n).toBeGreaterThan(0);
   const view = new DataView(out.buffer);
   return Array.from({ length: n }, (_, i) => ({
@@ -48,19 +48,20 @@ const calls = (p: Insn[]) => p.filter((i) => i.code === (BPF_JMP | BPF_CALL)).ma
 
 describe("BPF programs", () => {
   for (const [name, hook] of Object.entries(HOOKS)) {
-    test(`${name}: every jump lands inside the program, which ends by returning 1`, () => {
-      const p = program(hook, 0x1122334455667788n);
-      p.forEach((insn, at) => {
-        const cls = insn.code & 0x07;
-        const op = insn.code & 0xf0;
-        if (cls === BPF_JMP && op !== BPF_CALL && op !== BPF_EXIT) {
-          const target = at + 1 + insn.off;
-          expect(target).toBeGreaterThan(at); // forward only: the verifier refuses loops
-          expect(target).toBeLessThan(p.length);
-        }
-      });
-      expect(p.at(-1)!.code).toBe(BPF_JMP | BPF_EXIT);
-      expect(p.at(-2)).toMatchObject({ code: 0xb7, dst: 0, imm: 1 }); // r0 = 1
+    test(`${name}: every jump lands inside the program, which ends by returning 1 (with and without closes)`, () => {
+      for (const p of [program(hook, 0x1122334455667788n), program(hook, 0x1122334455667788n, 42, 1, 0)]) {
+        p.forEach((insn, at) => {
+          const cls = insn.code & 0x07;
+          const op = insn.code & 0xf0;
+          if (cls === BPF_JMP && op !== BPF_CALL && op !== BPF_EXIT) {
+            const target = at + 1 + insn.off;
+            expect(target).toBeGreaterThan(at); // forward only: the verifier refuses loops
+            expect(target).toBeLessThan(p.length);
+          }
+        });
+        expect(p.at(-1)!.code).toBe(BPF_JMP | BPF_EXIT);
+        expect(p.at(-2)).toMatchObject({ code: 0xb7, dst: 0, imm: 1 }); // r0 = 1
+      }
     });
 
     test(`${name}: with a cookie it compares this namespace's cookie (both halves) before writing to the ring`, () => {
@@ -79,8 +80,9 @@ describe("BPF programs", () => {
     });
   }
 
-  test("listen asks for the listener's state changes (its close), bind does not", () => {
+  test("listen asks for the listener's state changes (its close) only with closes; bind never does", () => {
     expect(calls(program(HOOKS.listen, 0n))).toContain(FN_SOCK_OPS_CB_FLAGS_SET);
+    expect(calls(program(HOOKS.listen, 0n, 42, 1, 0))).not.toContain(FN_SOCK_OPS_CB_FLAGS_SET);
     expect(calls(program(HOOKS.bind4, 0n))).not.toContain(FN_SOCK_OPS_CB_FLAGS_SET);
   });
 
@@ -94,7 +96,7 @@ describe("BPF programs", () => {
   });
 
   test("an unknown hook is refused", () => {
-    expect(shim.eventsProgram(9, 1, 0, 0, 1, new Uint8Array(512), 512)).toBeLessThan(0);
+    expect(shim.eventsProgram(9, 1, 0, 0, 1, 1, new Uint8Array(512), 512)).toBeLessThan(0);
   });
 });
 
