@@ -6,6 +6,10 @@
 //   rr crr HOST PORT SECS [MAX]   new connections/s, one round trip each, at most MAX of them
 //                                 (each leaves a TIME_WAIT socket: MAX keeps a run within the
 //                                 ephemeral ports)
+//   rr wake MS COUNT              what one wake-up of an idle epoll loop costs on this machine
+//                                 (a timerfd every MS ms, COUNT times): the floor under any
+//                                 event-driven agent's CPU per event (bench/wake-cost.ts has
+//                                 the runtimes' own)
 // Prints "<rate> rt/s <count>" or "<rate> conn/s <count>"; exits 1 with the failing call on an
 // error, 2 on bad arguments.
 #define _GNU_SOURCE
@@ -18,7 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -78,8 +85,42 @@ static void round_trip(int fd, const char *what) {
   exit(1);
 }
 
+/* CPU (user + system) per wake-up of an epoll loop woken by a timer and nothing else. */
+static int wake_cost(int ms, long count) {
+  int ep = epoll_create1(0), tf = timerfd_create(CLOCK_MONOTONIC, 0);
+  struct itimerspec every = { { ms / 1000, (ms % 1000) * 1000000L }, { ms / 1000, (ms % 1000) * 1000000L } };
+  struct epoll_event ev = { .events = EPOLLIN };
+  if (ep < 0 || tf < 0 || timerfd_settime(tf, 0, &every, 0) || epoll_ctl(ep, EPOLL_CTL_ADD, tf, &ev)) {
+    perror("rr: wake");
+    return 1;
+  }
+  struct rusage before, after;
+  getrusage(RUSAGE_SELF, &before);
+  for (long i = 0; i < count; i++) {
+    uint64_t ticks;
+    if (epoll_wait(ep, &ev, 1, -1) != 1 || read(tf, &ticks, sizeof ticks) != sizeof ticks) {
+      perror("rr: wake");
+      return 1;
+    }
+  }
+  getrusage(RUSAGE_SELF, &after);
+  double us = (after.ru_utime.tv_sec - before.ru_utime.tv_sec + after.ru_stime.tv_sec - before.ru_stime.tv_sec) * 1e6 +
+              (after.ru_utime.tv_usec - before.ru_utime.tv_usec + after.ru_stime.tv_usec - before.ru_stime.tv_usec);
+  printf("%.1f us/wake %ld\n", us / count, count);
+  return 0;
+}
+
 int main(int c, char **v) {
   signal(SIGPIPE, SIG_IGN); /* a reset is an error to report, not a silent death */
+  if (c == 4 && !strcmp(v[1], "wake")) {
+    int ms = atoi(v[2]);
+    long count = atol(v[3]);
+    if (ms <= 0 || count <= 0) {
+      fprintf(stderr, "rr: wake MS COUNT: both positive\n");
+      return 2;
+    }
+    return wake_cost(ms, count);
+  }
   if (c >= 3 && !strcmp(v[1], "serve")) {
     int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -106,7 +147,7 @@ int main(int c, char **v) {
     }
   }
   if (c < 5 || (strcmp(v[1], "rr") && strcmp(v[1], "crr"))) {
-    fprintf(stderr, "usage: rr serve PORT [ADDR] | rr rr HOST PORT SECS | rr crr HOST PORT SECS [MAX]\n");
+    fprintf(stderr, "usage: rr serve PORT [ADDR] | rr rr HOST PORT SECS | rr crr HOST PORT SECS [MAX] | rr wake MS COUNT\n");
     return 2;
   }
   struct sockaddr_in a = addr(v[2], atoi(v[3]));
