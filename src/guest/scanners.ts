@@ -256,8 +256,9 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
           ? `listeners' closes through BPF as well; no socket-destroy events (${noDestroyEvents}), so a closed UDP port waits for the re-scan`
           : "closes through socket-destroy events";
         return {
-          // a fresh scanner: no "unchanged" from the probe
-          scanner: netlinkScanner(shim, started.events, log, noDestroyEvents === undefined),
+          // A fresh scanner: no "unchanged" from the probe. Where the kernel refused the trial, the
+          // scanner still subscribes (and says, with what to do, when refused again).
+          scanner: netlinkScanner(shim, started.events, log, !destroyEventsOff()),
           detector: {
             name: "ebpf",
             intervalMs: SAFETY_RESCAN_MS,
@@ -300,11 +301,15 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
  * or undefined when it can. PORTHOLE_DESTROY_EVENTS=0 goes without them (for tests of that case).
  */
 function whyNoDestroyEvents(shim: NativeShim): string | undefined {
-  if (process.env.PORTHOLE_DESTROY_EVENTS === "0") return "PORTHOLE_DESTROY_EVENTS=0";
+  if (destroyEventsOff()) return "PORTHOLE_DESTROY_EVENTS=0";
   const fd = shim.diagSubscribeTo(EVENT_TCP | 4);
   if (fd < 0) return `the kernel refused the subscription: ${shim.errnoName(fd)}`;
   shim.close(fd);
   return undefined;
+}
+
+function destroyEventsOff(): boolean {
+  return process.env.PORTHOLE_DESTROY_EVENTS === "0";
 }
 
 function polling(intervalMs: number, why: string): Detector {

@@ -44,10 +44,11 @@ for (const { arch, name, slow } of GUESTS) {
       await runCleanups();
     });
 
-    vmTest(`the ${name} guest agent finds ports through its own shim's netlink sock_diag, told by kernel events (the ebpf detector)`, async () => {
+    vmTest(`the ${name} guest agent finds ports through its own shim's netlink sock_diag, told by kernel events (the ebpf detector), closes by socket-destroy events`, async () => {
       const log = await vm!.sh("cat /tmp/agent.log; uname -m");
       expect(log).toContain("watching sockets with netlink sock_diag on kernel events");
       expect(log).toContain("port detector: ebpf (kernel events");
+      expect(log).toContain("closes through socket-destroy events");
       expect(log).not.toContain("degraded:");
       expect(log).toContain(arch === "x64" ? "x86_64" : "aarch64");
     });
