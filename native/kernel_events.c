@@ -312,7 +312,7 @@ int ph_events_stop(void) {
  * verifier's log where it refused a program) in msg. closes: listeners' closes are recorded
  * too (for a caller without socket-destroy events). On success msg says what this kernel
  * could not do (no per-namespace filter), or is empty. Started once; a second call returns
- * the same fd.
+ * the same fd (with the first call's programs, whatever its closes).
  */
 int ph_events_start(char *msg, int cap, int closes) {
   if (msg && cap > 0) msg[0] = 0;

@@ -6,8 +6,9 @@
  *     CID, a non-blocking connect (its completion is watched by the relay thread), the local CID.
  *   - sock_diag.c: netlink dumps of listening TCP and unconnected UDP sockets (kernel-side state
  *     filter), and the socket-destroy multicast groups as events.
- *   - kernel_events.c: two hand-assembled BPF programs (a TCP socket entering or leaving LISTEN,
- *     a UDP bind) feeding a ring buffer, so the watcher looks when something changed.
+ *   - kernel_events.c: three hand-assembled BPF programs (listen(), and a listener's close where
+ *     asked for; a UDP bind, IPv4 and IPv6) feeding a ring buffer, so the watcher looks when
+ *     something changed.
  *   - relay.c: a thread that moves the bytes of joined socket pairs (splice() through a pipe per
  *     direction, read/write where splice does not apply), and tells the event loop about
  *     finished relays and ready fds through one socket the loop watches.

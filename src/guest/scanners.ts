@@ -6,6 +6,7 @@
 import { closedListeners, DIAG_RECORD_BYTES, diagRecordsToPorts, diagRecordsToSockets, parseDiagRecords } from "../core/diag-record.ts";
 import type { NativeShim } from "../runtime/native-api.ts";
 import { readFd, type FdReader } from "../runtime/fd-socket.ts";
+import { fdLimitHint } from "../runtime/fd-limit.ts";
 import { loadNative } from "../runtime/native.ts";
 import { scanProcNet, type ScanResult } from "./watcher.ts";
 import { EVENT_TCP, EVENT_UDP, startKernelEvents, type EventBatch, type KernelEvents } from "./kernel-events.ts";
@@ -56,9 +57,10 @@ export function procNetScanner(dir = "/proc/net"): Scanner {
 
 /**
  * `log`: where an overrun of the destroy events is said (once, and again if it turns to
- * polling). `destroyEvents`: false where they are not to be watched (they cannot be here).
+ * polling). `destroyEvents`: "off" where they are not to be watched, "bpf-closes" where the
+ * BPF programs report listeners' closes because the first try to subscribe was refused.
  */
-export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (line: string) => void = () => {}, destroyEvents = true): Scanner {
+export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (line: string) => void = () => {}, destroyEvents: DestroyEvents = "on"): Scanner {
   // Small to start (a large buffer costs on every call) and grown when a dump overflows it.
   let buf = new Uint8Array(1024 * DIAG_RECORD_BYTES);
   const last: { tcp: Buffer; udp: Buffer } = { tcp: Buffer.alloc(0), udp: Buffer.alloc(0) };
@@ -128,7 +130,7 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (li
         notify(batch);
       };
       const stopEvents = events?.watch(onBatch);
-      const stopCloses = destroyEvents ? watchDestroyEvents(shim, onBatch, log) : () => {};
+      const stopCloses = destroyEvents === "off" ? () => {} : watchDestroyEvents(shim, onBatch, log, destroyEvents === "bpf-closes");
       return () => {
         stopCloses();
         stopEvents?.();
@@ -144,7 +146,7 @@ export function netlinkScanner(shim: NativeShim, events?: KernelEvents, log: (li
  * sockets closing (every forwarded connection) are skipped; anything unreadable means scan
  * that protocol whole, and so does an overrun (after which a fresh subscription is watched).
  */
-function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void, log: (line: string) => void): () => void {
+function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => void, log: (line: string) => void, bpfCloses: boolean): () => void {
   let overrunSaid = false;
   const stops = (["tcp", "udp"] as const).map((protocol) => {
     const whole = protocol === "tcp" ? EVENT_TCP : EVENT_UDP;
@@ -152,13 +154,18 @@ function watchDestroyEvents(shim: NativeShim, onBatch: (batch: EventBatch) => vo
     let stopped = false;
     let stopCurrent = () => {};
     const renewals: number[] = [];
-    const unsubscribed = (err: number) =>
-      log(
-        `degraded: the kernel refused a subscription to ${protocol.toUpperCase()} socket-destroy events ` +
-          `(${shim.errnoName(err)}: ${shim.strerror(err)}), so a closed ${protocol.toUpperCase()} port is noticed by the ` +
-          `next re-scan instead of at once; ` +
-          "check that the agent runs as root with the inet_diag module loaded",
-      );
+    const unsubscribed = (err: number) => {
+      const name = shim.errnoName(err);
+      const noticed =
+        protocol === "tcp" && bpfCloses
+          ? "a closed TCP listener is reported by the BPF program instead"
+          : `a closed ${protocol.toUpperCase()} port is noticed by the next re-scan instead of at once`;
+      const todo =
+        name === "EMFILE" || name === "ENFILE"
+          ? fdLimitHint()
+          : "check that the agent runs as root with the inet_diag module loaded";
+      log(`degraded: the kernel refused a subscription to ${protocol.toUpperCase()} socket-destroy events (${name}: ${shim.strerror(err)}), so ${noticed}; ${todo}`);
+    };
     const subscribe = (): void => {
       // 4: connected sockets' closes (every connection the guest closes) are dropped in the kernel.
       const fd = shim.diagSubscribeTo(whole | 4);
@@ -253,12 +260,12 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
       const started = startKernelEvents(shim, noDestroyEvents !== undefined);
       if (started.events) {
         const closes = noDestroyEvents
-          ? `listeners' closes through BPF as well; no socket-destroy events (${noDestroyEvents}), so a closed UDP port waits for the re-scan`
+          ? `listeners' closes through BPF; no socket-destroy events (${noDestroyEvents}), so a closed UDP port waits for the re-scan`
           : "closes through socket-destroy events";
         return {
           // A fresh scanner: no "unchanged" from the probe. Where the kernel refused the trial, the
           // scanner still subscribes (and says, with what to do, when refused again).
-          scanner: netlinkScanner(shim, started.events, log, !destroyEventsOff()),
+          scanner: netlinkScanner(shim, started.events, log, destroyEventsOff() ? "off" : noDestroyEvents ? "bpf-closes" : "on"),
           detector: {
             name: "ebpf",
             intervalMs: SAFETY_RESCAN_MS,
@@ -307,6 +314,8 @@ function whyNoDestroyEvents(shim: NativeShim): string | undefined {
   shim.close(fd);
   return undefined;
 }
+
+type DestroyEvents = "on" | "off" | "bpf-closes";
 
 function destroyEventsOff(): boolean {
   return process.env.PORTHOLE_DESTROY_EVENTS === "0";

@@ -114,9 +114,11 @@ export class PortWatcher {
 
   async start(): Promise<void> {
     this.stopped = false;
+    // Watching first: a close between the first scan and the subscription would otherwise
+    // wait for the next full scan (a change before the first scan joins it).
+    this.stopWatchingChanges = this.scanner.watchChanges?.((change) => this.onChange(change));
     await this.refresh();
     this.schedule();
-    this.stopWatchingChanges = this.scanner.watchChanges?.((change) => this.onChange(change));
   }
 
   stop(): void {

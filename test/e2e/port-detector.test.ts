@@ -95,7 +95,7 @@ describe("port detector", () => {
 
   e2eTest("without socket-destroy events (PORTHOLE_DESTROY_EVENTS=0) the agent says so, and the BPF program's close event alone ends a listener's forward", async () => {
     const { guest, agent, host } = await eventOnlyPair([], ["env", "PORTHOLE_DESTROY_EVENTS=0", ...PORTHOLE]);
-    expect(agent.stderr.join("\n")).toContain("listeners' closes through BPF as well; no socket-destroy events (PORTHOLE_DESTROY_EVENTS=0)");
+    expect(agent.stderr.join("\n")).toContain("listeners' closes through BPF; no socket-destroy events (PORTHOLE_DESTROY_EVENTS=0)");
     expect(listenProgramCalls(agent.child.pid!)).toContain("cb_flags_set");
     const port = await freePort();
     const tcp = await guest.startEcho("127.0.0.1", port);

@@ -46,3 +46,15 @@ test("a dump that overflows the buffer grows it and is read whole", async () => 
   expect(errors).toEqual([]);
   expect(ports).toHaveLength(5000);
 });
+
+test("a refused destroy-event subscription is said with what happens to closes and what to do (out of fds: the limit; else root and inet_diag)", () => {
+  const said: string[] = [];
+  const refusing = (errno: string) =>
+    ({ diagSubscribeTo: () => -24, errnoName: () => errno, strerror: () => "refused" }) as unknown as NativeShim;
+  netlinkScanner(refusing("EMFILE"), undefined, (l) => said.push(l)).watchChanges!(() => {})();
+  expect(said.find((l) => l.includes("TCP socket-destroy"))).toMatch(/a closed TCP port is noticed by the next re-scan.*ulimit -n/);
+  said.length = 0;
+  netlinkScanner(refusing("EPERM"), undefined, (l) => said.push(l), "bpf-closes").watchChanges!(() => {})();
+  expect(said.find((l) => l.includes("TCP socket-destroy"))).toMatch(/a closed TCP listener is reported by the BPF program instead; check that the agent runs as root/);
+  expect(said.find((l) => l.includes("UDP socket-destroy"))).toMatch(/a closed UDP port is noticed by the next re-scan/);
+});

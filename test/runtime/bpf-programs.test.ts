@@ -86,6 +86,16 @@ describe("BPF programs", () => {
     expect(calls(program(HOOKS.bind4, 0n))).not.toContain(FN_SOCK_OPS_CB_FLAGS_SET);
   });
 
+  test("listen: the jump past listen()'s own record lands on the state-change branch (r3 = the old state), with and without closes", () => {
+    for (const closes of [1, 0]) {
+      const p = program(HOOKS.listen, 0n, 42, 1, closes);
+      // `if r2 != BPF_SOCK_OPS_TCP_LISTEN_CB (11)`: the op, read again after the first checks
+      const at = p.findIndex((i) => i.code === 0x55 && i.dst === 2 && i.imm === 11);
+      expect(at).toBeGreaterThan(-1);
+      expect(p[at + 1 + p[at]!.off]).toMatchObject({ code: 0x61, dst: 3, src: 1, off: 4 }); // ldxw r3 = ctx->args[0]
+    }
+  });
+
   test("listen and bind name the calling process in the record (its owner, to look at first); without pid they do not ask", () => {
     for (const hook of Object.values(HOOKS)) {
       const with_ = calls(program(hook, 0n));
