@@ -256,16 +256,16 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
       if (choice === "poll") return { scanner: netlinkScanner(shim, undefined, log), detector: polling(NETLINK_POLL_MS, "--detector poll was given") };
       // Closes come as socket-destroy events where those can be had; the BPF programs report
       // listeners' closes only where they cannot (two reports of one close cost two wake-ups).
-      const noDestroyEvents = whyNoDestroyEvents(shim);
-      const started = startKernelEvents(shim, noDestroyEvents !== undefined);
+      const destroy = destroyEventsHere(shim);
+      const started = startKernelEvents(shim, destroy.mode !== "on");
       if (started.events) {
-        const closes = noDestroyEvents
-          ? `listeners' closes through BPF; no socket-destroy events (${noDestroyEvents}), so a closed UDP port waits for the re-scan`
+        const closes = destroy.why
+          ? `listeners' closes through BPF; no socket-destroy events (${destroy.why}), so a closed UDP port waits for the re-scan`
           : "closes through socket-destroy events";
         return {
           // A fresh scanner: no "unchanged" from the probe. Where the kernel refused the trial, the
           // scanner still subscribes (and says, with what to do, when refused again).
-          scanner: netlinkScanner(shim, started.events, log, destroyEventsOff() ? "off" : noDestroyEvents ? "bpf-closes" : "on"),
+          scanner: netlinkScanner(shim, started.events, log, destroy.mode),
           detector: {
             name: "ebpf",
             intervalMs: SAFETY_RESCAN_MS,
@@ -303,22 +303,18 @@ export async function bestScanner(log: (line: string) => void, choice: DetectorC
   return { scanner: procNetScanner(), detector: polling(PROC_POLL_MS, shim ? "netlink sock_diag is refused here" : "the native shim did not load") };
 }
 
-/**
- * Why this agent cannot watch socket-destroy events (a trial subscription to TCP's is refused),
- * or undefined when it can. PORTHOLE_DESTROY_EVENTS=0 goes without them (for tests of that case).
- */
-function whyNoDestroyEvents(shim: NativeShim): string | undefined {
-  if (destroyEventsOff()) return "PORTHOLE_DESTROY_EVENTS=0";
-  const fd = shim.diagSubscribeTo(EVENT_TCP | 4);
-  if (fd < 0) return `the kernel refused the subscription: ${shim.errnoName(fd)}`;
-  shim.close(fd);
-  return undefined;
-}
-
 type DestroyEvents = "on" | "off" | "bpf-closes";
 
-function destroyEventsOff(): boolean {
-  return process.env.PORTHOLE_DESTROY_EVENTS === "0";
+/**
+ * Whether this agent can watch socket-destroy events (a trial subscription to TCP's), and why
+ * not where it cannot. PORTHOLE_DESTROY_EVENTS=0 goes without them (for tests of that case).
+ */
+function destroyEventsHere(shim: NativeShim): { mode: DestroyEvents; why?: string } {
+  if (process.env.PORTHOLE_DESTROY_EVENTS === "0") return { mode: "off", why: "PORTHOLE_DESTROY_EVENTS=0" };
+  const fd = shim.diagSubscribeTo(EVENT_TCP | 4);
+  if (fd < 0) return { mode: "bpf-closes", why: `the kernel refused the subscription: ${shim.errnoName(fd)}` };
+  shim.close(fd);
+  return { mode: "on" };
 }
 
 function polling(intervalMs: number, why: string): Detector {

@@ -44,7 +44,7 @@ for (const { arch, name, slow } of GUESTS) {
       await runCleanups();
     });
 
-    vmTest(`the ${name} guest agent finds ports through its own shim's netlink sock_diag, told by kernel events (the ebpf detector), closes by socket-destroy events`, async () => {
+    vmTest(`the ${name} guest agent finds ports through its own shim's netlink sock_diag, told by kernel events (the ebpf detector), and says closes come by socket-destroy events`, async () => {
       const log = await vm!.sh("cat /tmp/agent.log; uname -m");
       expect(log).toContain("watching sockets with netlink sock_diag on kernel events");
       expect(log).toContain("port detector: ebpf (kernel events");
