@@ -157,28 +157,23 @@ async function nativeEcho(guest: Guest): Promise<{ port: number; stop(): Promise
 /**
  * Round trips per second over one connection, and new connections per second (each one round
  * trip), by the native client, so that the client's own cost per connection (some 500 µs in
- * a JavaScript client here) does not hide the forwarder's: the medians of RUNS rounds (a
- * burst of other work on this small machine moves one round, not the median), with both
- * agents' CPU per new connection over all of them.
+ * a JavaScript client here) does not hide the forwarder's. One round per pass: `into` gathers
+ * the rounds of every pass (a burst of other work on this small machine moves one round, not
+ * the median), with both agents' CPU per new connection over all of them.
  */
-async function latency(port: number, host = "127.0.0.1", pids?: { host?: number; guest?: number }): Promise<{ rrPerSec: number; connPerSec: number; cpuPerConnUs?: { host: number; guest: number } }> {
+interface LatencyRounds { trips: number[]; conns: number[]; used: number[]; total: number }
+async function latency(into: LatencyRounds, port: number, host = "127.0.0.1", pids?: { host?: number; guest?: number }): Promise<{ rrPerSec: number; connPerSec: number; cpuPerConnUs?: { host: number; guest: number } }> {
   const seconds = Math.max(1, DURATION / 2 / RUNS);
-  const trips: number[] = [];
-  const conns: number[] = [];
   // Both agents' CPU over the new connections (ticks of 10 ms): per connection, less noisy than the rate.
   const ticks = () => [pids?.host, pids?.guest].map((pid) => (pid ? cpuTicks(pid) : 0));
-  const used = [0, 0];
-  let total = 0;
-  for (let round = 0; round < RUNS; round++) {
-    trips.push((await rrClient("rr", host, port, seconds)).rate);
-    const ticksBefore = ticks();
-    const { rate, count } = await rrClient("crr", host, port, seconds);
-    total += count;
-    ticks().forEach((t, i) => (used[i]! += t - ticksBefore[i]!));
-    conns.push(rate);
-  }
-  const perConn = used.map((t) => (t * 10_000) / Math.max(1, total)); // µs per connection
-  return { rrPerSec: median(trips), connPerSec: median(conns), ...(pids ? { cpuPerConnUs: { host: perConn[0]!, guest: perConn[1]! } } : {}) };
+  into.trips.push((await rrClient("rr", host, port, seconds)).rate);
+  const ticksBefore = ticks();
+  const { rate, count } = await rrClient("crr", host, port, seconds);
+  into.total += count;
+  ticks().forEach((t, i) => (into.used[i]! += t - ticksBefore[i]!));
+  into.conns.push(rate);
+  const perConn = into.used.map((t) => (t * 10_000) / Math.max(1, into.total)); // µs per connection
+  return { rrPerSec: median(into.trips), connPerSec: median(into.conns), ...(pids ? { cpuPerConnUs: { host: perConn[0]!, guest: perConn[1]! } } : {}) };
 }
 
 interface Mode {
@@ -372,11 +367,26 @@ async function main(): Promise<void> {
     },
   ];
 
-  // Throughput: the ceiling on loopback, the guest by IP, then each forwarder.
-  const record = (row: string, path: Path, values: number[]) => {
-    results.throughput[row]![path] = median(values);
-    log(`${row.padEnd(11)} ${path.padEnd(16)} ${median(values).toFixed(2)} Gbit/s`);
+  // Throughput: the ceiling on loopback, the guest by IP, then each forwarder, in RUNS passes:
+  // each pass measures every column once (one iperf3 run per row), so that the machine's drift
+  // over the run (on this small machine `ssh -L` alone moved 1,246-1,532 new connections/s
+  // between runs) falls on every column alike and each ratio compares columns measured minutes
+  // apart, not a quarter of an hour. The figures are the medians over the passes.
+  const samples = new Map<string, number[]>();
+  const add = (key: string, value: number) => {
+    const list = samples.get(key) ?? [];
+    list.push(value);
+    samples.set(key, list);
+    return median(list);
   };
+  const record = (row: string, path: Path, values: number[]) => {
+    let m = 0;
+    for (const v of values) m = add(`gbps ${row} ${path}`, v);
+    results.throughput[row]![path] = m;
+    log(`${row.padEnd(11)} ${path.padEnd(16)} ${values.map((v) => v.toFixed(2)).join(", ")} Gbit/s (median so far ${m.toFixed(2)})`);
+  };
+  /** The agents' CPU over a row's runs of every pass: ticks, seconds, and the runs' rates. */
+  const cpuSpent = new Map<string, { ticks: number[]; seconds: number; rates: number[] }>();
   // One failed measurement is reported and left out; the rest of the table still fills.
   const attempt = async (what: string, fn: () => Promise<void>) => {
     try {
@@ -386,31 +396,37 @@ async function main(): Promise<void> {
       log(`FAILED ${what}: ${(err as Error).message}`);
     }
   };
-  /** iperf3 runs of one row, with the agents' CPU per Gbit/s over all of them. */
+  /** One iperf3 run of a row, with the agents' CPU per Gbit/s over all passes so far. */
   const tcpRow = async (row: string, path: Path, server: IperfServer, port: number, host: string, extra: string[], pids?: Mode["pids"]) => {
     const ticks = () => [pids?.host, pids?.guest].map((pid) => (pid ? cpuTicks(pid) : 0));
     const before = ticks();
     const started = now();
-    const runs: number[] = [];
-    for (let i = 0; i < RUNS; i++) runs.push((await iperf(server, port, host, extra, DURATION)).gbps);
+    const gbps = (await iperf(server, port, host, extra, DURATION)).gbps;
     const seconds = (now() - started) / 1000;
-    record(row, path, runs);
+    record(row, path, [gbps]);
     if (!pids) return;
     const after = ticks();
-    const mean = runs.reduce((a, b) => a + b, 0) / runs.length;
+    const spent = cpuSpent.get(`${row} ${path}`) ?? { ticks: [0, 0], seconds: 0, rates: [] };
+    spent.ticks = spent.ticks.map((t, i) => t + after[i]! - before[i]!);
+    spent.seconds += seconds;
+    spent.rates.push(gbps);
+    cpuSpent.set(`${row} ${path}`, spent);
+    const mean = spent.rates.reduce((a, b) => a + b, 0) / spent.rates.length;
     // ticks per second = % of one core; per Gbit/s of what the runs carried on average.
-    const per = (i: number) => (after[i]! - before[i]!) / seconds / mean;
+    const per = (i: number) => spent.ticks[i]! / spent.seconds / mean;
     results.cpuPerGbit[row]![path] = { host: per(0), guest: per(1) };
     log(`${row.padEnd(11)} ${path.padEnd(16)} CPU per Gbit/s: host agent ${per(0).toFixed(1)}%, guest agent ${per(1).toFixed(1)}% of a core`);
   };
-  const udpRow = async (row: string, path: Path, server: IperfServer, port: number, host: string, rate: string) => {
-    const runs: IperfResult[] = [];
-    for (let i = 0; i < RUNS; i++) runs.push(await iperf(server, port, host, [...UDP_ARGS, "-b", rate], DURATION));
-    record(row, path, runs.map((r) => r.gbps));
-    results.udpLossByRow[row]![path] = median(runs.map((r) => r.loss ?? 0));
-    log(`${row.padEnd(11)} ${path.padEnd(16)} loss ${results.udpLossByRow[row]![path]!.toFixed(1)}%`);
+  const lossOf = (row: string, path: Path, loss: number) => {
+    results.udpLossByRow[row]![path] = add(`loss ${row} ${path}`, loss);
+    log(`${row.padEnd(11)} ${path.padEnd(16)} loss ${loss.toFixed(1)}% (median so far ${results.udpLossByRow[row]![path]!.toFixed(1)}%)`);
   };
-  const measure = async (path: Path, server: IperfServer, port: number, host: string, udp: boolean, pids?: Mode["pids"], besidePort?: number) => {
+  const udpRow = async (row: string, path: Path, server: IperfServer, port: number, host: string, rate: string) => {
+    const r = await iperf(server, port, host, [...UDP_ARGS, "-b", rate], DURATION);
+    record(row, path, [r.gbps]);
+    lossOf(row, path, r.loss ?? 0);
+  };
+  const measure = async (path: Path, server: IperfServer, port: number, host: string, udp: boolean, pids?: Mode["pids"]) => {
     await attempt(`TCP ${path}`, () => tcpRow("TCP", path, server, port, host, [], pids));
     await attempt(`TCP Reverse ${path}`, () => tcpRow("TCP Reverse", path, server, port, host, ["-R"], pids));
     if (!udp) return;
@@ -422,53 +438,54 @@ async function main(): Promise<void> {
   };
   /** A TCP transfer and a UDP flood at once, through the same forwarder; both must finish. */
   const besideRow = async (path: Path, servers: [IperfServer, IperfServer], tcpPort: number, udpPort: number, host: string) => {
-    const tcp: number[] = [];
-    const udp: IperfResult[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const [t, u] = await Promise.all([iperf(servers[0], tcpPort, host, [], DURATION), iperf(servers[1], udpPort, host, [...UDP_ARGS, "-b", UDP_FLOOD_RATE], DURATION)]);
-      tcp.push(t.gbps);
-      udp.push(u);
-    }
-    record("TCP beside UDP", path, tcp);
-    record("UDP beside TCP", path, udp.map((r) => r.gbps));
-    results.udpLossByRow["UDP beside TCP"]![path] = median(udp.map((r) => r.loss ?? 0));
-    log(`UDP beside TCP ${path}: loss ${results.udpLossByRow["UDP beside TCP"]![path]!.toFixed(1)}%`);
+    const [t, u] = await Promise.all([iperf(servers[0], tcpPort, host, [], DURATION), iperf(servers[1], udpPort, host, [...UDP_ARGS, "-b", UDP_FLOOD_RATE], DURATION)]);
+    record("TCP beside UDP", path, [t.gbps]);
+    record("UDP beside TCP", path, [u.gbps]);
+    lossOf("UDP beside TCP", path, u.loss ?? 0);
   };
-  const localPort = await freePort();
-  const localServer = new Proc(spawn("iperf3", ["-s", "-p", String(localPort), "-B", "127.0.0.1"], { stdio: "ignore" }), "iperf3 loopback");
-  // (No waitAccepting() probe: the server would take it for a client; the first run waits for its listener.)
-  if (wanted("direct")) await measure("direct", new IperfServer(localPort), localPort, "127.0.0.1", true);
-  await localServer.kill();
-  if (wanted("byIP")) {
-    await measure("byIP", guestServers[0], iperfPort, guestIP, true);
-    await attempt("UDP beside TCP byIP", () => besideRow("byIP", guestServers, iperfPort, iperfPort2, guestIP));
-  }
+  const rounds = new Map<string, LatencyRounds>();
+  const roundsOf = (path: string) => {
+    if (!rounds.has(path)) rounds.set(path, { trips: [], conns: [], used: [0, 0], total: 0 });
+    return rounds.get(path)!;
+  };
+  for (let pass = 1; pass <= RUNS; pass++) {
+    log(`pass ${pass} of ${RUNS}`);
+    const localPort = await freePort();
+    const localServer = new Proc(spawn("iperf3", ["-s", "-p", String(localPort), "-B", "127.0.0.1"], { stdio: "ignore" }), "iperf3 loopback");
+    // (No waitAccepting() probe: the server would take it for a client; the first run waits for its listener.)
+    if (wanted("direct")) await measure("direct", new IperfServer(localPort), localPort, "127.0.0.1", true);
+    await localServer.kill();
+    if (wanted("byIP")) {
+      await measure("byIP", guestServers[0], iperfPort, guestIP, true);
+      await attempt("UDP beside TCP byIP", () => besideRow("byIP", guestServers, iperfPort, iperfPort2, guestIP));
+    }
 
-  for (const mode of modes.filter((m) => wanted(m.path))) {
-    const hostPort = await freePort();
-    const hostPort2 = mode.udp ? await freePort() : 0;
-    const stop = await mode.start(iperfPort, hostPort, mode.udp ? [iperfPort2, hostPort2] : undefined);
-    try {
-      await measure(mode.path, guestServers[0], hostPort, "127.0.0.1", mode.udp, mode.pids);
-      if (mode.udp) await attempt(`UDP beside TCP ${mode.path}`, () => besideRow(mode.path, guestServers, hostPort, hostPort2, "127.0.0.1"));
-    } finally {
-      await stop();
+    for (const mode of modes.filter((m) => wanted(m.path))) {
+      const hostPort = await freePort();
+      const hostPort2 = mode.udp ? await freePort() : 0;
+      const stop = await mode.start(iperfPort, hostPort, mode.udp ? [iperfPort2, hostPort2] : undefined);
+      try {
+        await measure(mode.path, guestServers[0], hostPort, "127.0.0.1", mode.udp, mode.pids);
+        if (mode.udp) await attempt(`UDP beside TCP ${mode.path}`, () => besideRow(mode.path, guestServers, hostPort, hostPort2, "127.0.0.1"));
+      } finally {
+        await stop();
+      }
+      const echoHost = await freePort();
+      const echo = await nativeEcho(guest);
+      const stopForward = await mode.start(echo.port, echoHost);
+      const stopEcho = async () => (await stopForward(), await echo.stop());
+      try {
+        const l = (results.latency[mode.path] = await latency(roundsOf(mode.path), echoHost, "127.0.0.1", mode.pids));
+        const cpu = l.cpuPerConnUs ? `; agent CPU per new connection host ${l.cpuPerConnUs.host.toFixed(0)} µs / guest ${l.cpuPerConnUs.guest.toFixed(0)} µs` : "";
+        log(`latency ${mode.path} (medians so far): ${l.rrPerSec.toFixed(0)} round trips/s, ${l.connPerSec.toFixed(0)} connections/s${cpu}`);
+      } finally {
+        await stopEcho();
+      }
     }
-    const echoHost = await freePort();
     const echo = await nativeEcho(guest);
-    const stopForward = await mode.start(echo.port, echoHost);
-    const stopEcho = async () => (await stopForward(), await echo.stop());
-    try {
-      const l = (results.latency[mode.path] = await latency(echoHost, "127.0.0.1", mode.pids));
-      const cpu = l.cpuPerConnUs ? `; agent CPU per new connection host ${l.cpuPerConnUs.host.toFixed(0)} µs / guest ${l.cpuPerConnUs.guest.toFixed(0)} µs` : "";
-      log(`latency ${mode.path}: ${l.rrPerSec.toFixed(0)} round trips/s, ${l.connPerSec.toFixed(0)} connections/s${cpu}`);
-    } finally {
-      await stopEcho();
-    }
+    results.latency.byIP = await latency(roundsOf("byIP"), echo.port, guestIP); // an echo server by the guest's IP, no forwarder
+    await echo.stop();
   }
-  const echo = await nativeEcho(guest);
-  results.latency.byIP = await latency(echo.port, guestIP); // an echo server by the guest's IP, no forwarder
-  await echo.stop();
 
   if (wanted("detection")) await measureDetection(guest, results);
   if (wanted("cost")) await measureCost(guest, guestAgent, echoPort, results);
@@ -643,7 +660,7 @@ function report(r: Results): void {
   const cols = COLUMNS.filter(([p]) => Object.values(r.throughput).some((row) => row[p] !== undefined));
   const cell = (v: number | undefined) => (v === undefined ? "n/a" : `${v.toFixed(2)} Gbit/s`);
   const lines: string[] = [];
-  lines.push(`porthole benchmark (${r.machine}; iperf3 -t ${r.settings.duration}, median of ${r.settings.runs})`);
+  lines.push(`porthole benchmark (${r.machine}; iperf3 -t ${r.settings.duration}, median of ${r.settings.runs} passes, each measuring every column once)`);
   lines.push("");
   lines.push(`| | ${cols.map(([, name]) => name).join(" | ")} |`);
   lines.push(`|---|${cols.map(() => "---").join("|")}|`);
