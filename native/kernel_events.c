@@ -264,7 +264,7 @@ static uint64_t own_netns_cookie(void) {
  * namespace without it, as `ip netns exec` makes) a detached cgroup2 mount of our own that is
  * never attached anywhere (fsopen/fsmount) and goes away with its fd.
  */
-static int cgroup2_root(void) {
+int ph_cgroup2_root(void) {
   FILE *f = fopen("/proc/self/mounts", "re");
   if (f) {
     char line[4096], dir[4096], type[64];
@@ -331,7 +331,7 @@ int ph_events_start(char *msg, int cap, int closes) {
   ev.producer = p == MAP_FAILED ? NULL : p;
   int e = 0, cg = -1, unfiltered = 0;
   if (!ev.consumer || !ev.producer) { e = errno; say(msg, cap, "mapping the ring buffer", e); goto fail; }
-  cg = cgroup2_root();
+  cg = ph_cgroup2_root();
   if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root", e); goto fail; }
   uint64_t cookie = own_netns_cookie();
   int no_pid = 0;

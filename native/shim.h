@@ -14,6 +14,8 @@
  *     finished relays and ready fds through one socket the loop watches.
  *   - udp.c: UDP sockets read with recvmmsg() and written with sendmmsg(), many datagrams per
  *     call, with large buffers (a gigabit of datagrams one call each overflowed the socket).
+ *   - connect_rewrite.c: the host's own connect() to a direct forward's loopback port rewritten
+ *     to the guest's address in the kernel (cgroup BPF), its connections and bytes counted.
  *   - udp_pump.c: a thread of its own that carries UDP flows between a connected UDP socket and
  *     a data stream of datagram frames (budget and credits included), no JavaScript between.
  * Every function returns >= 0 on success and -errno on failure; ph_errno_name() and
@@ -58,6 +60,9 @@
 /* basics.c, used by the other files too. */
 const char *ph_errno_name(int err);
 int ph_socket_error(int fd);
+
+/* kernel_events.c, used by connect_rewrite.c too: the cgroup2 root's fd, or -errno. */
+int ph_cgroup2_root(void);
 
 /* udp.c, used by udp_pump.c too. */
 struct ph_dgram {

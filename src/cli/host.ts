@@ -42,6 +42,7 @@ interface HostFlags {
   hostIp?: unknown;
   onForward?: unknown;
   onForwardTimeout?: unknown;
+  kernelDirect?: boolean;
 }
 
 export function registerHost(cli: CAC): void {
@@ -58,6 +59,7 @@ export function registerHost(cli: CAC): void {
     .option("--udp-idle-timeout <duration>", "End a UDP client's flow after this long without traffic (default 60s)")
     .option("--udp-max-flows <n>", "At most this many UDP clients per forward; the least recently used makes room (default 1024)")
     .option("--forwarder <kind>", "auto (default: direct by IP, else porthole's data path, else gRPC), fast, grpc or ssh; wins over LIMA_SSH_PORT_FORWARDER and the config")
+    .option("--kernel-direct", "Linux host, as root: this host's own clients of a direct forward connect to the guest's address themselves (connect() rewritten by cgroup BPF), with no relay; see the README")
     .option("--ssh <addr>", "The guest's sshd for the SSH forwarder: tcp://host:port, unix:///path")
     .option("--ssh-vsock <addr>", "The guest's sshd on vsock, tried before --ssh (off with LIMA_SSH_OVER_VSOCK=false)")
     .option("--ssh-user <name>", "SSH user (default: yours)")
@@ -102,6 +104,7 @@ export function registerHost(cli: CAC): void {
           skipHostKeyCheck: flags.sshSkipHostKeyCheck,
         },
         syncTime: flags.syncTime,
+        kernelDirect: flags.kernelDirect === true,
         logFormat,
         hostIP,
         ...(flags.onForward !== undefined

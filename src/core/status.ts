@@ -36,6 +36,8 @@ export interface PathTraffic {
   bytesIn: number;
   bytesOut: number;
   fallbacks: number;
+  /** direct-kernel only: rewritten connections that never connected (each took the rewrite away). */
+  failed?: number;
 }
 
 /** Which relay moves the bytes of forwarded connections, and what it moved. */

@@ -25,6 +25,7 @@ import { Reconciler } from "./reconciler.ts";
 import { ReverseForward } from "./reverse-forward.ts";
 import { SshForwarder } from "./ssh-forwarder.ts";
 import { SshLink } from "./ssh-link.ts";
+import { KernelDirect, type KernelRouting } from "./kernel-direct.ts";
 import { DATA_ANSWER_TIMEOUT_MS, StreamRouter } from "./stream-router.ts";
 import { resolveSshSettings, type SshFlags } from "./ssh-settings.ts";
 import { TcpForward } from "./tcp-forward.ts";
@@ -81,6 +82,8 @@ export interface HostAgentOptions {
   hostIP?: string;
   /** --on-forward: a command run (sh -c) for each new forward, and how long it may take. */
   onForward?: { command: string; timeoutMs: number };
+  /** --kernel-direct: this host's own clients of direct forwards connect to the guest themselves (connect() rewritten by cgroup BPF). */
+  kernelDirect?: boolean;
 }
 
 const PAUSED_REASON = "auto-forwarding is paused; porthole forward resume turns it back on";
@@ -116,6 +119,8 @@ export class HostAgent {
   private readonly onForward: OnForward | undefined;
   /** The lean multiplexer, where the agent channel is one stream and the forwarder may use it. */
   private readonly muxLink: MuxLink | undefined;
+  /** --kernel-direct, once its programs are loaded. */
+  private kernel: KernelRouting | undefined;
 
   constructor(private readonly options: HostAgentOptions) {
     const guest = formatTransportAddress(options.guest);
@@ -216,6 +221,7 @@ export class HostAgent {
                 dialed: (connection, p, target) => router.nativeDialed(connection, p, target),
                 failed: (err, client, p, target) => router.nativeFailed(err, client, p, target),
                 timeoutMs: DATA_ANSWER_TIMEOUT_MS,
+                ...(this.kernel ? { kernel: this.kernel } : {}),
               } : undefined),
         reverse: (plan) => new ReverseForward(plan, this.connection.porthole, report, warn),
       },
@@ -223,8 +229,27 @@ export class HostAgent {
     );
   }
 
+  private async startKernelDirect(): Promise<void> {
+    if (this.forwarder.value !== "auto") {
+      this.emit({ type: "warning", message: `--kernel-direct rewrites connections of direct forwards, which only --forwarder auto makes (this agent uses ${this.forwarder.value}); it is off` });
+      return;
+    }
+    const direct = await KernelDirect.start((problem) => this.emit({ type: "warning", message: problem }));
+    if (!direct) return;
+    this.kernel = {
+      direct,
+      count: (forward, read) => this.router.counters.addSource("direct-kernel", forward, read),
+      say: (address, usable, reason) => this.emit({ type: "path-changed", address, path: "direct-kernel", state: usable ? "usable" : "unusable", reason }),
+    };
+    this.emit({
+      type: "relay-selected",
+      message: "--kernel-direct: once the relay has connected a client of a direct forward to the guest, this host's next clients of that forward (IPv4, from this network namespace) connect to the guest's address themselves (connect() rewritten by a cgroup BPF program), with no relay between",
+    });
+  }
+
   async start(): Promise<void> {
     await prepareRelay((message) => this.emit({ type: "relay-selected", message }));
+    if (this.options.kernelDirect) await this.startKernelDirect();
     await prepareDatagrams((message) => this.emit({ type: "warning", message }));
     const controlPath = this.options.control ?? join(this.options.stateDir, "control.sock");
     if (controlPath) {

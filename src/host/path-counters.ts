@@ -9,10 +9,18 @@ import { relayedBytes, whenOver } from "../transport/fast-relay.ts";
 
 const empty = (): PathTraffic => ({ connections: 0, open: 0, bytesIn: 0, bytesOut: 0, fallbacks: 0 });
 
+function plus(a: PathTraffic, b: PathTraffic): PathTraffic {
+  const sum: PathTraffic = { connections: a.connections + b.connections, open: a.open + b.open, bytesIn: a.bytesIn + b.bytesIn, bytesOut: a.bytesOut + b.bytesOut, fallbacks: a.fallbacks + b.fallbacks };
+  if (a.failed !== undefined || b.failed !== undefined) sum.failed = (a.failed ?? 0) + (b.failed ?? 0);
+  return sum;
+}
+
 export class PathCounters {
   private readonly closed = new Map<string, PathTraffic>();
   private readonly live = new Map<string, Set<net.Socket>>();
   private readonly toGuest = new WeakSet<net.Socket>();
+  /** Traffic counted elsewhere (the kernel's, for rewritten connections), read when asked. */
+  private readonly sources = new Map<string, Set<() => PathTraffic | undefined>>();
 
   private entry(key: string): PathTraffic {
     let t = this.closed.get(key);
@@ -43,6 +51,26 @@ export class PathCounters {
     }
   }
 
+  /**
+   * Traffic of `path` for the forward `forward` that `read` counts (connections the agent never
+   * sees); returns the stop, after which its last reading stays counted.
+   */
+  addSource(path: string, forward: string, read: () => PathTraffic | undefined): () => void {
+    const keys = [path, `${forward}\0${path}`];
+    for (const key of keys) {
+      this.entry(key);
+      if (!this.sources.has(key)) this.sources.set(key, new Set());
+      this.sources.get(key)!.add(read);
+    }
+    return () => {
+      const last = read();
+      for (const key of keys) {
+        this.sources.get(key)?.delete(read);
+        if (last) this.closed.set(key, plus(this.entry(key), { ...last, open: 0 }));
+      }
+    };
+  }
+
   fellBack(path: string, forward: string): void {
     this.entry(path).fallbacks++;
     this.entry(`${forward}\0${path}`).fallbacks++;
@@ -62,7 +90,12 @@ export class PathCounters {
         bytesIn += swap ? written : read;
         bytesOut += swap ? read : written;
       }
-      out[key.slice(prefix.length)] = { ...t, open: live.size, bytesIn, bytesOut };
+      let row: PathTraffic = { ...t, open: live.size, bytesIn, bytesOut };
+      for (const read of this.sources.get(key) ?? []) {
+        const more = read();
+        if (more) row = plus(row, more);
+      }
+      out[key.slice(prefix.length)] = row;
     }
     return out;
   }

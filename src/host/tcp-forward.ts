@@ -8,6 +8,7 @@ import { acceptNatively, dropConnection, relayedBytes, whenOver, type ForwardTar
 import { LISTEN_BACKLOG, widenBacklog } from "../runtime/listen-backlog.ts";
 import { removeStaleSocket } from "../transport/listen.ts";
 import { HostForward, type FindOwner, type Listener, type Report, type Traffic, type Trouble } from "./host-forward.ts";
+import { KernelDirect, ListenerRewrite, type KernelRouting } from "./kernel-direct.ts";
 
 export type ConnectionHandler = (socket: net.Socket, plan: PlannedForward) => void;
 
@@ -26,6 +27,8 @@ export interface NativeRouting {
   failed(err: NodeJS.ErrnoException, client: net.Socket, plan: PlannedForward, target: ForwardTarget | undefined): void;
   /** How long the relay thread waits for the guest's status byte (a target's own timeoutMs first). */
   timeoutMs: number;
+  /** --kernel-direct: this host's own clients of a direct forward connect to the guest themselves. */
+  kernel?: KernelRouting;
 }
 
 export class TcpForward extends HostForward {
@@ -87,10 +90,14 @@ export class TcpForward extends HostForward {
       if (host.kind === "tcp") server.listen({ host: host.ip, port: host.port, backlog: LISTEN_BACKLOG });
       else server.listen({ path: host.path, backlog: LISTEN_BACKLOG });
     });
-    native = host.kind === "tcp" && this.routing ? this.acceptInRelay(server, track, route, where) : undefined;
+    const kernel = this.routing?.kernel;
+    const rewrite =
+      host.kind === "tcp" && kernel && KernelDirect.fits(host.ip, "0.0.0.0") ? new ListenerRewrite(kernel, host.ip, host.port, this.plan.key, () => this.plan.guestAddr) : undefined;
+    native = host.kind === "tcp" && this.routing ? this.acceptInRelay(server, track, route, where, rewrite) : undefined;
     return {
       close: () => {
         native?.close();
+        rewrite?.close();
         server.close();
         if (host.kind === "unix") fs.rmSync(host.path, { force: true });
       },
@@ -116,6 +123,7 @@ export class TcpForward extends HostForward {
     track: (s: net.Socket) => void,
     route: (s: net.Socket) => void,
     where: string,
+    rewrite: ListenerRewrite | undefined,
   ): (NativeAccept & { nudge(): void }) | undefined {
     const routing = this.routing!;
     let native: NativeAccept | undefined;
@@ -126,9 +134,11 @@ export class TcpForward extends HostForward {
         const target = routing.target(this.plan);
         if (target || targeted) native?.setTarget(target); // none after none: nothing to tell the thread
         targeted = target !== undefined;
+        rewrite?.update(target);
       } catch (err) {
         native?.setTarget(undefined);
         targeted = false;
+        rewrite?.update(undefined);
         this.trouble(err, `choosing the data path of connections to ${where}`);
       }
     };
@@ -140,6 +150,7 @@ export class TcpForward extends HostForward {
       onDialed: (connection, target) => {
         track(connection);
         routing.dialed(connection, this.plan, target);
+        rewrite?.connected(target);
       },
       onFailed: (err, client, target) => {
         track(client);

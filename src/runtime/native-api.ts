@@ -116,6 +116,16 @@ export interface NativeShim {
   udpPumpGrownBudget(floor: number, bytes: number, ms: number): number;
   /** A UDP socket sharing the listening socket's address, connected to `peer` (20-byte form); the fd. */
   udpFlowSocket(listenFd: number, peer: Uint8Array, bufferBytes: number): number;
+  /** Loads and attaches the connect() rewrite (native/connect_rewrite.c); 0, or -errno with the reason in msg. */
+  rewriteStart(msg: Uint8Array, cap: number): number;
+  /** Connections from this namespace to hostIp4:hostPort (4 bytes each, network order) go to guestIp4:guestPort. */
+  rewriteSet(hostIp4: Uint8Array, hostPort: number, guestIp4: Uint8Array, guestPort: number): number;
+  rewriteClear(hostIp4: Uint8Array, hostPort: number): number;
+  /** 1 while rewritten (a connection that failed to connect takes the rewrite away), else 0. */
+  rewriteActive(hostIp4: Uint8Array, hostPort: number): number;
+  /** out: connections, closed, failed, bytes in, bytes out. */
+  rewriteStats(hostIp4: Uint8Array, hostPort: number, out: BigUint64Array): number;
+  rewriteForget(hostIp4: Uint8Array, hostPort: number): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -178,6 +188,12 @@ export const SIGNATURES = {
   ph_udp_pump_free: { args: ["i32"], returns: "i32" },
   ph_udp_pump_grown_budget: { args: ["i32", "i32", "i32"], returns: "i32" },
   ph_udp_flow_socket: { args: ["i32", "ptr", "i32"], returns: "i32" },
+  ph_rewrite_start: { args: ["ptr", "i32"], returns: "i32" },
+  ph_rewrite_set: { args: ["ptr", "i32", "ptr", "i32"], returns: "i32" },
+  ph_rewrite_clear: { args: ["ptr", "i32"], returns: "i32" },
+  ph_rewrite_active: { args: ["ptr", "i32"], returns: "i32" },
+  ph_rewrite_stats: { args: ["ptr", "i32", "ptr"], returns: "i32" },
+  ph_rewrite_forget: { args: ["ptr", "i32"], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -246,6 +262,12 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     udpPumpFree: (id) => num("ph_udp_pump_free", id),
     udpPumpGrownBudget: (floor, bytes, ms) => num("ph_udp_pump_grown_budget", floor, bytes, ms),
     udpFlowSocket: (listenFd, peer, bufferBytes) => num("ph_udp_flow_socket", listenFd, peer, bufferBytes),
+    rewriteStart: (msg, cap) => num("ph_rewrite_start", msg, cap),
+    rewriteSet: (hostIp4, hostPort, guestIp4, guestPort) => num("ph_rewrite_set", hostIp4, hostPort, guestIp4, guestPort),
+    rewriteClear: (hostIp4, hostPort) => num("ph_rewrite_clear", hostIp4, hostPort),
+    rewriteActive: (hostIp4, hostPort) => num("ph_rewrite_active", hostIp4, hostPort),
+    rewriteStats: (hostIp4, hostPort, out) => num("ph_rewrite_stats", hostIp4, hostPort, out),
+    rewriteForget: (hostIp4, hostPort) => num("ph_rewrite_forget", hostIp4, hostPort),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

@@ -1,0 +1,115 @@
+// --kernel-direct: once the relay has connected a client of a direct forward to the guest, this
+// host's next clients of that forward connect to the guest's address themselves (connect()
+// rewritten by a cgroup BPF program). What proves it is the kernel's own view, not ours: the
+// client socket's peer (getpeername) is the guest's address, and the host agent holds no socket
+// of the connection; `porthole status` counts it and its bytes on the path "direct-kernel".
+import { describe, expect } from "bun:test";
+import { spawnSync } from "node:child_process";
+import * as net from "node:net";
+import { join } from "node:path";
+import { e2eTest, exchange, freePort, Guest, pathsOf, startHostAgent, statusJSON, tryConnect, useHarness, type PathCount } from "./harness.ts";
+
+useHarness();
+
+/** A static forward of 127.0.0.1:hostPort to the guest's IP:guestPort, a host agent with --kernel-direct, the proof done. */
+async function kernelDirectGuest() {
+  const guest = Guest.create();
+  const { guestIP } = guest.linkToHost();
+  await guest.startAgent();
+  const [guestPort, hostPort] = [await freePort(), await freePort()];
+  const config = guest.writeFile("kd.yaml", `portForwards:\n- {guestIP: ${guestIP}, guestPort: ${guestPort}, hostPort: ${hostPort}, static: true}\n`);
+  const host = startHostAgent(guest, ["--config", config, "--kernel-direct"]);
+  await host.waitForEvent((e) => e.type === "relay-selected" && String(e.message).startsWith("--kernel-direct"), "the programs loaded");
+  await host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct" && e.state === "usable", "the direct path proved");
+  await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward");
+  const control = join(guest.dir, "state", "control.sock");
+  return { guest, guestIP, guestPort, hostPort, host, control };
+}
+
+/** Connects to 127.0.0.1:port; resolves with the socket once connected (its remoteAddress is what the kernel says). */
+function connected(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true });
+    s.once("connect", () => resolve(s));
+    s.once("error", reject);
+  });
+}
+
+/** Polls an asynchronous check every 100 ms until it holds. */
+async function eventually(check: () => Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(100);
+  }
+}
+
+function kernelPath(control: string, port: number): PathCount | undefined {
+  return statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${port}`)?.paths?.["direct-kernel"];
+}
+
+describe("--kernel-direct", () => {
+  e2eTest("after one relayed connection, the host's clients are the guest's peers themselves: half-close both ways, bytes counted at close", async () => {
+    const k = await kernelDirectGuest();
+    await k.guest.startEcho("0.0.0.0", k.guestPort);
+    // The first client goes through the relay (it proves the guest takes connections on that port by IP).
+    expect((await exchange(k.hostPort, Buffer.from("first"))).toString()).toBe("first");
+    expect(pathsOf(k.control, k.hostPort)).toEqual({ direct: 1 });
+    await k.host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct-kernel" && e.state === "usable", "the rewrite");
+    const client = await connected(k.hostPort);
+    // The kernel's own answer: this socket's peer is the guest, not a listener of the agent's.
+    expect(client.remoteAddress).toBe(k.guestIP);
+    expect(client.remotePort).toBe(k.guestPort);
+    const hostAgentPeers = spawnSync("ss", ["-Htnp", "state", "established", `( sport = :${k.hostPort} )`], { encoding: "utf8" }).stdout.trim();
+    expect(hostAgentPeers).toBe("");
+    // Half-close: the client ends its side after 200,000 bytes; the echo sends them all back, then ends.
+    const payload = Buffer.alloc(200_000, 7);
+    const got: Buffer[] = [];
+    client.on("data", (d: Buffer) => got.push(d));
+    const ended = new Promise<void>((r) => client.once("end", () => r()));
+    client.end(payload);
+    await ended;
+    expect(Buffer.concat(got).equals(payload)).toBe(true);
+    client.destroy();
+    await k.host.proc.waitFor(() => (kernelPath(k.control, k.hostPort)?.open === 0 && kernelPath(k.control, k.hostPort)?.connections === 1) || undefined, "the connection counted closed");
+    expect(kernelPath(k.control, k.hostPort)).toMatchObject({ connections: 1, open: 0, bytesIn: 200_000, bytesOut: 200_000, failed: 0 });
+    // The relay carried only the first client.
+    expect(pathsOf(k.control, k.hostPort)).toEqual({ direct: 1, "direct-kernel": 1 });
+    // Another network namespace's 127.0.0.1 is its own: nothing there is rewritten.
+    const fromGuest = spawnSync("ip", ["netns", "exec", k.guest.ns, "socat", "-u", "OPEN:/dev/null", `TCP:127.0.0.1:${k.hostPort}`], { encoding: "utf8" });
+    expect(fromGuest.status).not.toBe(0);
+    expect(fromGuest.stderr).toContain("Connection refused");
+  });
+
+  e2eTest("a rewritten connection that cannot connect takes the rewrite away, is said, and the relay carries the next clients until one connects again", async () => {
+    const k = await kernelDirectGuest();
+    const echo = await k.guest.startEcho("0.0.0.0", k.guestPort);
+    expect((await exchange(k.hostPort, Buffer.from("first"))).toString()).toBe("first");
+    await k.host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct-kernel" && e.state === "usable", "the rewrite");
+    await echo.kill(); // the static forward stays; the guest port now refuses
+    expect(await tryConnect(k.hostPort)).toBe("ECONNREFUSED"); // that client saw the guest's answer itself
+    expect(kernelPath(k.control, k.hostPort)).toMatchObject({ connections: 1, failed: 1, open: 0 });
+    // The next client reaches the agent's listener; the relay's dial is refused too, which resets it.
+    expect(await tryConnect(k.hostPort).then(() => "ok")).toBe("ok");
+    const said = await k.host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct-kernel" && e.state === "unusable", "the lost rewrite said");
+    expect(String(said.reason)).toContain("did not connect");
+    // Back: the relay connects a client again, and the one after is rewritten again.
+    await k.guest.startEcho("0.0.0.0", k.guestPort);
+    await eventually(async () => (await exchange(k.hostPort, Buffer.from("again")).catch(() => Buffer.alloc(0))).toString() === "again" && (pathsOf(k.control, k.hostPort).direct ?? 0) >= 2, "a relayed connection again", 30_000);
+    await k.host.waitForNthEvent(2, (e) => e.type === "path-changed" && e.path === "direct-kernel" && e.state === "usable", "rewritten again");
+    const client = await connected(k.hostPort);
+    expect(client.remoteAddress).toBe(k.guestIP);
+    client.destroy();
+  });
+
+  e2eTest("the rewrite goes with the agent: killed, its programs are detached and a client is refused, never sent to the guest", async () => {
+    const k = await kernelDirectGuest();
+    await k.guest.startEcho("0.0.0.0", k.guestPort);
+    expect((await exchange(k.hostPort, Buffer.from("first"))).toString()).toBe("first");
+    await k.host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct-kernel" && e.state === "usable", "the rewrite");
+    expect((await connected(k.hostPort)).remoteAddress).toBe(k.guestIP);
+    k.host.proc.child.kill("SIGKILL");
+    await k.host.proc.waitFor(() => (k.host.proc.child.exitCode !== null || k.host.proc.child.signalCode !== null) || undefined, "the agent gone");
+    await eventually(async () => (await tryConnect(k.hostPort)) === "ECONNREFUSED", "refused once the agent is gone");
+  });
+});
