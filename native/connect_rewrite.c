@@ -8,9 +8,10 @@
  * forward's loopback address into connect() to the guest's address, so the client's socket is
  * the guest's peer and the kernel carries every byte (as Cilium's socket load-balancer does).
  * Two hand-assembled programs, attached with BPF links (they go when the agent goes):
- *   - connect4: only TCP, only in the agent's own network namespace, only addresses set here;
- *     counts the connection and remembers the socket (by cookie) for the program below;
- *   - sock_ops: a remembered socket is followed to its close, where its bytes are counted
+ *   - connect4: only TCP, only in the agent's own network namespace, only addresses set here,
+ *     not a client bound to a loopback source; remembers the socket (by cookie);
+ *   - sock_ops: a remembered socket that TCP connects is counted, given keepalive and a short
+ *     SYN retry, and followed to its close, where its bytes are counted
  *     (bytes_acked: client -> guest; bytes_received: guest -> client). One that closes from
  *     SYN_SENT never connected: it counts as failed, and the program deletes the forward's
  *     rewrite, so the next clients reach the agent's own listener again (which dials and
@@ -50,7 +51,7 @@ static struct {
 #define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
 #define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 
-#define RW_MAX_INSNS 96
+#define RW_MAX_INSNS 160
 struct rw_prog {
   struct bpf_insn insn[RW_MAX_INSNS];
   int n;
@@ -85,6 +86,14 @@ static void assemble_connect(struct rw_prog *p) {
   put(p, MOV_REG(BPF_REG_6, BPF_REG_1));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, type)));
   out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, SOCK_STREAM));
+  put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, protocol)));
+  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_TCP)); /* not MPTCP, SCTP */
+  /* A client bound to a loopback source could not reach the guest: left to the listener. */
+  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, sk)));
+  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_2, 0), 3));
+  put(p, LDX(BPF_W, BPF_REG_3, BPF_REG_2, offsetof(struct bpf_sock, src_ip4)));
+  put(p, INSN(BPF_ALU64 | BPF_AND | BPF_K, BPF_REG_3, 0, 0, 0xff)); /* the first octet (network order, little-endian load) */
+  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_3, 127));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, user_ip4)));
   put(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -8));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, user_port)));
@@ -103,15 +112,7 @@ static void assemble_connect(struct rw_prog *p) {
   put(p, STX(BPF_W, BPF_REG_6, BPF_REG_2, offsetof(struct bpf_sock_addr, user_ip4)));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_7, offsetof(struct rw_target, port)));
   put(p, STX(BPF_W, BPF_REG_6, BPF_REG_2, offsetof(struct bpf_sock_addr, user_port)));
-  /* counted */
-  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -8));
-  map_fd(p, BPF_REG_1, rw.stats);
-  put(p, CALL(BPF_FUNC_map_lookup_elem));
-  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
-  put(p, MOV_IMM(BPF_REG_2, 1));
-  put(p, ADD_ATOMIC(BPF_REG_0, BPF_REG_2, offsetof(struct rw_stats, conns)));
-  /* remembered, for its close */
+  /* remembered, to be counted once TCP connects it (a connect() that fails before is not) */
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
   put(p, CALL(BPF_FUNC_get_socket_cookie));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -16));
@@ -146,10 +147,36 @@ static void assemble_sockops(struct rw_prog *p) {
   out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
   put(p, JMP_IMM(BPF_JNE, BPF_REG_7, BPF_SOCK_OPS_TCP_CONNECT_CB));
   int to_close = p->n - 1;
-  /* connecting: follow it to its close */
+  /* connecting: counted, followed to its close (other programs' flags kept), and given the
+   * relay's safeguards: a SYN retried twice (a silent guest fails the client within ~7 s,
+   * which takes the rewrite away), keepalive so a guest that vanished is noticed. */
+  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, 0));
+  put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -16));
+  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
+  put(p, ADD_IMM(BPF_REG_2, -16));
+  map_fd(p, BPF_REG_1, rw.stats);
+  put(p, CALL(BPF_FUNC_map_lookup_elem));
+  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_0, 0), 2));
+  put(p, MOV_IMM(BPF_REG_2, 1));
+  put(p, ADD_ATOMIC(BPF_REG_0, BPF_REG_2, offsetof(struct rw_stats, conns)));
+  put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_ops, bpf_sock_ops_cb_flags)));
+  put(p, INSN(BPF_ALU64 | BPF_OR | BPF_K, BPF_REG_2, 0, 0, BPF_SOCK_OPS_STATE_CB_FLAG));
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
-  put(p, MOV_IMM(BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
   put(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
+  static const int opts[][3] = {
+    { SOL_SOCKET, SO_KEEPALIVE, 1 }, { IPPROTO_TCP, TCP_KEEPIDLE, 10 }, { IPPROTO_TCP, TCP_KEEPINTVL, 5 },
+    { IPPROTO_TCP, TCP_KEEPCNT, 3 }, { IPPROTO_TCP, TCP_SYNCNT, 2 },
+  };
+  for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+    put(p, INSN(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -20, opts[i][2]));
+    put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
+    put(p, MOV_IMM(BPF_REG_2, opts[i][0]));
+    put(p, MOV_IMM(BPF_REG_3, opts[i][1]));
+    put(p, MOV_REG(BPF_REG_4, BPF_REG_10));
+    put(p, ADD_IMM(BPF_REG_4, -20));
+    put(p, MOV_IMM(BPF_REG_5, 4));
+    put(p, CALL(BPF_FUNC_setsockopt)); /* refused on an older kernel: the defaults stay */
+  }
   out_if(p, JMP_IMM(BPF_JA, 0, 0));
   p->insn[to_close].off = (int16_t)(p->n - to_close - 1);
   /* closed: its key, then the socket forgotten */

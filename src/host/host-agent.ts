@@ -297,6 +297,7 @@ export class HostAgent {
     this.connection.stop(); // closes the mux link too (its target)
     this.router.stop();
     this.reconciler.destroy();
+    this.kernel?.direct.stop(); // after the listeners closed (each forgot its rewrite)
     return resetAllRelays(1000);
   }
 

@@ -71,6 +71,11 @@ export class KernelDirect {
   errnoName(err: number): string {
     return this.shim.errnoName(err);
   }
+
+  /** Detaches both programs (the agent stops; its exit would too). */
+  stop(): void {
+    this.shim.rewriteStop();
+  }
 }
 
 /** A listener's rewritten connections as a path's traffic (open: connected or connecting now). */
@@ -106,6 +111,8 @@ export class ListenerRewrite {
   private proven: string | undefined;
   private failedSeen = 0;
   private saidError = false;
+  /** The listener closed: nothing may set the rewrite again (a late record of the relay's could try). */
+  private closed = false;
   private readonly stopCounting: () => void;
 
   constructor(
@@ -139,6 +146,7 @@ export class ListenerRewrite {
 
   /** Rewritten to the current target where the relay proved it, else not. */
   private apply(): void {
+    if (this.closed) return;
     this.noticeFailures();
     const key = this.current && `${this.current.host}:${this.current.port}`;
     if (key && key === this.proven) {
@@ -160,9 +168,11 @@ export class ListenerRewrite {
   }
 
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.current = this.proven = this.rewritten = undefined;
     this.stopCounting();
     this.routing.direct.forget(this.hostIP, this.hostPort);
-    this.rewritten = undefined;
   }
 
   /** A rewritten connection that failed took the rewrite away: said once per such loss; the proof starts over. */

@@ -32,6 +32,9 @@ export interface NativeRouting {
 }
 
 export class TcpForward extends HostForward {
+  /** Each listener's "ask the router again" (the relay thread's target, the kernel's rewrite). */
+  private readonly refreshers = new Set<() => void>();
+
   constructor(
     plan: PlannedForward,
     private readonly onConnection: ConnectionHandler,
@@ -42,6 +45,12 @@ export class TcpForward extends HostForward {
     private readonly routing?: NativeRouting,
   ) {
     super(plan, report, pathOf, trouble, findOwner);
+  }
+
+  /** A new guest address or rule: the listeners' targets follow at once, not at their next client. */
+  override retarget(plan: PlannedForward): void {
+    super.retarget(plan);
+    for (const refresh of this.refreshers) refresh();
   }
 
   protected async listenOn(host: HostTarget): Promise<Listener> {
@@ -162,11 +171,13 @@ export class TcpForward extends HostForward {
     if (!native) return undefined;
     const accept = native;
     unsubscribe = routing.subscribe(refresh);
+    this.refreshers.add(refresh);
     refresh();
     return {
       setTarget: (t) => accept.setTarget(t),
       close: () => {
         unsubscribe();
+        this.refreshers.delete(refresh);
         accept.close();
       },
       stats: () => accept.stats(),

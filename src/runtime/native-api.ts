@@ -126,6 +126,7 @@ export interface NativeShim {
   /** out: connections, closed, failed, bytes in, bytes out. */
   rewriteStats(hostIp4: Uint8Array, hostPort: number, out: BigUint64Array): number;
   rewriteForget(hostIp4: Uint8Array, hostPort: number): number;
+  rewriteStop(): number;
   errnoName(err: number): string;
   strerror(err: number): string;
 }
@@ -194,6 +195,7 @@ export const SIGNATURES = {
   ph_rewrite_active: { args: ["ptr", "i32"], returns: "i32" },
   ph_rewrite_stats: { args: ["ptr", "i32", "ptr"], returns: "i32" },
   ph_rewrite_forget: { args: ["ptr", "i32"], returns: "i32" },
+  ph_rewrite_stop: { args: [], returns: "i32" },
   ph_errno_name: { args: ["i32"], returns: "cstring" },
   ph_strerror: { args: ["i32"], returns: "cstring" },
 } as const;
@@ -268,6 +270,7 @@ export function bindShim(call: (name: ShimSymbol, ...args: unknown[]) => unknown
     rewriteActive: (hostIp4, hostPort) => num("ph_rewrite_active", hostIp4, hostPort),
     rewriteStats: (hostIp4, hostPort, out) => num("ph_rewrite_stats", hostIp4, hostPort, out),
     rewriteForget: (hostIp4, hostPort) => num("ph_rewrite_forget", hostIp4, hostPort),
+    rewriteStop: () => num("ph_rewrite_stop"),
     errnoName: (err) => String(call("ph_errno_name", err)),
     strerror: (err) => String(call("ph_strerror", err)),
   };

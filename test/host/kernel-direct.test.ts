@@ -28,6 +28,7 @@ class FakeKernel {
   }
   forget(): void {
     this.forgotten = true;
+    this.rewrite = undefined;
   }
   errnoName(): string {
     return "EPERM";
@@ -93,12 +94,18 @@ describe("ListenerRewrite", () => {
     expect(said.filter(([usable]) => usable)).toHaveLength(2);
   });
 
-  test("closing stops the counting and forgets the kernel's entries", () => {
+  test("closing stops the counting and forgets the kernel's entries, and a late record of the relay's cannot set them again", () => {
     const { kernel, rewrite, stopped } = setup();
     rewrite.update(direct);
     rewrite.connected(direct);
     rewrite.close();
     expect(stopped()).toBe(1);
     expect(kernel.forgotten).toBe(true);
+    // The relay thread's records posted before the listener closed still arrive: the port is
+    // free now, and another program's clients there must never be sent to the guest.
+    rewrite.connected(direct);
+    rewrite.update(direct);
+    expect(kernel.rewrite).toBeUndefined();
+    expect(kernel.sets).toBe(1);
   });
 });
