@@ -112,7 +112,14 @@ describe("port detector", () => {
     const script = "import socket,sys\ns=[socket.socket() for _ in range(3000)]\nfor x in s: x.bind(('127.0.0.1',0)); x.listen()\nprint('bound',flush=True)\nsys.stdin.read()";
     const many = guest.spawn(["sh", "-c", `ulimit -n 8192 && exec /usr/bin/python3 -c "${script}"`], "3,000 listeners", { stdin: true });
     await many.waitForLine(/^bound/);
-    await many.kill();
+    // The agent held still while they close, so that the events pile up whatever the machine's
+    // speed (an agent that happened to read fast enough saw no overrun: a flaky test).
+    process.kill(agent.child.pid!, "SIGSTOP");
+    try {
+      await many.kill();
+    } finally {
+      process.kill(agent.child.pid!, "SIGCONT");
+    }
     // The overrun happened (the agent says so, once), and the agent took in the burst.
     await agent.waitForLine(/a burst of TCP socket closes overran the kernel's destroy events/, "stderr", 10_000);
     await Bun.sleep(500);
