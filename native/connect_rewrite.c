@@ -73,6 +73,13 @@ static void map_fd(struct rw_prog *p, int reg, int fd) {
   put(p, INSN(BPF_LD | BPF_DW | BPF_IMM, reg, BPF_PSEUDO_MAP_FD, 0, fd));
   put(p, INSN(0, 0, 0, 0, 0));
 }
+/* helper(map, fp + key_off): a lookup or a delete of the key on the stack (r0: the result). */
+static void map_call(struct rw_prog *p, int helper, int map, int key_off) {
+  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
+  put(p, ADD_IMM(BPF_REG_2, key_off));
+  map_fd(p, BPF_REG_1, map);
+  put(p, CALL(helper));
+}
 static void finish(struct rw_prog *p) {
   int end = p->n;
   put(p, MOV_IMM(BPF_REG_0, 1));
@@ -98,10 +105,7 @@ static void assemble_connect(struct rw_prog *p) {
   put(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -8));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, user_port)));
   put(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -4));
-  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -8));
-  map_fd(p, BPF_REG_1, rw.rewrites);
-  put(p, CALL(BPF_FUNC_map_lookup_elem));
+  map_call(p, BPF_FUNC_map_lookup_elem, rw.rewrites, -8);
   out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
   put(p, MOV_REG(BPF_REG_7, BPF_REG_0));
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
@@ -140,10 +144,7 @@ static void assemble_sockops(struct rw_prog *p) {
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
   put(p, CALL(BPF_FUNC_get_socket_cookie));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8));
-  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -8));
-  map_fd(p, BPF_REG_1, rw.sockets);
-  put(p, CALL(BPF_FUNC_map_lookup_elem));
+  map_call(p, BPF_FUNC_map_lookup_elem, rw.sockets, -8);
   out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
   put(p, JMP_IMM(BPF_JNE, BPF_REG_7, BPF_SOCK_OPS_TCP_CONNECT_CB));
   int to_close = p->n - 1;
@@ -152,10 +153,7 @@ static void assemble_sockops(struct rw_prog *p) {
    * which takes the rewrite away), keepalive so a guest that vanished is noticed. */
   put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, 0));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -16));
-  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -16));
-  map_fd(p, BPF_REG_1, rw.stats);
-  put(p, CALL(BPF_FUNC_map_lookup_elem));
+  map_call(p, BPF_FUNC_map_lookup_elem, rw.stats, -16);
   put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_0, 0), 2));
   put(p, MOV_IMM(BPF_REG_2, 1));
   put(p, ADD_ATOMIC(BPF_REG_0, BPF_REG_2, offsetof(struct rw_stats, conns)));
@@ -182,14 +180,8 @@ static void assemble_sockops(struct rw_prog *p) {
   /* closed: its key, then the socket forgotten */
   put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, 0));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -16));
-  map_fd(p, BPF_REG_1, rw.sockets);
-  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -8));
-  put(p, CALL(BPF_FUNC_map_delete_elem));
-  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -16));
-  map_fd(p, BPF_REG_1, rw.stats);
-  put(p, CALL(BPF_FUNC_map_lookup_elem));
+  map_call(p, BPF_FUNC_map_delete_elem, rw.sockets, -8);
+  map_call(p, BPF_FUNC_map_lookup_elem, rw.stats, -16);
   out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
   put(p, MOV_REG(BPF_REG_8, BPF_REG_0));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_ops, args[0])));
@@ -198,10 +190,7 @@ static void assemble_sockops(struct rw_prog *p) {
   /* never connected: counted as failed, and the rewrite taken away */
   put(p, MOV_IMM(BPF_REG_2, 1));
   put(p, ADD_ATOMIC(BPF_REG_8, BPF_REG_2, offsetof(struct rw_stats, failed)));
-  map_fd(p, BPF_REG_1, rw.rewrites);
-  put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -16));
-  put(p, CALL(BPF_FUNC_map_delete_elem));
+  map_call(p, BPF_FUNC_map_delete_elem, rw.rewrites, -16);
   out_if(p, JMP_IMM(BPF_JA, 0, 0));
   p->insn[to_counted].off = (int16_t)(p->n - to_counted - 1);
   put(p, MOV_IMM(BPF_REG_2, 1));

@@ -44,7 +44,12 @@ export class KernelDirect {
 
   /** Whether connections to this listener can be rewritten to this guest address at all. */
   static fits(hostIP: string, guestIP: string): boolean {
-    return isIPv4(hostIP) && hostIP.startsWith("127.") && isIPv4(guestIP);
+    return KernelDirect.rewritable(hostIP) && isIPv4(guestIP);
+  }
+
+  /** A listener whose clients can be rewritten at all: an IPv4 loopback address. */
+  static rewritable(hostIP: string): boolean {
+    return isIPv4(hostIP) && hostIP.startsWith("127.");
   }
 
   /** Rewrites connect() to hostIP:hostPort to the target, or stops (target undefined). -errno on failure, else 0. */

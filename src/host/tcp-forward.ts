@@ -101,7 +101,7 @@ export class TcpForward extends HostForward {
     });
     const kernel = this.routing?.kernel;
     const rewrite =
-      host.kind === "tcp" && kernel && KernelDirect.fits(host.ip, "0.0.0.0") ? new ListenerRewrite(kernel, host.ip, host.port, this.plan.key, () => this.plan.guestAddr) : undefined;
+      host.kind === "tcp" && kernel && KernelDirect.rewritable(host.ip) ? new ListenerRewrite(kernel, host.ip, host.port, this.plan.key, () => this.plan.guestAddr) : undefined;
     native = host.kind === "tcp" && this.routing ? this.acceptInRelay(server, track, route, where, rewrite) : undefined;
     return {
       close: () => {
