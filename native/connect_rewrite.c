@@ -18,26 +18,38 @@
  *     falls back as for any direct connection, and says so).
  * Maps (key: the forward's IPv4 address and port, network order):
  *   rewrites: key -> the guest's address and port, the netns cookie;
- *   stats:    key -> connections, closed, failed, bytes in, bytes out (kept after a rewrite goes);
- *   sockets:  socket cookie -> key, LRU (a socket that never reaches the sock_ops hook ages out).
+ *   stats:    key -> connections, closed, failed, bytes in, bytes out, generation (kept after a
+ *             rewrite goes, until the forward is forgotten);
+ *   sockets:  socket cookie -> key and generation, LRU (a socket that never reaches the sock_ops
+ *             hook ages out).
  */
 
 struct rw_key {
   uint32_t ip4, port;
 };
+/* gen: the counters' generation (see rw_stats); copied to each socket the rewrite sends. */
 struct rw_target {
   uint32_t ip4, port;
   uint64_t netns;
+  uint32_t gen, pad;
 };
+/* gen: new each time a forward's counters are created (after a forget, the port may go to a new
+ * forward while the old one's rewritten connections are still open: their closes do not count here). */
 struct rw_stats {
-  uint64_t conns, closed, failed, bytes_in, bytes_out;
+  uint64_t conns, closed, failed, bytes_in, bytes_out, gen;
+};
+/* A rewritten socket: its forward's key and the counters' generation it belongs to. */
+struct rw_sock {
+  struct rw_key key;
+  uint32_t gen, pad;
 };
 
 static struct {
   int rewrites, stats, sockets;
   int prog[2], link[2];
   int started;
-} rw = { -1, -1, -1, { -1, -1 }, { -1, -1 }, 0 };
+  uint32_t generation;
+} rw = { -1, -1, -1, { -1, -1 }, { -1, -1 }, 0, 0 };
 
 #define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
 #define LDX(size, d, s, o) INSN(BPF_LDX | BPF_MEM | (size), d, s, o, 0)
@@ -59,7 +71,10 @@ struct rw_prog {
   int ends;
 };
 
-static void put(struct rw_prog *p, struct bpf_insn x) { p->insn[p->n++] = x; }
+static void put(struct rw_prog *p, struct bpf_insn x) {
+  if (p->n < RW_MAX_INSNS) p->insn[p->n] = x;
+  p->n++; /* past the end: refused at load (see ph_rewrite_start) */
+}
 static struct bpf_insn jump_off(struct bpf_insn j, int16_t off) {
   j.off = off;
   return j;
@@ -87,7 +102,7 @@ static void finish(struct rw_prog *p) {
   for (int i = 0; i < p->ends; i++) p->insn[p->to_end[i]].off = (int16_t)(end - p->to_end[i] - 1);
 }
 
-/* connect4: fp-8 the key, fp-16 the socket's cookie. */
+/* connect4: fp-8 the key, fp-16 the socket's cookie, fp-32 the socket's entry (struct rw_sock). */
 static void assemble_connect(struct rw_prog *p) {
   memset(p, 0, sizeof *p);
   put(p, MOV_REG(BPF_REG_6, BPF_REG_1));
@@ -117,6 +132,11 @@ static void assemble_connect(struct rw_prog *p) {
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_7, offsetof(struct rw_target, port)));
   put(p, STX(BPF_W, BPF_REG_6, BPF_REG_2, offsetof(struct bpf_sock_addr, user_port)));
   /* remembered, to be counted once TCP connects it (a connect() that fails before is not) */
+  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_10, -8));
+  put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -32 + (int)offsetof(struct rw_sock, key)));
+  put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_7, offsetof(struct rw_target, gen)));
+  put(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -32 + (int)offsetof(struct rw_sock, gen)));
+  put(p, INSN(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -32 + (int)offsetof(struct rw_sock, pad), 0));
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
   put(p, CALL(BPF_FUNC_get_socket_cookie));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -16));
@@ -124,13 +144,13 @@ static void assemble_connect(struct rw_prog *p) {
   put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
   put(p, ADD_IMM(BPF_REG_2, -16));
   put(p, MOV_REG(BPF_REG_3, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_3, -8));
+  put(p, ADD_IMM(BPF_REG_3, -32));
   put(p, MOV_IMM(BPF_REG_4, BPF_ANY));
   put(p, CALL(BPF_FUNC_map_update_elem));
   finish(p);
 }
 
-/* sock_ops: fp-8 the socket's cookie, fp-16 its forward's key. */
+/* sock_ops: fp-8 the socket's cookie, fp-16 its forward's key; r9 the socket's generation. */
 static void assemble_sockops(struct rw_prog *p) {
   memset(p, 0, sizeof *p);
   put(p, MOV_REG(BPF_REG_6, BPF_REG_1));
@@ -146,15 +166,18 @@ static void assemble_sockops(struct rw_prog *p) {
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8));
   map_call(p, BPF_FUNC_map_lookup_elem, rw.sockets, -8);
   out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
+  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, offsetof(struct rw_sock, key)));
+  put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -16));
+  put(p, LDX(BPF_W, BPF_REG_9, BPF_REG_0, offsetof(struct rw_sock, gen)));
   put(p, JMP_IMM(BPF_JNE, BPF_REG_7, BPF_SOCK_OPS_TCP_CONNECT_CB));
   int to_close = p->n - 1;
   /* connecting: counted, followed to its close (other programs' flags kept), and given the
    * relay's safeguards: a SYN retried twice (a silent guest fails the client within ~7 s,
    * which takes the rewrite away), keepalive so a guest that vanished is noticed. */
-  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, 0));
-  put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -16));
   map_call(p, BPF_FUNC_map_lookup_elem, rw.stats, -16);
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_0, 0), 2));
+  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_0, 0), 4));
+  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, offsetof(struct rw_stats, gen)));
+  put(p, jump_off(JMP_REG(BPF_JNE, BPF_REG_2, BPF_REG_9), 2)); /* another forward's counters now */
   put(p, MOV_IMM(BPF_REG_2, 1));
   put(p, ADD_ATOMIC(BPF_REG_0, BPF_REG_2, offsetof(struct rw_stats, conns)));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_ops, bpf_sock_ops_cb_flags)));
@@ -177,12 +200,13 @@ static void assemble_sockops(struct rw_prog *p) {
   }
   out_if(p, JMP_IMM(BPF_JA, 0, 0));
   p->insn[to_close].off = (int16_t)(p->n - to_close - 1);
-  /* closed: its key, then the socket forgotten */
-  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, 0));
-  put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -16));
+  /* closed: the socket forgotten; counted only in its own generation's counters (a forward
+   * forgotten meanwhile, its port another forward's now: neither counted nor its rewrite touched) */
   map_call(p, BPF_FUNC_map_delete_elem, rw.sockets, -8);
   map_call(p, BPF_FUNC_map_lookup_elem, rw.stats, -16);
   out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
+  put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, offsetof(struct rw_stats, gen)));
+  out_if(p, JMP_REG(BPF_JNE, BPF_REG_2, BPF_REG_9));
   put(p, MOV_REG(BPF_REG_8, BPF_REG_0));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_ops, args[0])));
   put(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_TCP_SYN_SENT));
@@ -261,7 +285,7 @@ int ph_rewrite_start(char *msg, int cap) {
   if (rw.rewrites < 0) { e = errno; rw_say(msg, cap, "creating the rewrite map", e, NULL); goto fail; }
   rw.stats = rw_map(BPF_MAP_TYPE_HASH, sizeof(struct rw_key), sizeof(struct rw_stats), 4096, "ph_rw_stats");
   if (rw.stats < 0) { e = errno; rw_say(msg, cap, "creating the counter map", e, NULL); goto fail; }
-  rw.sockets = rw_map(BPF_MAP_TYPE_LRU_HASH, sizeof(uint64_t), sizeof(struct rw_key), 65536, "ph_rw_sockets");
+  rw.sockets = rw_map(BPF_MAP_TYPE_LRU_HASH, sizeof(uint64_t), sizeof(struct rw_sock), 65536, "ph_rw_sockets");
   if (rw.sockets < 0) { e = errno; rw_say(msg, cap, "creating the socket map", e, NULL); goto fail; }
   cg = ph_cgroup2_root();
   if (cg < 0) { e = -cg; cg = -1; rw_say(msg, cap, "opening the cgroup2 root", e, NULL); goto fail; }
@@ -273,6 +297,7 @@ int ph_rewrite_start(char *msg, int cap) {
     static struct rw_prog prog;
     if (i == 0) assemble_connect(&prog);
     else assemble_sockops(&prog);
+    if (prog.n > RW_MAX_INSNS) { e = E2BIG; rw_say(msg, cap, "assembling past RW_MAX_INSNS", e, NULL); goto fail; }
     union bpf_attr a;
     memset(&a, 0, sizeof a);
     a.prog_type = hooks[i].type;
@@ -340,12 +365,17 @@ int ph_rewrite_set(const uint8_t *host_ip4, int host_port, const uint8_t *guest_
   if (!rw.started) return -ENOTCONN;
   if (host_port <= 0 || host_port > 65535 || guest_port <= 0 || guest_port > 65535) return -EINVAL;
   struct rw_key k = rw_key_of(host_ip4, host_port);
-  struct rw_stats zero;
-  memset(&zero, 0, sizeof zero);
-  int e = rw_elem(BPF_MAP_UPDATE_ELEM, rw.stats, &k, &zero, BPF_NOEXIST);
+  struct rw_stats fresh;
+  memset(&fresh, 0, sizeof fresh);
+  fresh.gen = ++rw.generation;
+  int e = rw_elem(BPF_MAP_UPDATE_ELEM, rw.stats, &k, &fresh, BPF_NOEXIST);
   if (e < 0 && e != -EEXIST) return e;
+  struct rw_stats now; /* the counters' generation: this one, or theirs since the last forget */
+  e = rw_elem(BPF_MAP_LOOKUP_ELEM, rw.stats, &k, &now, 0);
+  if (e < 0) return e;
   struct rw_target t;
   memset(&t, 0, sizeof t);
+  t.gen = (uint32_t)now.gen;
   memcpy(&t.ip4, guest_ip4, 4);
   t.port = htons((uint16_t)guest_port);
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);

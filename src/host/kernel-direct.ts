@@ -68,9 +68,9 @@ export class KernelDirect {
     return { connections, closed, failed, bytesIn, bytesOut };
   }
 
-  /** The rewrite and its counters gone (the listener closed). */
-  forget(hostIP: string, hostPort: number): void {
-    this.shim.rewriteForget(ip4(hostIP), hostPort);
+  /** The rewrite and its counters gone (the listener closed). -errno on failure, else 0. */
+  forget(hostIP: string, hostPort: number): number {
+    return this.shim.rewriteForget(ip4(hostIP), hostPort);
   }
 
   errnoName(err: number): string {
@@ -166,18 +166,27 @@ export class ListenerRewrite {
       this.routing.say(this.guestAddr(), true, `this host's connections to ${this.hostIP}:${this.hostPort} now connect to ${key} themselves (connect() rewritten in the kernel)`);
       return;
     }
-    if (this.rewritten) {
-      this.routing.direct.route(this.hostIP, this.hostPort, undefined);
-      this.rewritten = undefined;
-    }
+    if (this.rewritten) this.unset(this.routing.direct.route(this.hostIP, this.hostPort, undefined));
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.current = this.proven = this.rewritten = undefined;
+    this.current = this.proven = undefined;
     this.stopCounting();
-    this.routing.direct.forget(this.hostIP, this.hostPort);
+    this.unset(this.routing.direct.forget(this.hostIP, this.hostPort));
+  }
+
+  /** The rewrite was taken away (0), or the kernel refused to (-errno): said, as the clients then still reach the guest. */
+  private unset(result: number): void {
+    const was = this.rewritten;
+    this.rewritten = undefined;
+    if (result >= 0 || !was) return;
+    this.routing.say(
+      this.guestAddr(),
+      false,
+      `could not stop rewriting connections to ${this.hostIP}:${this.hostPort} in the kernel (${this.routing.direct.errnoName(result)}); they may still connect to ${was} until the host agent stops`,
+    );
   }
 
   /** A rewritten connection that failed took the rewrite away: said once per such loss; the proof starts over. */

@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
 import { join } from "node:path";
-import { e2eTest, exchange, freePort, Guest, pathsOf, startHostAgent, statusJSON, tryConnect, useHarness, type PathCount } from "./harness.ts";
+import { e2eTest, exchange, freePort, Guest, pathsOf, runPorthole, startHostAgent, statusJSON, tryConnect, useHarness, type PathCount } from "./harness.ts";
 
 useHarness();
 
@@ -115,6 +115,45 @@ describe("--kernel-direct", () => {
     const client = await connected(k.hostPort);
     expect(client.remoteAddress).toBe(k.guestIP);
     client.destroy();
+  });
+
+  e2eTest("a forward removed and added again on its port: a connection of the old rewrite, still open, is not counted in the new rewrite's counters when it closes", async () => {
+    const k = await kernelDirectGuest();
+    await k.guest.startEcho("0.0.0.0", k.guestPort);
+    const port = await freePort();
+    const forward = (verb: string) => {
+      const r = runPorthole(["forward", verb, `${k.guestIP}:${k.guestPort}`, `127.0.0.1:${port}`, "--control", k.control]);
+      expect(r.code).toBe(0);
+    };
+    const rewritten = (n: number) =>
+      k.host.waitForNthEvent(n, (e) => e.type === "path-changed" && e.path === "direct-kernel" && e.state === "usable" && String(e.reason).includes(`127.0.0.1:${port} `), `rewrite ${n} of 127.0.0.1:${port}`);
+    forward("add");
+    expect((await exchange(port, Buffer.from("first"))).toString()).toBe("first"); // the relay's proof
+    await rewritten(1);
+    const old = await connected(port);
+    expect(old.remoteAddress).toBe(k.guestIP);
+    forward("remove"); // the old forward's counters are forgotten; its rewritten connection lives on
+    forward("add");
+    expect((await exchange(port, Buffer.from("second"))).toString()).toBe("second");
+    await rewritten(2);
+    // The old connection moves 1,000 bytes each way and closes first, then one of the new forward's 10 bytes.
+    const oldDone = new Promise<void>((r) => old.once("close", () => r()));
+    old.resume();
+    old.end(Buffer.alloc(1000, 7));
+    await oldDone;
+    expect((await exchange(port, Buffer.alloc(10, 1))).length).toBe(10);
+    // The forward's history keeps the old listener's one connection (counted when it connected,
+    // as a relay's is); its bytes went with the forgotten counters. The new counters have only
+    // the new connection: the old one's close found another generation there and left it alone
+    // (before, it was counted closed there with its 1,000 bytes).
+    await k.host.proc.waitFor(() => (kernelPath(k.control, port)?.connections === 2 && kernelPath(k.control, port)?.bytesIn === 10) || undefined, "the new connection counted closed").catch((e) => {
+      throw new Error(`${e}: ${JSON.stringify(kernelPath(k.control, port))}`);
+    });
+    expect(kernelPath(k.control, port)).toMatchObject({ connections: 2, open: 0, failed: 0, bytesIn: 10, bytesOut: 10 });
+    // And its rewrite is still there: the next client is rewritten too.
+    const next = await connected(port);
+    expect(next.remoteAddress).toBe(k.guestIP);
+    next.destroy();
   });
 
   e2eTest("a guest gone silent: a rewritten client gives up after its two SYN retries (seconds, not minutes), and the rewrite is taken away", async () => {

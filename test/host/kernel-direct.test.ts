@@ -10,7 +10,10 @@ class FakeKernel {
   c: RewriteCounts = { connections: 0, closed: 0, failed: 0, bytesIn: 0, bytesOut: 0 };
   sets = 0;
   forgotten = false;
+  /** What taking a rewrite away returns (-1: the kernel refused, EPERM). */
+  clearResult = 0;
   route(_ip: string, _port: number, target: { host: string; port: number } | undefined): number {
+    if (!target && this.clearResult < 0) return this.clearResult;
     this.rewrite = target;
     if (target) this.sets++;
     return 0;
@@ -26,9 +29,11 @@ class FakeKernel {
   counts(): RewriteCounts {
     return this.c;
   }
-  forget(): void {
+  forget(): number {
+    if (this.clearResult < 0) return this.clearResult;
     this.forgotten = true;
     this.rewrite = undefined;
+    return 0;
   }
   errnoName(): string {
     return "EPERM";
@@ -107,5 +112,25 @@ describe("ListenerRewrite", () => {
     rewrite.update(direct);
     expect(kernel.rewrite).toBeUndefined();
     expect(kernel.sets).toBe(1);
+  });
+
+  test("a rewrite the kernel refuses to take away is said, naming where the clients still go, on a path change and on close", () => {
+    const { kernel, said, rewrite } = setup();
+    rewrite.update(direct);
+    rewrite.connected(direct);
+    expect(kernel.rewrite).toEqual(direct);
+    kernel.clearResult = -1;
+    said.length = 0;
+    rewrite.update(undefined); // the router chose another path
+    expect(said).toEqual([[false, "could not stop rewriting connections to 127.0.0.1:8080 in the kernel (EPERM); they may still connect to 10.0.0.2:80 until the host agent stops"]]);
+    // Set again, then closed with the kernel still refusing: said again, once.
+    kernel.clearResult = 0;
+    rewrite.update(direct);
+    rewrite.connected(direct);
+    kernel.clearResult = -1;
+    said.length = 0;
+    rewrite.close();
+    expect(said).toHaveLength(1);
+    expect(said[0]![1]).toStartWith("could not stop rewriting connections to 127.0.0.1:8080");
   });
 });
