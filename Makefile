@@ -18,7 +18,7 @@ CC_ARM64 ?= aarch64-linux-gnu-gcc
 CROSS_DEPS := aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu /usr/aarch64-linux-gnu/include/stdio.h:libc6-dev-arm64-cross
 endif
 SHIM_CFLAGS := -O2 -Wall -Wextra -Werror -shared -fPIC
-SHIM_SOURCES := $(wildcard native/*.c) native/shim.h
+SHIM_SOURCES := $(wildcard native/*.c) native/shim.h native/bpf_asm.h
 # Bun's arm64 runtime for cross-compiling, from the npm registry at the version (and
 # integrity) package-lock.json pins (scripts/bun-runtime.mjs).
 BUN_VERSION = $(shell node -p 'require("./package-lock.json").packages["node_modules/bun"].version')

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "shim.h"
+#include "bpf_asm.h"
 
 /* ---- connect() rewritten to the guest -------------------------------------------------------
  *
@@ -51,17 +51,7 @@ static struct {
   uint32_t generation;
 } rw = { -1, -1, -1, { -1, -1 }, { -1, -1 }, 0, 0 };
 
-#define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
-#define LDX(size, d, s, o) INSN(BPF_LDX | BPF_MEM | (size), d, s, o, 0)
-#define STX(size, d, s, o) INSN(BPF_STX | BPF_MEM | (size), d, s, o, 0)
 #define ADD_ATOMIC(d, s, o) INSN(BPF_STX | BPF_ATOMIC | BPF_DW, d, s, o, BPF_ADD)
-#define MOV_IMM(d, i) INSN(BPF_ALU64 | BPF_MOV | BPF_K, d, 0, 0, i)
-#define MOV_REG(d, s) INSN(BPF_ALU64 | BPF_MOV | BPF_X, d, s, 0, 0)
-#define ADD_IMM(d, i) INSN(BPF_ALU64 | BPF_ADD | BPF_K, d, 0, 0, i)
-#define JMP_IMM(op, d, i) INSN(BPF_JMP | (op) | BPF_K, d, 0, 0, i)
-#define JMP_REG(op, d, s) INSN(BPF_JMP | (op) | BPF_X, d, s, 0, 0)
-#define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
-#define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 
 #define RW_MAX_INSNS 160
 struct rw_prog {
@@ -75,10 +65,6 @@ static void put(struct rw_prog *p, struct bpf_insn x) {
   if (p->n < RW_MAX_INSNS) p->insn[p->n] = x;
   p->n++; /* past the end: refused at load (see ph_rewrite_start) */
 }
-static struct bpf_insn jump_off(struct bpf_insn j, int16_t off) {
-  j.off = off;
-  return j;
-}
 /* A conditional jump to the end (allow, nothing done). */
 static void out_if(struct rw_prog *p, struct bpf_insn jump) {
   p->to_end[p->ends++] = p->n;
@@ -91,7 +77,7 @@ static void map_fd(struct rw_prog *p, int reg, int fd) {
 /* helper(map, fp + key_off): a lookup or a delete of the key on the stack (r0: the result). */
 static void map_call(struct rw_prog *p, int helper, int map, int key_off) {
   put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, key_off));
+  put(p, ALU_IMM(BPF_ADD, BPF_REG_2, key_off));
   map_fd(p, BPF_REG_1, map);
   put(p, CALL(helper));
 }
@@ -107,26 +93,26 @@ static void assemble_connect(struct rw_prog *p) {
   memset(p, 0, sizeof *p);
   put(p, MOV_REG(BPF_REG_6, BPF_REG_1));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, type)));
-  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, SOCK_STREAM));
+  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, SOCK_STREAM, 0));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, protocol)));
-  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_TCP)); /* not MPTCP, SCTP */
+  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_TCP, 0)); /* not MPTCP, SCTP */
   /* A client bound to a loopback source could not reach the guest: left to the listener. */
   put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, sk)));
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_2, 0), 3));
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_2, 0, 3));
   put(p, LDX(BPF_W, BPF_REG_3, BPF_REG_2, offsetof(struct bpf_sock, src_ip4)));
-  put(p, INSN(BPF_ALU64 | BPF_AND | BPF_K, BPF_REG_3, 0, 0, 0xff)); /* the first octet (network order, little-endian load) */
-  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_3, 127));
+  put(p, ALU_IMM(BPF_AND, BPF_REG_3, 0xff)); /* the first octet (network order, little-endian load) */
+  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_3, 127, 0));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, user_ip4)));
   put(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -8));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_addr, user_port)));
   put(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -4));
   map_call(p, BPF_FUNC_map_lookup_elem, rw.rewrites, -8);
-  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
+  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0, 0));
   put(p, MOV_REG(BPF_REG_7, BPF_REG_0));
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
   put(p, CALL(BPF_FUNC_get_netns_cookie));
   put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_7, offsetof(struct rw_target, netns)));
-  out_if(p, JMP_REG(BPF_JNE, BPF_REG_0, BPF_REG_2));
+  out_if(p, JMP_REG(BPF_JNE, BPF_REG_0, BPF_REG_2, 0));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_7, offsetof(struct rw_target, ip4)));
   put(p, STX(BPF_W, BPF_REG_6, BPF_REG_2, offsetof(struct bpf_sock_addr, user_ip4)));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_7, offsetof(struct rw_target, port)));
@@ -136,15 +122,15 @@ static void assemble_connect(struct rw_prog *p) {
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -32 + (int)offsetof(struct rw_sock, key)));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_7, offsetof(struct rw_target, gen)));
   put(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -32 + (int)offsetof(struct rw_sock, gen)));
-  put(p, INSN(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -32 + (int)offsetof(struct rw_sock, pad), 0));
+  put(p, ST_IMM(BPF_W, BPF_REG_10, -32 + (int)offsetof(struct rw_sock, pad), 0));
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
   put(p, CALL(BPF_FUNC_get_socket_cookie));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -16));
   map_fd(p, BPF_REG_1, rw.sockets);
   put(p, MOV_REG(BPF_REG_2, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_2, -16));
+  put(p, ALU_IMM(BPF_ADD, BPF_REG_2, -16));
   put(p, MOV_REG(BPF_REG_3, BPF_REG_10));
-  put(p, ADD_IMM(BPF_REG_3, -32));
+  put(p, ALU_IMM(BPF_ADD, BPF_REG_3, -32));
   put(p, MOV_IMM(BPF_REG_4, BPF_ANY));
   put(p, CALL(BPF_FUNC_map_update_elem));
   finish(p);
@@ -155,33 +141,33 @@ static void assemble_sockops(struct rw_prog *p) {
   memset(p, 0, sizeof *p);
   put(p, MOV_REG(BPF_REG_6, BPF_REG_1));
   put(p, LDX(BPF_W, BPF_REG_7, BPF_REG_6, offsetof(struct bpf_sock_ops, op)));
-  put(p, JMP_IMM(BPF_JEQ, BPF_REG_7, BPF_SOCK_OPS_TCP_CONNECT_CB));
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_7, BPF_SOCK_OPS_TCP_CONNECT_CB, 0));
   int to_lookup = p->n - 1;
-  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_7, BPF_SOCK_OPS_STATE_CB));
+  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_7, BPF_SOCK_OPS_STATE_CB, 0));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_ops, args[1])));
-  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_TCP_CLOSE));
+  out_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_TCP_CLOSE, 0));
   p->insn[to_lookup].off = (int16_t)(p->n - to_lookup - 1);
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
   put(p, CALL(BPF_FUNC_get_socket_cookie));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8));
   map_call(p, BPF_FUNC_map_lookup_elem, rw.sockets, -8);
-  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
+  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0, 0));
   put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, offsetof(struct rw_sock, key)));
   put(p, STX(BPF_DW, BPF_REG_10, BPF_REG_2, -16));
   put(p, LDX(BPF_W, BPF_REG_9, BPF_REG_0, offsetof(struct rw_sock, gen)));
-  put(p, JMP_IMM(BPF_JNE, BPF_REG_7, BPF_SOCK_OPS_TCP_CONNECT_CB));
+  put(p, JMP_IMM(BPF_JNE, BPF_REG_7, BPF_SOCK_OPS_TCP_CONNECT_CB, 0));
   int to_close = p->n - 1;
   /* connecting: counted, followed to its close (other programs' flags kept), and given the
    * relay's safeguards: a SYN retried twice (a silent guest fails the client within ~7 s,
    * which takes the rewrite away), keepalive so a guest that vanished is noticed. */
   map_call(p, BPF_FUNC_map_lookup_elem, rw.stats, -16);
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_0, 0), 4));
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0, 4));
   put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, offsetof(struct rw_stats, gen)));
-  put(p, jump_off(JMP_REG(BPF_JNE, BPF_REG_2, BPF_REG_9), 2)); /* another forward's counters now */
+  put(p, JMP_REG(BPF_JNE, BPF_REG_2, BPF_REG_9, 2)); /* another forward's counters now */
   put(p, MOV_IMM(BPF_REG_2, 1));
   put(p, ADD_ATOMIC(BPF_REG_0, BPF_REG_2, offsetof(struct rw_stats, conns)));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_ops, bpf_sock_ops_cb_flags)));
-  put(p, INSN(BPF_ALU64 | BPF_OR | BPF_K, BPF_REG_2, 0, 0, BPF_SOCK_OPS_STATE_CB_FLAG));
+  put(p, ALU_IMM(BPF_OR, BPF_REG_2, BPF_SOCK_OPS_STATE_CB_FLAG));
   put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
   put(p, CALL(BPF_FUNC_sock_ops_cb_flags_set));
   static const int opts[][3] = {
@@ -189,33 +175,33 @@ static void assemble_sockops(struct rw_prog *p) {
     { IPPROTO_TCP, TCP_KEEPCNT, 3 }, { IPPROTO_TCP, TCP_SYNCNT, 2 },
   };
   for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
-    put(p, INSN(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -20, opts[i][2]));
+    put(p, ST_IMM(BPF_W, BPF_REG_10, -20, opts[i][2]));
     put(p, MOV_REG(BPF_REG_1, BPF_REG_6));
     put(p, MOV_IMM(BPF_REG_2, opts[i][0]));
     put(p, MOV_IMM(BPF_REG_3, opts[i][1]));
     put(p, MOV_REG(BPF_REG_4, BPF_REG_10));
-    put(p, ADD_IMM(BPF_REG_4, -20));
+    put(p, ALU_IMM(BPF_ADD, BPF_REG_4, -20));
     put(p, MOV_IMM(BPF_REG_5, 4));
     put(p, CALL(BPF_FUNC_setsockopt)); /* refused on an older kernel: the defaults stay */
   }
-  out_if(p, JMP_IMM(BPF_JA, 0, 0));
+  out_if(p, JMP_IMM(BPF_JA, 0, 0, 0));
   p->insn[to_close].off = (int16_t)(p->n - to_close - 1);
   /* closed: the socket forgotten; counted only in its own generation's counters (a forward
    * forgotten meanwhile, its port another forward's now: neither counted nor its rewrite touched) */
   map_call(p, BPF_FUNC_map_delete_elem, rw.sockets, -8);
   map_call(p, BPF_FUNC_map_lookup_elem, rw.stats, -16);
-  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0));
+  out_if(p, JMP_IMM(BPF_JEQ, BPF_REG_0, 0, 0));
   put(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_0, offsetof(struct rw_stats, gen)));
-  out_if(p, JMP_REG(BPF_JNE, BPF_REG_2, BPF_REG_9));
+  out_if(p, JMP_REG(BPF_JNE, BPF_REG_2, BPF_REG_9, 0));
   put(p, MOV_REG(BPF_REG_8, BPF_REG_0));
   put(p, LDX(BPF_W, BPF_REG_2, BPF_REG_6, offsetof(struct bpf_sock_ops, args[0])));
-  put(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_TCP_SYN_SENT));
+  put(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_TCP_SYN_SENT, 0));
   int to_counted = p->n - 1;
   /* never connected: counted as failed, and the rewrite taken away */
   put(p, MOV_IMM(BPF_REG_2, 1));
   put(p, ADD_ATOMIC(BPF_REG_8, BPF_REG_2, offsetof(struct rw_stats, failed)));
   map_call(p, BPF_FUNC_map_delete_elem, rw.rewrites, -16);
-  out_if(p, JMP_IMM(BPF_JA, 0, 0));
+  out_if(p, JMP_IMM(BPF_JA, 0, 0, 0));
   p->insn[to_counted].off = (int16_t)(p->n - to_counted - 1);
   put(p, MOV_IMM(BPF_REG_2, 1));
   put(p, ADD_ATOMIC(BPF_REG_8, BPF_REG_2, offsetof(struct rw_stats, closed)));
@@ -223,27 +209,25 @@ static void assemble_sockops(struct rw_prog *p) {
    * our FIN; bytes_received the peer's FIN. The state the socket closed from tells which. */
   put(p, LDX(BPF_W, BPF_REG_3, BPF_REG_6, offsetof(struct bpf_sock_ops, args[0])));
   put(p, LDX(BPF_DW, BPF_REG_4, BPF_REG_6, offsetof(struct bpf_sock_ops, bytes_acked)));
-  put(p, ADD_IMM(BPF_REG_4, -1)); /* the SYN */
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_FIN_WAIT2), 2));
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_CLOSING), 1));
-  put(p, jump_off(JMP_IMM(BPF_JNE, BPF_REG_3, BPF_TCP_LAST_ACK), 1));
-  put(p, ADD_IMM(BPF_REG_4, -1)); /* our FIN, acked */
-  put(p, jump_off(JMP_IMM(BPF_JSGE, BPF_REG_4, 0), 1));
+  put(p, ALU_IMM(BPF_ADD, BPF_REG_4, -1)); /* the SYN */
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_FIN_WAIT2, 2));
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_CLOSING, 1));
+  put(p, JMP_IMM(BPF_JNE, BPF_REG_3, BPF_TCP_LAST_ACK, 1));
+  put(p, ALU_IMM(BPF_ADD, BPF_REG_4, -1)); /* our FIN, acked */
+  put(p, JMP_IMM(BPF_JSGE, BPF_REG_4, 0, 1));
   put(p, MOV_IMM(BPF_REG_4, 0));
   put(p, ADD_ATOMIC(BPF_REG_8, BPF_REG_4, offsetof(struct rw_stats, bytes_in)));
   put(p, LDX(BPF_DW, BPF_REG_5, BPF_REG_6, offsetof(struct bpf_sock_ops, bytes_received)));
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_CLOSE_WAIT), 3));
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_LAST_ACK), 2));
-  put(p, jump_off(JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_CLOSING), 1));
-  put(p, jump_off(JMP_IMM(BPF_JNE, BPF_REG_3, BPF_TCP_FIN_WAIT2), 1));
-  put(p, ADD_IMM(BPF_REG_5, -1)); /* the peer's FIN (from FIN_WAIT2: taken as received, as after a FIN it is) */
-  put(p, jump_off(JMP_IMM(BPF_JSGE, BPF_REG_5, 0), 1));
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_CLOSE_WAIT, 3));
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_LAST_ACK, 2));
+  put(p, JMP_IMM(BPF_JEQ, BPF_REG_3, BPF_TCP_CLOSING, 1));
+  put(p, JMP_IMM(BPF_JNE, BPF_REG_3, BPF_TCP_FIN_WAIT2, 1));
+  put(p, ALU_IMM(BPF_ADD, BPF_REG_5, -1)); /* the peer's FIN (from FIN_WAIT2: taken as received, as after a FIN it is) */
+  put(p, JMP_IMM(BPF_JSGE, BPF_REG_5, 0, 1));
   put(p, MOV_IMM(BPF_REG_5, 0));
   put(p, ADD_ATOMIC(BPF_REG_8, BPF_REG_5, offsetof(struct rw_stats, bytes_out)));
   finish(p);
 }
-
-static int rw_bpf(int cmd, union bpf_attr *a) { return (int)syscall(__NR_bpf, cmd, a, sizeof *a); }
 
 static int rw_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t max, const char *name) {
   union bpf_attr a;
@@ -253,7 +237,7 @@ static int rw_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t
   a.value_size = value;
   a.max_entries = max;
   strncpy(a.map_name, name, sizeof a.map_name - 1);
-  return rw_bpf(BPF_MAP_CREATE, &a);
+  return ph_bpf(BPF_MAP_CREATE, &a);
 }
 
 static void rw_say(char *msg, int cap, const char *what, int err, const char *log) {
@@ -310,7 +294,7 @@ int ph_rewrite_start(char *msg, int cap) {
     a.log_size = sizeof log;
     a.log_level = 1;
     strncpy(a.prog_name, i == 0 ? "ph_rw_connect" : "ph_rw_sockops", sizeof a.prog_name - 1);
-    rw.prog[i] = rw_bpf(BPF_PROG_LOAD, &a);
+    rw.prog[i] = ph_bpf(BPF_PROG_LOAD, &a);
     if (rw.prog[i] < 0) {
       e = errno;
       rw.prog[i] = -1;
@@ -319,13 +303,9 @@ int ph_rewrite_start(char *msg, int cap) {
       rw_say(msg, cap, what, e, e == EACCES || e == EINVAL ? log : NULL);
       goto fail;
     }
-    memset(&a, 0, sizeof a);
-    a.link_create.prog_fd = (uint32_t)rw.prog[i];
-    a.link_create.target_fd = (uint32_t)cg;
-    a.link_create.attach_type = hooks[i].attach;
-    rw.link[i] = rw_bpf(BPF_LINK_CREATE, &a);
+    rw.link[i] = ph_cgroup_link(rw.prog[i], cg, hooks[i].attach);
     if (rw.link[i] < 0) {
-      e = errno;
+      e = -rw.link[i];
       rw.link[i] = -1;
       char what[64];
       snprintf(what, sizeof what, "attaching %s to the cgroup2 root", hooks[i].name);
@@ -356,7 +336,7 @@ static int rw_elem(int cmd, int map, const void *key, void *value, uint64_t flag
   a.key = (uint64_t)(uintptr_t)key;
   a.value = (uint64_t)(uintptr_t)value;
   a.flags = flags;
-  return rw_bpf(cmd, &a) == 0 ? 0 : NEG_ERRNO;
+  return ph_bpf(cmd, &a) == 0 ? 0 : NEG_ERRNO;
 }
 
 /* Connections from this network namespace to host_ip4:host_port (4 bytes, network order) go to
@@ -378,14 +358,8 @@ int ph_rewrite_set(const uint8_t *host_ip4, int host_port, const uint8_t *guest_
   t.gen = (uint32_t)now.gen;
   memcpy(&t.ip4, guest_ip4, 4);
   t.port = htons((uint16_t)guest_port);
-  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  socklen_t len = sizeof t.netns;
-  if (fd < 0 || getsockopt(fd, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &t.netns, &len) != 0) {
-    e = fd < 0 ? NEG_ERRNO : -errno;
-    if (fd >= 0) close(fd);
-    return e; /* without its namespace a rewrite would reach other namespaces' connections too */
-  }
-  close(fd);
+  e = ph_netns_cookie(&t.netns);
+  if (e < 0) return e; /* without its namespace a rewrite would reach other namespaces' connections too */
   return rw_elem(BPF_MAP_UPDATE_ELEM, rw.rewrites, &k, &t, BPF_ANY);
 }
 

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "shim.h"
+#include "bpf_asm.h"
 
 /* ---- kernel port events (eBPF) ------------------------------------------------------------
  *
@@ -26,18 +26,6 @@
 
 #define PH_RING_BYTES (64 * 1024)
 
-#define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
-#define LDX_W(d, s, o) INSN(BPF_LDX | BPF_MEM | BPF_W, d, s, o, 0)
-#define STX_DW(d, s, o) INSN(BPF_STX | BPF_MEM | BPF_DW, d, s, o, 0)
-#define STX_W(d, s, o) INSN(BPF_STX | BPF_MEM | BPF_W, d, s, o, 0)
-#define MOV_IMM(d, i) INSN(BPF_ALU64 | BPF_MOV | BPF_K, d, 0, 0, i)
-#define MOV_REG(d, s) INSN(BPF_ALU64 | BPF_MOV | BPF_X, d, s, 0, 0)
-#define ALU_IMM(op, d, i) INSN(BPF_ALU64 | (op) | BPF_K, d, 0, 0, i)
-#define ALU_REG(op, d, s) INSN(BPF_ALU64 | (op) | BPF_X, d, s, 0, 0)
-#define JMP_IMM(op, d, i, o) INSN(BPF_JMP | (op) | BPF_K, d, 0, o, i)
-#define JMP_REG(op, d, s, o) INSN(BPF_JMP | (op) | BPF_X, d, s, o, 0)
-#define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
-#define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 
 /* A program being assembled: jumps to "out" (return the verdict) are patched at the end. */
 struct prog {
@@ -81,28 +69,28 @@ enum { PH_HOOK_LISTEN, PH_HOOK_BIND4, PH_HOOK_BIND6, PH_HOOKS };
  * socket on the port. r1 = ctx, kept; r2 is used. */
 static void store_addr(struct prog *p, int hook) {
   emit(p, MOV_IMM(BPF_REG_2, 0));
-  for (int i = 0; i < 4; i++) emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16 + 4 * i));
+  for (int i = 0; i < 4; i++) emit(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -16 + 4 * i));
   switch (hook) {
   case PH_HOOK_BIND4:
-    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, src_ip4)));
-    emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16));
+    emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, src_ip4)));
+    emit(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -16));
     break;
   case PH_HOOK_BIND6:
     for (int i = 0; i < 4; i++) {
-      emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, src_ip6) + 4 * i));
-      emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16 + 4 * i));
+      emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, src_ip6) + 4 * i));
+      emit(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -16 + 4 * i));
     }
     break;
   default: /* sock_ops: either family */
-    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
     emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, AF_INET6, 9)); /* to the IPv4 address */
     for (int i = 0; i < 4; i++) {
-      emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, local_ip6) + 4 * i));
-      emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16 + 4 * i));
+      emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, local_ip6) + 4 * i));
+      emit(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -16 + 4 * i));
     }
     emit(p, JMP_IMM(BPF_JA, 0, 0, 2));
-    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, local_ip4)));
-    emit(p, STX_W(BPF_REG_10, BPF_REG_2, -16));
+    emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, local_ip4)));
+    emit(p, STX(BPF_W, BPF_REG_10, BPF_REG_2, -16));
   }
 }
 
@@ -115,14 +103,14 @@ static void record(struct prog *p, int ring, int protocol, int flags, int pid) {
   emit(p, ALU_IMM(BPF_OR, BPF_REG_3, protocol | flags << 8));
   emit(p, JMP_IMM(BPF_JNE, BPF_REG_5, AF_INET6, 1));
   emit(p, ALU_IMM(BPF_OR, BPF_REG_3, PH_EV_V6 << 8));
-  emit(p, STX_DW(BPF_REG_10, BPF_REG_3, -32));
+  emit(p, STX(BPF_DW, BPF_REG_10, BPF_REG_3, -32));
   if (pid) {
     emit(p, CALL(BPF_FUNC_get_current_pid_tgid));
     emit(p, ALU_IMM(BPF_RSH, BPF_REG_0, 32));
   } else {
     emit(p, MOV_IMM(BPF_REG_0, 0));
   }
-  emit(p, STX_DW(BPF_REG_10, BPF_REG_0, -24));
+  emit(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -24));
   emit(p, MOV_REG(BPF_REG_2, BPF_REG_10));
   emit(p, ALU_IMM(BPF_ADD, BPF_REG_2, -32));
   ld_imm64(p, BPF_REG_1, BPF_PSEUDO_MAP_FD, (uint32_t)ring);
@@ -152,12 +140,12 @@ static void assemble(int hook, int ring, uint64_t cookie, int pid, int closes, s
   memset(p, 0, sizeof *p);
   switch (hook) {
   case PH_HOOK_LISTEN: { /* ctx: struct bpf_sock_ops */
-    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
+    emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
     emit(p, JMP_IMM(BPF_JEQ, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 1));
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_STATE_CB, 0));
     this_netns_only(p, cookie);
     emit(p, MOV_REG(BPF_REG_6, BPF_REG_1));
-    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
+    emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock_ops, op)));
     int to_state = p->n;
     emit(p, JMP_IMM(BPF_JNE, BPF_REG_2, BPF_SOCK_OPS_TCP_LISTEN_CB, 0));
     if (closes) {
@@ -167,27 +155,27 @@ static void assemble(int hook, int ring, uint64_t cookie, int pid, int closes, s
       emit(p, MOV_REG(BPF_REG_1, BPF_REG_6));
     }
     store_addr(p, hook);
-    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
-    emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    emit(p, LDX(BPF_W, BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port))); /* host order */
+    emit(p, LDX(BPF_W, BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
     record(p, ring, IPPROTO_TCP, 0, pid);
     skip_if(p, JMP_IMM(BPF_JA, 0, 0, 0));
     p->insn[to_state].off = (int16_t)(p->n - to_state - 1);
     /* A state change: only a listener's (args[0]: the old state), as its close begins. */
-    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, args[0])));
+    emit(p, LDX(BPF_W, BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, args[0])));
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_3, 10, 0));
     store_addr(p, hook);
-    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port)));
-    emit(p, LDX_W(BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
+    emit(p, LDX(BPF_W, BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock_ops, local_port)));
+    emit(p, LDX(BPF_W, BPF_REG_5, BPF_REG_1, offsetof(struct bpf_sock_ops, family)));
     record(p, ring, IPPROTO_TCP, PH_EV_CLOSING, 0); /* a close: no owner to find */
     break;
   }
   case PH_HOOK_BIND4:
   case PH_HOOK_BIND6: /* ctx: struct bpf_sock; only UDP (a TCP socket is a port once it listens) */
-    emit(p, LDX_W(BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
+    emit(p, LDX(BPF_W, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_sock, protocol)));
     skip_if(p, JMP_IMM(BPF_JNE, BPF_REG_2, IPPROTO_UDP, 0));
     this_netns_only(p, cookie);
     store_addr(p, hook);
-    emit(p, LDX_W(BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
+    emit(p, LDX(BPF_W, BPF_REG_3, BPF_REG_1, offsetof(struct bpf_sock, src_port))); /* host order */
     emit(p, MOV_IMM(BPF_REG_5, hook == PH_HOOK_BIND6 ? AF_INET6 : AF_INET));
     record(p, ring, IPPROTO_UDP, 0, pid);
     break;
@@ -210,8 +198,28 @@ static struct {
   uint64_t events;
 } ev = { -1, { -1, -1, -1 }, { -1, -1, -1 }, NULL, NULL, 0 };
 
-static int sys_bpf(int cmd, union bpf_attr *attr) {
+int ph_bpf(int cmd, union bpf_attr *attr) {
   return (int)syscall(__NR_bpf, cmd, attr, sizeof *attr);
+}
+
+int ph_cgroup_link(int prog, int cgroup, enum bpf_attach_type attach) {
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.link_create.prog_fd = (uint32_t)prog;
+  a.link_create.target_fd = (uint32_t)cgroup;
+  a.link_create.attach_type = attach;
+  int fd = ph_bpf(BPF_LINK_CREATE, &a);
+  return fd >= 0 ? fd : NEG_ERRNO;
+}
+
+int ph_netns_cookie(uint64_t *out) {
+  *out = 0;
+  socklen_t len = sizeof *out;
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return NEG_ERRNO;
+  int e = getsockopt(fd, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, out, &len) == 0 ? 0 : NEG_ERRNO;
+  close(fd);
+  return e;
 }
 
 /* Writes "what: reason" to the caller's message buffer. */
@@ -237,7 +245,7 @@ static int load(int hook, const struct prog *p, char *msg, int cap) {
       a.log_buf = (uint64_t)(uintptr_t)log;
       a.log_size = sizeof log;
     }
-    int fd = sys_bpf(BPF_PROG_LOAD, &a);
+    int fd = ph_bpf(BPF_PROG_LOAD, &a);
     if (fd >= 0) return fd;
     int e = errno;
     if (verbose || (e != EINVAL && e != EACCES)) {
@@ -248,16 +256,6 @@ static int load(int hook, const struct prog *p, char *msg, int cap) {
   return -EINVAL;
 }
 
-/* This process's network namespace cookie (SO_NETNS_COOKIE), or 0 where the kernel has none. */
-static uint64_t own_netns_cookie(void) {
-  uint64_t cookie = 0;
-  socklen_t len = sizeof cookie;
-  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return 0;
-  if (getsockopt(fd, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &cookie, &len) != 0) cookie = 0;
-  close(fd);
-  return cookie;
-}
 
 /*
  * The cgroup2 hierarchy's root: where it is mounted (from /proc/self/mounts), else (a mount
@@ -322,7 +320,7 @@ int ph_events_start(char *msg, int cap, int closes) {
   a.map_type = BPF_MAP_TYPE_RINGBUF;
   a.max_entries = PH_RING_BYTES;
   strncpy(a.map_name, "porthole_ports", sizeof a.map_name - 1);
-  ev.ring = sys_bpf(BPF_MAP_CREATE, &a);
+  ev.ring = ph_bpf(BPF_MAP_CREATE, &a);
   if (ev.ring < 0) { int e = errno; say(msg, cap, "creating the ring buffer", e); ev.ring = -1; return -e; }
   long page = sysconf(_SC_PAGESIZE);
   void *c = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, ev.ring, 0);
@@ -333,7 +331,8 @@ int ph_events_start(char *msg, int cap, int closes) {
   if (!ev.consumer || !ev.producer) { e = errno; say(msg, cap, "mapping the ring buffer", e); goto fail; }
   cg = ph_cgroup2_root();
   if (cg < 0) { e = -cg; say(msg, cap, "opening the cgroup2 root", e); goto fail; }
-  uint64_t cookie = own_netns_cookie();
+  uint64_t cookie;
+  ph_netns_cookie(&cookie); /* 0 where the kernel has none: the programs go without the check */
   int no_pid = 0;
   for (int i = 0; i < PH_HOOKS; i++) {
     struct prog prog;
@@ -353,13 +352,9 @@ int ph_events_start(char *msg, int cap, int closes) {
       if (!cookie && v == 1) break;
     }
     if (ev.prog[i] < 0) { e = -ev.prog[i]; ev.prog[i] = -1; goto fail; }
-    memset(&a, 0, sizeof a);
-    a.link_create.prog_fd = (uint32_t)ev.prog[i];
-    a.link_create.target_fd = (uint32_t)cg;
-    a.link_create.attach_type = hooks[i].attach_type;
-    ev.link[i] = sys_bpf(BPF_LINK_CREATE, &a);
+    ev.link[i] = ph_cgroup_link(ev.prog[i], cg, hooks[i].attach_type);
     if (ev.link[i] < 0) {
-      e = errno;
+      e = -ev.link[i];
       ev.link[i] = -1;
       if (msg && cap > 0) snprintf(msg, (size_t)cap, "attaching %s to the cgroup2 root: %s (%s)", hooks[i].name, ph_errno_name(-e), strerror(e));
       goto fail;

@@ -16,6 +16,7 @@
  *     call, with large buffers (a gigabit of datagrams one call each overflowed the socket).
  *   - connect_rewrite.c: the host's own connect() to a direct forward's loopback port rewritten
  *     to the guest's address in the kernel (cgroup BPF), its connections and bytes counted.
+ *   - bpf_asm.h: what kernel_events.c and connect_rewrite.c share to assemble and attach programs.
  *   - udp_pump.c: a thread of its own that carries UDP flows between a connected UDP socket and
  *     a data stream of datagram frames (budget and credits included), no JavaScript between.
  * Every function returns >= 0 on success and -errno on failure; ph_errno_name() and
@@ -60,9 +61,6 @@
 /* basics.c, used by the other files too. */
 const char *ph_errno_name(int err);
 int ph_socket_error(int fd);
-
-/* kernel_events.c, used by connect_rewrite.c too: the cgroup2 root's fd, or -errno. */
-int ph_cgroup2_root(void);
 
 /* udp.c, used by udp_pump.c too. */
 struct ph_dgram {
