@@ -145,8 +145,10 @@ describe("the arm64 binary under qemu-user", () => {
     expect(String(warned.message)).toEndWith("direct forwards go through the relay");
     await host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct" && e.state === "usable", "the direct path proved", SLOW_MS);
     await host.waitForForwarding(hostPort, SLOW_MS);
-    for (const text of ["one", "two", "three"]) expect((await exchange(hostPort, Buffer.from(text))).toString()).toBe(text);
     const control = join(guest.dir, "state", "control.sock");
+    // A static forward listens before its path is chosen: its clients go direct once the forward says so.
+    await host.proc.waitFor(() => statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${hostPort}`)?.path === "direct" || undefined, "the forward on the direct path", SLOW_MS);
+    for (const text of ["one", "two", "three"]) expect((await exchange(hostPort, Buffer.from(text))).toString()).toBe(text);
     expect(pathsOf(control, hostPort)).toEqual({ direct: 3 });
     expect(host.events.filter(isWarning)).toHaveLength(1);
     expect(host.events.filter((e) => e.type === "relay-selected" && String(e.message).startsWith("--kernel-direct"))).toEqual([]);

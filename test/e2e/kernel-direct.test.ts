@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
 import { join } from "node:path";
-import { e2eTest, exchange, freePort, Guest, pathsOf, runPorthole, startHostAgent, statusJSON, tryConnect, useHarness, type PathCount } from "./harness.ts";
+import { e2eTest, exchange, freePort, Guest, pathsOf, runPorthole, startHostAgent, statusJSON, tryConnect, useHarness, type HostAgentProc, type PathCount } from "./harness.ts";
 
 useHarness();
 
@@ -24,7 +24,14 @@ async function kernelDirectGuest() {
   await host.waitForEvent((e) => e.type === "path-changed" && e.path === "direct" && e.state === "usable", "the direct path proved");
   await host.waitForEvent((e) => e.type === "forwarding" && e.hostAddr === `127.0.0.1:${hostPort}`, "the forward");
   const control = join(guest.dir, "state", "control.sock");
+  // A static forward listens before its path is chosen: the first client must find it direct (it is the relay's proof).
+  await onDirectPath(host, control, hostPort);
   return { guest, guestIP, hostIP, guestPort, hostPort, host, control };
+}
+
+/** Until the forward of 127.0.0.1:port has chosen the direct path. */
+function onDirectPath(host: HostAgentProc, control: string, port: number): Promise<unknown> {
+  return host.proc.waitFor(() => statusJSON(control).forwards.find((f) => f.hostAddr === `127.0.0.1:${port}`)?.path === "direct" || undefined, `127.0.0.1:${port} on the direct path`);
 }
 
 /** Connects to 127.0.0.1:port; resolves with the socket once connected (its remoteAddress is what the kernel says). */
@@ -128,12 +135,14 @@ describe("--kernel-direct", () => {
     const rewritten = (n: number) =>
       k.host.waitForNthEvent(n, (e) => e.type === "path-changed" && e.path === "direct-kernel" && e.state === "usable" && String(e.reason).includes(`127.0.0.1:${port} `), `rewrite ${n} of 127.0.0.1:${port}`);
     forward("add");
+    await onDirectPath(k.host, k.control, port);
     expect((await exchange(port, Buffer.from("first"))).toString()).toBe("first"); // the relay's proof
     await rewritten(1);
     const old = await connected(port);
     expect(old.remoteAddress).toBe(k.guestIP);
     forward("remove"); // the old forward's counters are forgotten; its rewritten connection lives on
     forward("add");
+    await onDirectPath(k.host, k.control, port);
     expect((await exchange(port, Buffer.from("second"))).toString()).toBe("second");
     await rewritten(2);
     // The old connection moves 1,000 bytes each way and closes first, then one of the new forward's 10 bytes.
