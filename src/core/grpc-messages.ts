@@ -57,7 +57,10 @@ export class MessageDecoder {
   /** Whether the held parts hold a whole message (or a header that must be refused). */
   private complete(): boolean {
     if (this.partBytes < MESSAGE_HEADER_BYTES) return false;
-    const head = this.parts[0]!.length >= MESSAGE_HEADER_BYTES ? this.parts[0]! : Buffer.concat(this.parts, this.partBytes);
+    // A header split across chunks is joined once (joining every time a chunk came would copy
+    // the held bytes again per chunk: quadratic in a message the peer sends in tiny pieces).
+    if (this.parts[0]!.length < MESSAGE_HEADER_BYTES) this.parts = [Buffer.concat(this.parts, this.partBytes)];
+    const head = this.parts[0]!;
     if (head[0] !== 0) return true;
     const length = head.readUInt32BE(1);
     return length > this.maxBytes || this.partBytes >= MESSAGE_HEADER_BYTES + length;

@@ -6,6 +6,8 @@ import { usableGuestAddresses } from "./direct-proof.ts";
 import { boundedText } from "./port-owner.ts";
 
 const MAX_FEATURES = 64;
+/** What a porthole guest hands out (and its data endpoint takes): anything else is dropped, the data and direct paths then unused. */
+const DATA_SECRET = /^[0-9a-f]{16,128}$/;
 const MAX_DATA_ENDPOINTS = 16;
 
 export function checkedHello(hello: HelloResponse): HelloResponse {
@@ -16,6 +18,7 @@ export function checkedHello(hello: HelloResponse): HelloResponse {
     version: boundedText(String(hello.version ?? ""), 64),
     features: strings(hello.features, MAX_FEATURES, 64),
     data_endpoints: (Array.isArray(hello.data_endpoints) ? hello.data_endpoints : []).filter((s) => typeof s === "string" && s.length <= 4096).slice(0, MAX_DATA_ENDPOINTS),
+    data_secret: typeof hello.data_secret === "string" && DATA_SECRET.test(hello.data_secret) ? hello.data_secret : "",
     addresses: usableGuestAddresses(hello.addresses),
     ...(hello.port_detector ? { port_detector: boundedText(String(hello.port_detector), 512) } : {}),
   };

@@ -164,6 +164,9 @@ export function parseMuxTarget(text: string): MuxTarget | { error: string } {
   return { error: `not a target: ${JSON.stringify(text.slice(0, 100))}` };
 }
 
+/** What the host keeps of an agent's answer to the probe before the SETTINGS ACK must have come. */
+export const MAX_PROBE_ANSWER_BYTES = 64 * 1024;
+
 /**
  * The host's reading of the first frames after the probe. MUX_ACCEPT first: a porthole guest
  * (the bytes after it are mux frames). SETTINGS first: a stock HTTP/2 server, whose frames go
@@ -175,8 +178,14 @@ export class ProbeReader {
   private first = true;
   /** The stock server's frames for grpc-js, in order. */
   private kept: Buffer[] = [];
+  private keptBytes = 0;
 
   push(chunk: Buffer): { state: "more" } | { state: "accepted"; rest: Buffer } | { state: "stock"; pass: Buffer; rest: Buffer } | { state: "bad"; reason: string } {
+    // A stock server sends ~100 bytes before its ACK (its SETTINGS, a WINDOW_UPDATE): a peer
+    // that sends much more without one is held to a bound, not kept until the probe times out.
+    if (this.keptBytes + this.buf.length + chunk.length > MAX_PROBE_ANSWER_BYTES) {
+      return { state: "bad", reason: `the agent sent more than ${MAX_PROBE_ANSWER_BYTES / 1024} KiB without acknowledging the probe's SETTINGS` };
+    }
     this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
     let at = 0;
     while (this.buf.length - at >= 9) {
@@ -198,6 +207,7 @@ export class ProbeReader {
         return { state: "stock", pass: Buffer.concat(this.kept), rest: this.buf.subarray(at) };
       }
       this.kept.push(Buffer.from(frame));
+      this.keptBytes += frame.length;
     }
     this.buf = Buffer.from(this.buf.subarray(at));
     return { state: "more" };

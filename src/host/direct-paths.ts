@@ -31,6 +31,8 @@ export class DirectPaths {
   private timer: ReturnType<typeof setInterval> | undefined;
   private interfacesSeen = "";
   private generation = 0;
+  /** The proof round under way, and its generation: a round is never started beside another. */
+  private proving: { generation: number; round: Promise<void> } | undefined;
   private lastLook = 0;
   /** Proof rounds in a row in which an address gave no answer at all (not even a refusal). */
   private readonly silent = new Map<string, number>();
@@ -74,8 +76,22 @@ export class DirectPaths {
     this.report(ip, false, reason);
   }
 
-  /** Proves every candidate address again (also when this host's addresses changed). */
-  async reprove(): Promise<void> {
+  /**
+   * Proves every candidate address again (also when this host's addresses changed). While a
+   * round is under way for this guest, that round is the answer: a guest whose proof port
+   * answers slowly must not get a new round of connections every interval beside the last.
+   */
+  reprove(): Promise<void> {
+    if (this.proving?.generation === this.generation) return this.proving.round;
+    const generation = this.generation;
+    const round = this.proveAll().finally(() => {
+      if (this.proving?.round === round) this.proving = undefined;
+    });
+    this.proving = { generation, round };
+    return round;
+  }
+
+  private async proveAll(): Promise<void> {
     const offer = this.offer;
     if (!offer) return;
     const generation = this.generation;
@@ -148,10 +164,12 @@ export function proveAddress(ip: string, offer: GuestOffer): Promise<void> {
       socket.destroy();
       reject(new Error(why));
     };
-    socket.setTimeout(PROOF_TIMEOUT_MS, () => {
+    // A deadline for the whole answer, not for each silence: a byte now and then must not hold a proof for minutes.
+    const deadline = setTimeout(() => {
       socket.destroy();
       reject(Object.assign(new Error(`no answer to the proof within ${PROOF_TIMEOUT_MS / 1000} s`), { code: "ETIMEDOUT" }));
-    });
+    }, PROOF_TIMEOUT_MS);
+    socket.once("close", () => clearTimeout(deadline));
     socket.once("error", (err: NodeJS.ErrnoException) => {
       socket.destroy();
       // EHOSTUNREACH and the like are silence too: nothing answers at that address.

@@ -148,7 +148,12 @@ export class MuxLink {
     if (local.destroyed) return void raw.destroy();
     if (answer.state === "accepted") return this.multiplex(local, raw, answer.rest);
     this.say(false, "the guest agent does not offer porthole's lean multiplexer (a stock Lima agent, or an older porthole): forwarded connections go through gRPC tunnels; run `porthole guest` in the guest to get it");
-    await stripPreface(local, raw);
+    try {
+      await stripPreface(local, raw);
+    } catch (err) {
+      raw.destroy(); // the agent channel may take one client at a time (a QEMU chardev): never left open
+      throw err;
+    }
     local.write(Buffer.concat([answer.pass, answer.rest]));
     joinSockets(local, raw);
   }
@@ -203,7 +208,10 @@ function stripPreface(local: net.Socket, raw: net.Socket): Promise<void> {
       resolve();
     };
     local.on("data", onData);
-    local.once("close", () => reject(new Error("grpc-js closed its connection")));
+    // (Half-open allowed: grpc-js going away is its EOF, and no close follows by itself.)
+    const gone = () => reject(new Error("grpc-js closed its connection"));
+    local.once("end", gone);
+    local.once("close", gone);
     local.resume();
   });
 }

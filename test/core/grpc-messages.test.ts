@@ -1,6 +1,6 @@
 // gRPC's length-prefixed messages split across chunks at every byte, and refused when malformed.
 import { expect, test } from "bun:test";
-import { MessageDecoder, percentDecode, percentEncode } from "../../src/core/grpc-messages.ts";
+import { MESSAGE_HEADER_BYTES, MessageDecoder, percentDecode, percentEncode } from "../../src/core/grpc-messages.ts";
 
 const frame = (body: Buffer, flag = 0) => {
   const h = Buffer.alloc(5);
@@ -42,4 +42,30 @@ test("grpc-message's percent-encoding round-trips text with '%' and non-ASCII", 
   const text = "dial 127.0.0.1:1: refused ✗ 100%";
   expect(percentEncode(text)).toBe("dial 127.0.0.1:1: refused %E2%9C%97 100%25");
   expect(percentDecode(percentEncode(text))).toBe(text);
+});
+
+test("a message that starts with a 1-byte chunk and comes in 16 KiB pieces is copied about once, not once per piece", () => {
+  const length = 16 << 20;
+  const message = Buffer.alloc(MESSAGE_HEADER_BYTES + length, 7);
+  message[0] = 0;
+  message.writeUInt32BE(length, 1);
+  const decoder = new MessageDecoder(length);
+  const concat = Buffer.concat;
+  let copied = 0;
+  Buffer.concat = ((list: readonly Uint8Array[], total?: number) => {
+    const joined = concat(list, total);
+    copied += joined.length;
+    return joined;
+  }) as typeof Buffer.concat;
+  const out = [];
+  try {
+    out.push(...decoder.push(message.subarray(0, 1)));
+    for (let at = 1; at < message.length; at += 16_384) out.push(...decoder.push(message.subarray(at, Math.min(at + 16_384, message.length))));
+  } finally {
+    Buffer.concat = concat;
+  }
+  expect(out).toHaveLength(1);
+  expect(out[0]!.kind === "message" && out[0]!.data.length).toBe(length);
+  // Joined once when the header was whole (a few bytes then) and once when the message was: ~1x, where it was ~500x.
+  expect(copied).toBeLessThan(2 * message.length);
 });

@@ -30,3 +30,12 @@ test("a hostile Hello: escapes and newlines replaced, sizes and counts bounded, 
   expect(hello.port_detector).not.toMatch(/[\u0000-\u001f]/);
   expect(hello.data_endpoints).toHaveLength(16);
 });
+
+test("a data secret is kept only in the form a porthole guest hands out (it goes into every data-stream header the host writes)", () => {
+  const secret = "0123456789abcdef0123456789abcdef0123456789abcdef";
+  expect(checkedHello({ ...base, data_secret: secret }).data_secret).toBe(secret);
+  expect(checkedHello({ ...base, data_secret: "a".repeat(1 << 20) }).data_secret).toBe("");
+  expect(checkedHello({ ...base, data_secret: "0123456789abcdef 0123" }).data_secret).toBe("");
+  expect(checkedHello({ ...base, data_secret: "short" }).data_secret).toBe("");
+  expect(checkedHello({ ...base, data_secret: undefined as unknown as string }).data_secret).toBe("");
+});

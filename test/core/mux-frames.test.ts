@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { creditFrame, formatMuxTarget, h2Frame, HTTP2_PREFACE, MUX_ACCEPT, MUX_MAX_FRAME, MUX_PROBE, muxDataHeader, MuxDecoder, muxFrame, MuxKind, parseMuxTarget, ProbeReader } from "../../src/core/mux-frames.ts";
+import { creditFrame, formatMuxTarget, h2Frame, HTTP2_PREFACE, MAX_PROBE_ANSWER_BYTES, MUX_ACCEPT, MUX_MAX_FRAME, MUX_PROBE, muxDataHeader, MuxDecoder, muxFrame, MuxKind, parseMuxTarget, ProbeReader } from "../../src/core/mux-frames.ts";
 
 const h2 = (type: number, flags: number, payload = Buffer.alloc(0)) => h2Frame(type, flags, payload);
 
@@ -58,6 +58,17 @@ describe("the probe", () => {
       expect(r.pass).toEqual(Buffer.concat([settings, windowUpdate]));
       expect(Buffer.concat([r.rest, unread]).equals(after)).toBe(true);
     }
+  });
+
+  test("an answer that goes on past 64 KiB without the ACK is refused, whatever its frames", () => {
+    const reader = new ProbeReader();
+    expect(reader.push(h2(4, 0, Buffer.from([0, 3, 0, 0, 0, 100]))).state).toBe("more");
+    const frame = h2(0, 0, Buffer.alloc(16_000)); // DATA, never what a stock server sends before its ACK
+    let r: ReturnType<ProbeReader["push"]> = { state: "more" };
+    let pushed = 0;
+    for (let i = 0; i < 10_000 && r.state === "more"; i++) (r = reader.push(frame)), (pushed += frame.length);
+    expect(r).toEqual({ state: "bad", reason: "the agent sent more than 64 KiB without acknowledging the probe's SETTINGS" });
+    expect(pushed).toBeLessThanOrEqual(MAX_PROBE_ANSWER_BYTES + frame.length);
   });
 
   test("anything but SETTINGS or the answer first is refused", () => {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { HostEvent } from "../../src/core/forward-event.ts";
 import type { PlannedForward } from "../../src/core/forward-plan.ts";
 import type { InterfaceAddress } from "../../src/core/subnet.ts";
-import { DirectPaths, type GuestOffer } from "../../src/host/direct-paths.ts";
+import { DirectPaths, proveAddress, type GuestOffer } from "../../src/host/direct-paths.ts";
 import type { GrpcForwarder } from "../../src/host/grpc-forwarder.ts";
 import { StreamRouter } from "../../src/host/stream-router.ts";
 import type { HelloResponse } from "../../src/proto/guest-service.ts";
@@ -196,5 +196,50 @@ describe("the stream router", () => {
     expect(silent).toEqual(["10.9.9.7"]); // one silent round after a refusal is not enough
     direct.stop();
   });
-});
 
+  test("a proof round is never started beside one still under way (a slow guest cannot pile up proof connections)", async () => {
+    let calls = 0;
+    const answers: (() => void)[] = [];
+    const direct = new DirectPaths(
+      () => {},
+      () => [{ address: "10.9.9.1", netmask: "255.255.255.0", family: "IPv4", internal: false }],
+      () => {
+        calls++;
+        return new Promise<void>((resolve) => answers.push(resolve));
+      },
+    );
+    direct.setGuest({ secret: "00112233445566778899aabbccddeeff", addresses: ["10.9.9.7", "10.9.9.8"], proofPort: 4000 });
+    const first = direct.reprove();
+    void direct.reprove(); // as the 10 s interval and a change of this host's addresses would ask
+    void direct.reprove();
+    expect(calls).toBe(2); // one proof per address, from the first round only
+    for (const answer of answers) answer();
+    await first;
+    void direct.reprove(); // that round over: the next one proves again
+    expect(calls).toBe(4);
+    direct.setGuest({ secret: "00112233445566778899aabbccddeeff", addresses: ["10.9.9.7"], proofPort: 4000 }); // a new guest: a round of its own at once
+    expect(calls).toBe(5);
+    direct.stop();
+  });
+
+  test("a proof answered a byte at a time is given up at its deadline, not held while bytes trickle in", async () => {
+    const server = net.createServer((c) => {
+      c.on("error", () => {});
+      const drip = setInterval(() => c.write("P"), 300);
+      c.once("close", () => clearInterval(drip));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      const started = Date.now();
+      const err = await proveAddress("127.0.0.1", { secret: "00112233445566778899aabbccddeeff", addresses: ["127.0.0.1"], proofPort: port }).then(
+        () => undefined,
+        (e: NodeJS.ErrnoException) => e,
+      );
+      expect(err?.code).toBe("ETIMEDOUT");
+      expect(Date.now() - started).toBeLessThan(10_000); // its idle timer alone would have waited ~77 s (256 bytes, one per 300 ms)
+    } finally {
+      server.close();
+    }
+  }, 20_000);
+});
