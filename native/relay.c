@@ -820,6 +820,10 @@ static void framed_run(struct relay *r, struct relay **ready) {
     f->flags |= PH_ERR_A;
     plain_reset(r, 0);
   }
+  /* a gone after its END_EOF (its peer reset it while the far side still sends): one end frame
+   * each way, so RESET cannot follow; the stream is closed instead, which the far agent takes
+   * for a lost stream and answers with a reset of its side, as a plain relay would. */
+  if (f->plain_dead && f->end_code == PH_END_EOF && !f->got_end && !f->stream_gone) f->stream_gone = 1;
   /* What ends what. */
   if (f->stream_gone) stream_close(r);
   if (!f->plain_dead && dec->queued == 0) {

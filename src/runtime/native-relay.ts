@@ -364,7 +364,7 @@ export class NativeRelayLoop {
           const listener = this.listeners.get(end.bToA % 2 ** 32);
           if (listener?.failed) safely(() => listener.failed!(end, Math.floor(end.bToA / 2 ** 32)));
           else if (listener) safely(() => listener.dialFailed?.(err));
-          else if (end.aToB >= 0 && end.aToB < 2 ** 31) this.shim.close(end.aToB); // its listener is gone: so is the client
+          else if (end.aToB >= 0 && end.aToB < 2 ** 31) this.resetFd(end.aToB); // its listener is gone: so is the client, with a reset (its dial failed)
         } else {
           safely(() => onEnd?.(end));
         }

@@ -88,8 +88,19 @@ function relayOneWay(from: net.Socket, to: net.Socket, onEnd: (how: StreamEnd) =
  * goes on), an error or a reset as a reset, after the bytes already read are delivered.
  */
 export function spliceSockets(a: net.Socket, b: net.Socket): void {
+  /** The sides whose direction has ended (their EOF or reset passed on). */
+  const over = new Set<net.Socket>();
   for (const [one, other] of [[a, b], [b, a]] as const) {
-    relayOneWay(one, other, (how) => (how === "eof" ? other.destroyed || other.end() : resetAfterFlush(other)));
+    relayOneWay(one, other, (how) => {
+      over.add(one);
+      if (how === "eof") other.destroyed || other.end();
+      else resetAfterFlush(other);
+    });
+    // Gone after its EOF (its peer reset it) while the other side still sends: that side is
+    // reset too, not left sending into a socket that is no more.
+    const gone = () => over.has(one) && !over.has(other) && resetAfterFlush(other);
+    one.once("error", gone);
+    one.once("close", gone);
   }
 }
 
@@ -106,9 +117,11 @@ export function spliceFramed(plain: net.Socket, framed: net.Socket, initial?: Bu
   const closeIfDone = () => {
     if (sentEnd && gotEnd && !framed.destroyed && !framed.writableEnded) framed.end();
   };
+  let sentEOF = false;
   const sendEnd = (how: StreamEnd) => {
     if (sentEnd) return;
     sentEnd = true;
+    sentEOF = how === "eof";
     if (!framed.destroyed && !framed.writableEnded) framed.write(how === "eof" ? END_EOF : END_RESET);
     closeIfDone();
   };
@@ -162,6 +175,14 @@ export function spliceFramed(plain: net.Socket, framed: net.Socket, initial?: Bu
   framed.once("end", () => (gotEnd ? undefined : lost()));
   framed.once("error", lost);
   framed.once("close", lost);
+  // The plain side gone after its END_EOF (its peer reset it) while the far side still sends:
+  // one end frame each way, so no END_RESET can follow; the stream is closed instead, which the
+  // far agent takes for a lost stream and answers with a reset of its side.
+  const plainGone = () => {
+    if (sentEOF && !gotEnd && !framed.destroyed) framed.destroy();
+  };
+  plain.once("error", plainGone);
+  plain.once("close", plainGone);
   if (initial?.length) receive(initial);
   framed.resume();
 }

@@ -241,6 +241,32 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
     expect(await serverSaw).toBe("ECONNRESET");
   });
 
+  test("a client that half-closes and then resets arrives at the server as a reset while the server still sends (not as its EOF alone)", async () => {
+    let serverSaw: Promise<string> = Promise.resolve("");
+    let streaming!: () => void;
+    const serverStreams = new Promise<void>((r) => (streaming = r));
+    const target = await serve((s) => {
+      serverSaw = outcome(s).then((o) => o.how);
+      // The request's EOF, then an answer that goes on until the connection is gone.
+      s.once("end", () => {
+        const drip = setInterval(() => s.destroyed || s.write(Buffer.alloc(16 << 10)), 10);
+        s.once("close", () => clearInterval(drip));
+        streaming();
+      });
+      s.resume();
+    });
+    const proxy = await proxyTo(target);
+    const client = connect(proxy);
+    client.on("error", () => {});
+    await new Promise((r) => client.once("connect", r));
+    client.end("request");
+    await serverStreams;
+    await Bun.sleep(50);
+    client.resetAndDestroy();
+    // A writer learns of a reset as ECONNRESET, or (a write after it) EPIPE: either way not an end.
+    expect(["ECONNRESET", "EPIPE"]).toContain(await serverSaw);
+  }, 15_000);
+
   test("300 short connections leave this process's file descriptors at their baseline", async () => {
     const target = await serve((s) => s.pipe(s));
     const proxy = await proxyTo(target);
@@ -621,6 +647,25 @@ describe("a forward's clients accepted in the relay thread (told to JavaScript a
       if (toldBeforeClose === 0) return;
     }
     throw new Error("in 20 tries, the forward never closed before its client's record came");
+  });
+
+  test("a client still dialling when its forward closed, whose data stream then fails (no answer), is reset: no path is left to try, and an EOF would look like an empty answer", async () => {
+    await prepareRelay(() => {});
+    let answer = () => {};
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    const endpoint = await dataEndpoint((stream) => void answered.then(() => stream.destroy())); // closed without its status byte: a failure another path could take
+    const { port, native } = await nativeForward();
+    native.setTarget({ path: endpoint.path, header: Buffer.from("PHDATA2 00112233445566778899aabbccddeeff tcp 127.0.0.1:9\n"), timeoutMs: 5000 });
+    const client = net.connect(port, "127.0.0.1");
+    const done = outcome(client);
+    client.write("while dialling");
+    while (native.stats().carried === 0) await new Promise((resolve) => setImmediate(resolve));
+    native.close(); // the dial is still waiting for the endpoint's status byte
+    await Bun.sleep(20);
+    answer();
+    const { data, how } = await done;
+    expect(data.length).toBe(0);
+    expect(how).toBe("ECONNRESET");
   });
 
   test("a client still dialling when its forward closed (its data endpoint answers late) is still told, carried and counted, and the forward's id is not given again before", async () => {

@@ -301,6 +301,21 @@ describe.each(modes)("framed stream joined by the $name", ({ env, mode, counter 
     expect(sha256(data)).toBe(sha256(sent));
   });
 
+  test("the plain side half-closes and then resets while the far side still sends: its END_EOF went, so the stream is closed (the far agent resets its side)", async () => {
+    const { peer, far } = await joined();
+    const got = framesFrom(far);
+    peer.on("error", () => {});
+    peer.end("request");
+    expect(await got.ended).toBe("eof");
+    // The far side answers on and on; the peer takes some, then resets.
+    const drip = setInterval(() => far.destroyed || far.write(framed(Buffer.alloc(16 << 10))), 10);
+    far.once("close", () => clearInterval(drip));
+    await new Promise((r) => peer.once("data", r));
+    peer.resetAndDestroy();
+    const { end, closed } = await got.done;
+    expect({ end, closed }).toEqual({ end: "eof", closed: true });
+  });
+
   test("END_EOF is a half-close: the plain side reads EOF while it still sends, and its data and EOF still go out as frames", async () => {
     const { peer, far } = await joined();
     const got = framesFrom(far);
