@@ -69,6 +69,7 @@ const handed = new WeakMap<net.Socket, Handed>();
 export async function prepareRelay(say: (message: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<RelayStatus> {
   notice = say;
   noticed = false; // a new preparation (tests prepare several times in one process) says it anew
+  saidOnce.clear();
   const setting = env.PORTHOLE_NATIVE_RELAY ?? "";
   if (setting === "0" || setting === "false") {
     fallbackReason = `PORTHOLE_NATIVE_RELAY=${setting}`;
@@ -88,6 +89,14 @@ export async function prepareRelay(say: (message: string) => void, env: NodeJS.P
   if (fallbackReason) sayFallback(fallbackReason);
   else say(`forwarded connections are relayed natively (${copyMode ? "read/send, PORTHOLE_NATIVE_RELAY=copy" : "splice"}); their bytes do not pass through JavaScript`);
   return relayStatus();
+}
+
+/** Notices about some connections or listeners only (the native relay carries the others), each said once. */
+const saidOnce = new Set<string>();
+function sayOnce(key: string, message: string): void {
+  if (saidOnce.has(key)) return;
+  saidOnce.add(key);
+  notice(message);
 }
 
 function sayFallback(reason: string): void {
@@ -216,7 +225,11 @@ function join(a: net.Socket, b: net.Socket, framed?: Framed): void {
       );
     } catch (err) {
       // Out of relay slots or fds: this connection goes the JavaScript way, with what was read.
-      sayFallback(`the native relay refused a connection (${(err as Error).message})`);
+      // (Said apart from sayFallback: the others stay native, and a later stop must still be said.)
+      sayOnce(
+        "refused",
+        `the native relay refused a connection (${(err as Error).message}); such connections are relayed in JavaScript, the others stay native. If it goes on, raise the agent's file limit (ulimit -n)`,
+      );
       if (framed) {
         if (toB.length) a.unshift(toB); // the JavaScript relay frames them
         return javascript(a, b, { ...framed, initial: toA });
@@ -404,8 +417,10 @@ export function acceptNatively(
         on.onAcceptFailed(Object.assign(new Error(message), { code }));
       },
     }, alone);
-  } catch {
-    return undefined; // e.g. all listener slots taken: the server keeps accepting in JavaScript
+  } catch (err) {
+    // e.g. all listener slots taken: the server keeps accepting in JavaScript
+    sayOnce("accept", `a forward's clients are accepted by the runtime, not the relay thread (${(err as Error).message}): each costs the event loop a wake-up more; the bytes still go natively`);
+    return undefined;
   }
   // Alone: the thread holds its own dup of the socket, so the runtime's fd can go; clients it
   // does not dial (no target set) come to onHandoff as sockets. Otherwise (Node) the server

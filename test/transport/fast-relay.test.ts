@@ -704,3 +704,38 @@ describe("a forward's clients accepted in the relay thread (told to JavaScript a
     expect(relayedBytes(dialed[0]!)).toEqual({ read: "while dialling".length, written: "while dialling".length });
   });
 });
+
+describe("the native relay giving way (last: it breaks the shared loop for a moment)", () => {
+  test("one connection it refuses is said as that, once; the relay stopping later is said too, as the fallback for all", async () => {
+    const notices: string[] = [];
+    expect((await prepareRelay((m) => notices.push(m), { PORTHOLE_NATIVE_RELAY: "" })).mode).toBe("native");
+    const loop = sharedRelayLoop((await loadNative()).shim!);
+    const add = loop.add;
+    const target = await serve((s) => s.pipe(s));
+    const proxy = await proxyTo(target);
+    try {
+      loop.add = (() => {
+        throw new Error("no free relay slot");
+      }) as typeof loop.add;
+      for (const text of ["one", "two"]) {
+        const c = connect(proxy);
+        const done = outcome(c);
+        c.end(text);
+        expect((await done).data.toString()).toBe(text); // carried all the same, in JavaScript
+      }
+      loop.add = add;
+      expect(notices.filter((m) => m.includes("refused a connection"))).toEqual([expect.stringContaining("no free relay slot")]);
+      expect(notices.filter((m) => m.startsWith("forwarded connections are relayed in JavaScript"))).toEqual([]); // the others stay native
+      loop.broken = "a test broke it";
+      const c = connect(proxy);
+      const done = outcome(c);
+      c.end("three");
+      expect((await done).data.toString()).toBe("three");
+      expect(notices.filter((m) => m.startsWith("forwarded connections are relayed in JavaScript"))).toEqual([expect.stringContaining("the native relay stopped: a test broke it")]);
+    } finally {
+      loop.add = add;
+      loop.broken = undefined;
+      await prepareRelay(() => {}, { PORTHOLE_NATIVE_RELAY: "" });
+    }
+  });
+});
