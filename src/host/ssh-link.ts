@@ -72,6 +72,7 @@ export class SshLink {
       if (this.stopped) return;
       try {
         const client = await this.open(candidate);
+        if (this.stopped) return void client.end(); // stopped while it opened: not left up, keepalives and all
         return this.up(client, candidate);
       } catch (err) {
         errors.push(`${candidate.label} ${formatTransportAddress(candidate.address)}: ${(err as Error).message}`);
@@ -89,11 +90,15 @@ export class SshLink {
     this.reportedDown = false;
     this.options.emit({ type: "ssh-connected", via: `${candidate.label} ${formatTransportAddress(candidate.address)}` });
     for (const w of this.waiters.splice(0)) w(client);
+    // Why it closes, for the event: ssh2's error (a keepalive timeout, a reset), or sshd's end.
+    let why: string | undefined;
+    client.on("error", (err: Error) => void (why ??= `the SSH connection failed: ${err.message}`));
+    client.once("end", () => void (why ??= "sshd closed the SSH connection (restarted, or the guest is shutting down)"));
     client.once("close", () => {
       if (this.client !== client) return;
       this.client = undefined;
       if (this.stopped) return;
-      this.options.emit({ type: "ssh-disconnected", error: "the SSH connection closed" });
+      this.options.emit({ type: "ssh-disconnected", error: `${why ?? "the SSH connection closed"}; reconnecting` });
       this.reportedDown = true;
       this.retryTimer = setTimeout(() => void this.connect(), backoffDelay(this.attempt++, RETRY));
     });

@@ -140,7 +140,8 @@ describe("SSH forwarder", () => {
     // sshd and every session of it die, as when the guest's sshd is restarted hard or the VM slept.
     expect(s.guest.killAll("sshd")).toBeGreaterThanOrEqual(2);
     await s.sshd.proc.exited;
-    await host.waitForEvent((e) => e.type === "ssh-disconnected", "the SSH link to drop");
+    const dropped = await host.waitForEvent((e) => e.type === "ssh-disconnected", "the SSH link to drop");
+    expect(dropped.error).toBe("sshd closed the SSH connection (restarted, or the guest is shutting down); reconnecting");
     const during = exchange(port, Buffer.from("during"), "127.0.0.1", 20_000); // waits for the link
     const sshd = await s.guest.startSshd({ hostKey: s.sshd.hostKey });
     await host.waitForNthEvent(2, (e) => e.type === "ssh-connected", "the SSH link to come back");
