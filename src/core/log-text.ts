@@ -30,3 +30,25 @@ function escapeChar(c: string): string {
       return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
   }
 }
+
+/**
+ * A log that says at most `burst` lines per interval, the next one after saying how many were
+ * left unsaid (`more(n)`): for lines that something outside may cause at any rate (a hostile
+ * peer must not fill the disk through them). `now`: the clock (tests).
+ */
+export function rateLimitedLog(log: (line: string) => void, intervalMs: number, more: (n: number) => string, burst = 1, now: () => number = Date.now): (line: string) => void {
+  let windowStart = -Infinity;
+  let said = 0;
+  let skipped = 0;
+  return (line) => {
+    const t = now();
+    if (t - windowStart >= intervalMs) {
+      windowStart = t;
+      said = 0;
+    }
+    if (said >= burst) return void skipped++;
+    said++;
+    log(skipped ? `${line} (${more(skipped)})` : line);
+    skipped = 0;
+  };
+}

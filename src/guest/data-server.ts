@@ -7,6 +7,7 @@ import * as net from "node:net";
 import { noteDialError } from "./fd-pressure.ts";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
+import { rateLimitedLog } from "../core/log-text.ts";
 import { dialAndJoin, joinFramed, joinSockets } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { handleUdpDataStream } from "./udp-stream-endpoint.ts";
@@ -31,16 +32,8 @@ export function sameSecret(a: string, b: string): boolean {
 }
 
 /** Says refusals in the log, one line per interval with how many were left unsaid. */
-export function rateLimitedLog(log: (line: string) => void, intervalMs = REFUSAL_LOG_INTERVAL_MS): (line: string) => void {
-  let last = -Infinity;
-  let skipped = 0;
-  return (line) => {
-    const now = Date.now();
-    if (now - last < intervalMs) return void skipped++;
-    log(skipped ? `${line} (and ${skipped} more refused since the last such line)` : line);
-    last = now;
-    skipped = 0;
-  };
+export function rateLimitedRefusals(log: (line: string) => void, intervalMs = REFUSAL_LOG_INTERVAL_MS): (line: string) => void {
+  return rateLimitedLog(log, intervalMs, (n) => `and ${n} more refused since the last such line`);
 }
 
 /**

@@ -14,7 +14,7 @@ import type { UnreadConnection } from "../transport/unread.ts";
 import { prepareRelay } from "../transport/fast-relay.ts";
 import { prepareDatagrams } from "../transport/datagram-socket.ts";
 import { guestServiceHandlers } from "./guest-service.ts";
-import { newDataSecret, rateLimitedLog, serveDataEndpoint } from "./data-server.ts";
+import { newDataSecret, rateLimitedRefusals, serveDataEndpoint } from "./data-server.ts";
 import { serveDirectProof, type ProofServer } from "./direct-proof.ts";
 import { EventState } from "./event-state.ts";
 import { checkPreface, checkUnread } from "./preface-check.ts";
@@ -69,7 +69,7 @@ export class GuestAgent {
     const { scanner } = chosen;
     this.detector = chosen.detector;
     const interval = this.options.scanIntervalMs ?? chosen.detector.intervalMs;
-    const refusals = rateLimitedLog(this.options.log);
+    const refusals = rateLimitedRefusals(this.options.log);
     try {
       this.proof = await serveDirectProof(this.dataSecret, refusals);
     } catch (err) {

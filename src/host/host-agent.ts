@@ -7,7 +7,7 @@ import { prepareRelay, relayStatus, resetAllRelays } from "../transport/fast-rel
 import { prepareDatagrams } from "../transport/datagram-socket.ts";
 import { ControlServer } from "./control-server.ts";
 import { DEFAULT_CONFIG, type Config } from "../core/config.ts";
-import { logText } from "../core/log-text.ts";
+import { logText, rateLimitedLog } from "../core/log-text.ts";
 import { formatEventJSON, formatEventText, type HostEvent } from "../core/forward-event.ts";
 import type { PlanOptions } from "../core/forward-plan.ts";
 import { chooseForwarder, type Choice, type ForwarderKind } from "../core/forwarder-choice.ts";
@@ -114,6 +114,8 @@ export class HostAgent {
   private toldNoOwners = false;
   /** Internal errors already logged (each said once). */
   private readonly troubleSaid = new Set<string>();
+  /** What the guest reports as wrong, at most 5 lines per 5 s (a hostile guest must not fill the log). */
+  private readonly guestReports = rateLimitedLog((line) => this.log(line), 5000, (n) => `and ${n} more reports of the guest agent's since the last such line`, 5);
   /** `porthole forward add/remove/pause/resume`. */
   private readonly runtime: RuntimeForwards;
   private readonly onForward: OnForward | undefined;
@@ -167,7 +169,7 @@ export class HostAgent {
         this.agentUp = false;
         if (wasUp && this.forwarder.value === "ssh") this.apply(); // UDP has no path now
       },
-      onGuestErrors: (errors) => this.log(`guest agent reported: ${errors.map(logText).join("; ")}`),
+      onGuestErrors: (errors) => this.guestReports(`guest agent reported: ${errors.map(logText).join("; ")}`),
     }, { token: options.token, target: this.muxLink });
     const grpc = new GrpcForwarder(
       this.connection.client,

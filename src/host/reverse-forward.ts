@@ -72,7 +72,8 @@ export class ReverseForward {
     const stream = this.client.Reverse({ guest_socket: this.plan.guestSocket });
     this.stream = stream;
     stream.on("data", (e: ReverseEvent) => {
-      if (e.listening) {
+      if (e.listening && !this.listening) {
+        // Said once per stream: a guest that says it again (and again) changes nothing.
         this.listening = true;
         this.since = new Date();
         this.attempt = 0;

@@ -90,3 +90,14 @@ test("a host socket nobody listens on: said once for many connections, naming th
   expect(warnings[0]).toContain(join(dir, "nobody.sock"));
   expect(warnings[0]).toContain("ENOENT");
 });
+
+test("a guest that says its socket is listening again and again gets one forwarding event for the stream", () => {
+  const events = new EventEmitter() as EventEmitter & { cancel(): void };
+  events.cancel = () => {};
+  const client = { Reverse: () => events } as unknown as PortholeClient;
+  const reported: string[] = [];
+  const forward = new ReverseForward({ key: "r", guestSocket: "/run/g.sock", hostSocket: "/tmp/none.sock", origin: 0 }, client, (e) => void reported.push(e.type));
+  cleanups.push(() => forward.destroy());
+  for (let i = 0; i < 10_000; i++) events.emit("data", { listening: true });
+  expect(reported).toEqual(["forwarding"]);
+});
