@@ -405,10 +405,11 @@ export class NativeRelayLoop {
 }
 
 /** A callback's exception must not stop the records after it (nor the agent). */
-function safely(fn: () => void): void {
+/** Runs a handler of the relay thread's records: one that throws is said (a bug of ours) and the others still run. */
+export function safely(fn: () => void, what = "a relay callback"): void {
   try {
     fn();
   } catch (err) {
-    process.stderr.write(`porthole: a relay callback failed: ${(err as Error).stack ?? err}\n`);
+    process.stderr.write(`porthole: ${what} failed: ${(err as Error).stack ?? err}\n`);
   }
 }

@@ -5,7 +5,7 @@
 // credits (2-40% of a 1 Gbit/s flood lost). The loop hears only of a pump's end (an eventfd
 // watched through the relay thread) and reads its counters when asked.
 import { check, type NativeShim } from "./native-api.ts";
-import { EPOLLIN, type NativeRelayLoop } from "./native-relay.ts";
+import { EPOLLIN, safely, type NativeRelayLoop } from "./native-relay.ts";
 
 /** A pump's counters (native/udp_pump.c's ST_ names, in order). */
 export interface PumpStats {
@@ -141,11 +141,8 @@ export class UdpPumps {
       const n = this.shim.udpPumpReap(this.ids, this.ids.length);
       for (let i = 0; i < n; i++) {
         if (this.ids[i]! & FIRST_DROP) {
-          try {
-            this.live.get(this.ids[i]! & ~FIRST_DROP)?.onFirstDrop?.();
-          } catch {
-            // a handler's failure must not keep the others from being heard
-          }
+          // a handler's failure must not keep the others from being heard
+          safely(() => this.live.get(this.ids[i]! & ~FIRST_DROP)?.onFirstDrop?.(), "a UDP pump's drop handler");
           continue;
         }
         const id = this.ids[i]!;
@@ -155,11 +152,7 @@ export class UdpPumps {
         this.live.delete(id);
         if (!entry) continue;
         entry.pump.settle(stats);
-        try {
-          entry.onEnd(stats);
-        } catch {
-          // one flow's end handler must not keep the others' from being heard
-        }
+        safely(() => entry.onEnd(stats), "a UDP pump's end handler"); // nor one flow's end handler the others'
       }
       if (n < this.ids.length) return;
     }
