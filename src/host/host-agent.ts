@@ -157,7 +157,7 @@ export class HostAgent {
         this.timeSync?.start();
         this.apply(ports);
       },
-      onChange: (ports) => this.reconciler.reconcile(ports),
+      onChange: (ports) => this.reconciler.reconcileSoon(ports),
       onDisconnected: (error, wasConnected) => {
         // Listeners stay up: the next snapshot reconciles them, and clients see their
         // connections refused by the tunnel meanwhile instead of the port vanishing.

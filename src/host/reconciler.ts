@@ -58,7 +58,27 @@ export class Reconciler {
     this.reconcile(ports);
   }
 
+  /** The ports of a reconcile due at the end of this turn of the event loop (reconcileSoon). */
+  private soon: PortSet | undefined;
+
+  /**
+   * Reconciles once this turn of the event loop is over: a burst of the guest's events (each
+   * may change one port) costs one plan of every port, not one per event (a guest could send
+   * thousands a second, each planning all of its up to 10,000 ports).
+   */
+  reconcileSoon(ports: PortSet): void {
+    const scheduled = this.soon !== undefined;
+    this.soon = ports;
+    if (scheduled) return;
+    setImmediate(() => {
+      const due = this.soon;
+      this.soon = undefined;
+      if (due) this.reconcile(due);
+    });
+  }
+
   reconcile(ports: PortSet): void {
+    this.soon = undefined; // this one supersedes a reconcile still due (another session's ports, say)
     // Destroyed (the agent stopping while it waits for its relays to reset): a late guest
     // event must not open listeners again (a unix forward would leave its socket file behind).
     if (this.destroyed) return;

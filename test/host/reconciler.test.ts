@@ -117,3 +117,18 @@ test("a reverse forward dropped from the config keeps its open connections in st
   reconciler.destroy();
   expect(reverses[0]!.destroyed).toBe(true);
 });
+
+test("a burst of guest events is planned once, at the end of the turn; a reconcile now supersedes one still due", async () => {
+  const { reconciler, made } = setup();
+  const ports = toPortSet([tcp("127.0.0.1", 8080)]);
+  reconciler.reconcile(ports);
+  for (let i = 0; i < 10_000; i++) reconciler.reconcileSoon(ports); // as 10,000 events in one read
+  expect(made[0]!.retargets).toBe(0); // made by the first reconcile, not planned again yet
+  await new Promise((r) => setImmediate(r));
+  expect(made[0]!.retargets).toBe(1); // once for the whole burst
+  // A new session's ports reconciled at once: the old session's reconcile still due must not undo them.
+  reconciler.reconcileSoon(toPortSet([tcp("127.0.0.1", 8080)]));
+  reconciler.reconcile(toPortSet([tcp("127.0.0.1", 9090)]));
+  await new Promise((r) => setImmediate(r));
+  expect(made.filter((f) => !f.closed).map((f) => f.plan.key)).toEqual(["tcp 127.0.0.1:9090"]);
+});
