@@ -5,6 +5,8 @@ import * as net from "node:net";
 import { MAX_PROOF_LINE, parseProofRequest, proofAnswer } from "../core/direct-proof.ts";
 
 const PROOF_TIMEOUT_MS = 5000;
+/** Proof connections at once: anything on the guest's networks may connect, and fds are the agent's. */
+export const MAX_PROOF_CONNECTIONS = 64;
 
 export interface ProofServer {
   port: number;
@@ -15,7 +17,9 @@ export interface ProofServer {
 export async function serveDirectProof(secret: string, refuse: (why: string) => void): Promise<ProofServer> {
   const server = net.createServer((socket) => {
     let got = "";
-    socket.setTimeout(PROOF_TIMEOUT_MS, () => socket.destroy());
+    // A deadline for the whole request, not for each silence (a byte now and then must not hold an fd for minutes).
+    const deadline = setTimeout(() => socket.destroy(), PROOF_TIMEOUT_MS);
+    socket.once("close", () => clearTimeout(deadline));
     socket.on("error", () => socket.destroy());
     socket.setEncoding("latin1");
     socket.on("data", (chunk: string) => {
@@ -28,14 +32,15 @@ export async function serveDirectProof(secret: string, refuse: (why: string) => 
         }
         return;
       }
-      const nonce = parseProofRequest(got.slice(0, nl));
-      if (!nonce || !socket.localAddress) {
+      const request = parseProofRequest(got.slice(0, nl));
+      if (!request || !socket.localAddress || (request.peer && !socket.remoteAddress)) {
         refuse("direct-path proof: closed a connection that sent no valid request");
         return void socket.destroy();
       }
-      socket.end(`${proofAnswer(secret, nonce, socket.localAddress)}\n`);
+      socket.end(`${proofAnswer(secret, request.nonce, socket.localAddress, request.peer ? socket.remoteAddress : undefined)}\n`);
     });
   });
+  server.maxConnections = MAX_PROOF_CONNECTIONS; // more are closed at once (a proof takes one, for milliseconds)
   server.on("error", () => {}); // accept errors (EMFILE) must not end the agent
   const listen = (host: string) =>
     new Promise<void>((resolve, reject) => {

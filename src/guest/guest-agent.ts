@@ -71,7 +71,7 @@ export class GuestAgent {
     const interval = this.options.scanIntervalMs ?? chosen.detector.intervalMs;
     const refusals = rateLimitedRefusals(this.options.log);
     try {
-      this.proof = await serveDirectProof(this.dataSecret, refusals);
+      this.proof = await serveDirectProof(this.dataSecret, rateLimitedRefusals(this.options.log)); // its own: network noise there must not hide a data-path refusal
     } catch (err) {
       this.options.log(`no direct path: cannot listen for its proof (${(err as Error).message}); the host will use the tunnels`);
     }

@@ -11,7 +11,7 @@ import type { HelloResponse, ReverseEvent, TunnelMessage } from "../proto/guest-
 import { listenTransport } from "../transport/listen.ts";
 import { relayStream, type TunnelCall } from "./tunnel-endpoint.ts";
 
-export const FEATURES = ["half-close", "udp-flows", "udp-batch", "udp-credit", "udp-data-path", "reverse-unix", "data-path", "data-path-ends", "direct", "direct-proof", "port-owners", "lean-mux"];
+export const FEATURES = ["half-close", "udp-flows", "udp-batch", "udp-credit", "udp-data-path", "reverse-unix", "data-path", "data-path-ends", "direct", "direct-proof", "direct-proof-peer", "port-owners", "lean-mux"];
 /** A guest connection waits this long for the host to pick it up, then is closed. */
 const CLAIM_TIMEOUT_MS = 10_000;
 

@@ -18,6 +18,8 @@ export interface GuestOffer {
   secret: string;
   addresses: string[];
   proofPort: number;
+  /** The guest answers the proof bound to both ends ("direct-proof-peer"): asked for, and checked against this host's own address. */
+  peerBound?: boolean;
 }
 
 /** Says when an address becomes usable (reason undefined) or stops being usable (why). */
@@ -176,7 +178,11 @@ export function proveAddress(ip: string, offer: GuestOffer): Promise<void> {
       const silent = err.code !== "ECONNREFUSED" && err.code !== "ECONNRESET";
       reject(Object.assign(new Error(`the proof could not connect (${err.code ?? err.message})`), silent ? { code: "ETIMEDOUT" } : {}));
     });
-    socket.once("connect", () => socket.write(proofRequest(nonce)));
+    let local = ""; // this host's address on the connection (gone once it closes)
+    socket.once("connect", () => {
+      local = socket.localAddress ?? "";
+      socket.write(proofRequest(nonce, offer.peerBound));
+    });
     socket.setEncoding("latin1");
     socket.on("data", (chunk: string) => {
       got += chunk;
@@ -184,7 +190,9 @@ export function proveAddress(ip: string, offer: GuestOffer): Promise<void> {
     });
     socket.once("end", () => {
       socket.destroy();
-      if (proofHolds(offer.secret, nonce, ip, got)) resolve();
+      // Bound to both ends: the answer names this host's address on the connection, as the guest saw it come.
+      const peer = offer.peerBound ? local : undefined;
+      if (proofHolds(offer.secret, nonce, ip, got, peer)) resolve();
       else reject(new Error("something other than the guest agent answers there (the proof failed)"));
     });
   });

@@ -114,7 +114,9 @@ export class StreamRouter {
     this.dataEndpoint = hello ? this.reachableEndpoint(hello.data_endpoints ?? []) : undefined;
     this.failures.clear();
     this.direct.setGuest(
-      hello && this.mode === "auto" ? { secret: this.secret, addresses: hello.addresses ?? [], proofPort: Number(hello.direct_proof_port ?? 0) } : undefined,
+      hello && this.mode === "auto"
+        ? { secret: this.secret, addresses: hello.addresses ?? [], proofPort: Number(hello.direct_proof_port ?? 0), peerBound: hello.features?.includes("direct-proof-peer") ?? false }
+        : undefined,
     );
     this.changed();
   }

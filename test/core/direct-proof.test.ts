@@ -18,8 +18,19 @@ describe("direct-path proof", () => {
     expect(proofHolds(secret, nonce, "10.0.0.7", "")).toBe(false);
   });
 
+  test("the answer bound to both ends holds only for the same sender, and differs from the old one", () => {
+    const answer = proofAnswer(secret, nonce, "10.0.0.7", "10.0.0.1");
+    expect(proofHolds(secret, nonce, "10.0.0.7", answer, "10.0.0.1")).toBe(true);
+    expect(proofHolds(secret, nonce, "10.0.0.7", answer, "::ffff:10.0.0.1")).toBe(true); // as a dual-stack socket names it
+    expect(proofHolds(secret, nonce, "10.0.0.7", answer, "10.0.0.9")).toBe(false);
+    expect(proofHolds(secret, nonce, "10.0.0.7", answer)).toBe(false);
+    expect(proofHolds(secret, nonce, "10.0.0.7", proofAnswer(secret, nonce, "10.0.0.7"), "10.0.0.1")).toBe(false);
+  });
+
   test("requests are parsed strictly", () => {
-    expect(parseProofRequest(proofRequest(nonce).trimEnd())).toBe(nonce);
+    expect(parseProofRequest(proofRequest(nonce).trimEnd())).toEqual({ nonce, peer: false });
+    expect(parseProofRequest(proofRequest(nonce, true).trimEnd())).toEqual({ nonce, peer: true });
+    expect(parseProofRequest(`PHPROOF3 ${nonce}`)).toBeUndefined();
     expect(parseProofRequest(`PHPROOF1 ${nonce} extra`)).toBeUndefined();
     expect(parseProofRequest("PHPROOF1 short")).toBeUndefined();
     expect(parseProofRequest("GET / HTTP/1.1")).toBeUndefined();
