@@ -118,6 +118,18 @@ function connect(where: Where): net.Socket {
     : net.connect({ port: where.port, host: "127.0.0.1", allowHalfOpen: true, noDelay: true });
 }
 
+/** A server of one connection whose end (EOF, or the error's code) is watched; `ready` once `onConnection` says so. */
+async function watchedServer(onConnection: (s: net.Socket, ready: () => void) => void): Promise<{ target: Where; ready: Promise<void>; saw: () => Promise<string> }> {
+  let saw: Promise<string> = Promise.resolve("");
+  let ready!: () => void;
+  const readyNow = new Promise<void>((r) => (ready = r));
+  const target = await serve((s) => {
+    saw = outcome(s).then((o) => o.how);
+    onConnection(s, ready);
+  });
+  return { target, ready: readyNow, saw: () => saw };
+}
+
 /** A proxy whose accepted connections are joined to a fresh connection to `target`. */
 async function proxyTo(target: Where, accepted: net.Socket[] = []): Promise<Where> {
   return serve((client) => {
@@ -225,28 +237,16 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
   }
 
   test("a client that resets arrives at the server as a reset", async () => {
-    let serverSaw: Promise<string> = Promise.resolve("");
-    let connected!: () => void;
-    const serverHas = new Promise<void>((r) => (connected = r));
-    const target = await serve((s) => {
-      serverSaw = outcome(s).then((o) => o.how);
-      s.write("ready");
-      connected();
-    });
-    const proxy = await proxyTo(target);
-    const client = connect(proxy);
+    const server = await watchedServer((s, ready) => (s.write("ready"), ready()));
+    const client = connect(await proxyTo(server.target));
     await new Promise((r) => client.once("data", r));
-    await serverHas;
+    await server.ready;
     client.resetAndDestroy();
-    expect(await serverSaw).toBe("ECONNRESET");
+    expect(await server.saw()).toBe("ECONNRESET");
   });
 
   test("a client that half-closes and then resets arrives at the server as a reset while the server still sends (not as its EOF alone)", async () => {
-    let serverSaw: Promise<string> = Promise.resolve("");
-    let streaming!: () => void;
-    const serverStreams = new Promise<void>((r) => (streaming = r));
-    const target = await serve((s) => {
-      serverSaw = outcome(s).then((o) => o.how);
+    const server = await watchedServer((s, streaming) => {
       // The request's EOF, then an answer that goes on until the connection is gone.
       s.once("end", () => {
         const drip = setInterval(() => s.destroyed || s.write(Buffer.alloc(16 << 10)), 10);
@@ -255,16 +255,15 @@ describe.each(modes)("$name", ({ env, mode, counter }) => {
       });
       s.resume();
     });
-    const proxy = await proxyTo(target);
-    const client = connect(proxy);
+    const client = connect(await proxyTo(server.target));
     client.on("error", () => {});
     await new Promise((r) => client.once("connect", r));
     client.end("request");
-    await serverStreams;
+    await server.ready;
     await Bun.sleep(50);
     client.resetAndDestroy();
     // A writer learns of a reset as ECONNRESET, or (a write after it) EPIPE: either way not an end.
-    expect(["ECONNRESET", "EPIPE"]).toContain(await serverSaw);
+    expect(["ECONNRESET", "EPIPE"]).toContain(await server.saw());
   }, 15_000);
 
   test("300 short connections leave this process's file descriptors at their baseline", async () => {
@@ -649,18 +648,27 @@ describe("a forward's clients accepted in the relay thread (told to JavaScript a
     throw new Error("in 20 tries, the forward never closed before its client's record came");
   });
 
-  test("a client still dialling when its forward closed, whose data stream then fails (no answer), is reset: no path is left to try, and an EOF would look like an empty answer", async () => {
+  /**
+   * A client whose forward closes while its data stream waits for the endpoint's status byte;
+   * the endpoint answers (`then`) only once `answer()` is called.
+   */
+  async function closedWhileDialling(then: (stream: net.Socket, rest: Buffer) => void) {
     await prepareRelay(() => {});
     let answer = () => {};
     const answered = new Promise<void>((resolve) => (answer = resolve));
-    const endpoint = await dataEndpoint((stream) => void answered.then(() => stream.destroy())); // closed without its status byte: a failure another path could take
-    const { port, native } = await nativeForward();
+    const endpoint = await dataEndpoint((stream, _header, rest) => void answered.then(() => then(stream, rest)));
+    const { port, dialed, native } = await nativeForward();
     native.setTarget({ path: endpoint.path, header: Buffer.from("PHDATA2 00112233445566778899aabbccddeeff tcp 127.0.0.1:9\n"), timeoutMs: 5000 });
     const client = net.connect(port, "127.0.0.1");
     const done = outcome(client);
     client.write("while dialling");
     while (native.stats().carried === 0) await new Promise((resolve) => setImmediate(resolve));
     native.close(); // the dial is still waiting for the endpoint's status byte
+    return { client, done, dialed, answer };
+  }
+
+  test("a client still dialling when its forward closed, whose data stream then fails (no answer), is reset: no path is left to try, and an EOF would look like an empty answer", async () => {
+    const { done, answer } = await closedWhileDialling((stream) => stream.destroy()); // closed without its status byte: a failure another path could take
     await Bun.sleep(20);
     answer();
     const { data, how } = await done;
@@ -669,25 +677,13 @@ describe("a forward's clients accepted in the relay thread (told to JavaScript a
   });
 
   test("a client still dialling when its forward closed (its data endpoint answers late) is still told, carried and counted, and the forward's id is not given again before", async () => {
-    await prepareRelay(() => {});
-    let answer = () => {};
-    const answered = new Promise<void>((resolve) => (answer = resolve));
-    // A data endpoint that answers its status byte only when told, then echoes the frames as they are.
-    const endpoint = await dataEndpoint((stream, _header, rest) => {
-      void answered.then(() => {
-        stream.write(Buffer.of(0));
-        if (rest.length) stream.write(rest);
-        stream.pipe(stream);
-        stream.resume();
-      });
+    // The endpoint answers its status byte only when told, then echoes the frames as they are.
+    const { client, done, dialed, answer } = await closedWhileDialling((stream, rest) => {
+      stream.write(Buffer.of(0));
+      if (rest.length) stream.write(rest);
+      stream.pipe(stream);
+      stream.resume();
     });
-    const { port, dialed, native } = await nativeForward();
-    native.setTarget({ path: endpoint.path, header: Buffer.from("PHDATA2 00112233445566778899aabbccddeeff tcp 127.0.0.1:9\n"), timeoutMs: 5000 });
-    const client = net.connect(port, "127.0.0.1");
-    const done = outcome(client);
-    client.write("while dialling");
-    while (native.stats().carried === 0) await new Promise((resolve) => setImmediate(resolve));
-    native.close(); // the dial is still waiting for the endpoint's status byte
     // A new forward listener now, which could have been given the closed one's id.
     const { dialed: otherDialed, native: second } = await nativeForward();
     cleanups.push(() => second.close());
