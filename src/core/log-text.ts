@@ -31,6 +31,11 @@ function escapeChar(c: string): string {
   }
 }
 
+/** Refusals of what anyone may send or connect: a line per 10 s at most, the next saying how many went unsaid. */
+export function rateLimitedRefusals(log: (line: string) => void, intervalMs = 10_000): (line: string) => void {
+  return rateLimitedLog(log, intervalMs, (n) => `and ${n} more refused since the last such line`);
+}
+
 /**
  * A log that says at most `burst` lines per interval, the next one after saying how many were
  * left unsaid (`more(n)`): for lines that something outside may cause at any rate (a hostile

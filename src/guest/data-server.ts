@@ -7,7 +7,6 @@ import * as net from "node:net";
 import { noteDialError } from "./fd-pressure.ts";
 import { parseHostPort } from "../core/address.ts";
 import { parseDataHeader, STATUS_CONNECTED, STATUS_FAILED } from "../core/data-header.ts";
-import { rateLimitedLog } from "../core/log-text.ts";
 import { dialAndJoin, joinFramed, joinSockets } from "../transport/fast-relay.ts";
 import { resetSocket } from "../transport/tunnel-relay.ts";
 import { handleUdpDataStream } from "./udp-stream-endpoint.ts";
@@ -19,7 +18,6 @@ const HEADER_TIMEOUT_MS = 5000;
 /** A native dial's deadline: longer than the kernel's own TCP connect timeout (~127 s), which decides as in JavaScript. */
 const NATIVE_DIAL_DEADLINE_MS = 135_000;
 /** At most one log line per this long about refused streams (anything may connect here). */
-const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 export function newDataSecret(): string {
   return randomBytes(24).toString("hex");
@@ -31,10 +29,6 @@ export function sameSecret(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-/** Says refusals in the log, one line per interval with how many were left unsaid. */
-export function rateLimitedRefusals(log: (line: string) => void, intervalMs = REFUSAL_LOG_INTERVAL_MS): (line: string) => void {
-  return rateLimitedLog(log, intervalMs, (n) => `and ${n} more refused since the last such line`);
-}
 
 /**
  * Serves the data endpoint: in the shim's relay thread where it runs (transport/data-listen.ts:

@@ -7,7 +7,7 @@ import { unreadSocketFd } from "../runtime/fd-socket.ts";
 import { listenTransport } from "./listen.ts";
 import { serveSerial } from "./serial.ts";
 import { verifyToken } from "./token.ts";
-import { rateLimitedLog } from "../core/log-text.ts";
+import { rateLimitedRefusals } from "../core/log-text.ts";
 import type { UnreadConnection } from "./unread.ts";
 import { listenVsock } from "./vsock.ts";
 
@@ -53,7 +53,7 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
       if (!token) throw new Error(`${name}: a TCP agent channel needs --token-file (anyone on the machine can connect to a TCP port)`);
       const server = await listenTransport(address, options.halfOpen);
       server.on("error", (err) => options.log(`${name}: ${err.message}`));
-      const refused = refusalLog(options.log); // anyone who reaches the port can cause these
+      const refused = rateLimitedRefusals(options.log); // anyone who reaches the port can cause these
       server.on("connection", (socket: net.Socket) => {
         void verifyToken(socket, token).then((ok) => {
           if (ok) guarded(onConnection, name, options.log)(socket);
@@ -64,7 +64,7 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
     }
     case "vsock": {
       if (address.cid !== undefined) throw new Error(`${name}: to listen, leave the CID out (vsock://:${address.port})`);
-      const refused = refusalLog(options.log); // any process of a guest with vsock loopback (or a nested VM) can cause these
+      const refused = rateLimitedRefusals(options.log); // any process of a guest with vsock loopback (or a nested VM) can cause these
       const listener = await listenVsock(address.port, guarded(onConnection, name, options.log), {
         allowCid: options.vsockAnyCid ? () => true : undefined,
         halfOpen: options.halfOpen,
@@ -78,11 +78,6 @@ export async function serveTransport(address: TransportAddress, onConnection: (s
       return { address, close: () => port.close() };
     }
   }
-}
-
-/** Refusals of connections that anyone who reaches a listener may make: a line per 10 s at most, with the count of the rest. */
-function refusalLog(log: (line: string) => void): (line: string) => void {
-  return rateLimitedLog(log, 10_000, (n) => `and ${n} more refused since the last such line`);
 }
 
 /** An unread-connection handler whose exception closes that connection only. */
