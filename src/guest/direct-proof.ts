@@ -10,16 +10,20 @@ export const MAX_PROOF_CONNECTIONS = 64;
 
 export interface ProofServer {
   port: number;
+  /** Proof connections open now. */
+  readonly open: number;
   close(): void;
 }
 
 /** Listens on every guest address (dual-stack where the guest has IPv6) on a port of the kernel's choosing. */
 export async function serveDirectProof(secret: string, refuse: (why: string) => void): Promise<ProofServer> {
+  let open = 0;
   const server = net.createServer((socket) => {
+    open++;
     let got = "";
     // A deadline for the whole request, not for each silence (a byte now and then must not hold an fd for minutes).
     const deadline = setTimeout(() => socket.destroy(), PROOF_TIMEOUT_MS);
-    socket.once("close", () => clearTimeout(deadline));
+    socket.once("close", () => (open--, clearTimeout(deadline)));
     socket.on("error", () => socket.destroy());
     socket.setEncoding("latin1");
     socket.on("data", (chunk: string) => {
@@ -55,5 +59,11 @@ export async function serveDirectProof(secret: string, refuse: (why: string) => 
   } catch {
     await listen("0.0.0.0"); // no IPv6 in this guest
   }
-  return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    get open() {
+      return open;
+    },
+    close: () => server.close(),
+  };
 }

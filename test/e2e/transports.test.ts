@@ -224,10 +224,7 @@ describe("TCP agent channel", () => {
     for (let i = 0; i < 200; i++) {
       const c = spawnSync("ip", ["netns", "exec", guest.ns, "sh", "-c", `printf 'wrong-token-%d\\n' ${i} | socat -t 0.2 - TCP:${guestIP}:${agentPort}`]);
       expect(c.status === 0 || c.status === 1).toBe(true);
-      if (i === 0) await Bun.sleep(50);
     }
-    await Bun.sleep(300);
-    expect(agent.stderr.filter((l) => l.includes("without the right token")).length - before).toBeLessThanOrEqual(1);
 
     const host = startHostAgent(guest, ["--guest", addr, "--token-file", tokenFile]);
     await host.waitForEvent((e) => e.type === "guest-connected", "the host to connect");
@@ -235,6 +232,8 @@ describe("TCP agent channel", () => {
     await guest.startEcho("127.0.0.1", echoPort);
     await host.waitForForwarding(echoPort);
     expect((await exchange(echoPort, Buffer.from("over tcp"))).toString()).toBe("over tcp");
+    // Counted once the agent has served a host after them: every wrong token's refusal was handled by then.
+    expect(agent.stderr.filter((l) => l.includes("without the right token")).length - before).toBeLessThanOrEqual(1);
   });
 });
 

@@ -26,13 +26,16 @@ test("grpc-js's connection closed before its preface: the agent connection is cl
     cleanups.push(() => agent.close());
   });
   const failures: string[] = [];
-  const link = new MuxLink({ kind: "unix", path: agentPath }, { changed: () => {}, failed: (m) => void failures.push(m) });
+  // Said right before the link waits for grpc-js's preface: the probe was answered "no multiplexer".
+  let waitsForPreface = () => {};
+  const prefaceAwaited = new Promise<void>((resolve) => (waitsForPreface = resolve));
+  const link = new MuxLink({ kind: "unix", path: agentPath }, { changed: (usable) => usable || waitsForPreface(), failed: (m) => void failures.push(m) });
   cleanups.push(() => link.close(), () => rmSync(dir, { recursive: true, force: true }));
   // grpc-js's side: connects to the private socket, then goes away before sending its preface.
   const grpcJs = net.connect(link.target.replace(/^unix:\/\//, ""));
   grpcJs.on("error", () => {});
   await new Promise<void>((resolve) => grpcJs.once("connect", () => resolve()));
-  await Bun.sleep(300); // the probe answered: the link now waits for grpc-js's preface
+  await prefaceAwaited;
   grpcJs.destroy();
   const closed = await Promise.race([agentClosed.then(() => true), Bun.sleep(3000).then(() => false)]);
   expect(closed).toBe(true);
