@@ -75,7 +75,7 @@ function aliasOffset(doc: Document): number {
 
 export function parseConfig(text: string, file: string, defaults: ConfigDefaults = {}): Config {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, merge: true }); // merge: `<<` as Lima's YAML readers take it
   const at = (offset: number) => {
     const { line, col } = lines.linePos(offset);
     return `${file}:${line}:${col}`;

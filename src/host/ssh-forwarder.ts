@@ -6,7 +6,7 @@ import type * as net from "node:net";
 import type { ClientChannel } from "ssh2";
 import { parseHostPort } from "../core/address.ts";
 import type { PlannedForward } from "../core/forward-plan.ts";
-import { resetSocket } from "../transport/tunnel-relay.ts";
+import { resetAfterFlush, resetSocket } from "../transport/tunnel-relay.ts";
 import { batchWrites } from "../transport/write-batching.ts";
 import type { SshLink } from "./ssh-link.ts";
 
@@ -91,22 +91,30 @@ function bridgeChannel(socket: net.Socket, channel: ClientChannel): void {
 interface ChannelInternals {
   push(chunk: Buffer | null): boolean;
   _read(n: number): void;
+  /** "eof" once the guest's CHANNEL_EOF came; "closed" on CHANNEL_CLOSE or a dead connection. */
+  incoming?: { state?: string };
 }
 
 // Guest to client without the channel's Readable stream: ssh2 hands every CHANNEL_DATA payload
 // to channel.push(), which here writes it to the socket. A full socket answers false, and ssh2
 // then holds the guest's window until its _read() hook runs, on the socket's drain: the same
 // backpressure as pipe(), without a stream buffer, 'data' events and pause/resume between.
-// EOF (push(null)) still goes through the stream, so 'end' follows the last byte.
+// EOF (push(null)) still goes through the stream, so 'end' follows the last byte. ssh2 also
+// ends the stream when the channel closes without EOF or the connection dies: the client then
+// gets a reset, not an EOF that would make a cut-off transfer look complete.
 function deliverStraight(channel: ClientChannel, socket: net.Socket): void {
   const inner = channel as unknown as ChannelInternals;
   const push = inner.push.bind(channel);
+  let guestEOF: boolean | undefined;
   inner.push = (chunk) => {
-    if (chunk === null) return push(null);
+    if (chunk === null) {
+      guestEOF ??= inner.incoming?.state === "eof"; // read now: CHANNEL_CLOSE turns "eof" into "closed"
+      return push(null);
+    }
     if (socket.destroyed || socket.writableEnded) return true;
     return socket.write(chunk);
   };
   socket.on("drain", () => inner._read(0));
-  channel.once("end", () => socket.end());
+  channel.once("end", () => (guestEOF === false ? resetAfterFlush(socket) : socket.end()));
   channel.resume(); // flowing, so that 'end' comes once EOF is pushed
 }

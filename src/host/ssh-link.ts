@@ -131,15 +131,27 @@ export class SshLink {
     };
     return new Promise((resolve, reject) => {
       const client = new Client();
+      let settled = false;
+      const fail = (err: Error) => {
+        sock.destroy();
+        if (settled) return;
+        settled = true;
+        reject(mismatch ?? err);
+      };
       client.once("ready", () => {
-        client.removeAllListeners("error");
+        settled = true;
+        client.off("error", fail);
+        client.off("close", closedEarly);
         client.on("error", () => {}); // reported through "close"
         resolve(client);
       });
-      client.once("error", (err) => {
-        sock.destroy();
-        reject(mismatch ?? err);
-      });
+      // ssh2 may report more than one error for one failed handshake: each is taken (a second
+      // one without a listener would be thrown), the first one counts.
+      client.on("error", fail);
+      // A connection that closes after sshd's banner and before "ready" gets no "error" from
+      // ssh2 (and its handshake timer is cleared): without this the attempt would never end.
+      const closedEarly = () => fail(new Error("sshd closed the connection during the SSH handshake"));
+      client.once("close", closedEarly);
       client.connect(config);
       sendChannelDataInPlace(client); // ssh2 is pinned; its own path stays behind as the fallback
     });

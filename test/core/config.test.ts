@@ -26,6 +26,15 @@ describe("aliases", () => {
   test("an anchor and its alias still work", () => {
     expect(parseConfig("rule: &r {guestPort: 80}\nportForwards: [*r]\n", "c.yaml").rules[0]!.guestPortRange).toEqual([80, 80]);
   });
+  test("merge keys (<<) merge, as Lima's YAML readers do: in a rule and under ssh, never dropped", () => {
+    const config = parseConfig("base: &b {guestPort: 80, hostIP: 127.0.0.1}\ns: &s {localPort: 60022}\nssh:\n  <<: *s\nportForwards:\n  - <<: *b\n    hostPort: 8080\n", "c.yaml");
+    expect(config.rules[0]!.guestPortRange).toEqual([80, 80]);
+    expect(config.rules[0]!.hostPortRange).toEqual([8080, 8080]);
+    expect(config.sshLocalPort).toBe(60022);
+  });
+  test("a merged field that is wrong is named", () => {
+    expect(errorsOf("base: &b {guestPort: 99999}\nportForwards:\n  - <<: *b\n")).toEqual([expect.stringMatching(/^lima\.yaml:\d+:\d+: portForwards\[0\]\.guestPort: /)]);
+  });
 });
 
 describe("accepted configs", () => {

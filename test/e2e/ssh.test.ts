@@ -129,19 +129,26 @@ describe("SSH forwarder", () => {
     expect(await sender.waitForLine(/^got /)).toBe(`got ${sha256(reply)}`);
   });
 
-  e2eTest("sshd killed and restarted: the agent reconnects, and a connection made meanwhile waits for it", async () => {
+  e2eTest("sshd killed and restarted: a connection open across it is reset (a cut-off transfer never looks complete), the agent reconnects, and a connection made meanwhile waits for it", async () => {
     const s = await sshGuest();
     const host = await sshHost(s);
     const port = await freePort();
     await s.guest.startEcho("127.0.0.1", port);
     await host.waitForForwarding(port);
     expect((await exchange(port, Buffer.from("before"))).toString()).toBe("before");
+    const open = net.connect(port, "127.0.0.1");
+    const outcome = socketOutcome(open);
+    open.write("open across");
+    await new Promise((resolve) => open.once("data", resolve));
 
     // sshd and every session of it die, as when the guest's sshd is restarted hard or the VM slept.
     expect(s.guest.killAll("sshd")).toBeGreaterThanOrEqual(2);
     await s.sshd.proc.exited;
     const dropped = await host.waitForEvent((e) => e.type === "ssh-disconnected", "the SSH link to drop");
     expect(dropped.error).toBe("sshd closed the SSH connection (restarted, or the guest is shutting down); reconnecting");
+    const { data, how } = await outcome;
+    expect(data.toString()).toBe("open across");
+    expect(how).toBe("ECONNRESET"); // the guest's server never sent EOF
     const during = exchange(port, Buffer.from("during"), "127.0.0.1", 20_000); // waits for the link
     const sshd = await s.guest.startSshd({ hostKey: s.sshd.hostKey });
     await host.waitForNthEvent(2, (e) => e.type === "ssh-connected", "the SSH link to come back");
