@@ -175,6 +175,10 @@ export const MAX_PROBE_ANSWER_BYTES = 64 * 1024;
  */
 export class ProbeReader {
   private buf: Buffer = Buffer.alloc(0);
+  /** Chunks not yet joined to `buf`: joined once they complete what the next frame needs (a byte at a time must not copy `buf` each time). */
+  private waiting: Buffer[] = [];
+  private waitingBytes = 0;
+  private need = 9;
   private first = true;
   /** The stock server's frames for grpc-js, in order. */
   private kept: Buffer[] = [];
@@ -183,10 +187,16 @@ export class ProbeReader {
   push(chunk: Buffer): { state: "more" } | { state: "accepted"; rest: Buffer } | { state: "stock"; pass: Buffer; rest: Buffer } | { state: "bad"; reason: string } {
     // A stock server sends ~100 bytes before its ACK (its SETTINGS, a WINDOW_UPDATE): a peer
     // that sends much more without one is held to a bound, not kept until the probe times out.
-    if (this.keptBytes + this.buf.length + chunk.length > MAX_PROBE_ANSWER_BYTES) {
+    if (this.keptBytes + this.buf.length + this.waitingBytes + chunk.length > MAX_PROBE_ANSWER_BYTES) {
       return { state: "bad", reason: `the agent sent more than ${MAX_PROBE_ANSWER_BYTES / 1024} KiB without acknowledging the probe's SETTINGS` };
     }
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    this.waiting.push(chunk);
+    this.waitingBytes += chunk.length;
+    if (this.buf.length + this.waitingBytes < this.need) return { state: "more" };
+    this.buf = this.buf.length || this.waiting.length > 1 ? Buffer.concat([this.buf, ...this.waiting]) : chunk;
+    this.waiting = [];
+    this.waitingBytes = 0;
+    this.need = 9;
     let at = 0;
     while (this.buf.length - at >= 9) {
       const length = this.buf.readUIntBE(at, 3);
@@ -199,7 +209,10 @@ export class ProbeReader {
         }
         if (type !== ACCEPT_TYPE && (type !== H2_SETTINGS || flags & H2_ACK)) return { state: "bad", reason: "the agent did not start its answer with HTTP/2 SETTINGS" };
       }
-      if (this.buf.length - at < 9 + length) break;
+      if (this.buf.length - at < 9 + length) {
+        this.need = 9 + length;
+        break;
+      }
       this.first = false;
       const frame = this.buf.subarray(at, at + 9 + length);
       at += 9 + length;

@@ -7,6 +7,7 @@
 // to the probe are taken out, grpc-js's own preface too, and the connection goes on as plain
 // gRPC, joined natively. Either way grpc-js sees an ordinary HTTP/2 connection.
 import * as net from "node:net";
+import { logText } from "../core/log-text.ts";
 import { HTTP2_PREFACE, MUX_PROBE, ProbeReader } from "../core/mux-frames.ts";
 import type { TransportAddress } from "../core/transport-address.ts";
 import { privateUnixListener, type ClientTarget } from "../transport/client-target.ts";
@@ -170,7 +171,7 @@ export class MuxLink {
       session.attach(id, local);
     } catch (err) {
       resetSocket(local);
-      throw err;
+      throw new Error(`the guest agent did not open the agent stream on the multiplexer (${logText((err as Error).message)})`);
     }
     this.say(true, "the agent channel is one stream: forwarded connections share it through porthole's lean multiplexer, each with its own flow control");
   }

@@ -8,6 +8,7 @@
 import type { Duplex } from "node:stream";
 import type * as net from "node:net";
 import { creditFrame, MUX_MAX_FRAME, MUX_WINDOW, muxDataHeader, MuxDecoder, muxFrame, MuxKind, type MuxItem } from "../core/mux-frames.ts";
+import { compactView, HeldBytes } from "./held-bytes.ts";
 import { resetAfterFlush, resetSocket } from "./tunnel-relay.ts";
 
 type Endpoint = Duplex & Partial<Pick<net.Socket, "resetAndDestroy">>;
@@ -23,8 +24,10 @@ interface Stream {
   owed: number;
   /** Read from the endpoint, waiting for credit. */
   queue: Buffer[];
-  /** Received before the endpoint was attached. */
-  inbox: Buffer[];
+  /** Received while the endpoint could not take them (not attached yet, or waiting for its drain). */
+  held: HeldBytes;
+  /** The endpoint's last write asked for a drain. */
+  blocked: boolean;
   localEOF: boolean;
   sentEOF: boolean;
   gotEOF: boolean;
@@ -53,6 +56,9 @@ export interface MuxTotals {
 }
 
 const MAX_STREAMS = 8192;
+/** A refusal's text, as sent (at most 500 characters) and as taken. */
+const MAX_REFUSAL_CHARS = 500;
+const MAX_REFUSAL_BYTES = 4 * MAX_REFUSAL_CHARS; // UTF-8
 const MUX_OPEN_TIMEOUT_MS = 140_000;
 
 export class MuxSession {
@@ -123,7 +129,7 @@ export class MuxSession {
   refuse(id: number, why: string): void {
     if (!this.streams.delete(id)) return;
     this.totals.open--;
-    this.send(muxFrame(id, MuxKind.REFUSED, Buffer.from(why.slice(0, 500))));
+    this.send(muxFrame(id, MuxKind.REFUSED, Buffer.from(why.slice(0, MAX_REFUSAL_CHARS))));
   }
 
   /** Joins an open stream to its local endpoint (the endpoint may be paused; it is resumed). */
@@ -133,7 +139,7 @@ export class MuxSession {
     if (endpoint.destroyed) return this.resetStream(stream, true); // e.g. a client gone while its stream opened
     stream.endpoint = endpoint;
     endpoint.on("data", (chunk: Buffer) => this.fromEndpoint(stream, chunk));
-    endpoint.on("drain", () => this.creditBack(stream));
+    endpoint.on("drain", () => this.drained(stream));
     endpoint.once("end", () => {
       stream.localEOF = true;
       this.flush(stream);
@@ -144,7 +150,7 @@ export class MuxSession {
       // Closed without EOF (an error, a reset, destroyed): the far end gets a reset.
       this.resetStream(stream, true);
     });
-    for (const data of stream.inbox.splice(0)) this.deliver(stream, data);
+    this.release(stream);
     if (stream.gotEOF) endpoint.end();
     endpoint.resume();
   }
@@ -165,7 +171,7 @@ export class MuxSession {
   }
 
   private newStream(id: number): Stream {
-    const stream: Stream = { id, credit: MUX_WINDOW, allowed: MUX_WINDOW, owed: 0, queue: [], inbox: [], localEOF: false, sentEOF: false, gotEOF: false, reset: false, starved: false };
+    const stream: Stream = { id, credit: MUX_WINDOW, allowed: MUX_WINDOW, owed: 0, queue: [], held: new HeldBytes(), blocked: false, localEOF: false, sentEOF: false, gotEOF: false, reset: false, starved: false };
     this.streams.set(id, stream);
     this.totals.streams++;
     this.totals.open++;
@@ -248,27 +254,31 @@ export class MuxSession {
         if (this.role !== "host" || !stream?.opened) return;
         this.streams.delete(item.id);
         this.totals.open--;
-        return stream.opened.reject(new MuxRefused(item.payload.toString()));
+        return stream.opened.reject(new MuxRefused(refusalText(item.payload)));
       case "DATA":
         if (!stream || stream.reset) return; // a stream already over on this side
         if (item.data.length > stream.allowed) return this.close(`the ${this.peer} sent more than its credit on stream ${item.id}`);
         if (stream.gotEOF) return this.close(`the ${this.peer} sent data after its EOF on stream ${item.id}`);
         stream.allowed -= item.data.length;
         this.totals.received += item.data.length;
-        if (!stream.endpoint) return void stream.inbox.push(Buffer.from(item.data));
+        if (!stream.endpoint || stream.blocked) return stream.held.add(item.data);
         return this.deliver(stream, item.data);
       case "EOF":
         if (!stream || stream.reset || stream.gotEOF) return;
         stream.gotEOF = true;
-        stream.endpoint?.end();
+        if (stream.endpoint) {
+          this.release(stream); // what came before the EOF goes first
+          stream.endpoint.end();
+        }
         return this.doneIfOver(stream);
       case "RESET":
         if (!stream || stream.reset) return;
         stream.reset = true;
         stream.opened?.reject(new MuxRefused("reset"));
         this.forget(stream);
-        if (stream.endpoint) resetAfterFlush(stream.endpoint as net.Socket);
-        return;
+        if (!stream.endpoint) return;
+        this.release(stream); // what came before the reset is delivered first
+        return resetAfterFlush(stream.endpoint as net.Socket);
       case "CREDIT": {
         if (!stream || stream.reset) return;
         const more = item.payload.readUInt32BE(0);
@@ -288,7 +298,22 @@ export class MuxSession {
     const endpoint = stream.endpoint!;
     if (endpoint.destroyed || endpoint.writableEnded) return this.resetStream(stream, true); // nobody reads them any more
     stream.owed += data.length;
-    if (endpoint.write(data)) this.creditBack(stream, MUX_WINDOW / 4);
+    // The endpoint may queue it (below its high-water mark a write says yes and still waits):
+    // a tiny piece must not keep the whole read buffer it is a view of.
+    if (endpoint.write(compactView(data))) this.creditBack(stream, MUX_WINDOW / 4);
+    else stream.blocked = true;
+  }
+
+  /** What was held goes to the endpoint, in order (even if it asks for a drain on the way). */
+  private release(stream: Stream): void {
+    for (const part of stream.held.take()) this.deliver(stream, part);
+  }
+
+  /** The endpoint took its queue: what was held meanwhile follows, and the credit goes back once it is taken too. */
+  private drained(stream: Stream): void {
+    stream.blocked = false;
+    this.release(stream);
+    if (!stream.blocked) this.creditBack(stream);
   }
 
   private creditBack(stream: Stream, atLeast = 1): void {
@@ -317,6 +342,12 @@ export class MuxSession {
     }
     this.waitingForRaw.delete(stream);
   }
+}
+
+/** A refusal's words as the far side gave them, but no longer than this side's own (refuse()). */
+function refusalText(payload: Buffer): string {
+  const text = payload.subarray(0, MAX_REFUSAL_BYTES).toString();
+  return payload.length > MAX_REFUSAL_BYTES ? `${text}…` : text;
 }
 
 function resetEndpoint(endpoint: Duplex): void {

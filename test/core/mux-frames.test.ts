@@ -71,6 +71,22 @@ describe("the probe", () => {
     expect(pushed).toBeLessThanOrEqual(MAX_PROBE_ANSWER_BYTES + frame.length);
   });
 
+  test("an answer trickled a byte at a time is joined once per frame, not once per byte (no quadratic copying)", () => {
+    const reader = new ProbeReader();
+    const answer = Buffer.concat([h2(4, 0, Buffer.alloc(60_000 - (60_000 % 6))), h2(4, 1, Buffer.alloc(0))]); // a big SETTINGS, then the ACK
+    const concat = Buffer.concat;
+    let joins = 0;
+    Buffer.concat = ((list: readonly Uint8Array[], total?: number) => (joins++, concat(list, total))) as typeof Buffer.concat;
+    let r: ReturnType<ProbeReader["push"]> = { state: "more" };
+    try {
+      for (let i = 0; i < answer.length && r.state === "more"; i++) r = reader.push(answer.subarray(i, i + 1));
+    } finally {
+      Buffer.concat = concat;
+    }
+    expect(r.state).toBe("stock");
+    expect(joins).toBeLessThan(10); // a join per byte was 60,000 copies of up to 60 KB
+  });
+
   test("anything but SETTINGS or the answer first is refused", () => {
     expect(new ProbeReader().push(h2(6, 0, Buffer.alloc(8))).state).toBe("bad");
     expect(new ProbeReader().push(Buffer.concat([h2(0xf1, 0, Buffer.from("nonsense-here!"))])).state).toBe("bad");

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Duplex } from "node:stream";
 import { creditFrame, MUX_WINDOW, muxDataHeader, muxFrame, MuxKind } from "../../src/core/mux-frames.ts";
 import { MuxRefused, MuxSession } from "../../src/transport/lean-mux.ts";
 
@@ -92,6 +93,16 @@ describe("a far side the host cannot trust", () => {
     expect(session.isClosed).toBe(false);
   });
 
+  test("a refusal's words are taken up to 2,000 bytes (a 1 MiB refusal is not logged and kept whole)", async () => {
+    const [raw, guestSide] = await pair();
+    const session = new MuxSession(raw, "host");
+    const opening = session.open("tcp 127.0.0.1:1");
+    guestSide.write(muxFrame(1, MuxKind.REFUSED, Buffer.alloc(1 << 20, "x")));
+    const err = await opening.catch((e: Error) => e);
+    expect(err).toBeInstanceOf(MuxRefused);
+    expect((err as Error).message).toBe(`${"x".repeat(2000)}…`);
+  });
+
   test("an open the guest never answers is given up after the timeout: rejected, and the stream reset towards the guest", async () => {
     const [raw, guestSide] = await pair();
     const session = new MuxSession(raw, "host", {}, undefined, 200);
@@ -110,6 +121,47 @@ describe("a far side the host cannot trust", () => {
     guestSide.write(muxFrame(1, MuxKind.OPENED)); // a late answer changes nothing
     await Bun.sleep(20);
     expect(session.isClosed).toBe(false);
+  });
+
+  test("tiny DATA frames to a client that does not read are held joined (not a write each), then all arrive in order, EOF last", async () => {
+    const [raw, guestSide] = await pair();
+    const session = new MuxSession(raw, "host", {});
+    const opening = session.open("tcp 127.0.0.1:1");
+    await Bun.sleep(20);
+    guestSide.write(muxFrame(1, MuxKind.OPENED));
+    const id = await opening;
+    // An endpoint that takes nothing until told: its writes queue, then ask for a drain.
+    let release: (() => void) | undefined;
+    const taken: Buffer[] = [];
+    const endpoint = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, done) {
+        if (release) return void (taken.push(chunk), done());
+        release = () => ((release = () => {}), taken.push(chunk), done());
+      },
+      final(done) {
+        ended = true;
+        done();
+      },
+    });
+    let ended = false;
+    let writeCalls = 0;
+    const write = endpoint.write.bind(endpoint) as (chunk: Buffer) => boolean;
+    endpoint.write = ((chunk: Buffer) => (writeCalls++, write(chunk))) as typeof endpoint.write;
+    session.attach(id, endpoint);
+    const frames = 200_000;
+    const wire = Buffer.concat(Array.from({ length: frames }, (_, i) => Buffer.concat([muxDataHeader(id, 1), Buffer.of(i % 251)])));
+    guestSide.write(Buffer.concat([wire, muxFrame(id, MuxKind.EOF)]));
+    while (session.totals.received < frames) await Bun.sleep(10);
+    await Bun.sleep(50);
+    // Without holding, every frame was a write of its own (200,000 Buffers, each a view of its read buffer).
+    expect(writeCalls).toBeLessThan(endpoint.writableHighWaterMark + 100); // one by one up to the endpoint's high-water mark, then held
+    expect(ended).toBe(false); // the EOF waits behind the held bytes
+    release!();
+    while (!ended) await Bun.sleep(10);
+    const got = Buffer.concat(taken);
+    expect(got.length).toBe(frames);
+    expect(got.every((b, i) => b === i % 251)).toBe(true);
   });
 
   test("the agent stream closing resets every open stream (never a clean EOF)", async () => {
