@@ -45,8 +45,8 @@ export function handleUdpTunnel(call: TunnelCall, handshake: TunnelMessage): voi
       call.on("data", (msg: TunnelMessage) => {
         if (closed) return;
         if (msg.udp_delivered) budget.delivered(msg.udp_delivered);
-        const { datagrams } = datagramsOf(msg); // what no UDP socket can send is left out (UDP may lose it)
-        let bytes = 0;
+        const { datagrams, refusedBytes } = datagramsOf(msg); // what no UDP socket can send is left out (UDP may lose it)
+        let bytes = refusedBytes; // gone too: credited, so the host's budget gets them back
         for (const datagram of datagrams) bytes += datagram.length;
         opened.send(datagrams);
         if (bytes) report?.add(bytes);

@@ -54,7 +54,7 @@ export function handleUdpDataStream(stream: net.Socket, address: string, initial
       );
       socket.receive((datagrams) => {
         for (const d of datagrams) {
-          if (budget.send(d, (done) => (flow.send(d), done()))) continue;
+          if (budget.send(d, (done) => flow.send(d, done))) continue;
           if (dropped++ === 0) warn(firstDrop(address));
         }
       });

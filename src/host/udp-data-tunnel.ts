@@ -10,6 +10,7 @@ import { EventEmitter } from "node:events";
 import type * as net from "node:net";
 import { creditFrames, datagramFrameSize, writeDatagramFrame } from "../core/datagram-frames.ts";
 import type { TunnelMessage } from "../proto/guest-service.ts";
+import { MAX_DATAGRAMS_PER_MESSAGE } from "../transport/datagram-batch.ts";
 import { STREAM_BUDGET_BYTES } from "../transport/datagram-budget.ts";
 import { datagramPumps, pumpableStreamFd, pumpRefusedFlow, UDP_BUFFER_BYTES, type UdpPeer } from "../transport/datagram-socket.ts";
 import { DatagramStream } from "../transport/datagram-stream.ts";
@@ -23,7 +24,8 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
   readonly credited = true;
   readonly budgetBytes = STREAM_BUDGET_BYTES;
   private flow: DatagramStream | undefined;
-  private waiting: Buffer[] = [];
+  /** Datagrams written before the stream is up, and their callbacks (called once they go). */
+  private waiting: { data: Buffer; written?: () => void }[] = [];
   private credit = 0;
   private over = false;
   private pump: UdpPump | undefined;
@@ -41,8 +43,13 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
           stream,
           {
             onDatagrams: (datagrams, delivered) => {
-              const message = { id: "", protocol: "", guest_addr: "", data: NO_BYTES, datagrams, udp_delivered: delivered } as unknown as TunnelMessage;
-              this.emit("data", message);
+              // One read of the stream may hold more datagrams than a message carries (thousands
+              // of tiny ones): in messages of at most that many, the credit with the first.
+              for (let at = 0; at === 0 || at < datagrams.length; at += MAX_DATAGRAMS_PER_MESSAGE) {
+                const some = datagrams.length > MAX_DATAGRAMS_PER_MESSAGE ? datagrams.slice(at, at + MAX_DATAGRAMS_PER_MESSAGE) : datagrams;
+                const message = { id: "", protocol: "", guest_addr: "", data: NO_BYTES, datagrams: some, udp_delivered: at === 0 ? delivered : 0 } as unknown as TunnelMessage;
+                this.emit("data", message);
+              }
             },
             onEnd: (bad) => {
               this.over = true;
@@ -55,7 +62,7 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
           },
           initial,
         );
-        for (const d of this.waiting) this.flow.send(d);
+        for (const d of this.waiting) this.flow.send(d.data, d.written);
         this.flow.report(this.credit);
         this.waiting = [];
       },
@@ -98,11 +105,11 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
     // The datagrams that waited for the stream, then the credit owed, go first.
     let size = 0;
     let queued = 0;
-    for (const d of this.waiting) (size += datagramFrameSize(d.length)), (queued += d.length);
+    for (const { data } of this.waiting) (size += datagramFrameSize(data.length)), (queued += data.length);
     const credit = this.credit ? creditFrames(this.credit) : Buffer.alloc(0);
     const toStream = Buffer.allocUnsafe(size + credit.length);
     let put = 0;
-    for (const d of this.waiting) put = writeDatagramFrame(toStream, put, d);
+    for (const { data } of this.waiting) put = writeDatagramFrame(toStream, put, data);
     credit.copy(toStream, put);
     let ended: () => void = () => {};
     try {
@@ -123,7 +130,7 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
     } finally {
       native.shim.close(flowFd); // the pump holds its own dup()
     }
-    this.waiting = [];
+    for (const { written } of this.waiting.splice(0)) written?.(); // handed to the pump
     this.credit = 0;
     // The stream's bytes are the pump's now: the path's counters follow the pump's.
     const pump = this.pump;
@@ -151,11 +158,13 @@ export class UdpDataTunnel extends EventEmitter implements UdpTunnel {
       if (this.flow) this.flow.report(message.udp_delivered);
       else this.credit += message.udp_delivered;
     }
-    if (message.data) {
-      if (this.flow) this.flow.send(message.data);
-      else this.waiting.push(message.data);
+    if (!message.data) {
+      written?.();
+      return true;
     }
-    written?.();
+    // `written` once the bytes are handed to the stream: the flow's budget counts them queued till then.
+    if (this.flow) this.flow.send(message.data, written);
+    else this.waiting.push({ data: message.data, written });
     return true;
   }
 

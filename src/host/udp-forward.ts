@@ -201,13 +201,13 @@ class UdpFlows implements Listener {
     tunnel.on("data", (msg: TunnelMessage) => {
       flow.lastActive = Date.now();
       if (msg.udp_delivered) flow.budget.delivered(msg.udp_delivered);
-      const { datagrams, refused } = datagramsOf(msg);
+      const { datagrams, refused, refusedBytes } = datagramsOf(msg);
       if (refused) this.guestSentUnsendable(refused);
       let bytes = 0;
       for (const datagram of datagrams) bytes += datagram.length;
       this.bytesOut += bytes;
       if (this.open) this.socket.send(datagrams, client);
-      if (bytes) report?.add(bytes);
+      if (bytes + refusedBytes) report?.add(bytes + refusedBytes); // the refused are gone too: the guest's budget gets them back
     });
     let counted = false;
     const forget = () => {

@@ -17,10 +17,16 @@ export const MAX_UDP_PAYLOAD = 65_527;
  * hold anything a 16 MiB message can: datagrams no UDP socket could send, and more of them
  * than a batch ever holds, are left out and counted in `refused` (the caller says so).
  */
-export function datagramsOf(message: TunnelMessage): { datagrams: Buffer[]; refused: number } {
+export function datagramsOf(message: TunnelMessage): { datagrams: Buffer[]; refused: number; refusedBytes: number } {
   const all = message.datagrams?.length ? message.datagrams : message.udp_delivered && !message.data.length ? [] : [message.data];
   const datagrams = (all.length > MAX_DATAGRAMS_PER_MESSAGE ? all.slice(0, MAX_DATAGRAMS_PER_MESSAGE) : all).filter((d) => d.length <= MAX_UDP_PAYLOAD);
-  return { datagrams, refused: all.length - datagrams.length };
+  const refused = all.length - datagrams.length;
+  let refusedBytes = 0;
+  if (refused) {
+    for (const d of all) refusedBytes += d.length;
+    for (const d of datagrams) refusedBytes -= d.length;
+  }
+  return { datagrams, refused, refusedBytes };
 }
 
 export class DatagramBatcher {

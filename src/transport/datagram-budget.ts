@@ -41,8 +41,16 @@ export const STREAM_BUDGET_BYTES = 1024 * 1024;
  * to stop arriving (test/iperf.ts).
  */
 
+/**
+ * Datagrams written and not yet handed to the connection, at most: bytes alone do not bound
+ * them (an empty datagram costs no bytes of the budget, but a frame and a Buffer each), and a
+ * far end that stops reading would otherwise let a flood of empty datagrams queue without end.
+ */
+export const MAX_QUEUED_DATAGRAMS = 8192;
+
 export class DatagramBudget {
   private inFlight = 0;
+  private queued = 0;
 
   /** `credited`: bytes stay in flight until `delivered` reports them, not when written. */
   constructor(
@@ -55,13 +63,16 @@ export class DatagramBudget {
    * connection) if the budget allows; false: dropped.
    */
   send(data: Buffer, write: (done: () => void) => void): boolean {
+    if (this.queued >= MAX_QUEUED_DATAGRAMS) return false;
     if (this.inFlight > 0 && this.inFlight + data.length > this.limit) return false;
     this.inFlight += data.length;
-    let counted = !this.credited;
+    this.queued++;
+    let handed = false;
     write(() => {
-      if (!counted) return;
-      counted = false;
-      this.inFlight -= data.length;
+      if (handed) return;
+      handed = true;
+      this.queued--;
+      if (!this.credited) this.inFlight -= data.length;
     });
     return true;
   }

@@ -21,6 +21,8 @@ export interface DatagramStreamHandlers {
 export class DatagramStream {
   private batch: Buffer[] = [];
   private batchBytes = 0;
+  /** Called once the batch's write is handed to the stream's socket. */
+  private handed: (() => void)[] = [];
   private credit = 0;
   private readonly flushSoon = oncePerTurn(() => this.flush());
   private ended = false;
@@ -58,10 +60,11 @@ export class DatagramStream {
     stream.resume();
   }
 
-  /** Queues one datagram; the turn's datagrams leave together. */
-  send(datagram: Buffer): void {
+  /** Queues one datagram; the turn's datagrams leave together (`written`: once the kernel took their write). */
+  send(datagram: Buffer, written?: () => void): void {
     if (this.ended) return;
     this.batch.push(datagram);
+    if (written) this.handed.push(written);
     this.batchBytes += datagramFrameSize(datagram.length);
     if (this.batchBytes >= BATCH_BYTES) return this.flush();
     this.flushSoon();
@@ -99,9 +102,14 @@ export class DatagramStream {
     let at = 0;
     for (const d of this.batch) at = writeDatagramFrame(out, at, d);
     if (credit) credit.copy(out, at);
+    const handed = this.handed;
     this.batch = [];
     this.batchBytes = 0;
     this.credit = 0;
-    this.stream.write(out);
+    this.handed = [];
+    if (!handed.length) return void this.stream.write(out);
+    this.stream.write(out, () => {
+      for (const done of handed) done();
+    });
   }
 }

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import type { TunnelMessage } from "../../src/proto/guest-service.ts";
 import { DatagramBatcher, datagramsOf, MAX_DATAGRAMS_PER_MESSAGE, MAX_UDP_PAYLOAD } from "../../src/transport/datagram-batch.ts";
-import { DatagramBudget, DeliveryReport } from "../../src/transport/datagram-budget.ts";
+import { DatagramBudget, DeliveryReport, MAX_QUEUED_DATAGRAMS } from "../../src/transport/datagram-budget.ts";
 import { prepareDatagrams, pumpRefusedFlow } from "../../src/transport/datagram-socket.ts";
 
 const turn = () => new Promise((r) => setImmediate(r));
@@ -46,10 +46,10 @@ describe("DatagramBatcher", () => {
 
   test("what no UDP socket can send is left out and counted: a datagram over 65,527 bytes, more than a batch ever holds", () => {
     const m = (fields: Partial<TunnelMessage>) => ({ data: Buffer.alloc(0), datagrams: [], ...fields }) as TunnelMessage;
-    expect(datagramsOf(m({ data: Buffer.alloc(MAX_UDP_PAYLOAD) }))).toEqual({ datagrams: [Buffer.alloc(MAX_UDP_PAYLOAD)], refused: 0 });
-    expect(datagramsOf(m({ data: Buffer.alloc(16 << 20) }))).toEqual({ datagrams: [], refused: 1 });
-    const many = datagramsOf(m({ datagrams: Array.from({ length: MAX_DATAGRAMS_PER_MESSAGE + 10 }, () => Buffer.alloc(0)) }));
-    expect([many.datagrams.length, many.refused]).toEqual([MAX_DATAGRAMS_PER_MESSAGE, 10]);
+    expect(datagramsOf(m({ data: Buffer.alloc(MAX_UDP_PAYLOAD) }))).toEqual({ datagrams: [Buffer.alloc(MAX_UDP_PAYLOAD)], refused: 0, refusedBytes: 0 });
+    expect(datagramsOf(m({ data: Buffer.alloc(16 << 20) }))).toEqual({ datagrams: [], refused: 1, refusedBytes: 16 << 20 });
+    const many = datagramsOf(m({ datagrams: Array.from({ length: MAX_DATAGRAMS_PER_MESSAGE + 10 }, () => Buffer.alloc(3)) }));
+    expect([many.datagrams.length, many.refused, many.refusedBytes]).toEqual([MAX_DATAGRAMS_PER_MESSAGE, 10, 30]); // the refused bytes are credited back by the caller
   });
 
   test("a batch of empty datagrams goes out at MAX_DATAGRAMS_PER_MESSAGE, however few bytes it holds", () => {
@@ -133,5 +133,19 @@ describe("flows the native UDP pump refuses", () => {
     const told = said.slice(before);
     expect(told.length).toBe(1);
     expect(told[0]).toContain("instead of the native pump (the pump is full (4,096 flows))");
+  });
+});
+
+describe("datagrams queued but not yet handed on", () => {
+  test("empty datagrams, which cost no bytes of the budget, are bounded by count until they are handed to the connection", () => {
+    for (const credited of [true, false]) {
+      const budget = new DatagramBudget(credited, 1024 * 1024);
+      const handed: (() => void)[] = [];
+      let taken = 0;
+      for (let i = 0; i < 3 * MAX_QUEUED_DATAGRAMS; i++) if (budget.send(Buffer.alloc(0), (done) => handed.push(done))) taken++;
+      expect(taken).toBe(MAX_QUEUED_DATAGRAMS); // a far end that stopped reading no longer lets them pile up
+      for (const done of handed.splice(0)) done();
+      expect(budget.send(Buffer.alloc(0), (done) => handed.push(done))).toBe(true);
+    }
   });
 });
