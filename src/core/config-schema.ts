@@ -70,7 +70,11 @@ export const ruleSchema = z
     // porthole's own (a Lima file has none of them)
     udpIdleTimeout: duration.optional(),
     udpMaxFlows: count.optional(),
-    label: z.string({ error: (iss) => `${show(iss.input)} is not a label (a string)` }).min(1).max(100).optional(),
+    label: z
+      .string({ error: (iss) => `${show(iss.input)} is not a label (a string)` })
+      .min(1, { error: "must not be empty" })
+      .max(100, { error: "must be at most 100 characters" })
+      .optional(),
     onConflict: conflictPolicy.optional(),
     guestProcess: ownerText("a command glob").superRefine((glob, ctx) => {
       const re = globToRegExp(glob);
@@ -126,7 +130,7 @@ export const configSchema = z.looseObject(
         // porthole's keys, for the SSH forwarder
         address: transportAddress.optional(),
         vsockAddress: transportAddress.optional(),
-        user: z.string({ error: (iss) => `${show(iss.input)} is not a user name` }).min(1).optional(),
+        user: z.string({ error: (iss) => `${show(iss.input)} is not a user name` }).min(1, { error: "must not be empty" }).optional(),
         identity: path.optional(),
       },
       { error: () => "must be a mapping" },

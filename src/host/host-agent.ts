@@ -319,6 +319,9 @@ export class HostAgent {
     if (config.forwarder !== this.config.forwarder) {
       this.emit({ type: "warning", message: "a changed forwarder takes effect when the host agent restarts" });
     }
+    if (JSON.stringify(config.ssh) !== JSON.stringify(this.config.ssh)) {
+      this.emit({ type: "warning", message: "changed ssh settings (address, user, identity, overVsock) take effect when the host agent restarts; the SSH connection in use stays as it is" });
+    }
     this.config = config;
     this.apply();
   }

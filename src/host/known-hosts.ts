@@ -20,8 +20,9 @@ export function checkHostKey(file: string, host: string, key: Buffer): "known" |
   let lines: string[] = [];
   try {
     lines = readFileSync(file, "utf8").split("\n");
-  } catch {
-    // no file yet: every host is new
+  } catch (err) {
+    // No file yet: every host is new. Any other failure must not pass as that (any key would be taken).
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw new Error(`cannot read the known hosts file ${file}: ${(err as Error).message}`);
   }
   for (const [i, line] of lines.entries()) {
     const [name, type, data] = line.trim().split(/\s+/);

@@ -9,7 +9,7 @@ import { formatTransportAddress, type TransportAddress } from "../core/transport
 import { supportedSshCiphers } from "../runtime/ssh-ciphers.ts";
 import { dialTransport } from "../transport/dial.ts";
 import { batchWrites } from "../transport/write-batching.ts";
-import { checkHostKey, HostKeyMismatch } from "./known-hosts.ts";
+import { checkHostKey } from "./known-hosts.ts";
 import { sendChannelDataInPlace } from "./ssh-gcm-send.ts";
 
 export interface SshCandidate {
@@ -123,8 +123,7 @@ export class SshLink {
           checkHostKey(this.options.knownHostsFile, hostId, key);
           return true;
         } catch (err) {
-          if (!(err instanceof HostKeyMismatch)) throw err;
-          mismatch = err;
+          mismatch = err as Error; // a changed key, or a known_hosts file that cannot be read: refused, and said
           return false;
         }
       },

@@ -117,6 +117,9 @@ describe("malformed configs name file, line, column, field and problem", () => {
     ["not a boolean", "portForwards:\n- ignore: \"yes\"\n", ["lima.yaml:2:11: portForwards[0].ignore: \"yes\" is not true or false"]],
     ["a duration without a unit we know", "udp:\n  idleTimeout: 1 fortnight\n", ["lima.yaml:2:16: udp.idleTimeout: \"1 fortnight\" is not a duration (e.g. 60s, 500ms, 2m)"]],
     ["unknown key in udp", "udp: {idle: 5}\n", ["lima.yaml:1:7: udp.idle: unknown field"]],
+    ["an empty label", "portForwards:\n- label: \"\"\n", ["lima.yaml:2:10: portForwards[0].label: must not be empty"]],
+    ["a label too long", `portForwards:\n- label: ${"x".repeat(101)}\n`, ["lima.yaml:2:10: portForwards[0].label: must be at most 100 characters"]],
+    ["an empty ssh user", "ssh: {user: \"\"}\n", ["lima.yaml:1:13: ssh.user: must not be empty"]],
     ["unknown key in a rule", "portForwards:\n- guestPort: 80\n  hostPorts: 8080\n", ["lima.yaml:3:3: portForwards[0].hostPorts: unknown field"]],
     ["several problems, in file order", "portForwards:\n- proto: x\n- guestPort: -1\n", [
       "lima.yaml:2:10: portForwards[0].proto: \"x\" is not one of tcp, udp, any",

@@ -34,7 +34,7 @@ describe("config file", () => {
     expect((await exchange(hostPort, Buffer.from("lima"))).toString()).toBe("lima");
   });
 
-  e2eTest("SIGHUP re-applies a changed config; a bad one is rejected and the old rules stay", async () => {
+  e2eTest("SIGHUP re-applies a changed config; a changed ssh section is said to need a restart; a bad one is rejected and the old rules stay", async () => {
     const guest = Guest.create();
     await guest.startAgent();
     const [kept, moved, oldHost, newHost, keptHost] = await Promise.all([1, 2, 3, 4, 5].map(() => freePort()));
@@ -51,6 +51,12 @@ describe("config file", () => {
     expect(await refusedSoon(oldHost)).toBe("ECONNREFUSED");
     // The unchanged forward was left alone: still one "forwarding" and no "stopping".
     expect(host.events.filter((e) => e.hostAddr === `127.0.0.1:${keptHost}`).map((e) => e.type)).toEqual(["forwarding"]);
+
+    // A changed ssh section cannot change the connection in use: said, not silently ignored.
+    guest.writeFile("porthole.yaml", `ssh: {user: someone}\nportForwards:\n${rule(kept, keptHost)}${rule(moved, newHost)}`);
+    host.proc.child.kill("SIGHUP");
+    const said = await host.waitForEvent((e) => e.type === "warning" && String(e.message).includes("changed ssh settings"), "the ssh change to be said");
+    expect(said.message).toContain("take effect when the host agent restarts");
 
     const badLine = `- {guestPort: ${moved}, hostPort: 99999}`;
     guest.writeFile("porthole.yaml", `portForwards:\n${badLine}\n`);

@@ -1,5 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkHostKey, HostKeyMismatch } from "../../src/host/known-hosts.ts";
@@ -27,6 +27,14 @@ test("trust on first use, then known; another key for the same host is refused w
   const changed = () => checkHostKey(file, "[10.0.0.2]:22", blob("ecdsa-sha2-nistp256", "C"));
   expect(changed).toThrow(HostKeyMismatch);
   expect(changed).toThrow(`the SSH host key of [10.0.0.2]:22 changed (now ecdsa-sha2-nistp256, was ssh-ed25519 at ${file}:1)`);
+});
+
+test("a known_hosts that exists but cannot be read refuses every key (it is not taken for a first use)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "porthole-kh-"));
+  dirs.push(dir);
+  const file = join(dir, "known_hosts");
+  mkdirSync(file); // readable by no one as a file (root reads any file, so a directory stands in for one it may not)
+  expect(() => checkHostKey(file, "[10.0.0.2]:22", blob("ssh-ed25519", "A"))).toThrow(`cannot read the known hosts file ${file}`);
 });
 
 test("only ciphers the runtime's crypto can do are offered, AES-GCM first", () => {
