@@ -144,11 +144,13 @@ export class MuxSession {
       stream.localEOF = true;
       this.flush(stream);
     });
-    endpoint.on("error", () => {}); // "close" follows: a reset
+    let failed = false;
+    endpoint.on("error", () => void (failed = true)); // "close" follows: a reset
     endpoint.once("close", () => {
-      if (stream.localEOF || stream.reset) return;
-      // Closed without EOF (an error, a reset, destroyed): the far end gets a reset.
-      this.resetStream(stream, true);
+      if (stream.reset || this.streams.get(stream.id) !== stream) return;
+      // Closed without EOF (an error, a reset, destroyed), or reset after its EOF while the far
+      // end still sends: the far end gets a reset.
+      if (!stream.localEOF || (failed && !stream.gotEOF)) this.resetStream(stream, true);
     });
     this.release(stream);
     if (stream.gotEOF) endpoint.end();

@@ -164,6 +164,18 @@ describe("a far side the host cannot trust", () => {
     expect(got.every((b, i) => b === i % 251)).toBe(true);
   });
 
+  test("a client that half-closes and then resets reaches the guest as EOF, then a reset (its target is not left half-open)", async () => {
+    const { guestSide, client, frames } = await hostWithFakeGuest();
+    const seen = (frame: Buffer) => Buffer.concat(frames).includes(frame);
+    client.end();
+    while (!seen(muxFrame(1, MuxKind.EOF))) await Bun.sleep(5);
+    client.resetAndDestroy();
+    const deadline = Date.now() + 3000;
+    while (!seen(muxFrame(1, MuxKind.RESET)) && Date.now() < deadline) await Bun.sleep(5);
+    expect(seen(muxFrame(1, MuxKind.RESET))).toBe(true);
+    guestSide.destroy();
+  });
+
   test("the agent stream closing resets every open stream (never a clean EOF)", async () => {
     const { guestSide, client } = await hostWithFakeGuest();
     const end = ending(client);
