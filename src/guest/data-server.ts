@@ -17,7 +17,6 @@ import { serveTransport, type Served, type ServeOptions } from "../transport/ser
 const HEADER_TIMEOUT_MS = 5000;
 /** A native dial's deadline: longer than the kernel's own TCP connect timeout (~127 s), which decides as in JavaScript. */
 const NATIVE_DIAL_DEADLINE_MS = 135_000;
-/** At most one log line per this long about refused streams (anything may connect here). */
 
 export function newDataSecret(): string {
   return randomBytes(24).toString("hex");
@@ -28,7 +27,6 @@ export function sameSecret(a: string, b: string): boolean {
   const y = Buffer.from(b);
   return x.length === y.length && timingSafeEqual(x, y);
 }
-
 
 /**
  * Serves the data endpoint: in the shim's relay thread where it runs (transport/data-listen.ts:

@@ -35,8 +35,8 @@ const ending = (s: net.Socket) =>
     s.resume();
   });
 
-/** A host session on one end of a pair; the test plays the guest on the other end by hand. */
-async function hostWithFakeGuest() {
+/** A host session on one end of a pair with one stream opened; the test plays the guest on the other end by hand. */
+async function openedByFakeGuest() {
   const [raw, guestSide] = await pair();
   let closed = "";
   const session = new MuxSession(raw, "host", { onClose: (why) => (closed = why) });
@@ -46,9 +46,15 @@ async function hostWithFakeGuest() {
   await Bun.sleep(20);
   guestSide.write(muxFrame(1, MuxKind.OPENED));
   const id = await opening;
+  return { session, guestSide, id, closed: () => closed, frames };
+}
+
+/** The same, its stream attached to a real TCP connection whose client the test holds. */
+async function hostWithFakeGuest() {
+  const { session, guestSide, id, closed, frames } = await openedByFakeGuest();
   const [client, endpoint] = await pair(true); // the host client, and the socket the session relays
   session.attach(id, endpoint);
-  return { session, guestSide, client, closed: () => closed, frames };
+  return { session, guestSide, client, closed, frames };
 }
 
 describe("a far side the host cannot trust", () => {
@@ -124,12 +130,7 @@ describe("a far side the host cannot trust", () => {
   });
 
   test("tiny DATA frames to a client that does not read are held joined (not a write each), then all arrive in order, EOF last", async () => {
-    const [raw, guestSide] = await pair();
-    const session = new MuxSession(raw, "host", {});
-    const opening = session.open("tcp 127.0.0.1:1");
-    await Bun.sleep(20);
-    guestSide.write(muxFrame(1, MuxKind.OPENED));
-    const id = await opening;
+    const { session, guestSide, id } = await openedByFakeGuest();
     // An endpoint that takes nothing until told: its writes queue, then ask for a drain.
     let release: (() => void) | undefined;
     const taken: Buffer[] = [];
